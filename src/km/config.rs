@@ -1,0 +1,212 @@
+//! Configuration of a KM agent (`qkdni km --config <file>`, TOML).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::quantum::link_model::LinkParams;
+use crate::quantum::RateSpec;
+use crate::tls::TlsFiles;
+
+/// Configuration of one KM agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmConfig {
+    /// This QKD node's id (also the common name of its certificate).
+    pub node: String,
+    /// The QKDN (domain) the node belongs to.
+    pub domain: String,
+    /// Directory of the on-disk key store.
+    pub data_dir: PathBuf,
+    /// Address of the KSA's ETSI GS QKD 014 server (SAEs).
+    pub etsi014_listen: SocketAddr,
+    /// Address of the KMA server (peer KMs: relay and emulated quantum channel; operators).
+    pub kma_listen: SocketAddr,
+    /// This KM's TLS identity and trust anchors.
+    pub tls: TlsFiles,
+    /// Certificate common names of the operators allowed on the admin API.
+    #[serde(default)]
+    pub operators: Vec<String>,
+    /// ETSI GS QKD 014 limits.
+    #[serde(default)]
+    pub etsi014: Etsi014Limits,
+    /// QKD links of this node.
+    #[serde(default)]
+    pub links: Vec<LinkConfig>,
+    /// Every SAE of the domain and the node whose KM serves it.
+    #[serde(default)]
+    pub saes: BTreeMap<String, String>,
+    /// Key relay routes: destination node -> next hop node (a link peer).
+    #[serde(default)]
+    pub routes: BTreeMap<String, String>,
+}
+
+/// Which end of a QKD link this node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkEnd {
+    /// Hosts the transmitter module; owns even-numbered blocks.
+    Tx,
+    /// Hosts the receiver module; owns odd-numbered blocks.
+    Rx,
+}
+
+impl LinkEnd {
+    /// Parity of the blocks this end owns.
+    pub fn parity(self) -> u8 {
+        match self {
+            LinkEnd::Tx => 0,
+            LinkEnd::Rx => 1,
+        }
+    }
+}
+
+/// One QKD link as seen from this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    /// Link id (the same at both ends).
+    pub id: String,
+    /// The node at the other end.
+    pub peer: String,
+    /// Base URL of the peer KM's KMA server.
+    pub peer_kma: String,
+    /// This node's end of the link.
+    pub end: LinkEnd,
+    /// Fixed secret key rate in bit/s; when absent, `model` determines it.
+    #[serde(default)]
+    pub rate_bps: Option<f64>,
+    /// Physical link model (used when `rate_bps` is absent).
+    #[serde(default)]
+    pub model: Option<LinkParams>,
+    /// Size of the link's key pool in 256-bit blocks (both ends' shares together).
+    #[serde(default = "default_capacity")]
+    pub capacity_blocks: usize,
+}
+
+fn default_capacity() -> usize {
+    16_384
+}
+
+impl LinkConfig {
+    /// How the link's key rate is determined.
+    pub fn rate_spec(&self) -> RateSpec {
+        match (self.rate_bps, self.model) {
+            (Some(rate_bps), _) => RateSpec::Fixed { rate_bps },
+            (None, Some(params)) => RateSpec::Model(params),
+            (None, None) => RateSpec::Model(LinkParams::default()),
+        }
+    }
+}
+
+/// Limits announced in the ETSI GS QKD 014 status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Etsi014Limits {
+    pub key_size: u32,
+    pub max_key_per_request: u32,
+    pub max_key_size: u32,
+    pub min_key_size: u32,
+    pub max_sae_id_count: u32,
+}
+
+impl Default for Etsi014Limits {
+    fn default() -> Self {
+        Self {
+            key_size: 256,
+            max_key_per_request: 128,
+            max_key_size: 1024,
+            min_key_size: 64,
+            max_sae_id_count: 4,
+        }
+    }
+}
+
+/// Errors in a KM configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl KmConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: KmConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the configuration as a whole.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let l = &self.etsi014;
+        if l.min_key_size == 0
+            || !l.min_key_size.is_multiple_of(8)
+            || !l.max_key_size.is_multiple_of(8)
+            || !l.key_size.is_multiple_of(8)
+            || !(l.min_key_size..=l.max_key_size).contains(&l.key_size)
+        {
+            return invalid(
+                "etsi014 key sizes must be multiples of 8 with min <= key_size <= max".into(),
+            );
+        }
+        if l.max_key_per_request == 0 {
+            return invalid("etsi014.max_key_per_request must be positive".into());
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for link in &self.links {
+            if !ids.insert(&link.id) {
+                return invalid(format!("link {} configured twice", link.id));
+            }
+            if link.peer == self.node {
+                return invalid(format!("link {} loops to this node", link.id));
+            }
+            if link.capacity_blocks < 2 {
+                return invalid(format!("link {}: capacity_blocks must be >= 2", link.id));
+            }
+            if let Some(rate) = link.rate_bps {
+                if !(rate.is_finite() && rate >= 0.0) {
+                    return invalid(format!("link {}: rate_bps must be >= 0", link.id));
+                }
+            }
+            if let Some(model) = link.model {
+                model
+                    .validate()
+                    .map_err(|e| ConfigError::Invalid(format!("link {}: {e}", link.id)))?;
+            }
+        }
+        for (dest, hop) in &self.routes {
+            if !self.links.iter().any(|link| &link.peer == hop) {
+                return invalid(format!(
+                    "route to {dest}: next hop {hop} is not a link peer"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The link to adjacent node `peer`, if any.
+    pub fn link_to(&self, peer: &str) -> Option<&LinkConfig> {
+        self.links.iter().find(|link| link.peer == peer)
+    }
+}

@@ -1,0 +1,233 @@
+//! The KMA server of a KM: key relay from peer KMs, the receiver side of emulated QKD links,
+//! and the operators' admin API (link faults and state; NETCONF supersedes it later).
+//!
+//! Peer KMs and operators are told apart by their certificate's common name.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::agent::Agent;
+use super::config::{LinkConfig, LinkEnd};
+use super::relay::{self, RelayEnvelope, RelayError};
+use crate::quantum::emulated::{self, Frame, ReceiveError, SyncRequest, SyncResponse};
+use crate::quantum::{LinkCondition, LinkState};
+use crate::tls::PeerIdentity;
+
+/// The KMA routes of a KM.
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/kma/v1/relay", post(relay_hop))
+        .route("/qchannel/v1/links/{link}/sync", post(qchannel_sync))
+        .route("/qchannel/v1/links/{link}/frames", post(qchannel_frame))
+        .route("/admin/v1/health", get(health))
+        .route("/admin/v1/links", get(links))
+        .route("/admin/v1/links/{link}/state", put(set_link_state))
+        .with_state(agent)
+}
+
+/// An error answer of the KMA server: status and message (JSON `{"message": ...}`).
+pub struct Problem(StatusCode, String);
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "message": self.1 }))).into_response()
+    }
+}
+
+fn problem(status: StatusCode, message: impl Into<String>) -> Response {
+    Problem(status, message.into()).into_response()
+}
+
+/// The link `id` if `identity` is its peer KM.
+fn peer_link<'a>(
+    agent: &'a Agent,
+    identity: &PeerIdentity,
+    id: &str,
+) -> Result<&'a LinkConfig, Problem> {
+    match agent.link_config(id) {
+        Some(link) if identity.0.as_deref() == Some(link.peer.as_str()) => Ok(link),
+        Some(_) => {
+            tracing::warn!(link = id, caller = ?identity.0, "quantum channel access by a KM that is not the link peer");
+            Err(Problem(
+                StatusCode::FORBIDDEN,
+                "not the peer of this link".into(),
+            ))
+        }
+        None => Err(Problem(StatusCode::NOT_FOUND, "unknown link".into())),
+    }
+}
+
+fn operator(agent: &Agent, identity: &PeerIdentity) -> Result<(), Problem> {
+    match identity.0.as_deref() {
+        Some(name) if agent.config.operators.iter().any(|o| o == name) => Ok(()),
+        _ => Err(Problem(
+            StatusCode::FORBIDDEN,
+            "operator certificate required".into(),
+        )),
+    }
+}
+
+async fn relay_hop(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Json(envelope): Json<RelayEnvelope>,
+) -> Response {
+    let Some(sender) = identity.0.clone() else {
+        return problem(StatusCode::UNAUTHORIZED, "a KM certificate is required");
+    };
+    match relay::receive(&agent, &sender, envelope).await {
+        Ok(ack) => Json(ack).into_response(),
+        Err(error) => {
+            let status = match &error {
+                RelayError::Rejected(_) => StatusCode::FORBIDDEN,
+                RelayError::Peer { .. } | RelayError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            tracing::warn!(%error, "relay hop failed");
+            problem(status, error.to_string())
+        }
+    }
+}
+
+async fn qchannel_sync(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Path(link): Path<String>,
+    Json(request): Json<SyncRequest>,
+) -> Response {
+    let link = match peer_link(&agent, &identity, &link) {
+        Ok(link) if link.end == LinkEnd::Rx => link.id.clone(),
+        Ok(_) => return problem(StatusCode::CONFLICT, "this end is the link's transmitter"),
+        Err(problem) => return problem.into_response(),
+    };
+    if agent.link(&link).map(|l| l.condition().state) == Some(LinkState::Down) {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "link is down");
+    }
+    match agent
+        .store
+        .run(move |s| emulated::receive_sync(s, &link, &request))
+        .await
+    {
+        Ok(agreed_next_seq) => Json(SyncResponse { agreed_next_seq }).into_response(),
+        Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+async fn qchannel_frame(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Path(link): Path<String>,
+    Json(frame): Json<Frame>,
+) -> Response {
+    let link = match peer_link(&agent, &identity, &link) {
+        Ok(link) if link.end == LinkEnd::Rx => link.id.clone(),
+        Ok(_) => return problem(StatusCode::CONFLICT, "this end is the link's transmitter"),
+        Err(problem) => return problem.into_response(),
+    };
+    let state = agent.link(&link).map(|l| l.condition().state);
+    if state == Some(LinkState::Down) && frame.blocks.is_empty() {
+        // confirmations of blocks generated before the fault still count
+    } else if state != Some(LinkState::Up) && !frame.blocks.is_empty() {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "link is not up at the receiver",
+        );
+    }
+    match agent
+        .store
+        .run(move |s| Ok(emulated::receive_frame(s, &link, &frame)))
+        .await
+    {
+        Ok(Ok(next)) => Json(json!({ "next_seq": next })).into_response(),
+        Ok(Err(ReceiveError::Malformed)) => problem(StatusCode::BAD_REQUEST, "malformed frame"),
+        Ok(Err(ReceiveError::Store(error))) => problem(StatusCode::CONFLICT, error.to_string()),
+        Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+async fn health(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
+    Json(json!({ "node": agent.config.node, "domain": agent.config.domain, "ready": true }))
+}
+
+/// State of one link as reported to operators.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LinkReport {
+    pub id: String,
+    pub peer: String,
+    pub end: LinkEnd,
+    #[serde(flatten)]
+    pub condition: LinkCondition,
+    /// Usable blocks this end may allocate.
+    pub own_blocks: usize,
+    /// Usable blocks the peer may allocate (held here for its references).
+    pub peer_blocks: usize,
+    /// Blocks received and not yet confirmed.
+    pub pending_blocks: usize,
+    pub capacity_blocks: usize,
+}
+
+async fn links(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+) -> Response {
+    if let Err(problem) = operator(&agent, &identity) {
+        return problem.into_response();
+    }
+    let snapshot: Vec<(LinkConfig, LinkCondition)> = agent
+        .links()
+        .map(|l| (l.config.clone(), l.condition()))
+        .collect();
+    let result = agent
+        .store
+        .run(move |s| {
+            let mut reports = Vec::new();
+            for (config, condition) in snapshot {
+                let own = config.end.parity();
+                reports.push(LinkReport {
+                    own_blocks: s.available(&config.id, own)?,
+                    peer_blocks: s.available(&config.id, 1 - own)?,
+                    pending_blocks: s.pending(&config.id)?,
+                    capacity_blocks: config.capacity_blocks,
+                    id: config.id,
+                    peer: config.peer,
+                    end: config.end,
+                    condition,
+                });
+            }
+            reports.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(reports)
+        })
+        .await;
+    match result {
+        Ok(reports) => Json(reports).into_response(),
+        Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+/// Body of `PUT /admin/v1/links/{link}/state`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SetLinkState {
+    pub state: LinkState,
+}
+
+async fn set_link_state(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Path(link): Path<String>,
+    Json(request): Json<SetLinkState>,
+) -> Response {
+    if let Err(problem) = operator(&agent, &identity) {
+        return problem.into_response();
+    }
+    match agent.set_link_state(&link, request.state) {
+        Some(condition) => Json(condition).into_response(),
+        None => problem(StatusCode::NOT_FOUND, "unknown link"),
+    }
+}

@@ -1,0 +1,363 @@
+//! The key supply agent: ETSI GS QKD 014 V1.1.1 for SAEs (HTTPS, mutual TLS).
+//!
+//! The calling SAE is the common name of its client certificate; it must be an SAE served by
+//! this KM. Every error is an ETSI `Error` body with status 400, 401 or 503, and a request
+//! that fails changes nothing.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use base64::Engine;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::agent::Agent;
+use super::otp;
+use super::relay::{self, RelayError};
+use super::store::StoreError;
+use crate::etsi014::{ErrorBody, Key, KeyContainer, KeyIds, KeyRequest, Status};
+use crate::tls::PeerIdentity;
+
+/// An ETSI GS QKD 014 error answer.
+#[derive(Debug)]
+pub struct Etsi014Error {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl Etsi014Error {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                message: message.into(),
+                details: None,
+            },
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
+    fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.body.details.get_or_insert_with(Vec::new).push(detail);
+        self
+    }
+}
+
+impl IntoResponse for Etsi014Error {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+type Result<T> = std::result::Result<T, Etsi014Error>;
+
+/// The ETSI GS QKD 014 routes of a KM.
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/api/v1/keys/{slave}/status", get(status))
+        .route(
+            "/api/v1/keys/{slave}/enc_keys",
+            get(enc_keys_get).post(enc_keys_post),
+        )
+        .route(
+            "/api/v1/keys/{master}/dec_keys",
+            get(dec_keys_get).post(dec_keys_post),
+        )
+        .fallback(|| async { Etsi014Error::bad_request("unknown request path") })
+        .with_state(agent)
+}
+
+/// The calling SAE, which must be served by this KM.
+fn caller(agent: &Agent, identity: &PeerIdentity) -> Result<String> {
+    let sae = identity
+        .0
+        .as_deref()
+        .ok_or_else(|| Etsi014Error::unauthorized("a client certificate is required"))?;
+    if !agent.is_local_sae(sae) {
+        return Err(Etsi014Error::unauthorized(format!(
+            "SAE {sae} is not registered at KME {}",
+            agent.config.node
+        )));
+    }
+    Ok(sae.to_owned())
+}
+
+fn peer_sae<'a>(agent: &'a Agent, caller: &str, other: &str) -> Result<&'a str> {
+    if other == caller {
+        return Err(Etsi014Error::bad_request(
+            "master and slave SAE must differ",
+        ));
+    }
+    agent
+        .sae_node(other)
+        .ok_or_else(|| Etsi014Error::bad_request(format!("unknown SAE {other}")))
+}
+
+async fn status(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Path(slave): Path<String>,
+) -> Result<Json<Status>> {
+    let master = caller(&agent, &identity)?;
+    let target = peer_sae(&agent, &master, &slave)?.to_owned();
+    let limits = &agent.config.etsi014;
+    let per_key = otp::blocks_per_key(limits.key_size) as u64;
+    let (stored, max) = if target == agent.config.node {
+        let max = u64::from(limits.max_key_per_request);
+        (max, max)
+    } else {
+        let link = agent.next_hop(&target).ok_or_else(|| {
+            Etsi014Error::unavailable(format!("no key relay route to KME {target}"))
+        })?;
+        let (id, parity) = (link.id.clone(), link.end.parity());
+        let own = agent
+            .store
+            .run(move |s| s.available(&id, parity))
+            .await
+            .map_err(|e| Etsi014Error::unavailable(e.to_string()))? as u64;
+        // one block of every request keys the one-time MAC
+        (
+            own.saturating_sub(1) / per_key,
+            (link.capacity_blocks as u64 / 2).saturating_sub(1) / per_key,
+        )
+    };
+    Ok(Json(Status {
+        source_KME_ID: agent.config.node.clone(),
+        target_KME_ID: target,
+        master_SAE_ID: master,
+        slave_SAE_ID: slave,
+        key_size: limits.key_size,
+        stored_key_count: stored,
+        max_key_count: max,
+        max_key_per_request: limits.max_key_per_request,
+        max_key_size: limits.max_key_size,
+        min_key_size: limits.min_key_size,
+        max_SAE_ID_count: limits.max_sae_id_count,
+        status_extension: None,
+    }))
+}
+
+fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn parse_u32(name: &str, value: &str) -> Result<u32> {
+    value
+        .parse()
+        .map_err(|_| Etsi014Error::bad_request(format!("{name} must be a non-negative integer")))
+}
+
+async fn enc_keys_get(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Path(slave): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<KeyContainer>> {
+    let mut request = KeyRequest::default();
+    for (name, value) in parse_query(query.as_deref()) {
+        match name.as_str() {
+            "number" => request.number = Some(parse_u32("number", &value)?),
+            "size" => request.size = Some(parse_u32("size", &value)?),
+            other => {
+                return Err(Etsi014Error::bad_request(format!(
+                    "unknown parameter {other}"
+                )))
+            }
+        }
+    }
+    enc_keys(agent, identity, slave, request).await
+}
+
+async fn enc_keys_post(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Path(slave): Path<String>,
+    body: Bytes,
+) -> Result<Json<KeyContainer>> {
+    let request: KeyRequest = serde_json::from_slice(&body).map_err(|e| {
+        Etsi014Error::bad_request("malformed key request")
+            .detail(json!({"parse_error": e.to_string()}))
+    })?;
+    enc_keys(agent, identity, slave, request).await
+}
+
+async fn enc_keys(
+    agent: Arc<Agent>,
+    identity: PeerIdentity,
+    slave: String,
+    request: KeyRequest,
+) -> Result<Json<KeyContainer>> {
+    let master = caller(&agent, &identity)?;
+    peer_sae(&agent, &master, &slave)?;
+    let limits = &agent.config.etsi014;
+    let number = request.number.unwrap_or(1);
+    if number == 0 || number > limits.max_key_per_request {
+        return Err(Etsi014Error::bad_request(format!(
+            "number must be between 1 and max_key_per_request ({})",
+            limits.max_key_per_request
+        )));
+    }
+    let size = request.size.unwrap_or(limits.key_size);
+    if !size.is_multiple_of(8) || size < limits.min_key_size || size > limits.max_key_size {
+        return Err(Etsi014Error::bad_request(format!(
+            "size not supported: it must be a multiple of 8 between {} and {}",
+            limits.min_key_size, limits.max_key_size
+        )));
+    }
+    if let Some(mandatory) = request
+        .extension_mandatory
+        .as_ref()
+        .filter(|m| !m.is_empty())
+    {
+        return Err(Etsi014Error::bad_request("unsupported mandatory extension")
+            .detail(json!({"extension_mandatory": mandatory})));
+    }
+    let mut slaves = vec![slave];
+    for extra in request.additional_slave_SAE_IDs.unwrap_or_default() {
+        if slaves.contains(&extra) {
+            return Err(Etsi014Error::bad_request(format!(
+                "SAE {extra} named twice"
+            )));
+        }
+        peer_sae(&agent, &master, &extra)?;
+        slaves.push(extra);
+    }
+    if slaves.len() - 1 > limits.max_sae_id_count as usize {
+        return Err(Etsi014Error::bad_request(format!(
+            "more than max_SAE_ID_count ({}) additional slave SAEs",
+            limits.max_sae_id_count
+        )));
+    }
+    let issued = relay::supply(&agent, &master, &slaves, number, size)
+        .await
+        .map_err(|e| match e {
+            RelayError::Rejected(m) => Etsi014Error::bad_request(m),
+            other => {
+                tracing::warn!(error = %other, "key supply failed");
+                Etsi014Error::unavailable("keys cannot be supplied now")
+                    .detail(json!({"reason": other.to_string()}))
+            }
+        })?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(Json(KeyContainer {
+        keys: issued
+            .iter()
+            .map(|k| Key {
+                key_ID: k.key_id.to_string(),
+                key_ID_extension: None,
+                key: b64.encode(&k.key[..]),
+                key_extension: None,
+            })
+            .collect(),
+        key_container_extension: None,
+    }))
+}
+
+async fn dec_keys_get(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Path(master): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<KeyContainer>> {
+    let mut ids = Vec::new();
+    for (name, value) in parse_query(query.as_deref()) {
+        match name.as_str() {
+            "key_ID" => ids.push(value),
+            other => {
+                return Err(Etsi014Error::bad_request(format!(
+                    "unknown parameter {other}"
+                )))
+            }
+        }
+    }
+    dec_keys(agent, identity, master, ids).await
+}
+
+async fn dec_keys_post(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Path(master): Path<String>,
+    body: Bytes,
+) -> Result<Json<KeyContainer>> {
+    let request: KeyIds = serde_json::from_slice(&body).map_err(|e| {
+        Etsi014Error::bad_request("malformed key IDs").detail(json!({"parse_error": e.to_string()}))
+    })?;
+    let ids = request.key_IDs.into_iter().map(|k| k.key_ID).collect();
+    dec_keys(agent, identity, master, ids).await
+}
+
+async fn dec_keys(
+    agent: Arc<Agent>,
+    identity: PeerIdentity,
+    master: String,
+    ids: Vec<String>,
+) -> Result<Json<KeyContainer>> {
+    let slave = caller(&agent, &identity)?;
+    peer_sae(&agent, &slave, &master)?;
+    let limits = &agent.config.etsi014;
+    if ids.is_empty() || ids.len() > limits.max_key_per_request as usize {
+        return Err(Etsi014Error::bad_request(format!(
+            "between 1 and {} key IDs per request",
+            limits.max_key_per_request
+        )));
+    }
+    let mut key_ids = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let parsed = Uuid::parse_str(id)
+            .map_err(|_| Etsi014Error::bad_request(format!("key_ID {id} is not a UUID")))?;
+        if key_ids.contains(&parsed) {
+            return Err(Etsi014Error::bad_request(format!(
+                "key_ID {id} requested twice"
+            )));
+        }
+        key_ids.push(parsed);
+    }
+    let taken = agent
+        .store
+        .run({
+            let (slave, master) = (slave.clone(), master.clone());
+            move |s| s.write(|txn| txn.take_deliveries(&slave, &master, &key_ids))
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::UnknownKey(id) => Etsi014Error::bad_request("unknown key_ID")
+                .detail(json!({"key_ID": id.to_string()})),
+            StoreError::NotForThisSae(id) => {
+                Etsi014Error::unauthorized("key_ID was not issued for this SAE and master SAE")
+                    .detail(json!({"key_ID": id.to_string()}))
+            }
+            other => Etsi014Error::unavailable(other.to_string()),
+        })?;
+    tracing::info!(%slave, %master, keys = taken.len(), "keys supplied to slave SAE");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(Json(KeyContainer {
+        keys: taken
+            .iter()
+            .map(|d| Key {
+                key_ID: d.key_id.to_string(),
+                key_ID_extension: None,
+                key: b64.encode(&d.key[..]),
+                key_extension: None,
+            })
+            .collect(),
+        key_container_extension: None,
+    }))
+}

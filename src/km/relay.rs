@@ -1,0 +1,451 @@
+//! Key relay between KMs (the KMA's hop-by-hop relay inside a domain).
+//!
+//! The KM of the master SAE makes the keys from its own blocks of the first hop's link key
+//! pool: the peer holds the same blocks, so the first hop only names them. Every further hop
+//! re-encrypts the keys with a one-time pad from its own link. Every hop message is
+//! authenticated with a one-time MAC keyed by one more link block, on top of mutual TLS.
+//! Blocks are removed from the store before anything is sent, so no block is used twice,
+//! whatever fails afterwards. The destination KM stores the keys for the slave SAEs before it
+//! acknowledges; the master SAE gets its keys only after that acknowledgement.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use super::agent::Agent;
+use super::config::LinkConfig;
+use super::otp;
+use super::store::{Block, StoreError};
+
+/// Version of the relay message format.
+pub const RELAY_VERSION: u32 = 1;
+/// Most hops a relayed key may take.
+pub const MAX_HOPS: u8 = 32;
+/// Most keys in one relay message.
+pub const MAX_KEYS_PER_MESSAGE: usize = 1024;
+/// Largest key size accepted on the KMA link, in bits.
+pub const MAX_RELAY_KEY_BITS: u32 = 65_536;
+
+/// A relay hop message: the body (JSON text) exactly as authenticated, and its MAC.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RelayEnvelope {
+    /// [`RelayBody`] as JSON text; the MAC covers these bytes.
+    pub body: String,
+    /// Number of the link block (owned by the sender) keying the one-time MAC.
+    pub mac_seq: u64,
+    /// One-time MAC tag, Base64.
+    pub tag: String,
+}
+
+/// What one hop says to the next.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RelayBody {
+    pub version: u32,
+    pub relay_id: Uuid,
+    /// The link this hop crosses.
+    pub link: String,
+    pub origin_km: String,
+    pub dest_km: String,
+    pub master_sae: String,
+    pub slave_saes: Vec<String>,
+    /// Key size in bits.
+    pub key_size: u32,
+    pub hops_left: u8,
+    pub keys: Vec<RelayedKey>,
+}
+
+/// One key on one hop.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RelayedKey {
+    pub key_id: Uuid,
+    /// Numbers of the sender's link blocks used for this key.
+    pub pad: Vec<u64>,
+    /// The key XOR the pad, Base64; absent when the pad blocks *are* the key (first hop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ciphertext: Option<String>,
+}
+
+/// The destination's acknowledgement, passed back hop by hop.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RelayAck {
+    pub relay_id: Uuid,
+    pub delivered: usize,
+    /// Number of hops the keys travelled.
+    pub hops: u32,
+}
+
+/// Why a relay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("no relay route to node {0}")]
+    NoRoute(String),
+    #[error("not enough key material: {0}")]
+    Exhausted(StoreError),
+    #[error("relay message rejected: {0}")]
+    Rejected(String),
+    #[error("next hop {node} refused the relay (HTTP {status}): {message}")]
+    Peer {
+        node: String,
+        status: u16,
+        message: String,
+    },
+    #[error("next hop {node} unreachable: {source}")]
+    Unreachable {
+        node: String,
+        source: reqwest::Error,
+    },
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for RelayError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Exhausted { .. } => RelayError::Exhausted(e),
+            StoreError::MissingBlock { .. } | StoreError::WrongOwner { .. } => {
+                RelayError::Rejected(e.to_string())
+            }
+            other => RelayError::Store(other),
+        }
+    }
+}
+
+/// A key issued to a master SAE.
+pub struct IssuedKey {
+    pub key_id: Uuid,
+    pub key: Zeroizing<Vec<u8>>,
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// Supplies `number` keys of `size` bits shared by `master` (an SAE of this KM) with every
+/// SAE in `slaves`: relays them to the KMs of remote slaves and records them for local ones.
+pub async fn supply(
+    agent: &Arc<Agent>,
+    master: &str,
+    slaves: &[String],
+    number: u32,
+    size: u32,
+) -> Result<Vec<IssuedKey>, RelayError> {
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for slave in slaves {
+        let node = agent
+            .sae_node(slave)
+            .ok_or_else(|| RelayError::Rejected(format!("unknown SAE {slave}")))?;
+        groups
+            .entry(node.to_owned())
+            .or_default()
+            .push(slave.clone());
+    }
+    let local = groups.remove(&agent.config.node);
+    let key_ids: Vec<Uuid> = (0..number).map(|_| Uuid::new_v4()).collect();
+    let mut keys: Option<Vec<Zeroizing<Vec<u8>>>> = None;
+    for (dest, group) in &groups {
+        let relay_id = Uuid::new_v4();
+        let span = tracing::info_span!("relay", %relay_id, origin = %agent.config.node, %dest, keys = number);
+        let made = async {
+            let link = agent
+                .next_hop(dest)
+                .ok_or_else(|| RelayError::NoRoute(dest.clone()))?;
+            let hop = Hop {
+                relay_id,
+                origin_km: agent.config.node.clone(),
+                dest_km: dest.clone(),
+                master_sae: master.to_owned(),
+                slave_saes: group.clone(),
+                key_size: size,
+                hops_left: MAX_HOPS,
+            };
+            let (made, ack) =
+                send_hop(agent, &link, hop, &key_ids, keys.as_deref(), Vec::new()).await?;
+            tracing::info!(hops = ack.hops, "keys relayed");
+            Ok::<_, RelayError>(made)
+        }
+        .instrument(span)
+        .await?;
+        keys.get_or_insert(made);
+    }
+    let keys = keys.unwrap_or_else(|| {
+        key_ids
+            .iter()
+            .map(|_| {
+                let mut key = Zeroizing::new(vec![0u8; size as usize / 8]);
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key[..]);
+                key
+            })
+            .collect()
+    });
+    if let Some(local) = local {
+        let entries: Vec<(Uuid, Zeroizing<Vec<u8>>)> =
+            key_ids.iter().copied().zip(keys.iter().cloned()).collect();
+        let master = master.to_owned();
+        agent
+            .store
+            .run(move |s| {
+                s.write(|txn| {
+                    for slave in &local {
+                        for (id, key) in &entries {
+                            txn.insert_delivery(slave, &master, *id, key)?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .await?;
+    }
+    Ok(key_ids
+        .into_iter()
+        .zip(keys)
+        .map(|(key_id, key)| IssuedKey { key_id, key })
+        .collect())
+}
+
+/// The routing part of a hop message.
+struct Hop {
+    relay_id: Uuid,
+    origin_km: String,
+    dest_km: String,
+    master_sae: String,
+    slave_saes: Vec<String>,
+    key_size: u32,
+    hops_left: u8,
+}
+
+/// Takes this end's blocks of `link`, protects `keys` (or makes them from the blocks when
+/// `keys` is `None`), sends the hop and waits for the acknowledgement. `consumed_in` are the
+/// peer blocks of the incoming hop, removed in the same transaction.
+async fn send_hop(
+    agent: &Arc<Agent>,
+    link: &LinkConfig,
+    hop: Hop,
+    key_ids: &[Uuid],
+    keys: Option<&[Zeroizing<Vec<u8>>]>,
+    consumed_in: Vec<(String, u8, Vec<u64>)>,
+) -> Result<(Vec<Zeroizing<Vec<u8>>>, RelayAck), RelayError> {
+    let per_key = otp::blocks_per_key(hop.key_size);
+    let wanted = key_ids.len() * per_key + 1;
+    let (link_id, parity) = (link.id.clone(), link.end.parity());
+    let mut taken = agent
+        .store
+        .run(move |s| {
+            s.write(|txn| {
+                for (link, parity, seqs) in &consumed_in {
+                    txn.remove_peer_blocks(link, *parity, seqs)?;
+                }
+                txn.take_own_blocks(&link_id, parity, wanted)
+            })
+        })
+        .await?;
+    let (mac_seq, mac_key) = taken.pop().expect("at least the MAC block");
+    let mut made = Vec::with_capacity(key_ids.len());
+    let mut relayed = Vec::with_capacity(key_ids.len());
+    for (i, (key_id, chunk)) in key_ids.iter().zip(taken.chunks(per_key)).enumerate() {
+        let pad_blocks: Vec<Block> = chunk.iter().map(|(_, b)| b.clone()).collect();
+        let pad = otp::key_from_blocks(&pad_blocks, hop.key_size);
+        let ciphertext = keys.map(|keys| b64().encode(&otp::xor_pad(&keys[i], &pad)[..]));
+        if keys.is_none() {
+            made.push(pad);
+        }
+        relayed.push(RelayedKey {
+            key_id: *key_id,
+            pad: chunk.iter().map(|(seq, _)| *seq).collect(),
+            ciphertext,
+        });
+    }
+    let body = RelayBody {
+        version: RELAY_VERSION,
+        relay_id: hop.relay_id,
+        link: link.id.clone(),
+        origin_km: hop.origin_km,
+        dest_km: hop.dest_km,
+        master_sae: hop.master_sae,
+        slave_saes: hop.slave_saes,
+        key_size: hop.key_size,
+        hops_left: hop.hops_left,
+        keys: relayed,
+    };
+    let body = serde_json::to_string(&body).map_err(|e| RelayError::Rejected(e.to_string()))?;
+    let envelope = RelayEnvelope {
+        tag: b64().encode(otp::tag(&mac_key, body.as_bytes())),
+        body,
+        mac_seq,
+    };
+    let response = agent
+        .peers
+        .post(format!("{}/kma/v1/relay", link.peer_kma))
+        .json(&envelope)
+        .send()
+        .await
+        .map_err(|source| RelayError::Unreachable {
+            node: link.peer.clone(),
+            source,
+        })?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let message = response.text().await.unwrap_or_default();
+        return Err(RelayError::Peer {
+            node: link.peer.clone(),
+            status,
+            message,
+        });
+    }
+    let ack: RelayAck = response
+        .json()
+        .await
+        .map_err(|source| RelayError::Unreachable {
+            node: link.peer.clone(),
+            source,
+        })?;
+    Ok((made, ack))
+}
+
+/// Handles a hop message from peer KM `sender`: verifies it, then delivers the keys (this KM
+/// is the destination) or forwards them to the next hop.
+pub async fn receive(
+    agent: &Arc<Agent>,
+    sender: &str,
+    envelope: RelayEnvelope,
+) -> Result<RelayAck, RelayError> {
+    let body: RelayBody = serde_json::from_str(&envelope.body)
+        .map_err(|e| RelayError::Rejected(format!("malformed relay body: {e}")))?;
+    let span = tracing::info_span!("relay", relay_id = %body.relay_id, origin = %body.origin_km, dest = %body.dest_km, from = %sender);
+    receive_body(agent, sender, &envelope, body)
+        .instrument(span)
+        .await
+}
+
+async fn receive_body(
+    agent: &Arc<Agent>,
+    sender: &str,
+    envelope: &RelayEnvelope,
+    body: RelayBody,
+) -> Result<RelayAck, RelayError> {
+    let reject = |m: &str| Err(RelayError::Rejected(m.to_owned()));
+    if body.version != RELAY_VERSION {
+        return reject("unsupported relay version");
+    }
+    let Some(link) = agent.link_config(&body.link).filter(|l| l.peer == sender) else {
+        tracing::warn!("relay message from a KM that is not this link's peer");
+        return reject("the sender is not the peer of the named link");
+    };
+    if body.key_size == 0 || !body.key_size.is_multiple_of(8) || body.key_size > MAX_RELAY_KEY_BITS
+    {
+        return reject("key size must be a positive multiple of 8");
+    }
+    if body.keys.is_empty() || body.keys.len() > MAX_KEYS_PER_MESSAGE {
+        return reject("bad number of keys");
+    }
+    let per_key = otp::blocks_per_key(body.key_size);
+    let mut seqs: Vec<u64> = Vec::with_capacity(body.keys.len() * per_key + 1);
+    for key in &body.keys {
+        if key.pad.len() != per_key {
+            return reject("pad length does not match the key size");
+        }
+        seqs.extend(&key.pad);
+    }
+    seqs.push(envelope.mac_seq);
+    let mut unique = seqs.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() != seqs.len() {
+        return reject("a link block is referenced twice");
+    }
+    let (link_id, parity) = (link.id.clone(), link.end.parity());
+    let lookup = seqs.clone();
+    let blocks = agent
+        .store
+        .run(move |s| s.peek_peer_blocks(&link_id, parity, &lookup))
+        .await?;
+    let (mac_key, pads) = blocks.split_last().expect("the MAC block");
+    let tag = b64()
+        .decode(&envelope.tag)
+        .map_err(|_| RelayError::Rejected("tag is not Base64".into()))?;
+    if !otp::verify(mac_key, envelope.body.as_bytes(), &tag) {
+        tracing::warn!("relay message failed authentication");
+        return reject("message authentication failed");
+    }
+    let mut keys = Vec::with_capacity(body.keys.len());
+    for (key, pad_blocks) in body.keys.iter().zip(pads.chunks(per_key)) {
+        let pad = otp::key_from_blocks(pad_blocks, body.key_size);
+        keys.push(match &key.ciphertext {
+            None => pad,
+            Some(ct) => {
+                let ct = Zeroizing::new(
+                    b64()
+                        .decode(ct)
+                        .map_err(|_| RelayError::Rejected("ciphertext is not Base64".into()))?,
+                );
+                if ct.len() != pad.len() {
+                    return reject("ciphertext length does not match the key size");
+                }
+                otp::xor_pad(&ct, &pad)
+            }
+        });
+    }
+    let consumed = vec![(link.id.clone(), parity, seqs)];
+    let key_ids: Vec<Uuid> = body.keys.iter().map(|k| k.key_id).collect();
+    if body.dest_km == agent.config.node {
+        if body
+            .slave_saes
+            .iter()
+            .any(|s| agent.sae_node(s) != Some(agent.config.node.as_str()))
+        {
+            return reject("a slave SAE is not served by the destination KM");
+        }
+        let (slaves, master) = (body.slave_saes.clone(), body.master_sae.clone());
+        let entries: Vec<(Uuid, Zeroizing<Vec<u8>>)> = key_ids.iter().copied().zip(keys).collect();
+        agent
+            .store
+            .run(move |s| {
+                s.write(|txn| {
+                    for (link, parity, seqs) in &consumed {
+                        txn.remove_peer_blocks(link, *parity, seqs)?;
+                    }
+                    for slave in &slaves {
+                        for (id, key) in &entries {
+                            txn.insert_delivery(slave, &master, *id, key)?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .await?;
+        tracing::info!(keys = key_ids.len(), "keys delivered to destination KM");
+        return Ok(RelayAck {
+            relay_id: body.relay_id,
+            delivered: key_ids.len(),
+            hops: 1,
+        });
+    }
+    if body.hops_left == 0 {
+        return reject("hop limit reached");
+    }
+    let next = agent
+        .next_hop(&body.dest_km)
+        .ok_or_else(|| RelayError::NoRoute(body.dest_km.clone()))?;
+    if next.peer == sender {
+        return reject("the route loops back to the sender");
+    }
+    let hop = Hop {
+        relay_id: body.relay_id,
+        origin_km: body.origin_km,
+        dest_km: body.dest_km,
+        master_sae: body.master_sae,
+        slave_saes: body.slave_saes,
+        key_size: body.key_size,
+        hops_left: body.hops_left - 1,
+    };
+    let (_, ack) = send_hop(agent, &next, hop, &key_ids, Some(&keys), consumed).await?;
+    tracing::info!(next = %next.peer, "keys forwarded");
+    Ok(RelayAck {
+        hops: ack.hops + 1,
+        ..ack
+    })
+}

@@ -1,0 +1,16 @@
+//! qkdni: an SDN control plane for interworking QKD networks (ITU-T Y.3818).
+//!
+//! The modules follow the layers of the QKDN architecture (ITU-T Y.3800/Y.3802):
+//! - [`quantum`]: the quantum layer (emulated QKD modules and links, physical link model);
+//! - [`km`]: the key management layer (key manager agent: KMA relay, KSA key supply, key store);
+//! - [`testbed`]: bringing emulated domains up and down on one machine;
+//!
+//! and the interface modules they share: [`etsi014`] (key delivery API data formats),
+//! [`tls`] (mutual TLS for every reference point) and [`pki`] (certificates for testbeds).
+
+pub mod etsi014;
+pub mod km;
+pub mod pki;
+pub mod quantum;
+pub mod testbed;
+pub mod tls;

@@ -1,0 +1,149 @@
+//! The `qkdni` command: every daemon and tool of the project.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use qkdni::km::agent::Agent;
+use qkdni::km::config::KmConfig;
+use qkdni::quantum::link_model::LinkParams;
+use qkdni::testbed;
+
+#[derive(Parser)]
+#[command(
+    name = "qkdni",
+    version,
+    about = "SDN control plane for interworking QKD networks (ITU-T Y.3818)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a key manager agent (KMA + KSA) of one QKD node.
+    Km {
+        /// Agent configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Plan a QKD link: QBER and secret key rate from physical parameters (decoy-state BB84).
+    LinkModel(LinkModelArgs),
+    /// Emulated QKD networks on this machine.
+    Testbed {
+        #[command(subcommand)]
+        command: testbed::cli::TestbedCommand,
+    },
+    /// The demonstration: bring up the embedded default testbed, deliver keys between two
+    /// applications across key relays, cut a link, show what happens, shut down.
+    Demo {
+        /// Topology to use instead of the embedded default.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Keep the testbed directory here instead of a temporary one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct LinkModelArgs {
+    /// Fiber length in km.
+    #[arg(long, default_value_t = LinkParams::default().length_km)]
+    length_km: f64,
+    /// Fiber attenuation in dB/km.
+    #[arg(long, default_value_t = LinkParams::default().attenuation_db_per_km)]
+    attenuation_db_per_km: f64,
+    /// Detection efficiency of the receiver (0..1].
+    #[arg(long, default_value_t = LinkParams::default().detector_efficiency)]
+    detector_efficiency: f64,
+    /// Dark count probability per detector per pulse.
+    #[arg(long, default_value_t = LinkParams::default().dark_count_prob)]
+    dark_count_prob: f64,
+    /// Optical misalignment error probability.
+    #[arg(long, default_value_t = LinkParams::default().misalignment)]
+    misalignment: f64,
+    /// Error-correction inefficiency (>= 1).
+    #[arg(long, default_value_t = LinkParams::default().ec_efficiency)]
+    ec_efficiency: f64,
+    /// Pulse rate of the source in Hz.
+    #[arg(long, default_value_t = LinkParams::default().pulse_rate_hz)]
+    pulse_rate_hz: f64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QKDNI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Km { config } => {
+            init_tracing();
+            let config = KmConfig::load(&config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let agent = Agent::new(config)?;
+                agent.run().await
+            })?;
+        }
+        Command::LinkModel(args) => link_model(args)?,
+        Command::Testbed { command } => {
+            init_tracing();
+            testbed::cli::run(command)?;
+        }
+        Command::Demo { topology, dir } => {
+            init_tracing();
+            testbed::demo::run(topology.as_deref(), dir.as_deref())?;
+        }
+    }
+    Ok(())
+}
+
+fn link_model(args: LinkModelArgs) -> anyhow::Result<()> {
+    let params = LinkParams {
+        length_km: args.length_km,
+        attenuation_db_per_km: args.attenuation_db_per_km,
+        detector_efficiency: args.detector_efficiency,
+        dark_count_prob: args.dark_count_prob,
+        misalignment: args.misalignment,
+        ec_efficiency: args.ec_efficiency,
+        pulse_rate_hz: args.pulse_rate_hz,
+    };
+    let perf = params.evaluate().context("invalid link parameters")?;
+    if args.json {
+        let mut value = serde_json::to_value(perf)?;
+        value["params"] = serde_json::to_value(params)?;
+        println!("{value}");
+    } else {
+        println!(
+            "link: {} km at {} dB/km, detector efficiency {}, dark counts {:e}/pulse, misalignment {}, f_EC {}, {:e} pulses/s",
+            params.length_km,
+            params.attenuation_db_per_km,
+            params.detector_efficiency,
+            params.dark_count_prob,
+            params.misalignment,
+            params.ec_efficiency,
+            params.pulse_rate_hz
+        );
+        println!("transmittance (incl. detector): {:.3e}", perf.transmittance);
+        println!("optimal signal intensity mu:    {:.3}", perf.mu);
+        println!("QBER:                           {:.2} %", perf.qber * 100.0);
+        println!("secret key per pulse:           {:.3e}", perf.key_per_pulse);
+        println!(
+            "secret key rate:                {:.1} bit/s",
+            perf.secret_key_rate_bps
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! Emulated QKD module pairs.
+//!
+//! The transmitter module (at the link's `tx` end) produces random key blocks at the link's
+//! secret key rate and sends them to the receiver module (at the `rx` end, inside the peer KM
+//! process) over the *emulated quantum channel*: an HTTPS exchange on the KMA port, mutual
+//! TLS. Real modules distil identical keys at both ends from quantum signals; here the bits
+//! travel over loopback TLS, which only the emulation does.
+//!
+//! Both ends store every block exactly once under the same number:
+//! 1. the receiver stores a frame as *pending* and answers;
+//! 2. the transmitter then stores the frame as usable;
+//! 3. the next frame (or an empty one) carries `commit_upto`, and the receiver makes its
+//!    pending blocks usable.
+//!
+//! After any error or restart the two ends [`resync`](crate::km::store::Txn::resync): each
+//! drops what the other does not have. A block is usable at one end only once both ends have
+//! it, so nothing either end hands out is missing at the other.
+
+use std::time::Duration;
+
+use base64::Engine;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::Instrument;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::{LinkCondition, LinkState, QkdModule};
+use crate::km::store::{Block, KeyStore, StoreError, BLOCK_BYTES};
+
+/// Interval between frames of the emulated quantum channel.
+pub const FRAME_INTERVAL: Duration = Duration::from_millis(200);
+/// Most blocks in one frame.
+pub const MAX_BLOCKS_PER_FRAME: usize = 4096;
+
+/// Start of a session on the emulated quantum channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// The transmitter's next block number.
+    pub next_seq: u64,
+}
+
+/// The receiver's answer: the block number both ends continue from.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub agreed_next_seq: u64,
+}
+
+/// A frame of key blocks on the emulated quantum channel.
+#[derive(Serialize, Deserialize)]
+pub struct Frame {
+    /// Number of the first block in `blocks`.
+    pub first_seq: u64,
+    /// Concatenated blocks, Base64.
+    pub blocks: String,
+    /// Blocks numbered below this are stored at the transmitter: the receiver may use them.
+    pub commit_upto: u64,
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        self.blocks.zeroize();
+    }
+}
+
+/// Splits a frame's Base64 payload into blocks.
+pub fn decode_blocks(encoded: &str) -> Option<Vec<Block>> {
+    let bytes = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?,
+    );
+    if bytes.len() % BLOCK_BYTES != 0 || bytes.len() / BLOCK_BYTES > MAX_BLOCKS_PER_FRAME {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(BLOCK_BYTES)
+            .map(|chunk| {
+                let mut block = Zeroizing::new([0u8; BLOCK_BYTES]);
+                block.copy_from_slice(chunk);
+                block
+            })
+            .collect(),
+    )
+}
+
+fn encode_blocks(blocks: &[Block]) -> String {
+    let mut bytes = Zeroizing::new(Vec::with_capacity(blocks.len() * BLOCK_BYTES));
+    for block in blocks {
+        bytes.extend_from_slice(&block[..]);
+    }
+    base64::engine::general_purpose::STANDARD.encode(&bytes[..])
+}
+
+/// Receiver side of a sync: agree on the block number to continue from.
+pub fn receive_sync(
+    store: &KeyStore,
+    link: &str,
+    request: &SyncRequest,
+) -> Result<u64, StoreError> {
+    store.write(|txn| txn.resync(link, request.next_seq))
+}
+
+/// Receiver side of a frame: confirm what the transmitter stored, keep the new blocks pending.
+pub fn receive_frame(store: &KeyStore, link: &str, frame: &Frame) -> Result<u64, ReceiveError> {
+    let blocks = decode_blocks(&frame.blocks).ok_or(ReceiveError::Malformed)?;
+    let next = frame.first_seq + blocks.len() as u64;
+    if frame.commit_upto > frame.first_seq {
+        return Err(ReceiveError::Malformed);
+    }
+    store.write(|txn| {
+        txn.commit_pending(link, frame.commit_upto)?;
+        if !blocks.is_empty() {
+            txn.store_pending(link, frame.first_seq, &blocks)?;
+        }
+        Ok(())
+    })?;
+    Ok(next)
+}
+
+/// Why the receiver refused a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("malformed frame")]
+    Malformed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The transmitter module of an emulated link.
+pub struct EmulatedTransmitter {
+    /// Link id.
+    pub link: String,
+    /// Base URL of the peer KM's KMA server (`https://host:port`).
+    pub peer_kma: String,
+    /// HTTPS client with this KM's identity.
+    pub client: reqwest::Client,
+    /// Most blocks the link's pool holds; generation pauses when full, like a real module
+    /// whose key buffer is full.
+    pub capacity_blocks: usize,
+}
+
+impl QkdModule for EmulatedTransmitter {
+    fn link_id(&self) -> &str {
+        &self.link
+    }
+
+    fn start(
+        self: Box<Self>,
+        store: KeyStore,
+        control: watch::Receiver<LinkCondition>,
+    ) -> tokio::task::JoinHandle<()> {
+        let span = tracing::info_span!("qkd_module", link = %self.link, end = "tx");
+        tokio::spawn(self.run(store, control).instrument(span))
+    }
+}
+
+enum Session {
+    /// Both ends agree up to this block number; nothing unconfirmed.
+    Synced {
+        next_seq: u64,
+        unconfirmed: bool,
+    },
+    NeedsSync,
+}
+
+impl EmulatedTransmitter {
+    fn url(&self, what: &str) -> String {
+        format!("{}/qchannel/v1/links/{}/{}", self.peer_kma, self.link, what)
+    }
+
+    async fn run(self, store: KeyStore, control: watch::Receiver<LinkCondition>) {
+        let mut session = Session::NeedsSync;
+        let mut bits_owed = 0.0f64;
+        let mut ticker = tokio::time::interval(FRAME_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = tokio::time::Instant::now();
+        loop {
+            ticker.tick().await;
+            let now = tokio::time::Instant::now();
+            let elapsed = now.duration_since(last).as_secs_f64();
+            last = now;
+            let condition = *control.borrow();
+            if condition.state != LinkState::Up {
+                bits_owed = 0.0;
+            } else {
+                bits_owed += condition.rate_bps * elapsed;
+            }
+            session = match self.step(&store, session, &mut bits_owed).await {
+                Ok(next) => next,
+                Err(error) => {
+                    tracing::debug!(%error, "quantum channel interrupted; resyncing");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Session::NeedsSync
+                }
+            };
+        }
+    }
+
+    async fn step(
+        &self,
+        store: &KeyStore,
+        session: Session,
+        bits_owed: &mut f64,
+    ) -> Result<Session, TransmitError> {
+        let (next_seq, unconfirmed) = match session {
+            Session::Synced {
+                next_seq,
+                unconfirmed,
+            } => (next_seq, unconfirmed),
+            Session::NeedsSync => (self.sync(store).await?, false),
+        };
+        let link = self.link.clone();
+        let stored = store
+            .run(move |s| Ok(s.available(&link, 0)? + s.available(&link, 1)?))
+            .await?;
+        let room = self.capacity_blocks.saturating_sub(stored);
+        let due = (*bits_owed / (BLOCK_BYTES * 8) as f64).floor() as usize;
+        let count = due.min(room).min(MAX_BLOCKS_PER_FRAME);
+        *bits_owed -= (due * BLOCK_BYTES * 8) as f64; // a full buffer discards, as real modules do
+        if count == 0 && !unconfirmed {
+            return Ok(Session::Synced {
+                next_seq,
+                unconfirmed: false,
+            });
+        }
+        let blocks: Vec<Block> = (0..count)
+            .map(|_| {
+                let mut block = Zeroizing::new([0u8; BLOCK_BYTES]);
+                rand::rngs::OsRng.fill_bytes(&mut block[..]);
+                block
+            })
+            .collect();
+        let frame = Frame {
+            first_seq: next_seq,
+            blocks: encode_blocks(&blocks),
+            commit_upto: next_seq,
+        };
+        let response = self
+            .client
+            .post(self.url("frames"))
+            .json(&frame)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            return Err(TransmitError::Refused(response.status().as_u16()));
+        }
+        if !blocks.is_empty() {
+            let link = self.link.clone();
+            store
+                .run(move |s| s.write(|txn| txn.store_blocks(&link, next_seq, &blocks)))
+                .await?;
+        }
+        Ok(Session::Synced {
+            next_seq: next_seq + count as u64,
+            unconfirmed: count > 0,
+        })
+    }
+
+    async fn sync(&self, store: &KeyStore) -> Result<u64, TransmitError> {
+        let link = self.link.clone();
+        let own_next = store.run(move |s| s.next_seq(&link)).await?;
+        let response = self
+            .client
+            .post(self.url("sync"))
+            .json(&SyncRequest { next_seq: own_next })
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            return Err(TransmitError::Refused(response.status().as_u16()));
+        }
+        let agreed = response.json::<SyncResponse>().await?.agreed_next_seq;
+        let link = self.link.clone();
+        let next = store
+            .run(move |s| s.write(|txn| txn.resync(&link, agreed)))
+            .await?;
+        tracing::info!(link = %self.link, next_seq = next, "quantum channel synchronised");
+        Ok(next)
+    }
+}
+
+/// Why a frame could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum TransmitError {
+    #[error("peer unreachable: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("peer refused with HTTP {0}")]
+    Refused(u16),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,129 @@
+//! `endpoints.json`: where a running testbed's services are and which credentials reach them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::tls::TlsFiles;
+
+/// Everything a client needs to use a testbed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// Topology name.
+    pub name: String,
+    /// CA certificate that signed every certificate of the testbed (PEM path).
+    pub ca_cert: PathBuf,
+    /// Client credentials of the testbed operator.
+    pub operator: Credentials,
+    pub domains: BTreeMap<String, DomainEndpoints>,
+    pub saes: BTreeMap<String, SaeEndpoint>,
+    pub links: BTreeMap<String, LinkEndpoint>,
+}
+
+/// A certificate and its key (PEM paths).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One domain's services.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DomainEndpoints {
+    /// CA of the domain (PEM path).
+    pub ca_cert: PathBuf,
+    pub nodes: BTreeMap<String, NodeEndpoint>,
+}
+
+/// One KM node's services.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeEndpoint {
+    /// ETSI GS QKD 014 base URL (`https://host:port`).
+    pub etsi014: String,
+    /// KMA base URL (peer KMs, operators' admin API).
+    pub kma: String,
+    /// The agent's configuration file.
+    pub config: PathBuf,
+    /// The agent's log file.
+    pub log: PathBuf,
+}
+
+/// One SAE.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaeEndpoint {
+    pub node: String,
+    pub domain: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One QKD link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkEndpoint {
+    pub nodes: [String; 2],
+    pub domain: String,
+}
+
+/// Errors reading endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointsError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+impl Endpoints {
+    /// Path of `endpoints.json` in a testbed directory.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("endpoints.json")
+    }
+
+    /// Reads `endpoints.json` from a testbed directory.
+    pub fn load(dir: &Path) -> Result<Self, EndpointsError> {
+        let path = Self::path(dir);
+        let text = std::fs::read_to_string(&path).map_err(|source| EndpointsError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| EndpointsError::Parse { path, source })
+    }
+
+    /// TLS files of SAE `sae`.
+    pub fn sae_tls(&self, sae: &str) -> Option<TlsFiles> {
+        let entry = self.saes.get(sae)?;
+        Some(TlsFiles {
+            cert: entry.cert.clone(),
+            key: entry.key.clone(),
+            ca: vec![self.ca_cert.clone()],
+        })
+    }
+
+    /// TLS files of the operator.
+    pub fn operator_tls(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.operator.cert.clone(),
+            key: self.operator.key.clone(),
+            ca: vec![self.ca_cert.clone()],
+        }
+    }
+
+    /// The node endpoint of `node`, in whichever domain.
+    pub fn node(&self, node: &str) -> Option<&NodeEndpoint> {
+        self.domains.values().find_map(|d| d.nodes.get(node))
+    }
+
+    /// ETSI GS QKD 014 base URL of the KM serving `sae`.
+    pub fn sae_kme(&self, sae: &str) -> Option<&str> {
+        let node = &self.saes.get(sae)?.node;
+        self.node(node).map(|n| n.etsi014.as_str())
+    }
+}

@@ -1,0 +1,16 @@
+//! Emulated QKD networks on one machine: real KM processes on loopback, real certificates.
+//!
+//! - [`topology`]: the topology file format;
+//! - [`endpoints`]: `endpoints.json`, what clients need to reach the testbed;
+//! - [`runner`]: bringing a testbed up and down, faults, node restarts;
+//! - [`cli`]: the `qkdni testbed` subcommands;
+//! - [`demo`]: the end-to-end demonstration.
+
+pub mod cli;
+pub mod demo;
+pub mod endpoints;
+pub mod runner;
+pub mod topology;
+
+/// The default single-domain topology, embedded so the demo needs no files.
+pub const SINGLE_DOMAIN: &str = include_str!("../../testbed/single-domain.toml");

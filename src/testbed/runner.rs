@@ -1,0 +1,440 @@
+//! Bringing a testbed up and down: certificates, agent configurations, processes, faults.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::endpoints::{
+    Credentials, DomainEndpoints, Endpoints, LinkEndpoint, NodeEndpoint, SaeEndpoint,
+};
+use super::topology::Topology;
+use crate::km::config::{Etsi014Limits, KmConfig, LinkConfig, LinkEnd};
+use crate::pki::{Authority, PkiError, Role};
+use crate::quantum::LinkState;
+use crate::tls::{self, TlsFiles};
+
+/// Errors of testbed operations.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    #[error("{0}")]
+    Io(String),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Endpoints(#[from] super::endpoints::EndpointsError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("node {node} did not become ready: {reason}")]
+    NotReady { node: String, reason: String },
+    #[error("unknown {kind} {name}")]
+    Unknown { kind: &'static str, name: String },
+    #[error("{0}")]
+    Operation(String),
+}
+
+fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> TestbedError {
+    move |e| TestbedError::Io(format!("{context}: {e}"))
+}
+
+/// Processes of a running testbed (`processes.json`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Processes {
+    nodes: BTreeMap<String, u32>,
+}
+
+impl Processes {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("processes.json")
+    }
+
+    fn load(dir: &Path) -> Self {
+        std::fs::read_to_string(Self::path(dir))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), TestbedError> {
+        let text = serde_json::to_string_pretty(self).expect("serializable");
+        std::fs::write(Self::path(dir), text).map_err(io("writing processes.json"))
+    }
+}
+
+fn free_port() -> Result<u16, TestbedError> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io("finding a free port"))?;
+    Ok(listener.local_addr().map_err(io("local address"))?.port())
+}
+
+/// Writes certificates and agent configurations for `topology` into `dir`, starts every KM
+/// agent with the `qkdni` binary `exe`, waits until all are ready and writes
+/// `endpoints.json`.
+pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints, TestbedError> {
+    if Endpoints::path(dir).exists() && !Processes::load(dir).nodes.is_empty() {
+        return Err(TestbedError::Operation(format!(
+            "{} holds a running testbed: bring it down first",
+            dir.display()
+        )));
+    }
+    let dir = &std::path::absolute(dir).map_err(io("testbed directory"))?;
+    let pki = dir.join("pki");
+    for sub in ["pki", "nodes", "logs"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(io(format!("creating {sub}")))?;
+    }
+    let ca = Authority::new(&topology.name)?;
+    let ca_cert = pki.join("ca.crt");
+    std::fs::write(&ca_cert, ca.cert_pem()).map_err(io("writing CA"))?;
+    let operator_paths = ca.issue_to(&pki, "operator", "operator", Role::Client)?;
+
+    let mut endpoints = Endpoints {
+        name: topology.name.clone(),
+        ca_cert: ca_cert.clone(),
+        operator: Credentials {
+            name: "operator".into(),
+            cert: operator_paths.cert,
+            key: operator_paths.key,
+        },
+        domains: BTreeMap::new(),
+        saes: BTreeMap::new(),
+        links: BTreeMap::new(),
+    };
+    let mut configs = Vec::new();
+    for domain in &topology.domains {
+        let mut addresses = BTreeMap::new();
+        for node in &domain.nodes {
+            let etsi = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+            let kma = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+            addresses.insert(node.name.clone(), (etsi, kma));
+        }
+        let routes = domain.shortest_routes();
+        let saes: BTreeMap<String, String> = domain
+            .nodes
+            .iter()
+            .flat_map(|n| n.saes.iter().map(move |s| (s.clone(), n.name.clone())))
+            .collect();
+        let mut nodes = BTreeMap::new();
+        for node in &domain.nodes {
+            let node_dir = dir.join("nodes").join(&node.name);
+            std::fs::create_dir_all(&node_dir).map_err(io("creating node directory"))?;
+            let paths = ca.issue_to(&pki, &format!("km-{}", node.name), &node.name, Role::Node)?;
+            let (etsi, kma) = addresses[&node.name];
+            let links = domain
+                .links
+                .iter()
+                .filter_map(|link| {
+                    let end = if link.nodes[0] == node.name {
+                        LinkEnd::Tx
+                    } else if link.nodes[1] == node.name {
+                        LinkEnd::Rx
+                    } else {
+                        return None;
+                    };
+                    let peer = &link.nodes[match end {
+                        LinkEnd::Tx => 1,
+                        LinkEnd::Rx => 0,
+                    }];
+                    Some(LinkConfig {
+                        id: link.id.clone(),
+                        peer: peer.clone(),
+                        peer_kma: format!("https://{}", addresses[peer].1),
+                        end,
+                        rate_bps: link.rate_bps,
+                        model: link.model,
+                        capacity_blocks: link.capacity_blocks.unwrap_or(16_384),
+                    })
+                })
+                .collect();
+            let config = KmConfig {
+                node: node.name.clone(),
+                domain: domain.name.clone(),
+                data_dir: node_dir.join("data"),
+                etsi014_listen: etsi,
+                kma_listen: kma,
+                tls: TlsFiles {
+                    cert: paths.cert,
+                    key: paths.key,
+                    ca: vec![ca_cert.clone()],
+                },
+                operators: vec!["operator".into()],
+                etsi014: Etsi014Limits::default(),
+                links,
+                saes: saes.clone(),
+                routes: routes.get(&node.name).cloned().unwrap_or_default(),
+            };
+            let config_path = node_dir.join("km.toml");
+            let text = toml::to_string_pretty(&config)
+                .map_err(|e| TestbedError::Operation(format!("serializing config: {e}")))?;
+            std::fs::write(&config_path, text).map_err(io("writing agent config"))?;
+            for sae in &node.saes {
+                let sae_paths = ca.issue_to(&pki, &format!("sae-{sae}"), sae, Role::Client)?;
+                endpoints.saes.insert(
+                    sae.clone(),
+                    SaeEndpoint {
+                        node: node.name.clone(),
+                        domain: domain.name.clone(),
+                        cert: sae_paths.cert,
+                        key: sae_paths.key,
+                    },
+                );
+            }
+            nodes.insert(
+                node.name.clone(),
+                NodeEndpoint {
+                    etsi014: format!("https://{etsi}"),
+                    kma: format!("https://{kma}"),
+                    config: config_path.clone(),
+                    log: dir.join("logs").join(format!("{}.log", node.name)),
+                },
+            );
+            configs.push(node.name.clone());
+        }
+        for link in &domain.links {
+            endpoints.links.insert(
+                link.id.clone(),
+                LinkEndpoint {
+                    nodes: link.nodes.clone(),
+                    domain: domain.name.clone(),
+                },
+            );
+        }
+        endpoints.domains.insert(
+            domain.name.clone(),
+            DomainEndpoints {
+                ca_cert: ca_cert.clone(),
+                nodes,
+            },
+        );
+    }
+    // endpoints.json is written before start so that start_node can find the nodes; a
+    // testbed is only "up" once every node answers.
+    write_endpoints(dir, &endpoints)?;
+    let mut processes = Processes::default();
+    for node in &configs {
+        let pid = spawn_node(&endpoints, node, exe)?;
+        processes.nodes.insert(node.clone(), pid);
+        processes.save(dir)?;
+    }
+    for node in &configs {
+        wait_ready(&endpoints, node, processes.nodes[node]).await?;
+    }
+    Ok(endpoints)
+}
+
+fn write_endpoints(dir: &Path, endpoints: &Endpoints) -> Result<(), TestbedError> {
+    let text = serde_json::to_string_pretty(endpoints).expect("serializable");
+    std::fs::write(Endpoints::path(dir), text).map_err(io("writing endpoints.json"))
+}
+
+fn spawn_node(endpoints: &Endpoints, node: &str, exe: &Path) -> Result<u32, TestbedError> {
+    let entry = endpoints.node(node).ok_or_else(|| TestbedError::Unknown {
+        kind: "node",
+        name: node.into(),
+    })?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&entry.log)
+        .map_err(io("opening node log"))?;
+    let child = Command::new(exe)
+        .arg("km")
+        .arg("--config")
+        .arg(&entry.config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(io("log handle"))?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(io(format!("starting {}", exe.display())))?;
+    Ok(child.id())
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by whoever adopted it) is not alive.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+async fn wait_ready(endpoints: &Endpoints, node: &str, pid: u32) -> Result<(), TestbedError> {
+    let entry = endpoints.node(node).expect("known node");
+    let client = tls::https_client(&endpoints.operator_tls(), Duration::from_secs(2))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if !alive(pid) {
+            let log = std::fs::read_to_string(&entry.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            return Err(TestbedError::NotReady {
+                node: node.into(),
+                reason: format!(
+                    "process exited: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ),
+            });
+        }
+        if let Ok(response) = client
+            .get(format!("{}/admin/v1/health", entry.kma))
+            .send()
+            .await
+        {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(TestbedError::NotReady {
+                node: node.into(),
+                reason: "no answer within 30 s".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
+fn stop_pid(pid: u32, kill: bool) {
+    use nix::sys::signal::Signal;
+    if kill {
+        signal(pid, Signal::SIGKILL);
+    } else {
+        signal(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        signal(pid, Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Stops every process of the testbed in `dir`.
+pub fn down(dir: &Path) -> Result<(), TestbedError> {
+    let mut processes = Processes::load(dir);
+    for (_, pid) in std::mem::take(&mut processes.nodes) {
+        stop_pid(pid, false);
+    }
+    processes.save(dir)
+}
+
+/// Stops node `node` (`kill`: with SIGKILL, as a crash).
+pub fn stop_node(dir: &Path, node: &str, kill: bool) -> Result<(), TestbedError> {
+    let mut processes = Processes::load(dir);
+    let pid = processes
+        .nodes
+        .remove(node)
+        .ok_or_else(|| TestbedError::Unknown {
+            kind: "running node",
+            name: node.into(),
+        })?;
+    stop_pid(pid, kill);
+    processes.save(dir)
+}
+
+/// Starts node `node` again with its existing configuration and store.
+pub async fn start_node(dir: &Path, node: &str, exe: &Path) -> Result<(), TestbedError> {
+    let endpoints = Endpoints::load(dir)?;
+    let mut processes = Processes::load(dir);
+    if let Some(pid) = processes.nodes.get(node) {
+        if alive(*pid) {
+            return Err(TestbedError::Operation(format!("node {node} is running")));
+        }
+    }
+    let pid = spawn_node(&endpoints, node, exe)?;
+    processes.nodes.insert(node.into(), pid);
+    processes.save(dir)?;
+    wait_ready(&endpoints, node, pid).await
+}
+
+/// Sets the state of QKD link `link` at both its ends.
+pub async fn set_link_state(dir: &Path, link: &str, state: LinkState) -> Result<(), TestbedError> {
+    let endpoints = Endpoints::load(dir)?;
+    let entry = endpoints
+        .links
+        .get(link)
+        .ok_or_else(|| TestbedError::Unknown {
+            kind: "link",
+            name: link.into(),
+        })?;
+    let client = tls::https_client(&endpoints.operator_tls(), Duration::from_secs(5))?;
+    for node in &entry.nodes {
+        let kma = &endpoints.node(node).expect("link nodes exist").kma;
+        let response = client
+            .put(format!("{kma}/admin/v1/links/{link}/state"))
+            .json(&crate::km::kma::SetLinkState { state })
+            .send()
+            .await
+            .map_err(|e| TestbedError::Operation(format!("node {node}: {e}")))?;
+        if !response.status().is_success() {
+            return Err(TestbedError::Operation(format!(
+                "node {node} refused: HTTP {}",
+                response.status()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The admin view of every link of `node`.
+pub async fn link_reports(
+    endpoints: &Endpoints,
+    node: &str,
+) -> Result<Vec<crate::km::kma::LinkReport>, TestbedError> {
+    let entry = endpoints.node(node).ok_or_else(|| TestbedError::Unknown {
+        kind: "node",
+        name: node.into(),
+    })?;
+    let client = tls::https_client(&endpoints.operator_tls(), Duration::from_secs(5))?;
+    let response = client
+        .get(format!("{}/admin/v1/links", entry.kma))
+        .send()
+        .await
+        .map_err(|e| TestbedError::Operation(format!("node {node}: {e}")))?;
+    response
+        .json()
+        .await
+        .map_err(|e| TestbedError::Operation(format!("node {node}: {e}")))
+}
+
+/// Waits until every hop of `path` (a list of adjacent nodes) holds at least `blocks` blocks
+/// that the sending end may use.
+pub async fn wait_path_keys(
+    endpoints: &Endpoints,
+    path: &[String],
+    blocks: usize,
+    timeout: Duration,
+) -> Result<(), TestbedError> {
+    let deadline = Instant::now() + timeout;
+    'retry: loop {
+        for hop in path.windows(2) {
+            let reports = link_reports(endpoints, &hop[0]).await?;
+            let ready = reports
+                .iter()
+                .any(|l| l.peer == hop[1] && l.own_blocks >= blocks);
+            if !ready {
+                if Instant::now() > deadline {
+                    return Err(TestbedError::Operation(format!(
+                        "hop {} -> {} has fewer than {blocks} blocks after {timeout:?}",
+                        hop[0], hop[1]
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue 'retry;
+            }
+        }
+        return Ok(());
+    }
+}

@@ -1,0 +1,198 @@
+//! Testbed topology files (TOML).
+//!
+//! ```toml
+//! name = "single-domain"
+//! [[domains]]
+//! name = "A"
+//! [[domains.nodes]]
+//! name = "a1"
+//! saes = ["sae-a1-1", "sae-a1-2"]
+//! [[domains.links]]
+//! id = "a1-a2"
+//! nodes = ["a1", "a2"]       # the first node hosts the transmitter module
+//! rate_bps = 64000           # or a [domains.links.model] table of physical parameters
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use petgraph::graph::{NodeIndex, UnGraph};
+use serde::{Deserialize, Serialize};
+
+use crate::quantum::link_model::LinkParams;
+
+/// A testbed topology.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    pub name: String,
+    pub domains: Vec<Domain>,
+}
+
+/// One QKDN.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Domain {
+    pub name: String,
+    pub nodes: Vec<Node>,
+    #[serde(default)]
+    pub links: Vec<Link>,
+}
+
+/// One QKD node and the SAEs its KM serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub name: String,
+    #[serde(default)]
+    pub saes: Vec<String>,
+}
+
+/// One QKD link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub id: String,
+    /// The two nodes; the first hosts the transmitter module.
+    pub nodes: [String; 2],
+    #[serde(default)]
+    pub rate_bps: Option<f64>,
+    #[serde(default)]
+    pub model: Option<LinkParams>,
+    #[serde(default)]
+    pub capacity_blocks: Option<usize>,
+}
+
+/// Errors in a topology.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("parsing topology: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid topology: {0}")]
+    Invalid(String),
+}
+
+impl Topology {
+    /// Parses and validates a topology.
+    pub fn parse(text: &str) -> Result<Self, TopologyError> {
+        let topology: Topology = toml::from_str(text)?;
+        topology.validate()?;
+        Ok(topology)
+    }
+
+    fn validate(&self) -> Result<(), TopologyError> {
+        let invalid = |m: String| Err(TopologyError::Invalid(m));
+        let mut names = BTreeSet::new();
+        let mut saes = BTreeSet::new();
+        let mut links = BTreeSet::new();
+        for domain in &self.domains {
+            let own: BTreeSet<&str> = domain.nodes.iter().map(|n| n.name.as_str()).collect();
+            for node in &domain.nodes {
+                if !names.insert(node.name.clone()) {
+                    return invalid(format!("node {} defined twice", node.name));
+                }
+                for sae in &node.saes {
+                    if !saes.insert(sae.clone()) {
+                        return invalid(format!("SAE {sae} defined twice"));
+                    }
+                }
+            }
+            for link in &domain.links {
+                if !links.insert(link.id.clone()) {
+                    return invalid(format!("link {} defined twice", link.id));
+                }
+                if link.nodes[0] == link.nodes[1] {
+                    return invalid(format!("link {} loops", link.id));
+                }
+                for node in &link.nodes {
+                    if !own.contains(node.as_str()) {
+                        return invalid(format!(
+                            "link {}: node {node} is not in domain {}",
+                            link.id, domain.name
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Domain {
+    /// Fewest-hop relay routes of every node: node -> (destination -> next hop). Ties go to
+    /// the neighbour whose name sorts first, so routes are reproducible.
+    pub fn shortest_routes(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut graph = UnGraph::<&str, ()>::new_undirected();
+        let index: HashMap<&str, NodeIndex> = self
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), graph.add_node(n.name.as_str())))
+            .collect();
+        for link in &self.links {
+            graph.add_edge(
+                index[link.nodes[0].as_str()],
+                index[link.nodes[1].as_str()],
+                (),
+            );
+        }
+        let mut routes: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for dest in &self.nodes {
+            let distance =
+                petgraph::algo::dijkstra(&graph, index[dest.name.as_str()], None, |_| 1u32);
+            for node in &self.nodes {
+                if node.name == dest.name {
+                    continue;
+                }
+                let here = index[node.name.as_str()];
+                let Some(&d) = distance.get(&here) else {
+                    continue;
+                };
+                if d == 1 {
+                    continue; // adjacent: the direct link needs no route entry
+                }
+                let next = graph
+                    .neighbors(here)
+                    .filter(|n| distance.get(n) == Some(&(d - 1)))
+                    .map(|n| graph[n])
+                    .min();
+                if let Some(next) = next {
+                    routes
+                        .entry(node.name.clone())
+                        .or_default()
+                        .insert(dest.name.clone(), next.to_owned());
+                }
+            }
+        }
+        routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_routed() {
+        let topology = Topology::parse(crate::testbed::SINGLE_DOMAIN).unwrap();
+        let domain = &topology.domains[0];
+        assert!(domain.nodes.len() >= 4);
+        let routes = domain.shortest_routes();
+        // every node reaches every other node
+        for node in &domain.nodes {
+            let adjacent = domain
+                .links
+                .iter()
+                .filter(|l| l.nodes.contains(&node.name))
+                .count();
+            let routed = routes.get(&node.name).map_or(0, |r| r.len());
+            assert_eq!(adjacent + routed, domain.nodes.len() - 1, "{}", node.name);
+        }
+    }
+
+    #[test]
+    fn duplicate_nodes_and_foreign_links_are_rejected() {
+        let dup = "name='t'\n[[domains]]\nname='A'\n[[domains.nodes]]\nname='a'\n[[domains.nodes]]\nname='a'\n";
+        assert!(Topology::parse(dup).is_err());
+        let foreign = "name='t'\n[[domains]]\nname='A'\n[[domains.nodes]]\nname='a'\n[[domains.links]]\nid='l'\nnodes=['a','z']\n";
+        assert!(Topology::parse(foreign).is_err());
+    }
+}
