@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test of qkdni: formatting, lints, unit, property and integration tests
+# (real KM processes over real sockets), with the third-party interop clients.
+# Works on a fresh Debian 12 with only the Rust toolchain: installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v cc >/dev/null || need_apt+=(gcc)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# Third-party clients used by the interop tests, in a project-local venv.
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
+export QKDNI_PYTHON="$PWD/.venv/bin/python"
+
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked --all-targets -- --test-threads=2

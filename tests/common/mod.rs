@@ -1,0 +1,105 @@
+//! Shared helpers of the integration tests: a testbed brought up with the real `qkdni`
+//! binary, torn down when dropped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use qkdni::etsi014;
+use qkdni::testbed::endpoints::Endpoints;
+use qkdni::tls;
+
+pub const QKDNI: &str = env!("CARGO_BIN_EXE_qkdni");
+
+pub fn topology(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed").join(name)
+}
+
+/// Runs `qkdni <args>` and returns its stdout; panics with its output on failure.
+pub fn qkdni(args: &[&str]) -> String {
+    let output = Command::new(QKDNI).args(args).output().expect("run qkdni");
+    assert!(
+        output.status.success(),
+        "qkdni {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A running testbed.
+pub struct Bed {
+    pub dir: PathBuf,
+    pub endpoints: Endpoints,
+}
+
+impl Bed {
+    pub fn up(topology_file: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("qkdni-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let topo = topology(topology_file);
+        qkdni(&["testbed", "up", topo.to_str().unwrap(), "--dir", dir.to_str().unwrap()]);
+        let endpoints = Endpoints::load(&dir).unwrap();
+        Self { dir, endpoints }
+    }
+
+    pub fn dir(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    /// `qkdni testbed <args> --dir <dir>`.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut all: Vec<&str> = vec!["testbed"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--dir", self.dir()]);
+        qkdni(&all)
+    }
+
+    pub fn client(&self, sae: &str) -> etsi014::Client {
+        let files = self.endpoints.sae_tls(sae).expect("SAE");
+        let http = tls::https_client(&files, Duration::from_secs(20)).unwrap();
+        etsi014::Client::new(http, self.endpoints.sae_kme(sae).unwrap())
+    }
+
+    /// An HTTPS client presenting `sae`'s certificate, for raw requests.
+    pub fn http(&self, sae: &str) -> reqwest::Client {
+        let files = self.endpoints.sae_tls(sae).expect("SAE");
+        tls::https_client(&files, Duration::from_secs(20)).unwrap()
+    }
+
+    pub fn kme(&self, node: &str) -> String {
+        self.endpoints.node(node).unwrap().etsi014.clone()
+    }
+
+    pub async fn wait_path(&self, path: &[&str], blocks: usize) {
+        let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        qkdni::testbed::runner::wait_path_keys(&self.endpoints, &path, blocks, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+
+    /// Blocks of `link` that `node` may allocate.
+    pub async fn own_blocks(&self, node: &str, link: &str) -> usize {
+        let reports = qkdni::testbed::runner::link_reports(&self.endpoints, node).await.unwrap();
+        reports.iter().find(|l| l.id == link).unwrap().own_blocks
+    }
+
+    pub fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(&self.endpoints.node(node).unwrap().log).unwrap_or_default()
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = Command::new(QKDNI)
+            .args(["testbed", "down", "--dir", self.dir()])
+            .output();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("testbed kept for inspection in {}", self.dir.display());
+        }
+    }
+}
