@@ -24,4 +24,4 @@ export QKDNI_PYTHON="$PWD/.venv/bin/python"
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked --all-targets -- --test-threads=2
+cargo test --locked -- --test-threads=2

@@ -1,0 +1,108 @@
+//! Key manager benchmarks over a real testbed (release build, real processes, mutual TLS,
+//! fsync'd stores): ETSI GS QKD 014 enc_keys throughput and key relay latency per hop.
+//!
+//! `cargo bench --bench km` prints a human summary and one JSON line.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use qkdni::etsi014::{Client, KeyRequest};
+use qkdni::testbed::{endpoints::Endpoints, runner, topology::Topology};
+use qkdni::tls;
+
+fn client(endpoints: &Endpoints, sae: &str) -> Client {
+    let http = tls::https_client(&endpoints.sae_tls(sae).unwrap(), Duration::from_secs(30)).unwrap();
+    Client::new(http, endpoints.sae_kme(sae).unwrap())
+}
+
+/// Keys per second with `workers` concurrent SAE connections, `per_request` keys each.
+async fn throughput(endpoints: &Endpoints, slave: &str, per_request: u32, workers: usize, duration: Duration) -> (f64, f64) {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let alice = client(endpoints, "sae-b1-1");
+        let slave = slave.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let request = KeyRequest { number: Some(per_request), size: Some(256), ..Default::default() };
+            let (mut keys, mut requests) = (0usize, 0usize);
+            while Instant::now() < deadline {
+                let got = alice.enc_keys(&slave, &request).await.expect("enc_keys");
+                keys += got.keys.len();
+                requests += 1;
+            }
+            (keys, requests)
+        }));
+    }
+    let (mut keys, mut requests) = (0, 0);
+    for task in tasks {
+        let (k, r) = task.await.unwrap();
+        keys += k;
+        requests += r;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    (keys as f64 / secs, requests as f64 / secs)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = std::env::temp_dir().join(format!("qkdni-bench-{}", std::process::id()));
+    let topology_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/bench-line.toml");
+    let topology = Topology::parse(&std::fs::read_to_string(topology_path).unwrap()).unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_qkdni"));
+    let endpoints = runner::up(&topology, &dir, exe).await.expect("testbed up");
+    let path: Vec<String> = ["b1", "b2", "b3", "b4", "b5"].iter().map(|s| s.to_string()).collect();
+    runner::wait_path_keys(&endpoints, &path, 100_000, Duration::from_secs(60)).await.expect("pools");
+
+    let window = Duration::from_secs(4);
+    let (local_keys, local_reqs) = throughput(&endpoints, "sae-b1-2", 128, 4, window).await;
+    let (adjacent_keys, adjacent_reqs) = throughput(&endpoints, "sae-b2-1", 128, 4, window).await;
+    let (single_keys, _) = throughput(&endpoints, "sae-b2-1", 1, 4, window).await;
+
+    // Relay latency: one 256-bit key to slaves 1..4 hops away.
+    let alice = client(&endpoints, "sae-b1-1");
+    let one = KeyRequest { number: Some(1), size: Some(256), ..Default::default() };
+    let mut latency_ms = Vec::new();
+    for (hops, slave) in [(1, "sae-b2-1"), (2, "sae-b3-1"), (3, "sae-b4-1"), (4, "sae-b5-1")] {
+        let mut samples = Vec::new();
+        for _ in 0..60 {
+            let started = Instant::now();
+            alice.enc_keys(slave, &one).await.expect("relay");
+            samples.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        latency_ms.push((hops as f64, median(samples)));
+    }
+    // least-squares slope: milliseconds added by each hop
+    let n = latency_ms.len() as f64;
+    let (sx, sy) = latency_ms.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (sxx, sxy) = latency_ms.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x * x, b + x * y));
+    let per_hop = (n * sxy - sx * sy) / (n * sxx - sx * sx);
+
+    runner::down(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("ETSI 014 enc_keys, 256-bit keys, mTLS, 4 concurrent SAE connections:");
+    println!("  master and slave on the same KM, 128 keys/request: {local_keys:.0} keys/s ({local_reqs:.0} requests/s)");
+    println!("  slave on the adjacent KM,       128 keys/request: {adjacent_keys:.0} keys/s ({adjacent_reqs:.0} requests/s)");
+    println!("  slave on the adjacent KM,         1 key/request:  {single_keys:.0} keys/s");
+    println!("Key relay latency (one key, median of 60):");
+    for (hops, ms) in &latency_ms {
+        println!("  {hops} hop(s): {ms:.2} ms");
+    }
+    println!("  per hop (least-squares slope): {per_hop:.2} ms");
+    println!(
+        "{}",
+        serde_json::json!({
+            "enc_keys_local_keys_per_s": local_keys,
+            "enc_keys_adjacent_keys_per_s": adjacent_keys,
+            "enc_keys_adjacent_single_keys_per_s": single_keys,
+            "relay_latency_ms": latency_ms.iter().map(|(h, ms)| serde_json::json!({"hops": h, "median_ms": ms})).collect::<Vec<_>>(),
+            "relay_ms_per_hop": per_hop,
+        })
+    );
+}
