@@ -11,12 +11,19 @@ use qkdni::testbed::{endpoints::Endpoints, runner, topology::Topology};
 use qkdni::tls;
 
 fn client(endpoints: &Endpoints, sae: &str) -> Client {
-    let http = tls::https_client(&endpoints.sae_tls(sae).unwrap(), Duration::from_secs(30)).unwrap();
+    let http =
+        tls::https_client(&endpoints.sae_tls(sae).unwrap(), Duration::from_secs(30)).unwrap();
     Client::new(http, endpoints.sae_kme(sae).unwrap())
 }
 
 /// Keys per second with `workers` concurrent SAE connections, `per_request` keys each.
-async fn throughput(endpoints: &Endpoints, slave: &str, per_request: u32, workers: usize, duration: Duration) -> (f64, f64) {
+async fn throughput(
+    endpoints: &Endpoints,
+    slave: &str,
+    per_request: u32,
+    workers: usize,
+    duration: Duration,
+) -> (f64, f64) {
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -24,7 +31,11 @@ async fn throughput(endpoints: &Endpoints, slave: &str, per_request: u32, worker
         let alice = client(endpoints, "sae-b1-1");
         let slave = slave.to_owned();
         tasks.push(tokio::spawn(async move {
-            let request = KeyRequest { number: Some(per_request), size: Some(256), ..Default::default() };
+            let request = KeyRequest {
+                number: Some(per_request),
+                size: Some(256),
+                ..Default::default()
+            };
             let (mut keys, mut requests) = (0usize, 0usize);
             while Instant::now() < deadline {
                 let got = alice.enc_keys(&slave, &request).await.expect("enc_keys");
@@ -56,8 +67,13 @@ async fn main() {
     let topology = Topology::parse(&std::fs::read_to_string(topology_path).unwrap()).unwrap();
     let exe = Path::new(env!("CARGO_BIN_EXE_qkdni"));
     let endpoints = runner::up(&topology, &dir, exe).await.expect("testbed up");
-    let path: Vec<String> = ["b1", "b2", "b3", "b4", "b5"].iter().map(|s| s.to_string()).collect();
-    runner::wait_path_keys(&endpoints, &path, 100_000, Duration::from_secs(60)).await.expect("pools");
+    let path: Vec<String> = ["b1", "b2", "b3", "b4", "b5"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    runner::wait_path_keys(&endpoints, &path, 100_000, Duration::from_secs(60))
+        .await
+        .expect("pools");
 
     let window = Duration::from_secs(4);
     let (local_keys, local_reqs) = throughput(&endpoints, "sae-b1-2", 128, 4, window).await;
@@ -66,9 +82,18 @@ async fn main() {
 
     // Relay latency: one 256-bit key to slaves 1..4 hops away.
     let alice = client(&endpoints, "sae-b1-1");
-    let one = KeyRequest { number: Some(1), size: Some(256), ..Default::default() };
+    let one = KeyRequest {
+        number: Some(1),
+        size: Some(256),
+        ..Default::default()
+    };
     let mut latency_ms = Vec::new();
-    for (hops, slave) in [(1, "sae-b2-1"), (2, "sae-b3-1"), (3, "sae-b4-1"), (4, "sae-b5-1")] {
+    for (hops, slave) in [
+        (1, "sae-b2-1"),
+        (2, "sae-b3-1"),
+        (3, "sae-b4-1"),
+        (4, "sae-b5-1"),
+    ] {
         let mut samples = Vec::new();
         for _ in 0..60 {
             let started = Instant::now();
@@ -79,8 +104,12 @@ async fn main() {
     }
     // least-squares slope: milliseconds added by each hop
     let n = latency_ms.len() as f64;
-    let (sx, sy) = latency_ms.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
-    let (sxx, sxy) = latency_ms.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x * x, b + x * y));
+    let (sx, sy) = latency_ms
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (sxx, sxy) = latency_ms
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x * x, b + x * y));
     let per_hop = (n * sxy - sx * sy) / (n * sxx - sx * sx);
 
     runner::down(&dir).unwrap();

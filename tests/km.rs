@@ -56,7 +56,8 @@ async fn adjacent_kms_round_trip_in_both_forms() {
     assert_eq!(keys.keys.len(), 3);
     for key in &keys.keys {
         uuid::Uuid::parse_str(&key.key_ID).unwrap();
-        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &key.key).unwrap();
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &key.key).unwrap();
         assert_eq!(bytes.len(), 64);
     }
     let fetched = bob.dec_keys("sae-a1-1", &ids(&keys)).await.unwrap();
@@ -76,7 +77,10 @@ async fn adjacent_kms_round_trip_in_both_forms() {
     let id = got["keys"][0]["key_ID"].as_str().unwrap();
     let http_b = bed.http("sae-a2-1");
     let fetched: Value = http_b
-        .get(format!("{}/api/v1/keys/sae-a1-1/dec_keys?key_ID={id}", bed.kme("a2")))
+        .get(format!(
+            "{}/api/v1/keys/sae-a1-1/dec_keys?key_ID={id}",
+            bed.kme("a2")
+        ))
         .send()
         .await
         .unwrap()
@@ -85,7 +89,10 @@ async fn adjacent_kms_round_trip_in_both_forms() {
         .unwrap();
     assert_eq!(fetched["keys"][0]["key"], got["keys"][0]["key"]);
     let two: Value = http_a
-        .get(format!("{}/api/v1/keys/sae-a2-1/enc_keys?number=2&size=128", bed.kme("a1")))
+        .get(format!(
+            "{}/api/v1/keys/sae-a2-1/enc_keys?number=2&size=128",
+            bed.kme("a1")
+        ))
         .send()
         .await
         .unwrap()
@@ -120,12 +127,19 @@ async fn keys_cross_two_relay_hops_to_every_slave() {
         .await
         .unwrap();
     for slave in ["sae-a5-1", "sae-a3-2", "sae-a1-2"] {
-        let fetched = bed.client(slave).dec_keys("sae-a1-1", &ids(&keys)).await.unwrap();
+        let fetched = bed
+            .client(slave)
+            .dec_keys("sae-a1-1", &ids(&keys))
+            .await
+            .unwrap();
         assert_same_keys(&keys, &fetched);
     }
     // every hop logged the relay under one relay span; no key material in any log
     for node in ["a2", "a4"] {
-        assert!(bed.log(node).contains("keys forwarded"), "{node} did not forward");
+        assert!(
+            bed.log(node).contains("keys forwarded"),
+            "{node} did not forward"
+        );
     }
     assert!(bed.log("a5").contains("keys delivered to destination KM"));
     for node in ["a1", "a2", "a3", "a4", "a5"] {
@@ -151,16 +165,36 @@ async fn bad_requests_get_the_standard_errors_and_change_nothing() {
     // too many keys, unsupported sizes, unknown mandatory extension, unknown slave -> 400
     let limits = alice.status("sae-a2-1").await.unwrap();
     let too_many = request(limits.max_key_per_request + 1, 256);
-    assert_eq!(kme_error(alice.enc_keys("sae-a2-1", &too_many).await).0, 400);
-    assert_eq!(kme_error(alice.enc_keys("sae-a2-1", &request(1, 100 + 1)).await).0, 400);
-    assert_eq!(kme_error(alice.enc_keys("sae-a2-1", &request(1, limits.max_key_size + 8)).await).0, 400);
-    assert_eq!(kme_error(alice.enc_keys("sae-a2-1", &request(0, 256)).await).0, 400);
+    assert_eq!(
+        kme_error(alice.enc_keys("sae-a2-1", &too_many).await).0,
+        400
+    );
+    assert_eq!(
+        kme_error(alice.enc_keys("sae-a2-1", &request(1, 100 + 1)).await).0,
+        400
+    );
+    assert_eq!(
+        kme_error(
+            alice
+                .enc_keys("sae-a2-1", &request(1, limits.max_key_size + 8))
+                .await
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        kme_error(alice.enc_keys("sae-a2-1", &request(0, 256)).await).0,
+        400
+    );
     let ext = KeyRequest {
         extension_mandatory: Some(vec![json!({"abc_route_type": "direct"})]),
         ..Default::default()
     };
     assert_eq!(kme_error(alice.enc_keys("sae-a2-1", &ext).await).0, 400);
-    assert_eq!(kme_error(alice.enc_keys("sae-nobody", &request(1, 256)).await).0, 400);
+    assert_eq!(
+        kme_error(alice.enc_keys("sae-nobody", &request(1, 256)).await).0,
+        400
+    );
 
     // malformed JSON -> 400 with an ETSI error body
     let http = bed.http("sae-a1-1");
@@ -216,22 +250,46 @@ async fn bad_requests_get_the_standard_errors_and_change_nothing() {
     assert_eq!(response.status(), 401);
 
     // another SAE at the slave's KME may not fetch the keys -> 401; unknown IDs -> 400
-    let (status, _) = kme_error(bed.client("sae-a2-2").dec_keys("sae-a1-1", &ids(&keys)).await);
+    let (status, _) = kme_error(
+        bed.client("sae-a2-2")
+            .dec_keys("sae-a1-1", &ids(&keys))
+            .await,
+    );
     assert_eq!(status, 401);
     let unknown = uuid::Uuid::new_v4().to_string();
-    assert_eq!(kme_error(bed.client("sae-a2-1").dec_keys("sae-a1-1", &[unknown.clone()]).await).0, 400);
+    assert_eq!(
+        kme_error(
+            bed.client("sae-a2-1")
+                .dec_keys("sae-a1-1", &[unknown.clone()])
+                .await
+        )
+        .0,
+        400
+    );
     // one bad ID among good ones: nothing is handed out
     let mut mixed = ids(&keys);
     mixed.push(unknown);
-    assert_eq!(kme_error(bed.client("sae-a2-1").dec_keys("sae-a1-1", &mixed).await).0, 400);
     assert_eq!(
-        kme_error(bed.client("sae-a2-1").dec_keys("sae-a1-1", &["not-a-uuid".into()]).await).0,
+        kme_error(bed.client("sae-a2-1").dec_keys("sae-a1-1", &mixed).await).0,
+        400
+    );
+    assert_eq!(
+        kme_error(
+            bed.client("sae-a2-1")
+                .dec_keys("sae-a1-1", &["not-a-uuid".into()])
+                .await
+        )
+        .0,
         400
     );
 
     // nothing above consumed key material or keys
     assert_eq!(bed.own_blocks("a1", "a1-a2").await, before);
-    let fetched = bed.client("sae-a2-1").dec_keys("sae-a1-1", &ids(&keys)).await.unwrap();
+    let fetched = bed
+        .client("sae-a2-1")
+        .dec_keys("sae-a1-1", &ids(&keys))
+        .await
+        .unwrap();
     assert_same_keys(&keys, &fetched);
 }
 
@@ -256,24 +314,39 @@ async fn link_down_drains_the_pool_then_link_up_restores_supply() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let rest = bed.own_blocks("a1", "a1-a2").await;
     if rest >= 2 {
-        alice.enc_keys("sae-a2-1", &request((rest - 1) as u32, 256)).await.unwrap();
+        alice
+            .enc_keys("sae-a2-1", &request((rest - 1) as u32, 256))
+            .await
+            .unwrap();
     }
-    assert_eq!(kme_error(alice.enc_keys("sae-a2-1", &request(1, 256)).await).0, 503);
+    assert_eq!(
+        kme_error(alice.enc_keys("sae-a2-1", &request(1, 256)).await).0,
+        503
+    );
     assert_eq!(alice.status("sae-a2-1").await.unwrap().stored_key_count, 0);
 
     // degraded: QBER above threshold, still no key
     bed.cli(&["link", "degrade", "a1-a2"]);
-    let reports = qkdni::testbed::runner::link_reports(&bed.endpoints, "a1").await.unwrap();
+    let reports = qkdni::testbed::runner::link_reports(&bed.endpoints, "a1")
+        .await
+        .unwrap();
     let link = reports.iter().find(|l| l.id == "a1-a2").unwrap();
     assert_eq!(link.condition.rate_bps, 0.0);
     assert!(link.condition.qber.unwrap() > 0.11);
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    assert_eq!(kme_error(alice.enc_keys("sae-a2-1", &request(1, 256)).await).0, 503);
+    assert_eq!(
+        kme_error(alice.enc_keys("sae-a2-1", &request(1, 256)).await).0,
+        503
+    );
 
     bed.cli(&["link", "up", "a1-a2"]);
     bed.wait_path(&["a1", "a2"], 8).await;
     let keys = alice.enc_keys("sae-a2-1", &request(4, 256)).await.unwrap();
-    let fetched = bed.client("sae-a2-1").dec_keys("sae-a1-1", &ids(&keys)).await.unwrap();
+    let fetched = bed
+        .client("sae-a2-1")
+        .dec_keys("sae-a1-1", &ids(&keys))
+        .await
+        .unwrap();
     assert_same_keys(&keys, &fetched);
 }
 
@@ -308,8 +381,13 @@ async fn keys_survive_kill_9_of_any_km_and_are_fetched_once() {
     let fetched = bob.dec_keys("sae-a1-1", &ids(&more)).await.unwrap();
     assert_same_keys(&more, &fetched);
     // no key was ever handed out twice
-    let all: std::collections::HashSet<&String> =
-        keys.keys.iter().chain(&more.keys).chain(&fresh.keys).map(|k| &k.key).collect();
+    let all: std::collections::HashSet<&String> = keys
+        .keys
+        .iter()
+        .chain(&more.keys)
+        .chain(&fresh.keys)
+        .map(|k| &k.key)
+        .collect();
     assert_eq!(all.len(), 28);
 }
 
@@ -326,7 +404,8 @@ fn third_party_etsi014_client_works_unchanged() {
     let bed = Bed::up(TOPOLOGY);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(bed.wait_path(&["a1", "a2", "a4", "a5"], 64));
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/etsi014_client.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/etsi014_client.py");
     let output = std::process::Command::new(python)
         .arg(script)
         .arg(bed.dir())

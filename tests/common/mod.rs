@@ -14,7 +14,9 @@ use qkdni::tls;
 pub const QKDNI: &str = env!("CARGO_BIN_EXE_qkdni");
 
 pub fn topology(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testbed")
+        .join(name)
 }
 
 /// Runs `qkdni <args>` and returns its stdout; panics with its output on failure.
@@ -40,7 +42,13 @@ impl Bed {
         let dir = std::env::temp_dir().join(format!("qkdni-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let topo = topology(topology_file);
-        qkdni(&["testbed", "up", topo.to_str().unwrap(), "--dir", dir.to_str().unwrap()]);
+        qkdni(&[
+            "testbed",
+            "up",
+            topo.to_str().unwrap(),
+            "--dir",
+            dir.to_str().unwrap(),
+        ]);
         let endpoints = Endpoints::load(&dir).unwrap();
         Self { dir, endpoints }
     }
@@ -75,14 +83,21 @@ impl Bed {
 
     pub async fn wait_path(&self, path: &[&str], blocks: usize) {
         let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
-        qkdni::testbed::runner::wait_path_keys(&self.endpoints, &path, blocks, Duration::from_secs(30))
-            .await
-            .unwrap();
+        qkdni::testbed::runner::wait_path_keys(
+            &self.endpoints,
+            &path,
+            blocks,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
     }
 
     /// Blocks of `link` that `node` may allocate.
     pub async fn own_blocks(&self, node: &str, link: &str) -> usize {
-        let reports = qkdni::testbed::runner::link_reports(&self.endpoints, node).await.unwrap();
+        let reports = qkdni::testbed::runner::link_reports(&self.endpoints, node)
+            .await
+            .unwrap();
         reports.iter().find(|l| l.id == link).unwrap().own_blocks
     }
 
