@@ -260,7 +260,7 @@ async fn bad_requests_get_the_standard_errors_and_change_nothing() {
     assert_eq!(
         kme_error(
             bed.client("sae-a2-1")
-                .dec_keys("sae-a1-1", &[unknown.clone()])
+                .dec_keys("sae-a1-1", std::slice::from_ref(&unknown))
                 .await
         )
         .0,
