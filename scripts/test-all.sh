@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+./scripts/build-deps.sh
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
-command -v cc >/dev/null || need_apt+=(gcc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
@@ -22,6 +22,7 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
 export QKDNI_PYTHON="$PWD/.venv/bin/python"
 
+./scripts/lint-yang.sh
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked -- --test-threads=2

@@ -10,7 +10,9 @@
 
 pub mod etsi014;
 pub mod km;
+pub mod netconf;
 pub mod pki;
 pub mod quantum;
 pub mod testbed;
 pub mod tls;
+pub mod yang;

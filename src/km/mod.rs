@@ -1,10 +1,10 @@
 //! The key management layer: the key manager (KM) of a QKD node.
 //!
-//! - [`store`]: durable link key pools and keys awaiting delivery;
-//! - [`ksa`]: the key supply agent, serving SAEs over ETSI GS QKD 014;
-//! - [`relay`]: the key management agent's hop-by-hop key relay;
-//! - [`kma`]: the KMA server (peer KMs, emulated quantum channel, operators);
-//! - [`agent`]: the daemon that ties them together.
+//! - [`store`] — durable link key pools and keys awaiting delivery;
+//! - [`ksa`] — the key supply agent, serving SAEs over ETSI GS QKD 014;
+//! - [`relay`] — the key management agent's hop-by-hop key relay;
+//! - [`kma`] — the KMA server (peer KMs, emulated quantum channel, operators);
+//! - [`agent`] — the daemon that ties them together.
 
 pub mod agent;
 pub mod config;

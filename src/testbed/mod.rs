@@ -1,10 +1,10 @@
 //! Emulated QKD networks on one machine: real KM processes on loopback, real certificates.
 //!
-//! - [`topology`]: the topology file format;
-//! - [`endpoints`]: `endpoints.json`, what clients need to reach the testbed;
-//! - [`runner`]: bringing a testbed up and down, faults, node restarts;
-//! - [`cli`]: the `qkdni testbed` subcommands;
-//! - [`demo`]: the end-to-end demonstration.
+//! - [`topology`] — the topology file format;
+//! - [`endpoints`] — `endpoints.json`, what clients need to reach the testbed;
+//! - [`runner`] — bringing a testbed up and down, faults, node restarts;
+//! - [`cli`] — the `qkdni testbed` subcommands;
+//! - [`demo`] — the end-to-end demonstration.
 
 pub mod cli;
 pub mod demo;

@@ -1,0 +1,26 @@
+//! NETCONF (RFC 6241) over SSH (RFC 6242), shared by every qkdni daemon (server) and by the
+//! controller's southbound (client).
+//!
+//! - [`framing`] — base:1.0 and base:1.1 message framing (tokio codec);
+//! - [`xml`] — reading and writing the XML of messages, subtree filters;
+//! - [`error`] — `rpc-error`;
+//! - [`datastore`] — running and candidate datastores on libyang trees, the edit engine;
+//! - [`server`] — the SSH server, users and access groups, shared datastores;
+//! - [`session`] — one NETCONF session (hello, RPC loop, notifications);
+//! - [`rpc`] — the protocol operations;
+//! - [`client`] — an async client on the same framing.
+
+pub mod client;
+pub mod datastore;
+pub mod error;
+pub mod framing;
+pub mod rpc;
+pub mod server;
+pub mod session;
+pub mod xml;
+
+pub use error::{ErrorTag, ErrorType, RpcError};
+
+/// Capabilities of the base protocol.
+pub const BASE_1_0: &str = "urn:ietf:params:netconf:base:1.0";
+pub const BASE_1_1: &str = "urn:ietf:params:netconf:base:1.1";

@@ -1,0 +1,450 @@
+//! The NETCONF SSH server: host key, users (password or public key) in access groups, the
+//! shared datastores and the application behind them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::ssh_key::{self, PublicKey};
+use russh::keys::PrivateKey;
+use russh::server::{Auth, Msg, Session};
+use russh::{Channel, ChannelId};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use yang2::data::DataTree;
+
+use super::datastore::{self, Datastore};
+use super::error::RpcError;
+
+/// Access group of a NETCONF user (a minimal RFC 8341 model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Group {
+    /// May read and write everything.
+    Admin,
+    /// May read; every operation that changes a datastore, a lock or a session is denied.
+    ReadOnly,
+}
+
+/// One NETCONF user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// Password, if password authentication is allowed for this user.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// OpenSSH public keys (`ssh-ed25519 AAAA... comment`) allowed for this user.
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
+    pub group: Group,
+}
+
+/// Configuration of a NETCONF server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetconfConfig {
+    /// SSH listen address.
+    pub listen: SocketAddr,
+    /// OpenSSH private host key; an Ed25519 key is generated there when missing.
+    pub host_key: PathBuf,
+    pub users: Vec<User>,
+    /// Largest accepted message in bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Where the running datastore is persisted (XML); none: in memory only.
+    #[serde(default)]
+    pub running_file: Option<PathBuf>,
+}
+
+fn default_max_message() -> usize {
+    16 * 1024 * 1024
+}
+
+/// A notification ready to send: its event time and XML content.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    /// RFC 3339 time of the event.
+    pub event_time: String,
+    /// The notification's content element(s), XML.
+    pub xml: String,
+    /// Namespace and name of the top element, for filtering.
+    pub kind: (String, String),
+}
+
+/// What a daemon puts behind its NETCONF server.
+pub trait Application: Send + Sync + 'static {
+    /// The configuration the daemon starts with when nothing is persisted (XML).
+    fn initial_config(&self) -> String;
+    /// Checks a new, schema-valid running configuration against the daemon's rules and
+    /// puts it into effect; an error leaves the daemon (and the datastore) unchanged.
+    fn apply(&self, old: &DataTree<'static>, new: &DataTree<'static>) -> Result<(), RpcError>;
+    /// The daemon's operational state (config false nodes, with list keys).
+    fn state(&self) -> Result<DataTree<'static>, RpcError>;
+    /// The daemon's notifications.
+    fn notifications(&self) -> broadcast::Receiver<Notification>;
+}
+
+/// A pending confirmed commit.
+pub(crate) struct Confirmed {
+    pub rollback: DataTree<'static>,
+    pub session: u32,
+    pub persist: Option<String>,
+    pub generation: u64,
+}
+
+/// The datastores and their locks.
+pub(crate) struct Stores {
+    pub running: DataTree<'static>,
+    pub candidate: DataTree<'static>,
+    pub candidate_modified: bool,
+    pub locks: HashMap<Datastore, u32>,
+    pub confirmed: Option<Confirmed>,
+    pub generation: u64,
+}
+
+/// A running NETCONF server's shared state.
+pub struct NetconfServer {
+    pub(crate) config: NetconfConfig,
+    pub(crate) app: Arc<dyn Application>,
+    pub(crate) stores: Mutex<Stores>,
+    pub(crate) sessions: Mutex<HashMap<u32, SessionInfo>>,
+    next_session: AtomicU32,
+}
+
+/// What the server knows of a session.
+pub(crate) struct SessionInfo {
+    pub user: String,
+    pub kill: watch::Sender<bool>,
+    pub started: String,
+}
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("host key {path}: {reason}")]
+    HostKey { path: PathBuf, reason: String },
+    #[error("user {user}: bad authorized key: {reason}")]
+    UserKey { user: String, reason: String },
+    #[error("persisted running datastore {path}: {error}")]
+    Running { path: PathBuf, error: Box<RpcError> },
+    #[error("initial configuration rejected: {0}")]
+    Initial(Box<RpcError>),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl NetconfServer {
+    /// Loads (or creates) the running datastore and applies it to the application.
+    pub fn new(config: NetconfConfig, app: Arc<dyn Application>) -> Result<Arc<Self>, ServerError> {
+        for user in &config.users {
+            for key in &user.authorized_keys {
+                PublicKey::from_openssh(key).map_err(|e| ServerError::UserKey {
+                    user: user.name.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        let persisted = config
+            .running_file
+            .as_ref()
+            .filter(|p| p.exists())
+            .map(|p| (p.clone(), std::fs::read_to_string(p).unwrap_or_default()));
+        let (xml, source) = match persisted {
+            Some((path, xml)) => (xml, Some(path)),
+            None => (app.initial_config(), None),
+        };
+        let load = |xml: &str| -> Result<DataTree<'static>, RpcError> {
+            let mut tree = datastore::parse_config(xml)?;
+            datastore::validate(&mut tree)?;
+            Ok(tree)
+        };
+        let running = load(&xml).map_err(|error| match &source {
+            Some(path) => ServerError::Running {
+                path: path.clone(),
+                error: Box::new(error),
+            },
+            None => ServerError::Initial(Box::new(error)),
+        })?;
+        app.apply(&crate::yang::empty(), &running)
+            .map_err(|e| ServerError::Initial(Box::new(e)))?;
+        let candidate =
+            datastore::duplicate(&running).map_err(|e| ServerError::Initial(Box::new(e)))?;
+        let server = Arc::new(Self {
+            config,
+            app,
+            stores: Mutex::new(Stores {
+                running,
+                candidate,
+                candidate_modified: false,
+                locks: HashMap::new(),
+                confirmed: None,
+                generation: 0,
+            }),
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU32::new(1),
+        });
+        server.persist(&server.stores.lock().expect("stores").running);
+        Ok(server)
+    }
+
+    /// Writes the running datastore to its file (atomically), if configured.
+    pub(crate) fn persist(&self, running: &DataTree<'static>) {
+        let Some(path) = &self.config.running_file else {
+            return;
+        };
+        let result = datastore::to_xml(running)
+            .map_err(|e| e.to_string())
+            .and_then(|xml| {
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, xml)
+                    .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                    .and_then(|_| std::fs::rename(&tmp, path))
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(error) = result {
+            tracing::error!(path = %path.display(), %error, "cannot persist the running datastore");
+        }
+    }
+
+    /// The access group of `user`.
+    pub(crate) fn group(&self, user: &str) -> Group {
+        self.config
+            .users
+            .iter()
+            .find(|u| u.name == user)
+            .map(|u| u.group)
+            .unwrap_or(Group::ReadOnly)
+    }
+
+    pub(crate) fn register_session(&self, user: &str) -> (u32, watch::Receiver<bool>) {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (kill, killed) = watch::channel(false);
+        self.sessions.lock().expect("sessions").insert(
+            id,
+            SessionInfo {
+                user: user.to_owned(),
+                kill,
+                started: now_rfc3339(),
+            },
+        );
+        (id, killed)
+    }
+
+    /// Forgets a session: releases its locks and rolls back its unconfirmed commit.
+    pub(crate) fn end_session(self: &Arc<Self>, id: u32) {
+        self.sessions.lock().expect("sessions").remove(&id);
+        let mut stores = self.stores.lock().expect("stores");
+        stores.locks.retain(|_, owner| *owner != id);
+        let unconfirmed = stores
+            .confirmed
+            .as_ref()
+            .is_some_and(|c| c.session == id && c.persist.is_none());
+        if unconfirmed {
+            tracing::info!(
+                session = id,
+                "session ended before confirming its commit: rolling back"
+            );
+            super::rpc::rollback_confirmed(self, &mut stores);
+        }
+    }
+
+    /// Serves NETCONF over SSH until the task is dropped.
+    pub async fn serve(self: Arc<Self>) -> Result<(), ServerError> {
+        let listener = TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: self.config.listen,
+                source,
+            })?;
+        self.serve_on(listener).await
+    }
+
+    /// Serves NETCONF over SSH on a bound listener.
+    pub async fn serve_on(self: Arc<Self>, listener: TcpListener) -> Result<(), ServerError> {
+        let key = load_or_create_host_key(&self.config.host_key)?;
+        let mut ssh = russh::server::Config {
+            keys: vec![key],
+            auth_rejection_time: Duration::from_millis(300),
+            auth_rejection_time_initial: Some(Duration::from_millis(0)),
+            inactivity_timeout: Some(Duration::from_secs(3600)),
+            ..Default::default()
+        };
+        // Older clients (yuma123's yangcli over libssh2) sign with ssh-rsa (SHA-1).
+        ssh.preferred.key = std::borrow::Cow::Owned(
+            [
+                ssh_key::Algorithm::Ed25519,
+                ssh_key::Algorithm::Rsa {
+                    hash: Some(ssh_key::HashAlg::Sha512),
+                },
+                ssh_key::Algorithm::Rsa {
+                    hash: Some(ssh_key::HashAlg::Sha256),
+                },
+                ssh_key::Algorithm::Rsa { hash: None },
+                ssh_key::Algorithm::Ecdsa {
+                    curve: ssh_key::EcdsaCurve::NistP256,
+                },
+            ]
+            .to_vec(),
+        );
+        let ssh = Arc::new(ssh);
+        tracing::info!(listen = %self.config.listen, "NETCONF server ready");
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::warn!(%error, "NETCONF accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let handler = SshHandler {
+                server: self.clone(),
+                user: None,
+                channels: HashMap::new(),
+                peer,
+            };
+            let ssh = ssh.clone();
+            tokio::spawn(async move {
+                match russh::server::run_stream(ssh, stream, handler).await {
+                    Ok(session) => {
+                        if let Err(error) = session.await {
+                            tracing::debug!(%peer, %error, "SSH connection ended");
+                        }
+                    }
+                    Err(error) => tracing::debug!(%peer, %error, "SSH handshake failed"),
+                }
+            });
+        }
+    }
+}
+
+fn load_or_create_host_key(path: &PathBuf) -> Result<PrivateKey, ServerError> {
+    let err = |reason: String| ServerError::HostKey {
+        path: path.clone(),
+        reason,
+    };
+    if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        return PrivateKey::from_openssh(&text).map_err(|e| err(e.to_string()));
+    }
+    let key = PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519)
+        .map_err(|e| err(e.to_string()))?;
+    let text = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .map_err(|e| err(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::write(path, text.as_bytes()).map_err(|e| err(e.to_string()))?;
+    Ok(key)
+}
+
+/// The current time in RFC 3339.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The SSH side of one connection.
+struct SshHandler {
+    server: Arc<NetconfServer>,
+    user: Option<String>,
+    channels: HashMap<ChannelId, Channel<Msg>>,
+    peer: SocketAddr,
+}
+
+impl russh::server::Handler for SshHandler {
+    type Error = russh::Error;
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        let ok = self.server.config.users.iter().any(|u| {
+            u.name == user
+                && u.password.as_deref().is_some_and(|p| {
+                    bool::from(subtle::ConstantTimeEq::ct_eq(
+                        p.as_bytes(),
+                        password.as_bytes(),
+                    ))
+                })
+        });
+        Ok(self.decide(user, ok, "password"))
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        key: &PublicKey,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.key_allowed(user, key) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
+    }
+
+    async fn auth_publickey(&mut self, user: &str, key: &PublicKey) -> Result<Auth, Self::Error> {
+        let ok = self.key_allowed(user, key);
+        Ok(self.decide(user, ok, "publickey"))
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.channels.insert(channel.id(), channel);
+        Ok(true)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match (name, self.channels.remove(&channel), self.user.clone()) {
+            ("netconf", Some(open), Some(user)) => {
+                session.channel_success(channel)?;
+                let server = self.server.clone();
+                let peer = self.peer;
+                tokio::spawn(async move {
+                    super::session::run(server, user, peer, open.into_stream()).await;
+                });
+            }
+            _ => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+}
+
+impl SshHandler {
+    fn key_allowed(&self, user: &str, key: &PublicKey) -> bool {
+        self.server.config.users.iter().any(|u| {
+            u.name == user
+                && u.authorized_keys
+                    .iter()
+                    .filter_map(|k| PublicKey::from_openssh(k).ok())
+                    .any(|k| k.key_data() == key.key_data())
+        })
+    }
+
+    fn decide(&mut self, user: &str, ok: bool, method: &str) -> Auth {
+        if ok {
+            tracing::info!(%user, peer = %self.peer, method, "NETCONF user authenticated");
+            self.user = Some(user.to_owned());
+            Auth::Accept
+        } else {
+            tracing::warn!(%user, peer = %self.peer, method, "NETCONF authentication failed");
+            Auth::reject()
+        }
+    }
+}

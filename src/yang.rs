@@ -1,0 +1,168 @@
+//! The YANG models of qkdni, compiled into the binary and loaded once into one shared
+//! libyang context (through `yang2`, with libyang bundled).
+//!
+//! Every parse of instance data goes through [`parse_data`] / [`parse_op`]: `yang2` 0.18
+//! hands libyang the caller's buffer as a C string without adding a terminating NUL, so
+//! these functions copy the text, reject interior NULs and append the terminator.
+
+use std::sync::OnceLock;
+
+use yang2::context::{Context, ContextFlags, EmbeddedModuleKey, EmbeddedModules};
+use yang2::data::{DataFormat, DataOperation, DataParserFlags, DataTree, DataValidationFlags};
+
+/// One embedded YANG module.
+#[derive(Debug, Clone, Copy)]
+pub struct Module {
+    pub name: &'static str,
+    pub revision: &'static str,
+    pub text: &'static str,
+}
+
+/// The project's modules, in load order.
+pub const MODULES: &[Module] = &[
+    Module {
+        name: "etsi-qkd-node-types",
+        revision: "2026-11-27",
+        text: include_str!("../yang/etsi-qkd-node-types.yang"),
+    },
+    Module {
+        name: "etsi-qkd-sdn-node",
+        revision: "2026-11-27",
+        text: include_str!("../yang/etsi-qkd-sdn-node.yang"),
+    },
+    Module {
+        name: "qkdni-km",
+        revision: "2026-11-27",
+        text: include_str!("../yang/qkdni-km.yang"),
+    },
+];
+
+/// Errors of the YANG layer.
+#[derive(Debug, thiserror::Error)]
+pub enum YangError {
+    #[error("data contains a NUL character")]
+    InteriorNul,
+    #[error("{0}")]
+    Libyang(#[from] yang2::Error),
+}
+
+static CONTEXT: OnceLock<Context> = OnceLock::new();
+
+fn build_context() -> Result<Context, yang2::Error> {
+    let mut context = Context::new(ContextFlags::DISABLE_SEARCHDIR_CWD)?;
+    let mut embedded = EmbeddedModules::new();
+    for module in MODULES {
+        embedded.insert(
+            EmbeddedModuleKey::new(module.name, Some(module.revision), None, None),
+            module.text,
+        );
+    }
+    context.set_embedded_modules(&embedded);
+    for module in MODULES {
+        context.load_module(module.name, Some(module.revision), &["*"])?;
+    }
+    Ok(context)
+}
+
+/// The shared libyang context with every qkdni module loaded.
+///
+/// # Panics
+/// If the embedded modules do not compile (a build defect caught by the unit tests).
+pub fn context() -> &'static Context {
+    CONTEXT.get_or_init(|| build_context().expect("embedded YANG modules compile"))
+}
+
+/// The embedded source of module `name` (any revision, or exactly `revision`).
+pub fn module_source(name: &str, revision: Option<&str>) -> Option<&'static Module> {
+    MODULES
+        .iter()
+        .find(|m| m.name == name && revision.is_none_or(|r| r.is_empty() || r == m.revision))
+}
+
+/// `text` as a NUL-terminated buffer for libyang.
+fn c_buffer(text: &str) -> Result<Vec<u8>, YangError> {
+    if text.as_bytes().contains(&0) {
+        return Err(YangError::InteriorNul);
+    }
+    let mut buffer = Vec::with_capacity(text.len() + 1);
+    buffer.extend_from_slice(text.as_bytes());
+    buffer.push(0);
+    Ok(buffer)
+}
+
+/// Parses (and, unless told not to, validates) instance data.
+pub fn parse_data(
+    text: &str,
+    format: DataFormat,
+    parser: DataParserFlags,
+    validation: DataValidationFlags,
+) -> Result<DataTree<'static>, YangError> {
+    let buffer = c_buffer(text)?;
+    Ok(DataTree::parse_string(
+        context(),
+        &buffer,
+        format,
+        parser,
+        validation,
+    )?)
+}
+
+/// Parses a YANG RPC or notification instance.
+pub fn parse_op(
+    text: &str,
+    format: DataFormat,
+    op: DataOperation,
+) -> Result<DataTree<'static>, YangError> {
+    let buffer = c_buffer(text)?;
+    Ok(DataTree::parse_op_string(context(), &buffer, format, op)?)
+}
+
+/// An empty data tree.
+pub fn empty() -> DataTree<'static> {
+    DataTree::new(context())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yang2::data::Data;
+
+    #[test]
+    fn modules_compile_and_are_implemented() {
+        let ctx = context();
+        for module in MODULES {
+            let loaded = ctx
+                .get_module(module.name, Some(module.revision))
+                .unwrap_or_else(|| panic!("{} not loaded", module.name));
+            assert!(loaded.is_implemented());
+        }
+    }
+
+    #[test]
+    fn parsing_terminates_the_buffer_and_rejects_interior_nul() {
+        let xml =
+            "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><qkdn_id>a1</qkdn_id></qkd_node>";
+        // Without a terminator libyang would read past the end of this slice.
+        let padded = format!("{xml}GARBAGE");
+        let tree = parse_data(
+            &padded[..xml.len()],
+            DataFormat::XML,
+            DataParserFlags::STRICT | DataParserFlags::NO_VALIDATION,
+            DataValidationFlags::empty(),
+        )
+        .unwrap();
+        let id = tree
+            .find_path("/etsi-qkd-sdn-node:qkd_node/qkdn_id")
+            .unwrap();
+        assert_eq!(id.value_canonical().as_deref(), Some("a1"));
+        assert!(matches!(
+            parse_data(
+                "<a/>\0<b/>",
+                DataFormat::XML,
+                DataParserFlags::empty(),
+                DataValidationFlags::empty()
+            ),
+            Err(YangError::InteriorNul)
+        ));
+    }
+}
