@@ -1,13 +1,14 @@
 //! The KM agent daemon: one per QKD node.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::config::{KmConfig, LinkConfig, LinkEnd};
+use super::config::{Etsi014Limits, KmConfig, LinkConfig, LinkEnd};
 use super::store::{KeyStore, StoreError};
 use crate::quantum::emulated::EmulatedTransmitter;
 use crate::quantum::{LinkCondition, LinkState, QkdModule, RateSpec};
@@ -25,6 +26,8 @@ pub enum AgentError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("NETCONF: {0}")]
+    Netconf(#[from] crate::netconf::server::ServerError),
     #[error("creating {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
@@ -32,11 +35,22 @@ pub enum AgentError {
     },
 }
 
+/// What operators set on a link at run time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkSettings {
+    pub rate: RateSpec,
+    pub admin: LinkState,
+    pub capacity_blocks: usize,
+}
+
 /// Run-time state of one QKD link.
 pub struct LinkRuntime {
+    /// The link's identity (id, peer, ends): fixed while the agent runs.
     pub config: LinkConfig,
-    pub rate: RateSpec,
+    settings: Mutex<LinkSettings>,
     control: watch::Sender<LinkCondition>,
+    /// Blocks of this link consumed by key supply and relay since start.
+    pub consumed_blocks: AtomicU64,
 }
 
 impl LinkRuntime {
@@ -44,6 +58,32 @@ impl LinkRuntime {
     pub fn condition(&self) -> LinkCondition {
         *self.control.borrow()
     }
+
+    /// The link's current settings.
+    pub fn settings(&self) -> LinkSettings {
+        self.settings.lock().expect("link settings").clone()
+    }
+}
+
+/// Settings of the agent that change at run time (through NETCONF).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Every SAE of the domain and the node whose KM serves it.
+    pub saes: BTreeMap<String, String>,
+    /// Key relay routes: destination node -> next hop node.
+    pub routes: BTreeMap<String, String>,
+    pub etsi014: Etsi014Limits,
+    /// Low-key alarm threshold, percent of this end's share of a link pool.
+    pub low_key_threshold_percent: u8,
+}
+
+/// Counters of key supply.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Keys handed to master SAEs.
+    pub keys_supplied: AtomicU64,
+    /// Keys handed to slave SAEs.
+    pub keys_delivered: AtomicU64,
 }
 
 /// The shared state of a KM agent.
@@ -53,7 +93,9 @@ pub struct Agent {
     /// HTTPS client with this KM's identity, for peer KMs.
     pub peers: reqwest::Client,
     links: HashMap<String, LinkRuntime>,
-    routes: RwLock<BTreeMap<String, String>>,
+    settings: RwLock<Settings>,
+    pub counters: Counters,
+    events: tokio::sync::broadcast::Sender<super::events::Event>,
 }
 
 impl Agent {
@@ -69,24 +111,39 @@ impl Agent {
             .links
             .iter()
             .map(|link| {
-                let rate = link.rate_spec();
-                let (control, _) = watch::channel(rate.condition(LinkState::Up));
+                let settings = LinkSettings {
+                    rate: link.rate_spec(),
+                    admin: LinkState::Up,
+                    capacity_blocks: link.capacity_blocks,
+                };
+                let (control, _) =
+                    watch::channel(settings.rate.condition(LinkState::Up, link.capacity_blocks));
                 (
                     link.id.clone(),
                     LinkRuntime {
                         config: link.clone(),
-                        rate,
+                        settings: Mutex::new(settings),
                         control,
+                        consumed_blocks: AtomicU64::new(0),
                     },
                 )
             })
             .collect();
+        let settings = Settings {
+            saes: config.saes.clone(),
+            routes: config.routes.clone(),
+            etsi014: config.etsi014.clone(),
+            low_key_threshold_percent: 10,
+        };
+        let (events, _) = tokio::sync::broadcast::channel(1024);
         Ok(Arc::new(Self {
-            routes: RwLock::new(config.routes.clone()),
+            settings: RwLock::new(settings),
             config,
             store,
             peers,
             links,
+            counters: Counters::default(),
+            events,
         }))
     }
 
@@ -105,30 +162,89 @@ impl Agent {
         self.links.get(id)
     }
 
-    /// Sets link `id`'s state; returns its new condition.
-    pub fn set_link_state(&self, id: &str, state: LinkState) -> Option<LinkCondition> {
+    /// Puts new settings of link `id` into effect; returns its new condition.
+    pub fn set_link(&self, id: &str, settings: LinkSettings) -> Option<LinkCondition> {
         let link = self.links.get(id)?;
-        let condition = link.rate.condition(state);
-        link.control.send_replace(condition);
-        tracing::info!(link = id, ?state, "link state changed");
+        let condition = settings
+            .rate
+            .condition(settings.admin, settings.capacity_blocks);
+        let previous = link.control.send_replace(condition);
+        *link.settings.lock().expect("link settings") = settings;
+        if previous.state != condition.state {
+            tracing::info!(link = id, from = ?previous.state, to = ?condition.state, "link state changed");
+            self.emit(super::events::Event::LinkState {
+                link: id.to_owned(),
+                state: condition.state,
+                previous: previous.state,
+            });
+        }
         Some(condition)
     }
 
+    /// Sets link `id`'s operational state, keeping its other settings.
+    pub fn set_link_state(&self, id: &str, state: LinkState) -> Option<LinkCondition> {
+        let mut settings = self.links.get(id)?.settings();
+        settings.admin = state;
+        self.set_link(id, settings)
+    }
+
+    /// Counts `blocks` consumed on link `id`.
+    pub fn count_consumed(&self, id: &str, blocks: usize) {
+        if let Some(link) = self.links.get(id) {
+            link.consumed_blocks
+                .fetch_add(blocks as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The agent's current settings.
+    pub fn settings(&self) -> Settings {
+        self.settings.read().expect("settings").clone()
+    }
+
+    /// Replaces the agent's settings.
+    pub fn set_settings(&self, settings: Settings) {
+        *self.settings.write().expect("settings") = settings;
+    }
+
+    /// The current ETSI GS QKD 014 limits.
+    pub fn limits(&self) -> Etsi014Limits {
+        self.settings.read().expect("settings").etsi014.clone()
+    }
+
     /// The node whose KM serves SAE `sae`.
-    pub fn sae_node(&self, sae: &str) -> Option<&str> {
-        self.config.saes.get(sae).map(String::as_str)
+    pub fn sae_node(&self, sae: &str) -> Option<String> {
+        self.settings
+            .read()
+            .expect("settings")
+            .saes
+            .get(sae)
+            .cloned()
     }
 
     /// Whether `sae` is served by this KM.
     pub fn is_local_sae(&self, sae: &str) -> bool {
-        self.sae_node(sae) == Some(self.config.node.as_str())
+        self.sae_node(sae).as_deref() == Some(self.config.node.as_str())
     }
 
     /// The link of the first hop towards node `dest`: a configured route, or the direct link.
     pub fn next_hop(&self, dest: &str) -> Option<LinkConfig> {
-        let routes = self.routes.read().expect("routes lock");
-        let hop = routes.get(dest).map(String::as_str).unwrap_or(dest);
+        let settings = self.settings.read().expect("settings");
+        let hop = settings
+            .routes
+            .get(dest)
+            .map(String::as_str)
+            .unwrap_or(dest);
         self.config.link_to(hop).cloned()
+    }
+
+    /// Publishes an event (notifications, logs).
+    pub fn emit(&self, event: super::events::Event) {
+        let _ = self.events.send(event);
+    }
+
+    /// Subscribes to the agent's events.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<super::events::Event> {
+        self.events.subscribe()
     }
 
     /// Serves the agent until the process is asked to stop.
@@ -143,7 +259,6 @@ impl Agent {
                     link: link.config.id.clone(),
                     peer_kma: link.config.peer_kma.clone(),
                     client: self.peers.clone(),
-                    capacity_blocks: link.config.capacity_blocks,
                 });
                 tasks.push(module.start(self.store.clone(), link.control.subscribe()));
             }
@@ -158,6 +273,22 @@ impl Agent {
             server_tls,
             super::kma::router(self.clone()),
         )));
+        tasks.push(tokio::spawn(super::events::watch_key_levels(self.clone())));
+        if let Some(netconf) = self.config.netconf.clone() {
+            let northbound = Arc::new(super::northbound::Northbound::new(self.clone()));
+            let server = crate::netconf::server::NetconfServer::new(netconf, northbound)?;
+            let listener = TcpListener::bind(server_listen(&server))
+                .await
+                .map_err(|source| AgentError::Bind {
+                    addr: server_listen(&server),
+                    source,
+                })?;
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = server.serve_on(listener).await {
+                    tracing::error!(%error, "NETCONF server stopped");
+                }
+            }));
+        }
         tracing::info!(node = %self.config.node, etsi014 = %self.config.etsi014_listen, kma = %self.config.kma_listen, "KM agent ready");
         shutdown_signal().await;
         tracing::info!(node = %self.config.node, "KM agent stopping");
@@ -166,6 +297,10 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+fn server_listen(server: &crate::netconf::server::NetconfServer) -> std::net::SocketAddr {
+    server.listen()
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AgentError> {

@@ -41,6 +41,10 @@ pub struct KmConfig {
     /// Key relay routes: destination node -> next hop node (a link peer).
     #[serde(default)]
     pub routes: BTreeMap<String, String>,
+    /// The operators' NETCONF server; once it has persisted a running datastore, that
+    /// datastore (not this file) holds the links' settings, routes, SAEs and limits.
+    #[serde(default)]
+    pub netconf: Option<crate::netconf::server::NetconfConfig>,
 }
 
 /// Which end of a QKD link this node is.
@@ -102,7 +106,7 @@ impl LinkConfig {
 }
 
 /// Limits announced in the ETSI GS QKD 014 status.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Etsi014Limits {
     pub key_size: u32,

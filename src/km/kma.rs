@@ -1,5 +1,6 @@
 //! The KMA server of a KM: key relay from peer KMs, the receiver side of emulated QKD links,
-//! and the operators' admin API (link faults and state; NETCONF supersedes it later).
+//! and a read-only admin view for operators (health, link pools); operators change the
+//! agent through NETCONF.
 //!
 //! Peer KMs and operators are told apart by their certificate's common name.
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -28,7 +29,6 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/qchannel/v1/links/{link}/frames", post(qchannel_frame))
         .route("/admin/v1/health", get(health))
         .route("/admin/v1/links", get(links))
-        .route("/admin/v1/links/{link}/state", put(set_link_state))
         .with_state(agent)
 }
 
@@ -170,7 +170,6 @@ pub struct LinkReport {
     pub peer_blocks: usize,
     /// Blocks received and not yet confirmed.
     pub pending_blocks: usize,
-    pub capacity_blocks: usize,
 }
 
 async fn links(
@@ -194,7 +193,6 @@ async fn links(
                     own_blocks: s.available(&config.id, own)?,
                     peer_blocks: s.available(&config.id, 1 - own)?,
                     pending_blocks: s.pending(&config.id)?,
-                    capacity_blocks: config.capacity_blocks,
                     id: config.id,
                     peer: config.peer,
                     end: config.end,
@@ -208,26 +206,5 @@ async fn links(
     match result {
         Ok(reports) => Json(reports).into_response(),
         Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
-    }
-}
-
-/// Body of `PUT /admin/v1/links/{link}/state`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SetLinkState {
-    pub state: LinkState,
-}
-
-async fn set_link_state(
-    State(agent): State<Arc<Agent>>,
-    Extension(identity): Extension<PeerIdentity>,
-    Path(link): Path<String>,
-    Json(request): Json<SetLinkState>,
-) -> Response {
-    if let Err(problem) = operator(&agent, &identity) {
-        return problem.into_response();
-    }
-    match agent.set_link_state(&link, request.state) {
-        Some(condition) => Json(condition).into_response(),
-        None => problem(StatusCode::NOT_FOUND, "unknown link"),
     }
 }

@@ -98,7 +98,7 @@ fn caller(agent: &Agent, identity: &PeerIdentity) -> Result<String> {
     Ok(sae.to_owned())
 }
 
-fn peer_sae<'a>(agent: &'a Agent, caller: &str, other: &str) -> Result<&'a str> {
+fn peer_sae(agent: &Agent, caller: &str, other: &str) -> Result<String> {
     if other == caller {
         return Err(Etsi014Error::bad_request(
             "master and slave SAE must differ",
@@ -115,8 +115,8 @@ async fn status(
     Path(slave): Path<String>,
 ) -> Result<Json<Status>> {
     let master = caller(&agent, &identity)?;
-    let target = peer_sae(&agent, &master, &slave)?.to_owned();
-    let limits = &agent.config.etsi014;
+    let target = peer_sae(&agent, &master, &slave)?;
+    let limits = &agent.limits();
     let per_key = otp::blocks_per_key(limits.key_size) as u64;
     let (stored, max) = if target == agent.config.node {
         let max = u64::from(limits.max_key_per_request);
@@ -207,7 +207,7 @@ async fn enc_keys(
 ) -> Result<Json<KeyContainer>> {
     let master = caller(&agent, &identity)?;
     peer_sae(&agent, &master, &slave)?;
-    let limits = &agent.config.etsi014;
+    let limits = &agent.limits();
     let number = request.number.unwrap_or(1);
     if number == 0 || number > limits.max_key_per_request {
         return Err(Etsi014Error::bad_request(format!(
@@ -256,6 +256,10 @@ async fn enc_keys(
                     .detail(json!({"reason": other.to_string()}))
             }
         })?;
+    agent
+        .counters
+        .keys_supplied
+        .fetch_add(issued.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Json(KeyContainer {
         keys: issued
@@ -312,7 +316,7 @@ async fn dec_keys(
 ) -> Result<Json<KeyContainer>> {
     let slave = caller(&agent, &identity)?;
     peer_sae(&agent, &slave, &master)?;
-    let limits = &agent.config.etsi014;
+    let limits = &agent.limits();
     if ids.is_empty() || ids.len() > limits.max_key_per_request as usize {
         return Err(Etsi014Error::bad_request(format!(
             "between 1 and {} key IDs per request",
@@ -347,6 +351,10 @@ async fn dec_keys(
             other => Etsi014Error::unavailable(other.to_string()),
         })?;
     tracing::info!(%slave, %master, keys = taken.len(), "keys supplied to slave SAE");
+    agent
+        .counters
+        .keys_delivered
+        .fetch_add(taken.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Json(KeyContainer {
         keys: taken

@@ -8,8 +8,10 @@
 
 pub mod agent;
 pub mod config;
+pub mod events;
 pub mod kma;
 pub mod ksa;
+pub mod northbound;
 pub mod otp;
 pub mod relay;
 pub mod store;

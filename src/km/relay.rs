@@ -232,6 +232,10 @@ async fn send_hop(
     let per_key = otp::blocks_per_key(hop.key_size);
     let wanted = key_ids.len() * per_key + 1;
     let (link_id, parity) = (link.id.clone(), link.end.parity());
+    let counted: Vec<(String, usize)> = consumed_in
+        .iter()
+        .map(|(l, _, seqs)| (l.clone(), seqs.len()))
+        .collect();
     let mut taken = agent
         .store
         .run(move |s| {
@@ -243,6 +247,10 @@ async fn send_hop(
             })
         })
         .await?;
+    agent.count_consumed(&link.id, wanted);
+    for (link, blocks) in counted {
+        agent.count_consumed(&link, blocks);
+    }
     let (mac_seq, mac_key) = taken.pop().expect("at least the MAC block");
     let mut made = Vec::with_capacity(key_ids.len());
     let mut relayed = Vec::with_capacity(key_ids.len());
@@ -392,14 +400,11 @@ async fn receive_body(
     let consumed = vec![(link.id.clone(), parity, seqs)];
     let key_ids: Vec<Uuid> = body.keys.iter().map(|k| k.key_id).collect();
     if body.dest_km == agent.config.node {
-        if body
-            .slave_saes
-            .iter()
-            .any(|s| agent.sae_node(s) != Some(agent.config.node.as_str()))
-        {
+        if body.slave_saes.iter().any(|s| !agent.is_local_sae(s)) {
             return reject("a slave SAE is not served by the destination KM");
         }
         let (slaves, master) = (body.slave_saes.clone(), body.master_sae.clone());
+        let consumed_count = consumed[0].2.len();
         let entries: Vec<(Uuid, Zeroizing<Vec<u8>>)> = key_ids.iter().copied().zip(keys).collect();
         agent
             .store
@@ -417,6 +422,7 @@ async fn receive_body(
                 })
             })
             .await?;
+        agent.count_consumed(&link.id, consumed_count);
         tracing::info!(keys = key_ids.len(), "keys delivered to destination KM");
         return Ok(RelayAck {
             relay_id: body.relay_id,

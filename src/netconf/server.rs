@@ -195,6 +195,11 @@ impl NetconfServer {
         Ok(server)
     }
 
+    /// The address the server listens on.
+    pub fn listen(&self) -> SocketAddr {
+        self.config.listen
+    }
+
     /// Writes the running datastore to its file (atomically), if configured.
     pub(crate) fn persist(&self, running: &DataTree<'static>) {
         let Some(path) = &self.config.running_file else {

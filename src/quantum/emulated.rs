@@ -136,9 +136,6 @@ pub struct EmulatedTransmitter {
     pub peer_kma: String,
     /// HTTPS client with this KM's identity.
     pub client: reqwest::Client,
-    /// Most blocks the link's pool holds; generation pauses when full, like a real module
-    /// whose key buffer is full.
-    pub capacity_blocks: usize,
 }
 
 impl QkdModule for EmulatedTransmitter {
@@ -187,7 +184,10 @@ impl EmulatedTransmitter {
             } else {
                 bits_owed += condition.rate_bps * elapsed;
             }
-            session = match self.step(&store, session, &mut bits_owed).await {
+            session = match self
+                .step(&store, session, &mut bits_owed, condition.capacity_blocks)
+                .await
+            {
                 Ok(next) => next,
                 Err(error) => {
                     tracing::debug!(%error, "quantum channel interrupted; resyncing");
@@ -203,6 +203,7 @@ impl EmulatedTransmitter {
         store: &KeyStore,
         session: Session,
         bits_owed: &mut f64,
+        capacity_blocks: usize,
     ) -> Result<Session, TransmitError> {
         let (next_seq, unconfirmed) = match session {
             Session::Synced {
@@ -215,7 +216,8 @@ impl EmulatedTransmitter {
         let stored = store
             .run(move |s| Ok(s.available(&link, 0)? + s.available(&link, 1)?))
             .await?;
-        let room = self.capacity_blocks.saturating_sub(stored);
+        // a full pool pauses generation, like a real module whose key buffer is full
+        let room = capacity_blocks.saturating_sub(stored);
         let due = (*bits_owed / (BLOCK_BYTES * 8) as f64).floor() as usize;
         let count = due.min(room).min(MAX_BLOCKS_PER_FRAME);
         *bits_owed -= (due * BLOCK_BYTES * 8) as f64; // a full buffer discards, as real modules do

@@ -42,6 +42,8 @@ pub const DEGRADED_QBER: f64 = 0.15;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LinkCondition {
     pub state: LinkState,
+    /// Most blocks the link's pool may hold: the module pauses when it is full.
+    pub capacity_blocks: usize,
     /// Current secret key rate in bit/s.
     pub rate_bps: f64,
     /// Current QBER, when the link has a physical model (or is degraded).
@@ -50,7 +52,7 @@ pub struct LinkCondition {
 
 impl RateSpec {
     /// The link's condition in `state`.
-    pub fn condition(&self, state: LinkState) -> LinkCondition {
+    pub fn condition(&self, state: LinkState, capacity_blocks: usize) -> LinkCondition {
         let (nominal_rate, nominal_qber) = match self {
             RateSpec::Fixed { rate_bps } => (*rate_bps, None),
             RateSpec::Model(params) => match params.evaluate() {
@@ -61,16 +63,19 @@ impl RateSpec {
         match state {
             LinkState::Up => LinkCondition {
                 state,
+                capacity_blocks,
                 rate_bps: nominal_rate,
                 qber: nominal_qber,
             },
             LinkState::Down => LinkCondition {
                 state,
+                capacity_blocks,
                 rate_bps: 0.0,
                 qber: None,
             },
             LinkState::Degraded => LinkCondition {
                 state,
+                capacity_blocks,
                 rate_bps: 0.0,
                 qber: Some(DEGRADED_QBER.max(BB84_QBER_LIMIT)),
             },

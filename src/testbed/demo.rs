@@ -158,7 +158,15 @@ async fn scenario(topology: &Topology, endpoints: &Endpoints, dir: &Path) -> any
     let refusal = loop {
         match alice.enc_keys(slave, &big).await {
             Ok(keys) => delivered += keys.keys.len(),
-            Err(ClientError::Kme { status, body }) => break (status, body.message),
+            Err(ClientError::Kme { status, body }) => {
+                let reason = body
+                    .details
+                    .iter()
+                    .flatten()
+                    .find_map(|d| d.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
+                    .unwrap_or(body.message);
+                break (status, reason);
+            }
             Err(other) => return Err(other.into()),
         }
         if delivered > 1_000_000 {
@@ -166,9 +174,10 @@ async fn scenario(topology: &Topology, endpoints: &Endpoints, dir: &Path) -> any
         }
     };
     println!(
-        "   {delivered} more keys delivered from the stored pool of {cut}, then HTTP {} ({})",
-        refusal.0, refusal.1
+        "   {delivered} more keys delivered from the stored pools, then HTTP {}:",
+        refusal.0
     );
+    println!("     {}", refusal.1);
     println!("== repair: QKD link {cut} up");
     runner::set_link_state(dir, &cut, LinkState::Up).await?;
     let started = std::time::Instant::now();

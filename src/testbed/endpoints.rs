@@ -16,6 +16,10 @@ pub struct Endpoints {
     pub ca_cert: PathBuf,
     /// Client credentials of the testbed operator.
     pub operator: Credentials,
+    /// NETCONF operator with write access to every node.
+    pub netconf_user: NetconfLogin,
+    /// NETCONF user in the read-only group.
+    pub netconf_readonly_user: NetconfLogin,
     pub domains: BTreeMap<String, DomainEndpoints>,
     pub saes: BTreeMap<String, SaeEndpoint>,
     pub links: BTreeMap<String, LinkEndpoint>,
@@ -27,6 +31,13 @@ pub struct Credentials {
     pub name: String,
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// A NETCONF login.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetconfLogin {
+    pub username: String,
+    pub password: String,
 }
 
 /// One domain's services.
@@ -44,6 +55,8 @@ pub struct NodeEndpoint {
     pub etsi014: String,
     /// KMA base URL (peer KMs, operators' admin API).
     pub kma: String,
+    /// NETCONF over SSH address (`host:port`).
+    pub netconf: String,
     /// The agent's configuration file.
     pub config: PathBuf,
     /// The agent's log file.

@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::endpoints::{
-    Credentials, DomainEndpoints, Endpoints, LinkEndpoint, NodeEndpoint, SaeEndpoint,
+    Credentials, DomainEndpoints, Endpoints, LinkEndpoint, NetconfLogin, NodeEndpoint, SaeEndpoint,
 };
 use super::topology::Topology;
 use crate::km::config::{Etsi014Limits, KmConfig, LinkConfig, LinkEnd};
+use crate::netconf::client::{ClientOptions, Credentials as NetconfCredentials, NetconfClient};
+use crate::netconf::server::{Group, NetconfConfig, User};
 use crate::pki::{Authority, PkiError, Role};
 use crate::quantum::LinkState;
 use crate::tls::{self, TlsFiles};
@@ -65,10 +67,70 @@ impl Processes {
     }
 }
 
-fn free_port() -> Result<u16, TestbedError> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io("finding a free port"))?;
-    Ok(listener.local_addr().map_err(io("local address"))?.port())
+fn random_password() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 12];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Hands out free loopback ports below the kernel's ephemeral range, so that no outgoing
+/// connection can take a port between its allocation and the agent's bind. Ports stay bound
+/// here until the allocator is dropped (just before the agents start).
+struct Ports {
+    held: Vec<TcpListener>,
+    next: u16,
+    end: u16,
+}
+
+const FIRST_PORT: u16 = 10_000;
+
+impl Ports {
+    fn new() -> Self {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+            })
+            .unwrap_or(32768);
+        let end = ephemeral_low.max(FIRST_PORT + 200);
+        let offset = (rand::random::<u32>() % u32::from(end - FIRST_PORT)) as u16;
+        Self {
+            held: Vec::new(),
+            next: FIRST_PORT + offset,
+            end,
+        }
+    }
+
+    fn take(&mut self) -> Result<SocketAddr, TestbedError> {
+        for _ in 0..(self.end - FIRST_PORT) {
+            let port = self.next;
+            self.next = if self.next + 1 >= self.end {
+                FIRST_PORT
+            } else {
+                self.next + 1
+            };
+            if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+                self.held.push(listener);
+                return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+            }
+        }
+        Err(TestbedError::Operation("no free loopback port".into()))
+    }
+}
+
+/// Serialises testbed start-ups on this machine (port allocation until every agent listens).
+fn startup_lock() -> Result<std::fs::File, TestbedError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("qkdni-testbed-startup.lock"))
+        .map_err(io("opening the start-up lock"))?;
+    file.lock().map_err(io("taking the start-up lock"))?;
+    Ok(file)
 }
 
 /// Writes certificates and agent configurations for `topology` into `dir`, starts every KM
@@ -86,10 +148,20 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
     for sub in ["pki", "nodes", "logs"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(io(format!("creating {sub}")))?;
     }
+    let _startup = startup_lock()?;
+    let mut ports = Ports::new();
     let ca = Authority::new(&topology.name)?;
     let ca_cert = pki.join("ca.crt");
     std::fs::write(&ca_cert, ca.cert_pem()).map_err(io("writing CA"))?;
     let operator_paths = ca.issue_to(&pki, "operator", "operator", Role::Client)?;
+    let netconf_user = NetconfLogin {
+        username: "operator".into(),
+        password: random_password(),
+    };
+    let netconf_readonly_user = NetconfLogin {
+        username: "viewer".into(),
+        password: random_password(),
+    };
 
     let mut endpoints = Endpoints {
         name: topology.name.clone(),
@@ -99,6 +171,8 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
             cert: operator_paths.cert,
             key: operator_paths.key,
         },
+        netconf_user: netconf_user.clone(),
+        netconf_readonly_user: netconf_readonly_user.clone(),
         domains: BTreeMap::new(),
         saes: BTreeMap::new(),
         links: BTreeMap::new(),
@@ -107,9 +181,10 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
     for domain in &topology.domains {
         let mut addresses = BTreeMap::new();
         for node in &domain.nodes {
-            let etsi = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-            let kma = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-            addresses.insert(node.name.clone(), (etsi, kma));
+            let etsi = ports.take()?;
+            let kma = ports.take()?;
+            let netconf = ports.take()?;
+            addresses.insert(node.name.clone(), (etsi, kma, netconf));
         }
         let routes = domain.shortest_routes();
         let saes: BTreeMap<String, String> = domain
@@ -122,7 +197,7 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
             let node_dir = dir.join("nodes").join(&node.name);
             std::fs::create_dir_all(&node_dir).map_err(io("creating node directory"))?;
             let paths = ca.issue_to(&pki, &format!("km-{}", node.name), &node.name, Role::Node)?;
-            let (etsi, kma) = addresses[&node.name];
+            let (etsi, kma, netconf) = addresses[&node.name];
             let links = domain
                 .links
                 .iter()
@@ -165,6 +240,26 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                 links,
                 saes: saes.clone(),
                 routes: routes.get(&node.name).cloned().unwrap_or_default(),
+                netconf: Some(NetconfConfig {
+                    listen: netconf,
+                    host_key: node_dir.join("ssh_host_ed25519_key"),
+                    users: vec![
+                        User {
+                            name: netconf_user.username.clone(),
+                            password: Some(netconf_user.password.clone()),
+                            authorized_keys: Vec::new(),
+                            group: Group::Admin,
+                        },
+                        User {
+                            name: netconf_readonly_user.username.clone(),
+                            password: Some(netconf_readonly_user.password.clone()),
+                            authorized_keys: Vec::new(),
+                            group: Group::ReadOnly,
+                        },
+                    ],
+                    max_message_bytes: 16 * 1024 * 1024,
+                    running_file: Some(node_dir.join("data").join("running.xml")),
+                }),
             };
             let config_path = node_dir.join("km.toml");
             let text = toml::to_string_pretty(&config)
@@ -187,6 +282,7 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                 NodeEndpoint {
                     etsi014: format!("https://{etsi}"),
                     kma: format!("https://{kma}"),
+                    netconf: netconf.to_string(),
                     config: config_path.clone(),
                     log: dir.join("logs").join(format!("{}.log", node.name)),
                 },
@@ -213,6 +309,7 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
     // endpoints.json is written before start so that start_node can find the nodes; a
     // testbed is only "up" once every node answers.
     write_endpoints(dir, &endpoints)?;
+    drop(ports);
     let mut processes = Processes::default();
     for node in &configs {
         let pid = spawn_node(&endpoints, node, exe)?;
@@ -353,13 +450,42 @@ pub async fn start_node(dir: &Path, node: &str, exe: &Path) -> Result<(), Testbe
             return Err(TestbedError::Operation(format!("node {node} is running")));
         }
     }
+    let _startup = startup_lock()?;
     let pid = spawn_node(&endpoints, node, exe)?;
     processes.nodes.insert(node.into(), pid);
     processes.save(dir)?;
     wait_ready(&endpoints, node, pid).await
 }
 
-/// Sets the state of QKD link `link` at both its ends.
+/// A NETCONF session to `node` as the testbed operator.
+pub async fn netconf(
+    endpoints: &Endpoints,
+    node: &str,
+) -> Result<std::sync::Arc<NetconfClient>, TestbedError> {
+    let entry = endpoints.node(node).ok_or_else(|| TestbedError::Unknown {
+        kind: "node",
+        name: node.into(),
+    })?;
+    let addr: SocketAddr = entry
+        .netconf
+        .parse()
+        .map_err(|e| TestbedError::Operation(format!("node {node}: netconf address: {e}")))?;
+    NetconfClient::connect(
+        addr,
+        ClientOptions {
+            user: endpoints.netconf_user.username.clone(),
+            credentials: NetconfCredentials::Password(endpoints.netconf_user.password.clone()),
+            host_key: None,
+            timeout: Duration::from_secs(10),
+            base_1_0_only: false,
+        },
+    )
+    .await
+    .map_err(|e| TestbedError::Operation(format!("node {node}: NETCONF: {e}")))
+}
+
+/// Sets the operational state of QKD link `link` at both its ends, over NETCONF
+/// (`qkdni-km:admin-state` in the running datastore).
 pub async fn set_link_state(dir: &Path, link: &str, state: LinkState) -> Result<(), TestbedError> {
     let endpoints = Endpoints::load(dir)?;
     let entry = endpoints
@@ -369,21 +495,22 @@ pub async fn set_link_state(dir: &Path, link: &str, state: LinkState) -> Result<
             kind: "link",
             name: link.into(),
         })?;
-    let client = tls::https_client(&endpoints.operator_tls(), Duration::from_secs(5))?;
+    let value = match state {
+        LinkState::Up => "up",
+        LinkState::Down => "down",
+        LinkState::Degraded => "degraded",
+    };
+    let config = format!(
+        "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><qkd_links><qkd_link><qkdl_id>{}</qkdl_id><admin-state xmlns=\"urn:qkdni:yang:qkdni-km\">{value}</admin-state></qkd_link></qkd_links></qkd_node>",
+        crate::netconf::client::text(link)
+    );
     for node in &entry.nodes {
-        let kma = &endpoints.node(node).expect("link nodes exist").kma;
-        let response = client
-            .put(format!("{kma}/admin/v1/links/{link}/state"))
-            .json(&crate::km::kma::SetLinkState { state })
-            .send()
+        let session = netconf(&endpoints, node).await?;
+        session
+            .edit_config("running", &config)
             .await
             .map_err(|e| TestbedError::Operation(format!("node {node}: {e}")))?;
-        if !response.status().is_success() {
-            return Err(TestbedError::Operation(format!(
-                "node {node} refused: HTTP {}",
-                response.status()
-            )));
-        }
+        let _ = session.close().await;
     }
     Ok(())
 }

@@ -1,0 +1,149 @@
+//! Events of a KM agent (link state changes, low key, relay failures), published to
+//! NETCONF subscribers as notifications, and the task that watches key levels.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use yang2::data::{Data, DataFormat, DataPrinterFlags};
+
+use super::agent::Agent;
+use crate::netconf::server::{now_rfc3339, Notification};
+use crate::quantum::LinkState;
+
+/// Something operators want to hear about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A QKD link's operational state changed.
+    LinkState {
+        link: String,
+        state: LinkState,
+        previous: LinkState,
+    },
+    /// This end's usable blocks of a link fell below the alarm threshold.
+    LowKey {
+        link: String,
+        own_blocks: usize,
+        threshold_percent: u8,
+    },
+    /// A key relay failed.
+    RelayFailure {
+        relay_id: uuid::Uuid,
+        destination: String,
+        reason: String,
+    },
+}
+
+fn state_name(state: LinkState) -> &'static str {
+    match state {
+        LinkState::Up => "up",
+        LinkState::Down => "down",
+        LinkState::Degraded => "degraded",
+    }
+}
+
+const KM_NS: &str = "urn:qkdni:yang:qkdni-km";
+
+impl Event {
+    /// The event as a `qkdni-km` YANG notification.
+    pub fn to_notification(&self) -> Result<Notification, yang2::Error> {
+        let mut tree = crate::yang::empty();
+        let (name, leaves): (&str, Vec<(&str, String)>) = match self {
+            Event::LinkState {
+                link,
+                state,
+                previous,
+            } => (
+                "link-status-change",
+                vec![
+                    ("link-id", link.clone()),
+                    ("oper-state", state_name(*state).into()),
+                    ("previous-state", state_name(*previous).into()),
+                ],
+            ),
+            Event::LowKey {
+                link,
+                own_blocks,
+                threshold_percent,
+            } => (
+                "low-key-alarm",
+                vec![
+                    ("link-id", link.clone()),
+                    ("own-blocks", own_blocks.to_string()),
+                    ("threshold-percent", threshold_percent.to_string()),
+                ],
+            ),
+            Event::RelayFailure {
+                relay_id,
+                destination,
+                reason,
+            } => (
+                "relay-failure",
+                vec![
+                    ("relay-id", relay_id.to_string()),
+                    ("destination", destination.clone()),
+                    ("reason", reason.clone()),
+                ],
+            ),
+        };
+        for (leaf, value) in leaves {
+            tree.new_path(&format!("/qkdni-km:{name}/{leaf}"), Some(&value), false)?;
+        }
+        let xml = tree
+            .print_string(
+                DataFormat::XML,
+                DataPrinterFlags::WITH_SIBLINGS | DataPrinterFlags::SHRINK,
+            )?
+            .unwrap_or_default();
+        Ok(Notification {
+            event_time: now_rfc3339(),
+            xml,
+            kind: (KM_NS.to_owned(), name.to_owned()),
+        })
+    }
+}
+
+/// Raises a low-key alarm when a link's usable blocks at this end fall below the threshold
+/// (once per crossing), checking every second.
+pub async fn watch_key_levels(agent: Arc<Agent>) {
+    // Pools start empty: an alarm is raised when a pool *falls* below the threshold.
+    let mut alarmed: HashSet<String> = agent.links().map(|l| l.config.id.clone()).collect();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let threshold = agent.settings().low_key_threshold_percent;
+        if threshold == 0 {
+            alarmed.clear();
+            continue;
+        }
+        let links: Vec<(String, u8, usize)> = agent
+            .links()
+            .map(|l| {
+                (
+                    l.config.id.clone(),
+                    l.config.end.parity(),
+                    l.settings().capacity_blocks,
+                )
+            })
+            .collect();
+        for (id, parity, capacity) in links {
+            let link = id.clone();
+            let Ok(own) = agent.store.run(move |s| s.available(&link, parity)).await else {
+                continue;
+            };
+            let limit = capacity / 2 * usize::from(threshold) / 100;
+            if own < limit {
+                if alarmed.insert(id.clone()) {
+                    tracing::warn!(link = %id, own_blocks = own, threshold_percent = threshold, "low key");
+                    agent.emit(Event::LowKey {
+                        link: id,
+                        own_blocks: own,
+                        threshold_percent: threshold,
+                    });
+                }
+            } else {
+                alarmed.remove(&id);
+            }
+        }
+    }
+}
