@@ -118,3 +118,40 @@ impl Drop for Bed {
         }
     }
 }
+
+impl Bed {
+    /// A NETCONF session to `node` as the operator.
+    pub async fn netconf(
+        &self,
+        node: &str,
+    ) -> std::sync::Arc<qkdni::netconf::client::NetconfClient> {
+        qkdni::testbed::runner::netconf(&self.endpoints, node)
+            .await
+            .unwrap()
+    }
+
+    /// A NETCONF session to `node` as `login`, with `base_1_0_only` framing if asked.
+    pub async fn netconf_as(
+        &self,
+        node: &str,
+        login: &qkdni::testbed::endpoints::NetconfLogin,
+        base_1_0_only: bool,
+    ) -> Result<
+        std::sync::Arc<qkdni::netconf::client::NetconfClient>,
+        qkdni::netconf::client::ClientError,
+    > {
+        use qkdni::netconf::client::{ClientOptions, Credentials, NetconfClient};
+        let addr = self.endpoints.node(node).unwrap().netconf.parse().unwrap();
+        NetconfClient::connect(
+            addr,
+            ClientOptions {
+                user: login.username.clone(),
+                credentials: Credentials::Password(login.password.clone()),
+                host_key: None,
+                timeout: Duration::from_secs(10),
+                base_1_0_only,
+            },
+        )
+        .await
+    }
+}
