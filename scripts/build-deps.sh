@@ -7,6 +7,8 @@ command -v cc >/dev/null || need+=(gcc)
 command -v cmake >/dev/null || need+=(cmake)
 dpkg -s libpcre2-dev >/dev/null 2>&1 || need+=(libpcre2-dev)
 dpkg -s pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# the netconf-rs interop client (dev-dependency) links libssh2 with OpenSSL
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq

@@ -258,3 +258,145 @@ async fn read_only_users_cannot_write_and_notifications_arrive() {
     );
     assert!(message.contains("<eventTime>"), "{message}");
 }
+
+/// A raw NETCONF channel (SSH subsystem) for sending arbitrary bytes.
+async fn raw_channel(bed: &Bed, node: &str) -> russh::ChannelStream<russh::client::Msg> {
+    struct Accept;
+    impl russh::client::Handler for Accept {
+        type Error = russh::Error;
+        async fn check_server_key(
+            &mut self,
+            _: &russh::keys::PublicKey,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+    let addr: std::net::SocketAddr = bed.endpoints.node(node).unwrap().netconf.parse().unwrap();
+    let mut ssh = russh::client::connect(
+        std::sync::Arc::new(russh::client::Config::default()),
+        addr,
+        Accept,
+    )
+    .await
+    .unwrap();
+    let login = &bed.endpoints.netconf_user;
+    assert!(ssh
+        .authenticate_password(&login.username, &login.password)
+        .await
+        .unwrap()
+        .success());
+    let channel = ssh.channel_open_session().await.unwrap();
+    channel.request_subsystem(true, "netconf").await.unwrap();
+    // keep the connection alive as long as the channel
+    std::mem::forget(ssh);
+    channel.into_stream()
+}
+
+async fn read_until(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    marker: &str,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if String::from_utf8_lossy(&buf).contains(marker) {
+            return Some(String::from_utf8_lossy(&buf).into_owned());
+        }
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!(
+                "no answer within 10 s; got {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        }
+    }
+}
+
+fn chunk(message: &str) -> String {
+    format!("\n#{}\n{message}\n##\n", message.len())
+}
+
+const HELLO_11: &str = "<hello xmlns=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><capabilities><capability>urn:ietf:params:netconf:base:1.1</capability></capabilities></hello>]]>]]>";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_get_rpc_errors_and_broken_framing_closes_cleanly() {
+    use tokio::io::AsyncWriteExt;
+    let bed = Bed::up(TOPOLOGY);
+
+    let mut s = raw_channel(&bed, "a3").await;
+    read_until(&mut s, "]]>]]>").await.expect("server hello");
+    s.write_all(HELLO_11.as_bytes()).await.unwrap();
+    // malformed XML: an rpc-error, and the session goes on
+    s.write_all(
+        chunk(
+            "<rpc message-id=\"1\" xmlns=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><get-config>",
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let reply = read_until(&mut s, "\n##\n")
+        .await
+        .expect("reply to malformed XML");
+    assert!(reply.contains("malformed-message"), "{reply}");
+    // no message-id: missing-attribute
+    s.write_all(
+        chunk("<rpc xmlns=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><get/></rpc>").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let reply = read_until(&mut s, "\n##\n")
+        .await
+        .expect("reply to rpc without id");
+    assert!(reply.contains("missing-attribute"), "{reply}");
+    s.write_all(chunk("<rpc message-id=\"3\" xmlns=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><get-config><source><running/></source></get-config></rpc>").as_bytes()).await.unwrap();
+    let reply = read_until(&mut s, "</rpc-reply>")
+        .await
+        .expect("reply to a valid rpc");
+    assert!(
+        reply.contains("message-id=\"3\"") && reply.contains("<data>"),
+        "{reply}"
+    );
+    // broken chunk header: the session is closed, not stuck
+    s.write_all(b"\n#xyz\n<rpc/>\n##\n").await.unwrap();
+    assert!(
+        read_until(&mut s, "never").await.is_none(),
+        "session stayed open after broken framing"
+    );
+
+    // a message larger than the limit is refused before it is buffered
+    let mut s = raw_channel(&bed, "a3").await;
+    read_until(&mut s, "]]>]]>").await.expect("server hello");
+    s.write_all(HELLO_11.as_bytes()).await.unwrap();
+    s.write_all(b"\n#4000000000\n<rpc").await.unwrap();
+    assert!(
+        read_until(&mut s, "never").await.is_none(),
+        "session stayed open after a huge chunk"
+    );
+
+    // a hello that is not one closes the session at once
+    let mut s = raw_channel(&bed, "a3").await;
+    read_until(&mut s, "]]>]]>").await.expect("server hello");
+    s.write_all(b"<rpc/>]]>]]>").await.unwrap();
+    assert!(read_until(&mut s, "never").await.is_none());
+
+    // the server still serves everyone else
+    let nc = bed.netconf("a3").await;
+    nc.get_config("running", None).await.unwrap();
+}
+
+#[test]
+fn netconf_rs_gets_the_running_config_over_base_1_0() {
+    let bed = Bed::up(TOPOLOGY);
+    let addr = bed.endpoints.node("a4").unwrap().netconf.clone();
+    let login = bed.endpoints.netconf_user.clone();
+    let transport =
+        netconf_rs::transport::ssh::SSHTransport::connect(&addr, &login.username, &login.password)
+            .expect("netconf-rs connects");
+    let mut connection = netconf_rs::Connection::new(transport).expect("hello exchange");
+    let config = connection.get_config().expect("get-config");
+    assert!(config.contains("<qkdn_id>a4</qkdn_id>"), "{config}");
+    assert!(config.contains("message-id=\"100\""), "{config}");
+}

@@ -68,7 +68,7 @@ pub async fn handle(
     session: &mut SessionState,
     message: &str,
 ) -> Outcome {
-    let doc = match roxmltree::Document::parse(message) {
+    let doc = match roxmltree::Document::parse(message.trim_start()) {
         Ok(doc) => doc,
         Err(error) => {
             tracing::warn!(%error, "malformed XML message");
