@@ -117,6 +117,43 @@ pub fn parse_op(
     Ok(DataTree::parse_op_string(context(), &buffer, format, op)?)
 }
 
+/// The content id of the module set (changes when modules change).
+pub fn content_id() -> u16 {
+    context().get_module_set_id()
+}
+
+/// The `ietf-yang-library` (RFC 8525) data of the context, as libyang generates it.
+pub fn yang_library() -> Result<DataTree<'static>, YangError> {
+    use yang2::utils::Binding;
+    let ctx = context();
+    let module = ctx.get_module_latest("ietf-yang-library").ok_or_else(|| {
+        YangError::Libyang(yang2::Error {
+            errcode: yang2::ffi::LY_ERR::LY_ENOTFOUND,
+            msg: Some("ietf-yang-library is not loaded".into()),
+            path: None,
+            apptag: None,
+        })
+    })?;
+    let format = c"%u";
+    let mut root = std::ptr::null_mut();
+    // SAFETY: the module belongs to the live shared context; libyang fills `root` with a
+    // new tree owned by the returned DataTree, formatting the content id from one u32.
+    let ret = unsafe {
+        let raw_ctx = (*module.as_raw()).ctx;
+        yang2::ffi::ly_ctx_get_yanglib_data(
+            raw_ctx,
+            &mut root,
+            format.as_ptr(),
+            u32::from(content_id()),
+        )
+    };
+    if ret != yang2::ffi::LY_ERR::LY_SUCCESS {
+        return Err(YangError::Libyang(yang2::Error::new(ctx)));
+    }
+    // SAFETY: `root` is a tree of this context, handed over to us by libyang.
+    Ok(unsafe { DataTree::from_raw(ctx, root) })
+}
+
 /// An empty data tree.
 pub fn empty() -> DataTree<'static> {
     DataTree::new(context())
@@ -135,6 +172,18 @@ mod tests {
                 .get_module(module.name, Some(module.revision))
                 .unwrap_or_else(|| panic!("{} not loaded", module.name));
             assert!(loaded.is_implemented());
+        }
+    }
+
+    #[test]
+    fn yang_library_lists_the_modules() {
+        let library = yang_library().unwrap();
+        let set = library
+            .find_xpath("/ietf-yang-library:yang-library/module-set/module/name")
+            .unwrap();
+        let names: Vec<String> = set.filter_map(|n| n.value_canonical()).collect();
+        for module in MODULES {
+            assert!(names.iter().any(|n| n == module.name), "{names:?}");
         }
     }
 

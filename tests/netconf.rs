@@ -79,6 +79,24 @@ async fn configuration_and_state_through_netconf() {
         )
         .await,
     );
+    // a must violation: operation-failed (RFC 7950 section 15.4), with the app tag and path
+    assert_eq!(error.tag, ErrorTag::OperationFailed, "{error:?}");
+    assert_eq!(error.app_tag.as_deref(), Some("must-violation"));
+    assert!(
+        error
+            .path
+            .as_deref()
+            .is_some_and(|p| p.ends_with("key-size")),
+        "{error:?}"
+    );
+    // a value of the wrong type: invalid-value
+    let error = rpc_error(
+        nc.edit_config(
+            "running",
+            &format!("<qkd_node xmlns=\"{NODE_NS}\"><key-manager xmlns=\"{KM_NS}\"><etsi014><key-size>many</key-size></etsi014></key-manager></qkd_node>"),
+        )
+        .await,
+    );
     assert_eq!(error.tag, ErrorTag::InvalidValue, "{error:?}");
     let error = rpc_error(
         nc.edit_config("running", "<bogus xmlns=\"urn:nowhere\"/>")
@@ -399,4 +417,32 @@ fn netconf_rs_gets_the_running_config_over_base_1_0() {
     let config = connection.get_config().expect("get-config");
     assert!(config.contains("<qkdn_id>a4</qkdn_id>"), "{config}");
     assert!(config.contains("message-id=\"100\""), "{config}");
+}
+
+#[test]
+fn ncclient_and_netconf_console2_work_unchanged() {
+    let Some(python) = std::env::var_os("QKDNI_PYTHON") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide QKDNI_PYTHON with ncclient and netconf-console2 installed"
+        );
+        eprintln!("skipped: set QKDNI_PYTHON to a python with ncclient and netconf-console2");
+        return;
+    };
+    let bed = Bed::up(TOPOLOGY);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/netconf_clients.py");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg(bed.dir())
+        .arg(common::QKDNI)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["failed"], serde_json::json!([]), "{stderr}");
+    assert_eq!(summary["schemas_valid"], summary["schemas_fetched"]);
+    assert_eq!(summary["ncclient_base11"], true);
 }

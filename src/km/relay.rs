@@ -169,7 +169,14 @@ pub async fn supply(
             Ok::<_, RelayError>(made)
         }
         .instrument(span)
-        .await?;
+        .await
+        .inspect_err(|error| {
+            agent.emit(super::events::Event::RelayFailure {
+                relay_id,
+                destination: dest.clone(),
+                reason: error.to_string(),
+            })
+        })?;
         keys.get_or_insert(made);
     }
     let keys = keys.unwrap_or_else(|| {

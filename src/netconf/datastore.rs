@@ -237,3 +237,22 @@ mod tests {
         assert_eq!(err.tag, ErrorTag::UnknownElement);
     }
 }
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+
+    #[test]
+    fn must_violations_are_operation_failed() {
+        let xml = r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>a1</qkdn_id><key-manager xmlns="urn:qkdni:yang:qkdni-km"><relay-routes><route><destination>z</destination><next-hop>a9</next-hop></route></relay-routes></key-manager></qkd_node>"#;
+        let mut tree = parse_config(xml).unwrap();
+        let error = validate(&mut tree).unwrap_err();
+        assert_eq!(
+            error.app_tag.as_deref(),
+            Some("must-violation"),
+            "{error:?}"
+        );
+        assert_eq!(error.tag, ErrorTag::OperationFailed, "{error:?}");
+        assert!(error.path.is_some());
+    }
+}

@@ -194,9 +194,18 @@ impl RpcError {
 }
 
 impl From<yang2::Error> for RpcError {
+    /// A libyang failure as an `rpc-error`; validation failures get the error-tag RFC 7950
+    /// section 15 gives their error-app-tag.
     fn from(e: yang2::Error) -> Self {
+        let tag = match e.apptag.as_deref() {
+            Some(
+                "must-violation" | "data-not-unique" | "too-many-elements" | "too-few-elements",
+            ) => ErrorTag::OperationFailed,
+            Some("instance-required" | "missing-choice") => ErrorTag::DataMissing,
+            _ => ErrorTag::InvalidValue,
+        };
         let mut error = RpcError::application(
-            ErrorTag::InvalidValue,
+            tag,
             e.msg.clone().unwrap_or_else(|| format!("{:?}", e.errcode)),
         );
         if let Some(path) = e.path.clone() {

@@ -40,11 +40,15 @@ pub fn capabilities(_server: &NetconfServer) -> Vec<String> {
         "urn:ietf:params:netconf:capability:xpath:1.0",
         "urn:ietf:params:netconf:capability:notification:1.0",
         "urn:ietf:params:netconf:capability:interleave:1.0",
-        "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring?module=ietf-netconf-monitoring&revision=2010-10-04",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // RFC 8526: YANG 1.1 modules are announced through the YANG library.
+    caps.push(format!(
+        "urn:ietf:params:netconf:capability:yang-library:1.1?revision=2019-01-04&content-id={}",
+        yang::content_id()
+    ));
     for module in yang::context().modules(false) {
         if !module.is_implemented() {
             continue;
@@ -363,6 +367,8 @@ async fn get(
         if state.reference().is_some() {
             tree.merge(&state)?;
         }
+        let library = yang::yang_library().map_err(datastore::yang_error)?;
+        tree.merge(&library)?;
     }
     let selected = match &filter.xpaths {
         Some(xpaths) => datastore::select(&tree, xpaths)?,
