@@ -6,18 +6,28 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use qkdni::netconf::client::NetconfClient;
 use qkdni::testbed::{runner, topology::Topology};
 
-fn route(dest: &str) -> String {
+/// A relay route to `dest` via `hop` (which must be a link peer of the node).
+fn route(dest: &str, hop: &str) -> String {
     format!(
-        "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><key-manager xmlns=\"urn:qkdni:yang:qkdni-km\"><relay-routes><route><destination>{dest}</destination><next-hop>n1</next-hop></route></relay-routes></key-manager></qkd_node>"
+        "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><key-manager xmlns=\"urn:qkdni:yang:qkdni-km\"><relay-routes><route><destination>{dest}</destination><next-hop>{hop}</next-hop></route></relay-routes></key-manager></qkd_node>"
     )
 }
 
-/// A line of `n` nodes n0-n1-...; every node's first neighbour is n1 or n0.
+/// A link peer of node n{i} in the line.
+fn peer_of(i: usize) -> String {
+    if i == 0 {
+        "n1".into()
+    } else {
+        format!("n{}", i - 1)
+    }
+}
+
+/// A line of `n` nodes n0-n1-...-n{n-1} with slow links and small pools.
 fn line(n: usize) -> Topology {
     let mut text = String::from("name = \"bench-netconf\"\n[[domains]]\nname = \"N\"\n");
     for i in 0..n {
@@ -54,7 +64,7 @@ async fn main() {
     let rounds = 300;
     let t = Instant::now();
     for i in 0..rounds {
-        nc.edit_config("running", &route(&format!("d{}", i % 50)))
+        nc.edit_config("running", &route(&format!("d{}", i % 50), "n1"))
             .await
             .unwrap();
     }
@@ -69,25 +79,9 @@ async fn main() {
     for round in 0..10 {
         let t = Instant::now();
         let pushes = sessions.iter().enumerate().map(|(i, s)| {
-            // every node's routes go through a peer it has: n1 for n0, n0 for the others
-            let hop = if i == 0 { "n1" } else { &"n0"[..] };
-            let config = route(&format!("push{round}")).replace(
-                "<next-hop>n1</next-hop>",
-                &format!("<next-hop>{hop}</next-hop>"),
-            );
+            let config = route(&format!("push{round}"), &peer_of(i));
             let s = s.clone();
-            async move {
-                // the peer of n{i} (i > 1) is n{i-1}: give it a route via that peer
-                let config = if i > 1 {
-                    config.replace(
-                        "<next-hop>n0</next-hop>",
-                        &format!("<next-hop>n{}</next-hop>", i - 1),
-                    )
-                } else {
-                    config
-                };
-                s.edit_config("running", &config).await
-            }
+            async move { s.edit_config("running", &config).await }
         });
         for result in futures::future::join_all(pushes).await {
             result.expect("push");
@@ -100,15 +94,7 @@ async fn main() {
         let endpoints = &endpoints;
         async move {
             let s = runner::netconf(endpoints, &format!("n{i}")).await?;
-            let hop = match i {
-                0 => "n1".to_owned(),
-                1 => "n0".to_owned(),
-                _ => format!("n{}", i - 1),
-            };
-            let config = route("fresh").replace(
-                "<next-hop>n1</next-hop>",
-                &format!("<next-hop>{hop}</next-hop>"),
-            );
+            let config = route("fresh", &peer_of(i));
             s.edit_config("running", &config)
                 .await
                 .map_err(|e| runner::TestbedError::Operation(e.to_string()))
