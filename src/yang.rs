@@ -37,6 +37,9 @@ pub const MODULES: &[Module] = &[
     },
 ];
 
+/// A data tree of the shared context.
+pub type Tree = DataTree<'static>;
+
 /// Errors of the YANG layer.
 #[derive(Debug, thiserror::Error)]
 pub enum YangError {

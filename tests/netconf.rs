@@ -446,3 +446,250 @@ fn ncclient_and_netconf_console2_work_unchanged() {
     assert_eq!(summary["schemas_valid"], summary["schemas_fetched"]);
     assert_eq!(summary["ncclient_base11"], true);
 }
+
+/// Debian's netconfd (yuma123) behind OpenSSH, started by `tests/interop/netconfd.sh`;
+/// stopped (and its directory removed) when dropped.
+struct Netconfd {
+    script: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Netconfd {
+    /// Starts the server; returns it with its address, user and client key.
+    fn start() -> (Self, std::net::SocketAddr, String, std::path::PathBuf) {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/netconfd.sh");
+        let dir = std::env::temp_dir().join(format!("qkdni-netconfd-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let guard = Self {
+            script: script.clone(),
+            dir: dir.clone(),
+        };
+        let output = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "netconfd.sh start failed: {stdout}\n{stderr}"
+        );
+        let line = stdout.lines().last().expect("netconfd.sh printed nothing");
+        let info: serde_json::Value = serde_json::from_str(line).unwrap();
+        let addr = info["addr"].as_str().unwrap().parse().unwrap();
+        let user = info["user"].as_str().unwrap().to_owned();
+        let key = std::path::PathBuf::from(info["key"].as_str().unwrap());
+        (guard, addr, user, key)
+    }
+
+    /// Whether netconfd is still running (it dies on messages it cannot handle).
+    fn netconfd_alive(&self) -> bool {
+        let Ok(pid) = std::fs::read_to_string(self.dir.join("netconfd.pid")) else {
+            return false;
+        };
+        // alive unless gone or a zombie (state "Z" after the command name in /proc/PID/stat)
+        std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+    }
+
+    fn logs(&self) -> String {
+        ["netconfd.log", "netconfd.out", "sshd.log"]
+            .iter()
+            .map(|name| {
+                let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- {name}\n{}", tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Netconfd {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(&self.script)
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("netconfd logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_drives_debian_netconfd() {
+    use qkdni::netconf::client::{ClientOptions, Credentials, NetconfClient};
+
+    if !std::path::Path::new("/usr/sbin/netconfd").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install netconfd (see tests/interop/apt-packages.txt)"
+        );
+        eprintln!("skipped: /usr/sbin/netconfd is not installed (apt-get install netconfd openssh-server)");
+        return;
+    }
+    let (server, addr, user, key_path) = Netconfd::start();
+    let key =
+        russh::keys::PrivateKey::from_openssh(std::fs::read_to_string(&key_path).unwrap()).unwrap();
+    let options = |base_1_0_only: bool| ClientOptions {
+        user: user.clone(),
+        credentials: Credentials::Key(std::sync::Arc::new(key.clone())),
+        host_key: None,
+        timeout: Duration::from_secs(20),
+        base_1_0_only,
+    };
+    let ietf_system = "urn:ietf:params:xml:ns:yang:ietf-system";
+
+    // hello: both sides announce base:1.1, so the session runs chunked framing
+    let nc = NetconfClient::connect(addr, options(false))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}\n{}", server.logs()));
+    assert!(nc.session_id > 0);
+    for cap in [
+        "urn:ietf:params:netconf:base:1.0",
+        "urn:ietf:params:netconf:base:1.1",
+    ] {
+        assert!(
+            nc.capabilities.iter().any(|c| c == cap),
+            "{cap} missing: {:?}",
+            nc.capabilities
+        );
+    }
+    let candidate = nc
+        .capabilities
+        .iter()
+        .any(|c| c == "urn:ietf:params:netconf:capability:candidate:1.0");
+    let target = if candidate { "candidate" } else { "running" };
+
+    // <get>: state includes the server's own monitoring data, with our session in it
+    let state = nc.get(None).await.unwrap();
+    assert!(state.contains("netconf-state"), "{state}");
+    let sessions = nc
+        .get(Some(
+            "<netconf-state xmlns=\"urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring\"><sessions/></netconf-state>",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        sessions.contains(&format!("<session-id>{}</session-id>", nc.session_id)),
+        "{sessions}"
+    );
+    assert!(
+        !sessions.contains("<schemas>"),
+        "filter ignored: {sessions}"
+    );
+
+    // <get-config>
+    nc.get_config("running", None).await.unwrap();
+
+    // <lock>/<unlock>, and a second session (base:1.0 framing) is refused the lock
+    nc.lock("running").await.unwrap();
+    let other = NetconfClient::connect(addr, options(true)).await.unwrap();
+    assert_ne!(other.session_id, nc.session_id);
+    let error = rpc_error(other.lock("running").await);
+    assert_eq!(error.tag, ErrorTag::LockDenied, "{error:?}");
+    assert!(
+        error
+            .info
+            .iter()
+            .any(|(k, v)| k == "session-id" && v == &nc.session_id.to_string()),
+        "{error:?}"
+    );
+    nc.unlock("running").await.unwrap();
+    other.lock("running").await.unwrap();
+    other.unlock("running").await.unwrap();
+    other.close().await.unwrap();
+
+    // <edit-config> of ietf-system, committed when the target is the candidate
+    let location = format!("qkdni-interop-{}", std::process::id());
+    if candidate {
+        nc.lock("candidate").await.unwrap();
+    }
+    nc.edit_config(
+        target,
+        &format!("<system xmlns=\"{ietf_system}\"><location>{location}</location></system>"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("edit-config: {e}\n{}", server.logs()));
+    if candidate {
+        let pending = nc
+            .get_config(
+                "candidate",
+                Some(&format!("<system xmlns=\"{ietf_system}\"/>")),
+            )
+            .await
+            .unwrap();
+        assert!(pending.contains(&location), "{pending}");
+        nc.commit().await.unwrap();
+        nc.unlock("candidate").await.unwrap();
+    }
+    let running = nc
+        .get_config(
+            "running",
+            Some(&format!("<system xmlns=\"{ietf_system}\"/>")),
+        )
+        .await
+        .unwrap();
+    assert!(
+        running.contains(&format!("<location>{location}</location>")),
+        "{running}"
+    );
+
+    // invalid edits come back as typed rpc-errors, and the session goes on
+    let error = rpc_error(
+        nc.edit_config(
+            target,
+            &format!("<system xmlns=\"{ietf_system}\"><no-such-leaf>1</no-such-leaf></system>"),
+        )
+        .await,
+    );
+    assert!(
+        matches!(
+            error.tag,
+            ErrorTag::UnknownElement | ErrorTag::BadElement | ErrorTag::InvalidValue
+        ),
+        "{error:?}"
+    );
+    let error = rpc_error(
+        nc.edit_config(
+            target,
+            &format!("<system xmlns=\"{ietf_system}\"><clock><timezone-utc-offset>not-a-number</timezone-utc-offset></clock></system>"),
+        )
+        .await,
+    );
+    assert!(
+        matches!(error.tag, ErrorTag::InvalidValue | ErrorTag::BadElement),
+        "{error:?}"
+    );
+    if candidate {
+        nc.discard_changes().await.unwrap();
+    }
+    let running = nc.get_config("running", None).await.unwrap();
+    assert!(running.contains(&location), "{running}");
+    assert!(!running.contains("not-a-number"), "{running}");
+
+    nc.close().await.unwrap();
+    assert!(
+        server.netconfd_alive(),
+        "netconfd died during the session\n{}",
+        server.logs()
+    );
+    // a fresh session still works after ours closed
+    let again = NetconfClient::connect(addr, options(false)).await.unwrap();
+    again.get_config("running", None).await.unwrap();
+    again.close().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        server.netconfd_alive(),
+        "netconfd died after close-session\n{}",
+        server.logs()
+    );
+}

@@ -8,12 +8,14 @@
 //! - [`server`] — the SSH server, users and access groups, shared datastores;
 //! - [`session`] — one NETCONF session (hello, RPC loop, notifications);
 //! - [`rpc`] — the protocol operations;
-//! - [`client`] — an async client on the same framing.
+//! - [`client`] — an async client on the same framing;
+//! - [`pool`] — one reused client session per agent.
 
 pub mod client;
 pub mod datastore;
 pub mod error;
 pub mod framing;
+pub mod pool;
 pub mod rpc;
 pub mod server;
 pub mod session;

@@ -309,6 +309,7 @@ fn filter(op: Node<'_, '_>) -> Result<Filter, RpcError> {
                     expr = replace_prefix(&expr, prefix, module.name());
                 }
             }
+            xml::check_xpath(&expr)?;
             let monitoring = select.contains("netconf-state").then(Vec::new);
             Ok(Filter {
                 xpaths: Some(vec![expr]),

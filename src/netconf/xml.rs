@@ -287,3 +287,103 @@ fn child_step(parent: Node<'_, '_>, child: Node<'_, '_>) -> String {
         _ => name.to_owned(),
     }
 }
+
+/// Refuses XPath forms that libyang 2 does not handle safely: a path step or predicate
+/// applied to something that is not a node-set (a number, a string literal, a function call
+/// or a parenthesised expression, e.g. `6/x` or `count(/a)/b` trips an assertion in libyang's
+/// evaluator), and variable references (no variables are bound).
+pub fn check_xpath(expr: &str) -> Result<(), RpcError> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Start,
+        Name,
+        Number,
+        Literal,
+        Close,
+        Other,
+    }
+    let refuse = |why: &str| {
+        Err(RpcError::protocol(
+            ErrorTag::InvalidValue,
+            format!("unsupported XPath expression ({why})"),
+        )
+        .info("bad-attribute", "select"))
+    };
+    let chars: Vec<char> = expr.chars().collect();
+    let mut prev = Kind::Start;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            c if c.is_whitespace() => {
+                i += 1;
+                continue;
+            }
+            '\'' | '"' => {
+                let Some(end) = chars[i + 1..].iter().position(|&d| d == c) else {
+                    return refuse("unterminated literal");
+                };
+                i += end + 2;
+                prev = Kind::Literal;
+                continue;
+            }
+            '$' => return refuse("variables are not supported"),
+            '/' | '[' if matches!(prev, Kind::Number | Kind::Literal | Kind::Close) => {
+                return refuse("a path step or predicate on a value that is not a node-set");
+            }
+            ')' => prev = Kind::Close,
+            c if c.is_ascii_digit()
+                || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) =>
+            {
+                while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+                    i += 1;
+                }
+                prev = Kind::Number;
+                continue;
+            }
+            c if c.is_alphabetic() || c == '_' || c == '*' => {
+                while i < chars.len()
+                    && (chars[i].is_alphanumeric()
+                        || matches!(chars[i], '_' | '-' | '.' | ':' | '*'))
+                {
+                    i += 1;
+                }
+                prev = Kind::Name;
+                continue;
+            }
+            _ => prev = Kind::Other,
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xpath_forms_libyang_cannot_take_are_refused() {
+        for ok in [
+            "/a:b/c[d='1']/e",
+            "/a:x[n1='v']/y | /b:z",
+            "/a:b[count(c)=2]",
+            "/a:b/c[. = 'x/y']",
+            "/a:b[position() > 1]",
+        ] {
+            assert!(check_xpath(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "6666/n:x",
+            "'a'/b",
+            "count(/a)/b",
+            "(/a|/b)/c",
+            "/a[1/b]",
+            "5[/a]",
+            "$v/a",
+            "/a['x",
+        ] {
+            assert!(check_xpath(bad).is_err(), "{bad}");
+        }
+    }
+}
