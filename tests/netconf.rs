@@ -693,3 +693,54 @@ async fn our_client_drives_debian_netconfd() {
         server.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_sessions_are_reused_and_replaced_when_closed() {
+    use qkdni::netconf::client::{ClientOptions, Credentials};
+    let bed = Bed::up(TOPOLOGY);
+    let login = &bed.endpoints.netconf_user;
+    let pool = qkdni::netconf::pool::Pool::new(ClientOptions {
+        user: login.username.clone(),
+        credentials: Credentials::Password(login.password.clone()),
+        host_key: None,
+        timeout: Duration::from_secs(10),
+        base_1_0_only: false,
+    });
+    let addr: std::net::SocketAddr = bed.endpoints.node("a2").unwrap().netconf.parse().unwrap();
+    let first = pool.session(addr).await.unwrap();
+    assert_eq!(
+        pool.session(addr).await.unwrap().session_id,
+        first.session_id
+    );
+    assert_eq!(pool.len().await, 1);
+
+    // another operator kills the pooled session: the pool replaces it on the next use
+    let admin = bed.netconf("a2").await;
+    admin
+        .rpc(&format!(
+            "<kill-session><session-id>{}</session-id></kill-session>",
+            first.session_id
+        ))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !first.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the killed session is seen as closed");
+    assert!(matches!(
+        first.get_config("running", None).await,
+        Err(ClientError::Closed)
+    ));
+    let reply = pool
+        .rpc(addr, "<get-config><source><running/></source></get-config>")
+        .await
+        .unwrap();
+    assert!(reply.contains("<qkdn_id>a2</qkdn_id>"), "{reply}");
+    assert_ne!(
+        pool.session(addr).await.unwrap().session_id,
+        first.session_id
+    );
+}

@@ -62,12 +62,15 @@ pub enum ClientError {
 }
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<String>>>>;
+type Closed = Arc<std::sync::atomic::AtomicBool>;
 
 /// An open NETCONF session.
 pub struct NetconfClient {
     writer:
         tokio::sync::Mutex<FramedWrite<WriteHalf<ChannelStream<russh::client::Msg>>, NetconfCodec>>,
     pending: Pending,
+    /// Set when the server closed the session.
+    closed: Closed,
     notifications: broadcast::Sender<String>,
     next_id: AtomicU64,
     timeout: Duration,
@@ -176,10 +179,17 @@ impl NetconfClient {
         writer.encoder_mut().set_framing(framing);
         let pending: Pending = Arc::default();
         let (notifications, _) = broadcast::channel(256);
-        tokio::spawn(read_loop(reader, pending.clone(), notifications.clone()));
+        let closed = Closed::default();
+        tokio::spawn(read_loop(
+            reader,
+            pending.clone(),
+            closed.clone(),
+            notifications.clone(),
+        ));
         Ok(Arc::new(Self {
             writer: tokio::sync::Mutex::new(writer),
             pending,
+            closed,
             notifications,
             next_id: AtomicU64::new(1),
             timeout: options.timeout,
@@ -192,6 +202,9 @@ impl NetconfClient {
     /// Sends an operation (the XML inside `<rpc>`) and returns the reply's content; an
     /// `rpc-error` reply becomes [`ClientError::Rpc`].
     pub async fn rpc(&self, operation: &str) -> Result<String, ClientError> {
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending").insert(id.clone(), tx);
@@ -210,6 +223,11 @@ impl NetconfClient {
             }
         };
         parse_reply(&reply)
+    }
+
+    /// Whether the server has closed the session.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// `<get>` with an optional subtree filter (XML).
@@ -295,6 +313,7 @@ pub fn text(value: &str) -> String {
 async fn read_loop<R>(
     mut reader: FramedRead<R, NetconfCodec>,
     pending: Pending,
+    closed: Closed,
     notifications: broadcast::Sender<String>,
 ) where
     R: tokio::io::AsyncRead + Unpin,
@@ -319,6 +338,7 @@ async fn read_loop<R>(
         }
     }
     // dropping the senders wakes every waiter with Closed
+    closed.store(true, Ordering::Release);
     pending.lock().expect("pending").clear();
 }
 

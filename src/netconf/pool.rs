@@ -27,7 +27,7 @@ impl Pool {
     /// The open session to `addr`, connecting if there is none.
     pub async fn session(&self, addr: SocketAddr) -> Result<Arc<NetconfClient>, ClientError> {
         let mut sessions = self.sessions.lock().await;
-        if let Some(session) = sessions.get(&addr) {
+        if let Some(session) = sessions.get(&addr).filter(|s| !s.is_closed()) {
             return Ok(session.clone());
         }
         let session = NetconfClient::connect(addr, self.options.clone()).await?;
