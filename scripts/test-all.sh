@@ -31,4 +31,23 @@ export QKDNI_PYTHON="$PWD/.venv/bin/python"
 ./scripts/lint-yang.sh
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+
+# Fuzz smoke run of the NETCONF framing and RPC layer (cargo-fuzz builds on stable with
+# --sanitizer none); a crash fails the run. FUZZ_SECONDS=0 skips it.
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+  command -v cargo-fuzz >/dev/null || cargo install --locked --quiet cargo-fuzz
+  mkdir -p fuzz/corpus/framing fuzz/corpus/rpc
+  for target in framing rpc; do
+    seeds=""; [ -d "fuzz/seeds/$target" ] && seeds="seeds/$target"
+    if ! (cd fuzz && cargo fuzz run --sanitizer none -O "$target" "corpus/$target" $seeds -- \
+          -max_total_time="$FUZZ_SECONDS" -max_len=4096) > "fuzz/$target.log" 2>&1; then
+      tail -40 "fuzz/$target.log"
+      echo "fuzz target $target failed" >&2
+      exit 1
+    fi
+  done
+  echo "fuzz smoke: ${FUZZ_SECONDS}s per target, no crash"
+fi
 cargo test --locked -- --test-threads=2
+
