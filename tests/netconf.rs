@@ -212,6 +212,30 @@ async fn candidate_commit_confirmed_commit_and_locks() {
         .unwrap()
         .contains(">z4<"));
 
+    // an agent that crashes before the confirmation restores the previous configuration
+    two.edit_config("candidate", &route("z5", "a2"))
+        .await
+        .unwrap();
+    two.rpc("<commit><confirmed/><confirm-timeout>600</confirm-timeout></commit>")
+        .await
+        .unwrap();
+    assert!(two
+        .get_config("running", Some(ROUTES_FILTER))
+        .await
+        .unwrap()
+        .contains(">z5<"));
+    bed.cli(&["node", "stop", "a1", "--kill"]);
+    bed.cli(&["node", "start", "a1"]);
+    let after = bed.netconf("a1").await;
+    let routes = after
+        .get_config("running", Some(ROUTES_FILTER))
+        .await
+        .unwrap();
+    assert!(
+        !routes.contains(">z5<") && routes.contains(">z4<"),
+        "{routes}"
+    );
+
     // the running datastore survives a restart of the agent
     bed.cli(&["node", "stop", "a1"]);
     bed.cli(&["node", "start", "a1"]);

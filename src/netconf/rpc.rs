@@ -692,7 +692,16 @@ fn commit(
     }
     let previous = datastore::duplicate(&stores.running)?;
     let new = datastore::duplicate(&stores.candidate)?;
-    set_running(server, &mut stores, new)?;
+    let first_confirmed = confirmed && stores.confirmed.is_none();
+    if first_confirmed {
+        server.save_rollback_point(&previous)?;
+    }
+    if let Err(error) = set_running(server, &mut stores, new) {
+        if first_confirmed {
+            server.clear_rollback_point();
+        }
+        return Err(error);
+    }
     stores.candidate_modified = false;
     stores.candidate = datastore::duplicate(&stores.running)?;
     if confirmed {
@@ -731,6 +740,7 @@ fn commit(
         );
     } else {
         if stores.confirmed.take().is_some() {
+            server.clear_rollback_point();
             tracing::info!(session = session.id, "confirmed commit confirmed");
         }
         tracing::info!(session = session.id, "candidate committed");
@@ -766,6 +776,7 @@ pub(crate) fn rollback_confirmed(server: &NetconfServer, stores: &mut Stores) {
         tracing::error!(%error, "the application refused the rollback configuration");
     }
     server.persist(&pending.rollback);
+    server.clear_rollback_point();
     match datastore::duplicate(&pending.rollback) {
         Ok(copy) => {
             stores.candidate = copy;

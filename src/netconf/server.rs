@@ -152,11 +152,19 @@ impl NetconfServer {
                 })?;
             }
         }
-        let persisted = config
+        // A rollback point left by an unconfirmed commit wins over the running file
+        // (RFC 6241 section 8.4.1: a reboot before confirmation restores the configuration).
+        let rollback = config
             .running_file
             .as_ref()
-            .filter(|p| p.exists())
-            .map(|p| (p.clone(), std::fs::read_to_string(p).unwrap_or_default()));
+            .map(|p| rollback_path(p))
+            .filter(|p| p.exists());
+        if let Some(path) = &rollback {
+            tracing::warn!(path = %path.display(), "restoring the configuration of an unconfirmed commit");
+        }
+        let persisted = rollback
+            .or_else(|| config.running_file.clone().filter(|p| p.exists()))
+            .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap_or_default()));
         let (xml, source) = match persisted {
             Some((path, xml)) => (xml, Some(path)),
             None => (app.initial_config(), None),
@@ -192,7 +200,29 @@ impl NetconfServer {
             next_session: AtomicU32::new(1),
         });
         server.persist(&server.stores.lock().expect("stores").running);
+        server.clear_rollback_point();
         Ok(server)
+    }
+
+    /// Durably records the configuration to restore if a confirmed commit is never
+    /// confirmed, also across a crash.
+    pub(crate) fn save_rollback_point(&self, tree: &DataTree<'static>) -> Result<(), RpcError> {
+        let Some(path) = self.config.running_file.as_ref().map(|p| rollback_path(p)) else {
+            return Ok(());
+        };
+        write_durably(&path, &datastore::to_xml(tree)?).map_err(|e| {
+            RpcError::application(
+                super::ErrorTag::OperationFailed,
+                format!("cannot save the rollback point: {e}"),
+            )
+        })
+    }
+
+    /// Forgets the rollback point (the confirmed commit was confirmed or rolled back).
+    pub(crate) fn clear_rollback_point(&self) {
+        if let Some(path) = self.config.running_file.as_ref().map(|p| rollback_path(p)) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// The address the server listens on.
@@ -207,13 +237,7 @@ impl NetconfServer {
         };
         let result = datastore::to_xml(running)
             .map_err(|e| e.to_string())
-            .and_then(|xml| {
-                let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, xml)
-                    .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-                    .and_then(|_| std::fs::rename(&tmp, path))
-                    .map_err(|e| e.to_string())
-            });
+            .and_then(|xml| write_durably(path, &xml).map_err(|e| e.to_string()));
         if let Err(error) = result {
             tracing::error!(path = %path.display(), %error, "cannot persist the running datastore");
         }
@@ -330,6 +354,19 @@ impl NetconfServer {
             });
         }
     }
+}
+
+/// Where the rollback point of a confirmed commit is kept, beside the running file.
+fn rollback_path(running: &std::path::Path) -> PathBuf {
+    running.with_extension("rollback.xml")
+}
+
+/// Writes `text` to `path` atomically (temporary file, fsync, rename).
+fn write_durably(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn load_or_create_host_key(path: &PathBuf) -> Result<PrivateKey, ServerError> {
