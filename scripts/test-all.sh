@@ -49,5 +49,5 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
   done
   echo "fuzz smoke: ${FUZZ_SECONDS}s per target, no crash"
 fi
-cargo test --locked -- --test-threads=2
+cargo test --locked --workspace -- --test-threads=2
 

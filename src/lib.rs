@@ -8,6 +8,8 @@
 //! and the interface modules they share: [`etsi014`] (key delivery API data formats),
 //! [`tls`] (mutual TLS for every reference point) and [`pki`] (certificates for testbeds).
 
+pub mod bench_routing;
+pub mod control;
 pub mod etsi014;
 pub mod km;
 pub mod netconf;

@@ -29,6 +29,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the QKDN controller of one domain (routing, relay routes, sessions, REST API).
+    Controller {
+        /// Controller configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Plan a QKD link: QBER and secret key rate from physical parameters (decoy-state BB84).
     LinkModel(LinkModelArgs),
     /// Emulated QKD networks on this machine.
@@ -45,6 +51,11 @@ enum Command {
         /// Keep the testbed directory here instead of a temporary one.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Benchmarks (`bench routing`: route policies on a random topology; prints JSON).
+    Bench {
+        #[command(subcommand)]
+        command: qkdni::bench_routing::BenchCommand,
     },
 }
 
@@ -97,6 +108,23 @@ fn main() -> anyhow::Result<()> {
                 agent.run().await
             })?;
         }
+        Command::Controller { config } => {
+            init_tracing();
+            let config = qkdni::control::config::ControllerConfig::load(&config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let controller = qkdni::control::controller::Controller::start(config).await?;
+                let watchers = controller.spawn_watchers();
+                let rest = tokio::spawn(qkdni::control::northbound::serve(controller.clone()));
+                qkdni::km::agent::shutdown_signal().await;
+                tracing::info!("controller stopping");
+                rest.abort();
+                for task in watchers {
+                    task.abort();
+                }
+                anyhow::Ok(())
+            })?;
+        }
         Command::LinkModel(args) => link_model(args)?,
         Command::Testbed { command } => {
             init_tracing();
@@ -106,6 +134,7 @@ fn main() -> anyhow::Result<()> {
             init_tracing();
             testbed::demo::run(topology.as_deref(), dir.as_deref())?;
         }
+        Command::Bench { command } => qkdni::bench_routing::run(command)?,
     }
     Ok(())
 }

@@ -110,7 +110,10 @@ async fn adjacent_kms_round_trip_in_both_forms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_cross_two_relay_hops_to_every_slave() {
     let bed = Bed::up(TOPOLOGY);
-    // a1 -> a5 is routed a1-a2-a4-a5: two intermediate KMs relay the keys
+    // the controller routes a1 -> a5 over a1-a2-a4-a5: two intermediate KMs relay the keys
+    let session = bed.create_session("sae-a1-1", "sae-a5-1").await;
+    assert_eq!(session["path"], json!(["a1", "a2", "a4", "a5"]));
+    bed.create_session("sae-a1-1", "sae-a3-2").await;
     bed.wait_path(&["a1", "a2", "a4", "a5"], 64).await;
     bed.wait_path(&["a1", "a2", "a3"], 64).await;
     let alice = bed.client("sae-a1-1");
@@ -353,6 +356,7 @@ async fn link_down_drains_the_pool_then_link_up_restores_supply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_survive_kill_9_of_any_km_and_are_fetched_once() {
     let bed = Bed::up(TOPOLOGY);
+    bed.create_session("sae-a1-1", "sae-a5-1").await;
     bed.wait_path(&["a1", "a2", "a4", "a5"], 64).await;
     let alice = bed.client("sae-a1-1");
     let keys = alice.enc_keys("sae-a5-1", &request(8, 256)).await.unwrap();
@@ -403,6 +407,7 @@ fn third_party_etsi014_client_works_unchanged() {
     };
     let bed = Bed::up(TOPOLOGY);
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(bed.create_session("sae-a1-1", "sae-a5-1"));
     runtime.block_on(bed.wait_path(&["a1", "a2", "a4", "a5"], 64));
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/etsi014_client.py");

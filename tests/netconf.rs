@@ -1,5 +1,6 @@
 //! NETCONF integration tests over real KM processes: our client against our server, and
-//! third-party clients (ncclient, netconf-console2, netconf-rs) against our server.
+//! third-party clients (ncclient, netconf-console2, netconf-rs) against our server. The
+//! testbeds run without a controller, so that operators are the only ones editing.
 
 mod common;
 
@@ -30,7 +31,7 @@ const ROUTES_FILTER: &str = "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configuration_and_state_through_netconf() {
-    let bed = Bed::up(TOPOLOGY);
+    let bed = Bed::up_static(TOPOLOGY);
     let nc = bed.netconf("a1").await;
     assert!(nc
         .capabilities
@@ -133,7 +134,7 @@ async fn configuration_and_state_through_netconf() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn candidate_commit_confirmed_commit_and_locks() {
-    let bed = Bed::up(TOPOLOGY);
+    let bed = Bed::up_static(TOPOLOGY);
     let one = bed.netconf("a1").await;
     let two = bed.netconf("a1").await;
 
@@ -252,7 +253,7 @@ async fn candidate_commit_confirmed_commit_and_locks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_users_cannot_write_and_notifications_arrive() {
-    let bed = Bed::up(TOPOLOGY);
+    let bed = Bed::up_static(TOPOLOGY);
     let viewer = bed
         .netconf_as("a2", &bed.endpoints.netconf_readonly_user, false)
         .await
@@ -365,7 +366,7 @@ const HELLO_11: &str = "<hello xmlns=\"urn:ietf:params:xml:ns:netconf:base:1.0\"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_get_rpc_errors_and_broken_framing_closes_cleanly() {
     use tokio::io::AsyncWriteExt;
-    let bed = Bed::up(TOPOLOGY);
+    let bed = Bed::up_static(TOPOLOGY);
 
     let mut s = raw_channel(&bed, "a3").await;
     read_until(&mut s, "]]>]]>").await.expect("server hello");
@@ -431,7 +432,7 @@ async fn malformed_messages_get_rpc_errors_and_broken_framing_closes_cleanly() {
 
 #[test]
 fn netconf_rs_gets_the_running_config_over_base_1_0() {
-    let bed = Bed::up(TOPOLOGY);
+    let bed = Bed::up_static(TOPOLOGY);
     let addr = bed.endpoints.node("a4").unwrap().netconf.clone();
     let login = bed.endpoints.netconf_user.clone();
     let transport =
@@ -453,7 +454,7 @@ fn ncclient_and_netconf_console2_work_unchanged() {
         eprintln!("skipped: set QKDNI_PYTHON to a python with ncclient and netconf-console2");
         return;
     };
-    let bed = Bed::up(TOPOLOGY);
+    let bed = Bed::up_static(TOPOLOGY);
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/netconf_clients.py");
     let output = std::process::Command::new(python)
@@ -567,7 +568,8 @@ async fn our_client_drives_debian_netconfd() {
         user: user.clone(),
         credentials: Credentials::Key(std::sync::Arc::new(key.clone())),
         host_key: None,
-        timeout: Duration::from_secs(20),
+        // netconfd answers a full <get> slowly on a loaded 2-core machine
+        timeout: Duration::from_secs(60),
         base_1_0_only,
     };
     let ietf_system = "urn:ietf:params:xml:ns:yang:ietf-system";
@@ -594,7 +596,10 @@ async fn our_client_drives_debian_netconfd() {
     let target = if candidate { "candidate" } else { "running" };
 
     // <get>: state includes the server's own monitoring data, with our session in it
-    let state = nc.get(None).await.unwrap();
+    let state = nc
+        .get(None)
+        .await
+        .unwrap_or_else(|e| panic!("get: {e}\n{}", server.logs()));
     assert!(state.contains("netconf-state"), "{state}");
     let sessions = nc
         .get(Some(
@@ -721,7 +726,7 @@ async fn our_client_drives_debian_netconfd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_sessions_are_reused_and_replaced_when_closed() {
     use qkdni::netconf::client::{ClientOptions, Credentials};
-    let bed = Bed::up(TOPOLOGY);
+    let bed = Bed::up_static(TOPOLOGY);
     let login = &bed.endpoints.netconf_user;
     let pool = qkdni::netconf::pool::Pool::new(ClientOptions {
         user: login.username.clone(),

@@ -24,6 +24,11 @@ impl Pool {
         }
     }
 
+    /// The options sessions are opened with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
     /// The open session to `addr`, connecting if there is none.
     pub async fn session(&self, addr: SocketAddr) -> Result<Arc<NetconfClient>, ClientError> {
         let mut sessions = self.sessions.lock().await;

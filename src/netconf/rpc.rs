@@ -204,6 +204,7 @@ async fn dispatch(
         (NS_BASE, "discard-changes") => {
             writes(server, session, name)?;
             let mut stores = server.stores.lock().expect("stores");
+            check_not_locked(&stores, Datastore::Candidate, session.id)?;
             stores.candidate = datastore::duplicate(&stores.running)?;
             stores.candidate_modified = false;
             ok()

@@ -18,6 +18,9 @@ pub enum TestbedCommand {
         /// Directory for certificates, configurations, stores and logs.
         #[arg(long)]
         dir: PathBuf,
+        /// Start no controllers: every KM gets fewest-hop static relay routes instead.
+        #[arg(long)]
+        no_controller: bool,
     },
     /// Stop every node of the testbed in DIR.
     Down {
@@ -73,9 +76,19 @@ pub fn run(command: TestbedCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let exe = std::env::current_exe()?;
     match command {
-        TestbedCommand::Up { topology, dir } => {
+        TestbedCommand::Up {
+            topology,
+            dir,
+            no_controller,
+        } => {
             let text = std::fs::read_to_string(&topology)?;
-            let topology = Topology::parse(&text)?;
+            let mut topology = Topology::parse(&text)?;
+            if no_controller {
+                topology
+                    .domains
+                    .iter_mut()
+                    .for_each(|d| d.controller = false);
+            }
             let endpoints = runtime.block_on(runner::up(&topology, &dir, &exe));
             match endpoints {
                 Ok(endpoints) => {

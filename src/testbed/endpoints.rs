@@ -46,6 +46,32 @@ pub struct DomainEndpoints {
     /// CA of the domain (PEM path).
     pub ca_cert: PathBuf,
     pub nodes: BTreeMap<String, NodeEndpoint>,
+    /// The domain's controller, when the domain is centrally controlled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ControllerEndpoint>,
+}
+
+/// A domain controller's services.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControllerEndpoint {
+    /// Process name (for `qkdni testbed node stop|start`).
+    pub name: String,
+    /// Northbound REST base URL (`https://host:port`; OpenAPI at `/openapi.json`).
+    pub rest: String,
+    /// Bearer token of the testbed's orchestrator.
+    pub token: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+/// How to start and probe one testbed process.
+pub struct ProcessSpec {
+    /// `qkdni` subcommand (`km` or `controller`).
+    pub subcommand: &'static str,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    /// URL answering 200 once the process is ready.
+    pub health: String,
 }
 
 /// One KM node's services.
@@ -132,6 +158,33 @@ impl Endpoints {
     /// The node endpoint of `node`, in whichever domain.
     pub fn node(&self, node: &str) -> Option<&NodeEndpoint> {
         self.domains.values().find_map(|d| d.nodes.get(node))
+    }
+
+    /// The controller of `domain`.
+    pub fn controller(&self, domain: &str) -> Option<&ControllerEndpoint> {
+        self.domains.get(domain).and_then(|d| d.controller.as_ref())
+    }
+
+    /// The process named `name`: a KM node or a controller (`controller-<domain>`).
+    pub fn process(&self, name: &str) -> Option<ProcessSpec> {
+        if let Some(node) = self.node(name) {
+            return Some(ProcessSpec {
+                subcommand: "km",
+                config: node.config.clone(),
+                log: node.log.clone(),
+                health: format!("{}/admin/v1/health", node.kma),
+            });
+        }
+        self.domains
+            .values()
+            .filter_map(|d| d.controller.as_ref())
+            .find(|c| c.name == name)
+            .map(|c| ProcessSpec {
+                subcommand: "controller",
+                config: c.config.clone(),
+                log: c.log.clone(),
+                health: format!("{}/health", c.rest),
+            })
     }
 
     /// ETSI GS QKD 014 base URL of the KM serving `sae`.

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::endpoints::{
-    Credentials, DomainEndpoints, Endpoints, LinkEndpoint, NetconfLogin, NodeEndpoint, SaeEndpoint,
+    ControllerEndpoint, Credentials, DomainEndpoints, Endpoints, LinkEndpoint, NetconfLogin,
+    NodeEndpoint, SaeEndpoint,
 };
 use super::topology::Topology;
+use crate::control::config::{AgentConfig, ControllerConfig, SouthboundLogin};
 use crate::km::config::{Etsi014Limits, KmConfig, LinkConfig, LinkEnd};
 use crate::netconf::client::{ClientOptions, Credentials as NetconfCredentials, NetconfClient};
 use crate::netconf::server::{Group, NetconfConfig, User};
@@ -186,7 +188,12 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
             let netconf = ports.take()?;
             addresses.insert(node.name.clone(), (etsi, kma, netconf));
         }
-        let routes = domain.shortest_routes();
+        // with a controller, relay routes are the controller's to install
+        let routes = if domain.controller {
+            BTreeMap::new()
+        } else {
+            domain.shortest_routes()
+        };
         let saes: BTreeMap<String, String> = domain
             .nodes
             .iter()
@@ -298,11 +305,61 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                 },
             );
         }
+        let controller = if domain.controller {
+            let name = format!("controller-{}", domain.name);
+            let cdir = dir.join("controllers").join(&domain.name);
+            std::fs::create_dir_all(&cdir).map_err(io("creating controller directory"))?;
+            let paths = ca.issue_to(&pki, &name, &name, Role::Node)?;
+            let rest = ports.take()?;
+            let token = random_password();
+            let config = ControllerConfig {
+                domain: domain.name.clone(),
+                data_dir: cdir.join("data"),
+                rest_listen: rest,
+                tls: TlsFiles {
+                    cert: paths.cert,
+                    key: paths.key,
+                    ca: vec![ca_cert.clone()],
+                },
+                bearer_tokens: vec![token.clone()],
+                client_names: vec!["operator".into()],
+                policy: "key-aware".into(),
+                agents: domain
+                    .nodes
+                    .iter()
+                    .map(|n| AgentConfig {
+                        node: n.name.clone(),
+                        netconf: addresses[&n.name].2,
+                    })
+                    .collect(),
+                southbound: SouthboundLogin {
+                    username: netconf_user.username.clone(),
+                    password: netconf_user.password.clone(),
+                },
+                poll_seconds: 2,
+            };
+            let config_path = cdir.join("controller.toml");
+            let text = toml::to_string_pretty(&config)
+                .map_err(|e| TestbedError::Operation(format!("serializing config: {e}")))?;
+            std::fs::write(&config_path, text).map_err(io("writing controller config"))?;
+            Some(ControllerEndpoint {
+                name,
+                rest: format!("https://{rest}"),
+                token,
+                config: config_path,
+                log: dir
+                    .join("logs")
+                    .join(format!("controller-{}.log", domain.name)),
+            })
+        } else {
+            None
+        };
         endpoints.domains.insert(
             domain.name.clone(),
             DomainEndpoints {
                 ca_cert: ca_cert.clone(),
                 nodes,
+                controller,
             },
         );
     }
@@ -319,6 +376,18 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
     for node in &configs {
         wait_ready(&endpoints, node, processes.nodes[node]).await?;
     }
+    // controllers start once their agents answer
+    let controllers: Vec<String> = endpoints
+        .domains
+        .values()
+        .filter_map(|d| d.controller.as_ref().map(|c| c.name.clone()))
+        .collect();
+    for name in &controllers {
+        let pid = spawn_node(&endpoints, name, exe)?;
+        processes.nodes.insert(name.clone(), pid);
+        processes.save(dir)?;
+        wait_ready(&endpoints, name, pid).await?;
+    }
     Ok(endpoints)
 }
 
@@ -327,20 +396,22 @@ fn write_endpoints(dir: &Path, endpoints: &Endpoints) -> Result<(), TestbedError
     std::fs::write(Endpoints::path(dir), text).map_err(io("writing endpoints.json"))
 }
 
-fn spawn_node(endpoints: &Endpoints, node: &str, exe: &Path) -> Result<u32, TestbedError> {
-    let entry = endpoints.node(node).ok_or_else(|| TestbedError::Unknown {
-        kind: "node",
-        name: node.into(),
-    })?;
+fn spawn_node(endpoints: &Endpoints, name: &str, exe: &Path) -> Result<u32, TestbedError> {
+    let spec = endpoints
+        .process(name)
+        .ok_or_else(|| TestbedError::Unknown {
+            kind: "process",
+            name: name.into(),
+        })?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&entry.log)
-        .map_err(io("opening node log"))?;
+        .open(&spec.log)
+        .map_err(io("opening the log"))?;
     let child = Command::new(exe)
-        .arg("km")
+        .arg(spec.subcommand)
         .arg("--config")
-        .arg(&entry.config)
+        .arg(&spec.config)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(io("log handle"))?)
         .stderr(log)
@@ -361,35 +432,33 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-async fn wait_ready(endpoints: &Endpoints, node: &str, pid: u32) -> Result<(), TestbedError> {
-    let entry = endpoints.node(node).expect("known node");
+async fn wait_ready(endpoints: &Endpoints, name: &str, pid: u32) -> Result<(), TestbedError> {
+    let spec = endpoints.process(name).expect("known process");
     let client = tls::https_client(&endpoints.operator_tls(), Duration::from_secs(2))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if !alive(pid) {
-            let log = std::fs::read_to_string(&entry.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let log = std::fs::read_to_string(&spec.log).unwrap_or_default();
+            let reason = log
+                .lines()
+                .find(|l| l.starts_with("Error:"))
+                .or_else(|| log.lines().last())
+                .unwrap_or("no output")
+                .to_owned();
             return Err(TestbedError::NotReady {
-                node: node.into(),
-                reason: format!(
-                    "process exited: {}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                ),
+                node: name.into(),
+                reason: format!("process exited: {reason}"),
             });
         }
-        if let Ok(response) = client
-            .get(format!("{}/admin/v1/health", entry.kma))
-            .send()
-            .await
-        {
+        if let Ok(response) = client.get(&spec.health).send().await {
             if response.status().is_success() {
                 return Ok(());
             }
         }
         if Instant::now() > deadline {
             return Err(TestbedError::NotReady {
-                node: node.into(),
-                reason: "no answer within 30 s".into(),
+                node: name.into(),
+                reason: "no answer within 60 s".into(),
             });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

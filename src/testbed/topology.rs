@@ -33,6 +33,10 @@ pub struct Topology {
 #[serde(deny_unknown_fields)]
 pub struct Domain {
     pub name: String,
+    /// Centralized control: a controller computes and installs relay routes. Without it,
+    /// the testbed configures fewest-hop static routes in every KM.
+    #[serde(default)]
+    pub controller: bool,
     pub nodes: Vec<Node>,
     #[serde(default)]
     pub links: Vec<Link>,

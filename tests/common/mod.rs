@@ -39,16 +39,27 @@ pub struct Bed {
 
 impl Bed {
     pub fn up(topology_file: &str) -> Self {
+        Self::up_with(topology_file, &[])
+    }
+
+    /// A testbed whose KMs have static relay routes and no controller.
+    pub fn up_static(topology_file: &str) -> Self {
+        Self::up_with(topology_file, &["--no-controller"])
+    }
+
+    fn up_with(topology_file: &str, flags: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("qkdni-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let topo = topology(topology_file);
-        qkdni(&[
+        let mut args = vec![
             "testbed",
             "up",
             topo.to_str().unwrap(),
             "--dir",
             dir.to_str().unwrap(),
-        ]);
+        ];
+        args.extend_from_slice(flags);
+        qkdni(&args);
         let endpoints = Endpoints::load(&dir).unwrap();
         Self { dir, endpoints }
     }
@@ -153,5 +164,32 @@ impl Bed {
             },
         )
         .await
+    }
+}
+
+impl Bed {
+    /// An HTTPS client of the domain controller's REST API, with the orchestrator's token.
+    pub fn controller(&self, domain: &str) -> (reqwest::Client, String, String) {
+        let c = self
+            .endpoints
+            .controller(domain)
+            .expect("domain controller");
+        let http =
+            tls::https_client(&self.endpoints.operator_tls(), Duration::from_secs(30)).unwrap();
+        (http, c.rest.clone(), c.token.clone())
+    }
+
+    /// Creates a key supply session through the controller; returns it as JSON.
+    pub async fn create_session(&self, master: &str, slave: &str) -> serde_json::Value {
+        let (http, rest, token) = self.controller("A");
+        let response = http
+            .post(format!("{rest}/api/v1/sessions"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"master_sae": master, "slave_sae": slave}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{:?}", response.text().await);
+        response.json().await.unwrap()
     }
 }

@@ -1,0 +1,565 @@
+//! The controller actor: one lock serialises every change of sessions and routes (sessions
+//! created or deleted by orchestrators, link faults reported by the agents), so route
+//! installs never interleave.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qkdni_route_policy::{Demand, RoutePolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::config::ControllerConfig;
+use super::sessions::{Session, SessionEvent, SessionState, SessionStore};
+use super::southbound::{RouteChanges, Southbound, SouthboundError};
+use super::topology::Topology;
+use crate::netconf::server::now_rfc3339;
+
+/// Most events kept for the REST API.
+const EVENT_LOG: usize = 1000;
+
+/// Something the controller did or saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ControllerEvent {
+    /// RFC 3339 time.
+    pub time: String,
+    /// `session-created`, `session-deleted`, `link-state`, `reroute`, `reroute-failed`, ...
+    pub kind: String,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<Uuid>,
+    /// For reroutes: milliseconds from the agent's report to the new route committed on
+    /// every KM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+}
+
+/// Controller errors, as the northbound reports them.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("unknown SAE {0}")]
+    UnknownSae(String),
+    #[error("unknown session {0}")]
+    UnknownSession(Uuid),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("no route: {0}")]
+    NoRoute(String),
+    #[error("route install failed: {0}")]
+    Install(#[from] SouthboundError),
+    #[error("store: {0}")]
+    Store(#[from] super::sessions::StoreError),
+}
+
+struct State {
+    topology: Topology,
+    sessions: BTreeMap<Uuid, Session>,
+    /// Creation order of sessions (later sessions win where routes to one destination meet).
+    order: Vec<Uuid>,
+}
+
+/// A QKDN controller.
+pub struct Controller {
+    pub config: ControllerConfig,
+    southbound: Southbound,
+    policy: Box<dyn RoutePolicy>,
+    state: Mutex<State>,
+    store: SessionStore,
+    events: std::sync::Mutex<VecDeque<ControllerEvent>>,
+}
+
+impl Controller {
+    /// Opens the store, reads every agent, resumes the stored sessions and reconciles the
+    /// KMs' relay routes with them.
+    pub async fn start(config: ControllerConfig) -> Result<Arc<Self>, ControlError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| ControlError::Invalid(format!("data dir: {e}")))?;
+        let store = SessionStore::open(&config.data_dir.join("controller.redb"))?;
+        let agents = config
+            .agents
+            .iter()
+            .map(|a| (a.node.clone(), a.netconf))
+            .collect();
+        let southbound = Southbound::new(
+            agents,
+            &config.southbound.username,
+            &config.southbound.password,
+        );
+        let policy = qkdni_routing::by_name(&config.policy)
+            .ok_or_else(|| ControlError::Invalid(format!("unknown policy {}", config.policy)))?;
+        let mut sessions = store.all()?;
+        sessions.sort_by(|a, b| {
+            a.history
+                .first()
+                .map(|h| &h.time)
+                .cmp(&b.history.first().map(|h| &h.time))
+        });
+        let controller = Arc::new(Self {
+            config,
+            southbound,
+            policy,
+            state: Mutex::new(State {
+                topology: Topology::default(),
+                order: sessions.iter().map(|s| s.id).collect(),
+                sessions: sessions.into_iter().map(|s| (s.id, s)).collect(),
+            }),
+            store,
+            events: std::sync::Mutex::new(VecDeque::new()),
+        });
+        controller.refresh().await;
+        {
+            let mut state = controller.state.lock().await;
+            // resume: recompute routes of sessions whose path is gone, then reconcile
+            controller
+                .reroute_locked(&mut state, "controller start", Instant::now())
+                .await;
+            if let Err(error) = controller.reconcile(&mut state).await {
+                tracing::warn!(%error, "reconciling relay routes at start failed; retried on the next change");
+            }
+        }
+        Ok(controller)
+    }
+
+    /// Records an event.
+    fn event(&self, kind: &str, detail: String, session: Option<Uuid>, duration_ms: Option<f64>) {
+        tracing::info!(kind, session = ?session, duration_ms, "{detail}");
+        let mut events = self.events.lock().expect("events");
+        if events.len() == EVENT_LOG {
+            events.pop_front();
+        }
+        events.push_back(ControllerEvent {
+            time: now_rfc3339(),
+            kind: kind.to_owned(),
+            detail,
+            session,
+            duration_ms,
+        });
+    }
+
+    /// Recent events, oldest first.
+    pub fn events(&self) -> Vec<ControllerEvent> {
+        self.events
+            .lock()
+            .expect("events")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The current topology.
+    pub async fn topology(&self) -> Topology {
+        self.state.lock().await.topology.clone()
+    }
+
+    /// Every session.
+    pub async fn sessions(&self) -> Vec<Session> {
+        let state = self.state.lock().await;
+        state
+            .order
+            .iter()
+            .filter_map(|id| state.sessions.get(id).cloned())
+            .collect()
+    }
+
+    /// One session.
+    pub async fn session(&self, id: Uuid) -> Option<Session> {
+        self.state.lock().await.sessions.get(&id).cloned()
+    }
+
+    /// Reads every agent into the topology; returns whether any link changed up/down.
+    async fn refresh(&self) -> bool {
+        let nodes: Vec<String> = self.southbound.nodes().cloned().collect();
+        let views = futures::future::join_all(nodes.iter().map(|n| self.southbound.read(n))).await;
+        let mut state = self.state.lock().await;
+        let before: BTreeMap<String, bool> = state
+            .topology
+            .links
+            .iter()
+            .map(|(id, l)| (id.clone(), l.up))
+            .collect();
+        for (node, view) in nodes.iter().zip(views) {
+            match view {
+                Ok(view) => state.topology.update(&view),
+                Err(error) => {
+                    tracing::debug!(%node, %error, "agent unreachable");
+                    if let Some(n) = state.topology.nodes.get_mut(node) {
+                        n.reachable = false;
+                    }
+                }
+            }
+        }
+        state
+            .topology
+            .links
+            .iter()
+            .any(|(id, l)| before.get(id).is_some_and(|up| *up != l.up))
+    }
+
+    /// The relay routes every KM should hold for the active sessions.
+    fn desired(state: &State) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut tables: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for id in &state.order {
+            let Some(session) = state
+                .sessions
+                .get(id)
+                .filter(|s| s.state == SessionState::Active)
+            else {
+                continue;
+            };
+            for hop in session.path.windows(2) {
+                tables
+                    .entry(hop[0].clone())
+                    .or_default()
+                    .insert(session.dst.clone(), hop[1].clone());
+            }
+        }
+        tables
+    }
+
+    /// Installs the difference between what the KMs hold and what the sessions need.
+    async fn reconcile(&self, state: &mut State) -> Result<(), ControlError> {
+        let desired = Self::desired(state);
+        let mut changes: BTreeMap<String, RouteChanges> = BTreeMap::new();
+        for (node, info) in &state.topology.nodes {
+            if !info.reachable {
+                continue;
+            }
+            let want = desired.get(node).cloned().unwrap_or_default();
+            let mut change = RouteChanges::new();
+            for (dest, hop) in &want {
+                if info.routes.get(dest) != Some(hop) {
+                    change.insert(dest.clone(), Some(hop.clone()));
+                }
+            }
+            for dest in info.routes.keys() {
+                if !want.contains_key(dest) {
+                    change.insert(dest.clone(), None);
+                }
+            }
+            if !change.is_empty() {
+                changes.insert(node.clone(), change);
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.southbound.install(&changes).await?;
+        for (node, change) in changes {
+            if let Some(info) = state.topology.nodes.get_mut(&node) {
+                for (dest, hop) in change {
+                    match hop {
+                        Some(hop) => info.routes.insert(dest, hop),
+                        None => info.routes.remove(&dest),
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn route(
+        &self,
+        topology: &Topology,
+        src: &str,
+        dst: &str,
+        rate_bps: f64,
+    ) -> Result<(Vec<String>, Vec<String>), ControlError> {
+        if src == dst {
+            return Ok((vec![src.to_owned()], Vec::new()));
+        }
+        let plan = self
+            .policy
+            .route(&topology.network(), &Demand::new(src, dst, rate_bps, 0.0))
+            .map_err(|e| ControlError::NoRoute(e.to_string()))?;
+        // KM relay routes are per destination: the widest path of a plan carries the session
+        let path = plan
+            .paths
+            .into_iter()
+            .max_by(|a, b| a.share_bps.total_cmp(&b.share_bps))
+            .ok_or_else(|| ControlError::NoRoute("empty plan".into()))?;
+        Ok((path.nodes, path.links))
+    }
+
+    /// Creates a key supply session between two SAEs and installs its route.
+    pub async fn create_session(
+        &self,
+        master: &str,
+        slave: &str,
+        rate_bps: f64,
+    ) -> Result<Session, ControlError> {
+        if !(rate_bps.is_finite() && rate_bps >= 0.0) {
+            return Err(ControlError::Invalid(
+                "rate_bps must be a non-negative number".into(),
+            ));
+        }
+        if master == slave {
+            return Err(ControlError::Invalid(
+                "master and slave SAE must differ".into(),
+            ));
+        }
+        let mut state = self.state.lock().await;
+        let src = state
+            .topology
+            .saes
+            .get(master)
+            .cloned()
+            .ok_or_else(|| ControlError::UnknownSae(master.into()))?;
+        let dst = state
+            .topology
+            .saes
+            .get(slave)
+            .cloned()
+            .ok_or_else(|| ControlError::UnknownSae(slave.into()))?;
+        let (path, links) = self.route(&state.topology, &src, &dst, rate_bps)?;
+        let session = Session {
+            id: Uuid::new_v4(),
+            master_sae: master.into(),
+            slave_sae: slave.into(),
+            src,
+            dst,
+            rate_bps,
+            state: SessionState::Active,
+            history: vec![SessionEvent {
+                time: now_rfc3339(),
+                what: format!("created with route {}", path.join(" -> ")),
+            }],
+            path,
+            links,
+        };
+        state.sessions.insert(session.id, session.clone());
+        state.order.push(session.id);
+        if let Err(error) = self.reconcile(&mut state).await {
+            state.sessions.remove(&session.id);
+            state.order.retain(|id| *id != session.id);
+            return Err(error);
+        }
+        self.store.save(&session)?;
+        self.event(
+            "session-created",
+            format!("{master} -> {slave} via {}", session.path.join(" -> ")),
+            Some(session.id),
+            None,
+        );
+        Ok(session)
+    }
+
+    /// Deletes a session and the routes only it needed.
+    pub async fn delete_session(&self, id: Uuid) -> Result<(), ControlError> {
+        let mut state = self.state.lock().await;
+        let session = state
+            .sessions
+            .remove(&id)
+            .ok_or(ControlError::UnknownSession(id))?;
+        state.order.retain(|s| *s != id);
+        self.store.delete(id)?;
+        if let Err(error) = self.reconcile(&mut state).await {
+            tracing::warn!(%error, "removing the routes of a deleted session failed; retried on the next change");
+        }
+        self.event(
+            "session-deleted",
+            format!("{} -> {}", session.master_sae, session.slave_sae),
+            Some(id),
+            None,
+        );
+        Ok(())
+    }
+
+    /// Handles a link state change reported by an agent at `reported`.
+    pub async fn link_changed(&self, link: &str, up: bool, reported: Instant) {
+        let mut state = self.state.lock().await;
+        if state.topology.set_link_up(link, up) {
+            self.event(
+                "link-state",
+                format!("link {link} {}", if up { "up" } else { "down" }),
+                None,
+                None,
+            );
+            self.reroute_locked(
+                &mut state,
+                &format!("link {link} {}", if up { "up" } else { "down" }),
+                reported,
+            )
+            .await;
+        }
+    }
+
+    /// Recomputes the routes of sessions that cross a down link (or have none) and installs
+    /// the changes; `started` is when the triggering report arrived.
+    async fn reroute_locked(&self, state: &mut State, trigger: &str, started: Instant) {
+        let span = tracing::info_span!("reroute", %trigger);
+        async {
+            let down: Vec<String> = state
+                .topology
+                .links
+                .values()
+                .filter(|l| !l.up)
+                .map(|l| l.id.clone())
+                .collect();
+            let affected: Vec<Uuid> = state
+                .order
+                .iter()
+                .filter(|id| {
+                    state.sessions.get(id).is_some_and(|s| {
+                        s.state == SessionState::Unroutable
+                            || s.links.iter().any(|l| down.contains(l))
+                    })
+                })
+                .copied()
+                .collect();
+            if affected.is_empty() {
+                return;
+            }
+            let mut changed = Vec::new();
+            for id in &affected {
+                let session = state.sessions[id].clone();
+                let result = self.route(
+                    &state.topology,
+                    &session.src,
+                    &session.dst,
+                    session.rate_bps,
+                );
+                let s = state.sessions.get_mut(id).expect("affected session");
+                match result {
+                    Ok((path, links)) => {
+                        s.history.push(SessionEvent {
+                            time: now_rfc3339(),
+                            what: format!(
+                                "{trigger}: rerouted from {} to {}",
+                                s.path.join(" -> "),
+                                path.join(" -> ")
+                            ),
+                        });
+                        s.path = path;
+                        s.links = links;
+                        s.state = SessionState::Active;
+                        changed.push((*id, true));
+                    }
+                    Err(error) => {
+                        s.history.push(SessionEvent {
+                            time: now_rfc3339(),
+                            what: format!("{trigger}: no route ({error})"),
+                        });
+                        s.state = SessionState::Unroutable;
+                        changed.push((*id, false));
+                    }
+                }
+            }
+            let installed = self.reconcile(state).await;
+            let elapsed = started.elapsed().as_secs_f64() * 1e3;
+            for (id, routed) in changed {
+                let session = state.sessions[&id].clone();
+                if let Err(error) = self.store.save(&session) {
+                    tracing::error!(%error, "cannot save session");
+                }
+                match (&installed, routed) {
+                    (Ok(()), true) => self.event(
+                        "reroute",
+                        format!(
+                            "{trigger}: {} now via {}",
+                            session.slave_sae,
+                            session.path.join(" -> ")
+                        ),
+                        Some(id),
+                        Some(elapsed),
+                    ),
+                    (Ok(()), false) => self.event(
+                        "reroute-failed",
+                        format!(
+                            "{trigger}: no route for {} -> {}",
+                            session.master_sae, session.slave_sae
+                        ),
+                        Some(id),
+                        None,
+                    ),
+                    (Err(error), _) => self.event(
+                        "reroute-failed",
+                        format!("{trigger}: install failed: {error}"),
+                        Some(id),
+                        None,
+                    ),
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Follows every agent's notifications and polls their pools; reroutes on faults.
+    pub fn spawn_watchers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for node in self.southbound.nodes().cloned().collect::<Vec<_>>() {
+            let controller = self.clone();
+            tasks.push(tokio::spawn(
+                async move { controller.watch_agent(node).await },
+            ));
+        }
+        let controller = self.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ticker =
+                tokio::time::interval(Duration::from_secs(controller.config.poll_seconds.max(1)));
+            loop {
+                ticker.tick().await;
+                let started = Instant::now();
+                if controller.refresh().await {
+                    let mut state = controller.state.lock().await;
+                    controller.reroute_locked(&mut state, "poll", started).await;
+                }
+                let mut state = controller.state.lock().await;
+                if let Err(error) = controller.reconcile(&mut state).await {
+                    tracing::debug!(%error, "reconcile failed; retrying");
+                }
+            }
+        }));
+        tasks
+    }
+
+    async fn watch_agent(self: Arc<Self>, node: String) {
+        loop {
+            match self.southbound.subscribe(&node).await {
+                Ok((session, mut notifications)) => {
+                    tracing::info!(%node, "following the agent's notifications");
+                    while let Ok(message) = notifications.recv().await {
+                        let received = Instant::now();
+                        if let Some((link, up)) = parse_link_status(&message) {
+                            self.link_changed(&link, up, received).await;
+                        }
+                    }
+                    drop(session);
+                }
+                Err(error) => tracing::debug!(%node, %error, "cannot subscribe; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// The link and its new state from a `link-status-change` notification.
+fn parse_link_status(message: &str) -> Option<(String, bool)> {
+    let doc = roxmltree::Document::parse(message).ok()?;
+    let change = doc
+        .descendants()
+        .find(|n| n.tag_name().name() == "link-status-change")?;
+    let field = |name: &str| {
+        change
+            .children()
+            .find(|c| c.tag_name().name() == name)
+            .and_then(|c| c.text())
+            .map(str::to_owned)
+    };
+    Some((field("link-id")?, field("oper-state")? == "up"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_status_notifications_are_read() {
+        let n = r#"<notification xmlns="urn:ietf:params:xml:ns:netconf:notification:1.0"><eventTime>2026-01-01T00:00:00Z</eventTime><link-status-change xmlns="urn:qkdni:yang:qkdni-km"><link-id>a1-a2</link-id><oper-state>down</oper-state><previous-state>up</previous-state></link-status-change></notification>"#;
+        assert_eq!(parse_link_status(n), Some(("a1-a2".into(), false)));
+        assert_eq!(parse_link_status("<notification/>"), None);
+    }
+}

@@ -1,0 +1,15 @@
+//! The control layer: the QKDN controller of one domain (centralized control, Y.3802).
+//!
+//! - [`config`] — the controller's configuration;
+//! - [`topology`] — the domain as the controller sees it, live from the agents;
+//! - [`southbound`] — reading agents and installing relay routes over NETCONF, all or none;
+//! - [`sessions`] — key supply sessions and their durable store;
+//! - [`controller`] — the controller actor: sessions, routing, rerouting, events;
+//! - [`northbound`] — the REST API for orchestrators (OpenAPI).
+
+pub mod config;
+pub mod controller;
+pub mod northbound;
+pub mod sessions;
+pub mod southbound;
+pub mod topology;

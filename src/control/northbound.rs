@@ -1,0 +1,283 @@
+//! The controller's northbound REST API for orchestrators (axum over HTTPS): topology, links,
+//! sessions, routes, events. The OpenAPI 3 document is generated from this code (utoipa) and
+//! served at `/openapi.json`; errors are RFC 9457 problem details; callers authenticate with
+//! a bearer token or a client certificate.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+use uuid::Uuid;
+
+use super::controller::{ControlError, Controller, ControllerEvent};
+use super::sessions::{Session, SessionEvent, SessionState};
+use super::topology::{LinkState, NodeState, Topology};
+use crate::tls::PeerIdentity;
+
+/// An RFC 9457 problem.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+impl Problem {
+    fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
+        Self {
+            kind: format!("urn:qkdni:problem:{kind}"),
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            Json(self),
+        )
+            .into_response()
+    }
+}
+
+impl From<ControlError> for Problem {
+    fn from(error: ControlError) -> Self {
+        let (status, kind) = match &error {
+            ControlError::UnknownSae(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown-sae"),
+            ControlError::UnknownSession(_) => (StatusCode::NOT_FOUND, "unknown-session"),
+            ControlError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
+            ControlError::NoRoute(_) => (StatusCode::CONFLICT, "no-route"),
+            ControlError::Install(_) => (StatusCode::SERVICE_UNAVAILABLE, "install-failed"),
+            ControlError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
+        };
+        Problem::new(status, kind, error.to_string())
+    }
+}
+
+/// Request to create a key supply session.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// The SAE that fetches keys with `enc_keys`.
+    pub master_sae: String,
+    /// The SAE that fetches the same keys with `dec_keys`.
+    pub slave_sae: String,
+    /// Key rate wanted, bit/s (0: best effort).
+    #[serde(default)]
+    pub rate_bps: f64,
+}
+
+/// The API's OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "qkdni controller northbound API", description = "Topology, links, key supply sessions, relay routes and events of one QKDN."),
+    paths(topology, links, list_sessions, create_session, get_session, delete_session, routes, events),
+    components(schemas(Problem, CreateSession, Session, SessionEvent, SessionState, Topology, NodeState, LinkState, ControllerEvent)),
+    modifiers(&Security)
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// The REST routes.
+pub fn router(controller: Arc<Controller>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/topology", get(topology))
+        .route("/api/v1/links", get(links))
+        .route("/api/v1/sessions", get(list_sessions).post(create_session))
+        .route(
+            "/api/v1/sessions/{id}",
+            get(get_session).delete(delete_session),
+        )
+        .route("/api/v1/routes", get(routes))
+        .route("/api/v1/events", get(events))
+        .layer(middleware::from_fn_with_state(
+            controller.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"ready": true})) }),
+        )
+        .merge(api)
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such resource") })
+        .with_state(controller)
+}
+
+async fn authenticate(
+    State(controller): State<Arc<Controller>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let by_token = bearer.is_some_and(|t| {
+        controller
+            .config
+            .bearer_tokens
+            .iter()
+            .any(|k| constant_eq(k, t))
+    });
+    let by_cert = request
+        .extensions()
+        .get::<PeerIdentity>()
+        .and_then(|p| p.0.as_deref())
+        .is_some_and(|name| controller.config.client_names.iter().any(|n| n == name));
+    if by_token || by_cert {
+        next.run(request).await
+    } else {
+        let mut response = Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token or client certificate is required",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        response
+    }
+}
+
+fn constant_eq(a: &str, b: &str) -> bool {
+    bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))
+}
+
+/// The domain: nodes, links with live state, SAE locations.
+#[utoipa::path(get, path = "/api/v1/topology", responses((status = 200, body = Topology), (status = 401, body = Problem)))]
+async fn topology(State(c): State<Arc<Controller>>) -> Json<Topology> {
+    Json(c.topology().await)
+}
+
+/// QKD links with live state.
+#[utoipa::path(get, path = "/api/v1/links", responses((status = 200, body = Vec<LinkState>), (status = 401, body = Problem)))]
+async fn links(State(c): State<Arc<Controller>>) -> Json<Vec<LinkState>> {
+    Json(c.topology().await.links.into_values().collect())
+}
+
+/// Every key supply session.
+#[utoipa::path(get, path = "/api/v1/sessions", responses((status = 200, body = Vec<Session>), (status = 401, body = Problem)))]
+async fn list_sessions(State(c): State<Arc<Controller>>) -> Json<Vec<Session>> {
+    Json(c.sessions().await)
+}
+
+/// Creates a key supply session and installs its relay route on every KM of the path.
+#[utoipa::path(post, path = "/api/v1/sessions", request_body = CreateSession,
+    responses((status = 201, body = Session), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+async fn create_session(
+    State(c): State<Arc<Controller>>,
+    body: Result<Json<CreateSession>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Session>), Problem> {
+    let Json(request) =
+        body.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid-request", e.body_text()))?;
+    let session = c
+        .create_session(&request.master_sae, &request.slave_sae, request.rate_bps)
+        .await?;
+    Ok((StatusCode::CREATED, Json(session)))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(id).map_err(|_| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-session",
+            format!("no session {id}"),
+        )
+    })
+}
+
+/// One session with its route and history.
+#[utoipa::path(get, path = "/api/v1/sessions/{id}", params(("id" = String, Path, description = "session id")),
+    responses((status = 200, body = Session), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn get_session(
+    State(c): State<Arc<Controller>>,
+    Path(id): Path<String>,
+) -> Result<Json<Session>, Problem> {
+    let id = parse_id(&id)?;
+    c.session(id)
+        .await
+        .map(Json)
+        .ok_or_else(|| ControlError::UnknownSession(id).into())
+}
+
+/// Deletes a session; relay routes no other session needs are removed.
+#[utoipa::path(delete, path = "/api/v1/sessions/{id}", params(("id" = String, Path, description = "session id")),
+    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
+async fn delete_session(
+    State(c): State<Arc<Controller>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    c.delete_session(parse_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Relay routes installed on each KM: node -> destination -> next hop.
+#[utoipa::path(get, path = "/api/v1/routes", responses((status = 200, body = BTreeMap<String, BTreeMap<String, String>>), (status = 401, body = Problem)))]
+async fn routes(
+    State(c): State<Arc<Controller>>,
+) -> Json<BTreeMap<String, BTreeMap<String, String>>> {
+    Json(
+        c.topology()
+            .await
+            .nodes
+            .into_iter()
+            .map(|(id, n)| (id, n.routes))
+            .collect(),
+    )
+}
+
+/// Recent events (session changes, link faults, reroutes with their durations).
+#[utoipa::path(get, path = "/api/v1/events", responses((status = 200, body = Vec<ControllerEvent>), (status = 401, body = Problem)))]
+async fn events(
+    State(c): State<Arc<Controller>>,
+    _: Option<Extension<PeerIdentity>>,
+) -> Json<Vec<ControllerEvent>> {
+    Json(c.events())
+}
+
+/// Serves the API until the task is dropped.
+pub async fn serve(controller: Arc<Controller>) -> Result<(), std::io::Error> {
+    let config =
+        crate::tls::server_config(&controller.config.tls).map_err(std::io::Error::other)?;
+    let listener = tokio::net::TcpListener::bind(controller.config.rest_listen).await?;
+    tracing::info!(rest = %controller.config.rest_listen, "controller REST API ready");
+    crate::tls::serve_https(listener, config, router(controller)).await;
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! Key supply sessions: a demand between two SAEs, its route and its history, kept in the
+//! controller's durable store (redb) so that a restarted controller resumes them.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+const SESSIONS: TableDefinition<u128, &str> = TableDefinition::new("sessions");
+
+/// State of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionState {
+    /// Its route is installed on every KM of the path.
+    Active,
+    /// No route can serve it now; the controller retries on every topology change.
+    Unroutable,
+}
+
+/// One entry of a session's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SessionEvent {
+    /// RFC 3339 time.
+    pub time: String,
+    pub what: String,
+}
+
+/// A key supply session between a master SAE and a slave SAE.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Session {
+    pub id: Uuid,
+    pub master_sae: String,
+    pub slave_sae: String,
+    /// KM of the master SAE.
+    pub src: String,
+    /// KM of the slave SAE.
+    pub dst: String,
+    /// Key rate wanted (bit/s).
+    pub rate_bps: f64,
+    pub state: SessionState,
+    /// The relay path (node ids), when routed.
+    pub path: Vec<String>,
+    /// The QKD links of the path.
+    pub links: Vec<String>,
+    pub history: Vec<SessionEvent>,
+}
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+#[error("session store: {0}")]
+pub struct StoreError(String);
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// The durable session store.
+pub struct SessionStore {
+    db: Database,
+}
+
+impl SessionStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(err)?;
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(SESSIONS).map_err(err)?;
+        txn.commit().map_err(err)?;
+        Ok(Self { db })
+    }
+
+    /// Saves (inserts or replaces) a session.
+    pub fn save(&self, session: &Session) -> Result<(), StoreError> {
+        let json = serde_json::to_string(session).map_err(err)?;
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(SESSIONS)
+            .map_err(err)?
+            .insert(session.id.as_u128(), json.as_str())
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    /// Deletes a session.
+    pub fn delete(&self, id: Uuid) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(SESSIONS)
+            .map_err(err)?
+            .remove(id.as_u128())
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    /// Every session.
+    pub fn all(&self) -> Result<Vec<Session>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(SESSIONS).map_err(err)?;
+        let mut sessions = Vec::new();
+        for entry in table.iter().map_err(err)? {
+            let (_, value) = entry.map_err(err)?;
+            sessions.push(serde_json::from_str(value.value()).map_err(err)?);
+        }
+        Ok(sessions)
+    }
+}

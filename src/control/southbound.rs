@@ -1,0 +1,196 @@
+//! The controller's southbound: reading agents and installing relay routes over NETCONF.
+//!
+//! A route change touching several KMs is installed on all of them or on none:
+//! 1. prepare: on every KM, lock the candidate, write the change there and validate it;
+//! 2. commit: a confirmed commit on every KM (each rolls back by itself unless confirmed,
+//!    also if it crashes or loses the controller's session);
+//! 3. confirm: a confirming commit on every KM.
+//!
+//! A failure in 1 or 2 discards or cancels the change everywhere.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use super::topology::AgentView;
+use std::sync::Arc;
+
+use crate::netconf::client::{text, ClientError, ClientOptions, Credentials, NetconfClient};
+use crate::netconf::pool::Pool;
+
+/// Seconds a KM keeps an unconfirmed route change before rolling it back.
+pub const CONFIRM_TIMEOUT_S: u64 = 30;
+
+/// One relay route change on one KM: set (`Some(next hop)`) or remove (`None`).
+pub type RouteChanges = BTreeMap<String, Option<String>>;
+
+/// Southbound errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SouthboundError {
+    #[error("unknown agent {0}")]
+    UnknownAgent(String),
+    #[error("agent {node}: {error}")]
+    Agent { node: String, error: ClientError },
+    #[error("agent {node}: unreadable data: {reason}")]
+    Data { node: String, reason: String },
+}
+
+/// NETCONF sessions to every agent of the domain.
+pub struct Southbound {
+    pool: Pool,
+    agents: BTreeMap<String, SocketAddr>,
+}
+
+impl Southbound {
+    /// A southbound to `agents` (node -> NETCONF address) with one login.
+    pub fn new(agents: BTreeMap<String, SocketAddr>, user: &str, password: &str) -> Self {
+        let pool = Pool::new(ClientOptions {
+            user: user.to_owned(),
+            credentials: Credentials::Password(password.to_owned()),
+            host_key: None,
+            timeout: Duration::from_secs(10),
+            base_1_0_only: false,
+        });
+        Self { pool, agents }
+    }
+
+    /// The agents' node ids.
+    pub fn nodes(&self) -> impl Iterator<Item = &String> {
+        self.agents.keys()
+    }
+
+    fn addr(&self, node: &str) -> Result<SocketAddr, SouthboundError> {
+        self.agents
+            .get(node)
+            .copied()
+            .ok_or_else(|| SouthboundError::UnknownAgent(node.to_owned()))
+    }
+
+    async fn rpc(&self, node: &str, operation: &str) -> Result<String, SouthboundError> {
+        self.pool
+            .rpc(self.addr(node)?, operation)
+            .await
+            .map_err(|error| SouthboundError::Agent {
+                node: node.to_owned(),
+                error,
+            })
+    }
+
+    /// Reads an agent's configuration and state.
+    pub async fn read(&self, node: &str) -> Result<AgentView, SouthboundError> {
+        let reply = self
+            .rpc(node, "<get><filter type=\"subtree\"><qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"/></filter></get>")
+            .await?;
+        let data = reply
+            .trim()
+            .strip_prefix("<data>")
+            .and_then(|r| r.strip_suffix("</data>"))
+            .unwrap_or(&reply);
+        AgentView::parse(data).map_err(|reason| SouthboundError::Data {
+            node: node.to_owned(),
+            reason,
+        })
+    }
+
+    /// A subscription to an agent's notifications, on a session of its own (kept open as
+    /// long as the returned session is held).
+    pub async fn subscribe(
+        &self,
+        node: &str,
+    ) -> Result<(Arc<NetconfClient>, tokio::sync::broadcast::Receiver<String>), SouthboundError>
+    {
+        let addr = self.addr(node)?;
+        let err = |error| SouthboundError::Agent {
+            node: node.to_owned(),
+            error,
+        };
+        let session = NetconfClient::connect(addr, self.pool.options().clone())
+            .await
+            .map_err(err)?;
+        let receiver = session.subscribe().await.map_err(err)?;
+        Ok((session, receiver))
+    }
+
+    /// Installs route changes on every KM named, all or none.
+    pub async fn install(
+        &self,
+        changes: &BTreeMap<String, RouteChanges>,
+    ) -> Result<(), SouthboundError> {
+        let nodes: Vec<&String> = changes.keys().collect();
+        // 1. prepare
+        let prepared = join_all(nodes.iter().map(|node| self.prepare(node, &changes[*node]))).await;
+        if let Some(error) = prepared.iter().find_map(|r| r.as_ref().err()) {
+            let message = error.to_string();
+            join_all(nodes.iter().map(|node| self.release(node))).await;
+            return Err(SouthboundError::Data {
+                node: nodes.first().map(|n| n.to_string()).unwrap_or_default(),
+                reason: format!("prepare failed, nothing installed: {message}"),
+            });
+        }
+        // 2. confirmed commit everywhere
+        let commit = format!(
+            "<commit><confirmed/><confirm-timeout>{CONFIRM_TIMEOUT_S}</confirm-timeout></commit>"
+        );
+        let committed = join_all(nodes.iter().map(|node| self.rpc(node, &commit))).await;
+        if let Some(position) = committed.iter().position(|r| r.is_err()) {
+            let failed = nodes[position].to_string();
+            let error = committed.into_iter().nth(position).and_then(|r| r.err());
+            join_all(nodes.iter().map(|node| async move {
+                let _ = self.rpc(node, "<cancel-commit/>").await;
+                self.release(node).await;
+            }))
+            .await;
+            return Err(error.unwrap_or(SouthboundError::UnknownAgent(failed)));
+        }
+        // 3. confirm
+        let confirmed = join_all(nodes.iter().map(|node| async move {
+            let result = self.rpc(node, "<commit/>").await;
+            self.release(node).await;
+            result
+        }))
+        .await;
+        for (node, result) in nodes.iter().zip(confirmed) {
+            if let Err(error) = result {
+                tracing::error!(%node, %error, "confirming commit failed: the KM rolls back and is reconciled later");
+            }
+        }
+        Ok(())
+    }
+
+    async fn prepare(&self, node: &str, changes: &RouteChanges) -> Result<(), SouthboundError> {
+        self.rpc(node, "<discard-changes/>").await?;
+        self.rpc(node, "<lock><target><candidate/></target></lock>")
+            .await?;
+        let mut routes = String::new();
+        for (dest, hop) in changes {
+            match hop {
+                Some(hop) => routes.push_str(&format!(
+                    "<route><destination>{}</destination><next-hop>{}</next-hop></route>",
+                    text(dest),
+                    text(hop)
+                )),
+                None => routes.push_str(&format!(
+                    "<route nc:operation=\"remove\"><destination>{}</destination></route>",
+                    text(dest)
+                )),
+            }
+        }
+        let edit = format!(
+            "<edit-config><target><candidate/></target><config xmlns:nc=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><key-manager xmlns=\"urn:qkdni:yang:qkdni-km\"><relay-routes>{routes}</relay-routes></key-manager></qkd_node></config></edit-config>"
+        );
+        self.rpc(node, &edit).await?;
+        self.rpc(node, "<validate><source><candidate/></source></validate>")
+            .await?;
+        Ok(())
+    }
+
+    /// Drops the candidate change and the lock (errors ignored: best effort clean-up).
+    async fn release(&self, node: &str) {
+        let _ = self.rpc(node, "<discard-changes/>").await;
+        let _ = self
+            .rpc(node, "<unlock><target><candidate/></target></unlock>")
+            .await;
+    }
+}

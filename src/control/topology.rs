@@ -1,0 +1,235 @@
+//! The domain as the controller sees it: nodes, QKD links with their live state, SAE
+//! locations and the relay routes installed on each KM, built from the agents' NETCONF data.
+
+use std::collections::BTreeMap;
+
+use qkdni_route_policy::{KeyNetwork, Link};
+use serde::{Deserialize, Serialize};
+
+/// What one agent reports (its NETCONF `qkd_node` data, config and state).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AgentView {
+    pub node: String,
+    pub links: Vec<LinkView>,
+    /// SAE id -> node whose KM serves it.
+    pub saes: BTreeMap<String, String>,
+    /// Installed relay routes: destination -> next hop.
+    pub routes: BTreeMap<String, String>,
+}
+
+/// One link seen from one end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkView {
+    pub id: String,
+    pub peer: String,
+    pub up: bool,
+    pub rate_bps: f64,
+    /// Blocks this end may allocate.
+    pub own_blocks: u64,
+    pub capacity_blocks: u64,
+}
+
+const NODE_NS: &str = "urn:etsi:qkd:yang:etsi-qkd-node";
+const KM_NS: &str = "urn:qkdni:yang:qkdni-km";
+
+fn child<'a, 'i>(
+    node: roxmltree::Node<'a, 'i>,
+    ns: &str,
+    name: &str,
+) -> Option<roxmltree::Node<'a, 'i>> {
+    node.children().find(|c| {
+        c.is_element() && c.tag_name().name() == name && c.tag_name().namespace() == Some(ns)
+    })
+}
+
+fn text(node: Option<roxmltree::Node<'_, '_>>) -> Option<String> {
+    node.and_then(|n| n.text()).map(|t| t.trim().to_owned())
+}
+
+impl AgentView {
+    /// Parses the `<data>` content of a `get` of `qkd_node`.
+    pub fn parse(xml: &str) -> Result<Self, String> {
+        let wrapped = format!("<data>{xml}</data>");
+        let doc = roxmltree::Document::parse(&wrapped).map_err(|e| e.to_string())?;
+        let root = doc.root_element();
+        let qkd_node = child(root, NODE_NS, "qkd_node").ok_or("no qkd_node in the agent's data")?;
+        let node = text(child(qkd_node, NODE_NS, "qkdn_id")).ok_or("no qkdn_id")?;
+        let mut view = AgentView {
+            node,
+            ..Default::default()
+        };
+        if let Some(links) = child(qkd_node, NODE_NS, "qkd_links") {
+            for link in links.children().filter(|c| c.is_element()) {
+                let (Some(id), Some(peer)) = (
+                    text(child(link, NODE_NS, "qkdl_id")),
+                    text(child(link, KM_NS, "peer-node")),
+                ) else {
+                    continue;
+                };
+                let pool = child(link, KM_NS, "key-pool");
+                let number =
+                    |n: Option<roxmltree::Node<'_, '_>>| text(n).and_then(|t| t.parse().ok());
+                view.links.push(LinkView {
+                    id,
+                    peer,
+                    up: text(child(link, KM_NS, "oper-state")).as_deref() == Some("up"),
+                    rate_bps: number(child(link, KM_NS, "secret-key-rate-bps")).unwrap_or(0.0),
+                    own_blocks: pool
+                        .and_then(|p| number(child(p, KM_NS, "own-blocks")))
+                        .unwrap_or(0.0) as u64,
+                    capacity_blocks: pool
+                        .and_then(|p| number(child(p, KM_NS, "capacity-blocks")))
+                        .unwrap_or(0.0) as u64,
+                });
+            }
+        }
+        if let Some(km) = child(qkd_node, KM_NS, "key-manager") {
+            if let Some(saes) = child(km, KM_NS, "saes") {
+                for sae in saes.children().filter(|c| c.is_element()) {
+                    if let (Some(id), Some(at)) = (
+                        text(child(sae, KM_NS, "sae-id")),
+                        text(child(sae, KM_NS, "node")),
+                    ) {
+                        view.saes.insert(id, at);
+                    }
+                }
+            }
+            if let Some(routes) = child(km, KM_NS, "relay-routes") {
+                for route in routes.children().filter(|c| c.is_element()) {
+                    if let (Some(dest), Some(hop)) = (
+                        text(child(route, KM_NS, "destination")),
+                        text(child(route, KM_NS, "next-hop")),
+                    ) {
+                        view.routes.insert(dest, hop);
+                    }
+                }
+            }
+        }
+        Ok(view)
+    }
+}
+
+/// A QKD link in the domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LinkState {
+    pub id: String,
+    /// The two nodes.
+    pub nodes: [String; 2],
+    /// Up at both ends.
+    pub up: bool,
+    /// Secret key rate (bit/s), the lower of the two ends' reports.
+    pub rate_bps: f64,
+    /// Usable blocks (256 bits) each end may allocate, by node.
+    pub own_blocks: BTreeMap<String, u64>,
+    pub capacity_blocks: u64,
+}
+
+/// A KM node of the domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeState {
+    pub id: String,
+    /// Whether the controller currently reaches the agent.
+    pub reachable: bool,
+    /// Installed relay routes: destination -> next hop.
+    pub routes: BTreeMap<String, String>,
+}
+
+/// The whole domain.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Topology {
+    pub nodes: BTreeMap<String, NodeState>,
+    pub links: BTreeMap<String, LinkState>,
+    /// SAE id -> node.
+    pub saes: BTreeMap<String, String>,
+}
+
+impl Topology {
+    /// Merges what agent `view.node` reports.
+    pub fn update(&mut self, view: &AgentView) {
+        self.nodes.insert(
+            view.node.clone(),
+            NodeState {
+                id: view.node.clone(),
+                reachable: true,
+                routes: view.routes.clone(),
+            },
+        );
+        for (sae, node) in &view.saes {
+            self.saes.insert(sae.clone(), node.clone());
+        }
+        for l in &view.links {
+            let mut ends = [view.node.clone(), l.peer.clone()];
+            ends.sort();
+            let entry = self.links.entry(l.id.clone()).or_insert_with(|| LinkState {
+                id: l.id.clone(),
+                nodes: ends,
+                up: l.up,
+                rate_bps: l.rate_bps,
+                own_blocks: BTreeMap::new(),
+                capacity_blocks: l.capacity_blocks,
+            });
+            entry.own_blocks.insert(view.node.clone(), l.own_blocks);
+            entry.capacity_blocks = l.capacity_blocks;
+            entry.rate_bps = l.rate_bps;
+            entry.up = l.up;
+        }
+    }
+
+    /// Marks a link's state at one end (from a notification); a link is up only when both
+    /// ends say so, which the next poll confirms.
+    pub fn set_link_up(&mut self, link: &str, up: bool) -> bool {
+        match self.links.get_mut(link) {
+            Some(l) if l.up != up => {
+                l.up = up;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The route policy's view: links with their rate and the key this direction may use.
+    pub fn network(&self) -> KeyNetwork {
+        let mut net = KeyNetwork::new();
+        for node in self.nodes.keys() {
+            net.add_node(node.clone());
+        }
+        for l in self.links.values() {
+            if !self.nodes.contains_key(&l.nodes[0]) || !self.nodes.contains_key(&l.nodes[1]) {
+                continue;
+            }
+            let blocks = l.own_blocks.values().copied().min().unwrap_or(0);
+            let mut link = Link::new(
+                l.id.clone(),
+                l.nodes[0].clone(),
+                l.nodes[1].clone(),
+                l.rate_bps,
+            );
+            link.available_bits = blocks as f64 * 256.0;
+            link.up = l.up;
+            net.add_link(link);
+        }
+        net
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_data_is_read() {
+        let xml = r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>a1</qkdn_id><qkd_links><qkd_link><qkdl_id>a1-a2</qkdl_id><peer-node xmlns="urn:qkdni:yang:qkdni-km">a2</peer-node><oper-state xmlns="urn:qkdni:yang:qkdni-km">up</oper-state><secret-key-rate-bps xmlns="urn:qkdni:yang:qkdni-km">1000.000</secret-key-rate-bps><key-pool xmlns="urn:qkdni:yang:qkdni-km"><own-blocks>12</own-blocks><capacity-blocks>64</capacity-blocks></key-pool></qkd_link></qkd_links><key-manager xmlns="urn:qkdni:yang:qkdni-km"><saes><sae><sae-id>s1</sae-id><node>a1</node></sae></saes><relay-routes><route><destination>a3</destination><next-hop>a2</next-hop></route></relay-routes></key-manager></qkd_node>"#;
+        let view = AgentView::parse(xml).unwrap();
+        assert_eq!(view.node, "a1");
+        assert_eq!(view.links[0].own_blocks, 12);
+        assert!(view.links[0].up);
+        assert_eq!(view.saes["s1"], "a1");
+        assert_eq!(view.routes["a3"], "a2");
+        let mut topo = Topology::default();
+        topo.update(&view);
+        assert_eq!(
+            topo.links["a1-a2"].nodes,
+            ["a1".to_string(), "a2".to_string()]
+        );
+    }
+}
