@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use super::endpoints::Endpoints;
 use super::runner;
 use super::topology::Topology;
-use crate::etsi014::{self, ClientError, KeyRequest};
+use crate::etsi014::{self, KeyRequest};
 use crate::quantum::LinkState;
 use crate::tls;
 
@@ -49,63 +49,63 @@ fn client(endpoints: &Endpoints, sae: &str) -> anyhow::Result<etsi014::Client> {
     ))
 }
 
-async fn scenario(topology: &Topology, endpoints: &Endpoints, dir: &Path) -> anyhow::Result<()> {
-    let domain = &topology.domains[0];
-    println!(
-        "   {} nodes, {} QKD links, {} SAEs",
-        domain.nodes.len(),
-        domain.links.len(),
-        endpoints.saes.len()
-    );
-    // The master is on the first node; the slave on the node farthest from it.
-    let routes = domain.shortest_routes();
-    let first = &domain.nodes[0];
-    let path_to = |dest: &str| {
-        let mut path = vec![first.name.clone()];
-        while path.last().map(String::as_str) != Some(dest) {
-            let here = path.last().expect("non-empty");
-            let next = routes
-                .get(here)
-                .and_then(|r| r.get(dest))
-                .cloned()
-                .unwrap_or_else(|| dest.to_owned());
-            path.push(next);
-        }
-        path
-    };
-    let far = domain
-        .nodes
-        .iter()
-        .filter(|n| !n.saes.is_empty() && n.name != first.name)
-        .max_by_key(|n| path_to(&n.name).len())
-        .context("no second node with SAEs")?;
-    let path = path_to(&far.name);
-    let (master, slave) = (&first.saes[0], &far.saes[0]);
-    println!(
-        "== key supply {master} ({}) -> {slave} ({})",
-        first.name, far.name
-    );
-    println!(
-        "   relay route: {} ({} hops)",
-        path.join(" -> "),
-        path.len() - 1
-    );
-    let (alice, bob) = (client(endpoints, master)?, client(endpoints, slave)?);
+/// The orchestrator's view of the domain controller.
+struct Orchestrator {
+    http: reqwest::Client,
+    rest: String,
+    token: String,
+}
 
-    runner::wait_path_keys(endpoints, &path, 64, Duration::from_secs(30)).await?;
-    let status = alice.status(slave).await?;
-    println!(
-        "   status: {} keys of {} bits ready towards {}, at most {} per request",
-        status.stored_key_count, status.key_size, status.target_KME_ID, status.max_key_per_request
-    );
+impl Orchestrator {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.rest))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let value: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("controller answered {status}: {}", value["detail"]);
+        }
+        Ok(value)
+    }
+}
+
+fn route_of(session: &serde_json::Value) -> Vec<String> {
+    session["path"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn deliver(
+    alice: &etsi014::Client,
+    bob: &etsi014::Client,
+    master: &str,
+    slave: &str,
+    number: u32,
+) -> anyhow::Result<()> {
     let request = KeyRequest {
-        number: Some(4),
+        number: Some(number),
         size: Some(256),
         ..Default::default()
     };
     let started = std::time::Instant::now();
     let issued = alice.enc_keys(slave, &request).await?;
-    let relay_time = started.elapsed();
+    let elapsed = started.elapsed();
     let ids: Vec<String> = issued.keys.iter().map(|k| k.key_ID.clone()).collect();
     let fetched = bob.dec_keys(master, &ids).await?;
     let same = issued
@@ -116,7 +116,7 @@ async fn scenario(topology: &Topology, endpoints: &Endpoints, dir: &Path) -> any
     println!(
         "   {master} got {} keys in {:.1} ms:",
         ids.len(),
-        relay_time.as_secs_f64() * 1e3
+        elapsed.as_secs_f64() * 1e3
     );
     for id in &ids {
         println!("     key_ID {id}");
@@ -128,72 +128,116 @@ async fn scenario(topology: &Topology, endpoints: &Endpoints, dir: &Path) -> any
     if !same {
         bail!("key material differs between master and slave");
     }
-    match bob.dec_keys(master, &ids[..1]).await {
-        Err(ClientError::Kme { status, body }) => {
-            println!(
-                "   a second fetch of {} is refused: HTTP {status} ({})",
-                ids[0], body.message
-            )
-        }
-        other => bail!("second fetch of a key was not refused: {other:?}"),
-    }
+    Ok(())
+}
 
-    // Cut the last link of the route: its pool drains, then key supply stops, then recovers.
+async fn scenario(topology: &Topology, endpoints: &Endpoints, dir: &Path) -> anyhow::Result<()> {
+    let domain = &topology.domains[0];
+    println!(
+        "   {} nodes, {} QKD links, {} SAEs, {}",
+        domain.nodes.len(),
+        domain.links.len(),
+        endpoints.saes.len(),
+        if domain.controller {
+            "centralized control"
+        } else {
+            "static relay routes"
+        }
+    );
+    let controller = endpoints
+        .controller(&domain.name)
+        .context("the demo needs a domain controller")?;
+    let orchestrator = Orchestrator {
+        http: tls::https_client(&endpoints.operator_tls(), Duration::from_secs(30))?,
+        rest: controller.rest.clone(),
+        token: controller.token.clone(),
+    };
+    // The master is on the first node; the slave on the last one.
+    let first = &domain.nodes[0];
+    let last = domain
+        .nodes
+        .iter()
+        .rev()
+        .find(|n| !n.saes.is_empty() && n.name != first.name)
+        .context("no second node with SAEs")?;
+    let (master, slave) = (&first.saes[0], &last.saes[0]);
+    println!("== orchestrator asks the controller for a key supply session {master} ({}) -> {slave} ({})", first.name, last.name);
+    let session = orchestrator
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/sessions",
+            Some(serde_json::json!({"master_sae": master, "slave_sae": slave})),
+        )
+        .await?;
+    let id = session["id"].as_str().unwrap_or_default().to_owned();
+    let path = route_of(&session);
+    println!(
+        "   session {id}: relay route {} ({} hops), installed on every KM of the path",
+        path.join(" -> "),
+        path.len() - 1
+    );
+    let (alice, bob) = (client(endpoints, master)?, client(endpoints, slave)?);
+    runner::wait_path_keys(endpoints, &path, 64, Duration::from_secs(30)).await?;
+    println!("== ETSI GS QKD 014 key delivery across the relays");
+    deliver(&alice, &bob, master, slave, 4).await?;
+
+    // Cut a link in the middle of the route: the controller reroutes.
+    let middle = path.len() / 2;
+    let (a, b) = (&path[middle - 1], &path[middle]);
     let cut = endpoints
         .links
         .iter()
-        .find(|(_, l)| {
-            let n = &path[path.len() - 2..];
-            l.nodes.contains(&n[0]) && l.nodes.contains(&n[1])
-        })
+        .find(|(_, l)| l.nodes.contains(a) && l.nodes.contains(b))
         .map(|(id, _)| id.clone())
         .context("route link")?;
     println!("== fault: QKD link {cut} down");
     runner::set_link_state(dir, &cut, LinkState::Down).await?;
-    let big = KeyRequest {
-        number: Some(status.max_key_per_request),
-        ..Default::default()
-    };
-    let mut delivered = 0;
-    let refusal = loop {
-        match alice.enc_keys(slave, &big).await {
-            Ok(keys) => delivered += keys.keys.len(),
-            Err(ClientError::Kme { status, body }) => {
-                let reason = body
-                    .details
-                    .iter()
-                    .flatten()
-                    .find_map(|d| d.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
-                    .unwrap_or(body.message);
-                break (status, reason);
-            }
-            Err(other) => return Err(other.into()),
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let rerouted = loop {
+        let events = orchestrator
+            .call(reqwest::Method::GET, "/api/v1/events", None)
+            .await?;
+        let found = events
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["kind"] == "reroute" || e["kind"] == "reroute-failed")
+            .cloned();
+        if let Some(event) = found {
+            break event;
         }
-        if delivered > 1_000_000 {
-            bail!("link pool never drained");
+        if std::time::Instant::now() > deadline {
+            bail!("the controller did not react to the fault within 20 s");
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    println!(
-        "   {delivered} more keys delivered from the stored pools, then HTTP {}:",
-        refusal.0
-    );
-    println!("     {}", refusal.1);
+    println!("   controller: {} ({:.1} ms from the agent's notification to the new route committed on every KM)",
+        rerouted["detail"].as_str().unwrap_or_default(), rerouted["duration_ms"].as_f64().unwrap_or_default());
+    let session = orchestrator
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/sessions/{id}"),
+            None,
+        )
+        .await?;
+    let path = route_of(&session);
+    if session["state"] == "active" {
+        runner::wait_path_keys(endpoints, &path, 64, Duration::from_secs(30)).await?;
+        println!("== key delivery continues over {}", path.join(" -> "));
+        deliver(&alice, &bob, master, slave, 4).await?;
+    } else {
+        println!("   no other route exists: the session waits for the link to return");
+    }
     println!("== repair: QKD link {cut} up");
     runner::set_link_state(dir, &cut, LinkState::Up).await?;
-    let started = std::time::Instant::now();
-    runner::wait_path_keys(endpoints, &path, 64, Duration::from_secs(30)).await?;
-    let issued = alice.enc_keys(slave, &request).await?;
-    let ids: Vec<String> = issued.keys.iter().map(|k| k.key_ID.clone()).collect();
-    let fetched = bob.dec_keys(master, &ids).await?;
-    println!(
-        "   key supply resumed after {:.1} s: {} keys, identical at both ends: {}",
-        started.elapsed().as_secs_f64(),
-        fetched.keys.len(),
-        issued
-            .keys
-            .iter()
-            .zip(&fetched.keys)
-            .all(|(a, b)| a.key == b.key)
-    );
+    orchestrator
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/sessions/{id}"),
+            None,
+        )
+        .await
+        .ok();
+    println!("   session {id} closed; its relay routes removed from the KMs");
     Ok(())
 }

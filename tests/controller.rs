@@ -1,0 +1,266 @@
+//! Integration tests of the QKDN controller over real processes: the controller, five KM
+//! agents, NETCONF southbound, ETSI 014 key delivery over controller-installed routes,
+//! rerouting, crashes and restarts, and the REST API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Bed;
+use qkdni::etsi014::KeyRequest;
+use serde_json::{json, Value};
+
+const TOPOLOGY: &str = "single-domain.toml";
+
+fn request(number: u32) -> KeyRequest {
+    KeyRequest {
+        number: Some(number),
+        size: Some(256),
+        ..Default::default()
+    }
+}
+
+async fn get(bed: &Bed, path: &str) -> Value {
+    let (http, rest, token) = bed.controller("A");
+    let response = http
+        .get(format!("{rest}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    response.json().await.unwrap()
+}
+
+/// Keys from sae-a1-1 to sae-a5-1, identical at both ends.
+async fn deliver(bed: &Bed, number: u32) {
+    let keys = bed
+        .client("sae-a1-1")
+        .enc_keys("sae-a5-1", &request(number))
+        .await
+        .unwrap();
+    let ids: Vec<String> = keys.keys.iter().map(|k| k.key_ID.clone()).collect();
+    let fetched = bed
+        .client("sae-a5-1")
+        .dec_keys("sae-a1-1", &ids)
+        .await
+        .unwrap();
+    for (a, b) in keys.keys.iter().zip(&fetched.keys) {
+        assert_eq!((&a.key_ID, &a.key), (&b.key_ID, &b.key));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_flow_over_controller_routes_and_survive_a_link_fault() {
+    let bed = Bed::up(TOPOLOGY);
+    let session = bed.create_session("sae-a1-1", "sae-a5-1").await;
+    assert_eq!(session["path"], json!(["a1", "a2", "a4", "a5"]));
+    let id = session["id"].as_str().unwrap().to_owned();
+    // routes are on the KMs themselves, not only in the controller
+    let routes = get(&bed, "/api/v1/routes").await;
+    assert_eq!(routes["a1"]["a5"], "a2");
+    assert_eq!(routes["a2"]["a5"], "a4");
+    bed.wait_path(&["a1", "a2", "a4", "a5"], 64).await;
+    deliver(&bed, 8).await;
+
+    // the cross link on the route goes down: the controller reroutes over a3
+    bed.cli(&["link", "down", "a2-a4"]);
+    let rerouted = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let s = get(&bed, &format!("/api/v1/sessions/{id}")).await;
+            if s["path"] == json!(["a1", "a2", "a3", "a4", "a5"]) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("no reroute within 15 s");
+    assert!(rerouted["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["what"].as_str().unwrap().contains("rerouted")));
+    let events = get(&bed, "/api/v1/events").await;
+    let reroute = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "reroute")
+        .expect("a reroute event");
+    assert!(reroute["duration_ms"].as_f64().unwrap() > 0.0);
+    let routes = get(&bed, "/api/v1/routes").await;
+    assert_eq!(routes["a2"]["a5"], "a3");
+    assert_eq!(routes["a3"]["a5"], "a4");
+    // keys keep flowing over the new route
+    bed.wait_path(&["a1", "a2", "a3", "a4", "a5"], 64).await;
+    deliver(&bed, 8).await;
+
+    // deleting the session removes its routes from the KMs
+    let (http, rest, token) = bed.controller("A");
+    let response = http
+        .delete(format!("{rest}/api/v1/sessions/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let response = http
+        .get(format!("{rest}/api/v1/sessions/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let routes = get(&bed, "/api/v1/routes").await;
+    assert!(routes["a1"].as_object().unwrap().is_empty(), "{routes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_km_killed_during_an_install_leaves_nothing_half_installed() {
+    let bed = Bed::up(TOPOLOGY);
+    // a4 is on the only route to a5: it dies, the install cannot complete anywhere
+    bed.cli(&["node", "stop", "a4", "--kill"]);
+    let (http, rest, token) = bed.controller("A");
+    let response = http
+        .post(format!("{rest}/api/v1/sessions"))
+        .bearer_auth(&token)
+        .json(&json!({"master_sae": "sae-a1-1", "slave_sae": "sae-a5-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503, "{:?}", response.text().await);
+    // no KM holds a route to a5
+    for node in ["a1", "a2", "a3"] {
+        let nc = bed.netconf(node).await;
+        let config = nc.get_config("running", None).await.unwrap();
+        assert!(
+            !config.contains("<destination>a5</destination>"),
+            "{node} holds half a route: {config}"
+        );
+    }
+    assert!(get(&bed, "/api/v1/sessions")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // the KM comes back: the same request now succeeds end to end
+    bed.cli(&["node", "start", "a4"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let session = bed.create_session("sae-a1-1", "sae-a5-1").await;
+    assert_eq!(session["state"], "active");
+    bed.wait_path(&["a1", "a2", "a4", "a5"], 64).await;
+    deliver(&bed, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_resumes_sessions_and_routes() {
+    let bed = Bed::up(TOPOLOGY);
+    let first = bed.create_session("sae-a1-1", "sae-a5-1").await;
+    let second = bed.create_session("sae-a3-1", "sae-a1-2").await;
+    let sessions_before = get(&bed, "/api/v1/sessions").await;
+    let routes_before = get(&bed, "/api/v1/routes").await;
+    bed.cli(&["node", "stop", "controller-A", "--kill"]);
+    bed.cli(&["node", "start", "controller-A"]);
+    let sessions_after = get(&bed, "/api/v1/sessions").await;
+    assert_eq!(sessions_after, sessions_before);
+    assert_eq!(get(&bed, "/api/v1/routes").await, routes_before);
+    assert_eq!(sessions_after[0]["id"], first["id"]);
+    assert_eq!(sessions_after[1]["id"], second["id"]);
+    bed.wait_path(&["a1", "a2", "a4", "a5"], 64).await;
+    deliver(&bed, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_api_authenticates_documents_itself_and_reports_problems() {
+    let bed = Bed::up(TOPOLOGY);
+    let (http, rest, token) = bed.controller("A");
+    // OpenAPI document, without credentials
+    let doc: Value = http
+        .get(format!("{rest}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/topology",
+        "/api/v1/links",
+        "/api/v1/sessions",
+        "/api/v1/sessions/{id}",
+        "/api/v1/routes",
+        "/api/v1/events",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} undocumented");
+    }
+    // no token or a wrong one, and no accepted client certificate: 401 problem
+    let anonymous = bed.anonymous_https();
+    for auth in [None, Some("wrong")] {
+        let mut req = anonymous.get(format!("{rest}/api/v1/topology"));
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        let response = req.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["status"], 401);
+    }
+    // the operator's client certificate is accepted without a token
+    assert_eq!(
+        http.get(format!("{rest}/api/v1/links"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let topology = get(&bed, "/api/v1/topology").await;
+    assert_eq!(topology["links"].as_object().unwrap().len(), 5);
+    assert_eq!(topology["saes"]["sae-a3-2"], "a3");
+    // bad requests
+    for (body, status) in [
+        (
+            json!({"master_sae": "sae-a1-1", "slave_sae": "nobody"}),
+            422,
+        ),
+        (
+            json!({"master_sae": "sae-a1-1", "slave_sae": "sae-a1-1"}),
+            400,
+        ),
+        (json!({"master_sae": "sae-a1-1"}), 400),
+        (
+            json!({"master_sae": "sae-a1-1", "slave_sae": "sae-a2-1", "rate_bps": -1.0}),
+            400,
+        ),
+    ] {
+        let response = http
+            .post(format!("{rest}/api/v1/sessions"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{body}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    let response = http
+        .get(format!("{rest}/api/v1/sessions/not-an-id"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
