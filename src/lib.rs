@@ -10,6 +10,7 @@
 
 pub mod bench_routing;
 pub mod control;
+pub mod ctl;
 pub mod etsi014;
 pub mod km;
 pub mod netconf;

@@ -35,6 +35,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Talk to a controller's northbound REST API from a terminal.
+    Ctl {
+        #[command(flatten)]
+        target: qkdni::ctl::Target,
+        #[command(subcommand)]
+        command: qkdni::ctl::CtlCommand,
+    },
     /// Plan a QKD link: QBER and secret key rate from physical parameters (decoy-state BB84).
     LinkModel(LinkModelArgs),
     /// Emulated QKD networks on this machine.
@@ -125,6 +132,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?;
         }
+        Command::Ctl { target, command } => qkdni::ctl::run(target, command)?,
         Command::LinkModel(args) => link_model(args)?,
         Command::Testbed { command } => {
             init_tracing();

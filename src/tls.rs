@@ -122,6 +122,21 @@ pub fn https_client(
         .build()?)
 }
 
+/// An HTTPS client that trusts `ca` and presents no client certificate.
+pub fn https_client_trusting(
+    ca: &[PathBuf],
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, TlsError> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca)?)
+        .with_no_client_auth();
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .timeout(timeout)
+        .build()?)
+}
+
 /// The common name of the first certificate of a verified chain.
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

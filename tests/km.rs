@@ -215,25 +215,7 @@ async fn bad_requests_get_the_standard_errors_and_change_nothing() {
     }
 
     // no client certificate -> 401
-    let anonymous = reqwest::Client::builder()
-        .use_preconfigured_tls(
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates({
-                let mut roots = rustls::RootCertStore::empty();
-                let pem = std::fs::read(&bed.endpoints.ca_cert).unwrap();
-                for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-                    roots.add(cert.unwrap()).unwrap();
-                }
-                roots
-            })
-            .with_no_client_auth(),
-        )
-        .build()
-        .unwrap();
+    let anonymous = bed.anonymous_https();
     let response = anonymous
         .get(format!("{}/api/v1/keys/sae-a2-1/status", bed.kme("a1")))
         .send()

@@ -197,21 +197,7 @@ impl Bed {
 impl Bed {
     /// An HTTPS client that trusts the testbed CA and presents no certificate.
     pub fn anonymous_https(&self) -> reqwest::Client {
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(&self.endpoints.ca_cert).unwrap();
-        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        reqwest::Client::builder()
-            .use_preconfigured_tls(config)
-            .build()
+        tls::https_client_trusting(&[self.endpoints.ca_cert.clone()], Duration::from_secs(20))
             .unwrap()
     }
 }
