@@ -155,13 +155,16 @@ fn session_line(s: &Value) -> String {
     )
 }
 
+/// Turns an API answer into lines for a terminal.
+type Summary = Box<dyn Fn(&Value) -> String>;
+
 /// Runs a ctl command.
 pub fn run(target: Target, command: CtlCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let api = Api::new(&target)?;
         use reqwest::Method;
-        let (value, summary): (Value, Box<dyn Fn(&Value) -> String>) = match command {
+        let (value, summary): (Value, Summary) = match command {
             CtlCommand::Topology => (
                 api.call(Method::GET, "/api/v1/topology", None).await?,
                 Box::new(|v: &Value| {
