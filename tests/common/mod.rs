@@ -197,7 +197,10 @@ impl Bed {
 impl Bed {
     /// An HTTPS client that trusts the testbed CA and presents no certificate.
     pub fn anonymous_https(&self) -> reqwest::Client {
-        tls::https_client_trusting(&[self.endpoints.ca_cert.clone()], Duration::from_secs(20))
-            .unwrap()
+        tls::https_client_trusting(
+            std::slice::from_ref(&self.endpoints.ca_cert),
+            Duration::from_secs(20),
+        )
+        .unwrap()
     }
 }
