@@ -121,7 +121,19 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let controller = qkdni::control::controller::Controller::start(config).await?;
-                let watchers = controller.spawn_watchers();
+                let mut watchers = controller.spawn_watchers();
+                if let Some(netconf) = controller.config.netconf.clone() {
+                    let operator = qkdni::control::operator::Operator::new(controller.clone());
+                    let server = qkdni::netconf::server::NetconfServer::new(
+                        netconf,
+                        std::sync::Arc::new(operator),
+                    )?;
+                    watchers.push(tokio::spawn(async move {
+                        if let Err(error) = server.serve().await {
+                            tracing::error!(%error, "NETCONF server stopped");
+                        }
+                    }));
+                }
                 let rest = tokio::spawn(qkdni::control::northbound::serve(controller.clone()));
                 qkdni::km::agent::shutdown_signal().await;
                 tracing::info!("controller stopping");

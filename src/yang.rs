@@ -31,6 +31,11 @@ pub const MODULES: &[Module] = &[
         text: include_str!("../yang/etsi-qkd-sdn-node.yang"),
     },
     Module {
+        name: "qkdni-controller",
+        revision: "2026-11-27",
+        text: include_str!("../yang/qkdni-controller.yang"),
+    },
+    Module {
         name: "qkdni-km",
         revision: "2026-11-27",
         text: include_str!("../yang/qkdni-km.yang"),

@@ -264,3 +264,158 @@ async fn the_rest_api_authenticates_documents_itself_and_reports_problems() {
         .unwrap();
     assert_eq!(response.status(), 404);
 }
+
+/// schemathesis (property-based, schema-driven) finds nothing wrong in the REST API against
+/// its own OpenAPI document: no 5xx, no undocumented status or content type, no response
+/// off its schema, no endpoint answering without credentials.
+#[test]
+fn schemathesis_finds_no_failures_in_the_rest_api() {
+    let Some(python) = std::env::var_os("QKDNI_PYTHON") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide QKDNI_PYTHON with schemathesis"
+        );
+        eprintln!("skipped: set QKDNI_PYTHON to a python with schemathesis");
+        return;
+    };
+    let bin = std::path::Path::new(&python)
+        .parent()
+        .expect("QKDNI_PYTHON in a venv's bin directory")
+        .to_path_buf();
+    let mut path = vec![bin];
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let bed = Bed::up(TOPOLOGY);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/schemathesis_run.sh");
+    let output = std::process::Command::new("bash")
+        .arg(script)
+        .arg(bed.dir())
+        .env("PATH", std::env::join_paths(path).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "schemathesis failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_manage_the_controller_over_netconf_and_from_a_terminal() {
+    use qkdni::netconf::client::{ClientError, ClientOptions, Credentials, NetconfClient};
+    let bed = Bed::up(TOPOLOGY);
+    let controller = bed.endpoints.controller("A").unwrap();
+    let login = &bed.endpoints.netconf_user;
+    let nc = NetconfClient::connect(
+        controller.netconf.parse().unwrap(),
+        ClientOptions {
+            user: login.username.clone(),
+            credentials: Credentials::Password(login.password.clone()),
+            host_key: None,
+            timeout: Duration::from_secs(10),
+            base_1_0_only: false,
+        },
+    )
+    .await
+    .unwrap();
+
+    // a terminal user creates a session with `qkdni ctl`
+    let out = common::qkdni(&[
+        "ctl",
+        "--endpoints",
+        bed.dir(),
+        "sessions",
+        "create",
+        "sae-a1-1",
+        "sae-a5-1",
+    ]);
+    assert!(
+        out.contains("sae-a1-1 -> sae-a5-1  active  a1 > a2 > a4 > a5"),
+        "{out}"
+    );
+    let listed = common::qkdni(&["ctl", "--endpoints", bed.dir(), "sessions", "list"]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    let routes = common::qkdni(&["ctl", "--endpoints", bed.dir(), "routes"]);
+    assert!(routes.contains("a2: to a5 via a4"), "{routes}");
+
+    // the controller's state in its YANG model
+    let state = nc
+        .get(Some(
+            "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"/>",
+        ))
+        .await
+        .unwrap();
+    assert!(state.contains("<domain>A</domain>"), "{state}");
+    assert!(state.contains("<slave-sae>sae-a5-1</slave-sae>"), "{state}");
+    assert!(state.contains("<destination>a5</destination>"), "{state}");
+    assert!(state.contains("<id>a2-a4</id>"), "{state}");
+
+    // the policy is configuration: fewest hops, then the next session follows it
+    let policy = |p: &str| {
+        format!("<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><policy>{p}</policy></controller>")
+    };
+    nc.edit_config("running", &policy("fewest-hops"))
+        .await
+        .unwrap();
+    let config = nc.get_config("running", None).await.unwrap();
+    assert!(config.contains("<policy>fewest-hops</policy>"), "{config}");
+    match nc.edit_config("running", &policy("teleport")).await {
+        Err(ClientError::Rpc(errors)) => {
+            assert_eq!(errors[0].tag, qkdni::netconf::ErrorTag::InvalidValue)
+        }
+        other => panic!("unknown policy accepted: {other:?}"),
+    }
+    // agents are fixed while the controller runs
+    let remove = "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\" xmlns:nc=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><agents><agent nc:operation=\"delete\"><node>a3</node></agent></agents></controller>";
+    match nc.edit_config("running", remove).await {
+        Err(ClientError::Rpc(errors)) => assert_eq!(
+            errors[0].tag,
+            qkdni::netconf::ErrorTag::OperationNotSupported
+        ),
+        other => panic!("agent removal accepted: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_rerouted_when_a_link_rate_no_longer_meets_its_demand() {
+    let bed = Bed::up(TOPOLOGY);
+    let (http, rest, token) = bed.controller("A");
+    // 120 kbit/s: the cross link a2-a4 (150 kbit/s) can carry it
+    let response = http
+        .post(format!("{rest}/api/v1/sessions"))
+        .bearer_auth(&token)
+        .json(&json!({"master_sae": "sae-a1-1", "slave_sae": "sae-a5-1", "rate_bps": 120000.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let session: Value = response.json().await.unwrap();
+    assert_eq!(session["path"], json!(["a1", "a2", "a4", "a5"]));
+    let id = session["id"].as_str().unwrap().to_owned();
+    // an operator lowers the cross link's rate to 100 kbit/s at both ends
+    for node in ["a2", "a4"] {
+        bed.netconf(node)
+            .await
+            .edit_config(
+                "running",
+                "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><qkd_links><qkd_link><qkdl_id>a2-a4</qkdl_id><rate-bps xmlns=\"urn:qkdni:yang:qkdni-km\">100000</rate-bps></qkd_link></qkd_links></qkd_node>",
+            )
+            .await
+            .unwrap();
+    }
+    let rerouted = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let s = get(&bed, &format!("/api/v1/sessions/{id}")).await;
+            if s["path"] == json!(["a1", "a2", "a3", "a4", "a5"]) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("no reroute within 20 s");
+    assert_eq!(rerouted["state"], "active");
+}

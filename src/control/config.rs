@@ -35,6 +35,10 @@ pub struct ControllerConfig {
     /// Seconds between polls of the agents' key pools (notifications carry the rest).
     #[serde(default = "default_poll")]
     pub poll_seconds: u64,
+    /// The operators' NETCONF server (`qkdni-controller` model); once it has persisted a
+    /// running datastore, that datastore holds the policy and the poll interval.
+    #[serde(default)]
+    pub netconf: Option<crate::netconf::server::NetconfConfig>,
 }
 
 fn default_policy() -> String {

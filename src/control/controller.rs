@@ -65,7 +65,8 @@ struct State {
 pub struct Controller {
     pub config: ControllerConfig,
     southbound: Southbound,
-    policy: Box<dyn RoutePolicy>,
+    policy: std::sync::RwLock<Box<dyn RoutePolicy>>,
+    poll_seconds: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
     store: SessionStore,
     events: std::sync::Mutex<VecDeque<ControllerEvent>>,
@@ -97,10 +98,12 @@ impl Controller {
                 .map(|h| &h.time)
                 .cmp(&b.history.first().map(|h| &h.time))
         });
+        let poll_seconds = config.poll_seconds.max(1);
         let controller = Arc::new(Self {
             config,
             southbound,
-            policy,
+            policy: std::sync::RwLock::new(policy),
+            poll_seconds: std::sync::atomic::AtomicU64::new(poll_seconds),
             state: Mutex::new(State {
                 topology: Topology::default(),
                 order: sessions.iter().map(|s| s.id).collect(),
@@ -152,6 +155,41 @@ impl Controller {
     /// The current topology.
     pub async fn topology(&self) -> Topology {
         self.state.lock().await.topology.clone()
+    }
+
+    /// The route policy in force.
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.read().expect("policy").name()
+    }
+
+    /// Switches the route policy (for new sessions and reroutes).
+    pub fn set_policy(&self, name: &str) -> Result<(), ControlError> {
+        let policy = qkdni_routing::by_name(name)
+            .ok_or_else(|| ControlError::Invalid(format!("unknown policy {name}")))?;
+        *self.policy.write().expect("policy") = policy;
+        Ok(())
+    }
+
+    /// Seconds between polls of the agents.
+    pub fn poll_seconds(&self) -> u64 {
+        self.poll_seconds.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the poll interval.
+    pub fn set_poll_seconds(&self, seconds: u64) {
+        self.poll_seconds
+            .store(seconds.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The topology and sessions, from outside the runtime (blocking).
+    pub fn snapshot_blocking(&self) -> (Topology, Vec<Session>) {
+        let state = self.state.blocking_lock();
+        let sessions = state
+            .order
+            .iter()
+            .filter_map(|id| state.sessions.get(id).cloned())
+            .collect();
+        (state.topology.clone(), sessions)
     }
 
     /// Every session.
@@ -272,6 +310,8 @@ impl Controller {
         }
         let plan = self
             .policy
+            .read()
+            .expect("policy")
             .route(&topology.network(), &Demand::new(src, dst, rate_bps, 0.0))
             .map_err(|e| ControlError::NoRoute(e.to_string()))?;
         // KM relay routes are per destination: the widest path of a plan carries the session
@@ -391,20 +431,22 @@ impl Controller {
     async fn reroute_locked(&self, state: &mut State, trigger: &str, started: Instant) {
         let span = tracing::info_span!("reroute", %trigger);
         async {
-            let down: Vec<String> = state
-                .topology
-                .links
-                .values()
-                .filter(|l| !l.up)
-                .map(|l| l.id.clone())
-                .collect();
+            // a link fails a session when it is down or its key rate no longer meets the
+            // session's demand
+            let fails = |link: &str, demand: f64| {
+                state
+                    .topology
+                    .links
+                    .get(link)
+                    .is_none_or(|l| !l.up || l.rate_bps < demand)
+            };
             let affected: Vec<Uuid> = state
                 .order
                 .iter()
                 .filter(|id| {
                     state.sessions.get(id).is_some_and(|s| {
                         s.state == SessionState::Unroutable
-                            || s.links.iter().any(|l| down.contains(l))
+                            || s.links.iter().any(|l| fails(l, s.rate_bps))
                     })
                 })
                 .copied()
@@ -437,6 +479,8 @@ impl Controller {
                         s.state = SessionState::Active;
                         changed.push((*id, true));
                     }
+                    // an unroutable session is retried on every change; report it once
+                    Err(_) if s.state == SessionState::Unroutable => {}
                     Err(error) => {
                         s.history.push(SessionEvent {
                             time: now_rfc3339(),
@@ -498,15 +542,20 @@ impl Controller {
         }
         let controller = self.clone();
         tasks.push(tokio::spawn(async move {
-            let mut ticker =
-                tokio::time::interval(Duration::from_secs(controller.config.poll_seconds.max(1)));
             loop {
-                ticker.tick().await;
+                tokio::time::sleep(Duration::from_secs(controller.poll_seconds())).await;
                 let started = Instant::now();
-                if controller.refresh().await {
-                    let mut state = controller.state.lock().await;
-                    controller.reroute_locked(&mut state, "poll", started).await;
-                }
+                let changed = controller.refresh().await;
+                let mut state = controller.state.lock().await;
+                let trigger = if changed {
+                    "link state (poll)"
+                } else {
+                    "key rate (poll)"
+                };
+                controller
+                    .reroute_locked(&mut state, trigger, started)
+                    .await;
+                drop(state);
                 let mut state = controller.state.lock().await;
                 if let Err(error) = controller.reconcile(&mut state).await {
                     tracing::debug!(%error, "reconcile failed; retrying");

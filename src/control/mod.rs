@@ -5,11 +5,13 @@
 //! - [`southbound`] — reading agents and installing relay routes over NETCONF, all or none;
 //! - [`sessions`] — key supply sessions and their durable store;
 //! - [`controller`] — the controller actor: sessions, routing, rerouting, events;
-//! - [`northbound`] — the REST API for orchestrators (OpenAPI).
+//! - [`northbound`] — the REST API for orchestrators (OpenAPI);
+//! - [`operator`] — the controller under NETCONF for operators (`qkdni-controller` model).
 
 pub mod config;
 pub mod controller;
 pub mod northbound;
+pub mod operator;
 pub mod sessions;
 pub mod southbound;
 pub mod topology;

@@ -32,6 +32,9 @@ pub struct Problem {
     pub detail: String,
 }
 
+/// The media type of problem responses.
+const PROBLEM_JSON: &str = "application/problem+json";
+
 impl Problem {
     fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
         Self {
@@ -46,12 +49,7 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
-            status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            Json(self),
-        )
-            .into_response()
+        (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], Json(self)).into_response()
     }
 }
 
@@ -69,18 +67,33 @@ impl From<ControlError> for Problem {
     }
 }
 
-/// Request to create a key supply session.
+/// Request to create a key supply session. The two SAEs must differ (400 otherwise) and be
+/// known to the domain (422 otherwise).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"master_sae": "sae-a1-1", "slave_sae": "sae-a5-1", "rate_bps": 0.0}))]
 pub struct CreateSession {
     /// The SAE that fetches keys with `enc_keys`.
+    #[schema(min_length = 1)]
     pub master_sae: String,
     /// The SAE that fetches the same keys with `dec_keys`.
+    #[schema(min_length = 1)]
     pub slave_sae: String,
     /// Key rate wanted, bit/s (0: best effort).
     #[serde(default)]
+    #[schema(minimum = 0.0)]
     pub rate_bps: f64,
 }
+
+/// Missing or invalid credentials (no accepted bearer token or client certificate).
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 401,
+    content_type = PROBLEM_JSON,
+    headers(("WWW-Authenticate" = String, description = "`Bearer`"))
+)]
+#[allow(dead_code)]
+struct Unauthorized(Problem);
 
 /// The API's OpenAPI document.
 #[derive(OpenApi)]
@@ -88,7 +101,7 @@ pub struct CreateSession {
     info(title = "qkdni controller northbound API", description = "Topology, links, key supply sessions, relay routes and events of one QKDN."),
     paths(topology, links, list_sessions, create_session, get_session, delete_session, routes, events),
     components(schemas(Problem, CreateSession, Session, SessionEvent, SessionState, Topology, NodeState, LinkState, ControllerEvent)),
-    modifiers(&Security)
+    modifiers(&Security, &FixedArrays)
 )]
 pub struct ApiDoc;
 
@@ -106,6 +119,24 @@ impl utoipa::Modify for Security {
             "bearer",
             Vec::<String>::new(),
         )]);
+    }
+}
+
+/// `[T; N]` fields are arrays of exactly N items, which the derived schemas leave out.
+struct FixedArrays;
+
+impl utoipa::Modify for FixedArrays {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, Schema};
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        if let Some(RefOr::T(Schema::Object(link))) = components.schemas.get_mut("LinkState") {
+            if let Some(RefOr::T(Schema::Array(nodes))) = link.properties.get_mut("nodes") {
+                nodes.min_items = Some(2);
+                nodes.max_items = Some(2);
+            }
+        }
     }
 }
 
@@ -180,33 +211,51 @@ fn constant_eq(a: &str, b: &str) -> bool {
 }
 
 /// The domain: nodes, links with live state, SAE locations.
-#[utoipa::path(get, path = "/api/v1/topology", responses((status = 200, body = Topology), (status = 401, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/topology",
+    responses((status = 200, description = "The topology", body = Topology), Unauthorized))]
 async fn topology(State(c): State<Arc<Controller>>) -> Json<Topology> {
     Json(c.topology().await)
 }
 
 /// QKD links with live state.
-#[utoipa::path(get, path = "/api/v1/links", responses((status = 200, body = Vec<LinkState>), (status = 401, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/links",
+    responses((status = 200, description = "The links", body = Vec<LinkState>), Unauthorized))]
 async fn links(State(c): State<Arc<Controller>>) -> Json<Vec<LinkState>> {
     Json(c.topology().await.links.into_values().collect())
 }
 
 /// Every key supply session.
-#[utoipa::path(get, path = "/api/v1/sessions", responses((status = 200, body = Vec<Session>), (status = 401, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/sessions",
+    responses((status = 200, description = "The sessions", body = Vec<Session>), Unauthorized))]
 async fn list_sessions(State(c): State<Arc<Controller>>) -> Json<Vec<Session>> {
     Json(c.sessions().await)
 }
 
 /// Creates a key supply session and installs its relay route on every KM of the path.
 #[utoipa::path(post, path = "/api/v1/sessions", request_body = CreateSession,
-    responses((status = 201, body = Session), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 409, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+    responses(
+        (status = 201, description = "Created and routed", body = Session),
+        (status = 400, description = "Malformed or invalid request", body = Problem, content_type = PROBLEM_JSON),
+        Unauthorized,
+        (status = 409, description = "No route with the rate wanted", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "Request body too large", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, description = "Request body not `application/json`", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Unknown SAE", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "Installing the route on a KM failed", body = Problem, content_type = PROBLEM_JSON)))]
 async fn create_session(
     State(c): State<Arc<Controller>>,
     body: Result<Json<CreateSession>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Session>), Problem> {
-    let Json(request) =
-        body.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid-request", e.body_text()))?;
+    let Json(request) = body.map_err(|e| {
+        let (status, kind) = match e.status() {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+            _ => (StatusCode::BAD_REQUEST, "invalid-request"),
+        };
+        Problem::new(status, kind, e.body_text())
+    })?;
     let session = c
         .create_session(&request.master_sae, &request.slave_sae, request.rate_bps)
         .await?;
@@ -225,7 +274,10 @@ fn parse_id(id: &str) -> Result<Uuid, Problem> {
 
 /// One session with its route and history.
 #[utoipa::path(get, path = "/api/v1/sessions/{id}", params(("id" = String, Path, description = "session id")),
-    responses((status = 200, body = Session), (status = 401, body = Problem), (status = 404, body = Problem)))]
+    responses(
+        (status = 200, description = "The session", body = Session),
+        Unauthorized,
+        (status = 404, description = "No such session", body = Problem, content_type = PROBLEM_JSON)))]
 async fn get_session(
     State(c): State<Arc<Controller>>,
     Path(id): Path<String>,
@@ -239,7 +291,10 @@ async fn get_session(
 
 /// Deletes a session; relay routes no other session needs are removed.
 #[utoipa::path(delete, path = "/api/v1/sessions/{id}", params(("id" = String, Path, description = "session id")),
-    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
+    responses(
+        (status = 204, description = "Deleted"),
+        Unauthorized,
+        (status = 404, description = "No such session", body = Problem, content_type = PROBLEM_JSON)))]
 async fn delete_session(
     State(c): State<Arc<Controller>>,
     Path(id): Path<String>,
@@ -249,7 +304,8 @@ async fn delete_session(
 }
 
 /// Relay routes installed on each KM: node -> destination -> next hop.
-#[utoipa::path(get, path = "/api/v1/routes", responses((status = 200, body = BTreeMap<String, BTreeMap<String, String>>), (status = 401, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/routes",
+    responses((status = 200, description = "Routes by node", body = BTreeMap<String, BTreeMap<String, String>>), Unauthorized))]
 async fn routes(
     State(c): State<Arc<Controller>>,
 ) -> Json<BTreeMap<String, BTreeMap<String, String>>> {
@@ -264,7 +320,8 @@ async fn routes(
 }
 
 /// Recent events (session changes, link faults, reroutes with their durations).
-#[utoipa::path(get, path = "/api/v1/events", responses((status = 200, body = Vec<ControllerEvent>), (status = 401, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/events",
+    responses((status = 200, description = "The events, oldest first", body = Vec<ControllerEvent>), Unauthorized))]
 async fn events(
     State(c): State<Arc<Controller>>,
     _: Option<Extension<PeerIdentity>>,

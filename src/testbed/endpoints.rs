@@ -58,6 +58,8 @@ pub struct ControllerEndpoint {
     pub name: String,
     /// Northbound REST base URL (`https://host:port`; OpenAPI at `/openapi.json`).
     pub rest: String,
+    /// Operators' NETCONF over SSH address (`host:port`).
+    pub netconf: String,
     /// Bearer token of the testbed's orchestrator.
     pub token: String,
     pub config: PathBuf,

@@ -76,6 +76,19 @@ fn random_password() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// The testbed's NETCONF users: an operator (admin) and a viewer (read-only).
+fn netconf_users(admin: &NetconfLogin, viewer: &NetconfLogin) -> Vec<User> {
+    [(admin, Group::Admin), (viewer, Group::ReadOnly)]
+        .into_iter()
+        .map(|(login, group)| User {
+            name: login.username.clone(),
+            password: Some(login.password.clone()),
+            authorized_keys: Vec::new(),
+            group,
+        })
+        .collect()
+}
+
 /// Hands out free loopback ports below the kernel's ephemeral range, so that no outgoing
 /// connection can take a port between its allocation and the agent's bind. Ports stay bound
 /// here until the allocator is dropped (just before the agents start).
@@ -250,20 +263,7 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                 netconf: Some(NetconfConfig {
                     listen: netconf,
                     host_key: node_dir.join("ssh_host_ed25519_key"),
-                    users: vec![
-                        User {
-                            name: netconf_user.username.clone(),
-                            password: Some(netconf_user.password.clone()),
-                            authorized_keys: Vec::new(),
-                            group: Group::Admin,
-                        },
-                        User {
-                            name: netconf_readonly_user.username.clone(),
-                            password: Some(netconf_readonly_user.password.clone()),
-                            authorized_keys: Vec::new(),
-                            group: Group::ReadOnly,
-                        },
-                    ],
+                    users: netconf_users(&netconf_user, &netconf_readonly_user),
                     max_message_bytes: 16 * 1024 * 1024,
                     running_file: Some(node_dir.join("data").join("running.xml")),
                 }),
@@ -311,6 +311,7 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
             std::fs::create_dir_all(&cdir).map_err(io("creating controller directory"))?;
             let paths = ca.issue_to(&pki, &name, &name, Role::Node)?;
             let rest = ports.take()?;
+            let netconf = ports.take()?;
             let token = random_password();
             let config = ControllerConfig {
                 domain: domain.name.clone(),
@@ -337,6 +338,13 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                     password: netconf_user.password.clone(),
                 },
                 poll_seconds: 2,
+                netconf: Some(NetconfConfig {
+                    listen: netconf,
+                    host_key: cdir.join("ssh_host_ed25519_key"),
+                    users: netconf_users(&netconf_user, &netconf_readonly_user),
+                    max_message_bytes: 16 * 1024 * 1024,
+                    running_file: Some(cdir.join("data").join("running.xml")),
+                }),
             };
             let config_path = cdir.join("controller.toml");
             let text = toml::to_string_pretty(&config)
@@ -345,6 +353,7 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
             Some(ControllerEndpoint {
                 name,
                 rest: format!("https://{rest}"),
+                netconf: netconf.to_string(),
                 token,
                 config: config_path,
                 log: dir

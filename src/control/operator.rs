@@ -1,0 +1,199 @@
+//! The controller under NETCONF for operators: its configuration (route policy, poll
+//! interval, agents) and its view of the domain (topology, installed routes, sessions) in the
+//! `qkdni-controller` YANG model.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+use yang2::data::{Data, DataFormat, DataPrinterFlags, DataTree};
+
+use super::controller::Controller;
+use crate::netconf::server::{Application, Notification};
+use crate::netconf::xml::quote;
+use crate::netconf::{ErrorTag, RpcError};
+
+const ROOT: &str = "/qkdni-controller:controller";
+
+/// The controller behind its operators' NETCONF server.
+pub struct Operator {
+    controller: Arc<Controller>,
+    notifications: broadcast::Sender<Notification>,
+}
+
+impl Operator {
+    /// Wraps the controller.
+    pub fn new(controller: Arc<Controller>) -> Self {
+        Self {
+            controller,
+            notifications: broadcast::channel(16).0,
+        }
+    }
+}
+
+fn set(tree: &mut DataTree<'static>, path: &str, value: &str) -> Result<(), RpcError> {
+    tree.new_path(path, Some(value), false)?;
+    Ok(())
+}
+
+fn value(tree: &DataTree<'static>, path: &str) -> Option<String> {
+    tree.find_path(path).ok().and_then(|n| n.value_canonical())
+}
+
+/// node -> (host, port) of every configured agent.
+fn agents(tree: &DataTree<'static>) -> Result<BTreeMap<String, (String, String)>, RpcError> {
+    let mut out = BTreeMap::new();
+    for node in tree.find_xpath(&format!("{ROOT}/agents/agent"))? {
+        let field = |name: &str| node.find_path(name).ok().and_then(|n| n.value_canonical());
+        if let (Some(id), Some(host), Some(port)) =
+            (field("node"), field("netconf-host"), field("netconf-port"))
+        {
+            out.insert(id, (host, port));
+        }
+    }
+    Ok(out)
+}
+
+impl Application for Operator {
+    fn initial_config(&self) -> String {
+        let build = || -> Result<String, RpcError> {
+            let mut tree = crate::yang::empty();
+            let config = &self.controller.config;
+            set(&mut tree, &format!("{ROOT}/policy"), &config.policy)?;
+            set(
+                &mut tree,
+                &format!("{ROOT}/poll-seconds"),
+                &config.poll_seconds.max(1).to_string(),
+            )?;
+            for agent in &config.agents {
+                let base = format!("{ROOT}/agents/agent[node={}]", quote(&agent.node));
+                set(
+                    &mut tree,
+                    &format!("{base}/netconf-host"),
+                    &agent.netconf.ip().to_string(),
+                )?;
+                set(
+                    &mut tree,
+                    &format!("{base}/netconf-port"),
+                    &agent.netconf.port().to_string(),
+                )?;
+            }
+            Ok(tree
+                .print_string(
+                    DataFormat::XML,
+                    DataPrinterFlags::WITH_SIBLINGS | DataPrinterFlags::SHRINK,
+                )?
+                .unwrap_or_default())
+        };
+        build().unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot express the controller configuration in YANG");
+            String::new()
+        })
+    }
+
+    fn apply(&self, _old: &DataTree<'static>, new: &DataTree<'static>) -> Result<(), RpcError> {
+        let configured: BTreeMap<String, (String, String)> = self
+            .controller
+            .config
+            .agents
+            .iter()
+            .map(|a| {
+                (
+                    a.node.clone(),
+                    (a.netconf.ip().to_string(), a.netconf.port().to_string()),
+                )
+            })
+            .collect();
+        if agents(new)? != configured {
+            return Err(RpcError::application(
+                ErrorTag::OperationNotSupported,
+                "the agents of a running controller are fixed: change the configuration file and restart",
+            )
+            .path(format!("{ROOT}/agents")));
+        }
+        let policy = value(new, &format!("{ROOT}/policy")).unwrap_or_else(|| "key-aware".into());
+        let poll = value(new, &format!("{ROOT}/poll-seconds"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
+        self.controller.set_policy(&policy).map_err(|e| {
+            RpcError::application(ErrorTag::InvalidValue, e.to_string())
+                .path(format!("{ROOT}/policy"))
+        })?;
+        self.controller.set_poll_seconds(poll);
+        tracing::info!(%policy, poll_seconds = poll, "controller configuration applied");
+        Ok(())
+    }
+
+    fn state(&self) -> Result<DataTree<'static>, RpcError> {
+        let (topology, sessions) = self.controller.snapshot_blocking();
+        let mut tree = crate::yang::empty();
+        set(
+            &mut tree,
+            &format!("{ROOT}/domain"),
+            &self.controller.config.domain,
+        )?;
+        for (id, node) in &topology.nodes {
+            let base = format!("{ROOT}/agents/agent[node={}]", quote(id));
+            if self.controller.config.agents.iter().all(|a| &a.node != id) {
+                continue;
+            }
+            set(
+                &mut tree,
+                &format!("{base}/reachable"),
+                if node.reachable { "true" } else { "false" },
+            )?;
+            for (dest, hop) in &node.routes {
+                set(
+                    &mut tree,
+                    &format!("{base}/route[destination={}]/next-hop", quote(dest)),
+                    hop,
+                )?;
+            }
+        }
+        for (id, link) in &topology.links {
+            let base = format!("{ROOT}/topology/link[id={}]", quote(id));
+            set(
+                &mut tree,
+                &format!("{base}/up"),
+                if link.up { "true" } else { "false" },
+            )?;
+            set(
+                &mut tree,
+                &format!("{base}/rate-bps"),
+                &format!("{:.3}", link.rate_bps),
+            )?;
+            for node in &link.nodes {
+                set(&mut tree, &format!("{base}/node"), node)?;
+            }
+        }
+        for (sae, node) in &topology.saes {
+            set(
+                &mut tree,
+                &format!("{ROOT}/topology/sae[id={}]/node", quote(sae)),
+                node,
+            )?;
+        }
+        for session in sessions {
+            let base = format!("{ROOT}/sessions/session[id='{}']", session.id);
+            set(
+                &mut tree,
+                &format!("{base}/master-sae"),
+                &session.master_sae,
+            )?;
+            set(&mut tree, &format!("{base}/slave-sae"), &session.slave_sae)?;
+            let state = match session.state {
+                super::sessions::SessionState::Active => "active",
+                super::sessions::SessionState::Unroutable => "unroutable",
+            };
+            set(&mut tree, &format!("{base}/state"), state)?;
+            for node in &session.path {
+                set(&mut tree, &format!("{base}/path"), node)?;
+            }
+        }
+        Ok(tree)
+    }
+
+    fn notifications(&self) -> broadcast::Receiver<Notification> {
+        self.notifications.subscribe()
+    }
+}
