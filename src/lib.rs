@@ -9,6 +9,7 @@
 //! [`tls`] (mutual TLS for every reference point) and [`pki`] (certificates for testbeds).
 
 pub mod bench_routing;
+pub mod config_file;
 pub mod control;
 pub mod ctl;
 pub mod etsi014;

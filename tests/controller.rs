@@ -270,12 +270,7 @@ async fn the_rest_api_authenticates_documents_itself_and_reports_problems() {
 /// off its schema, no endpoint answering without credentials.
 #[test]
 fn schemathesis_finds_no_failures_in_the_rest_api() {
-    let Some(python) = std::env::var_os("QKDNI_PYTHON") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide QKDNI_PYTHON with schemathesis"
-        );
-        eprintln!("skipped: set QKDNI_PYTHON to a python with schemathesis");
+    let Some(python) = common::interop_python("schemathesis") else {
         return;
     };
     let bin = std::path::Path::new(&python)

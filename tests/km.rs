@@ -379,12 +379,7 @@ async fn keys_survive_kill_9_of_any_km_and_are_fetched_once() {
 
 #[test]
 fn third_party_etsi014_client_works_unchanged() {
-    let Some(python) = std::env::var_os("QKDNI_PYTHON") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide QKDNI_PYTHON with etsi-qkd-014-client installed"
-        );
-        eprintln!("skipped: set QKDNI_PYTHON to a python with etsi-qkd-014-client");
+    let Some(python) = common::interop_python("etsi-qkd-014-client") else {
         return;
     };
     let bed = Bed::up(TOPOLOGY);

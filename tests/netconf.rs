@@ -446,12 +446,7 @@ fn netconf_rs_gets_the_running_config_over_base_1_0() {
 
 #[test]
 fn ncclient_and_netconf_console2_work_unchanged() {
-    let Some(python) = std::env::var_os("QKDNI_PYTHON") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide QKDNI_PYTHON with ncclient and netconf-console2 installed"
-        );
-        eprintln!("skipped: set QKDNI_PYTHON to a python with ncclient and netconf-console2");
+    let Some(python) = common::interop_python("ncclient and netconf-console2") else {
         return;
     };
     let bed = Bed::up_static(TOPOLOGY);

@@ -67,35 +67,12 @@ pub struct SouthboundLogin {
     pub password: String,
 }
 
-/// Errors in a controller configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parsing {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
+pub use crate::config_file::ConfigError;
 
 impl ControllerConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let config: ControllerConfig =
-            toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                path: path.into(),
-                source,
-            })?;
+        let config: ControllerConfig = crate::config_file::read_toml(path)?;
         if qkdni_routing::by_name(&config.policy).is_none() {
             return Err(ConfigError::Invalid(format!(
                 "unknown route policy {} (known: {})",

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
-use yang2::data::{Data, DataFormat, DataPrinterFlags, DataTree};
+use yang2::data::{Data, DataTree};
 
 use super::controller::Controller;
+use crate::netconf::datastore::{leaf as value, set_leaf as set};
 use crate::netconf::server::{Application, Notification};
 use crate::netconf::xml::quote;
 use crate::netconf::{ErrorTag, RpcError};
@@ -29,15 +30,6 @@ impl Operator {
             notifications: broadcast::channel(16).0,
         }
     }
-}
-
-fn set(tree: &mut DataTree<'static>, path: &str, value: &str) -> Result<(), RpcError> {
-    tree.new_path(path, Some(value), false)?;
-    Ok(())
-}
-
-fn value(tree: &DataTree<'static>, path: &str) -> Option<String> {
-    tree.find_path(path).ok().and_then(|n| n.value_canonical())
 }
 
 /// node -> (host, port) of every configured agent.
@@ -78,12 +70,7 @@ impl Application for Operator {
                     &agent.netconf.port().to_string(),
                 )?;
             }
-            Ok(tree
-                .print_string(
-                    DataFormat::XML,
-                    DataPrinterFlags::WITH_SIBLINGS | DataPrinterFlags::SHRINK,
-                )?
-                .unwrap_or_default())
+            crate::netconf::datastore::to_xml(&tree)
         };
         build().unwrap_or_else(|error| {
             tracing::error!(%error, "cannot express the controller configuration in YANG");

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
-use yang2::data::{Data, DataFormat, DataPrinterFlags, DataTree};
+use yang2::data::{Data, DataTree};
 
 use super::agent::{Agent, LinkSettings, Settings};
 use super::config::{Etsi014Limits, LinkEnd};
+use crate::netconf::datastore::{leaf as value, set_leaf as set};
 use crate::netconf::server::{Application, Notification};
 use crate::netconf::{ErrorTag, RpcError};
 use crate::quantum::link_model::LinkParams;
@@ -63,15 +64,6 @@ fn state_name(state: LinkState) -> &'static str {
         LinkState::Down => "down",
         LinkState::Degraded => "degraded",
     }
-}
-
-fn set(tree: &mut DataTree<'static>, path: &str, value: &str) -> Result<(), RpcError> {
-    tree.new_path(path, Some(value), false)?;
-    Ok(())
-}
-
-fn value(tree: &DataTree<'static>, path: &str) -> Option<String> {
-    tree.find_path(path).ok().and_then(|n| n.value_canonical())
 }
 
 fn number<T: std::str::FromStr>(tree: &DataTree<'static>, path: &str) -> Option<T> {
@@ -329,12 +321,7 @@ impl Application for Northbound {
                 &format!("{KM}/etsi014/max-sae-id-count"),
                 &l.max_sae_id_count.to_string(),
             )?;
-            Ok(tree
-                .print_string(
-                    DataFormat::XML,
-                    DataPrinterFlags::WITH_SIBLINGS | DataPrinterFlags::SHRINK,
-                )?
-                .unwrap_or_default())
+            crate::netconf::datastore::to_xml(&tree)
         };
         build().unwrap_or_else(|error| {
             tracing::error!(%error, "cannot express the agent configuration in YANG");

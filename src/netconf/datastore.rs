@@ -156,6 +156,17 @@ pub fn to_xml(tree: &DataTree<'static>) -> Result<String, RpcError> {
     .map_err(RpcError::from)
 }
 
+/// Creates (or sets) the leaf at `path`, with any missing ancestors.
+pub fn set_leaf(tree: &mut DataTree<'static>, path: &str, value: &str) -> Result<(), RpcError> {
+    tree.new_path(path, Some(value), false)?;
+    Ok(())
+}
+
+/// The canonical value of the leaf at `path`, if present.
+pub fn leaf(tree: &DataTree<'static>, path: &str) -> Option<String> {
+    tree.find_path(path).ok().and_then(|n| n.value_canonical())
+}
+
 /// The nodes of `tree` selected by any of `xpaths`, with their ancestors.
 pub fn select(tree: &DataTree<'static>, xpaths: &[String]) -> Result<DataTree<'static>, RpcError> {
     let mut out = yang::empty();

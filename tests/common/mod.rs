@@ -31,6 +31,21 @@ pub fn qkdni(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The Python of the interop tools (`QKDNI_PYTHON`, a venv with `tests/interop/
+/// requirements.txt`). Without it the calling test is skipped, except under CI, where the
+/// tools must be there.
+pub fn interop_python(tools: &str) -> Option<std::ffi::OsString> {
+    let python = std::env::var_os("QKDNI_PYTHON");
+    if python.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide QKDNI_PYTHON with {tools} installed"
+        );
+        eprintln!("skipped: set QKDNI_PYTHON to a python with {tools}");
+    }
+    python
+}
+
 /// A running testbed.
 pub struct Bed {
     pub dir: PathBuf,
