@@ -414,3 +414,90 @@ async fn a_session_is_rerouted_when_a_link_rate_no_longer_meets_its_demand() {
     .expect("no reroute within 20 s");
     assert_eq!(rerouted["state"], "active");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipath_session_splits_its_keys_over_several_paths() {
+    let bed = Bed::up(TOPOLOGY);
+    // the controller's policy is configuration: multipath
+    let controller = bed.endpoints.controller("A").unwrap();
+    let login = &bed.endpoints.netconf_user;
+    let nc = qkdni::netconf::client::NetconfClient::connect(
+        controller.netconf.parse().unwrap(),
+        qkdni::netconf::client::ClientOptions {
+            user: login.username.clone(),
+            credentials: qkdni::netconf::client::Credentials::Password(login.password.clone()),
+            host_key: None,
+            timeout: Duration::from_secs(10),
+            base_1_0_only: false,
+        },
+    )
+    .await
+    .unwrap();
+    nc.edit_config("running", "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><policy>multipath</policy></controller>")
+        .await
+        .unwrap();
+    // 300 kbit/s from a1 to a4: more than a2-a4 (150) or a2-a3-a4 (200) alone, less than both
+    let (http, rest, token) = bed.controller("A");
+    let response = http
+        .post(format!("{rest}/api/v1/sessions"))
+        .bearer_auth(&token)
+        .json(&json!({"master_sae": "sae-a1-1", "slave_sae": "sae-a4-1", "rate_bps": 300000.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let session: Value = response.json().await.unwrap();
+    let paths = session["paths"].as_array().unwrap();
+    assert_eq!(paths.len(), 2, "{session}");
+    let total: f64 = paths.iter().map(|p| p["share_bps"].as_f64().unwrap()).sum();
+    assert!((total - 300000.0).abs() < 1.0, "{session}");
+    // a2 holds two weighted next hops toward a4
+    let topology = get(&bed, "/api/v1/topology").await;
+    let hops = topology["nodes"]["a2"]["next_hops"]["a4"]
+        .as_array()
+        .unwrap();
+    let via: std::collections::BTreeSet<&str> =
+        hops.iter().map(|h| h["node"].as_str().unwrap()).collect();
+    assert_eq!(via, ["a3", "a4"].into_iter().collect(), "{topology}");
+
+    // keys of one request travel both paths, and arrive identical
+    bed.wait_path(&["a1", "a2", "a4"], 256).await;
+    bed.wait_path(&["a2", "a3", "a4"], 256).await;
+    let bed = &bed;
+    let used = |node: &'static str| async move {
+        let state = bed.netconf(node).await.get(None).await.unwrap();
+        let consumed = |link: &str| {
+            let at = state.find(&format!("<qkdl_id>{link}</qkdl_id>")).unwrap();
+            let rest = &state[at..];
+            let start = rest.find("<consumed-blocks>").unwrap() + "<consumed-blocks>".len();
+            rest[start..start + rest[start..].find('<').unwrap()]
+                .parse::<u64>()
+                .unwrap()
+        };
+        (consumed("a2-a4"), consumed("a2-a3"))
+    };
+    let before = used("a2").await;
+    let keys = bed
+        .client("sae-a1-1")
+        .enc_keys("sae-a4-1", &request(64))
+        .await
+        .unwrap();
+    let ids: Vec<String> = keys.keys.iter().map(|k| k.key_ID.clone()).collect();
+    let fetched = bed
+        .client("sae-a4-1")
+        .dec_keys("sae-a1-1", &ids)
+        .await
+        .unwrap();
+    for (a, b) in keys.keys.iter().zip(&fetched.keys) {
+        assert_eq!((&a.key_ID, &a.key), (&b.key_ID, &b.key));
+    }
+    let after = used("a2").await;
+    assert!(
+        after.0 > before.0,
+        "no key went over a2-a4: {before:?} {after:?}"
+    );
+    assert!(
+        after.1 > before.1,
+        "no key went over a2-a3: {before:?} {after:?}"
+    );
+}

@@ -13,9 +13,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::config::ControllerConfig;
-use super::sessions::{Session, SessionEvent, SessionState, SessionStore};
+use super::sessions::{Session, SessionEvent, SessionPath, SessionState, SessionStore};
 use super::southbound::{RouteChanges, Southbound, SouthboundError};
-use super::topology::Topology;
+use super::topology::{Topology, WeightedHop};
 use crate::netconf::server::now_rfc3339;
 
 /// Most events kept for the REST API.
@@ -236,9 +236,12 @@ impl Controller {
             .any(|(id, l)| before.get(id).is_some_and(|up| *up != l.up))
     }
 
-    /// The relay routes every KM should hold for the active sessions.
-    fn desired(state: &State) -> BTreeMap<String, BTreeMap<String, String>> {
-        let mut tables: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    /// The relay routes every KM should hold for the active sessions: per node and
+    /// destination, every next hop with its weight (the session's key rate share on that
+    /// path, at least 1), the heaviest first. Where single-path sessions to one destination
+    /// meet, the later session's next hop wins.
+    fn desired(state: &State) -> BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>> {
+        let mut tables: BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>> = BTreeMap::new();
         for id in &state.order {
             let Some(session) = state
                 .sessions
@@ -247,11 +250,27 @@ impl Controller {
             else {
                 continue;
             };
-            for hop in session.path.windows(2) {
+            let mut hops: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+            for path in session.routed_paths() {
+                let weight = (path.share_bps.round() as u64).max(1);
+                for hop in path.nodes.windows(2) {
+                    *hops
+                        .entry(hop[0].clone())
+                        .or_default()
+                        .entry(hop[1].clone())
+                        .or_default() += weight;
+                }
+            }
+            for (node, next) in hops {
+                let mut next: Vec<WeightedHop> = next
+                    .into_iter()
+                    .map(|(node, weight)| WeightedHop { node, weight })
+                    .collect();
+                next.sort_by(|a, b| b.weight.cmp(&a.weight).then_with(|| a.node.cmp(&b.node)));
                 tables
-                    .entry(hop[0].clone())
+                    .entry(node)
                     .or_default()
-                    .insert(session.dst.clone(), hop[1].clone());
+                    .insert(session.dst.clone(), next);
             }
         }
         tables
@@ -267,12 +286,12 @@ impl Controller {
             }
             let want = desired.get(node).cloned().unwrap_or_default();
             let mut change = RouteChanges::new();
-            for (dest, hop) in &want {
-                if info.routes.get(dest) != Some(hop) {
-                    change.insert(dest.clone(), Some(hop.clone()));
+            for (dest, hops) in &want {
+                if info.next_hops.get(dest) != Some(hops) {
+                    change.insert(dest.clone(), Some(hops.clone()));
                 }
             }
-            for dest in info.routes.keys() {
+            for dest in info.next_hops.keys() {
                 if !want.contains_key(dest) {
                     change.insert(dest.clone(), None);
                 }
@@ -287,26 +306,33 @@ impl Controller {
         self.southbound.install(&changes).await?;
         for (node, change) in changes {
             if let Some(info) = state.topology.nodes.get_mut(&node) {
-                for (dest, hop) in change {
-                    match hop {
-                        Some(hop) => info.routes.insert(dest, hop),
-                        None => info.routes.remove(&dest),
+                let mut routes = info.next_hops.clone();
+                for (dest, hops) in change {
+                    match hops {
+                        Some(hops) => routes.insert(dest, hops),
+                        None => routes.remove(&dest),
                     };
                 }
+                info.set_routes(routes);
             }
         }
         Ok(())
     }
 
+    /// The route plan of a demand: its paths, widest first.
     fn route(
         &self,
         topology: &Topology,
         src: &str,
         dst: &str,
         rate_bps: f64,
-    ) -> Result<(Vec<String>, Vec<String>), ControlError> {
+    ) -> Result<Vec<SessionPath>, ControlError> {
         if src == dst {
-            return Ok((vec![src.to_owned()], Vec::new()));
+            return Ok(vec![SessionPath {
+                nodes: vec![src.to_owned()],
+                links: Vec::new(),
+                share_bps: rate_bps,
+            }]);
         }
         let plan = self
             .policy
@@ -314,13 +340,20 @@ impl Controller {
             .expect("policy")
             .route(&topology.network(), &Demand::new(src, dst, rate_bps, 0.0))
             .map_err(|e| ControlError::NoRoute(e.to_string()))?;
-        // KM relay routes are per destination: the widest path of a plan carries the session
-        let path = plan
+        let mut paths: Vec<SessionPath> = plan
             .paths
             .into_iter()
-            .max_by(|a, b| a.share_bps.total_cmp(&b.share_bps))
-            .ok_or_else(|| ControlError::NoRoute("empty plan".into()))?;
-        Ok((path.nodes, path.links))
+            .map(|p| SessionPath {
+                nodes: p.nodes,
+                links: p.links,
+                share_bps: p.share_bps,
+            })
+            .collect();
+        if paths.is_empty() {
+            return Err(ControlError::NoRoute("empty plan".into()));
+        }
+        paths.sort_by(|a, b| b.share_bps.total_cmp(&a.share_bps));
+        Ok(paths)
     }
 
     /// Creates a key supply session between two SAEs and installs its route.
@@ -353,7 +386,8 @@ impl Controller {
             .get(slave)
             .cloned()
             .ok_or_else(|| ControlError::UnknownSae(slave.into()))?;
-        let (path, links) = self.route(&state.topology, &src, &dst, rate_bps)?;
+        let paths = self.route(&state.topology, &src, &dst, rate_bps)?;
+        let (path, links) = (paths[0].nodes.clone(), paths[0].links.clone());
         let session = Session {
             id: Uuid::new_v4(),
             master_sae: master.into(),
@@ -364,10 +398,11 @@ impl Controller {
             state: SessionState::Active,
             history: vec![SessionEvent {
                 time: now_rfc3339(),
-                what: format!("created with route {}", path.join(" -> ")),
+                what: format!("created with route {}", describe(&paths)),
             }],
             path,
             links,
+            paths,
         };
         state.sessions.insert(session.id, session.clone());
         state.order.push(session.id);
@@ -446,7 +481,9 @@ impl Controller {
                 .filter(|id| {
                     state.sessions.get(id).is_some_and(|s| {
                         s.state == SessionState::Unroutable
-                            || s.links.iter().any(|l| fails(l, s.rate_bps))
+                            || s.routed_paths()
+                                .iter()
+                                .any(|p| p.links.iter().any(|l| fails(l, p.share_bps)))
                     })
                 })
                 .copied()
@@ -465,17 +502,18 @@ impl Controller {
                 );
                 let s = state.sessions.get_mut(id).expect("affected session");
                 match result {
-                    Ok((path, links)) => {
+                    Ok(paths) => {
                         s.history.push(SessionEvent {
                             time: now_rfc3339(),
                             what: format!(
                                 "{trigger}: rerouted from {} to {}",
-                                s.path.join(" -> "),
-                                path.join(" -> ")
+                                describe(&s.routed_paths()),
+                                describe(&paths)
                             ),
                         });
-                        s.path = path;
-                        s.links = links;
+                        s.path = paths[0].nodes.clone();
+                        s.links = paths[0].links.clone();
+                        s.paths = paths;
                         s.state = SessionState::Active;
                         changed.push((*id, true));
                     }
@@ -582,6 +620,18 @@ impl Controller {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+/// A route plan for people: its paths (with their shares when there are several).
+fn describe(paths: &[SessionPath]) -> String {
+    match paths {
+        [only] => only.nodes.join(" -> "),
+        _ => paths
+            .iter()
+            .map(|p| format!("{} ({:.0} bit/s)", p.nodes.join(" -> "), p.share_bps))
+            .collect::<Vec<_>>()
+            .join(" + "),
     }
 }
 

@@ -17,8 +17,8 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use super::controller::{ControlError, Controller, ControllerEvent};
-use super::sessions::{Session, SessionEvent, SessionState};
-use super::topology::{LinkState, NodeState, Topology};
+use super::sessions::{Session, SessionEvent, SessionPath, SessionState};
+use super::topology::{LinkState, NodeState, Topology, WeightedHop};
 use crate::tls::PeerIdentity;
 
 /// An RFC 9457 problem.
@@ -100,7 +100,7 @@ struct Unauthorized(Problem);
 #[openapi(
     info(title = "qkdni controller northbound API", description = "Topology, links, key supply sessions, relay routes and events of one QKDN."),
     paths(topology, links, list_sessions, create_session, get_session, delete_session, routes, events),
-    components(schemas(Problem, CreateSession, Session, SessionEvent, SessionState, Topology, NodeState, LinkState, ControllerEvent)),
+    components(schemas(Problem, CreateSession, Session, SessionEvent, SessionPath, SessionState, Topology, NodeState, WeightedHop, LinkState, ControllerEvent)),
     modifiers(&Security, &FixedArrays)
 )]
 pub struct ApiDoc;

@@ -44,7 +44,35 @@ pub struct Session {
     pub path: Vec<String>,
     /// The QKD links of the path.
     pub links: Vec<String>,
+    /// Every path of the session's route plan with its share of the rate (several with the
+    /// multipath policy; `path` is the widest).
+    #[serde(default)]
+    pub paths: Vec<SessionPath>,
     pub history: Vec<SessionEvent>,
+}
+
+/// One path of a session's route plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SessionPath {
+    pub nodes: Vec<String>,
+    pub links: Vec<String>,
+    /// Share of the session's key rate on this path (bit/s).
+    pub share_bps: f64,
+}
+
+impl Session {
+    /// The paths keys travel: the plan's paths, or the single `path`.
+    pub fn routed_paths(&self) -> Vec<SessionPath> {
+        if self.paths.is_empty() {
+            vec![SessionPath {
+                nodes: self.path.clone(),
+                links: self.links.clone(),
+                share_bps: self.rate_bps,
+            }]
+        } else {
+            self.paths.clone()
+        }
+    }
 }
 
 /// Store errors.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
-use super::topology::AgentView;
+use super::topology::{AgentView, WeightedHop};
 use std::sync::Arc;
 
 use crate::netconf::client::{text, ClientError, ClientOptions, Credentials, NetconfClient};
@@ -23,8 +23,9 @@ use crate::netconf::pool::Pool;
 /// Seconds a KM keeps an unconfirmed route change before rolling it back.
 pub const CONFIRM_TIMEOUT_S: u64 = 30;
 
-/// One relay route change on one KM: set (`Some(next hop)`) or remove (`None`).
-pub type RouteChanges = BTreeMap<String, Option<String>>;
+/// Relay route changes on one KM, by destination: set (`Some(next hops)`, primary first) or
+/// remove (`None`).
+pub type RouteChanges = BTreeMap<String, Option<Vec<WeightedHop>>>;
 
 /// Southbound errors.
 #[derive(Debug, thiserror::Error)]
@@ -164,14 +165,25 @@ impl Southbound {
         self.rpc(node, "<lock><target><candidate/></target></lock>")
             .await?;
         let mut routes = String::new();
-        for (dest, hop) in changes {
-            match hop {
-                Some(hop) => routes.push_str(&format!(
-                    "<route><destination>{}</destination><next-hop>{}</next-hop></route>",
-                    text(dest),
-                    text(hop)
-                )),
-                None => routes.push_str(&format!(
+        for (dest, hops) in changes {
+            match hops.as_deref() {
+                Some([primary, alternates @ ..]) => {
+                    routes.push_str(&format!(
+                        "<route nc:operation=\"replace\"><destination>{}</destination><next-hop>{}</next-hop><weight>{}</weight>",
+                        text(dest),
+                        text(&primary.node),
+                        primary.weight.max(1)
+                    ));
+                    for alternate in alternates {
+                        routes.push_str(&format!(
+                            "<alternate><next-hop>{}</next-hop><weight>{}</weight></alternate>",
+                            text(&alternate.node),
+                            alternate.weight.max(1)
+                        ));
+                    }
+                    routes.push_str("</route>");
+                }
+                _ => routes.push_str(&format!(
                     "<route nc:operation=\"remove\"><destination>{}</destination></route>",
                     text(dest)
                 )),

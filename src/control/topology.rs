@@ -13,8 +13,15 @@ pub struct AgentView {
     pub links: Vec<LinkView>,
     /// SAE id -> node whose KM serves it.
     pub saes: BTreeMap<String, String>,
-    /// Installed relay routes: destination -> next hop.
-    pub routes: BTreeMap<String, String>,
+    /// Installed relay routes: destination -> next hops (primary first) with weights.
+    pub routes: BTreeMap<String, Vec<WeightedHop>>,
+}
+
+/// One next hop of a relay route and its share of the keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WeightedHop {
+    pub node: String,
+    pub weight: u64,
 }
 
 /// One link seen from one end.
@@ -96,11 +103,31 @@ impl AgentView {
             }
             if let Some(routes) = child(km, KM_NS, "relay-routes") {
                 for route in routes.children().filter(|c| c.is_element()) {
+                    let weight = |n: roxmltree::Node<'_, '_>| {
+                        text(child(n, KM_NS, "weight"))
+                            .and_then(|w| w.parse().ok())
+                            .unwrap_or(1)
+                    };
                     if let (Some(dest), Some(hop)) = (
                         text(child(route, KM_NS, "destination")),
                         text(child(route, KM_NS, "next-hop")),
                     ) {
-                        view.routes.insert(dest, hop);
+                        let mut hops = vec![WeightedHop {
+                            node: hop,
+                            weight: weight(route),
+                        }];
+                        for alternate in route
+                            .children()
+                            .filter(|c| c.is_element() && c.tag_name().name() == "alternate")
+                        {
+                            if let Some(node) = text(child(alternate, KM_NS, "next-hop")) {
+                                hops.push(WeightedHop {
+                                    node,
+                                    weight: weight(alternate),
+                                });
+                            }
+                        }
+                        view.routes.insert(dest, hops);
                     }
                 }
             }
@@ -130,8 +157,21 @@ pub struct NodeState {
     pub id: String,
     /// Whether the controller currently reaches the agent.
     pub reachable: bool,
-    /// Installed relay routes: destination -> next hop.
+    /// Installed relay routes: destination -> primary next hop.
     pub routes: BTreeMap<String, String>,
+    /// Installed relay routes with every next hop and its weight (multipath).
+    pub next_hops: BTreeMap<String, Vec<WeightedHop>>,
+}
+
+impl NodeState {
+    /// Records the installed routes.
+    pub fn set_routes(&mut self, routes: BTreeMap<String, Vec<WeightedHop>>) {
+        self.routes = routes
+            .iter()
+            .filter_map(|(dest, hops)| hops.first().map(|h| (dest.clone(), h.node.clone())))
+            .collect();
+        self.next_hops = routes;
+    }
 }
 
 /// The whole domain.
@@ -146,14 +186,14 @@ pub struct Topology {
 impl Topology {
     /// Merges what agent `view.node` reports.
     pub fn update(&mut self, view: &AgentView) {
-        self.nodes.insert(
-            view.node.clone(),
-            NodeState {
-                id: view.node.clone(),
-                reachable: true,
-                routes: view.routes.clone(),
-            },
-        );
+        let mut node = NodeState {
+            id: view.node.clone(),
+            reachable: true,
+            routes: BTreeMap::new(),
+            next_hops: BTreeMap::new(),
+        };
+        node.set_routes(view.routes.clone());
+        self.nodes.insert(view.node.clone(), node);
         for (sae, node) in &view.saes {
             self.saes.insert(sae.clone(), node.clone());
         }
@@ -224,7 +264,7 @@ mod tests {
         assert_eq!(view.links[0].own_blocks, 12);
         assert!(view.links[0].up);
         assert_eq!(view.saes["s1"], "a1");
-        assert_eq!(view.routes["a3"], "a2");
+        assert_eq!(view.routes["a3"][0].node, "a2");
         let mut topo = Topology::default();
         topo.update(&view);
         assert_eq!(

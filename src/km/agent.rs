@@ -70,12 +70,16 @@ impl LinkRuntime {
 pub struct Settings {
     /// Every SAE of the domain and the node whose KM serves it.
     pub saes: BTreeMap<String, String>,
-    /// Key relay routes: destination node -> next hop node.
-    pub routes: BTreeMap<String, String>,
+    /// Key relay routes: destination node -> next hops with their weights (the first is
+    /// the primary; keys are split over all of them in proportion to the weights).
+    pub routes: BTreeMap<String, NextHops>,
     pub etsi014: Etsi014Limits,
     /// Low-key alarm threshold, percent of this end's share of a link pool.
     pub low_key_threshold_percent: u8,
 }
+
+/// Next hops toward one destination with their weights, the primary first.
+pub type NextHops = Vec<(String, u32)>;
 
 /// Counters of key supply.
 #[derive(Debug, Default)]
@@ -131,7 +135,11 @@ impl Agent {
             .collect();
         let settings = Settings {
             saes: config.saes.clone(),
-            routes: config.routes.clone(),
+            routes: config
+                .routes
+                .iter()
+                .map(|(dest, hop)| (dest.clone(), vec![(hop.clone(), 1)]))
+                .collect(),
             etsi014: config.etsi014.clone(),
             low_key_threshold_percent: 10,
         };
@@ -226,15 +234,30 @@ impl Agent {
         self.sae_node(sae).as_deref() == Some(self.config.node.as_str())
     }
 
-    /// The link of the first hop towards node `dest`: a configured route, or the direct link.
+    /// The link of the first hop towards node `dest`: the primary next hop of a configured
+    /// route, or the direct link.
     pub fn next_hop(&self, dest: &str) -> Option<LinkConfig> {
+        self.next_hops(dest)
+            .into_iter()
+            .next()
+            .map(|(link, _)| link)
+    }
+
+    /// The links of every next hop towards node `dest` with their weights: a configured
+    /// route (primary first), or the direct link.
+    pub fn next_hops(&self, dest: &str) -> Vec<(LinkConfig, u32)> {
         let settings = self.settings.read().expect("settings");
-        let hop = settings
-            .routes
-            .get(dest)
-            .map(String::as_str)
-            .unwrap_or(dest);
-        self.config.link_to(hop).cloned()
+        match settings.routes.get(dest) {
+            Some(hops) => hops
+                .iter()
+                .filter_map(|(hop, weight)| self.config.link_to(hop).map(|l| (l.clone(), *weight)))
+                .collect(),
+            None => self
+                .config
+                .link_to(dest)
+                .map(|l| vec![(l.clone(), 1)])
+                .unwrap_or_default(),
+        }
     }
 
     /// Publishes an event (notifications, logs).

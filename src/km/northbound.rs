@@ -164,12 +164,22 @@ fn read_desired(tree: &DataTree<'static>) -> Result<Desired, RpcError> {
             .find_path("destination")
             .ok()
             .and_then(|n| n.value_canonical());
-        let hop = node
-            .find_path("next-hop")
-            .ok()
-            .and_then(|n| n.value_canonical());
-        if let (Some(dest), Some(hop)) = (dest, hop) {
-            routes.insert(dest, hop);
+        let field = |node: &yang2::data::DataNodeRef<'_, '_>, name: &str| {
+            node.find_path(name).ok().and_then(|n| n.value_canonical())
+        };
+        let weight = |node: &yang2::data::DataNodeRef<'_, '_>| {
+            field(node, "weight")
+                .and_then(|w| w.parse().ok())
+                .unwrap_or(1)
+        };
+        if let (Some(dest), Some(hop)) = (dest, field(&node, "next-hop")) {
+            let mut hops = vec![(hop, weight(&node))];
+            for alternate in node.children().filter(|c| c.schema().name() == "alternate") {
+                if let Some(hop) = field(&alternate, "next-hop") {
+                    hops.push((hop, weight(&alternate)));
+                }
+            }
+            routes.insert(dest, hops);
         }
     }
     let d = Etsi014Limits::default();
@@ -285,15 +295,25 @@ impl Application for Northbound {
                     node,
                 )?;
             }
-            for (dest, hop) in &settings.routes {
-                set(
-                    &mut tree,
-                    &format!(
-                        "{KM}/relay-routes/route[destination={}]/next-hop",
-                        crate::netconf::xml::quote(dest)
-                    ),
-                    hop,
-                )?;
+            for (dest, hops) in &settings.routes {
+                let route = format!(
+                    "{KM}/relay-routes/route[destination={}]",
+                    crate::netconf::xml::quote(dest)
+                );
+                for (i, (hop, weight)) in hops.iter().enumerate() {
+                    let at = if i == 0 {
+                        route.clone()
+                    } else {
+                        format!(
+                            "{route}/alternate[next-hop={}]",
+                            crate::netconf::xml::quote(hop)
+                        )
+                    };
+                    if i == 0 {
+                        set(&mut tree, &format!("{at}/next-hop"), hop)?;
+                    }
+                    set(&mut tree, &format!("{at}/weight"), &weight.to_string())?;
+                }
             }
             let l = &settings.etsi014;
             set(
@@ -376,7 +396,12 @@ impl Application for Northbound {
             )
             .path(link_path(extra)));
         }
-        for (dest, hop) in &desired.settings.routes {
+        for (dest, hop) in desired
+            .settings
+            .routes
+            .iter()
+            .flat_map(|(dest, hops)| hops.iter().map(move |(hop, _)| (dest, hop)))
+        {
             if self.agent.config.link_to(hop).is_none() {
                 return Err(RpcError::application(
                     ErrorTag::InvalidValue,

@@ -151,9 +151,6 @@ pub async fn supply(
         let relay_id = Uuid::new_v4();
         let span = tracing::info_span!("relay", %relay_id, origin = %agent.config.node, %dest, keys = number);
         let made = async {
-            let link = agent
-                .next_hop(dest)
-                .ok_or_else(|| RelayError::NoRoute(dest.clone()))?;
             let hop = Hop {
                 relay_id,
                 origin_km: agent.config.node.clone(),
@@ -163,8 +160,7 @@ pub async fn supply(
                 key_size: size,
                 hops_left: MAX_HOPS,
             };
-            let (made, ack) =
-                send_hop(agent, &link, hop, &key_ids, keys.as_deref(), Vec::new()).await?;
+            let (made, ack) = send_split(agent, hop, &key_ids, keys.as_deref(), Vec::new()).await?;
             tracing::info!(hops = ack.hops, "keys relayed");
             Ok::<_, RelayError>(made)
         }
@@ -214,7 +210,82 @@ pub async fn supply(
         .collect())
 }
 
+/// Splits `n` keys over next hops in proportion to `weights` (largest remainder).
+fn split_counts(n: usize, weights: &[u32]) -> Vec<usize> {
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    if total == 0 {
+        return weights.iter().map(|_| 0).collect();
+    }
+    let exact: Vec<(usize, u64)> = weights
+        .iter()
+        .map(|w| {
+            let share = n as u64 * u64::from(*w);
+            ((share / total) as usize, share % total)
+        })
+        .collect();
+    let mut counts: Vec<usize> = exact.iter().map(|(c, _)| *c).collect();
+    let mut left = n - counts.iter().sum::<usize>();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|a, b| exact[*b].1.cmp(&exact[*a].1).then(a.cmp(b)));
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        counts[i] += 1;
+        left -= 1;
+    }
+    counts
+}
+
+/// Relays keys toward `hop.dest_km` over every next hop of its route, splitting them by
+/// the routes' weights (multipath); returns the keys made (when `keys` is `None`), in order,
+/// and the combined acknowledgement. The incoming blocks `consumed_in` are removed with the
+/// first part.
+async fn send_split(
+    agent: &Arc<Agent>,
+    hop: Hop,
+    key_ids: &[Uuid],
+    keys: Option<&[Zeroizing<Vec<u8>>]>,
+    consumed_in: Vec<(String, u8, Vec<u64>)>,
+) -> Result<(Vec<Zeroizing<Vec<u8>>>, RelayAck), RelayError> {
+    let hops = agent.next_hops(&hop.dest_km);
+    if hops.is_empty() {
+        return Err(RelayError::NoRoute(hop.dest_km.clone()));
+    }
+    let weights: Vec<u32> = hops.iter().map(|(_, w)| *w).collect();
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for ((link, _), count) in hops.iter().zip(split_counts(key_ids.len(), &weights)) {
+        if count > 0 {
+            parts.push((link, start..start + count));
+            start += count;
+        }
+    }
+    let (first, rest) = parts.split_first().expect("at least one key");
+    let part =
+        |range: &std::ops::Range<usize>| (&key_ids[range.clone()], keys.map(|k| &k[range.clone()]));
+    let (ids, subset) = part(&first.1);
+    let (mut made, mut ack) =
+        send_hop(agent, first.0, hop.clone(), ids, subset, consumed_in).await?;
+    let others = futures::future::join_all(rest.iter().map(|(link, range)| {
+        let (ids, subset) = part(range);
+        send_hop(agent, link, hop.clone(), ids, subset, Vec::new())
+    }))
+    .await;
+    for result in others {
+        let (more, other) = result?;
+        made.extend(more);
+        ack.delivered += other.delivered;
+        ack.hops = ack.hops.max(other.hops);
+    }
+    if parts.len() > 1 {
+        tracing::info!(paths = parts.len(), "keys split over several next hops");
+    }
+    Ok((made, ack))
+}
+
 /// The routing part of a hop message.
+#[derive(Clone)]
 struct Hop {
     relay_id: Uuid,
     origin_km: String,
@@ -440,10 +511,11 @@ async fn receive_body(
     if body.hops_left == 0 {
         return reject("hop limit reached");
     }
-    let next = agent
-        .next_hop(&body.dest_km)
-        .ok_or_else(|| RelayError::NoRoute(body.dest_km.clone()))?;
-    if next.peer == sender {
+    if agent
+        .next_hops(&body.dest_km)
+        .iter()
+        .any(|(l, _)| l.peer == sender)
+    {
         return reject("the route loops back to the sender");
     }
     let hop = Hop {
@@ -455,10 +527,37 @@ async fn receive_body(
         key_size: body.key_size,
         hops_left: body.hops_left - 1,
     };
-    let (_, ack) = send_hop(agent, &next, hop, &key_ids, Some(&keys), consumed).await?;
-    tracing::info!(next = %next.peer, "keys forwarded");
+    let (_, ack) = send_split(agent, hop, &key_ids, Some(&keys), consumed).await?;
+    tracing::info!("keys forwarded");
     Ok(RelayAck {
         hops: ack.hops + 1,
         ..ack
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_counts;
+    use proptest::prelude::*;
+
+    #[test]
+    fn keys_split_by_weight() {
+        assert_eq!(split_counts(10, &[1]), vec![10]);
+        assert_eq!(split_counts(10, &[1, 1]), vec![5, 5]);
+        assert_eq!(split_counts(10, &[150, 200]), vec![4, 6]);
+        assert_eq!(split_counts(1, &[1, 1]), vec![1, 0]);
+    }
+
+    proptest! {
+        #[test]
+        fn every_key_goes_exactly_once(n in 0usize..2000, weights in proptest::collection::vec(1u32..1000, 1..6)) {
+            let counts = split_counts(n, &weights);
+            prop_assert_eq!(counts.iter().sum::<usize>(), n);
+            let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+            for (c, w) in counts.iter().zip(&weights) {
+                let ideal = n as f64 * f64::from(*w) / total as f64;
+                prop_assert!((*c as f64 - ideal).abs() < 1.0 + 1e-9);
+            }
+        }
+    }
 }
