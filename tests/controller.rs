@@ -357,6 +357,14 @@ async fn operators_manage_the_controller_over_netconf_and_from_a_terminal() {
         .unwrap();
     let config = nc.get_config("running", None).await.unwrap();
     assert!(config.contains("<policy>fewest-hops</policy>"), "{config}");
+    assert!(config.contains("<role>km</role>"), "{config}");
+    // a node can be marked as the domain's gateway (GWN)
+    nc.edit_config(
+        "running",
+        "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><agents><agent><node>a5</node><role>gateway</role></agent></agents></controller>",
+    )
+    .await
+    .unwrap();
     match nc.edit_config("running", &policy("teleport")).await {
         Err(ClientError::Rpc(errors)) => {
             assert_eq!(errors[0].tag, qkdni::netconf::ErrorTag::InvalidValue)

@@ -57,6 +57,30 @@ pub struct AgentConfig {
     pub node: String,
     /// The agent's NETCONF address.
     pub netconf: SocketAddr,
+    /// The node's role.
+    #[serde(default)]
+    pub role: NodeRole,
+}
+
+/// Role of a node in its domain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// A QKD node inside the domain.
+    #[default]
+    Km,
+    /// A gateway node at the border, linked to a GWN of another QKDN (Y.3818 6.1).
+    Gateway,
+}
+
+impl NodeRole {
+    /// The role's YANG name.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeRole::Km => "km",
+            NodeRole::Gateway => "gateway",
+        }
+    }
 }
 
 /// Credentials of the controller's NETCONF sessions.

@@ -69,6 +69,7 @@ impl Application for Operator {
                     &format!("{base}/netconf-port"),
                     &agent.netconf.port().to_string(),
                 )?;
+                set(&mut tree, &format!("{base}/role"), agent.role.name())?;
             }
             crate::netconf::datastore::to_xml(&tree)
         };

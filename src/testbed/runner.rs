@@ -331,6 +331,7 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                     .map(|n| AgentConfig {
                         node: n.name.clone(),
                         netconf: addresses[&n.name].2,
+                        role: Default::default(),
                     })
                     .collect(),
                 southbound: SouthboundLogin {
