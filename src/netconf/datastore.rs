@@ -174,6 +174,7 @@ pub fn select(tree: &DataTree<'static>, xpaths: &[String]) -> Result<DataTree<'s
         return Ok(out);
     }
     for xpath in xpaths {
+        super::xml::check_xpath(xpath)?;
         let set = tree.find_xpath(xpath).map_err(|e| {
             RpcError::protocol(
                 ErrorTag::InvalidValue,
