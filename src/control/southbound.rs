@@ -12,10 +12,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures::future::join_all;
 
 use super::topology::{AgentView, WeightedHop};
-use std::sync::Arc;
 
 use crate::netconf::client::{text, ClientError, ClientOptions, Credentials, NetconfClient};
 use crate::netconf::pool::Pool;
@@ -122,13 +123,10 @@ impl Southbound {
         let nodes: Vec<&String> = changes.keys().collect();
         // 1. prepare
         let prepared = join_all(nodes.iter().map(|node| self.prepare(node, &changes[*node]))).await;
-        if let Some(error) = prepared.iter().find_map(|r| r.as_ref().err()) {
-            let message = error.to_string();
+        if let Some(error) = prepared.into_iter().find_map(Result::err) {
+            // nothing is committed anywhere yet: drop every candidate change
             join_all(nodes.iter().map(|node| self.release(node))).await;
-            return Err(SouthboundError::Data {
-                node: nodes.first().map(|n| n.to_string()).unwrap_or_default(),
-                reason: format!("prepare failed, nothing installed: {message}"),
-            });
+            return Err(error);
         }
         // 2. confirmed commit everywhere
         let commit = format!(
