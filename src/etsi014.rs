@@ -39,8 +39,8 @@ pub struct KeyRequest {
     pub extension_optional: Option<Vec<Value>>,
 }
 
-/// One key of a `Key container`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One key of a `Key container` (its `Debug` never shows the key).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Key {
     pub key_ID: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,6 +48,15 @@ pub struct Key {
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_extension: Option<Value>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("key_ID", &self.key_ID)
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Key {

@@ -608,10 +608,29 @@ impl Controller {
             match self.southbound.subscribe(&node).await {
                 Ok((session, mut notifications)) => {
                     tracing::info!(%node, "following the agent's notifications");
-                    while let Ok(message) = notifications.recv().await {
-                        let received = Instant::now();
-                        if let Some((link, up)) = parse_link_status(&message) {
-                            self.link_changed(&link, up, received).await;
+                    loop {
+                        let message = tokio::select! {
+                            message = notifications.recv() => message,
+                            // the stream never ends by itself: notice a closed session
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                                if session.is_closed() {
+                                    tracing::info!(%node, "notification session closed; resubscribing");
+                                    break;
+                                }
+                                continue;
+                            }
+                        };
+                        match message {
+                            Ok(message) => {
+                                let received = Instant::now();
+                                if let Some((link, up)) = parse_link_status(&message) {
+                                    self.link_changed(&link, up, received).await;
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                                tracing::warn!(%node, missed, "notifications missed; the poll catches up");
+                            }
+                            Err(_) => break,
                         }
                     }
                     drop(session);

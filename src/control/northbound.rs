@@ -256,9 +256,13 @@ async fn create_session(
         };
         Problem::new(status, kind, e.body_text())
     })?;
-    let session = c
-        .create_session(&request.master_sae, &request.slave_sae, request.rate_bps)
-        .await?;
+    // run to completion even if the client goes away (no half-done route changes)
+    let session = tokio::spawn(async move {
+        c.create_session(&request.master_sae, &request.slave_sae, request.rate_bps)
+            .await
+    })
+    .await
+    .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     Ok((StatusCode::CREATED, Json(session)))
 }
 
@@ -299,7 +303,13 @@ async fn delete_session(
     State(c): State<Arc<Controller>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    c.delete_session(parse_id(&id)?).await?;
+    let id = parse_id(&id)?;
+    // run to completion even if the client goes away (no half-done route changes)
+    tokio::spawn(async move { c.delete_session(id).await })
+        .await
+        .map_err(|e| {
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
     Ok(StatusCode::NO_CONTENT)
 }
 

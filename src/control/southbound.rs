@@ -115,38 +115,66 @@ impl Southbound {
         Ok((session, receiver))
     }
 
-    /// Installs route changes on every KM named, all or none.
+    /// Installs route changes on every KM named, all or none. Each KM is driven through one
+    /// session for the whole transaction (its candidate lock and its confirmed commit belong
+    /// to that session), never retried on another.
     pub async fn install(
         &self,
         changes: &BTreeMap<String, RouteChanges>,
     ) -> Result<(), SouthboundError> {
         let nodes: Vec<&String> = changes.keys().collect();
+        let mut sessions = Vec::with_capacity(nodes.len());
+        for node in &nodes {
+            let session = self.pool.session(self.addr(node)?).await.map_err(|error| {
+                SouthboundError::Agent {
+                    node: node.to_string(),
+                    error,
+                }
+            })?;
+            sessions.push(session);
+        }
+        let steps: Vec<(&String, &Arc<NetconfClient>)> =
+            nodes.iter().copied().zip(sessions.iter()).collect();
         // 1. prepare
-        let prepared = join_all(nodes.iter().map(|node| self.prepare(node, &changes[*node]))).await;
+        let prepared = join_all(
+            steps
+                .iter()
+                .map(|(node, s)| self.prepare(node, s, &changes[*node])),
+        )
+        .await;
         if let Some(error) = prepared.into_iter().find_map(Result::err) {
             // nothing is committed anywhere yet: drop every candidate change
-            join_all(nodes.iter().map(|node| self.release(node))).await;
+            join_all(steps.iter().map(|(node, s)| self.release(node, s))).await;
             return Err(error);
         }
         // 2. confirmed commit everywhere
         let commit = format!(
             "<commit><confirmed/><confirm-timeout>{CONFIRM_TIMEOUT_S}</confirm-timeout></commit>"
         );
-        let committed = join_all(nodes.iter().map(|node| self.rpc(node, &commit))).await;
-        if let Some(position) = committed.iter().position(|r| r.is_err()) {
-            let failed = nodes[position].to_string();
-            let error = committed.into_iter().nth(position).and_then(|r| r.err());
-            join_all(nodes.iter().map(|node| async move {
-                let _ = self.rpc(node, "<cancel-commit/>").await;
-                self.release(node).await;
-            }))
+        let committed = join_all(steps.iter().map(|(node, s)| self.call(node, s, &commit))).await;
+        if committed.iter().any(Result::is_err) {
+            // cancel only our own confirmed commits, where they happened
+            join_all(
+                steps
+                    .iter()
+                    .zip(&committed)
+                    .map(|((node, s), result)| async move {
+                        if result.is_ok() {
+                            let _ = self.call(node, s, "<cancel-commit/>").await;
+                        }
+                        self.release(node, s).await;
+                    }),
+            )
             .await;
-            return Err(error.unwrap_or(SouthboundError::UnknownAgent(failed)));
+            return Err(committed
+                .into_iter()
+                .find_map(Result::err)
+                .expect("a failed commit"));
         }
         // 3. confirm
-        let confirmed = join_all(nodes.iter().map(|node| async move {
-            let result = self.rpc(node, "<commit/>").await;
-            self.release(node).await;
+        let confirmed = join_all(steps.iter().map(|(node, s)| async move {
+            let result = self.call(node, s, "<commit/>").await;
+            self.release(node, s).await;
             result
         }))
         .await;
@@ -158,9 +186,37 @@ impl Southbound {
         Ok(())
     }
 
-    async fn prepare(&self, node: &str, changes: &RouteChanges) -> Result<(), SouthboundError> {
-        self.rpc(node, "<discard-changes/>").await?;
-        self.rpc(node, "<lock><target><candidate/></target></lock>")
+    /// One RPC on a given session; a closed session leaves the pool.
+    async fn call(
+        &self,
+        node: &str,
+        session: &Arc<NetconfClient>,
+        operation: &str,
+    ) -> Result<String, SouthboundError> {
+        match session.rpc(operation).await {
+            Ok(reply) => Ok(reply),
+            Err(error) => {
+                if matches!(error, ClientError::Closed) {
+                    if let Ok(addr) = self.addr(node) {
+                        self.pool.forget(addr, session).await;
+                    }
+                }
+                Err(SouthboundError::Agent {
+                    node: node.to_owned(),
+                    error,
+                })
+            }
+        }
+    }
+
+    async fn prepare(
+        &self,
+        node: &str,
+        session: &Arc<NetconfClient>,
+        changes: &RouteChanges,
+    ) -> Result<(), SouthboundError> {
+        self.call(node, session, "<discard-changes/>").await?;
+        self.call(node, session, "<lock><target><candidate/></target></lock>")
             .await?;
         let mut routes = String::new();
         for (dest, hops) in changes {
@@ -190,17 +246,25 @@ impl Southbound {
         let edit = format!(
             "<edit-config><target><candidate/></target><config xmlns:nc=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><key-manager xmlns=\"urn:qkdni:yang:qkdni-km\"><relay-routes>{routes}</relay-routes></key-manager></qkd_node></config></edit-config>"
         );
-        self.rpc(node, &edit).await?;
-        self.rpc(node, "<validate><source><candidate/></source></validate>")
-            .await?;
+        self.call(node, session, &edit).await?;
+        self.call(
+            node,
+            session,
+            "<validate><source><candidate/></source></validate>",
+        )
+        .await?;
         Ok(())
     }
 
     /// Drops the candidate change and the lock (errors ignored: best effort clean-up).
-    async fn release(&self, node: &str) {
-        let _ = self.rpc(node, "<discard-changes/>").await;
+    async fn release(&self, node: &str, session: &Arc<NetconfClient>) {
+        let _ = self.call(node, session, "<discard-changes/>").await;
         let _ = self
-            .rpc(node, "<unlock><target><candidate/></target></unlock>")
+            .call(
+                node,
+                session,
+                "<unlock><target><candidate/></target></unlock>",
+            )
             .await;
     }
 }

@@ -149,6 +149,10 @@ pub struct LinkState {
     /// Usable blocks (256 bits) each end may allocate, by node.
     pub own_blocks: BTreeMap<String, u64>,
     pub capacity_blocks: u64,
+    /// What each end last reported: (up, rate).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub reports: BTreeMap<String, (bool, f64)>,
 }
 
 /// A KM node of the domain.
@@ -207,11 +211,18 @@ impl Topology {
                 rate_bps: l.rate_bps,
                 own_blocks: BTreeMap::new(),
                 capacity_blocks: l.capacity_blocks,
+                reports: BTreeMap::new(),
             });
             entry.own_blocks.insert(view.node.clone(), l.own_blocks);
             entry.capacity_blocks = l.capacity_blocks;
-            entry.rate_bps = l.rate_bps;
-            entry.up = l.up;
+            entry.reports.insert(view.node.clone(), (l.up, l.rate_bps));
+            // up only when both ends say so; the lower rate of the two
+            entry.up = entry.reports.values().all(|(up, _)| *up);
+            entry.rate_bps = entry
+                .reports
+                .values()
+                .map(|(_, r)| *r)
+                .fold(f64::INFINITY, f64::min);
         }
     }
 
@@ -234,7 +245,9 @@ impl Topology {
             net.add_node(node.clone());
         }
         for l in self.links.values() {
-            if !self.nodes.contains_key(&l.nodes[0]) || !self.nodes.contains_key(&l.nodes[1]) {
+            // a link is usable only when the controller reaches both ends' KMs
+            let reachable = |n: &String| self.nodes.get(n).is_some_and(|n| n.reachable);
+            if !reachable(&l.nodes[0]) || !reachable(&l.nodes[1]) {
                 continue;
             }
             let blocks = l.own_blocks.values().copied().min().unwrap_or(0);

@@ -116,6 +116,24 @@ pub struct Etsi014Limits {
     pub max_sae_id_count: u32,
 }
 
+impl Etsi014Limits {
+    /// Why these limits would let a request exceed what one relay message carries.
+    pub fn beyond_relay_limits(&self) -> Option<String> {
+        use super::relay::{MAX_KEYS_PER_MESSAGE, MAX_RELAY_KEY_BITS};
+        if self.max_key_size > MAX_RELAY_KEY_BITS {
+            return Some(format!(
+                "etsi014.max_key_size must be at most {MAX_RELAY_KEY_BITS}"
+            ));
+        }
+        if self.max_key_per_request as usize > MAX_KEYS_PER_MESSAGE {
+            return Some(format!(
+                "etsi014.max_key_per_request must be at most {MAX_KEYS_PER_MESSAGE}"
+            ));
+        }
+        None
+    }
+}
+
 impl Default for Etsi014Limits {
     fn default() -> Self {
         Self {
@@ -154,6 +172,9 @@ impl KmConfig {
         }
         if l.max_key_per_request == 0 {
             return invalid("etsi014.max_key_per_request must be positive".into());
+        }
+        if let Some(problem) = l.beyond_relay_limits() {
+            return invalid(problem);
         }
         let mut ids = std::collections::BTreeSet::new();
         for link in &self.links {

@@ -413,6 +413,10 @@ impl Application for Northbound {
                 )));
             }
         }
+        if let Some(problem) = desired.settings.etsi014.beyond_relay_limits() {
+            return Err(RpcError::application(ErrorTag::InvalidValue, problem)
+                .path(format!("{KM}/etsi014")));
+        }
         // apply
         self.agent.set_settings(desired.settings);
         for (id, (_, _, _, settings)) in desired.links {

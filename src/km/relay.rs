@@ -307,6 +307,7 @@ async fn send_hop(
     keys: Option<&[Zeroizing<Vec<u8>>]>,
     consumed_in: Vec<(String, u8, Vec<u64>)>,
 ) -> Result<(Vec<Zeroizing<Vec<u8>>>, RelayAck), RelayError> {
+    let relay_id = hop.relay_id;
     let per_key = otp::blocks_per_key(hop.key_size);
     let wanted = key_ids.len() * per_key + 1;
     let (link_id, parity) = (link.id.clone(), link.end.parity());
@@ -389,6 +390,13 @@ async fn send_hop(
             node: link.peer.clone(),
             source,
         })?;
+    if ack.relay_id != relay_id || ack.delivered != key_ids.len() {
+        return Err(RelayError::Peer {
+            node: link.peer.clone(),
+            status: 200,
+            message: "the acknowledgement does not match the relay".into(),
+        });
+    }
     Ok((made, ack))
 }
 
@@ -457,6 +465,35 @@ async fn receive_body(
         tracing::warn!("relay message failed authentication");
         return reject("message authentication failed");
     }
+    // Authentic: the sender has removed its copies of these blocks, so whatever happens next
+    // this end must not keep them (they would never be referenced again and fill the pool).
+    let (link_id, incoming) = (link.id.clone(), seqs.clone());
+    let result = act_on_relay(agent, sender, link, parity, seqs, pads, per_key, body).await;
+    if result.is_err() {
+        let discarded = agent
+            .store
+            .run(move |s| s.write(|txn| txn.discard_peer_blocks(&link_id, parity, &incoming)))
+            .await;
+        if let Err(error) = discarded {
+            tracing::error!(%error, "cannot discard the blocks of a refused relay");
+        }
+    }
+    result
+}
+
+/// Delivers or forwards the keys of an authenticated relay message.
+#[allow(clippy::too_many_arguments)]
+async fn act_on_relay(
+    agent: &Arc<Agent>,
+    sender: &str,
+    link: &LinkConfig,
+    parity: u8,
+    seqs: Vec<u64>,
+    pads: &[Block],
+    per_key: usize,
+    body: RelayBody,
+) -> Result<RelayAck, RelayError> {
+    let reject = |m: &str| Err(RelayError::Rejected(m.to_owned()));
     let mut keys = Vec::with_capacity(body.keys.len());
     for (key, pad_blocks) in body.keys.iter().zip(pads.chunks(per_key)) {
         let pad = otp::key_from_blocks(pad_blocks, body.key_size);
@@ -477,6 +514,9 @@ async fn receive_body(
     }
     let consumed = vec![(link.id.clone(), parity, seqs)];
     let key_ids: Vec<Uuid> = body.keys.iter().map(|k| k.key_id).collect();
+    if agent.sae_node(&body.master_sae).as_deref() != Some(body.origin_km.as_str()) {
+        return reject("the master SAE is not served by the origin KM");
+    }
     if body.dest_km == agent.config.node {
         if body.slave_saes.iter().any(|s| !agent.is_local_sae(s)) {
             return reject("a slave SAE is not served by the destination KM");
@@ -530,7 +570,7 @@ async fn receive_body(
     let (_, ack) = send_split(agent, hop, &key_ids, Some(&keys), consumed).await?;
     tracing::info!("keys forwarded");
     Ok(RelayAck {
-        hops: ack.hops + 1,
+        hops: ack.hops.saturating_add(1),
         ..ack
     })
 }

@@ -48,6 +48,8 @@ pub enum StoreError {
         expected: u64,
         got: u64,
     },
+    #[error("key {0} is already held for this SAE")]
+    DuplicateKey(Uuid),
     #[error("key {0} is not known")]
     UnknownKey(Uuid),
     #[error("key {0} was not issued for this SAE pair")]
@@ -208,7 +210,7 @@ impl Txn {
         n: usize,
     ) -> Result<Vec<(u64, Block)>, StoreError> {
         let mut table = self.txn.open_table(BLOCKS)?;
-        let mut taken = Vec::with_capacity(n);
+        let mut taken = Vec::with_capacity(n.min(4096));
         {
             let range = table.range((link, parity, 0)..=(link, parity, u64::MAX))?;
             for entry in range.take(n) {
@@ -256,6 +258,28 @@ impl Txn {
             }
         }
         Ok(())
+    }
+
+    /// Removes whichever of the peer's blocks `seqs` of `link` are still here (the blocks of
+    /// an authenticated relay this end refused: the peer removed its copies).
+    pub fn discard_peer_blocks(
+        &mut self,
+        link: &str,
+        own_parity: u8,
+        seqs: &[u64],
+    ) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(BLOCKS)?;
+        let mut pending = self.txn.open_table(PENDING)?;
+        for &seq in seqs.iter().filter(|s| owner_parity(**s) != own_parity) {
+            table.remove((link, owner_parity(seq), seq))?;
+            pending.remove((link, seq))?;
+        }
+        Ok(())
+    }
+
+    /// The next block number of `link` within this transaction.
+    pub fn link_next_seq(&self, link: &str) -> Result<u64, StoreError> {
+        self.next_seq(link)
     }
 
     fn next_seq(&self, link: &str) -> Result<u64, StoreError> {
@@ -359,6 +383,12 @@ impl Txn {
     ) -> Result<(), StoreError> {
         let mut table = self.txn.open_table(DELIVERIES)?;
         let master = master_sae.as_bytes();
+        if master.len() > usize::from(u16::MAX) {
+            return Err(StoreError::Db("master SAE id too long".into()));
+        }
+        if table.get((key_id.as_u128(), slave_sae))?.is_some() {
+            return Err(StoreError::DuplicateKey(key_id));
+        }
         let mut value = Zeroizing::new(Vec::with_capacity(2 + master.len() + key.len()));
         value.extend_from_slice(&(master.len() as u16).to_be_bytes());
         value.extend_from_slice(master);

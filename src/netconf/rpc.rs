@@ -199,7 +199,7 @@ async fn dispatch(
         }
         (NS_BASE, "cancel-commit") => {
             writes(server, session, name)?;
-            cancel_commit(server, op)
+            cancel_commit(server, session, op)
         }
         (NS_BASE, "discard-changes") => {
             writes(server, session, name)?;
@@ -448,7 +448,16 @@ fn set_running(
 ) -> Result<(), RpcError> {
     datastore::validate(&mut new)?;
     server.app.apply(&stores.running, &new)?;
-    server.persist(&new);
+    if !server.persist(&new) {
+        // keep the daemon and the disk in agreement: undo, and report
+        if let Err(error) = server.app.apply(&new, &stores.running) {
+            tracing::error!(%error, "cannot restore the previous configuration");
+        }
+        return Err(RpcError::application(
+            ErrorTag::OperationFailed,
+            "the configuration could not be saved; nothing changed",
+        ));
+    }
     if !stores.candidate_modified {
         stores.candidate = datastore::duplicate(&new)?;
     }
@@ -749,9 +758,14 @@ fn commit(
     ok()
 }
 
-fn cancel_commit(server: &Arc<NetconfServer>, op: Node<'_, '_>) -> Result<Done, RpcError> {
+fn cancel_commit(
+    server: &Arc<NetconfServer>,
+    session: &SessionState,
+    op: Node<'_, '_>,
+) -> Result<Done, RpcError> {
     let persist_id = text_of(op, "persist-id");
     let mut stores = server.stores.lock().expect("stores");
+    check_not_locked(&stores, Datastore::Running, session.id)?;
     let Some(pending) = &stores.confirmed else {
         return Err(RpcError::protocol(
             ErrorTag::OperationFailed,
@@ -763,6 +777,13 @@ fn cancel_commit(server: &Arc<NetconfServer>, op: Node<'_, '_>) -> Result<Done, 
             RpcError::protocol(ErrorTag::InvalidValue, "persist-id does not match")
                 .info("bad-element", "persist-id"),
         );
+    }
+    // RFC 6241 8.4.4.1: without persist, only the session that issued it may cancel it
+    if pending.persist.is_none() && pending.session != session.id {
+        return Err(RpcError::protocol(
+            ErrorTag::InUse,
+            "the confirmed commit belongs to another session",
+        ));
     }
     rollback_confirmed(server, &mut stores);
     ok()
@@ -776,8 +797,9 @@ pub(crate) fn rollback_confirmed(server: &NetconfServer, stores: &mut Stores) {
     if let Err(error) = server.app.apply(&stores.running, &pending.rollback) {
         tracing::error!(%error, "the application refused the rollback configuration");
     }
-    server.persist(&pending.rollback);
-    server.clear_rollback_point();
+    if server.persist(&pending.rollback) {
+        server.clear_rollback_point();
+    }
     match datastore::duplicate(&pending.rollback) {
         Ok(copy) => {
             stores.candidate = copy;

@@ -164,7 +164,17 @@ impl NetconfServer {
         }
         let persisted = rollback
             .or_else(|| config.running_file.clone().filter(|p| p.exists()))
-            .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap_or_default()));
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).map_err(|e| ServerError::Running {
+                    path: p.clone(),
+                    error: Box::new(RpcError::application(
+                        super::ErrorTag::OperationFailed,
+                        e.to_string(),
+                    )),
+                })?;
+                Ok::<_, ServerError>((p, text))
+            })
+            .transpose()?;
         let (xml, source) = match persisted {
             Some((path, xml)) => (xml, Some(path)),
             None => (app.initial_config(), None),
@@ -199,8 +209,9 @@ impl NetconfServer {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU32::new(1),
         });
-        server.persist(&server.stores.lock().expect("stores").running);
-        server.clear_rollback_point();
+        if server.persist(&server.stores.lock().expect("stores").running) {
+            server.clear_rollback_point();
+        }
         Ok(server)
     }
 
@@ -230,17 +241,19 @@ impl NetconfServer {
         self.config.listen
     }
 
-    /// Writes the running datastore to its file (atomically), if configured.
-    pub(crate) fn persist(&self, running: &DataTree<'static>) {
+    /// Writes the running datastore to its file (atomically), if configured; false when it
+    /// could not be written (logged).
+    pub(crate) fn persist(&self, running: &DataTree<'static>) -> bool {
         let Some(path) = &self.config.running_file else {
-            return;
+            return true;
         };
         let result = datastore::to_xml(running)
             .map_err(|e| e.to_string())
             .and_then(|xml| write_durably(path, &xml).map_err(|e| e.to_string()));
-        if let Err(error) = result {
+        if let Err(error) = &result {
             tracing::error!(path = %path.display(), %error, "cannot persist the running datastore");
         }
+        result.is_ok()
     }
 
     /// The access group of `user`.

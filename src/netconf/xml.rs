@@ -233,16 +233,32 @@ pub fn subtree_to_xpaths(filter: Node<'_, '_>) -> Result<Vec<String>, RpcError> 
             continue; // a namespace we do not implement selects nothing
         };
         let path = format!("/{}:{}", module.name(), top.tag_name().name());
-        filter_element(top, path, &mut out);
+        filter_element(top, path, &mut out, 0)?;
     }
     Ok(out)
 }
 
-fn filter_element(element: Node<'_, '_>, path: String, out: &mut Vec<String>) {
+/// Deepest subtree filter accepted (the data models are far shallower).
+const MAX_FILTER_DEPTH: usize = 32;
+/// Most XPath expressions one subtree filter may turn into.
+const MAX_FILTER_PATHS: usize = 1024;
+
+fn filter_element(
+    element: Node<'_, '_>,
+    path: String,
+    out: &mut Vec<String>,
+    depth: usize,
+) -> Result<(), RpcError> {
+    if depth > MAX_FILTER_DEPTH || out.len() > MAX_FILTER_PATHS {
+        return Err(
+            RpcError::protocol(ErrorTag::TooBig, "subtree filter too deep or too wide")
+                .info("bad-element", element.tag_name().name()),
+        );
+    }
     let children: Vec<Node<'_, '_>> = element.children().filter(Node::is_element).collect();
     if children.is_empty() {
         out.push(path); // selection node
-        return;
+        return Ok(());
     }
     let mut predicates = String::new();
     let mut rest = Vec::new();
@@ -262,7 +278,7 @@ fn filter_element(element: Node<'_, '_>, path: String, out: &mut Vec<String>) {
     let base = format!("{path}{predicates}");
     if rest.is_empty() {
         out.push(base); // only content matches: the whole matching element
-        return;
+        return Ok(());
     }
     for child in &children {
         if !rest.contains(child) {
@@ -270,8 +286,14 @@ fn filter_element(element: Node<'_, '_>, path: String, out: &mut Vec<String>) {
         }
     }
     for child in rest {
-        filter_element(child, format!("{base}/{}", child_step(element, child)), out);
+        filter_element(
+            child,
+            format!("{base}/{}", child_step(element, child)),
+            out,
+            depth + 1,
+        )?;
     }
+    Ok(())
 }
 
 /// The XPath step of `child`: prefixed when its namespace differs from its parent's.
@@ -377,8 +399,22 @@ impl XPathCheck<'_> {
             self.i += 1;
         }
         if self.s.get(self.i) == Some(&b':') && self.i > start {
+            // one prefix, then the local name
             self.i += 1;
-            return self.name();
+            let local = self.i;
+            if self.s.get(self.i) == Some(&b'*') {
+                self.i += 1;
+                return Ok(());
+            }
+            while self.i < self.s.len()
+                && (self.s[self.i].is_ascii_alphanumeric()
+                    || matches!(self.s[self.i], b'_' | b'-' | b'.'))
+            {
+                self.i += 1;
+            }
+            if self.i == local || !self.s[local].is_ascii_alphabetic() && self.s[local] != b'_' {
+                return Err("a prefix must be followed by a name");
+            }
         }
         Ok(())
     }

@@ -105,11 +105,24 @@ pub fn receive_sync(
 /// Receiver side of a frame: confirm what the transmitter stored, keep the new blocks pending.
 pub fn receive_frame(store: &KeyStore, link: &str, frame: &Frame) -> Result<u64, ReceiveError> {
     let blocks = decode_blocks(&frame.blocks).ok_or(ReceiveError::Malformed)?;
-    let next = frame.first_seq + blocks.len() as u64;
+    let next = frame
+        .first_seq
+        .checked_add(blocks.len() as u64)
+        .ok_or(ReceiveError::Malformed)?;
     if frame.commit_upto > frame.first_seq {
         return Err(ReceiveError::Malformed);
     }
     store.write(|txn| {
+        // every frame, empty or not, continues the sequence: a stale or forged frame cannot
+        // confirm blocks the transmitter never stored
+        let expected = txn.link_next_seq(link)?;
+        if frame.first_seq != expected {
+            return Err(StoreError::OutOfSequence {
+                link: link.into(),
+                expected,
+                got: frame.first_seq,
+            });
+        }
         txn.commit_pending(link, frame.commit_upto)?;
         if !blocks.is_empty() {
             txn.store_pending(link, frame.first_seq, &blocks)?;

@@ -89,7 +89,6 @@ impl Topology {
         let mut saes = BTreeSet::new();
         let mut links = BTreeSet::new();
         for domain in &self.domains {
-            let own: BTreeSet<&str> = domain.nodes.iter().map(|n| n.name.as_str()).collect();
             for node in &domain.nodes {
                 if !names.insert(node.name.clone()) {
                     return invalid(format!("node {} defined twice", node.name));
@@ -100,6 +99,13 @@ impl Topology {
                     }
                 }
             }
+        }
+        // certificates identify SAEs and KMs by name: the two must never meet
+        if let Some(name) = names.intersection(&saes).next() {
+            return invalid(format!("{name} names both a node and an SAE"));
+        }
+        for domain in &self.domains {
+            let own: BTreeSet<&str> = domain.nodes.iter().map(|n| n.name.as_str()).collect();
             for link in &domain.links {
                 if !links.insert(link.id.clone()) {
                     return invalid(format!("link {} defined twice", link.id));
