@@ -43,6 +43,8 @@ pub struct NetconfCodec {
     max_message: usize,
     /// Chunked decoding: payload of the message being assembled.
     partial: Vec<u8>,
+    /// End-of-message decoding: bytes already searched for the marker.
+    scanned: usize,
 }
 
 impl NetconfCodec {
@@ -52,6 +54,7 @@ impl NetconfCodec {
             framing: Framing::EndOfMessage,
             max_message,
             partial: Vec::new(),
+            scanned: 0,
         }
     }
 
@@ -67,12 +70,16 @@ impl NetconfCodec {
 
     fn decode_eom(&mut self, src: &mut BytesMut) -> Result<Option<String>, FramingError> {
         loop {
-            let Some(end) = find(src, EOM) else {
+            // resume the search where the last one stopped (minus a marker's length)
+            let from = self.scanned.saturating_sub(EOM.len() - 1).min(src.len());
+            let Some(end) = find(&src[from..], EOM).map(|at| from + at) else {
+                self.scanned = src.len();
                 if src.len() > self.max_message + EOM.len() {
                     return Err(FramingError::TooLarge(self.max_message));
                 }
                 return Ok(None);
             };
+            self.scanned = 0;
             let message = src.split_to(end);
             src.advance(EOM.len());
             if message.len() > self.max_message {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use quick_xml::escape::escape;
 use roxmltree::Node;
+use tracing::Instrument;
 use yang2::data::DataTree;
 
 use super::datastore::{self, Datastore};
@@ -121,8 +122,7 @@ pub async fn handle(
     };
     let name = op.tag_name().name();
     let span = tracing::debug_span!("rpc", op = name, session = session.id);
-    let _enter = span.enter();
-    let result = dispatch(server, session, op).await;
+    let result = dispatch(server, session, op).instrument(span).await;
     match result {
         Ok(Done::Body(body)) => Outcome::Reply(reply(&attributes, &body)),
         Ok(Done::Close) => Outcome::Close(reply(&attributes, "<ok/>")),
@@ -634,7 +634,7 @@ fn lock(
 }
 
 fn kill_session(
-    server: &NetconfServer,
+    server: &Arc<NetconfServer>,
     session: &SessionState,
     op: Node<'_, '_>,
 ) -> Result<Done, RpcError> {
@@ -653,11 +653,16 @@ fn kill_session(
             "a session cannot kill itself (use close-session)",
         ));
     }
-    let sessions = server.sessions.lock().expect("sessions");
-    let target = sessions
-        .get(&id)
-        .ok_or_else(|| RpcError::protocol(ErrorTag::InvalidValue, format!("no session {id}")))?;
-    let _ = target.kill.send(true);
+    {
+        let sessions = server.sessions.lock().expect("sessions");
+        let target = sessions.get(&id).ok_or_else(|| {
+            RpcError::protocol(ErrorTag::InvalidValue, format!("no session {id}"))
+        })?;
+        let _ = target.kill.send(true);
+    }
+    // RFC 6241 7.9: its locks are released and its unconfirmed commit rolled back now, not
+    // whenever its task notices
+    server.end_session(id);
     ok()
 }
 
