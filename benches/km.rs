@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use qkdni::etsi014::{Client, KeyRequest};
 use qkdni::testbed::{endpoints::Endpoints, runner, topology::Topology};
-use qkdni::tls;
 
 fn client(endpoints: &Endpoints, sae: &str) -> Client {
-    let http =
-        tls::https_client(&endpoints.sae_tls(sae).unwrap(), Duration::from_secs(30)).unwrap();
-    Client::new(http, endpoints.sae_kme(sae).unwrap())
+    endpoints
+        .etsi014_client(sae, Duration::from_secs(30))
+        .unwrap()
 }
 
 /// Keys per second with `workers` concurrent SAE connections, `per_request` keys each.

@@ -41,12 +41,7 @@ pub fn run(topology: Option<&Path>, dir: Option<&Path>) -> anyhow::Result<()> {
 }
 
 fn client(endpoints: &Endpoints, sae: &str) -> anyhow::Result<etsi014::Client> {
-    let files = endpoints.sae_tls(sae).context("unknown SAE")?;
-    let http = tls::https_client(&files, Duration::from_secs(15))?;
-    Ok(etsi014::Client::new(
-        http,
-        endpoints.sae_kme(sae).context("SAE without KME")?,
-    ))
+    Ok(endpoints.etsi014_client(sae, Duration::from_secs(15))?)
 }
 
 /// The orchestrator's view of the domain controller.

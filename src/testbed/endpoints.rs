@@ -120,6 +120,10 @@ pub enum EndpointsError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("unknown SAE {0}")]
+    UnknownSae(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Endpoints {
@@ -187,6 +191,20 @@ impl Endpoints {
                 log: c.log.clone(),
                 health: format!("{}/health", c.rest),
             })
+    }
+
+    /// An ETSI GS QKD 014 client of `sae` at the KM serving it, with its certificate.
+    pub fn etsi014_client(
+        &self,
+        sae: &str,
+        timeout: std::time::Duration,
+    ) -> Result<crate::etsi014::Client, EndpointsError> {
+        let unknown = || EndpointsError::UnknownSae(sae.to_owned());
+        let http = crate::tls::https_client(&self.sae_tls(sae).ok_or_else(unknown)?, timeout)?;
+        Ok(crate::etsi014::Client::new(
+            http,
+            self.sae_kme(sae).ok_or_else(unknown)?,
+        ))
     }
 
     /// ETSI GS QKD 014 base URL of the KM serving `sae`.

@@ -92,9 +92,9 @@ impl Bed {
     }
 
     pub fn client(&self, sae: &str) -> etsi014::Client {
-        let files = self.endpoints.sae_tls(sae).expect("SAE");
-        let http = tls::https_client(&files, Duration::from_secs(20)).unwrap();
-        etsi014::Client::new(http, self.endpoints.sae_kme(sae).unwrap())
+        self.endpoints
+            .etsi014_client(sae, Duration::from_secs(20))
+            .unwrap()
     }
 
     /// An HTTPS client presenting `sae`'s certificate, for raw requests.
