@@ -40,6 +40,33 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// PEM CA certificates this party trusts for its peers.
     pub ca: Vec<PathBuf>,
+    /// CAs of other QKDNs trusted at this party's interworking reference points (Qx, Kxi,
+    /// Cxi, Mxi). A peer certified by one of them is known as `name@domain`, so it can never
+    /// pass for a party of this domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_cas: Vec<PeerCa>,
+}
+
+/// The CA of another QKDN.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerCa {
+    /// The other QKDN's name.
+    pub domain: String,
+    /// Its CA certificate (PEM path).
+    pub cert: PathBuf,
+}
+
+impl TlsFiles {
+    fn all_cas(&self) -> Vec<PathBuf> {
+        let mut cas = self.ca.clone();
+        cas.extend(self.peer_cas.iter().map(|p| p.cert.clone()));
+        cas
+    }
+}
+
+/// The identity of a party of QKDN `domain` named `name`, as peers of another QKDN see it.
+pub fn foreign_identity(name: &str, domain: &str) -> String {
+    format!("{name}@{domain}")
 }
 
 /// The identity a client proved with its certificate, if it presented one.
@@ -90,7 +117,7 @@ fn roots(cas: &[PathBuf]) -> Result<RootCertStore, TlsError> {
 /// A server configuration that requests (but does not require) client certificates.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&files.ca)?), provider())
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&files.all_cas())?), provider())
             .allow_unauthenticated()
             .build()
             .map_err(|e| TlsError::Verifier(e.to_string()))?;
@@ -106,7 +133,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots(&files.ca)?)
+        .with_root_certificates(roots(&files.all_cas())?)
         .with_client_auth_cert(load_certs(&files.cert)?, load_key(&files.key)?)?)
 }
 
@@ -147,6 +174,52 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
 /// Serves `router` over HTTPS on `listener` until the task is dropped. Each request carries
 /// the client's [`PeerIdentity`].
 pub async fn serve_https(listener: TcpListener, config: Arc<ServerConfig>, router: Router) {
+    serve_https_with(listener, config, Issuers::default(), router).await
+}
+
+/// The subject names of other QKDNs' CAs, to tell their certificates from this domain's.
+#[derive(Clone, Default)]
+pub struct Issuers(Arc<Vec<(Vec<u8>, String)>>);
+
+impl Issuers {
+    /// Reads the peer CAs of `files`.
+    pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        let mut subjects = Vec::new();
+        for peer in &files.peer_cas {
+            for cert in load_certs(&peer.cert)? {
+                let (_, parsed) =
+                    x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
+                        TlsError::Pem {
+                            path: peer.cert.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                subjects.push((parsed.subject().as_raw().to_vec(), peer.domain.clone()));
+            }
+        }
+        Ok(Self(Arc::new(subjects)))
+    }
+
+    /// The identity of a verified client certificate: its common name, qualified with the
+    /// domain when another QKDN's CA issued it.
+    pub fn identity(&self, cert: &CertificateDer<'_>) -> Option<String> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+        let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?;
+        let issuer = parsed.issuer().as_raw();
+        match self.0.iter().find(|(subject, _)| subject == issuer) {
+            Some((_, domain)) => Some(foreign_identity(cn, domain)),
+            None => Some(cn.to_owned()),
+        }
+    }
+}
+
+/// [`serve_https`] for a server that trusts other QKDNs' CAs (`issuers`).
+pub async fn serve_https_with(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    issuers: Issuers,
+    router: Router,
+) {
     let acceptor = TlsAcceptor::from(config);
     loop {
         let (tcp, remote) = match listener.accept().await {
@@ -159,7 +232,8 @@ pub async fn serve_https(listener: TcpListener, config: Arc<ServerConfig>, route
         };
         let acceptor = acceptor.clone();
         let router = router.clone();
-        tokio::spawn(async move { serve_connection(acceptor, tcp, remote, router).await });
+        let issuers = issuers.clone();
+        tokio::spawn(async move { serve_connection(acceptor, tcp, remote, issuers, router).await });
     }
 }
 
@@ -167,6 +241,7 @@ async fn serve_connection(
     acceptor: TlsAcceptor,
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
+    issuers: Issuers,
     router: Router,
 ) {
     let handshake =
@@ -187,7 +262,7 @@ async fn serve_connection(
             .1
             .peer_certificates()
             .and_then(|chain| chain.first())
-            .and_then(common_name),
+            .and_then(|cert| issuers.identity(cert)),
     );
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         request.extensions_mut().insert(identity.clone());

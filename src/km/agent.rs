@@ -100,6 +100,8 @@ pub struct Agent {
     settings: RwLock<Settings>,
     pub counters: Counters,
     events: tokio::sync::broadcast::Sender<super::events::Event>,
+    /// Kxi-1/Kxi-2 state of a gateway node.
+    pub kxi: super::kxi::KxiState,
 }
 
 impl Agent {
@@ -152,6 +154,7 @@ impl Agent {
             links,
             counters: Counters::default(),
             events,
+            kxi: Default::default(),
         }))
     }
 
@@ -273,6 +276,7 @@ impl Agent {
     /// Serves the agent until the process is asked to stop.
     pub async fn run(self: Arc<Self>) -> Result<(), AgentError> {
         let server_tls = tls::server_config(&self.config.tls)?;
+        let issuers = tls::Issuers::load(&self.config.tls)?;
         let etsi = bind(self.config.etsi014_listen).await?;
         let kma = bind(self.config.kma_listen).await?;
         let mut tasks = Vec::new();
@@ -286,15 +290,17 @@ impl Agent {
                 tasks.push(module.start(self.store.clone(), link.control.subscribe()));
             }
         }
-        tasks.push(tokio::spawn(tls::serve_https(
+        tasks.push(tokio::spawn(tls::serve_https_with(
             etsi,
             server_tls.clone(),
+            issuers.clone(),
             super::ksa::router(self.clone()),
         )));
-        tasks.push(tokio::spawn(tls::serve_https(
+        tasks.push(tokio::spawn(tls::serve_https_with(
             kma,
             server_tls,
-            super::kma::router(self.clone()),
+            issuers,
+            super::kma::router(self.clone()).merge(super::kxi::router(self.clone())),
         )));
         tasks.push(tokio::spawn(super::events::watch_key_levels(self.clone())));
         if let Some(netconf) = self.config.netconf.clone() {

@@ -45,6 +45,10 @@ pub struct KmConfig {
     /// datastore (not this file) holds the links' settings, routes, SAEs and limits.
     #[serde(default)]
     pub netconf: Option<crate::netconf::server::NetconfConfig>,
+    /// The domain controller's KM-facing API (base URL): asked for an interworking route
+    /// when an SAE asks for keys with an SAE this KM does not know (Y.3818 9.1, procedure 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<String>,
 }
 
 /// Which end of a QKD link this node is.
@@ -88,6 +92,10 @@ pub struct LinkConfig {
     /// Size of the link's key pool in 256-bit blocks (both ends' shares together).
     #[serde(default = "default_capacity")]
     pub capacity_blocks: usize,
+    /// For a Qx link between gateway nodes (Y.3818 6.1): the QKDN of the peer GWN. Key
+    /// relay over it speaks Kxi-1 (the ETSI GS QKD 020 shape) instead of the domain's relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_domain: Option<String>,
 }
 
 fn default_capacity() -> usize {
@@ -95,6 +103,15 @@ fn default_capacity() -> usize {
 }
 
 impl LinkConfig {
+    /// The identity the peer KM proves with its certificate (qualified with its QKDN across
+    /// a Qx link; see [`crate::tls::foreign_identity`]).
+    pub fn peer_identity(&self) -> String {
+        match &self.peer_domain {
+            Some(domain) => crate::tls::foreign_identity(&self.peer, domain),
+            None => self.peer.clone(),
+        }
+    }
+
     /// How the link's key rate is determined.
     pub fn rate_spec(&self) -> RateSpec {
         match (self.rate_bps, self.model) {

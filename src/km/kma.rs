@@ -52,7 +52,7 @@ fn peer_link<'a>(
     id: &str,
 ) -> Result<&'a LinkConfig, Problem> {
     match agent.link_config(id) {
-        Some(link) if identity.0.as_deref() == Some(link.peer.as_str()) => Ok(link),
+        Some(link) if identity.0.as_deref() == Some(link.peer_identity().as_str()) => Ok(link),
         Some(_) => {
             tracing::warn!(link = id, caller = ?identity.0, "quantum channel access by a KM that is not the link peer");
             Err(Problem(

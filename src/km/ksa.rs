@@ -22,6 +22,7 @@ use super::relay::{self, RelayError};
 use super::store::StoreError;
 use crate::etsi014::{ErrorBody, Key, KeyContainer, KeyIds, KeyRequest, Status};
 use crate::tls::PeerIdentity;
+use tracing::Instrument;
 
 /// An ETSI GS QKD 014 error answer.
 #[derive(Debug)]
@@ -98,6 +99,52 @@ fn caller(agent: &Agent, identity: &PeerIdentity) -> Result<String> {
     Ok(sae.to_owned())
 }
 
+/// The node of SAE `other`, asking the domain controller for an interworking route when
+/// this KM does not know it (Y.3818 9.1, procedure 1: the controller installs the route and
+/// the SAE's entry on the KMs before it answers).
+async fn resolve_peer_sae(agent: &Agent, caller: &str, other: &str) -> Result<String> {
+    if other == caller || agent.sae_node(other).is_some() {
+        return peer_sae(agent, caller, other);
+    }
+    let Some(controller) = agent.config.controller.as_deref() else {
+        return peer_sae(agent, caller, other);
+    };
+    let span =
+        tracing::info_span!("relay", master = %caller, slave = %other, step = "interworking-route");
+    let answer = agent
+        .peers
+        .post(format!("{controller}/ck/v1/interworking-routes"))
+        .timeout(std::time::Duration::from_secs(30))
+        .json(&json!({ "master_sae": caller, "slave_sae": other }))
+        .send()
+        .instrument(span.clone())
+        .await;
+    match answer {
+        Ok(r) if r.status().is_success() => {
+            tracing::info!(parent: &span, "interworking route installed by the controller");
+            peer_sae(agent, caller, other)
+        }
+        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+            Err(Etsi014Error::bad_request(format!("unknown SAE {other}")))
+        }
+        Ok(r) => {
+            let status = r.status();
+            let detail = r.text().await.unwrap_or_default();
+            tracing::warn!(parent: &span, %status, %detail, "no interworking route");
+            Err(
+                Etsi014Error::unavailable(format!("no interworking route to SAE {other}"))
+                    .detail(json!({ "controller_status": status.as_u16() })),
+            )
+        }
+        Err(error) => {
+            tracing::warn!(parent: &span, %error, "controller unreachable");
+            Err(Etsi014Error::unavailable(
+                "the domain controller is unreachable",
+            ))
+        }
+    }
+}
+
 fn peer_sae(agent: &Agent, caller: &str, other: &str) -> Result<String> {
     if other == caller {
         return Err(Etsi014Error::bad_request(
@@ -115,7 +162,7 @@ async fn status(
     Path(slave): Path<String>,
 ) -> Result<Json<Status>> {
     let master = caller(&agent, &identity)?;
-    let target = peer_sae(&agent, &master, &slave)?;
+    let target = resolve_peer_sae(&agent, &master, &slave).await?;
     let limits = &agent.limits();
     let per_key = otp::blocks_per_key(limits.key_size) as u64;
     let (stored, max) = if target == agent.config.node {
@@ -206,7 +253,7 @@ async fn enc_keys(
     request: KeyRequest,
 ) -> Result<Json<KeyContainer>> {
     let master = caller(&agent, &identity)?;
-    peer_sae(&agent, &master, &slave)?;
+    resolve_peer_sae(&agent, &master, &slave).await?;
     let limits = &agent.limits();
     let number = request.number.unwrap_or(1);
     if number == 0 || number > limits.max_key_per_request {
@@ -237,7 +284,7 @@ async fn enc_keys(
                 "SAE {extra} named twice"
             )));
         }
-        peer_sae(&agent, &master, &extra)?;
+        resolve_peer_sae(&agent, &master, &extra).await?;
         slaves.push(extra);
     }
     if slaves.len() - 1 > limits.max_sae_id_count as usize {

@@ -4,6 +4,8 @@
 //! - [`ksa`] — the key supply agent, serving SAEs over ETSI GS QKD 014;
 //! - [`relay`] — the key management agent's hop-by-hop key relay;
 //! - [`kma`] — the KMA server (peer KMs, emulated quantum channel, operators);
+//! - [`kxi`] — a gateway node's interworking reference points Kxi-1 (ETSI GS QKD 020 shape)
+//!   and Kxi-2;
 //! - [`agent`] — the daemon that ties them together.
 
 pub mod agent;
@@ -11,6 +13,7 @@ pub mod config;
 pub mod events;
 pub mod kma;
 pub mod ksa;
+pub mod kxi;
 pub mod northbound;
 pub mod otp;
 pub mod relay;

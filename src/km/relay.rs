@@ -121,7 +121,7 @@ pub struct IssuedKey {
     pub key: Zeroizing<Vec<u8>>,
 }
 
-fn b64() -> base64::engine::GeneralPurpose {
+pub(crate) fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
@@ -358,6 +358,10 @@ async fn send_hop(
         hops_left: hop.hops_left,
         keys: relayed,
     };
+    if link.peer_domain.is_some() {
+        let ack = super::kxi::send_ext_keys(agent, link, &body, mac_seq, &mac_key).await?;
+        return Ok((made, ack));
+    }
     let body = serde_json::to_string(&body).map_err(|e| RelayError::Rejected(e.to_string()))?;
     let envelope = RelayEnvelope {
         tag: b64().encode(otp::tag(&mac_key, body.as_bytes())),
@@ -421,11 +425,38 @@ async fn receive_body(
     envelope: &RelayEnvelope,
     body: RelayBody,
 ) -> Result<RelayAck, RelayError> {
+    let verified = verify(agent, sender, envelope, &body, false).await?;
+    act(agent, sender, verified, body).await
+}
+
+/// A relay message whose authentication succeeded: the link it came over and the blocks
+/// it references (the pads, then the MAC block).
+pub(crate) struct Verified {
+    link: LinkConfig,
+    parity: u8,
+    seqs: Vec<u64>,
+    pads: Vec<Block>,
+    per_key: usize,
+}
+
+/// Checks a hop message from `sender` (over a Qx link when `over_qx`, else inside the
+/// domain): the link, the sizes, the block references and the one-time MAC.
+pub(crate) async fn verify(
+    agent: &Arc<Agent>,
+    sender: &str,
+    envelope: &RelayEnvelope,
+    body: &RelayBody,
+    over_qx: bool,
+) -> Result<Verified, RelayError> {
     let reject = |m: &str| Err(RelayError::Rejected(m.to_owned()));
     if body.version != RELAY_VERSION {
         return reject("unsupported relay version");
     }
-    let Some(link) = agent.link_config(&body.link).filter(|l| l.peer == sender) else {
+    let Some(link) = agent
+        .link_config(&body.link)
+        .filter(|l| l.peer_identity() == sender && l.peer_domain.is_some() == over_qx)
+        .cloned()
+    else {
         tracing::warn!("relay message from a KM that is not this link's peer");
         return reject("the sender is not the peer of the named link");
     };
@@ -453,22 +484,44 @@ async fn receive_body(
     }
     let (link_id, parity) = (link.id.clone(), link.end.parity());
     let lookup = seqs.clone();
-    let blocks = agent
+    let mut blocks = agent
         .store
         .run(move |s| s.peek_peer_blocks(&link_id, parity, &lookup))
         .await?;
-    let (mac_key, pads) = blocks.split_last().expect("the MAC block");
+    let mac_key = blocks.pop().expect("the MAC block");
     let tag = b64()
         .decode(&envelope.tag)
         .map_err(|_| RelayError::Rejected("tag is not Base64".into()))?;
-    if !otp::verify(mac_key, envelope.body.as_bytes(), &tag) {
+    if !otp::verify(&mac_key, envelope.body.as_bytes(), &tag) {
         tracing::warn!("relay message failed authentication");
         return reject("message authentication failed");
     }
-    // Authentic: the sender has removed its copies of these blocks, so whatever happens next
-    // this end must not keep them (they would never be referenced again and fill the pool).
+    Ok(Verified {
+        link,
+        parity,
+        seqs,
+        pads: blocks,
+        per_key,
+    })
+}
+
+/// Delivers or forwards the keys of a verified message. The sender has removed its copies
+/// of the referenced blocks, so whatever happens this end does not keep them either.
+pub(crate) async fn act(
+    agent: &Arc<Agent>,
+    sender: &str,
+    verified: Verified,
+    body: RelayBody,
+) -> Result<RelayAck, RelayError> {
+    let Verified {
+        link,
+        parity,
+        seqs,
+        pads,
+        per_key,
+    } = verified;
     let (link_id, incoming) = (link.id.clone(), seqs.clone());
-    let result = act_on_relay(agent, sender, link, parity, seqs, pads, per_key, body).await;
+    let result = act_on_relay(agent, sender, &link, parity, seqs, &pads, per_key, body).await;
     if result.is_err() {
         let discarded = agent
             .store
@@ -554,7 +607,7 @@ async fn act_on_relay(
     if agent
         .next_hops(&body.dest_km)
         .iter()
-        .any(|(l, _)| l.peer == sender)
+        .any(|(l, _)| l.peer_identity() == sender)
     {
         return reject("the route loops back to the sender");
     }

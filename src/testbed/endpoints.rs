@@ -149,6 +149,7 @@ impl Endpoints {
             cert: entry.cert.clone(),
             key: entry.key.clone(),
             ca: vec![self.ca_cert.clone()],
+            peer_cas: Vec::new(),
         })
     }
 
@@ -158,6 +159,7 @@ impl Endpoints {
             cert: self.operator.cert.clone(),
             key: self.operator.key.clone(),
             ca: vec![self.ca_cert.clone()],
+            peer_cas: Vec::new(),
         }
     }
 

@@ -241,6 +241,7 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                         rate_bps: link.rate_bps,
                         model: link.model,
                         capacity_blocks: link.capacity_blocks.unwrap_or(16_384),
+                        peer_domain: None,
                     })
                 })
                 .collect();
@@ -254,6 +255,7 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                     cert: paths.cert,
                     key: paths.key,
                     ca: vec![ca_cert.clone()],
+                    peer_cas: Vec::new(),
                 },
                 operators: vec!["operator".into()],
                 etsi014: Etsi014Limits::default(),
@@ -267,6 +269,7 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                     max_message_bytes: 16 * 1024 * 1024,
                     running_file: Some(node_dir.join("data").join("running.xml")),
                 }),
+                controller: None,
             };
             let config_path = node_dir.join("km.toml");
             let text = toml::to_string_pretty(&config)
@@ -321,6 +324,7 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                     cert: paths.cert,
                     key: paths.key,
                     ca: vec![ca_cert.clone()],
+                    peer_cas: Vec::new(),
                 },
                 bearer_tokens: vec![token.clone()],
                 client_names: vec!["operator".into()],
