@@ -39,6 +39,61 @@ pub struct ControllerConfig {
     /// running datastore, that datastore holds the policy and the poll interval.
     #[serde(default)]
     pub netconf: Option<crate::netconf::server::NetconfConfig>,
+    /// Interworking with other QKDNs through gateway nodes (Cxi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interworking: Option<InterworkingConfig>,
+}
+
+/// The controller's interworking reference point Cxi (Y.3818 6.1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterworkingConfig {
+    /// Address of the Cxi server (HTTPS, mutual TLS with the peer domains' CAs in
+    /// `tls.peer_cas`).
+    pub cxi_listen: SocketAddr,
+    /// The peer QKDNs' controllers.
+    pub peers: Vec<CxiPeer>,
+    /// What this domain tells its peers about itself.
+    #[serde(default)]
+    pub expose: ExposePolicy,
+    /// Key rate (bit/s) of interworking sessions that KMs ask for on demand.
+    #[serde(default = "default_interworking_rate")]
+    pub default_rate_bps: f64,
+}
+
+/// A peer QKDN's controller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CxiPeer {
+    pub domain: String,
+    /// Base URL of its Cxi server.
+    pub url: String,
+    /// The common name of its certificate (issued by the peer domain's CA).
+    pub controller: String,
+}
+
+/// The exposure policy: border nodes and their Qx links are always shared; the rest only
+/// when allowed. Internal links and nodes without SAEs are never shared.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExposePolicy {
+    /// Share which SAEs are reachable, at which node, from which border node.
+    pub saes: bool,
+    /// Share the hop count and key rate from each border node to those nodes.
+    pub key_rate: bool,
+}
+
+impl Default for ExposePolicy {
+    fn default() -> Self {
+        Self {
+            saes: true,
+            key_rate: true,
+        }
+    }
+}
+
+fn default_interworking_rate() -> f64 {
+    1000.0
 }
 
 fn default_policy() -> String {

@@ -35,6 +35,9 @@ pub struct ControllerEvent {
     /// every KM.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
+    /// For interworking steps: the Cxi transaction (the same id in both domains' logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<Uuid>,
 }
 
 /// Controller errors, as the northbound reports them.
@@ -52,23 +55,29 @@ pub enum ControlError {
     Install(#[from] SouthboundError),
     #[error("store: {0}")]
     Store(#[from] super::sessions::StoreError),
+    #[error("interworking: {0}")]
+    Cxi(#[from] super::cxi::CxiError),
 }
 
-struct State {
-    topology: Topology,
-    sessions: BTreeMap<Uuid, Session>,
+pub(super) struct State {
+    pub(super) topology: Topology,
+    pub(super) sessions: BTreeMap<Uuid, Session>,
     /// Creation order of sessions (later sessions win where routes to one destination meet).
-    order: Vec<Uuid>,
+    pub(super) order: Vec<Uuid>,
+    /// Interworking state (Cxi transactions, faults reported by the peer).
+    pub(super) interworking: super::interworking::InterworkingState,
 }
 
 /// A QKDN controller.
 pub struct Controller {
     pub config: ControllerConfig,
-    southbound: Southbound,
+    pub(super) southbound: Southbound,
+    /// Clients of the peer domains' controllers (Cxi).
+    pub(super) peers: Vec<super::cxi::CxiClient>,
     policy: std::sync::RwLock<Box<dyn RoutePolicy>>,
     poll_seconds: std::sync::atomic::AtomicU64,
-    state: Mutex<State>,
-    store: SessionStore,
+    pub(super) state: Mutex<State>,
+    pub(super) store: SessionStore,
     events: std::sync::Mutex<VecDeque<ControllerEvent>>,
 }
 
@@ -99,15 +108,25 @@ impl Controller {
                 .cmp(&b.history.first().map(|h| &h.time))
         });
         let poll_seconds = config.poll_seconds.max(1);
+        let peers = match &config.interworking {
+            Some(iw) => iw
+                .peers
+                .iter()
+                .map(|p| super::cxi::CxiClient::new(p.clone(), &config.tls))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
         let controller = Arc::new(Self {
             config,
             southbound,
+            peers,
             policy: std::sync::RwLock::new(policy),
             poll_seconds: std::sync::atomic::AtomicU64::new(poll_seconds),
             state: Mutex::new(State {
                 topology: Topology::default(),
                 order: sessions.iter().map(|s| s.id).collect(),
                 sessions: sessions.into_iter().map(|s| (s.id, s)).collect(),
+                interworking: Default::default(),
             }),
             store,
             events: std::sync::Mutex::new(VecDeque::new()),
@@ -127,8 +146,26 @@ impl Controller {
     }
 
     /// Records an event.
-    fn event(&self, kind: &str, detail: String, session: Option<Uuid>, duration_ms: Option<f64>) {
-        tracing::info!(kind, session = ?session, duration_ms, "{detail}");
+    pub(super) fn event(
+        &self,
+        kind: &str,
+        detail: String,
+        session: Option<Uuid>,
+        duration_ms: Option<f64>,
+    ) {
+        self.event_in(kind, detail, session, duration_ms, None)
+    }
+
+    /// Records an event of a Cxi transaction.
+    pub(super) fn event_in(
+        &self,
+        kind: &str,
+        detail: String,
+        session: Option<Uuid>,
+        duration_ms: Option<f64>,
+        transaction: Option<Uuid>,
+    ) {
+        tracing::info!(kind, session = ?session, duration_ms, transaction = ?transaction, "{detail}");
         let mut events = self.events.lock().expect("events");
         if events.len() == EVENT_LOG {
             events.pop_front();
@@ -139,6 +176,7 @@ impl Controller {
             detail,
             session,
             duration_ms,
+            transaction,
         });
     }
 
@@ -208,7 +246,7 @@ impl Controller {
     }
 
     /// Reads every agent into the topology; returns whether any link changed up/down.
-    async fn refresh(&self) -> bool {
+    pub(super) async fn refresh(&self) -> bool {
         let nodes: Vec<String> = self.southbound.nodes().cloned().collect();
         let views = futures::future::join_all(nodes.iter().map(|n| self.southbound.read(n))).await;
         let mut state = self.state.lock().await;
@@ -242,6 +280,8 @@ impl Controller {
     /// meet, the later session's next hop wins.
     fn desired(state: &State) -> BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>> {
         let mut tables: BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>> = BTreeMap::new();
+        // routes toward this domain's own nodes first: an interworking destination is a node
+        // of the peer domain and never collides with them
         for id in &state.order {
             let Some(session) = state
                 .sessions
@@ -277,23 +317,35 @@ impl Controller {
     }
 
     /// Installs the difference between what the KMs hold and what the sessions need.
-    async fn reconcile(&self, state: &mut State) -> Result<(), ControlError> {
+    pub(super) async fn reconcile(&self, state: &mut State) -> Result<(), ControlError> {
         let desired = Self::desired(state);
+        let desired_saes = super::interworking::desired_foreign_saes(state);
         let mut changes: BTreeMap<String, RouteChanges> = BTreeMap::new();
         for (node, info) in &state.topology.nodes {
             if !info.reachable {
                 continue;
             }
             let want = desired.get(node).cloned().unwrap_or_default();
-            let mut change = RouteChanges::new();
+            let mut change = RouteChanges::default();
             for (dest, hops) in &want {
                 if info.next_hops.get(dest) != Some(hops) {
-                    change.insert(dest.clone(), Some(hops.clone()));
+                    change.routes.insert(dest.clone(), Some(hops.clone()));
                 }
             }
             for dest in info.next_hops.keys() {
                 if !want.contains_key(dest) {
-                    change.insert(dest.clone(), None);
+                    change.routes.insert(dest.clone(), None);
+                }
+            }
+            let want_saes = desired_saes.get(node).cloned().unwrap_or_default();
+            for (sae, entry) in &want_saes {
+                if info.foreign_saes.get(sae) != Some(entry) {
+                    change.foreign_saes.insert(sae.clone(), Some(entry.clone()));
+                }
+            }
+            for sae in info.foreign_saes.keys() {
+                if !want_saes.contains_key(sae) {
+                    change.foreign_saes.insert(sae.clone(), None);
                 }
             }
             if !change.is_empty() {
@@ -306,8 +358,14 @@ impl Controller {
         self.southbound.install(&changes).await?;
         for (node, change) in changes {
             if let Some(info) = state.topology.nodes.get_mut(&node) {
+                for (sae, entry) in change.foreign_saes {
+                    match entry {
+                        Some(entry) => info.foreign_saes.insert(sae, entry),
+                        None => info.foreign_saes.remove(&sae),
+                    };
+                }
                 let mut routes = info.next_hops.clone();
-                for (dest, hops) in change {
+                for (dest, hops) in change.routes {
                     match hops {
                         Some(hops) => routes.insert(dest, hops),
                         None => routes.remove(&dest),
@@ -320,7 +378,7 @@ impl Controller {
     }
 
     /// The route plan of a demand: its paths, widest first.
-    fn route(
+    pub(super) fn route(
         &self,
         topology: &Topology,
         src: &str,
@@ -380,12 +438,14 @@ impl Controller {
             .get(master)
             .cloned()
             .ok_or_else(|| ControlError::UnknownSae(master.into()))?;
-        let dst = state
-            .topology
-            .saes
-            .get(slave)
-            .cloned()
-            .ok_or_else(|| ControlError::UnknownSae(slave.into()))?;
+        let Some(dst) = state.topology.saes.get(slave).cloned() else {
+            if self.peers.is_empty() {
+                return Err(ControlError::UnknownSae(slave.into()));
+            }
+            return self
+                .create_interworking_locked(&mut state, master, slave, rate_bps, "orchestrator")
+                .await;
+        };
         let paths = self.route(&state.topology, &src, &dst, rate_bps)?;
         let (path, links) = (paths[0].nodes.clone(), paths[0].links.clone());
         let session = Session {
@@ -403,6 +463,7 @@ impl Controller {
             path,
             links,
             paths,
+            interworking: None,
         };
         state.sessions.insert(session.id, session.clone());
         state.order.push(session.id);
@@ -430,6 +491,7 @@ impl Controller {
             .ok_or(ControlError::UnknownSession(id))?;
         state.order.retain(|s| *s != id);
         self.store.delete(id)?;
+        self.end_interworking(&session).await;
         if let Err(error) = self.reconcile(&mut state).await {
             tracing::warn!(%error, "removing the routes of a deleted session failed; retried on the next change");
         }
@@ -463,7 +525,7 @@ impl Controller {
 
     /// Recomputes the routes of sessions that cross a down link (or have none) and installs
     /// the changes; `started` is when the triggering report arrived.
-    async fn reroute_locked(&self, state: &mut State, trigger: &str, started: Instant) {
+    pub(super) async fn reroute_locked(&self, state: &mut State, trigger: &str, started: Instant) {
         let span = tracing::info_span!("reroute", %trigger);
         async {
             // a link fails a session when it is down or its key rate no longer meets the
@@ -475,34 +537,67 @@ impl Controller {
                     .get(link)
                     .is_none_or(|l| !l.up || l.rate_bps < demand)
             };
+            let failing = |s: &Session| {
+                s.routed_paths()
+                    .iter()
+                    .any(|p| p.links.iter().any(|l| fails(l, p.share_bps)))
+            };
+            // a segment of another domain's session is rerouted by that domain, with this one
+            // agreeing: report the fault to it
+            let faulty_segments: Vec<Session> = state
+                .sessions
+                .values()
+                .filter(|s| super::interworking::is_segment(s) && failing(s))
+                .filter(|s| !state.interworking.notified.contains(&s.id))
+                .cloned()
+                .collect();
             let affected: Vec<Uuid> = state
                 .order
                 .iter()
                 .filter(|id| {
                     state.sessions.get(id).is_some_and(|s| {
-                        s.state == SessionState::Unroutable
-                            || s.routed_paths()
-                                .iter()
-                                .any(|p| p.links.iter().any(|l| fails(l, p.share_bps)))
+                        !super::interworking::is_segment(s)
+                            && (s.state == SessionState::Unroutable
+                                || state.interworking.suspect.contains(&s.id)
+                                || failing(s))
                     })
                 })
                 .copied()
                 .collect();
+            for segment in faulty_segments {
+                state.interworking.notified.insert(segment.id);
+                self.report_segment_fault(&segment, trigger);
+            }
             if affected.is_empty() {
                 return;
             }
             let mut changed = Vec::new();
+            let mut transactions = Vec::new();
             for id in &affected {
                 let session = state.sessions[id].clone();
-                let result = self.route(
-                    &state.topology,
-                    &session.src,
-                    &session.dst,
-                    session.rate_bps,
-                );
+                state.interworking.suspect.remove(id);
+                let result = match &session.interworking {
+                    Some(_) => self.route_interworking(state, &session, trigger).await.map(
+                        |(paths, iw)| {
+                            transactions.push((iw.peer_domain.clone(), iw.transaction));
+                            (paths, Some(iw))
+                        },
+                    ),
+                    None => self
+                        .route(
+                            &state.topology,
+                            &session.src,
+                            &session.dst,
+                            session.rate_bps,
+                        )
+                        .map(|paths| (paths, None)),
+                };
                 let s = state.sessions.get_mut(id).expect("affected session");
                 match result {
-                    Ok(paths) => {
+                    Ok((paths, iw)) => {
+                        if iw.is_some() {
+                            s.interworking = iw;
+                        }
                         s.history.push(SessionEvent {
                             time: now_rfc3339(),
                             what: format!(
@@ -530,14 +625,21 @@ impl Controller {
                 }
             }
             let installed = self.reconcile(state).await;
+            if installed.is_err() {
+                // the peer committed its part of a route this domain could not install
+                for (domain, transaction) in &transactions {
+                    self.abort_at_peer(domain, *transaction).await;
+                }
+            }
             let elapsed = started.elapsed().as_secs_f64() * 1e3;
             for (id, routed) in changed {
                 let session = state.sessions[&id].clone();
                 if let Err(error) = self.store.save(&session) {
                     tracing::error!(%error, "cannot save session");
                 }
+                let transaction = session.interworking.as_ref().map(|iw| iw.transaction);
                 match (&installed, routed) {
-                    (Ok(()), true) => self.event(
+                    (Ok(()), true) => self.event_in(
                         "reroute",
                         format!(
                             "{trigger}: {} now via {}",
@@ -546,6 +648,7 @@ impl Controller {
                         ),
                         Some(id),
                         Some(elapsed),
+                        transaction,
                     ),
                     (Ok(()), false) => self.event(
                         "reroute-failed",

@@ -10,15 +10,17 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use super::controller::{ControlError, Controller, ControllerEvent};
-use super::sessions::{Session, SessionEvent, SessionPath, SessionState};
-use super::topology::{LinkState, NodeState, Topology, WeightedHop};
+use super::sessions::{
+    Interworking, InterworkingRole, Session, SessionEvent, SessionPath, SessionState,
+};
+use super::topology::{ForeignSae, LinkState, NodeState, Topology, WeightedHop};
 use crate::tls::PeerIdentity;
 
 /// An RFC 9457 problem.
@@ -36,7 +38,7 @@ pub struct Problem {
 const PROBLEM_JSON: &str = "application/problem+json";
 
 impl Problem {
-    fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
         Self {
             kind: format!("urn:qkdni:problem:{kind}"),
             title: status.canonical_reason().unwrap_or("error").to_owned(),
@@ -62,6 +64,7 @@ impl From<ControlError> for Problem {
             ControlError::NoRoute(_) => (StatusCode::CONFLICT, "no-route"),
             ControlError::Install(_) => (StatusCode::SERVICE_UNAVAILABLE, "install-failed"),
             ControlError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
+            ControlError::Cxi(_) => (StatusCode::SERVICE_UNAVAILABLE, "peer-domain"),
         };
         Problem::new(status, kind, error.to_string())
     }
@@ -99,8 +102,8 @@ struct Unauthorized(Problem);
 #[derive(OpenApi)]
 #[openapi(
     info(title = "qkdni controller northbound API", description = "Topology, links, key supply sessions, relay routes and events of one QKDN."),
-    paths(topology, links, list_sessions, create_session, get_session, delete_session, routes, events),
-    components(schemas(Problem, CreateSession, Session, SessionEvent, SessionPath, SessionState, Topology, NodeState, WeightedHop, LinkState, ControllerEvent)),
+    paths(topology, links, list_sessions, create_session, get_session, delete_session, routes, events, diagnosis),
+    components(schemas(Problem, Diagnosis, Decision, Interworking, InterworkingRole, ForeignSae, CreateSession, Session, SessionEvent, SessionPath, SessionState, Topology, NodeState, WeightedHop, LinkState, ControllerEvent)),
     modifiers(&Security, &FixedArrays)
 )]
 pub struct ApiDoc;
@@ -152,6 +155,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         )
         .route("/api/v1/routes", get(routes))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/diagnoses", post(diagnosis))
         .layer(middleware::from_fn_with_state(
             controller.clone(),
             authenticate,
@@ -162,6 +166,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
             "/health",
             get(|| async { Json(serde_json::json!({"ready": true})) }),
         )
+        .route("/ck/v1/interworking-routes", post(interworking_route))
         .merge(api)
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such resource") })
         .with_state(controller)
@@ -339,12 +344,114 @@ async fn events(
     Json(c.events())
 }
 
+/// A QCLM's diagnosis of a fault (Y.3818 9.1, procedure 3).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Diagnosis {
+    /// Who diagnosed (e.g. `QCLM-A`).
+    pub source: String,
+    /// `interworking-relay-failure`.
+    pub kind: String,
+    #[serde(default)]
+    pub relay_id: Option<Uuid>,
+    /// The relay's destination node, when known.
+    #[serde(default)]
+    pub destination: Option<String>,
+    /// The domain whose KM reported the failure.
+    #[serde(default)]
+    pub reported_by: Option<String>,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// What the controller decided on a diagnosis.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Decision {
+    pub decision: String,
+}
+
+/// Takes a diagnosis from the domain's QCLM: the interworking sessions concerned are re-agreed
+/// with the peer domain (or, for segments of the peer's sessions, reported to it).
+#[utoipa::path(post, path = "/api/v1/diagnoses", request_body = Diagnosis,
+    responses((status = 202, description = "The decision", body = Decision),
+        (status = 400, description = "Unknown diagnosis kind", body = Problem, content_type = PROBLEM_JSON),
+        Unauthorized))]
+async fn diagnosis(
+    State(c): State<Arc<Controller>>,
+    Json(d): Json<Diagnosis>,
+) -> Result<(StatusCode, Json<Decision>), Problem> {
+    if d.kind != "interworking-relay-failure" {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            format!("unknown diagnosis kind {}", d.kind),
+        ));
+    }
+    c.event(
+        "qclm-diagnosis",
+        format!(
+            "{}: {} (relay {:?} to {:?}, reported by {:?}): {}",
+            d.source, d.kind, d.relay_id, d.destination, d.reported_by, d.reason
+        ),
+        None,
+        None,
+    );
+    let decision = c
+        .diagnosis(
+            d.destination.as_deref(),
+            &format!("{} from {}", d.kind, d.source),
+        )
+        .await;
+    Ok((StatusCode::ACCEPTED, Json(Decision { decision })))
+}
+
+/// A KM's request for an interworking route (Ck).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteRequest {
+    master_sae: String,
+    slave_sae: String,
+}
+
+/// Procedure 1: a KM of this domain (its certificate names it) asks for the route of keys
+/// from its SAE to an SAE of another QKDN; answered once the route is installed.
+async fn interworking_route(
+    State(c): State<Arc<Controller>>,
+    identity: Option<Extension<PeerIdentity>>,
+    Json(request): Json<RouteRequest>,
+) -> Result<Json<Session>, Problem> {
+    let km = identity
+        .and_then(|Extension(p)| p.0)
+        .filter(|name| c.config.agents.iter().any(|a| &a.node == name))
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a KM certificate of this domain is required",
+            )
+        })?;
+    let session = c
+        .interworking_route(&km, &request.master_sae, &request.slave_sae)
+        .await
+        .map_err(|e| match e {
+            ControlError::UnknownSae(sae) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-sae",
+                format!("no domain knows SAE {sae}"),
+            ),
+            other => Problem::from(other),
+        })?;
+    Ok(Json(session))
+}
+
 /// Serves the API until the task is dropped.
 pub async fn serve(controller: Arc<Controller>) -> Result<(), std::io::Error> {
     let config =
         crate::tls::server_config(&controller.config.tls).map_err(std::io::Error::other)?;
     let listener = tokio::net::TcpListener::bind(controller.config.rest_listen).await?;
     tracing::info!(rest = %controller.config.rest_listen, "controller REST API ready");
-    crate::tls::serve_https(listener, config, router(controller)).await;
+    let issuers =
+        crate::tls::Issuers::load(&controller.config.tls).map_err(std::io::Error::other)?;
+    crate::tls::serve_https_with(listener, config, issuers, router(controller)).await;
     Ok(())
 }

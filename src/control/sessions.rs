@@ -49,6 +49,38 @@ pub struct Session {
     #[serde(default)]
     pub paths: Vec<SessionPath>,
     pub history: Vec<SessionEvent>,
+    /// Set for a session between SAEs of two QKDNs (Y.3818 9.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interworking: Option<Interworking>,
+}
+
+/// This domain's part in an interworking session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum InterworkingRole {
+    /// The master SAE is here: this controller coordinates, `path` runs from the master's KM
+    /// to the peer GWN across the Qx link.
+    Origin,
+    /// The slave SAE is here: `path` is the segment from the entry GWN to the slave's KM.
+    Segment,
+}
+
+/// How an interworking session crosses the border.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Interworking {
+    pub peer_domain: String,
+    pub role: InterworkingRole,
+    /// The Cxi transaction that installed the current route.
+    pub transaction: Uuid,
+    /// This domain's GWN on the route.
+    pub local_gateway: String,
+    /// The peer domain's GWN on the route.
+    pub peer_gateway: String,
+    /// The Qx link between them.
+    pub qx_link: String,
+    /// The KM of the SAE in the peer domain (the slave's for an origin, the master's for a
+    /// segment).
+    pub peer_km: String,
 }
 
 /// One path of a session's route plan.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 
-use super::topology::{AgentView, WeightedHop};
+use super::topology::{AgentView, ForeignSae, WeightedHop};
 
 use crate::netconf::client::{text, ClientError, ClientOptions, Credentials, NetconfClient};
 use crate::netconf::pool::Pool;
@@ -24,9 +24,20 @@ use crate::netconf::pool::Pool;
 /// Seconds a KM keeps an unconfirmed route change before rolling it back.
 pub const CONFIRM_TIMEOUT_S: u64 = 30;
 
-/// Relay route changes on one KM, by destination: set (`Some(next hops)`, primary first) or
-/// remove (`None`).
-pub type RouteChanges = BTreeMap<String, Option<Vec<WeightedHop>>>;
+/// Changes on one KM: relay routes by destination, set (`Some(next hops)`, primary first)
+/// or removed (`None`), and entries of other QKDNs' SAEs, set or removed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteChanges {
+    pub routes: BTreeMap<String, Option<Vec<WeightedHop>>>,
+    pub foreign_saes: BTreeMap<String, Option<ForeignSae>>,
+}
+
+impl RouteChanges {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.foreign_saes.is_empty()
+    }
+}
 
 /// Southbound errors.
 #[derive(Debug, thiserror::Error)]
@@ -219,7 +230,7 @@ impl Southbound {
         self.call(node, session, "<lock><target><candidate/></target></lock>")
             .await?;
         let mut routes = String::new();
-        for (dest, hops) in changes {
+        for (dest, hops) in &changes.routes {
             match hops.as_deref() {
                 Some([primary, alternates @ ..]) => {
                     routes.push_str(&format!(
@@ -243,8 +254,23 @@ impl Southbound {
                 )),
             }
         }
+        let mut saes = String::new();
+        for (sae, entry) in &changes.foreign_saes {
+            match entry {
+                Some(entry) => saes.push_str(&format!(
+                    "<sae nc:operation=\"replace\"><sae-id>{}</sae-id><node>{}</node><domain>{}</domain></sae>",
+                    text(sae),
+                    text(&entry.node),
+                    text(&entry.domain)
+                )),
+                None => saes.push_str(&format!(
+                    "<sae nc:operation=\"remove\"><sae-id>{}</sae-id></sae>",
+                    text(sae)
+                )),
+            }
+        }
         let edit = format!(
-            "<edit-config><target><candidate/></target><config xmlns:nc=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><key-manager xmlns=\"urn:qkdni:yang:qkdni-km\"><relay-routes>{routes}</relay-routes></key-manager></qkd_node></config></edit-config>"
+            "<edit-config><target><candidate/></target><config xmlns:nc=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><key-manager xmlns=\"urn:qkdni:yang:qkdni-km\"><relay-routes>{routes}</relay-routes><saes>{saes}</saes></key-manager></qkd_node></config></edit-config>"
         );
         self.call(node, session, &edit).await?;
         self.call(

@@ -15,6 +15,16 @@ pub struct AgentView {
     pub saes: BTreeMap<String, String>,
     /// Installed relay routes: destination -> next hops (primary first) with weights.
     pub routes: BTreeMap<String, Vec<WeightedHop>>,
+    /// SAEs of other QKDNs installed for interworking: SAE id -> (node, domain).
+    pub foreign_saes: BTreeMap<String, ForeignSae>,
+}
+
+/// An SAE of another QKDN as a KM knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ForeignSae {
+    /// The node (of the other QKDN) whose KM serves it.
+    pub node: String,
+    pub domain: String,
 }
 
 /// One next hop of a relay route and its share of the keys.
@@ -97,7 +107,15 @@ impl AgentView {
                         text(child(sae, KM_NS, "sae-id")),
                         text(child(sae, KM_NS, "node")),
                     ) {
-                        view.saes.insert(id, at);
+                        match text(child(sae, KM_NS, "domain")) {
+                            Some(domain) => {
+                                view.foreign_saes
+                                    .insert(id, ForeignSae { node: at, domain });
+                            }
+                            None => {
+                                view.saes.insert(id, at);
+                            }
+                        }
                     }
                 }
             }
@@ -165,6 +183,9 @@ pub struct NodeState {
     pub routes: BTreeMap<String, String>,
     /// Installed relay routes with every next hop and its weight (multipath).
     pub next_hops: BTreeMap<String, Vec<WeightedHop>>,
+    /// Installed entries of other QKDNs' SAEs: SAE id -> (node, domain).
+    #[serde(default)]
+    pub foreign_saes: BTreeMap<String, ForeignSae>,
 }
 
 impl NodeState {
@@ -195,6 +216,7 @@ impl Topology {
             reachable: true,
             routes: BTreeMap::new(),
             next_hops: BTreeMap::new(),
+            foreign_saes: view.foreign_saes.clone(),
         };
         node.set_routes(view.routes.clone());
         self.nodes.insert(view.node.clone(), node);

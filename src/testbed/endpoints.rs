@@ -12,9 +12,10 @@ use crate::tls::TlsFiles;
 pub struct Endpoints {
     /// Topology name.
     pub name: String,
-    /// CA certificate that signed every certificate of the testbed (PEM path).
+    /// Every domain's CA certificate (PEM bundle): what clients of any testbed server trust.
     pub ca_cert: PathBuf,
-    /// Client credentials of the testbed operator.
+    /// Client credentials of the testbed operator in the first domain (each domain's are
+    /// under `domains`).
     pub operator: Credentials,
     /// NETCONF operator with write access to every node.
     pub netconf_user: NetconfLogin,
@@ -43,12 +44,31 @@ pub struct NetconfLogin {
 /// One domain's services.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DomainEndpoints {
-    /// CA of the domain (PEM path).
+    /// CA of the domain (PEM path): it certifies the domain's KMs, controller, manager, SAEs.
     pub ca_cert: PathBuf,
+    /// The operator's client certificate in this domain.
+    pub operator: Credentials,
     pub nodes: BTreeMap<String, NodeEndpoint>,
     /// The domain's controller, when the domain is centrally controlled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<ControllerEndpoint>,
+    /// The domain's QKDN manager (management layer, Mxi), with the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<ManagerEndpoint>,
+}
+
+/// A domain manager's services.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManagerEndpoint {
+    /// Process name (`manager-<domain>`).
+    pub name: String,
+    /// REST base URL (events, reports; bearer token).
+    pub rest: String,
+    /// Mxi base URL (peer managers only).
+    pub mxi: String,
+    pub token: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
 }
 
 /// A domain controller's services.
@@ -60,6 +80,9 @@ pub struct ControllerEndpoint {
     pub rest: String,
     /// Operators' NETCONF over SSH address (`host:port`).
     pub netconf: String,
+    /// Cxi base URL (peer controllers only), when the domain interworks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cxi: Option<String>,
     /// Bearer token of the testbed's orchestrator.
     pub token: String,
     pub config: PathBuf,
@@ -104,7 +127,11 @@ pub struct SaeEndpoint {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinkEndpoint {
     pub nodes: [String; 2],
+    /// The domain of the first node.
     pub domain: String,
+    /// For a Qx link between two domains' gateway nodes: the second node's domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_domain: Option<String>,
 }
 
 /// Errors reading endpoints.
@@ -153,7 +180,7 @@ impl Endpoints {
         })
     }
 
-    /// TLS files of the operator.
+    /// TLS files of the operator in the first domain.
     pub fn operator_tls(&self) -> TlsFiles {
         TlsFiles {
             cert: self.operator.cert.clone(),
@@ -161,6 +188,30 @@ impl Endpoints {
             ca: vec![self.ca_cert.clone()],
             peer_cas: Vec::new(),
         }
+    }
+
+    /// TLS files of the operator in the domain of node (or controller, manager) `name`.
+    pub fn operator_tls_at(&self, name: &str) -> TlsFiles {
+        let operator = self
+            .domains
+            .values()
+            .find(|d| {
+                d.nodes.contains_key(name)
+                    || d.controller.as_ref().is_some_and(|c| c.name == name)
+                    || d.manager.as_ref().is_some_and(|m| m.name == name)
+            })
+            .map_or(&self.operator, |d| &d.operator);
+        TlsFiles {
+            cert: operator.cert.clone(),
+            key: operator.key.clone(),
+            ca: vec![self.ca_cert.clone()],
+            peer_cas: Vec::new(),
+        }
+    }
+
+    /// The manager of `domain`.
+    pub fn manager(&self, domain: &str) -> Option<&ManagerEndpoint> {
+        self.domains.get(domain).and_then(|d| d.manager.as_ref())
     }
 
     /// The node endpoint of `node`, in whichever domain.
@@ -183,15 +234,28 @@ impl Endpoints {
                 health: format!("{}/admin/v1/health", node.kma),
             });
         }
-        self.domains
+        if let Some(c) = self
+            .domains
             .values()
             .filter_map(|d| d.controller.as_ref())
             .find(|c| c.name == name)
-            .map(|c| ProcessSpec {
+        {
+            return Some(ProcessSpec {
                 subcommand: "controller",
                 config: c.config.clone(),
                 log: c.log.clone(),
                 health: format!("{}/health", c.rest),
+            });
+        }
+        self.domains
+            .values()
+            .filter_map(|d| d.manager.as_ref())
+            .find(|m| m.name == name)
+            .map(|m| ProcessSpec {
+                subcommand: "manager",
+                config: m.config.clone(),
+                log: m.log.clone(),
+                health: format!("{}/api/v1/health", m.rest),
             })
     }
 

@@ -14,3 +14,6 @@ pub mod topology;
 
 /// The default single-domain topology, embedded so the demo needs no files.
 pub const SINGLE_DOMAIN: &str = include_str!("../../testbed/single-domain.toml");
+
+/// The default two-domain topology (gateway nodes, two Qx links), embedded for the demo.
+pub const TWO_DOMAIN_GWN: &str = include_str!("../../testbed/two-domain-gwn.toml");

@@ -10,12 +10,16 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::endpoints::{
-    ControllerEndpoint, Credentials, DomainEndpoints, Endpoints, LinkEndpoint, NetconfLogin,
-    NodeEndpoint, SaeEndpoint,
+    ControllerEndpoint, Credentials, DomainEndpoints, Endpoints, LinkEndpoint, ManagerEndpoint,
+    NetconfLogin, NodeEndpoint, SaeEndpoint,
 };
 use super::topology::Topology;
-use crate::control::config::{AgentConfig, ControllerConfig, SouthboundLogin};
+use crate::control::config::{
+    AgentConfig, ControllerConfig, CxiPeer, ExposePolicy, InterworkingConfig, NodeRole,
+    SouthboundLogin,
+};
 use crate::km::config::{Etsi014Limits, KmConfig, LinkConfig, LinkEnd};
+use crate::management::config::{ControllerLink, ManagedAgent, ManagerConfig, PeerManager};
 use crate::netconf::client::{ClientOptions, Credentials as NetconfCredentials, NetconfClient};
 use crate::netconf::server::{Group, NetconfConfig, User};
 use crate::pki::{Authority, PkiError, Role};
@@ -148,9 +152,31 @@ fn startup_lock() -> Result<std::fs::File, TestbedError> {
     Ok(file)
 }
 
-/// Writes certificates and agent configurations for `topology` into `dir`, starts every KM
-/// agent with the `qkdni` binary `exe`, waits until all are ready and writes
-/// `endpoints.json`.
+/// A domain's PKI: its own CA, trusted by other domains only at their interworking points.
+struct DomainPki {
+    ca: Authority,
+    ca_cert: PathBuf,
+    operator: Credentials,
+}
+
+/// Addresses of one domain's controller and manager.
+struct ControlAddresses {
+    rest: SocketAddr,
+    netconf: SocketAddr,
+    cxi: SocketAddr,
+    manager_rest: SocketAddr,
+    mxi: SocketAddr,
+}
+
+fn write_toml<T: Serialize>(path: &Path, value: &T, what: &str) -> Result<(), TestbedError> {
+    let text = toml::to_string_pretty(value)
+        .map_err(|e| TestbedError::Operation(format!("serializing {what}: {e}")))?;
+    std::fs::write(path, text).map_err(io(format!("writing {what}")))
+}
+
+/// Writes certificates (one CA per domain) and the configurations of every KM agent,
+/// controller and manager for `topology` into `dir`, starts them with the `qkdni` binary
+/// `exe`, waits until all are ready and writes `endpoints.json`.
 pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints, TestbedError> {
     if Endpoints::path(dir).exists() && !Processes::load(dir).nodes.is_empty() {
         return Err(TestbedError::Operation(format!(
@@ -165,10 +191,34 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
     }
     let _startup = startup_lock()?;
     let mut ports = Ports::new();
-    let ca = Authority::new(&topology.name)?;
+    let mut pkis: BTreeMap<String, DomainPki> = BTreeMap::new();
+    let mut bundle = String::new();
+    for domain in &topology.domains {
+        let ca = Authority::new(&format!("{} {}", topology.name, domain.name))?;
+        let ca_cert = pki.join(format!("ca-{}.crt", domain.name));
+        std::fs::write(&ca_cert, ca.cert_pem()).map_err(io("writing CA"))?;
+        bundle.push_str(ca.cert_pem());
+        let operator = ca.issue_to(
+            &pki,
+            &format!("operator-{}", domain.name),
+            "operator",
+            Role::Client,
+        )?;
+        pkis.insert(
+            domain.name.clone(),
+            DomainPki {
+                ca,
+                ca_cert,
+                operator: Credentials {
+                    name: "operator".into(),
+                    cert: operator.cert,
+                    key: operator.key,
+                },
+            },
+        );
+    }
     let ca_cert = pki.join("ca.crt");
-    std::fs::write(&ca_cert, ca.cert_pem()).map_err(io("writing CA"))?;
-    let operator_paths = ca.issue_to(&pki, "operator", "operator", Role::Client)?;
+    std::fs::write(&ca_cert, &bundle).map_err(io("writing the CA bundle"))?;
     let netconf_user = NetconfLogin {
         username: "operator".into(),
         password: random_password(),
@@ -177,30 +227,67 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
         username: "viewer".into(),
         password: random_password(),
     };
-
+    let first = topology
+        .domains
+        .first()
+        .ok_or_else(|| TestbedError::Operation("the topology has no domain".into()))?;
     let mut endpoints = Endpoints {
         name: topology.name.clone(),
         ca_cert: ca_cert.clone(),
-        operator: Credentials {
-            name: "operator".into(),
-            cert: operator_paths.cert,
-            key: operator_paths.key,
-        },
+        operator: pkis[&first.name].operator.clone(),
         netconf_user: netconf_user.clone(),
         netconf_readonly_user: netconf_readonly_user.clone(),
         domains: BTreeMap::new(),
         saes: BTreeMap::new(),
         links: BTreeMap::new(),
     };
+    // every address first: Qx links and Cxi/Mxi peers point across domains
+    let mut addresses = BTreeMap::new();
+    let mut control = BTreeMap::new();
+    for domain in &topology.domains {
+        for node in &domain.nodes {
+            addresses.insert(
+                node.name.clone(),
+                (ports.take()?, ports.take()?, ports.take()?),
+            );
+        }
+        if domain.controller {
+            control.insert(
+                domain.name.clone(),
+                ControlAddresses {
+                    rest: ports.take()?,
+                    netconf: ports.take()?,
+                    cxi: ports.take()?,
+                    manager_rest: ports.take()?,
+                    mxi: ports.take()?,
+                },
+            );
+        }
+    }
+    let domain_of = |node: &str| {
+        topology
+            .domain_of(node)
+            .map(|d| d.name.clone())
+            .unwrap_or_default()
+    };
+    // the domains each domain interworks with (over Qx links)
+    let mut neighbours: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for link in &topology.qx_links {
+        let (a, b) = (domain_of(&link.nodes[0]), domain_of(&link.nodes[1]));
+        neighbours.entry(a.clone()).or_default().insert(b.clone());
+        neighbours.entry(b).or_default().insert(a);
+    }
+    let peer_cas = |domains: &mut dyn Iterator<Item = &String>| -> Vec<tls::PeerCa> {
+        domains
+            .map(|d| tls::PeerCa {
+                domain: d.clone(),
+                cert: pkis[d].ca_cert.clone(),
+            })
+            .collect()
+    };
     let mut configs = Vec::new();
     for domain in &topology.domains {
-        let mut addresses = BTreeMap::new();
-        for node in &domain.nodes {
-            let etsi = ports.take()?;
-            let kma = ports.take()?;
-            let netconf = ports.take()?;
-            addresses.insert(node.name.clone(), (etsi, kma, netconf));
-        }
+        let dpki = &pkis[&domain.name];
         // with a controller, relay routes are the controller's to install
         let routes = if domain.controller {
             BTreeMap::new()
@@ -216,11 +303,15 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
         for node in &domain.nodes {
             let node_dir = dir.join("nodes").join(&node.name);
             std::fs::create_dir_all(&node_dir).map_err(io("creating node directory"))?;
-            let paths = ca.issue_to(&pki, &format!("km-{}", node.name), &node.name, Role::Node)?;
+            let paths =
+                dpki.ca
+                    .issue_to(&pki, &format!("km-{}", node.name), &node.name, Role::Node)?;
             let (etsi, kma, netconf) = addresses[&node.name];
+            let mut qx_peers = std::collections::BTreeSet::new();
             let links = domain
                 .links
                 .iter()
+                .chain(&topology.qx_links)
                 .filter_map(|link| {
                     let end = if link.nodes[0] == node.name {
                         LinkEnd::Tx
@@ -233,6 +324,10 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                         LinkEnd::Tx => 1,
                         LinkEnd::Rx => 0,
                     }];
+                    let peer_domain = Some(domain_of(peer)).filter(|d| *d != domain.name);
+                    if let Some(d) = &peer_domain {
+                        qx_peers.insert(d.clone());
+                    }
                     Some(LinkConfig {
                         id: link.id.clone(),
                         peer: peer.clone(),
@@ -241,7 +336,7 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                         rate_bps: link.rate_bps,
                         model: link.model,
                         capacity_blocks: link.capacity_blocks.unwrap_or(16_384),
-                        peer_domain: None,
+                        peer_domain,
                     })
                 })
                 .collect();
@@ -254,8 +349,8 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                 tls: TlsFiles {
                     cert: paths.cert,
                     key: paths.key,
-                    ca: vec![ca_cert.clone()],
-                    peer_cas: Vec::new(),
+                    ca: vec![dpki.ca_cert.clone()],
+                    peer_cas: peer_cas(&mut qx_peers.iter()),
                 },
                 operators: vec!["operator".into()],
                 etsi014: Etsi014Limits::default(),
@@ -269,14 +364,16 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                     max_message_bytes: 16 * 1024 * 1024,
                     running_file: Some(node_dir.join("data").join("running.xml")),
                 }),
-                controller: None,
+                controller: control
+                    .get(&domain.name)
+                    .map(|c| format!("https://{}", c.rest)),
             };
             let config_path = node_dir.join("km.toml");
-            let text = toml::to_string_pretty(&config)
-                .map_err(|e| TestbedError::Operation(format!("serializing config: {e}")))?;
-            std::fs::write(&config_path, text).map_err(io("writing agent config"))?;
+            write_toml(&config_path, &config, "agent config")?;
             for sae in &node.saes {
-                let sae_paths = ca.issue_to(&pki, &format!("sae-{sae}"), sae, Role::Client)?;
+                let sae_paths = dpki
+                    .ca
+                    .issue_to(&pki, &format!("sae-{sae}"), sae, Role::Client)?;
                 endpoints.saes.insert(
                     sae.clone(),
                     SaeEndpoint {
@@ -305,75 +402,49 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                 LinkEndpoint {
                     nodes: link.nodes.clone(),
                     domain: domain.name.clone(),
+                    peer_domain: None,
                 },
             );
         }
-        let controller = if domain.controller {
-            let name = format!("controller-{}", domain.name);
-            let cdir = dir.join("controllers").join(&domain.name);
-            std::fs::create_dir_all(&cdir).map_err(io("creating controller directory"))?;
-            let paths = ca.issue_to(&pki, &name, &name, Role::Node)?;
-            let rest = ports.take()?;
-            let netconf = ports.take()?;
-            let token = random_password();
-            let config = ControllerConfig {
-                domain: domain.name.clone(),
-                data_dir: cdir.join("data"),
-                rest_listen: rest,
-                tls: TlsFiles {
-                    cert: paths.cert,
-                    key: paths.key,
-                    ca: vec![ca_cert.clone()],
-                    peer_cas: Vec::new(),
-                },
-                bearer_tokens: vec![token.clone()],
-                client_names: vec!["operator".into()],
-                policy: "key-aware".into(),
-                agents: domain
-                    .nodes
-                    .iter()
-                    .map(|n| AgentConfig {
-                        node: n.name.clone(),
-                        netconf: addresses[&n.name].2,
-                        role: Default::default(),
-                    })
-                    .collect(),
-                southbound: SouthboundLogin {
-                    username: netconf_user.username.clone(),
-                    password: netconf_user.password.clone(),
-                },
-                poll_seconds: 2,
-                netconf: Some(NetconfConfig {
-                    listen: netconf,
-                    host_key: cdir.join("ssh_host_ed25519_key"),
-                    users: netconf_users(&netconf_user, &netconf_readonly_user),
-                    max_message_bytes: 16 * 1024 * 1024,
-                    running_file: Some(cdir.join("data").join("running.xml")),
-                }),
-            };
-            let config_path = cdir.join("controller.toml");
-            let text = toml::to_string_pretty(&config)
-                .map_err(|e| TestbedError::Operation(format!("serializing config: {e}")))?;
-            std::fs::write(&config_path, text).map_err(io("writing controller config"))?;
-            Some(ControllerEndpoint {
-                name,
-                rest: format!("https://{rest}"),
-                netconf: netconf.to_string(),
-                token,
-                config: config_path,
-                log: dir
-                    .join("logs")
-                    .join(format!("controller-{}.log", domain.name)),
-            })
-        } else {
-            None
+        let (controller, manager) = match control.get(&domain.name) {
+            Some(addrs) => {
+                let peers: Vec<&String> = neighbours
+                    .get(&domain.name)
+                    .map(|n| n.iter().filter(|d| control.contains_key(*d)).collect())
+                    .unwrap_or_default();
+                let (controller, manager) = write_control(
+                    dir,
+                    domain,
+                    dpki,
+                    addrs,
+                    &addresses,
+                    &peers,
+                    &control,
+                    peer_cas(&mut peers.iter().copied()),
+                    (&netconf_user, &netconf_readonly_user),
+                )?;
+                (Some(controller), manager)
+            }
+            None => (None, None),
         };
         endpoints.domains.insert(
             domain.name.clone(),
             DomainEndpoints {
-                ca_cert: ca_cert.clone(),
+                ca_cert: dpki.ca_cert.clone(),
+                operator: dpki.operator.clone(),
                 nodes,
                 controller,
+                manager,
+            },
+        );
+    }
+    for link in &topology.qx_links {
+        endpoints.links.insert(
+            link.id.clone(),
+            LinkEndpoint {
+                nodes: link.nodes.clone(),
+                domain: domain_of(&link.nodes[0]),
+                peer_domain: Some(domain_of(&link.nodes[1])),
             },
         );
     }
@@ -390,19 +461,173 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
     for node in &configs {
         wait_ready(&endpoints, node, processes.nodes[node]).await?;
     }
-    // controllers start once their agents answer
-    let controllers: Vec<String> = endpoints
-        .domains
-        .values()
-        .filter_map(|d| d.controller.as_ref().map(|c| c.name.clone()))
-        .collect();
-    for name in &controllers {
-        let pid = spawn_node(&endpoints, name, exe)?;
-        processes.nodes.insert(name.clone(), pid);
-        processes.save(dir)?;
-        wait_ready(&endpoints, name, pid).await?;
+    // controllers start once their agents answer, managers once their controllers do
+    for kind in ["controller", "manager"] {
+        let names: Vec<String> = endpoints
+            .domains
+            .values()
+            .filter_map(|d| match kind {
+                "controller" => d.controller.as_ref().map(|c| c.name.clone()),
+                _ => d.manager.as_ref().map(|m| m.name.clone()),
+            })
+            .collect();
+        for name in &names {
+            let pid = spawn_node(&endpoints, name, exe)?;
+            processes.nodes.insert(name.clone(), pid);
+            processes.save(dir)?;
+        }
+        for name in &names {
+            wait_ready(&endpoints, name, processes.nodes[name]).await?;
+        }
     }
     Ok(endpoints)
+}
+
+/// Writes the configurations of a domain's controller and manager.
+#[allow(clippy::too_many_arguments)]
+fn write_control(
+    dir: &Path,
+    domain: &super::topology::Domain,
+    dpki: &DomainPki,
+    addrs: &ControlAddresses,
+    addresses: &BTreeMap<String, (SocketAddr, SocketAddr, SocketAddr)>,
+    peers: &[&String],
+    control: &BTreeMap<String, ControlAddresses>,
+    peer_cas: Vec<tls::PeerCa>,
+    (netconf_user, netconf_readonly_user): (&NetconfLogin, &NetconfLogin),
+) -> Result<(ControllerEndpoint, Option<ManagerEndpoint>), TestbedError> {
+    let pki = dir.join("pki");
+    let name = format!("controller-{}", domain.name);
+    let cdir = dir.join("controllers").join(&domain.name);
+    std::fs::create_dir_all(&cdir).map_err(io("creating controller directory"))?;
+    let paths = dpki.ca.issue_to(&pki, &name, &name, Role::Node)?;
+    let token = random_password();
+    let tls_files = TlsFiles {
+        cert: paths.cert,
+        key: paths.key,
+        ca: vec![dpki.ca_cert.clone()],
+        peer_cas: peer_cas.clone(),
+    };
+    let config = ControllerConfig {
+        domain: domain.name.clone(),
+        data_dir: cdir.join("data"),
+        rest_listen: addrs.rest,
+        tls: tls_files,
+        bearer_tokens: vec![token.clone()],
+        client_names: vec!["operator".into()],
+        policy: "key-aware".into(),
+        agents: domain
+            .nodes
+            .iter()
+            .map(|n| AgentConfig {
+                node: n.name.clone(),
+                netconf: addresses[&n.name].2,
+                role: if n.gateway {
+                    NodeRole::Gateway
+                } else {
+                    NodeRole::Km
+                },
+            })
+            .collect(),
+        southbound: SouthboundLogin {
+            username: netconf_user.username.clone(),
+            password: netconf_user.password.clone(),
+        },
+        poll_seconds: 2,
+        netconf: Some(NetconfConfig {
+            listen: addrs.netconf,
+            host_key: cdir.join("ssh_host_ed25519_key"),
+            users: netconf_users(netconf_user, netconf_readonly_user),
+            max_message_bytes: 16 * 1024 * 1024,
+            running_file: Some(cdir.join("data").join("running.xml")),
+        }),
+        interworking: (!peers.is_empty()).then(|| InterworkingConfig {
+            cxi_listen: addrs.cxi,
+            peers: peers
+                .iter()
+                .map(|p| CxiPeer {
+                    domain: (*p).clone(),
+                    url: format!("https://{}", control[*p].cxi),
+                    controller: format!("controller-{p}"),
+                })
+                .collect(),
+            expose: ExposePolicy::default(),
+            default_rate_bps: 1000.0,
+        }),
+    };
+    let config_path = cdir.join("controller.toml");
+    write_toml(&config_path, &config, "controller config")?;
+    let controller = ControllerEndpoint {
+        name,
+        rest: format!("https://{}", addrs.rest),
+        netconf: addrs.netconf.to_string(),
+        cxi: (!peers.is_empty()).then(|| format!("https://{}", addrs.cxi)),
+        token: token.clone(),
+        config: config_path,
+        log: dir
+            .join("logs")
+            .join(format!("controller-{}.log", domain.name)),
+    };
+    // the manager of an interworking domain: KMLM, QLM, XLMO, QCLM; Mxi toward the first
+    // peer domain
+    let Some(peer) = peers.first().map(|p| (*p).clone()) else {
+        return Ok((controller, None));
+    };
+    let mname = format!("manager-{}", domain.name);
+    let mdir = dir.join("managers").join(&domain.name);
+    std::fs::create_dir_all(&mdir).map_err(io("creating manager directory"))?;
+    let mpaths = dpki.ca.issue_to(&pki, &mname, &mname, Role::Node)?;
+    let mtoken = random_password();
+    let mconfig = ManagerConfig {
+        domain: domain.name.clone(),
+        nodes: domain.nodes.iter().map(|n| n.name.clone()).collect(),
+        rest_listen: addrs.manager_rest,
+        mxi_listen: addrs.mxi,
+        bearer_tokens: vec![mtoken.clone()],
+        report_seconds: 5,
+        diagnosis_holddown_seconds: 5,
+        tls: TlsFiles {
+            cert: mpaths.cert,
+            key: mpaths.key,
+            ca: vec![dpki.ca_cert.clone()],
+            peer_cas,
+        },
+        agents: domain
+            .nodes
+            .iter()
+            .map(|n| ManagedAgent {
+                node: n.name.clone(),
+                netconf: addresses[&n.name].2,
+            })
+            .collect(),
+        southbound: SouthboundLogin {
+            username: netconf_user.username.clone(),
+            password: netconf_user.password.clone(),
+        },
+        controller: Some(ControllerLink {
+            url: format!("https://{}", addrs.rest),
+            token,
+            ca: dpki.ca_cert.clone(),
+        }),
+        peer: PeerManager {
+            manager_name: format!("manager-{peer}"),
+            mxi: format!("https://{}", control[&peer].mxi),
+            domain: peer,
+        },
+    };
+    let mconfig_path = mdir.join("manager.toml");
+    write_toml(&mconfig_path, &mconfig, "manager config")?;
+    let manager = ManagerEndpoint {
+        name: mname,
+        rest: format!("https://{}", addrs.manager_rest),
+        mxi: format!("https://{}", addrs.mxi),
+        token: mtoken,
+        config: mconfig_path,
+        log: dir
+            .join("logs")
+            .join(format!("manager-{}.log", domain.name)),
+    };
+    Ok((controller, Some(manager)))
 }
 
 fn write_endpoints(dir: &Path, endpoints: &Endpoints) -> Result<(), TestbedError> {
@@ -448,7 +673,7 @@ fn alive(pid: u32) -> bool {
 
 async fn wait_ready(endpoints: &Endpoints, name: &str, pid: u32) -> Result<(), TestbedError> {
     let spec = endpoints.process(name).expect("known process");
-    let client = tls::https_client(&endpoints.operator_tls(), Duration::from_secs(2))?;
+    let client = tls::https_client_trusting(&[endpoints.ca_cert.clone()], Duration::from_secs(2))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if !alive(pid) {
@@ -607,7 +832,7 @@ pub async fn link_reports(
         kind: "node",
         name: node.into(),
     })?;
-    let client = tls::https_client(&endpoints.operator_tls(), Duration::from_secs(5))?;
+    let client = tls::https_client(&endpoints.operator_tls_at(node), Duration::from_secs(5))?;
     let response = client
         .get(format!("{}/admin/v1/links", entry.kma))
         .send()

@@ -26,6 +26,10 @@ use crate::quantum::link_model::LinkParams;
 pub struct Topology {
     pub name: String,
     pub domains: Vec<Domain>,
+    /// Qx links between gateway nodes of two domains (Y.3818 6.1); the first node hosts the
+    /// transmitter module.
+    #[serde(default)]
+    pub qx_links: Vec<Link>,
 }
 
 /// One QKDN.
@@ -49,6 +53,9 @@ pub struct Node {
     pub name: String,
     #[serde(default)]
     pub saes: Vec<String>,
+    /// A gateway node (GWN) at the domain's border.
+    #[serde(default)]
+    pub gateway: bool,
 }
 
 /// One QKD link.
@@ -123,7 +130,41 @@ impl Topology {
                 }
             }
         }
+        let gateways: BTreeMap<&str, &str> = self
+            .domains
+            .iter()
+            .flat_map(|d| {
+                d.nodes
+                    .iter()
+                    .filter(|n| n.gateway)
+                    .map(move |n| (n.name.as_str(), d.name.as_str()))
+            })
+            .collect();
+        for link in &self.qx_links {
+            if !links.insert(link.id.clone()) {
+                return invalid(format!("link {} defined twice", link.id));
+            }
+            let (Some(a), Some(b)) = (
+                gateways.get(link.nodes[0].as_str()),
+                gateways.get(link.nodes[1].as_str()),
+            ) else {
+                return invalid(format!(
+                    "Qx link {}: both ends must be gateway nodes",
+                    link.id
+                ));
+            };
+            if a == b {
+                return invalid(format!("Qx link {} joins two nodes of domain {a}", link.id));
+            }
+        }
         Ok(())
+    }
+
+    /// The domain of node `node`.
+    pub fn domain_of(&self, node: &str) -> Option<&Domain> {
+        self.domains
+            .iter()
+            .find(|d| d.nodes.iter().any(|n| n.name == node))
     }
 }
 

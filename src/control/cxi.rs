@@ -1,0 +1,369 @@
+//! Cxi, the reference point between the controllers of two QKDNs (Y.3818 6.1): versioned
+//! JSON messages over HTTPS with mutual TLS between the domains' CAs.
+//!
+//! - `GET /cxi/v1/abstract-topology`: what a domain's exposure policy shares: border nodes
+//!   and their Qx links, and (when allowed) which SAEs are reachable from which border node
+//!   with what hop count and key rate. Never internal links.
+//! - Two-phase route agreement, coordinated by the domain of the master SAE:
+//!   `POST /cxi/v1/transactions` (prepare: the peer computes and validates its segment and
+//!   votes), `POST /cxi/v1/transactions/{id}/commit` (the peer installs it on its KMs),
+//!   `POST /cxi/v1/transactions/{id}/abort` (dropped, or undone when already committed).
+//! - `POST /cxi/v1/status`: status sharing (a fault on a segment, a border change).
+//! - `DELETE /cxi/v1/sessions/{id}`: the session ended at its origin.
+//!
+//! Every body carries `version` (1); unknown fields, other versions and callers other than the
+//! configured peer controller are refused with RFC 9457 problem details. The schemas are in
+//! `schemas/cxi/v1/openapi.json` (generated from these types; a test keeps them equal).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::config::CxiPeer;
+use crate::tls::{self, TlsFiles};
+
+/// The Cxi message version this controller speaks.
+pub const CXI_VERSION: u32 = 1;
+
+/// What a domain shares about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AbstractTopology {
+    pub version: u32,
+    pub domain: String,
+    pub border_nodes: Vec<BorderNode>,
+    /// Empty unless the policy shares SAE reachability.
+    pub reachability: Vec<SaeReach>,
+}
+
+/// A gateway node at the border and its Qx links.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BorderNode {
+    pub node: String,
+    pub qx_links: Vec<QxLinkState>,
+}
+
+/// A Qx link as its domain sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QxLinkState {
+    pub id: String,
+    /// The GWN at the other end (in the peer domain).
+    pub peer_node: String,
+    pub up: bool,
+    pub rate_bps: f64,
+}
+
+/// Where an SAE is and from which border nodes it is reachable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SaeReach {
+    pub sae: String,
+    /// The node whose KM serves it (the relay's destination).
+    pub node: String,
+    pub via: Vec<BorderReach>,
+}
+
+/// Reachability of a node from one border node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BorderReach {
+    pub border_node: String,
+    /// Relay hops inside the domain (when the policy shares key rates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hops: Option<u32>,
+    /// Key rate of the route (bit/s; when the policy shares key rates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_bps: Option<f64>,
+}
+
+/// Phase 1: the coordinator proposes a route crossing `qx_link` into the peer at
+/// `entry_gateway`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareRequest {
+    pub version: u32,
+    pub transaction: Uuid,
+    pub session: Uuid,
+    pub origin_domain: String,
+    pub master_sae: String,
+    pub slave_sae: String,
+    /// KM of the master SAE (the relay's origin).
+    pub origin_km: String,
+    /// The coordinator's GWN.
+    pub peer_gateway: String,
+    /// The receiving domain's GWN, where its segment starts.
+    pub entry_gateway: String,
+    pub qx_link: String,
+    pub rate_bps: f64,
+    /// Why (new session, fault, ...).
+    pub reason: String,
+}
+
+/// A vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum VoteKind {
+    Prepared,
+    Refused,
+}
+
+/// The answer to a prepare.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Vote {
+    pub version: u32,
+    pub transaction: Uuid,
+    pub vote: VoteKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Hops of the prepared segment (not its nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_hops: Option<u32>,
+}
+
+/// Outcome of a commit or an abort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Committed,
+    Aborted,
+}
+
+/// The answer to a commit or an abort.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionResult {
+    pub version: u32,
+    pub transaction: Uuid,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What a status report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatusKind {
+    /// A fault on the reporter's segment of these sessions: the coordinator should reroute.
+    SegmentFault,
+    /// A Qx link changed state at the reporter's GWN.
+    BorderChange,
+}
+
+/// Status shared with the peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReport {
+    pub version: u32,
+    pub domain: String,
+    pub kind: StatusKind,
+    #[serde(default)]
+    pub sessions: Vec<Uuid>,
+    pub detail: String,
+}
+
+/// Cxi client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum CxiError {
+    #[error("peer controller of {domain} unreachable: {reason}")]
+    Unreachable { domain: String, reason: String },
+    #[error("peer controller of {domain} answered {status}: {detail}")]
+    Refused {
+        domain: String,
+        status: u16,
+        detail: String,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// A client of one peer controller.
+#[derive(Clone)]
+pub struct CxiClient {
+    pub peer: CxiPeer,
+    http: reqwest::Client,
+}
+
+impl CxiClient {
+    /// A client presenting this controller's certificate.
+    pub fn new(peer: CxiPeer, files: &TlsFiles) -> Result<Self, CxiError> {
+        Ok(Self {
+            peer,
+            http: tls::https_client(files, Duration::from_secs(10))?,
+        })
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        accept: &[u16],
+    ) -> Result<T, CxiError> {
+        let unreachable = |reason: String| CxiError::Unreachable {
+            domain: self.peer.domain.clone(),
+            reason,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if !accept.contains(&status) {
+            return Err(CxiError::Refused {
+                domain: self.peer.domain.clone(),
+                status,
+                detail: text,
+            });
+        }
+        serde_json::from_str(&text).map_err(|e| CxiError::Refused {
+            domain: self.peer.domain.clone(),
+            status,
+            detail: format!("malformed answer: {e}"),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.peer.url.trim_end_matches('/'))
+    }
+
+    /// The peer's abstract topology.
+    pub async fn abstract_topology(&self) -> Result<AbstractTopology, CxiError> {
+        self.call(self.http.get(self.url("/cxi/v1/abstract-topology")), &[200])
+            .await
+    }
+
+    /// Phase 1.
+    pub async fn prepare(&self, request: &PrepareRequest) -> Result<Vote, CxiError> {
+        self.call(
+            self.http
+                .post(self.url("/cxi/v1/transactions"))
+                .json(request),
+            &[200, 409],
+        )
+        .await
+    }
+
+    /// Phase 2.
+    pub async fn commit(&self, transaction: Uuid) -> Result<TransactionResult, CxiError> {
+        self.call(
+            self.http
+                .post(self.url(&format!("/cxi/v1/transactions/{transaction}/commit"))),
+            &[200, 409],
+        )
+        .await
+    }
+
+    /// Abort (or undo) a transaction.
+    pub async fn abort(&self, transaction: Uuid) -> Result<TransactionResult, CxiError> {
+        self.call(
+            self.http
+                .post(self.url(&format!("/cxi/v1/transactions/{transaction}/abort"))),
+            &[200],
+        )
+        .await
+    }
+
+    /// Shares status.
+    pub async fn status(&self, report: &StatusReport) -> Result<serde_json::Value, CxiError> {
+        self.call(
+            self.http.post(self.url("/cxi/v1/status")).json(report),
+            &[202],
+        )
+        .await
+    }
+
+    /// Ends a session at the peer.
+    pub async fn delete_session(&self, session: Uuid) -> Result<(), CxiError> {
+        let response = self
+            .http
+            .delete(self.url(&format!("/cxi/v1/sessions/{session}")))
+            .send()
+            .await
+            .map_err(|e| CxiError::Unreachable {
+                domain: self.peer.domain.clone(),
+                reason: e.to_string(),
+            })?;
+        match response.status().as_u16() {
+            204 | 404 => Ok(()),
+            status => Err(CxiError::Refused {
+                domain: self.peer.domain.clone(),
+                status,
+                detail: response.text().await.unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+/// The Cxi messages as an OpenAPI document (their JSON Schemas), committed as
+/// `schemas/cxi/v1/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "qkdni Cxi (controller to controller, ITU-T Y.3818)",
+        version = "1"
+    ),
+    components(schemas(
+        AbstractTopology,
+        BorderNode,
+        QxLinkState,
+        SaeReach,
+        BorderReach,
+        PrepareRequest,
+        Vote,
+        VoteKind,
+        TransactionResult,
+        Outcome,
+        StatusReport,
+        StatusKind
+    ))
+)]
+pub struct CxiSchemas;
+
+/// The committed schema document.
+pub fn schemas_json() -> String {
+    use utoipa::OpenApi;
+    let mut text = CxiSchemas::openapi()
+        .to_pretty_json()
+        .expect("serializable schemas");
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_schemas_match_the_messages() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/cxi/v1/openapi.json");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        if committed != schemas_json() && std::env::var_os("QKDNI_BLESS").is_some() {
+            std::fs::write(path, schemas_json()).unwrap();
+            return;
+        }
+        assert_eq!(
+            committed,
+            schemas_json(),
+            "schemas/cxi/v1/openapi.json is stale: rerun with QKDNI_BLESS=1"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_kinds_are_refused() {
+        let ok = serde_json::json!({"version": 1, "domain": "B", "kind": "segment-fault", "sessions": [], "detail": "x"});
+        assert!(serde_json::from_value::<StatusReport>(ok.clone()).is_ok());
+        let mut extra = ok.clone();
+        extra["sneaky"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<StatusReport>(extra).is_err());
+        let mut kind = ok;
+        kind["kind"] = serde_json::json!("reboot");
+        assert!(serde_json::from_value::<StatusReport>(kind).is_err());
+    }
+}

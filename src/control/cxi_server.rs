@@ -1,0 +1,235 @@
+//! The Cxi server of a controller: answers the configured peer controllers only (their
+//! certificate, issued by their domain's CA, names them), checks every message's version and
+//! shape before anything changes, and logs what it refuses.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::controller::Controller;
+use super::cxi::{Outcome, PrepareRequest, StatusReport, VoteKind, CXI_VERSION};
+use super::northbound::Problem;
+use crate::tls::PeerIdentity;
+
+/// The Cxi routes.
+pub fn router(controller: Arc<Controller>) -> Router {
+    Router::new()
+        .route(
+            "/cxi/versions",
+            get(|| async { Json(serde_json::json!({ "versions": [CXI_VERSION] })) }),
+        )
+        .route(
+            "/cxi/v1/openapi.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    super::cxi::schemas_json(),
+                )
+            }),
+        )
+        .route("/cxi/v1/abstract-topology", get(abstract_topology))
+        .route("/cxi/v1/transactions", post(prepare))
+        .route("/cxi/v1/transactions/{id}/commit", post(commit))
+        .route("/cxi/v1/transactions/{id}/abort", post(abort))
+        .route("/cxi/v1/status", post(status))
+        .route("/cxi/v1/sessions/{id}", delete(delete_session))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such resource") })
+        .with_state(controller)
+}
+
+/// The calling peer's domain, or a logged refusal.
+fn peer(c: &Controller, identity: &PeerIdentity, what: &str) -> Result<String, Response> {
+    let found = identity
+        .0
+        .as_deref()
+        .and_then(|name| c.peer_by_identity(name))
+        .map(|p| p.peer.domain.clone());
+    found.ok_or_else(|| {
+        let who = identity
+            .0
+            .clone()
+            .unwrap_or_else(|| "an anonymous client".into());
+        tracing::warn!(caller = %who, what, "Cxi request refused: not a peer controller");
+        c.event(
+            "cxi-rejected",
+            format!("{what} from {who}: not a configured peer controller"),
+            None,
+            None,
+        );
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "not-a-peer",
+            "Cxi is open to the configured peer controllers only",
+        )
+        .into_response()
+    })
+}
+
+/// Parses a message body, refusing malformed ones and other versions.
+fn message<T: DeserializeOwned>(
+    c: &Controller,
+    from: &str,
+    body: &[u8],
+    version: impl Fn(&T) -> u32,
+) -> Result<T, Response> {
+    let refuse = |detail: String| {
+        tracing::warn!(%from, %detail, "malformed Cxi message");
+        c.event("cxi-rejected", format!("from {from}: {detail}"), None, None);
+        Problem::new(StatusCode::BAD_REQUEST, "malformed-message", detail).into_response()
+    };
+    let parsed: T = serde_json::from_slice(body).map_err(|e| refuse(e.to_string()))?;
+    if version(&parsed) != CXI_VERSION {
+        return Err(refuse(format!(
+            "message version {} is not {CXI_VERSION}",
+            version(&parsed)
+        )));
+    }
+    Ok(parsed)
+}
+
+async fn abstract_topology(
+    State(c): State<Arc<Controller>>,
+    Extension(identity): Extension<PeerIdentity>,
+) -> Response {
+    if let Err(refused) = peer(&c, &identity, "abstract topology") {
+        return refused;
+    }
+    Json(c.abstract_topology().await).into_response()
+}
+
+async fn prepare(
+    State(c): State<Arc<Controller>>,
+    Extension(identity): Extension<PeerIdentity>,
+    body: Bytes,
+) -> Response {
+    let from = match peer(&c, &identity, "prepare") {
+        Ok(from) => from,
+        Err(refused) => return refused,
+    };
+    let request: PrepareRequest = match message(&c, &from, &body, |r: &PrepareRequest| r.version) {
+        Ok(request) => request,
+        Err(refused) => return refused,
+    };
+    let vote = c.cxi_prepare(&from, request).await;
+    let status = match vote.vote {
+        VoteKind::Prepared => StatusCode::OK,
+        VoteKind::Refused => StatusCode::CONFLICT,
+    };
+    (status, Json(vote)).into_response()
+}
+
+fn transaction_id(id: &str) -> Result<Uuid, Response> {
+    Uuid::parse_str(id).map_err(|_| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "the transaction id is not a UUID",
+        )
+        .into_response()
+    })
+}
+
+async fn commit(
+    State(c): State<Arc<Controller>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(refused) = peer(&c, &identity, "commit") {
+        return refused;
+    }
+    let id = match transaction_id(&id) {
+        Ok(id) => id,
+        Err(refused) => return refused,
+    };
+    let result = c.cxi_commit(id).await;
+    let status = match result.outcome {
+        Outcome::Committed => StatusCode::OK,
+        Outcome::Aborted => StatusCode::CONFLICT,
+    };
+    (status, Json(result)).into_response()
+}
+
+async fn abort(
+    State(c): State<Arc<Controller>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(refused) = peer(&c, &identity, "abort") {
+        return refused;
+    }
+    let id = match transaction_id(&id) {
+        Ok(id) => id,
+        Err(refused) => return refused,
+    };
+    Json(c.cxi_abort(id).await).into_response()
+}
+
+async fn status(
+    State(c): State<Arc<Controller>>,
+    Extension(identity): Extension<PeerIdentity>,
+    body: Bytes,
+) -> Response {
+    let from = match peer(&c, &identity, "status") {
+        Ok(from) => from,
+        Err(refused) => return refused,
+    };
+    let report: StatusReport = match message(&c, &from, &body, |r: &StatusReport| r.version) {
+        Ok(report) => report,
+        Err(refused) => return refused,
+    };
+    if report.domain != from {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-message",
+            "the report names another domain than its sender's",
+        )
+        .into_response();
+    }
+    c.cxi_status(&from, report).await;
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "status": "accepted" })),
+    )
+        .into_response()
+}
+
+async fn delete_session(
+    State(c): State<Arc<Controller>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Path(id): Path<String>,
+) -> Response {
+    let from = match peer(&c, &identity, "delete session") {
+        Ok(from) => from,
+        Err(refused) => return refused,
+    };
+    let id = match transaction_id(&id) {
+        Ok(id) => id,
+        Err(refused) => return refused,
+    };
+    if c.cxi_delete_session(&from, id).await {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        Problem::new(StatusCode::NOT_FOUND, "unknown-session", "no such segment").into_response()
+    }
+}
+
+/// Serves Cxi until the task is dropped.
+pub async fn serve(controller: Arc<Controller>) -> Result<(), std::io::Error> {
+    let Some(iw) = controller.config.interworking.clone() else {
+        return Ok(());
+    };
+    let files = &controller.config.tls;
+    let config = crate::tls::server_config(files).map_err(std::io::Error::other)?;
+    let issuers = crate::tls::Issuers::load(files).map_err(std::io::Error::other)?;
+    let listener = tokio::net::TcpListener::bind(iw.cxi_listen).await?;
+    tracing::info!(cxi = %iw.cxi_listen, "Cxi server ready");
+    crate::tls::serve_https_with(listener, config, issuers, router(controller)).await;
+    Ok(())
+}
