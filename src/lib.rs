@@ -3,6 +3,7 @@
 //! The modules follow the layers of the QKDN architecture (ITU-T Y.3800/Y.3802):
 //! - [`quantum`]: the quantum layer (emulated QKD modules and links, physical link model);
 //! - [`km`]: the key management layer (key manager agent: KMA relay, KSA key supply, key store);
+//! - [`management`]: the management layer (the QKDN manager of a domain: KMLM, QLM, XLMO, QCLM, Mxi);
 //! - [`testbed`]: bringing emulated domains up and down on one machine;
 //!
 //! and the interface modules they share: [`etsi014`] (key delivery API data formats),
@@ -14,6 +15,7 @@ pub mod control;
 pub mod ctl;
 pub mod etsi014;
 pub mod km;
+pub mod management;
 pub mod netconf;
 pub mod pki;
 pub mod quantum;

@@ -35,6 +35,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the QKDN manager of one domain (KMLM, QLM, XLMO, QCLM; Mxi with the peer domain).
+    Manager {
+        /// Manager configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Talk to a controller's northbound REST API from a terminal.
     Ctl {
         #[command(flatten)]
@@ -135,14 +141,25 @@ fn main() -> anyhow::Result<()> {
                     }));
                 }
                 let rest = tokio::spawn(qkdni::control::northbound::serve(controller.clone()));
+                let cxi = tokio::spawn(qkdni::control::cxi_server::serve(controller.clone()));
                 qkdni::km::agent::shutdown_signal().await;
                 tracing::info!("controller stopping");
                 rest.abort();
+                cxi.abort();
                 for task in watchers {
                     task.abort();
                 }
                 anyhow::Ok(())
             })?;
+        }
+        Command::Manager { config } => {
+            init_tracing();
+            let config = qkdni::management::config::ManagerConfig::load(&config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(qkdni::management::run(
+                config,
+                qkdni::km::agent::shutdown_signal(),
+            ))?;
         }
         Command::Ctl { target, command } => qkdni::ctl::run(target, command)?,
         Command::LinkModel(args) => link_model(args)?,

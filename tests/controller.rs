@@ -3,6 +3,8 @@
 //! rerouting, crashes and restarts, and the REST API.
 
 mod common;
+#[path = "interworking/mod.rs"]
+mod interworking;
 
 use std::time::Duration;
 

@@ -653,8 +653,10 @@ impl Controller {
                     (Ok(()), false) => self.event(
                         "reroute-failed",
                         format!(
-                            "{trigger}: no route for {} -> {}",
-                            session.master_sae, session.slave_sae
+                            "{trigger}: no route for {} -> {} ({})",
+                            session.master_sae,
+                            session.slave_sae,
+                            session.history.last().map_or("", |h| h.what.as_str())
                         ),
                         Some(id),
                         None,

@@ -344,14 +344,14 @@ mod tests {
     fn committed_schemas_match_the_messages() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/cxi/v1/openapi.json");
         let committed = std::fs::read_to_string(path).unwrap_or_default();
-        if committed != schemas_json() && std::env::var_os("QKDNI_BLESS").is_some() {
+        if committed != schemas_json() && std::env::var_os("QKDNI_UPDATE_SCHEMAS").is_some() {
             std::fs::write(path, schemas_json()).unwrap();
             return;
         }
         assert_eq!(
             committed,
             schemas_json(),
-            "schemas/cxi/v1/openapi.json is stale: rerun with QKDNI_BLESS=1"
+            "schemas/cxi/v1/openapi.json is stale: rerun with QKDNI_UPDATE_SCHEMAS=1"
         );
     }
 

@@ -45,7 +45,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
 }
 
 /// The calling peer's domain, or a logged refusal.
-fn peer(c: &Controller, identity: &PeerIdentity, what: &str) -> Result<String, Response> {
+fn peer(c: &Controller, identity: &PeerIdentity, what: &str) -> Result<String, Problem> {
     let found = identity
         .0
         .as_deref()
@@ -68,7 +68,6 @@ fn peer(c: &Controller, identity: &PeerIdentity, what: &str) -> Result<String, R
             "not-a-peer",
             "Cxi is open to the configured peer controllers only",
         )
-        .into_response()
     })
 }
 
@@ -78,11 +77,11 @@ fn message<T: DeserializeOwned>(
     from: &str,
     body: &[u8],
     version: impl Fn(&T) -> u32,
-) -> Result<T, Response> {
+) -> Result<T, Problem> {
     let refuse = |detail: String| {
         tracing::warn!(%from, %detail, "malformed Cxi message");
         c.event("cxi-rejected", format!("from {from}: {detail}"), None, None);
-        Problem::new(StatusCode::BAD_REQUEST, "malformed-message", detail).into_response()
+        Problem::new(StatusCode::BAD_REQUEST, "malformed-message", detail)
     };
     let parsed: T = serde_json::from_slice(body).map_err(|e| refuse(e.to_string()))?;
     if version(&parsed) != CXI_VERSION {
@@ -99,7 +98,7 @@ async fn abstract_topology(
     Extension(identity): Extension<PeerIdentity>,
 ) -> Response {
     if let Err(refused) = peer(&c, &identity, "abstract topology") {
-        return refused;
+        return refused.into_response();
     }
     Json(c.abstract_topology().await).into_response()
 }
@@ -111,11 +110,11 @@ async fn prepare(
 ) -> Response {
     let from = match peer(&c, &identity, "prepare") {
         Ok(from) => from,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let request: PrepareRequest = match message(&c, &from, &body, |r: &PrepareRequest| r.version) {
         Ok(request) => request,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let vote = c.cxi_prepare(&from, request).await;
     let status = match vote.vote {
@@ -125,14 +124,13 @@ async fn prepare(
     (status, Json(vote)).into_response()
 }
 
-fn transaction_id(id: &str) -> Result<Uuid, Response> {
+fn transaction_id(id: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(id).map_err(|_| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid-request",
             "the transaction id is not a UUID",
         )
-        .into_response()
     })
 }
 
@@ -142,11 +140,11 @@ async fn commit(
     Path(id): Path<String>,
 ) -> Response {
     if let Err(refused) = peer(&c, &identity, "commit") {
-        return refused;
+        return refused.into_response();
     }
     let id = match transaction_id(&id) {
         Ok(id) => id,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let result = c.cxi_commit(id).await;
     let status = match result.outcome {
@@ -162,11 +160,11 @@ async fn abort(
     Path(id): Path<String>,
 ) -> Response {
     if let Err(refused) = peer(&c, &identity, "abort") {
-        return refused;
+        return refused.into_response();
     }
     let id = match transaction_id(&id) {
         Ok(id) => id,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     Json(c.cxi_abort(id).await).into_response()
 }
@@ -178,11 +176,11 @@ async fn status(
 ) -> Response {
     let from = match peer(&c, &identity, "status") {
         Ok(from) => from,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let report: StatusReport = match message(&c, &from, &body, |r: &StatusReport| r.version) {
         Ok(report) => report,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     if report.domain != from {
         return Problem::new(
@@ -207,11 +205,11 @@ async fn delete_session(
 ) -> Response {
     let from = match peer(&c, &identity, "delete session") {
         Ok(from) => from,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let id = match transaction_id(&id) {
         Ok(id) => id,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     if c.cxi_delete_session(&from, id).await {
         StatusCode::NO_CONTENT.into_response()

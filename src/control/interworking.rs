@@ -697,7 +697,7 @@ impl Controller {
         let previous = state.sessions.get(&segment.id).cloned();
         if let Some(previous) = &previous {
             let mut history = previous.history.clone();
-            history.extend(segment.history.drain(..));
+            history.append(&mut segment.history);
             segment.history = history;
         } else {
             state.order.push(segment.id);

@@ -378,12 +378,12 @@ fn problem(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// The caller if it is the peer GWN of some Qx link of this node.
-fn qx_peer(agent: &Agent, identity: &PeerIdentity) -> Result<String, Response> {
+fn qx_peer(agent: &Agent, identity: &PeerIdentity) -> Result<String, Box<Response>> {
     let Some(caller) = identity.0.clone() else {
-        return Err(problem(
+        return Err(Box::new(problem(
             StatusCode::UNAUTHORIZED,
             "a KM certificate is required",
-        ));
+        )));
     };
     if agent
         .links()
@@ -392,7 +392,10 @@ fn qx_peer(agent: &Agent, identity: &PeerIdentity) -> Result<String, Response> {
         Ok(caller)
     } else {
         tracing::warn!(%caller, "Kxi request from a party that is no peer GWN");
-        Err(problem(StatusCode::FORBIDDEN, "not a peer gateway node"))
+        Err(Box::new(problem(
+            StatusCode::FORBIDDEN,
+            "not a peer gateway node",
+        )))
     }
 }
 
@@ -424,7 +427,7 @@ async fn ext_keys(
 ) -> Response {
     let sender = match qx_peer(&agent, &identity) {
         Ok(sender) => sender,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some((mac_seq, tag)) = parse_auth(&headers) else {
         tracing::warn!(%sender, "ext_keys without authentication");
@@ -546,7 +549,7 @@ async fn ext_keys_ack(
 ) -> Response {
     let sender = match qx_peer(&agent, &identity) {
         Ok(sender) => sender,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if agent
         .link_config(&ack.extension.link)
@@ -576,7 +579,7 @@ async fn ext_keys_void(
 ) -> Response {
     let sender = match qx_peer(&agent, &identity) {
         Ok(sender) => sender,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if request.key_ids.is_empty() && !request.all_confirmation {
         return problem(
@@ -617,7 +620,7 @@ async fn relay_status(
 ) -> Response {
     let sender = match qx_peer(&agent, &identity) {
         Ok(sender) => sender,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let status = agent.kxi.status(relay_id, &sender);
     Json(json!({ "relay_id": relay_id, "status": status })).into_response()

@@ -673,7 +673,10 @@ fn alive(pid: u32) -> bool {
 
 async fn wait_ready(endpoints: &Endpoints, name: &str, pid: u32) -> Result<(), TestbedError> {
     let spec = endpoints.process(name).expect("known process");
-    let client = tls::https_client_trusting(&[endpoints.ca_cert.clone()], Duration::from_secs(2))?;
+    let client = tls::https_client_trusting(
+        std::slice::from_ref(&endpoints.ca_cert),
+        Duration::from_secs(2),
+    )?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if !alive(pid) {

@@ -189,8 +189,11 @@ impl Bed {
             .endpoints
             .controller(domain)
             .expect("domain controller");
-        let http =
-            tls::https_client(&self.endpoints.operator_tls(), Duration::from_secs(30)).unwrap();
+        let http = tls::https_client(
+            &self.endpoints.operator_tls_at(&c.name),
+            Duration::from_secs(30),
+        )
+        .unwrap();
         (http, c.rest.clone(), c.token.clone())
     }
 

@@ -1,0 +1,307 @@
+//! The key management layer manager (KMLM): follows the NETCONF notifications of every KM
+//! agent of the domain (`qkdni-km`: `link-status-change`, `low-key-alarm`,
+//! `relay-failure`), hands relay failures to the XLMO as fault reports and counts events
+//! for the performance report.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::events::{self, Refs, SecurityCounters};
+use super::messages::KeyManagementReport;
+use super::Manager;
+use crate::netconf::client::{ClientOptions, NetconfClient};
+
+/// A `qkdni-km` notification.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KmNotification {
+    /// `link-status-change`.
+    LinkStatus {
+        link: String,
+        state: String,
+        previous: String,
+    },
+    /// `low-key-alarm`.
+    LowKey { link: String, own_blocks: u64 },
+    /// `relay-failure`.
+    RelayFailure(RelayFailure),
+}
+
+/// A relay failure reported by a KM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayFailure {
+    /// The KM node that reported it.
+    pub node: String,
+    /// The relay operation (absent or unreadable: `None`).
+    pub relay_id: Option<Uuid>,
+    /// The node the keys were relayed to.
+    pub destination: String,
+    /// Why, as the KM put it.
+    pub reason: String,
+}
+
+impl RelayFailure {
+    /// Whether the KM reported a failed message authentication (a security event).
+    pub fn is_authentication_failure(&self) -> bool {
+        self.reason.to_ascii_lowercase().contains("authentication")
+    }
+}
+
+/// Reads a notification of KM `node` (the `<notification>` XML); `None` for other
+/// notifications and unreadable ones.
+pub fn parse_notification(node: &str, xml: &str) -> Option<KmNotification> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let event = doc
+        .root_element()
+        .children()
+        .find(|c| c.is_element() && c.tag_name().name() != "eventTime")?;
+    let field = |name: &str| {
+        event
+            .children()
+            .find(|c| c.is_element() && c.tag_name().name() == name)
+            .and_then(|c| c.text())
+            .map(|t| t.trim().to_owned())
+    };
+    match event.tag_name().name() {
+        "link-status-change" => Some(KmNotification::LinkStatus {
+            link: field("link-id")?,
+            state: field("oper-state")?,
+            previous: field("previous-state").unwrap_or_default(),
+        }),
+        "low-key-alarm" => Some(KmNotification::LowKey {
+            link: field("link-id")?,
+            own_blocks: field("own-blocks")
+                .and_then(|b| b.parse().ok())
+                .unwrap_or(0),
+        }),
+        "relay-failure" => Some(KmNotification::RelayFailure(RelayFailure {
+            node: node.to_owned(),
+            relay_id: field("relay-id").and_then(|id| Uuid::parse_str(&id).ok()),
+            destination: field("destination")?,
+            reason: field("reason").unwrap_or_default(),
+        })),
+        _ => None,
+    }
+}
+
+/// The KMLM of one domain.
+pub struct Kmlm {
+    agents: Vec<(String, SocketAddr)>,
+    options: ClientOptions,
+    link_status_changes: AtomicU64,
+    low_key_alarms: AtomicU64,
+    relay_failures: AtomicU64,
+    interworking_relay_failures: AtomicU64,
+}
+
+impl Kmlm {
+    /// A KMLM of `agents` (node, NETCONF address), logging in with `options`.
+    pub fn new(agents: Vec<(String, SocketAddr)>, options: ClientOptions) -> Self {
+        Self {
+            agents,
+            options,
+            link_status_changes: AtomicU64::new(0),
+            low_key_alarms: AtomicU64::new(0),
+            relay_failures: AtomicU64::new(0),
+            interworking_relay_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// The counters, for the performance report.
+    pub fn report(&self) -> KeyManagementReport {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        KeyManagementReport {
+            link_status_changes: get(&self.link_status_changes),
+            low_key_alarms: get(&self.low_key_alarms),
+            relay_failures: get(&self.relay_failures),
+            interworking_relay_failures: get(&self.interworking_relay_failures),
+        }
+    }
+
+    /// Follows every agent's notifications, one task per agent.
+    pub fn spawn_watchers(manager: &Arc<Manager>) -> Vec<tokio::task::JoinHandle<()>> {
+        manager
+            .kmlm
+            .agents
+            .iter()
+            .map(|(node, addr)| {
+                let (manager, node, addr) = (manager.clone(), node.clone(), *addr);
+                tokio::spawn(async move { Self::watch(manager, node, addr).await })
+            })
+            .collect()
+    }
+
+    /// Subscribes to one agent's notifications and handles them; subscribes again when the
+    /// session ends.
+    async fn watch(manager: Arc<Manager>, node: String, addr: SocketAddr) {
+        loop {
+            let subscribed = async {
+                let session = NetconfClient::connect(addr, manager.kmlm.options.clone()).await?;
+                let notifications = session.subscribe().await?;
+                Ok::<_, crate::netconf::client::ClientError>((session, notifications))
+            }
+            .await;
+            match subscribed {
+                Ok((session, mut notifications)) => {
+                    tracing::info!(%node, "KMLM following the agent's notifications");
+                    loop {
+                        let message = tokio::select! {
+                            message = notifications.recv() => message,
+                            // the stream never ends by itself: notice a closed session
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                                if session.is_closed() {
+                                    tracing::info!(%node, "notification session closed; resubscribing");
+                                    break;
+                                }
+                                continue;
+                            }
+                        };
+                        match message {
+                            Ok(xml) => {
+                                if let Some(notification) = parse_notification(&node, &xml) {
+                                    Self::handle(&manager, &node, notification);
+                                }
+                            }
+                            Err(RecvError::Lagged(missed)) => {
+                                tracing::warn!(%node, missed, "KMLM missed notifications");
+                            }
+                            Err(RecvError::Closed) => break,
+                        }
+                    }
+                }
+                Err(error) => tracing::debug!(%node, %error, "KMLM cannot subscribe; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Counts a notification of KM `node`; a relay failure goes to the XLMO.
+    pub fn handle(manager: &Arc<Manager>, node: &str, notification: KmNotification) {
+        let kmlm = &manager.kmlm;
+        match notification {
+            KmNotification::LinkStatus {
+                link,
+                state,
+                previous,
+            } => {
+                kmlm.link_status_changes.fetch_add(1, Ordering::Relaxed);
+                manager.events.record(
+                    events::KMLM_LINK_STATUS,
+                    format!("{node}: link {link} {previous} -> {state}"),
+                    Refs::default(),
+                );
+            }
+            KmNotification::LowKey { link, own_blocks } => {
+                kmlm.low_key_alarms.fetch_add(1, Ordering::Relaxed);
+                manager.events.record(
+                    events::KMLM_LOW_KEY,
+                    format!("{node}: link {link} low on key ({own_blocks} blocks)"),
+                    Refs::default(),
+                );
+            }
+            KmNotification::RelayFailure(failure) => {
+                kmlm.relay_failures.fetch_add(1, Ordering::Relaxed);
+                let interworking = !manager.config.is_own_node(&failure.destination);
+                if interworking {
+                    kmlm.interworking_relay_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                if failure.is_authentication_failure() {
+                    SecurityCounters::bump(&manager.security.relay_authentication_failures);
+                }
+                manager.events.record(
+                    events::KMLM_RELAY_FAILURE,
+                    format!(
+                        "{node}: {} relay to {} failed: {}",
+                        if interworking {
+                            "interworking"
+                        } else {
+                            "local"
+                        },
+                        failure.destination,
+                        failure.reason
+                    ),
+                    Refs {
+                        relay_id: failure.relay_id,
+                        message: None,
+                    },
+                );
+                let manager = manager.clone();
+                tokio::spawn(async move { manager.xlmo.local_fault(&manager, failure).await });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wrap(inner: &str) -> String {
+        format!(
+            r#"<notification xmlns="urn:ietf:params:xml:ns:netconf:notification:1.0"><eventTime>2026-01-01T00:00:00Z</eventTime>{inner}</notification>"#
+        )
+    }
+
+    #[test]
+    fn relay_failures_are_read() {
+        let id = Uuid::new_v4();
+        let xml = wrap(&format!(
+            r#"<relay-failure xmlns="urn:qkdni:yang:qkdni-km"><relay-id>{id}</relay-id><destination>b2</destination><reason>next hop gb1 refused the relay (HTTP 401): message authentication failed</reason></relay-failure>"#
+        ));
+        let Some(KmNotification::RelayFailure(failure)) = parse_notification("ga1", &xml) else {
+            panic!("not a relay failure");
+        };
+        assert_eq!(failure.node, "ga1");
+        assert_eq!(failure.relay_id, Some(id));
+        assert_eq!(failure.destination, "b2");
+        assert!(failure.is_authentication_failure());
+        // a relay id that is not a UUID does not lose the failure
+        let xml = wrap(
+            r#"<relay-failure xmlns="urn:qkdni:yang:qkdni-km"><relay-id>x</relay-id><destination>a3</destination><reason>no relay route to node a3</reason></relay-failure>"#,
+        );
+        let Some(KmNotification::RelayFailure(failure)) = parse_notification("a1", &xml) else {
+            panic!("not a relay failure");
+        };
+        assert_eq!(failure.relay_id, None);
+        assert!(!failure.is_authentication_failure());
+    }
+
+    #[test]
+    fn other_notifications_are_read_or_ignored() {
+        let xml = wrap(
+            r#"<link-status-change xmlns="urn:qkdni:yang:qkdni-km"><link-id>a1-a2</link-id><oper-state>down</oper-state><previous-state>up</previous-state></link-status-change>"#,
+        );
+        assert_eq!(
+            parse_notification("a1", &xml),
+            Some(KmNotification::LinkStatus {
+                link: "a1-a2".into(),
+                state: "down".into(),
+                previous: "up".into()
+            })
+        );
+        let xml = wrap(
+            r#"<low-key-alarm xmlns="urn:qkdni:yang:qkdni-km"><link-id>a1-a2</link-id><own-blocks>3</own-blocks><threshold-percent>10</threshold-percent></low-key-alarm>"#,
+        );
+        assert_eq!(
+            parse_notification("a1", &xml),
+            Some(KmNotification::LowKey {
+                link: "a1-a2".into(),
+                own_blocks: 3
+            })
+        );
+        assert_eq!(parse_notification("a1", &wrap("<other/>")), None);
+        assert_eq!(parse_notification("a1", "<notification"), None);
+        assert_eq!(
+            parse_notification(
+                "a1",
+                &wrap("<relay-failure><reason>r</reason></relay-failure>")
+            ),
+            None
+        );
+    }
+}

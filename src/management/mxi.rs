@@ -1,0 +1,230 @@
+//! Mxi, the reference point between the QKDN managers of two domains (Y.3818 6.1): an
+//! HTTPS server and client with mutual TLS.
+//!
+//! The server accepts requests only from the configured peer manager, i.e. a client whose
+//! certificate the peer domain's CA issued to `peer.manager_name` (identity
+//! `manager_name@domain`); anyone else gets `403`. Resources:
+//! - `POST /mxi/v1/faults`: an interworking fault report ([`FaultReport`]) → `202`;
+//! - `POST /mxi/v1/reports`: a report pack ([`ReportPack`]) → `202`;
+//! - `GET /mxi/v1/versions`: `{"versions":[1]}`.
+//!
+//! Malformed bodies and unsupported versions get `400`; every error is an RFC 9457 problem.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+
+use super::config::{ConfigError, ManagerConfig};
+use super::events::{self, Refs, SecurityCounters};
+use super::messages::{
+    parse, FaultReport, MessageError, MxiMessage, ReportPack, Versions, SUPPORTED_VERSIONS,
+};
+use super::problem::Problem;
+use super::{ManagementError, Manager};
+use crate::tls::{foreign_identity, PeerIdentity, TlsFiles};
+
+/// The Mxi routes.
+pub fn router(manager: Arc<Manager>) -> Router {
+    Router::new()
+        .route("/mxi/v1/faults", post(post_fault))
+        .route("/mxi/v1/reports", post(post_reports))
+        .route("/mxi/v1/versions", get(versions))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such resource") })
+        .layer(middleware::from_fn_with_state(manager.clone(), authorize))
+        .with_state(manager)
+}
+
+/// Serves Mxi on `listener` until the task is dropped.
+pub async fn serve(manager: Arc<Manager>, listener: TcpListener) -> Result<(), ManagementError> {
+    let config = crate::tls::server_config(&manager.config.tls)?;
+    let issuers = crate::tls::Issuers::load(&manager.config.tls)?;
+    tracing::info!(mxi = %listener.local_addr()?, "Mxi server ready");
+    crate::tls::serve_https_with(listener, config, issuers, router(manager)).await;
+    Ok(())
+}
+
+/// Refuses a request: warns, counts it and logs an `mxi-rejected` event.
+fn reject(manager: &Manager, status: StatusCode, kind: &str, detail: String) -> Problem {
+    tracing::warn!(%status, "Mxi request refused: {detail}");
+    let counter = if status == StatusCode::FORBIDDEN {
+        &manager.security.mxi_rejected
+    } else {
+        &manager.security.mxi_malformed
+    };
+    SecurityCounters::bump(counter);
+    manager
+        .events
+        .record(events::MXI_REJECTED, detail.clone(), Refs::default());
+    Problem::new(status, kind, detail)
+}
+
+async fn authorize(State(manager): State<Arc<Manager>>, request: Request, next: Next) -> Response {
+    let peer = &manager.config.peer;
+    let expected = foreign_identity(&peer.manager_name, &peer.domain);
+    let identity = request
+        .extensions()
+        .get::<PeerIdentity>()
+        .and_then(|p| p.0.clone());
+    if identity.as_deref() == Some(expected.as_str()) {
+        return next.run(request).await;
+    }
+    let remote = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "?".into());
+    let who = identity.unwrap_or_else(|| "a client without certificate".into());
+    reject(
+        &manager,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "{} {} from {who} at {remote}: only {expected} may use Mxi",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .into_response()
+}
+
+/// Reads a message of the peer's domain.
+fn accept<T: MxiMessage>(manager: &Manager, body: &[u8]) -> Result<T, Problem> {
+    let message = parse::<T>(body).map_err(|error| {
+        let kind = match error {
+            MessageError::UnsupportedVersion(_) => "unsupported-version",
+            MessageError::WrongKind { .. } => "wrong-kind",
+            MessageError::Malformed(_) => "malformed-message",
+        };
+        reject(manager, StatusCode::BAD_REQUEST, kind, error.to_string())
+    })?;
+    let peer = &manager.config.peer.domain;
+    if message.domain() != peer {
+        return Err(reject(
+            manager,
+            StatusCode::FORBIDDEN,
+            "forged-domain",
+            format!(
+                "{} {} claims domain {:?}; the peer manager speaks for {peer}",
+                T::KIND,
+                message.id(),
+                message.domain()
+            ),
+        ));
+    }
+    Ok(message)
+}
+
+/// The answer to an accepted message.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Accepted {
+    /// The message id.
+    pub id: uuid::Uuid,
+}
+
+async fn post_fault(
+    State(manager): State<Arc<Manager>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let report: FaultReport = accept(&manager, &body)?;
+    let id = report.id;
+    manager.xlmo.peer_fault(&manager, report);
+    Ok((StatusCode::ACCEPTED, Json(Accepted { id })))
+}
+
+async fn post_reports(
+    State(manager): State<Arc<Manager>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let pack: ReportPack = accept(&manager, &body)?;
+    let id = pack.id;
+    manager.xlmo.peer_reports(&manager, pack);
+    Ok((StatusCode::ACCEPTED, Json(Accepted { id })))
+}
+
+async fn versions() -> Json<Versions> {
+    Json(Versions {
+        versions: SUPPORTED_VERSIONS.to_vec(),
+    })
+}
+
+/// Why a message did not reach the peer manager.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("peer manager unreachable: {0}")]
+    Unreachable(#[from] reqwest::Error),
+    #[error("peer manager refused the message (HTTP {status}): {detail}")]
+    Refused { status: u16, detail: String },
+}
+
+/// The Mxi client of this manager toward the peer manager. It presents this manager's
+/// certificate and trusts only the peer domain's CA for the server.
+pub struct MxiClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl MxiClient {
+    /// The client of `config` (its peer CA must be configured).
+    pub fn new(config: &ManagerConfig) -> Result<Self, ManagementError> {
+        let peer_ca = config.peer_ca().ok_or_else(|| {
+            ConfigError::Invalid(format!("no CA of the peer domain {}", config.peer.domain))
+        })?;
+        let files = TlsFiles {
+            cert: config.tls.cert.clone(),
+            key: config.tls.key.clone(),
+            ca: vec![peer_ca.to_path_buf()],
+            peer_cas: Vec::new(),
+        };
+        Ok(Self {
+            http: crate::tls::https_client(&files, Duration::from_secs(10))?,
+            base: config.peer.mxi.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Posts a message to the peer manager.
+    pub async fn send<T: MxiMessage>(&self, message: &T) -> Result<(), SendError> {
+        let response = self
+            .http
+            .post(format!("{}{}", self.base, T::PATH))
+            .json(message)
+            .send()
+            .await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        let detail = serde_json::from_str::<Problem>(&body)
+            .map(|p| p.detail)
+            .unwrap_or(body);
+        Err(SendError::Refused {
+            status: status.as_u16(),
+            detail,
+        })
+    }
+
+    /// The peer's supported Mxi versions.
+    pub async fn versions(&self) -> Result<Versions, SendError> {
+        let response = self
+            .http
+            .get(format!("{}/mxi/v1/versions", self.base))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            return Err(SendError::Refused {
+                status: response.status().as_u16(),
+                detail: response.text().await.unwrap_or_default(),
+            });
+        }
+        Ok(response.json().await?)
+    }
+}

@@ -1,0 +1,391 @@
+//! Interworking of two QKDNs through gateway nodes (Y.3818 9.1), over real processes: two
+//! domains with their own CA, controller and manager, two GWN pairs, Kxi-1 relays across
+//! the Qx links, Cxi route agreement between the controllers, Mxi fault management.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::common::Bed;
+use super::request;
+
+const TOPOLOGY: &str = "two-domain-gwn.toml";
+
+/// The events of `domain`'s controller.
+async fn events(bed: &Bed, domain: &str) -> Vec<Value> {
+    let (http, rest, token) = bed.controller(domain);
+    let response = http
+        .get(format!("{rest}/api/v1/events"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn get(bed: &Bed, domain: &str, path: &str) -> Value {
+    let (http, rest, token) = bed.controller(domain);
+    let response = http
+        .get(format!("{rest}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    response.json().await.unwrap()
+}
+
+/// Waits until `domain`'s controller logged an event after the first `skip` that matches.
+async fn wait_event(
+    bed: &Bed,
+    domain: &str,
+    skip: usize,
+    what: &str,
+    matches: impl Fn(&Value) -> bool,
+) -> Value {
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(e) = events(bed, domain)
+                .await
+                .into_iter()
+                .skip(skip)
+                .find(&matches)
+            {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    match found {
+        Ok(event) => event,
+        Err(_) => panic!(
+            "{domain}: no {what} within 30 s; events: {:#?}",
+            events(bed, domain).await
+        ),
+    }
+}
+
+fn kind(e: &Value, k: &str) -> bool {
+    e["kind"] == k
+}
+
+/// Keys from sae-a1-1 (domain A) to sae-b1-1 (domain B): same IDs, same bytes at both ends.
+async fn deliver_across(bed: &Bed, number: u32) {
+    let keys = bed
+        .client("sae-a1-1")
+        .enc_keys("sae-b1-1", &request(number))
+        .await
+        .expect("keys for an SAE of the other domain");
+    assert_eq!(keys.keys.len(), number as usize);
+    let ids: Vec<String> = keys.keys.iter().map(|k| k.key_ID.clone()).collect();
+    let fetched = bed
+        .client("sae-b1-1")
+        .dec_keys("sae-a1-1", &ids)
+        .await
+        .expect("the slave in B gets the keys");
+    assert_eq!(fetched.keys.len(), keys.keys.len());
+    for (a, b) in keys.keys.iter().zip(&fetched.keys) {
+        assert_eq!((&a.key_ID, &a.key), (&b.key_ID, &b.key));
+    }
+    // fetched once: a second dec_keys of the same IDs is refused
+    assert!(bed
+        .client("sae-b1-1")
+        .dec_keys("sae-a1-1", &ids[..1])
+        .await
+        .is_err());
+}
+
+/// The interworking session of the origin domain A.
+async fn origin_session(bed: &Bed) -> Value {
+    let sessions = get(bed, "A", "/api/v1/sessions").await;
+    sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["interworking"]["role"] == "origin")
+        .cloned()
+        .expect("an interworking session in A")
+}
+
+/// Cuts `link` and waits until both controllers agreed on a new route: A's reroute and B's
+/// commit carry the same Cxi transaction. Returns A's reroute event.
+async fn cut_and_agree(bed: &Bed, link: &str) -> Value {
+    let (skip_a, skip_b) = (events(bed, "A").await.len(), events(bed, "B").await.len());
+    bed.cli(&["link", "down", link]);
+    let reroute = wait_event(bed, "A", skip_a, "reroute", |e| kind(e, "reroute")).await;
+    let transaction = reroute["transaction"].as_str().expect("a Cxi transaction");
+    wait_event(bed, "B", skip_b, "commit of the same transaction", |e| {
+        kind(e, "interworking-commit") && e["transaction"] == transaction
+    })
+    .await;
+    let a_commit = events(bed, "A").await;
+    assert!(a_commit
+        .iter()
+        .any(|e| kind(e, "interworking-commit") && e["transaction"] == transaction));
+    reroute
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_cross_the_domains_and_both_controllers_agree_on_every_reroute() {
+    let bed = Bed::up(TOPOLOGY);
+    bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 64)
+        .await;
+    // procedure 1: KM a1 does not know sae-b1-1, asks controller A, which agrees a route
+    // with B over Cxi; keys are relayed hop by hop across qx1 (Kxi-1)
+    deliver_across(&bed, 4).await;
+    let session = origin_session(&bed).await;
+    assert_eq!(
+        session["path"],
+        serde_json::json!(["a1", "a2", "ga1", "gb1"])
+    );
+    assert_eq!(session["interworking"]["qx_link"], "qx1");
+    assert!(bed.log("gb1").contains("kxi-1"), "the relay crossed Kxi-1");
+    let b_events = events(&bed, "B").await;
+    assert!(b_events.iter().any(|e| kind(e, "interworking-commit")
+        && e["transaction"] == session["interworking"]["transaction"]));
+
+    // a fault inside A
+    let reroute = cut_and_agree(&bed, "a1-a2").await;
+    assert!(reroute["duration_ms"].as_f64().unwrap() > 0.0);
+    let session = origin_session(&bed).await;
+    assert!(!session["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l == "a1-a2"));
+    let path: Vec<String> = serde_json::from_value(session["path"].clone()).unwrap();
+    bed.wait_path(&path.iter().map(String::as_str).collect::<Vec<_>>(), 64)
+        .await;
+    deliver_across(&bed, 4).await;
+
+    // a fault inside B, on the segment now in use: B reports it, A re-proposes, B agrees
+    let segment = get(&bed, "B", "/api/v1/sessions").await[0].clone();
+    let b_link = segment["links"][0].as_str().unwrap().to_owned();
+    cut_and_agree(&bed, &b_link).await;
+    assert!(events(&bed, "B")
+        .await
+        .iter()
+        .any(|e| kind(e, "segment-fault")));
+    let segment = get(&bed, "B", "/api/v1/sessions").await[0].clone();
+    assert!(!segment["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l == b_link.as_str()));
+    deliver_across(&bed, 4).await;
+
+    // a fault on the active Qx link: the relay moves to the other GWN pair
+    let qx = origin_session(&bed).await["interworking"]["qx_link"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bed.cli(&["link", "up", "a1-a2"]);
+    bed.cli(&["link", "up", &b_link]);
+    cut_and_agree(&bed, &qx).await;
+    let session = origin_session(&bed).await;
+    assert_ne!(session["interworking"]["qx_link"], qx.as_str());
+    deliver_across(&bed, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_half_agreed_route_while_the_peer_controller_is_away() {
+    let bed = Bed::up(TOPOLOGY);
+    bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 64)
+        .await;
+    deliver_across(&bed, 2).await;
+    let before = get(&bed, "B", "/api/v1/sessions").await[0].clone();
+
+    bed.cli(&["node", "stop", "controller-B"]);
+    let skip = events(&bed, "A").await.len();
+    bed.cli(&["link", "down", "a1-a2"]);
+    let failed = wait_event(&bed, "A", skip, "reroute failure", |e| {
+        kind(e, "reroute-failed")
+    })
+    .await;
+    assert!(
+        failed["detail"].as_str().unwrap().contains("unreachable"),
+        "{failed}"
+    );
+    let session = origin_session(&bed).await;
+    assert_eq!(session["state"], "unroutable");
+    // A removed its relay routes toward b1 and installed no new ones
+    let routes = get(&bed, "A", "/api/v1/routes").await;
+    for node in ["a1", "a2", "a3", "ga1", "ga2"] {
+        assert!(routes[node].get("b1").is_none(), "{node}: {routes}");
+    }
+    assert!(!events(&bed, "A")
+        .await
+        .iter()
+        .skip(skip)
+        .any(|e| kind(e, "interworking-commit")));
+    // keys are refused meanwhile, never half-relayed
+    assert!(bed
+        .client("sae-a1-1")
+        .enc_keys("sae-b1-1", &request(1))
+        .await
+        .is_err());
+
+    // B comes back: the session is agreed again and keys flow
+    bed.cli(&["node", "start", "controller-B"]);
+    let skip_b = 0;
+    wait_event(&bed, "A", skip, "reroute", |e| kind(e, "reroute")).await;
+    let after = wait_event(&bed, "B", skip_b, "commit", |e| {
+        kind(e, "interworking-commit") && e["transaction"] != before["interworking"]["transaction"]
+    })
+    .await;
+    assert_eq!(
+        origin_session(&bed).await["interworking"]["transaction"],
+        after["transaction"]
+    );
+    let path: Vec<String> =
+        serde_json::from_value(origin_session(&bed).await["path"].clone()).unwrap();
+    bed.wait_path(&path.iter().map(String::as_str).collect::<Vec<_>>(), 64)
+        .await;
+    deliver_across(&bed, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
+    let bed = Bed::up(TOPOLOGY);
+    bed.wait_path(&["a1", "a2", "ga1", "gb1"], 16).await;
+    deliver_across(&bed, 1).await;
+    let pki = bed.dir.join("pki");
+    let files = |stem: &str| qkdni::tls::TlsFiles {
+        cert: pki.join(format!("{stem}.crt")),
+        key: pki.join(format!("{stem}.key")),
+        ca: vec![bed.endpoints.ca_cert.clone()],
+        peer_cas: Vec::new(),
+    };
+    let client =
+        |stem: &str| qkdni::tls::https_client(&files(stem), Duration::from_secs(10)).unwrap();
+    let cxi_a = bed.endpoints.controller("A").unwrap().cxi.clone().unwrap();
+
+    // Cxi: only controller B may talk to controller A's Cxi server
+    for (who, http) in [
+        ("A's operator", client("operator-A")),
+        ("B's operator", client("operator-B")),
+        ("a KM of B", client("km-gb1")),
+        ("nobody", bed.anonymous_https()),
+    ] {
+        let response = http
+            .get(format!("{cxi_a}/cxi/v1/abstract-topology"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{who}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["type"], "urn:qkdni:problem:not-a-peer");
+    }
+    // the peer controller itself, with a malformed or wrongly versioned message
+    let controller_b = client("controller-B");
+    for body in [
+        serde_json::json!({"version": 1, "domain": "B", "kind": "segment-fault", "detail": "x", "forged": true}),
+        serde_json::json!({"version": 2, "domain": "B", "kind": "segment-fault", "detail": "x"}),
+    ] {
+        let response = controller_b
+            .post(format!("{cxi_a}/cxi/v1/status"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+    }
+    let rejected = events(&bed, "A")
+        .await
+        .into_iter()
+        .filter(|e| kind(e, "cxi-rejected"))
+        .count();
+    assert_eq!(rejected, 6, "every refusal is logged");
+
+    // Kxi-1: an ext_keys request with a forged MAC, from the real peer GWN
+    let gb1 = bed.endpoints.node("gb1").unwrap().kma.clone();
+    let ga1 = client("km-ga1");
+    let forged = serde_json::json!({
+        "initiator_sae_id": "sae-a1-1", "target_sae_ids": ["sae-b1-1"],
+        "key_ids": [{"key_ID": uuid::Uuid::new_v4(), "pad_blocks": [1]}],
+        "key_size": 256, "ack_callback_url": format!("{}/kmapi/v1/ext_keys/ack", bed.endpoints.node("ga1").unwrap().kma),
+        "extension": {"relay_version": 1, "relay_id": uuid::Uuid::new_v4(), "link": "qx1",
+            "origin_km": "a1", "dest_km": "b1", "hops_left": 8}});
+    let before = bed.own_blocks("gb1", "qx1").await;
+    let response = ga1
+        .post(format!("{gb1}/kmapi/v1/ext_keys"))
+        .header(
+            "kxi-authentication",
+            "block=3, tag=AAAAAAAAAAAAAAAAAAAAAA==",
+        )
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        [400, 401].contains(&response.status().as_u16()),
+        "{}",
+        response.status()
+    );
+    // no authentication at all, and a KM of A that is not the Qx peer
+    let response = ga1
+        .post(format!("{gb1}/kmapi/v1/ext_keys"))
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = client("km-a2")
+        .post(format!("{gb1}/kmapi/v1/ext_keys"))
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    // an A certificate never passes for a node of B on B's own relay
+    let response = client("km-ga1")
+        .post(format!("{gb1}/kma/v1/relay"))
+        .json(&serde_json::json!({"body": "{}", "mac_seq": 0, "tag": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(response.status(), 200);
+    assert!(bed.own_blocks("gb1", "qx1").await + 2 >= before);
+    let log = bed.log("gb1");
+    assert!(
+        log.contains("no peer GWN") && log.contains("without authentication"),
+        "refusals are logged"
+    );
+
+    // controller A knows only its own links, B's border and B's SAE locations
+    let topology = get(&bed, "A", "/api/v1/topology").await;
+    let text = topology.to_string();
+    for internal in [
+        "b2-b1", "b2-b4", "b4-b1", "gb1-b2", "gb2-b3", "b3-b1", "\"b2\"", "\"b3\"", "\"b4\"",
+    ] {
+        assert!(!text.contains(internal), "A learned {internal}: {text}");
+    }
+    let abstract_b = controller_b_view(&bed).await;
+    let text = abstract_b.to_string();
+    for internal in ["b2-b1", "b2-b4", "b4-b1", "gb1-b2", "gb2-b3", "b3-b1"] {
+        assert!(!text.contains(internal), "B exposed {internal}: {text}");
+    }
+    assert_eq!(abstract_b["border_nodes"].as_array().unwrap().len(), 2);
+}
+
+/// What controller B's Cxi server tells controller A (with A's controller certificate).
+async fn controller_b_view(bed: &Bed) -> Value {
+    let pki = bed.dir.join("pki");
+    let files = qkdni::tls::TlsFiles {
+        cert: pki.join("controller-A.crt"),
+        key: pki.join("controller-A.key"),
+        ca: vec![bed.endpoints.ca_cert.clone()],
+        peer_cas: Vec::new(),
+    };
+    let http = qkdni::tls::https_client(&files, Duration::from_secs(10)).unwrap();
+    let cxi_b = bed.endpoints.controller("B").unwrap().cxi.clone().unwrap();
+    let response = http
+        .get(format!("{cxi_b}/cxi/v1/abstract-topology"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
