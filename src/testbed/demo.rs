@@ -12,11 +12,11 @@ use crate::etsi014::{self, KeyRequest};
 use crate::quantum::LinkState;
 use crate::tls;
 
-/// Runs the demo on `topology` (default: the embedded single-domain testbed).
+/// Runs the demo on `topology` (default: the embedded two-domain testbed with gateway nodes).
 pub fn run(topology: Option<&Path>, dir: Option<&Path>) -> anyhow::Result<()> {
     let text = match topology {
         Some(path) => std::fs::read_to_string(path)?,
-        None => super::SINGLE_DOMAIN.to_owned(),
+        None => super::TWO_DOMAIN_GWN.to_owned(),
     };
     let topology = Topology::parse(&text)?;
     let temp = std::env::temp_dir().join(format!("qkdni-demo-{}", std::process::id()));
@@ -40,19 +40,19 @@ pub fn run(topology: Option<&Path>, dir: Option<&Path>) -> anyhow::Result<()> {
     result
 }
 
-fn client(endpoints: &Endpoints, sae: &str) -> anyhow::Result<etsi014::Client> {
+pub(super) fn client(endpoints: &Endpoints, sae: &str) -> anyhow::Result<etsi014::Client> {
     Ok(endpoints.etsi014_client(sae, Duration::from_secs(15))?)
 }
 
 /// The orchestrator's view of the domain controller.
-struct Orchestrator {
-    http: reqwest::Client,
-    rest: String,
-    token: String,
+pub(super) struct Orchestrator {
+    pub(super) http: reqwest::Client,
+    pub(super) rest: String,
+    pub(super) token: String,
 }
 
 impl Orchestrator {
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -75,7 +75,7 @@ impl Orchestrator {
     }
 }
 
-fn route_of(session: &serde_json::Value) -> Vec<String> {
+pub(super) fn route_of(session: &serde_json::Value) -> Vec<String> {
     session["path"]
         .as_array()
         .map(|p| {
@@ -86,7 +86,7 @@ fn route_of(session: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn deliver(
+pub(super) async fn deliver(
     alice: &etsi014::Client,
     bob: &etsi014::Client,
     master: &str,
@@ -127,6 +127,9 @@ async fn deliver(
 }
 
 async fn scenario(topology: &Topology, endpoints: &Endpoints, dir: &Path) -> anyhow::Result<()> {
+    if topology.domains.len() > 1 && !topology.qx_links.is_empty() {
+        return super::demo_interworking::scenario(topology, endpoints, dir).await;
+    }
     let domain = &topology.domains[0];
     println!(
         "   {} nodes, {} QKD links, {} SAEs, {}",

@@ -4,10 +4,12 @@
 //! - [`endpoints`] — `endpoints.json`, what clients need to reach the testbed;
 //! - [`runner`] — bringing a testbed up and down, faults, node restarts;
 //! - [`cli`] — the `qkdni testbed` subcommands;
-//! - [`demo`] — the end-to-end demonstration.
+//! - [`demo`] — the end-to-end demonstration (two domains interworking through gateway
+//!   nodes by default; one domain with `--topology testbed/single-domain.toml`).
 
 pub mod cli;
 pub mod demo;
+mod demo_interworking;
 pub mod endpoints;
 pub mod runner;
 pub mod topology;

@@ -389,3 +389,91 @@ async fn controller_b_view(bed: &Bed) -> Value {
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }
+
+/// The events of `domain`'s manager.
+async fn manager_events(bed: &Bed, domain: &str) -> Vec<Value> {
+    let manager = bed.endpoints.manager(domain).expect("a manager");
+    let response = bed
+        .anonymous_https()
+        .get(format!("{}/api/v1/events", manager.rest))
+        .bearer_auth(&manager.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn wait_manager_event(bed: &Bed, domain: &str, kind_wanted: &str) -> Value {
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(e) = manager_events(bed, domain)
+                .await
+                .into_iter()
+                .find(|e| e["kind"] == kind_wanted)
+            {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    match found {
+        Ok(e) => e,
+        Err(_) => panic!(
+            "manager-{domain}: no {kind_wanted}; events: {:#?}",
+            manager_events(bed, domain).await
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_failure_goes_through_both_managers_to_both_controllers() {
+    let bed = Bed::up(TOPOLOGY);
+    bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 64)
+        .await;
+    deliver_across(&bed, 2).await;
+    assert_eq!(origin_session(&bed).await["interworking"]["qx_link"], "qx1");
+    // the gateway KM of B on the route crashes: the next relay fails at the Qx hop
+    bed.cli(&["node", "stop", "gb1", "--kill"]);
+    let skip_a = events(&bed, "A").await.len();
+    let failed = bed
+        .client("sae-a1-1")
+        .enc_keys("sae-b1-1", &request(1))
+        .await;
+    assert!(failed.is_err(), "the relay cannot cross a dead GWN");
+
+    // procedure 3: KMLM-A -> XLMO-A -> (Mxi) -> XLMO-B; both XLMOs give their QCLM a
+    // diagnosis and the QCLMs have their controllers decide
+    let reported = wait_manager_event(&bed, "A", "kmlm-relay-failure").await;
+    let relay_id = reported["relay_id"].clone();
+    assert!(!relay_id.is_null());
+    wait_manager_event(&bed, "A", "xlmo-fault-sent").await;
+    let received = wait_manager_event(&bed, "B", "xlmo-fault-received").await;
+    assert_eq!(received["relay_id"], relay_id, "the same failure at B");
+    wait_manager_event(&bed, "A", "qclm-decision").await;
+    wait_manager_event(&bed, "B", "qclm-decision").await;
+    wait_event(&bed, "A", skip_a, "QCLM diagnosis", |e| {
+        kind(e, "qclm-diagnosis")
+    })
+    .await;
+    wait_event(&bed, "B", 0, "QCLM diagnosis", |e| {
+        kind(e, "qclm-diagnosis")
+    })
+    .await;
+    // controller A's decision: the route is agreed again with B, away from gb1
+    let reroute = wait_event(&bed, "A", skip_a, "reroute", |e| kind(e, "reroute")).await;
+    let transaction = reroute["transaction"].as_str().unwrap().to_owned();
+    wait_event(&bed, "B", 0, "commit", |e| {
+        kind(e, "interworking-commit") && e["transaction"] == transaction.as_str()
+    })
+    .await;
+    let session = origin_session(&bed).await;
+    assert_eq!(session["interworking"]["qx_link"], "qx2");
+    let path: Vec<String> = serde_json::from_value(session["path"].clone()).unwrap();
+    bed.wait_path(&path.iter().map(String::as_str).collect::<Vec<_>>(), 16)
+        .await;
+    deliver_across(&bed, 2).await;
+    // performance and security reports travel over Mxi as well
+    wait_manager_event(&bed, "B", "xlmo-reports-received").await;
+}

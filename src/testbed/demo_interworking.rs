@@ -1,0 +1,221 @@
+//! The two-domain part of the demonstration (Y.3818 9.1): keys from an application in QKDN A
+//! to one in QKDN B through gateway nodes, a fault on the route, the reroute both
+//! controllers agree on over Cxi, and delivery going on.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use super::demo::{client, deliver, route_of, Orchestrator};
+use super::endpoints::Endpoints;
+use super::runner;
+use super::topology::Topology;
+use crate::etsi014::{self, KeyRequest};
+use crate::quantum::LinkState;
+use crate::tls;
+
+fn orchestrator(endpoints: &Endpoints, domain: &str) -> anyhow::Result<Orchestrator> {
+    let controller = endpoints
+        .controller(domain)
+        .with_context(|| format!("domain {domain} has no controller"))?;
+    Ok(Orchestrator {
+        http: tls::https_client(
+            &endpoints.operator_tls_at(&controller.name),
+            Duration::from_secs(30),
+        )?,
+        rest: controller.rest.clone(),
+        token: controller.token.clone(),
+    })
+}
+
+async fn events(o: &Orchestrator) -> anyhow::Result<Vec<Value>> {
+    Ok(o.call(reqwest::Method::GET, "/api/v1/events", None)
+        .await?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// The interworking session coordinated by `a` (the master's domain).
+async fn origin_session(a: &Orchestrator) -> anyhow::Result<Value> {
+    let sessions = a
+        .call(reqwest::Method::GET, "/api/v1/sessions", None)
+        .await?;
+    sessions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["interworking"]["role"] == "origin")
+        .cloned()
+        .context("no interworking session")
+}
+
+/// Asks for keys until the pools on the route hold enough (right after start-up they fill).
+async fn first_keys(alice: &etsi014::Client, slave: &str) -> anyhow::Result<()> {
+    let request = KeyRequest {
+        number: Some(1),
+        size: Some(256),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match alice.enc_keys(slave, &request).await {
+            Ok(_) => return Ok(()),
+            Err(error) if Instant::now() > deadline => return Err(error.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+fn print_events(domain: &str, events: &[Value], transaction: &str) {
+    for e in events.iter().filter(|e| e["transaction"] == transaction) {
+        println!(
+            "   controller-{domain}: {:<20} {}",
+            e["kind"].as_str().unwrap_or_default(),
+            e["detail"].as_str().unwrap_or_default()
+        );
+    }
+}
+
+pub(super) async fn scenario(
+    topology: &Topology,
+    endpoints: &Endpoints,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    for domain in &topology.domains {
+        let gateways: Vec<&str> = domain
+            .nodes
+            .iter()
+            .filter(|n| n.gateway)
+            .map(|n| n.name.as_str())
+            .collect();
+        println!(
+            "   QKDN {}: {} KM nodes ({} gateway nodes: {}), {} QKD links, its own CA, controller and manager",
+            domain.name,
+            domain.nodes.len(),
+            gateways.len(),
+            gateways.join(", "),
+            domain.links.len()
+        );
+    }
+    for link in &topology.qx_links {
+        println!(
+            "   Qx link {}: {} <-> {}",
+            link.id, link.nodes[0], link.nodes[1]
+        );
+    }
+    let (a_domain, b_domain) = (&topology.domains[0], &topology.domains[1]);
+    let master = a_domain
+        .nodes
+        .iter()
+        .find_map(|n| n.saes.first())
+        .context("no SAE in the first domain")?;
+    let slave = b_domain
+        .nodes
+        .iter()
+        .find_map(|n| n.saes.first())
+        .context("no SAE in the second domain")?;
+    let (a, b) = (
+        orchestrator(endpoints, &a_domain.name)?,
+        orchestrator(endpoints, &b_domain.name)?,
+    );
+    let (alice, bob) = (client(endpoints, master)?, client(endpoints, slave)?);
+
+    println!(
+        "== {master} (QKDN {}) asks its KME for keys shared with {slave} (QKDN {})",
+        a_domain.name, b_domain.name
+    );
+    println!("   its KM does not know {slave}: it asks controller-{} for an interworking route, which agrees it with controller-{} over Cxi", a_domain.name, b_domain.name);
+    first_keys(&alice, slave).await?;
+    let session = origin_session(&a).await?;
+    let transaction = session["interworking"]["transaction"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    print_events(&a_domain.name, &events(&a).await?, &transaction);
+    print_events(&b_domain.name, &events(&b).await?, &transaction);
+    let path = route_of(&session);
+    println!(
+        "== keys relayed hop by hop across the domains (Kxi-1 in the ETSI GS QKD 020 shape over Qx link {})",
+        session["interworking"]["qx_link"].as_str().unwrap_or_default()
+    );
+    deliver(&alice, &bob, master, slave, 4).await?;
+
+    let qx = session["interworking"]["qx_link"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (skip_a, skip_b) = (events(&a).await?.len(), events(&b).await?.len());
+    println!(
+        "== fault: Qx link {qx} down (on the route {} -> ...)",
+        path.join(" -> ")
+    );
+    let cut_at = Instant::now();
+    runner::set_link_state(dir, &qx, LinkState::Down).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (reroute, agreed) = loop {
+        let a_events = events(&a).await?;
+        let b_events = events(&b).await?;
+        let reroute = a_events
+            .iter()
+            .skip(skip_a)
+            .find(|e| e["kind"] == "reroute" || e["kind"] == "reroute-failed")
+            .cloned();
+        if let Some(reroute) = reroute {
+            if reroute["kind"] == "reroute-failed" {
+                bail!("no other route: {}", reroute["detail"]);
+            }
+            let agreed = b_events.iter().skip(skip_b).any(|e| {
+                e["kind"] == "interworking-commit" && e["transaction"] == reroute["transaction"]
+            });
+            if agreed {
+                break (reroute, cut_at.elapsed());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no agreed reroute within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let transaction = reroute["transaction"].as_str().unwrap_or_default();
+    print_events(&a_domain.name, &events(&a).await?, transaction);
+    print_events(&b_domain.name, &events(&b).await?, transaction);
+    println!(
+        "   both controllers agreed (transaction {transaction}) and installed the new route {:.0} ms after the fault",
+        agreed.as_secs_f64() * 1e3
+    );
+    let session = origin_session(&a).await?;
+    let path = route_of(&session);
+    runner::wait_path_keys(endpoints, &path, 16, Duration::from_secs(30)).await?;
+    println!(
+        "== key delivery continues over {} and on in QKDN {}",
+        path.join(" -> "),
+        b_domain.name
+    );
+    deliver(&alice, &bob, master, slave, 4).await?;
+    if let Some(manager) = endpoints.manager(&b_domain.name) {
+        let http = tls::https_client_trusting(
+            std::slice::from_ref(&endpoints.ca_cert),
+            Duration::from_secs(10),
+        )?;
+        let latest: Value = http
+            .get(format!("{}/api/v1/reports/latest", manager.rest))
+            .bearer_auth(&manager.token)
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or_default();
+        if !latest["received"].is_null() {
+            println!(
+                "== management layer: manager-{} holds the performance and security report pack sent by manager-{} over Mxi",
+                b_domain.name, a_domain.name
+            );
+        }
+    }
+    println!("== repair: Qx link {qx} up");
+    runner::set_link_state(dir, &qx, LinkState::Up).await?;
+    Ok(())
+}
