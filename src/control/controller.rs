@@ -79,6 +79,8 @@ pub struct Controller {
     pub(super) state: Mutex<State>,
     pub(super) store: SessionStore,
     events: std::sync::Mutex<VecDeque<ControllerEvent>>,
+    /// Every new event, for NETCONF notifications.
+    published: tokio::sync::broadcast::Sender<ControllerEvent>,
 }
 
 impl Controller {
@@ -130,6 +132,7 @@ impl Controller {
             }),
             store,
             events: std::sync::Mutex::new(VecDeque::new()),
+            published: tokio::sync::broadcast::channel(256).0,
         });
         controller.refresh().await;
         {
@@ -170,14 +173,21 @@ impl Controller {
         if events.len() == EVENT_LOG {
             events.pop_front();
         }
-        events.push_back(ControllerEvent {
+        let event = ControllerEvent {
             time: now_rfc3339(),
             kind: kind.to_owned(),
             detail,
             session,
             duration_ms,
             transaction,
-        });
+        };
+        let _ = self.published.send(event.clone());
+        events.push_back(event);
+    }
+
+    /// Events from now on, as they happen.
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<ControllerEvent> {
+        self.published.subscribe()
     }
 
     /// Recent events, oldest first.

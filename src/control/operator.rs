@@ -23,13 +23,68 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Wraps the controller.
+    /// Wraps the controller; its events become `controller-event` notifications (call from
+    /// within the runtime).
     pub fn new(controller: Arc<Controller>) -> Self {
+        let notifications = broadcast::channel(256).0;
+        let sender: broadcast::Sender<Notification> = notifications.clone();
+        let mut events = controller.subscribe_events();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => match notification(&event) {
+                        Ok(n) => {
+                            let _ = sender.send(n);
+                        }
+                        Err(error) => tracing::warn!(%error, "event not expressible in YANG"),
+                    },
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
         Self {
             controller,
-            notifications: broadcast::channel(16).0,
+            notifications,
         }
     }
+}
+
+/// A controller event as a `qkdni-controller:controller-event` notification.
+fn notification(event: &super::controller::ControllerEvent) -> Result<Notification, yang2::Error> {
+    use yang2::data::{DataFormat, DataPrinterFlags};
+    let mut tree = crate::yang::empty();
+    let base = "/qkdni-controller:controller-event";
+    let mut leaves = vec![
+        ("kind", event.kind.clone()),
+        ("detail", event.detail.clone()),
+    ];
+    if let Some(session) = event.session {
+        leaves.push(("session", session.to_string()));
+    }
+    if let Some(transaction) = event.transaction {
+        leaves.push(("transaction", transaction.to_string()));
+    }
+    if let Some(ms) = event.duration_ms {
+        leaves.push(("duration-ms", format!("{ms:.3}")));
+    }
+    for (leaf, value) in leaves {
+        tree.new_path(&format!("{base}/{leaf}"), Some(&value), false)?;
+    }
+    let xml = tree
+        .print_string(
+            DataFormat::XML,
+            DataPrinterFlags::WITH_SIBLINGS | DataPrinterFlags::SHRINK,
+        )?
+        .unwrap_or_default();
+    Ok(Notification {
+        event_time: event.time.clone(),
+        xml,
+        kind: (
+            "urn:qkdni:yang:qkdni-controller".to_owned(),
+            "controller-event".to_owned(),
+        ),
+    })
 }
 
 /// node -> (host, port) of every configured agent.

@@ -176,14 +176,27 @@ async fn keys_cross_the_domains_and_both_controllers_agree_on_every_reroute() {
         .any(|l| l == b_link.as_str()));
     deliver_across(&bed, 4).await;
 
-    // a fault on the active Qx link: the relay moves to the other GWN pair
+    // a fault on the active Qx link: the relay moves to the other GWN pair; operators of B
+    // watch the agreement as NETCONF notifications of controller B
     let qx = origin_session(&bed).await["interworking"]["qx_link"]
         .as_str()
         .unwrap()
         .to_owned();
     bed.cli(&["link", "up", "a1-a2"]);
     bed.cli(&["link", "up", &b_link]);
-    cut_and_agree(&bed, &qx).await;
+    let (_session, mut notifications) = controller_notifications(&bed, "B").await;
+    let reroute = cut_and_agree(&bed, &qx).await;
+    let transaction = reroute["transaction"].as_str().unwrap().to_owned();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = notifications.recv().await.unwrap();
+            if n.contains("<kind>interworking-commit</kind>") && n.contains(&transaction) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("an interworking-commit notification from controller B");
     let session = origin_session(&bed).await;
     assert_ne!(session["interworking"]["qx_link"], qx.as_str());
     deliver_across(&bed, 4).await;
@@ -476,4 +489,31 @@ async fn a_relay_failure_goes_through_both_managers_to_both_controllers() {
     deliver_across(&bed, 2).await;
     // performance and security reports travel over Mxi as well
     wait_manager_event(&bed, "B", "xlmo-reports-received").await;
+}
+
+/// A NETCONF subscription to `domain`'s controller notifications.
+async fn controller_notifications(
+    bed: &Bed,
+    domain: &str,
+) -> (
+    std::sync::Arc<qkdni::netconf::client::NetconfClient>,
+    tokio::sync::broadcast::Receiver<String>,
+) {
+    use qkdni::netconf::client::{ClientOptions, Credentials, NetconfClient};
+    let controller = bed.endpoints.controller(domain).unwrap();
+    let login = &bed.endpoints.netconf_readonly_user;
+    let session = NetconfClient::connect(
+        controller.netconf.parse().unwrap(),
+        ClientOptions {
+            user: login.username.clone(),
+            credentials: Credentials::Password(login.password.clone()),
+            host_key: None,
+            timeout: Duration::from_secs(10),
+            base_1_0_only: false,
+        },
+    )
+    .await
+    .unwrap();
+    let receiver = session.subscribe().await.unwrap();
+    (session, receiver)
 }
