@@ -302,22 +302,10 @@ fn schemathesis_finds_no_failures_in_the_rest_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_manage_the_controller_over_netconf_and_from_a_terminal() {
-    use qkdni::netconf::client::{ClientError, ClientOptions, Credentials, NetconfClient};
+    use qkdni::netconf::client::ClientError;
     let bed = Bed::up(TOPOLOGY);
-    let controller = bed.endpoints.controller("A").unwrap();
     let login = &bed.endpoints.netconf_user;
-    let nc = NetconfClient::connect(
-        controller.netconf.parse().unwrap(),
-        ClientOptions {
-            user: login.username.clone(),
-            credentials: Credentials::Password(login.password.clone()),
-            host_key: None,
-            timeout: Duration::from_secs(10),
-            base_1_0_only: false,
-        },
-    )
-    .await
-    .unwrap();
+    let nc = bed.controller_netconf("A", login).await;
 
     // a terminal user creates a session with `qkdni ctl`
     let out = common::qkdni(&[
@@ -429,20 +417,9 @@ async fn a_session_is_rerouted_when_a_link_rate_no_longer_meets_its_demand() {
 async fn a_multipath_session_splits_its_keys_over_several_paths() {
     let bed = Bed::up(TOPOLOGY);
     // the controller's policy is configuration: multipath
-    let controller = bed.endpoints.controller("A").unwrap();
-    let login = &bed.endpoints.netconf_user;
-    let nc = qkdni::netconf::client::NetconfClient::connect(
-        controller.netconf.parse().unwrap(),
-        qkdni::netconf::client::ClientOptions {
-            user: login.username.clone(),
-            credentials: qkdni::netconf::client::Credentials::Password(login.password.clone()),
-            host_key: None,
-            timeout: Duration::from_secs(10),
-            base_1_0_only: false,
-        },
-    )
-    .await
-    .unwrap();
+    let nc = bed
+        .controller_netconf("A", &bed.endpoints.netconf_user)
+        .await;
     nc.edit_config("running", "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><policy>multipath</policy></controller>")
         .await
         .unwrap();

@@ -30,6 +30,9 @@ use crate::netconf::server::now_rfc3339;
 
 /// How long a prepared segment waits for its commit.
 const PREPARED_FOR: Duration = Duration::from_secs(30);
+/// How long a peer's request waits for this controller's lock: two controllers that
+/// coordinate sessions in opposite directions at once must not wait on each other for good.
+const PEER_LOCK_WAIT: Duration = Duration::from_secs(3);
 /// How many committed transactions can still be undone by an abort.
 const UNDOABLE: usize = 256;
 
@@ -141,9 +144,12 @@ impl Controller {
             .find(|p| crate::tls::foreign_identity(&p.peer.controller, &p.peer.domain) == identity)
     }
 
-    /// What this domain shares with its peers under its exposure policy.
-    pub async fn abstract_topology(&self) -> AbstractTopology {
-        let state = self.state.lock().await;
+    /// What this domain shares with its peers under its exposure policy (`None` while the
+    /// controller is too busy to answer).
+    pub async fn abstract_topology(&self) -> Option<AbstractTopology> {
+        let state = tokio::time::timeout(PEER_LOCK_WAIT, self.state.lock())
+            .await
+            .ok()?;
         let expose = self
             .config
             .interworking
@@ -200,12 +206,12 @@ impl Controller {
                 });
             }
         }
-        AbstractTopology {
+        Some(AbstractTopology {
             version: CXI_VERSION,
             domain: self.config.domain.clone(),
             border_nodes,
             reachability,
-        }
+        })
     }
 
     /// The peer (and its abstract topology) that can reach SAE `sae`.
@@ -568,7 +574,15 @@ impl Controller {
 
     /// Cxi phase 1 at the receiving domain: compute and hold the segment, and vote.
     pub async fn cxi_prepare(&self, from: &str, request: PrepareRequest) -> Vote {
-        let mut state = self.state.lock().await;
+        let Ok(mut state) = tokio::time::timeout(PEER_LOCK_WAIT, self.state.lock()).await else {
+            return Vote {
+                version: CXI_VERSION,
+                transaction: request.transaction,
+                vote: VoteKind::Refused,
+                reason: Some("busy: try again".into()),
+                segment_hops: None,
+            };
+        };
         let now = Instant::now();
         state
             .interworking
@@ -687,7 +701,10 @@ impl Controller {
             outcome,
             reason,
         };
-        let mut state = self.state.lock().await;
+        let Ok(mut state) = tokio::time::timeout(PEER_LOCK_WAIT, self.state.lock()).await else {
+            // the prepared segment expires by itself
+            return result(Outcome::Aborted, Some("busy: try again".into()));
+        };
         let Some((mut segment, _)) = state.interworking.prepared.remove(&transaction) else {
             return result(
                 Outcome::Aborted,

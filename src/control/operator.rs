@@ -52,9 +52,6 @@ impl Operator {
 
 /// A controller event as a `qkdni-controller:controller-event` notification.
 fn notification(event: &super::controller::ControllerEvent) -> Result<Notification, yang2::Error> {
-    use yang2::data::{DataFormat, DataPrinterFlags};
-    let mut tree = crate::yang::empty();
-    let base = "/qkdni-controller:controller-event";
     let mut leaves = vec![
         ("kind", event.kind.clone()),
         ("detail", event.detail.clone()),
@@ -68,23 +65,13 @@ fn notification(event: &super::controller::ControllerEvent) -> Result<Notificati
     if let Some(ms) = event.duration_ms {
         leaves.push(("duration-ms", format!("{ms:.3}")));
     }
-    for (leaf, value) in leaves {
-        tree.new_path(&format!("{base}/{leaf}"), Some(&value), false)?;
-    }
-    let xml = tree
-        .print_string(
-            DataFormat::XML,
-            DataPrinterFlags::WITH_SIBLINGS | DataPrinterFlags::SHRINK,
-        )?
-        .unwrap_or_default();
-    Ok(Notification {
-        event_time: event.time.clone(),
-        xml,
-        kind: (
-            "urn:qkdni:yang:qkdni-controller".to_owned(),
-            "controller-event".to_owned(),
-        ),
-    })
+    Notification::from_leaves(
+        "qkdni-controller",
+        "urn:qkdni:yang:qkdni-controller",
+        "controller-event",
+        &leaves,
+        event.time.clone(),
+    )
 }
 
 /// node -> (host, port) of every configured agent.

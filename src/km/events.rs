@@ -5,8 +5,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use yang2::data::{Data, DataFormat, DataPrinterFlags};
-
 use super::agent::Agent;
 use crate::netconf::server::{now_rfc3339, Notification};
 use crate::quantum::LinkState;
@@ -47,7 +45,6 @@ const KM_NS: &str = "urn:qkdni:yang:qkdni-km";
 impl Event {
     /// The event as a `qkdni-km` YANG notification.
     pub fn to_notification(&self) -> Result<Notification, yang2::Error> {
-        let mut tree = crate::yang::empty();
         let (name, leaves): (&str, Vec<(&str, String)>) = match self {
             Event::LinkState {
                 link,
@@ -86,20 +83,7 @@ impl Event {
                 ],
             ),
         };
-        for (leaf, value) in leaves {
-            tree.new_path(&format!("/qkdni-km:{name}/{leaf}"), Some(&value), false)?;
-        }
-        let xml = tree
-            .print_string(
-                DataFormat::XML,
-                DataPrinterFlags::WITH_SIBLINGS | DataPrinterFlags::SHRINK,
-            )?
-            .unwrap_or_default();
-        Ok(Notification {
-            event_time: now_rfc3339(),
-            xml,
-            kind: (KM_NS.to_owned(), name.to_owned()),
-        })
+        Notification::from_leaves("qkdni-km", KM_NS, name, &leaves, now_rfc3339())
     }
 }
 

@@ -76,6 +76,35 @@ pub struct Notification {
     pub kind: (String, String),
 }
 
+impl Notification {
+    /// A YANG notification `module:name` of namespace `namespace` with top-level `leaves`
+    /// (name, canonical value), validated against the loaded modules.
+    pub fn from_leaves(
+        module: &str,
+        namespace: &str,
+        name: &str,
+        leaves: &[(&str, String)],
+        event_time: String,
+    ) -> Result<Self, yang2::Error> {
+        use yang2::data::{Data, DataFormat, DataPrinterFlags};
+        let mut tree = crate::yang::empty();
+        for (leaf, value) in leaves {
+            tree.new_path(&format!("/{module}:{name}/{leaf}"), Some(value), false)?;
+        }
+        let xml = tree
+            .print_string(
+                DataFormat::XML,
+                DataPrinterFlags::WITH_SIBLINGS | DataPrinterFlags::SHRINK,
+            )?
+            .unwrap_or_default();
+        Ok(Self {
+            event_time,
+            xml,
+            kind: (namespace.to_owned(), name.to_owned()),
+        })
+    }
+}
+
 /// What a daemon puts behind its NETCONF server.
 pub trait Application: Send + Sync + 'static {
     /// The configuration the daemon starts with when nothing is persisted (XML).

@@ -62,6 +62,11 @@ impl Bed {
         Self::up_with(topology_file, &["--no-controller"])
     }
 
+    /// A testbed with every KM in its own network namespace (`--netns`, root only).
+    pub fn up_netns(topology_file: &str) -> Self {
+        Self::up_with(topology_file, &["--netns"])
+    }
+
     fn up_with(topology_file: &str, flags: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("qkdni-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -183,6 +188,31 @@ impl Bed {
 }
 
 impl Bed {
+    /// A NETCONF session to `domain`'s controller as `login`.
+    pub async fn controller_netconf(
+        &self,
+        domain: &str,
+        login: &qkdni::testbed::endpoints::NetconfLogin,
+    ) -> std::sync::Arc<qkdni::netconf::client::NetconfClient> {
+        use qkdni::netconf::client::{ClientOptions, Credentials, NetconfClient};
+        let controller = self
+            .endpoints
+            .controller(domain)
+            .expect("domain controller");
+        NetconfClient::connect(
+            controller.netconf.parse().unwrap(),
+            ClientOptions {
+                user: login.username.clone(),
+                credentials: Credentials::Password(login.password.clone()),
+                host_key: None,
+                timeout: Duration::from_secs(10),
+                base_1_0_only: false,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
     /// An HTTPS client of the domain controller's REST API, with the orchestrator's token.
     pub fn controller(&self, domain: &str) -> (reqwest::Client, String, String) {
         let c = self

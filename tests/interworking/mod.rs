@@ -499,21 +499,9 @@ async fn controller_notifications(
     std::sync::Arc<qkdni::netconf::client::NetconfClient>,
     tokio::sync::broadcast::Receiver<String>,
 ) {
-    use qkdni::netconf::client::{ClientOptions, Credentials, NetconfClient};
-    let controller = bed.endpoints.controller(domain).unwrap();
-    let login = &bed.endpoints.netconf_readonly_user;
-    let session = NetconfClient::connect(
-        controller.netconf.parse().unwrap(),
-        ClientOptions {
-            user: login.username.clone(),
-            credentials: Credentials::Password(login.password.clone()),
-            host_key: None,
-            timeout: Duration::from_secs(10),
-            base_1_0_only: false,
-        },
-    )
-    .await
-    .unwrap();
+    let session = bed
+        .controller_netconf(domain, &bed.endpoints.netconf_readonly_user)
+        .await;
     let receiver = session.subscribe().await.unwrap();
     (session, receiver)
 }
