@@ -3,8 +3,10 @@
 //!
 //! Identities are carried in the certificate's common name (CN): the node id for a KM, the
 //! SAE id for an SAE, the operator name for an operator. Every certificate also names
-//! `127.0.0.1` and `localhost` so that any TLS client verifies loopback servers.
+//! `127.0.0.1` and `localhost` so that any TLS client verifies loopback servers, and may name
+//! more IP addresses (a `--netns` testbed's node and root addresses).
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -73,12 +75,26 @@ impl Authority {
 
     /// Issues a certificate for `common_name`, returning (cert PEM, key PEM).
     pub fn issue(&self, common_name: &str, role: Role) -> Result<(String, String), PkiError> {
+        self.issue_with_ips(common_name, role, &[])
+    }
+
+    /// Issues a certificate for `common_name` that also names the IP addresses `ips` (besides
+    /// `127.0.0.1` and `localhost`), returning (cert PEM, key PEM).
+    pub fn issue_with_ips(
+        &self,
+        common_name: &str,
+        role: Role,
+        ips: &[IpAddr],
+    ) -> Result<(String, String), PkiError> {
         let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
         params
             .subject_alt_names
-            .push(SanType::IpAddress(std::net::IpAddr::V4(
-                std::net::Ipv4Addr::LOCALHOST,
-            )));
+            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        for ip in ips {
+            if *ip != IpAddr::V4(Ipv4Addr::LOCALHOST) {
+                params.subject_alt_names.push(SanType::IpAddress(*ip));
+            }
+        }
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
         dn.push(DnType::OrganizationName, "qkdni");
@@ -108,7 +124,19 @@ impl Authority {
         common_name: &str,
         role: Role,
     ) -> Result<IssuedPaths, PkiError> {
-        let (cert, key) = self.issue(common_name, role)?;
+        self.issue_to_with_ips(dir, file_stem, common_name, role, &[])
+    }
+
+    /// [`issue_to`](Self::issue_to) for a certificate that also names the IP addresses `ips`.
+    pub fn issue_to_with_ips(
+        &self,
+        dir: &Path,
+        file_stem: &str,
+        common_name: &str,
+        role: Role,
+        ips: &[IpAddr],
+    ) -> Result<IssuedPaths, PkiError> {
+        let (cert, key) = self.issue_with_ips(common_name, role, ips)?;
         let paths = IssuedPaths {
             cert: dir.join(format!("{file_stem}.crt")),
             key: dir.join(format!("{file_stem}.key")),
@@ -124,4 +152,32 @@ fn write(path: &Path, data: &[u8]) -> Result<(), PkiError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::extensions::GeneralName;
+
+    #[test]
+    fn certificates_name_loopback_and_the_extra_ips() {
+        let ca = Authority::new("test").unwrap();
+        let node = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
+        let (pem, _) = ca
+            .issue_with_ips("km-x", Role::Node, &[node, IpAddr::V4(Ipv4Addr::LOCALHOST)])
+            .unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        let ips: Vec<&[u8]> = san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::IPAddress(bytes) => Some(*bytes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ips, [&[127, 0, 0, 1][..], &[198, 18, 0, 2][..]]);
+    }
 }

@@ -2,6 +2,8 @@
 //! and real on-disk stores: ETSI GS QKD 014 key supply, key relay, faults and crashes.
 
 mod common;
+#[path = "netns/mod.rs"]
+mod netns;
 
 use common::Bed;
 use qkdni::etsi014::{ClientError, KeyRequest};

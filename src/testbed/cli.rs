@@ -21,6 +21,10 @@ pub enum TestbedCommand {
         /// Start no controllers: every KM gets fewest-hop static relay routes instead.
         #[arg(long)]
         no_controller: bool,
+        /// Every KM node in its own network namespace, every QKD link a veth pair between
+        /// them (root only): `link down` also cuts the veth.
+        #[arg(long)]
+        netns: bool,
     },
     /// Stop every node of the testbed in DIR.
     Down {
@@ -80,7 +84,12 @@ pub fn run(command: TestbedCommand) -> anyhow::Result<()> {
             topology,
             dir,
             no_controller,
+            netns,
         } => {
+            if netns {
+                // before anything else, and without the clean-up of a failed start-up
+                super::netns::check()?;
+            }
             let text = std::fs::read_to_string(&topology)?;
             let mut topology = Topology::parse(&text)?;
             if no_controller {
@@ -89,7 +98,8 @@ pub fn run(command: TestbedCommand) -> anyhow::Result<()> {
                     .iter_mut()
                     .for_each(|d| d.controller = false);
             }
-            let endpoints = runtime.block_on(runner::up(&topology, &dir, &exe));
+            let options = runner::UpOptions { netns };
+            let endpoints = runtime.block_on(runner::up_with(&topology, &dir, &exe, &options));
             match endpoints {
                 Ok(endpoints) => {
                     let nodes: usize = endpoints.domains.values().map(|d| d.nodes.len()).sum();
@@ -100,6 +110,14 @@ pub fn run(command: TestbedCommand) -> anyhow::Result<()> {
                         endpoints.saes.len(),
                         super::endpoints::Endpoints::path(&dir).display()
                     );
+                    if let Some(net) = &endpoints.netns {
+                        println!(
+                            "network namespaces qkdni-{}-<node>, nodes at {}.., root address {}",
+                            net.id,
+                            net.nodes.values().map(|n| n.address).min().expect("nodes"),
+                            net.root_address
+                        );
+                    }
                 }
                 Err(error) => {
                     let _ = runner::down(&dir);

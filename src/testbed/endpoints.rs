@@ -24,6 +24,9 @@ pub struct Endpoints {
     pub domains: BTreeMap<String, DomainEndpoints>,
     pub saes: BTreeMap<String, SaeEndpoint>,
     pub links: BTreeMap<String, LinkEndpoint>,
+    /// A `--netns` testbed's namespaces, addresses and link interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<super::netns::Netns>,
 }
 
 /// A certificate and its key (PEM paths).
@@ -97,6 +100,8 @@ pub struct ProcessSpec {
     pub log: PathBuf,
     /// URL answering 200 once the process is ready.
     pub health: String,
+    /// The network namespace to run it in (`--netns` testbeds' KM nodes).
+    pub netns: Option<String>,
 }
 
 /// One KM node's services.
@@ -232,6 +237,11 @@ impl Endpoints {
                 config: node.config.clone(),
                 log: node.log.clone(),
                 health: format!("{}/admin/v1/health", node.kma),
+                netns: self
+                    .netns
+                    .as_ref()
+                    .and_then(|n| n.nodes.get(name))
+                    .map(|n| n.namespace.clone()),
             });
         }
         if let Some(c) = self
@@ -245,6 +255,7 @@ impl Endpoints {
                 config: c.config.clone(),
                 log: c.log.clone(),
                 health: format!("{}/health", c.rest),
+                netns: None,
             });
         }
         self.domains
@@ -256,6 +267,7 @@ impl Endpoints {
                 config: m.config.clone(),
                 log: m.log.clone(),
                 health: format!("{}/api/v1/health", m.rest),
+                netns: None,
             })
     }
 

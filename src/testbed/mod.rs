@@ -3,6 +3,7 @@
 //! - [`topology`] — the topology file format;
 //! - [`endpoints`] — `endpoints.json`, what clients need to reach the testbed;
 //! - [`runner`] — bringing a testbed up and down, faults, node restarts;
+//! - [`netns`] — `--netns` testbeds: a network namespace per node, a veth pair per link;
 //! - [`cli`] — the `qkdni testbed` subcommands;
 //! - [`demo`] — the end-to-end demonstration (two domains interworking through gateway
 //!   nodes by default; one domain with `--topology testbed/single-domain.toml`).
@@ -11,6 +12,7 @@ pub mod cli;
 pub mod demo;
 mod demo_interworking;
 pub mod endpoints;
+pub mod netns;
 pub mod runner;
 pub mod topology;
 

@@ -1,7 +1,7 @@
 //! Bringing a testbed up and down: certificates, agent configurations, processes, faults.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,6 +13,7 @@ use super::endpoints::{
     ControllerEndpoint, Credentials, DomainEndpoints, Endpoints, LinkEndpoint, ManagerEndpoint,
     NetconfLogin, NodeEndpoint, SaeEndpoint,
 };
+use super::netns;
 use super::topology::Topology;
 use crate::control::config::{
     AgentConfig, ControllerConfig, CxiPeer, ExposePolicy, InterworkingConfig, NodeRole,
@@ -174,22 +175,61 @@ fn write_toml<T: Serialize>(path: &Path, value: &T, what: &str) -> Result<(), Te
     std::fs::write(path, text).map_err(io(format!("writing {what}")))
 }
 
+/// How to bring a testbed up.
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// Every KM node in its own network namespace, every QKD link a veth pair (root only;
+    /// see [`netns`]).
+    pub netns: bool,
+}
+
 /// Writes certificates (one CA per domain) and the configurations of every KM agent,
 /// controller and manager for `topology` into `dir`, starts them with the `qkdni` binary
 /// `exe`, waits until all are ready and writes `endpoints.json`.
 pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints, TestbedError> {
+    up_with(topology, dir, exe, &UpOptions::default()).await
+}
+
+/// [`up`] with options (`--netns`).
+pub async fn up_with(
+    topology: &Topology,
+    dir: &Path,
+    exe: &Path,
+    options: &UpOptions,
+) -> Result<Endpoints, TestbedError> {
+    if options.netns {
+        netns::check()?;
+    }
     if Endpoints::path(dir).exists() && !Processes::load(dir).nodes.is_empty() {
         return Err(TestbedError::Operation(format!(
             "{} holds a running testbed: bring it down first",
             dir.display()
         )));
     }
+    // the network of an earlier --netns testbed in dir whose processes are gone
+    remove_network(dir)?;
     let dir = &std::path::absolute(dir).map_err(io("testbed directory"))?;
     let pki = dir.join("pki");
     for sub in ["pki", "nodes", "logs"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(io(format!("creating {sub}")))?;
     }
     let _startup = startup_lock()?;
+    // planned under the start-up lock, created before it is released
+    let net = if options.netns {
+        Some(netns::plan(topology)?)
+    } else {
+        None
+    };
+    // where a node's services listen, and the certificate names it: loopback, or the node
+    // address in its namespace; the controllers' and managers' on loopback or the root
+    // namespace's address toward the nodes
+    let node_ip = |node: &str| net.as_ref().map(|n| n.nodes[node].address);
+    let control_ip = net.as_ref().map(|n| n.root_address);
+    let at = |addr: SocketAddr, ip: Option<Ipv4Addr>| match ip {
+        Some(ip) => SocketAddr::from((ip, addr.port())),
+        None => addr,
+    };
+    let control_ips: Vec<IpAddr> = control_ip.into_iter().map(IpAddr::V4).collect();
     let mut ports = Ports::new();
     let mut pkis: BTreeMap<String, DomainPki> = BTreeMap::new();
     let mut bundle = String::new();
@@ -240,26 +280,32 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
         domains: BTreeMap::new(),
         saes: BTreeMap::new(),
         links: BTreeMap::new(),
+        netns: net.clone(),
     };
     // every address first: Qx links and Cxi/Mxi peers point across domains
     let mut addresses = BTreeMap::new();
     let mut control = BTreeMap::new();
     for domain in &topology.domains {
         for node in &domain.nodes {
+            let ip = node_ip(&node.name);
             addresses.insert(
                 node.name.clone(),
-                (ports.take()?, ports.take()?, ports.take()?),
+                (
+                    at(ports.take()?, ip),
+                    at(ports.take()?, ip),
+                    at(ports.take()?, ip),
+                ),
             );
         }
         if domain.controller {
             control.insert(
                 domain.name.clone(),
                 ControlAddresses {
-                    rest: ports.take()?,
-                    netconf: ports.take()?,
-                    cxi: ports.take()?,
-                    manager_rest: ports.take()?,
-                    mxi: ports.take()?,
+                    rest: at(ports.take()?, control_ip),
+                    netconf: at(ports.take()?, control_ip),
+                    cxi: at(ports.take()?, control_ip),
+                    manager_rest: at(ports.take()?, control_ip),
+                    mxi: at(ports.take()?, control_ip),
                 },
             );
         }
@@ -303,9 +349,14 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
         for node in &domain.nodes {
             let node_dir = dir.join("nodes").join(&node.name);
             std::fs::create_dir_all(&node_dir).map_err(io("creating node directory"))?;
-            let paths =
-                dpki.ca
-                    .issue_to(&pki, &format!("km-{}", node.name), &node.name, Role::Node)?;
+            let node_ips: Vec<IpAddr> = node_ip(&node.name).into_iter().map(IpAddr::V4).collect();
+            let paths = dpki.ca.issue_to_with_ips(
+                &pki,
+                &format!("km-{}", node.name),
+                &node.name,
+                Role::Node,
+                &node_ips,
+            )?;
             let (etsi, kma, netconf) = addresses[&node.name];
             let mut qx_peers = std::collections::BTreeSet::new();
             let links = domain
@@ -422,6 +473,7 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
                     &control,
                     peer_cas(&mut peers.iter().copied()),
                     (&netconf_user, &netconf_readonly_user),
+                    &control_ips,
                 )?;
                 (Some(controller), manager)
             }
@@ -451,6 +503,12 @@ pub async fn up(topology: &Topology, dir: &Path, exe: &Path) -> Result<Endpoints
     // endpoints.json is written before start so that start_node can find the nodes; a
     // testbed is only "up" once every node answers.
     write_endpoints(dir, &endpoints)?;
+    if let Some(net) = &net {
+        // recorded first: a failed creation is cleaned up by `down`
+        let text = serde_json::to_string_pretty(net).expect("serializable");
+        std::fs::write(network_path(dir), text).map_err(io("writing netns.json"))?;
+        netns::create(net)?;
+    }
     drop(ports);
     let mut processes = Processes::default();
     for node in &configs {
@@ -495,12 +553,15 @@ fn write_control(
     control: &BTreeMap<String, ControlAddresses>,
     peer_cas: Vec<tls::PeerCa>,
     (netconf_user, netconf_readonly_user): (&NetconfLogin, &NetconfLogin),
+    ips: &[IpAddr],
 ) -> Result<(ControllerEndpoint, Option<ManagerEndpoint>), TestbedError> {
     let pki = dir.join("pki");
     let name = format!("controller-{}", domain.name);
     let cdir = dir.join("controllers").join(&domain.name);
     std::fs::create_dir_all(&cdir).map_err(io("creating controller directory"))?;
-    let paths = dpki.ca.issue_to(&pki, &name, &name, Role::Node)?;
+    let paths = dpki
+        .ca
+        .issue_to_with_ips(&pki, &name, &name, Role::Node, ips)?;
     let token = random_password();
     let tls_files = TlsFiles {
         cert: paths.cert,
@@ -576,7 +637,9 @@ fn write_control(
     let mname = format!("manager-{}", domain.name);
     let mdir = dir.join("managers").join(&domain.name);
     std::fs::create_dir_all(&mdir).map_err(io("creating manager directory"))?;
-    let mpaths = dpki.ca.issue_to(&pki, &mname, &mname, Role::Node)?;
+    let mpaths = dpki
+        .ca
+        .issue_to_with_ips(&pki, &mname, &mname, Role::Node, ips)?;
     let mtoken = random_password();
     let mconfig = ManagerConfig {
         domain: domain.name.clone(),
@@ -647,7 +710,16 @@ fn spawn_node(endpoints: &Endpoints, name: &str, exe: &Path) -> Result<u32, Test
         .append(true)
         .open(&spec.log)
         .map_err(io("opening the log"))?;
-    let child = Command::new(exe)
+    // `ip netns exec` execs the command: the pid stays that of the qkdni process
+    let mut command = match &spec.netns {
+        Some(namespace) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", namespace.as_str()]).arg(exe);
+            command
+        }
+        None => Command::new(exe),
+    };
+    let child = command
         .arg(spec.subcommand)
         .arg("--config")
         .arg(&spec.config)
@@ -729,13 +801,35 @@ fn stop_pid(pid: u32, kill: bool) {
     }
 }
 
-/// Stops every process of the testbed in `dir`.
+/// Stops every process of the testbed in `dir`; deletes a `--netns` testbed's namespaces
+/// and veths (also when its processes are gone already).
 pub fn down(dir: &Path) -> Result<(), TestbedError> {
     let mut processes = Processes::load(dir);
     for (_, pid) in std::mem::take(&mut processes.nodes) {
         stop_pid(pid, false);
     }
-    processes.save(dir)
+    processes.save(dir)?;
+    remove_network(dir)
+}
+
+/// `netns.json`: the network of a `--netns` testbed while it exists (endpoints.json keeps
+/// describing it after `down`; the slot may then serve another testbed).
+fn network_path(dir: &Path) -> PathBuf {
+    dir.join("netns.json")
+}
+
+fn live_network(dir: &Path) -> Option<netns::Netns> {
+    let text = std::fs::read_to_string(network_path(dir)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Deletes the namespaces and veths of the `--netns` testbed in `dir`, if it has any.
+fn remove_network(dir: &Path) -> Result<(), TestbedError> {
+    if let Some(net) = live_network(dir) {
+        netns::destroy(&net)?;
+        std::fs::remove_file(network_path(dir)).map_err(io("removing netns.json"))?;
+    }
+    Ok(())
 }
 
 /// Stops node `node` (`kill`: with SIGKILL, as a crash).
@@ -796,7 +890,8 @@ pub async fn netconf(
 }
 
 /// Sets the operational state of QKD link `link` at both its ends, over NETCONF
-/// (`qkdni-km:admin-state` in the running datastore).
+/// (`qkdni-km:admin-state` in the running datastore); in a `--netns` testbed, first at the
+/// network level too (the link's veth down, or up again: [`netns::set_link`]).
 pub async fn set_link_state(dir: &Path, link: &str, state: LinkState) -> Result<(), TestbedError> {
     let endpoints = Endpoints::load(dir)?;
     let entry = endpoints
@@ -806,6 +901,12 @@ pub async fn set_link_state(dir: &Path, link: &str, state: LinkState) -> Result<
             kind: "link",
             name: link.into(),
         })?;
+    if endpoints.netns.is_some() {
+        let net = live_network(dir).ok_or_else(|| {
+            TestbedError::Operation("the testbed's network namespaces are gone".into())
+        })?;
+        netns::set_link(&net, link, state)?;
+    }
     let value = match state {
         LinkState::Up => "up",
         LinkState::Down => "down",

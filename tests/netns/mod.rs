@@ -1,0 +1,188 @@
+//! `qkdni testbed up --netns` (root only): every KM node in its own network namespace, every
+//! QKD link a veth pair between two namespaces, links cut at the network level.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use qkdni::etsi014::KeyRequest;
+use qkdni::testbed::netns::Netns;
+use serde_json::Value;
+
+use super::common::Bed;
+
+const TOPOLOGY: &str = "two-domain-gwn.toml";
+
+/// Whether this process may build namespaces; if not the test is skipped.
+fn skipped() -> bool {
+    match qkdni::testbed::netns::check() {
+        Ok(()) => false,
+        Err(error) => {
+            eprintln!("skipped: {error}");
+            true
+        }
+    }
+}
+
+/// Whether a TCP connection from `node`'s namespace to `url`'s host and port succeeds.
+fn connects(net: &Netns, node: &str, url: &str) -> bool {
+    let authority = url.trim_start_matches("https://");
+    let (host, port) = authority.rsplit_once(':').unwrap();
+    Command::new("ip")
+        .args(["netns", "exec", &net.nodes[node].namespace])
+        .args(["timeout", "5", "bash", "-c"])
+        .arg(format!("exec 3<>/dev/tcp/{host}/{port}"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn namespaces() -> String {
+    let output = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn root_interfaces() -> String {
+    let output = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Keys from sae-a1-1 (domain A) to sae-b1-1 (domain B): same IDs, same bytes at both ends.
+async fn deliver_across(bed: &Bed, number: u32) {
+    let request = KeyRequest {
+        number: Some(number),
+        size: Some(256),
+        ..Default::default()
+    };
+    let keys = bed
+        .client("sae-a1-1")
+        .enc_keys("sae-b1-1", &request)
+        .await
+        .expect("keys for an SAE of the other domain");
+    assert_eq!(keys.keys.len(), number as usize);
+    let ids: Vec<String> = keys.keys.iter().map(|k| k.key_ID.clone()).collect();
+    let fetched = bed
+        .client("sae-b1-1")
+        .dec_keys("sae-a1-1", &ids)
+        .await
+        .expect("the slave in B gets the keys");
+    assert_eq!(fetched.keys.len(), keys.keys.len());
+    for (a, b) in keys.keys.iter().zip(&fetched.keys) {
+        assert_eq!((&a.key_ID, &a.key), (&b.key_ID, &b.key));
+    }
+}
+
+async fn get(bed: &Bed, domain: &str, path: &str) -> Value {
+    let (http, rest, token) = bed.controller(domain);
+    let response = http
+        .get(format!("{rest}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    response.json().await.unwrap()
+}
+
+/// The Qx link of domain A's interworking session.
+async fn qx_link(bed: &Bed) -> Option<String> {
+    get(bed, "A", "/api/v1/sessions")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["interworking"]["role"] == "origin")
+        .and_then(|s| s["interworking"]["qx_link"].as_str().map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netns_testbed_relays_over_veths_and_cuts_links_at_the_network_level() {
+    if skipped() {
+        return;
+    }
+    let bed = Bed::up_netns(TOPOLOGY);
+    let net = bed
+        .endpoints
+        .netns
+        .clone()
+        .expect("netns in endpoints.json");
+    let listed = namespaces();
+    for (name, node) in &net.nodes {
+        assert!(
+            listed.contains(&node.namespace),
+            "{} missing",
+            node.namespace
+        );
+        let endpoint = bed.endpoints.node(name).unwrap();
+        assert!(endpoint.kma.contains(&format!("://{}:", node.address)));
+    }
+    let gb1_kma = bed.endpoints.node("gb1").unwrap().kma.clone();
+    // the only way between two nodes is the veth of their link
+    assert!(connects(&net, "ga1", &gb1_kma));
+    assert!(!connects(&net, "a1", &gb1_kma), "a1 has no link to gb1");
+
+    bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 64)
+        .await;
+    deliver_across(&bed, 4).await;
+    assert_eq!(qx_link(&bed).await.as_deref(), Some("qx1"));
+
+    // cut qx1 at the network level only: no route from ga1 to gb1 any more
+    let qx1 = &net.links["qx1"];
+    let status = Command::new("ip")
+        .args(["netns", "exec", &net.nodes["ga1"].namespace])
+        .args(["ip", "link", "set", &qx1.interface, "down"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(!connects(&net, "ga1", &gb1_kma));
+    // The emulated quantum channel does not report a network failure: the transmitter
+    // retries and the link stays up for the KMs (and the controllers) until told otherwise.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reports = qkdni::testbed::runner::link_reports(&bed.endpoints, "ga1")
+        .await
+        .unwrap();
+    let state = reports
+        .iter()
+        .find(|l| l.id == "qx1")
+        .unwrap()
+        .condition
+        .state;
+    eprintln!("qx1 at ga1 after the veth cut: {state:?}");
+
+    // the testbed's link down: admin state over NETCONF (and the veth, down already); the
+    // controllers agree a route over qx2, whose veth carries the relay
+    bed.cli(&["link", "down", "qx1"]);
+    let moved = tokio::time::timeout(Duration::from_secs(30), async {
+        while qx_link(&bed).await.as_deref() != Some("qx2") {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(moved.is_ok(), "the session did not move to qx2");
+    bed.wait_path(&["a1", "a3", "ga2", "gb2", "b3", "b1"], 16)
+        .await;
+    deliver_across(&bed, 4).await;
+
+    // link up brings the veth back
+    bed.cli(&["link", "up", "qx1"]);
+    assert!(connects(&net, "ga1", &gb1_kma));
+
+    // down deletes the namespaces and the root ends of the management veths
+    bed.cli(&["down"]);
+    let listed = namespaces();
+    assert!(
+        !listed.contains(&format!("qkdni-{}-", net.id)),
+        "namespaces left: {listed}"
+    );
+    let links = root_interfaces();
+    for node in net.nodes.values() {
+        assert!(
+            !links.contains(&format!(" {}@", node.root_interface)),
+            "{} left",
+            node.root_interface
+        );
+    }
+}
