@@ -51,6 +51,12 @@ pub struct LinkRuntime {
     control: watch::Sender<LinkCondition>,
     /// Blocks of this link consumed by key supply and relay since start.
     pub consumed_blocks: AtomicU64,
+    /// Whether the module hears its peer (false: loss of signal, the link is down whatever
+    /// its admin state).
+    signal: std::sync::atomic::AtomicBool,
+    /// When the peer transmitter was last heard (receiver end; start time until it is), and
+    /// whether it ever was.
+    heard: Mutex<(tokio::time::Instant, bool)>,
 }
 
 impl LinkRuntime {
@@ -131,6 +137,8 @@ impl Agent {
                         settings: Mutex::new(settings),
                         control,
                         consumed_blocks: AtomicU64::new(0),
+                        signal: std::sync::atomic::AtomicBool::new(true),
+                        heard: Mutex::new((tokio::time::Instant::now(), false)),
                     },
                 )
             })
@@ -176,11 +184,38 @@ impl Agent {
     /// Puts new settings of link `id` into effect; returns its new condition.
     pub fn set_link(&self, id: &str, settings: LinkSettings) -> Option<LinkCondition> {
         let link = self.links.get(id)?;
-        let condition = settings
-            .rate
-            .condition(settings.admin, settings.capacity_blocks);
-        let previous = link.control.send_replace(condition);
         *link.settings.lock().expect("link settings") = settings;
+        self.update_condition(id)
+    }
+
+    /// Records whether link `id`'s module hears its peer; loss of signal takes the link down.
+    pub fn set_signal(&self, id: &str, present: bool) -> Option<LinkCondition> {
+        let link = self.links.get(id)?;
+        if link.signal.swap(present, Ordering::Relaxed) == present {
+            return Some(link.condition());
+        }
+        tracing::warn!(link = id, present, "signal of the QKD link's peer module");
+        self.update_condition(id)
+    }
+
+    /// Records that the peer transmitter of link `id` was heard now (receiver end).
+    pub fn heard_peer(&self, id: &str) {
+        if let Some(link) = self.links.get(id) {
+            *link.heard.lock().expect("heard") = (tokio::time::Instant::now(), true);
+        }
+    }
+
+    /// Recomputes link `id`'s condition from its settings and signal, and publishes it.
+    fn update_condition(&self, id: &str) -> Option<LinkCondition> {
+        let link = self.links.get(id)?;
+        let settings = link.settings();
+        let state = if link.signal.load(Ordering::Relaxed) {
+            settings.admin
+        } else {
+            LinkState::Down
+        };
+        let condition = settings.rate.condition(state, settings.capacity_blocks);
+        let previous = link.control.send_replace(condition);
         if previous.state != condition.state {
             tracing::info!(link = id, from = ?previous.state, to = ?condition.state, "link state changed");
             self.emit(super::events::Event::LinkState {
@@ -281,13 +316,24 @@ impl Agent {
         let kma = bind(self.config.kma_listen).await?;
         let mut tasks = Vec::new();
         for link in self.links.values() {
+            let agent = self.clone();
+            let id = link.config.id.clone();
+            let signal: crate::quantum::SignalReport = Arc::new(move |present| {
+                agent.set_signal(&id, present);
+            });
             if link.config.end == LinkEnd::Tx {
                 let module: Box<dyn QkdModule> = Box::new(EmulatedTransmitter {
                     link: link.config.id.clone(),
                     peer_kma: link.config.peer_kma.clone(),
                     client: self.peers.clone(),
                 });
-                tasks.push(module.start(self.store.clone(), link.control.subscribe()));
+                tasks.push(module.start(self.store.clone(), link.control.subscribe(), signal));
+            } else {
+                tasks.push(tokio::spawn(watch_transmitter(
+                    self.clone(),
+                    link.config.id.clone(),
+                    signal,
+                )));
             }
         }
         tasks.push(tokio::spawn(tls::serve_https_with(
@@ -325,6 +371,25 @@ impl Agent {
             task.abort();
         }
         Ok(())
+    }
+}
+
+/// Receiver end of a link: loss of signal when the peer transmitter has not been heard for
+/// [`LOSS_OF_SIGNAL_AFTER`](crate::quantum::emulated::LOSS_OF_SIGNAL_AFTER).
+async fn watch_transmitter(agent: Arc<Agent>, id: String, signal: crate::quantum::SignalReport) {
+    let mut present = true;
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        ticker.tick().await;
+        let Some(link) = agent.link(&id) else {
+            return;
+        };
+        let (heard, ever) = *link.heard.lock().expect("heard");
+        let now_present = crate::quantum::emulated::signal_present(heard, ever);
+        if now_present != present {
+            present = now_present;
+            signal(present);
+        }
     }
 }
 

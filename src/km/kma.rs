@@ -27,6 +27,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/kma/v1/relay", post(relay_hop))
         .route("/qchannel/v1/links/{link}/sync", post(qchannel_sync))
         .route("/qchannel/v1/links/{link}/frames", post(qchannel_frame))
+        .route(
+            "/qchannel/v1/links/{link}/heartbeat",
+            post(qchannel_heartbeat),
+        )
         .route("/admin/v1/health", get(health))
         .route("/admin/v1/links", get(links))
         .with_state(agent)
@@ -93,6 +97,22 @@ async fn relay_hop(
             tracing::warn!(%error, "relay hop failed");
             problem(status, error.to_string())
         }
+    }
+}
+
+/// The transmitter checks that this end hears it (whatever the link's admin state).
+async fn qchannel_heartbeat(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Path(link): Path<String>,
+) -> Response {
+    match peer_link(&agent, &identity, &link) {
+        Ok(link) if link.end == LinkEnd::Rx => {
+            agent.heard_peer(&link.id);
+            Json(json!({ "status": "ok" })).into_response()
+        }
+        Ok(_) => problem(StatusCode::CONFLICT, "this end is the link's transmitter"),
+        Err(problem) => problem.into_response(),
     }
 }
 

@@ -25,13 +25,31 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{LinkCondition, LinkState, QkdModule};
+use super::{LinkCondition, LinkState, QkdModule, SignalReport};
 use crate::km::store::{Block, KeyStore, StoreError, BLOCK_BYTES};
 
 /// Interval between frames of the emulated quantum channel.
 pub const FRAME_INTERVAL: Duration = Duration::from_millis(200);
 /// Most blocks in one frame.
 pub const MAX_BLOCKS_PER_FRAME: usize = 4096;
+/// How often an idle transmitter checks that its peer still answers.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long an end may hear nothing from the other before it reports loss of signal.
+pub const LOSS_OF_SIGNAL_AFTER: Duration = Duration::from_secs(5);
+/// How long an end waits for the other to answer a first time before it reports loss of
+/// signal (the two KMs of a link start one after the other).
+pub const FIRST_SIGNAL_WITHIN: Duration = Duration::from_secs(15);
+
+/// Whether an end that last heard the other at `heard` (`ever`: at least once) still has
+/// its signal.
+pub fn signal_present(heard: tokio::time::Instant, ever: bool) -> bool {
+    heard.elapsed()
+        < if ever {
+            LOSS_OF_SIGNAL_AFTER
+        } else {
+            FIRST_SIGNAL_WITHIN
+        }
+}
 
 /// Start of a session on the emulated quantum channel.
 #[derive(Debug, Serialize, Deserialize)]
@@ -160,9 +178,10 @@ impl QkdModule for EmulatedTransmitter {
         self: Box<Self>,
         store: KeyStore,
         control: watch::Receiver<LinkCondition>,
+        signal: SignalReport,
     ) -> tokio::task::JoinHandle<()> {
         let span = tracing::info_span!("qkd_module", link = %self.link, end = "tx");
-        tokio::spawn(self.run(store, control).instrument(span))
+        tokio::spawn(self.run(store, control, signal).instrument(span))
     }
 }
 
@@ -180,14 +199,32 @@ impl EmulatedTransmitter {
         format!("{}/qchannel/v1/links/{}/{}", self.peer_kma, self.link, what)
     }
 
-    async fn run(self, store: KeyStore, control: watch::Receiver<LinkCondition>) {
+    async fn run(
+        self,
+        store: KeyStore,
+        control: watch::Receiver<LinkCondition>,
+        signal: SignalReport,
+    ) {
         let mut session = Session::NeedsSync;
         let mut bits_owed = 0.0f64;
         let mut ticker = tokio::time::interval(FRAME_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = tokio::time::Instant::now();
+        // the last exchange the peer answered (even with a refusal), and what was reported
+        let mut heard = last;
+        let mut ever = false;
+        let mut present = true;
         loop {
             ticker.tick().await;
+            if (heard.elapsed() >= HEARTBEAT_INTERVAL || !ever) && self.heartbeat().await {
+                heard = tokio::time::Instant::now();
+                ever = true;
+            }
+            if present != signal_present(heard, ever) {
+                present = !present;
+                tracing::warn!(present, "signal from the peer module");
+                signal(present);
+            }
             let now = tokio::time::Instant::now();
             let elapsed = now.duration_since(last).as_secs_f64();
             last = now;
@@ -271,6 +308,15 @@ impl EmulatedTransmitter {
             next_seq: next_seq + count as u64,
             unconfirmed: count > 0,
         })
+    }
+
+    /// Whether the peer module answers at all.
+    async fn heartbeat(&self) -> bool {
+        self.client
+            .post(self.url("heartbeat"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
     }
 
     async fn sync(&self, store: &KeyStore) -> Result<u64, TransmitError> {

@@ -83,10 +83,15 @@ impl RateSpec {
     }
 }
 
+/// How a QKD module tells its key manager whether it hears its peer module: `true` while the
+/// quantum and classical channels work, `false` on loss of signal (a cut fibre, a dead peer).
+pub type SignalReport = std::sync::Arc<dyn Fn(bool) + Send + Sync>;
+
 /// A QKD module feeding one link's key pool in the key manager's store.
 ///
 /// Implementations deliver key blocks with the same numbers and bytes to the KMs at both
-/// ends of the link, and follow the link state published on `control`.
+/// ends of the link, follow the link state published on `control`, and report loss and
+/// return of signal on `signal`.
 pub trait QkdModule: Send + 'static {
     /// The link this module serves.
     fn link_id(&self) -> &str;
@@ -95,5 +100,6 @@ pub trait QkdModule: Send + 'static {
         self: Box<Self>,
         store: KeyStore,
         control: watch::Receiver<LinkCondition>,
+        signal: SignalReport,
     ) -> tokio::task::JoinHandle<()>;
 }

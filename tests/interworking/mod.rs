@@ -97,6 +97,23 @@ async fn deliver_across(bed: &Bed, number: u32) {
         .is_err());
 }
 
+/// Waits until both GWN pairs' paths from a1 to b1 hold key.
+async fn wait_both_paths(bed: &Bed, blocks: usize) {
+    bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], blocks)
+        .await;
+    bed.wait_path(&["a1", "a3", "ga2", "gb2", "b3", "b1"], blocks)
+        .await;
+}
+
+/// The other Qx link of the testbed.
+fn other_qx(qx: &str) -> &'static str {
+    if qx == "qx1" {
+        "qx2"
+    } else {
+        "qx1"
+    }
+}
+
 /// The interworking session of the origin domain A.
 async fn origin_session(bed: &Bed) -> Value {
     let sessions = get(bed, "A", "/api/v1/sessions").await;
@@ -130,31 +147,39 @@ async fn cut_and_agree(bed: &Bed, link: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_cross_the_domains_and_both_controllers_agree_on_every_reroute() {
     let bed = Bed::up(TOPOLOGY);
-    bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 64)
-        .await;
+    wait_both_paths(&bed, 64).await;
     // procedure 1: KM a1 does not know sae-b1-1, asks controller A, which agrees a route
     // with B over Cxi; keys are relayed hop by hop across qx1 (Kxi-1)
     deliver_across(&bed, 4).await;
     let session = origin_session(&bed).await;
+    let iw = &session["interworking"];
+    let path = session["path"].as_array().unwrap();
+    assert_eq!(path[0], "a1");
+    assert_eq!(path[path.len() - 2], iw["local_gateway"]);
+    assert_eq!(path[path.len() - 1], iw["peer_gateway"]);
     assert_eq!(
-        session["path"],
-        serde_json::json!(["a1", "a2", "ga1", "gb1"])
+        session["links"].as_array().unwrap().last(),
+        Some(&iw["qx_link"])
     );
-    assert_eq!(session["interworking"]["qx_link"], "qx1");
-    assert!(bed.log("gb1").contains("kxi-1"), "the relay crossed Kxi-1");
+    assert!(
+        bed.log(iw["peer_gateway"].as_str().unwrap())
+            .contains("kxi-1"),
+        "the relay crossed Kxi-1"
+    );
     let b_events = events(&bed, "B").await;
     assert!(b_events.iter().any(|e| kind(e, "interworking-commit")
         && e["transaction"] == session["interworking"]["transaction"]));
 
     // a fault inside A
-    let reroute = cut_and_agree(&bed, "a1-a2").await;
+    let a_link = session["links"][0].as_str().unwrap().to_owned();
+    let reroute = cut_and_agree(&bed, &a_link).await;
     assert!(reroute["duration_ms"].as_f64().unwrap() > 0.0);
     let session = origin_session(&bed).await;
     assert!(!session["links"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|l| l == "a1-a2"));
+        .any(|l| l == a_link.as_str()));
     let path: Vec<String> = serde_json::from_value(session["path"].clone()).unwrap();
     bed.wait_path(&path.iter().map(String::as_str).collect::<Vec<_>>(), 64)
         .await;
@@ -182,7 +207,7 @@ async fn keys_cross_the_domains_and_both_controllers_agree_on_every_reroute() {
         .as_str()
         .unwrap()
         .to_owned();
-    bed.cli(&["link", "up", "a1-a2"]);
+    bed.cli(&["link", "up", &a_link]);
     bed.cli(&["link", "up", &b_link]);
     let (_session, mut notifications) = controller_notifications(&bed, "B").await;
     let reroute = cut_and_agree(&bed, &qx).await;
@@ -205,14 +230,17 @@ async fn keys_cross_the_domains_and_both_controllers_agree_on_every_reroute() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_half_agreed_route_while_the_peer_controller_is_away() {
     let bed = Bed::up(TOPOLOGY);
-    bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 64)
-        .await;
+    wait_both_paths(&bed, 64).await;
     deliver_across(&bed, 2).await;
     let before = get(&bed, "B", "/api/v1/sessions").await[0].clone();
 
     bed.cli(&["node", "stop", "controller-B"]);
     let skip = events(&bed, "A").await.len();
-    bed.cli(&["link", "down", "a1-a2"]);
+    let a_link = origin_session(&bed).await["links"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bed.cli(&["link", "down", &a_link]);
     let failed = wait_event(&bed, "A", skip, "reroute failure", |e| {
         kind(e, "reroute-failed")
     })
@@ -262,7 +290,7 @@ async fn no_half_agreed_route_while_the_peer_controller_is_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
     let bed = Bed::up(TOPOLOGY);
-    bed.wait_path(&["a1", "a2", "ga1", "gb1"], 16).await;
+    wait_both_paths(&bed, 16).await;
     deliver_across(&bed, 1).await;
     let pki = bed.dir.join("pki");
     let files = |stem: &str| qkdni::tls::TlsFiles {
@@ -443,12 +471,15 @@ async fn wait_manager_event(bed: &Bed, domain: &str, kind_wanted: &str) -> Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_failure_goes_through_both_managers_to_both_controllers() {
     let bed = Bed::up(TOPOLOGY);
-    bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 64)
-        .await;
+    wait_both_paths(&bed, 64).await;
     deliver_across(&bed, 2).await;
-    assert_eq!(origin_session(&bed).await["interworking"]["qx_link"], "qx1");
+    let iw = origin_session(&bed).await["interworking"].clone();
+    let (qx, gateway) = (
+        iw["qx_link"].as_str().unwrap().to_owned(),
+        iw["peer_gateway"].as_str().unwrap().to_owned(),
+    );
     // the gateway KM of B on the route crashes: the next relay fails at the Qx hop
-    bed.cli(&["node", "stop", "gb1", "--kill"]);
+    bed.cli(&["node", "stop", &gateway, "--kill"]);
     let skip_a = events(&bed, "A").await.len();
     let failed = bed
         .client("sae-a1-1")
@@ -474,7 +505,7 @@ async fn a_relay_failure_goes_through_both_managers_to_both_controllers() {
         kind(e, "qclm-diagnosis")
     })
     .await;
-    // controller A's decision: the route is agreed again with B, away from gb1
+    // controller A's decision: the route is agreed again with B, away from the dead GWN
     let reroute = wait_event(&bed, "A", skip_a, "reroute", |e| kind(e, "reroute")).await;
     let transaction = reroute["transaction"].as_str().unwrap().to_owned();
     wait_event(&bed, "B", 0, "commit", |e| {
@@ -482,7 +513,7 @@ async fn a_relay_failure_goes_through_both_managers_to_both_controllers() {
     })
     .await;
     let session = origin_session(&bed).await;
-    assert_eq!(session["interworking"]["qx_link"], "qx2");
+    assert_eq!(session["interworking"]["qx_link"], other_qx(&qx));
     let path: Vec<String> = serde_json::from_value(session["path"].clone()).unwrap();
     bed.wait_path(&path.iter().map(String::as_str).collect::<Vec<_>>(), 16)
         .await;

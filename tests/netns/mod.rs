@@ -98,6 +98,18 @@ async fn qx_link(bed: &Bed) -> Option<String> {
         .and_then(|s| s["interworking"]["qx_link"].as_str().map(str::to_owned))
 }
 
+/// The relay path of the interworking session, through B to the slave's KM.
+async fn qkdni_path(bed: &Bed) -> Vec<String> {
+    let origin = get(bed, "A", "/api/v1/sessions").await;
+    let segment = get(bed, "B", "/api/v1/sessions").await;
+    let nodes = |v: &Value| -> Vec<String> {
+        serde_json::from_value(v.as_array().unwrap()[0]["path"].clone()).unwrap()
+    };
+    let mut path = nodes(&origin);
+    path.extend(nodes(&segment).into_iter().skip(1));
+    path
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn netns_testbed_relays_over_veths_and_cuts_links_at_the_network_level() {
     if skipped() {
@@ -123,52 +135,59 @@ async fn netns_testbed_relays_over_veths_and_cuts_links_at_the_network_level() {
     // the only way between two nodes is the veth of their link
     assert!(connects(&net, "ga1", &gb1_kma));
     assert!(!connects(&net, "a1", &gb1_kma), "a1 has no link to gb1");
+    bed.wait_path(&["a1", "a3", "ga2", "gb2", "b3", "b1"], 64)
+        .await;
 
     bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 64)
         .await;
     deliver_across(&bed, 4).await;
-    assert_eq!(qx_link(&bed).await.as_deref(), Some("qx1"));
+    let qx = qx_link(&bed).await.expect("a Qx link in use");
+    let (gw_a, gw_b, other) = if qx == "qx1" {
+        ("ga1", "gb1", "qx2")
+    } else {
+        ("ga2", "gb2", "qx1")
+    };
+    let gw_b_kma = bed.endpoints.node(gw_b).unwrap().kma.clone();
 
-    // cut qx1 at the network level only: no route from ga1 to gb1 any more
-    let qx1 = &net.links["qx1"];
+    // cut the Qx link in use at the network level only: no route between its GWNs any more
+    let cut = &net.links[&qx];
     let status = Command::new("ip")
-        .args(["netns", "exec", &net.nodes["ga1"].namespace])
-        .args(["ip", "link", "set", &qx1.interface, "down"])
+        .args(["netns", "exec", &net.nodes[gw_a].namespace])
+        .args(["ip", "link", "set", &cut.interface, "down"])
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(!connects(&net, "ga1", &gb1_kma));
-    // The emulated quantum channel does not report a network failure: the transmitter
-    // retries and the link stays up for the KMs (and the controllers) until told otherwise.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let reports = qkdni::testbed::runner::link_reports(&bed.endpoints, "ga1")
-        .await
-        .unwrap();
-    let state = reports
-        .iter()
-        .find(|l| l.id == "qx1")
-        .unwrap()
-        .condition
-        .state;
-    eprintln!("qx1 at ga1 after the veth cut: {state:?}");
-
-    // the testbed's link down: admin state over NETCONF (and the veth, down already); the
+    assert!(!connects(&net, gw_a, &gw_b_kma));
+    // the modules at both ends stop hearing each other: loss of signal takes qx1 down, and the
     // controllers agree a route over qx2, whose veth carries the relay
-    bed.cli(&["link", "down", "qx1"]);
     let moved = tokio::time::timeout(Duration::from_secs(30), async {
-        while qx_link(&bed).await.as_deref() != Some("qx2") {
+        while qx_link(&bed).await.as_deref() != Some(other) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
     .await;
-    assert!(moved.is_ok(), "the session did not move to qx2");
-    bed.wait_path(&["a1", "a3", "ga2", "gb2", "b3", "b1"], 16)
+    assert!(
+        moved.is_ok(),
+        "the session did not move to {other} after the cut"
+    );
+    let reports = qkdni::testbed::runner::link_reports(&bed.endpoints, gw_a)
+        .await
+        .unwrap();
+    let state = reports.iter().find(|l| l.id == qx).unwrap().condition.state;
+    assert_eq!(
+        state,
+        qkdni::quantum::LinkState::Down,
+        "loss of signal at {gw_a}"
+    );
+    let path = qkdni_path(&bed).await;
+    bed.wait_path(&path.iter().map(String::as_str).collect::<Vec<_>>(), 16)
         .await;
     deliver_across(&bed, 4).await;
 
-    // link up brings the veth back
-    bed.cli(&["link", "up", "qx1"]);
-    assert!(connects(&net, "ga1", &gb1_kma));
+    // the testbed's link down also sets the admin state; link up brings the veth back
+    bed.cli(&["link", "down", &qx]);
+    bed.cli(&["link", "up", &qx]);
+    assert!(connects(&net, gw_a, &gw_b_kma));
 
     // down deletes the namespaces and the root ends of the management veths
     bed.cli(&["down"]);
