@@ -236,6 +236,22 @@ async fn list_sessions(State(c): State<Arc<Controller>>) -> Json<Vec<Session>> {
     Json(c.sessions().await)
 }
 
+/// A JSON request body, or the problem with it (400, 413 or 415).
+fn json_body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, Problem> {
+    body.map(|Json(value)| value).map_err(|e| {
+        let (status, kind) = match e.status() {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+            _ => (StatusCode::BAD_REQUEST, "invalid-request"),
+        };
+        Problem::new(status, kind, e.body_text())
+    })
+}
+
 /// Creates a key supply session and installs its relay route on every KM of the path.
 #[utoipa::path(post, path = "/api/v1/sessions", request_body = CreateSession,
     responses(
@@ -251,16 +267,7 @@ async fn create_session(
     State(c): State<Arc<Controller>>,
     body: Result<Json<CreateSession>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Session>), Problem> {
-    let Json(request) = body.map_err(|e| {
-        let (status, kind) = match e.status() {
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
-            }
-            StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
-            _ => (StatusCode::BAD_REQUEST, "invalid-request"),
-        };
-        Problem::new(status, kind, e.body_text())
-    })?;
+    let request = json_body(body)?;
     // run to completion even if the client goes away (no half-done route changes)
     let session = tokio::spawn(async move {
         c.create_session(&request.master_sae, &request.slave_sae, request.rate_bps)
@@ -374,12 +381,15 @@ pub struct Decision {
 /// with the peer domain (or, for segments of the peer's sessions, reported to it).
 #[utoipa::path(post, path = "/api/v1/diagnoses", request_body = Diagnosis,
     responses((status = 202, description = "The decision", body = Decision),
-        (status = 400, description = "Unknown diagnosis kind", body = Problem, content_type = PROBLEM_JSON),
-        Unauthorized))]
+        (status = 400, description = "Malformed request or unknown diagnosis kind", body = Problem, content_type = PROBLEM_JSON),
+        Unauthorized,
+        (status = 413, description = "Request body too large", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, description = "Request body not `application/json`", body = Problem, content_type = PROBLEM_JSON)))]
 async fn diagnosis(
     State(c): State<Arc<Controller>>,
-    Json(d): Json<Diagnosis>,
+    body: Result<Json<Diagnosis>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Decision>), Problem> {
+    let d = json_body(body)?;
     if d.kind != "interworking-relay-failure" {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
