@@ -395,6 +395,33 @@ async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
         "refusals are logged"
     );
 
+    // an orchestrator may also ask for an interworking session; deleting it removes B's
+    // segment as well
+    let (http, rest, token) = bed.controller("A");
+    let response = http
+        .post(format!("{rest}/api/v1/sessions"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"master_sae": "sae-a4-1", "slave_sae": "sae-b4-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["interworking"]["role"], "origin");
+    assert_eq!(created["dst"], "b4");
+    let id = created["id"].as_str().unwrap();
+    let segments = get(&bed, "B", "/api/v1/sessions").await;
+    assert!(segments.as_array().unwrap().iter().any(|s| s["id"] == id));
+    let response = http
+        .delete(format!("{rest}/api/v1/sessions/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let segments = get(&bed, "B", "/api/v1/sessions").await;
+    assert!(!segments.as_array().unwrap().iter().any(|s| s["id"] == id));
+
     // controller A knows only its own links, B's border and B's SAE locations
     let topology = get(&bed, "A", "/api/v1/topology").await;
     let text = topology.to_string();
