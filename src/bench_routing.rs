@@ -45,6 +45,9 @@ pub const DEMAND_BITS: f64 = 1_000_000.0;
 pub enum BenchCommand {
     /// Time every route policy on a random QKD-network-like topology; prints one JSON object.
     Routing(RoutingArgs),
+    /// Time cross-domain key delivery and agreed reroutes on the two-domain testbed; prints
+    /// one JSON object.
+    Interworking(crate::bench_interworking::InterworkingArgs),
 }
 
 /// Arguments of `qkdni bench routing`.
@@ -128,6 +131,10 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
                 eprintln!("{name}: routed {}/{}", timing.routed, report.queries);
             }
             println!("{}", report.to_json());
+        }
+        BenchCommand::Interworking(args) => {
+            let report = crate::bench_interworking::run(&args)?;
+            println!("{}", serde_json::to_string(&report)?);
         }
     }
     Ok(())

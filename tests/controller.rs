@@ -389,15 +389,21 @@ async fn a_session_is_rerouted_when_a_link_rate_no_longer_meets_its_demand() {
     assert_eq!(session["path"], json!(["a1", "a2", "a4", "a5"]));
     let id = session["id"].as_str().unwrap().to_owned();
     // an operator lowers the cross link's rate to 100 kbit/s at both ends
+    // (the controller locks running while it installs routes: an operator retries)
     for node in ["a2", "a4"] {
-        bed.netconf(node)
-            .await
+        let nc = bed.netconf(node).await;
+        let mut attempts = 0;
+        while let Err(error) = nc
             .edit_config(
                 "running",
                 "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><qkd_links><qkd_link><qkdl_id>a2-a4</qkdl_id><rate-bps xmlns=\"urn:qkdni:yang:qkdni-km\">100000</rate-bps></qkd_link></qkd_links></qkd_node>",
             )
             .await
-            .unwrap();
+        {
+            attempts += 1;
+            assert!(attempts < 100, "{error}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     let rerouted = tokio::time::timeout(Duration::from_secs(20), async {
         loop {

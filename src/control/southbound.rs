@@ -1,7 +1,9 @@
 //! The controller's southbound: reading agents and installing relay routes over NETCONF.
 //!
 //! A route change touching several KMs is installed on all of them or on none:
-//! 1. prepare: on every KM, lock the candidate, write the change there and validate it;
+//! 1. prepare: on every KM, lock running and the candidate (RFC 6241 appendix E: an operator's
+//!    direct edit of running cannot slip in and be overwritten by the commit), write the
+//!    change to the candidate and validate it;
 //! 2. commit: a confirmed commit on every KM (each rolls back by itself unless confirmed,
 //!    also if it crashes or loses the controller's session);
 //! 3. confirm: a confirming commit on every KM.
@@ -226,6 +228,8 @@ impl Southbound {
         session: &Arc<NetconfClient>,
         changes: &RouteChanges,
     ) -> Result<(), SouthboundError> {
+        self.call(node, session, "<lock><target><running/></target></lock>")
+            .await?;
         self.call(node, session, "<discard-changes/>").await?;
         self.call(node, session, "<lock><target><candidate/></target></lock>")
             .await?;
@@ -282,15 +286,17 @@ impl Southbound {
         Ok(())
     }
 
-    /// Drops the candidate change and the lock (errors ignored: best effort clean-up).
+    /// Drops the candidate change and the locks (errors ignored: best effort clean-up).
     async fn release(&self, node: &str, session: &Arc<NetconfClient>) {
         let _ = self.call(node, session, "<discard-changes/>").await;
-        let _ = self
-            .call(
-                node,
-                session,
-                "<unlock><target><candidate/></target></unlock>",
-            )
-            .await;
+        for target in ["candidate", "running"] {
+            let _ = self
+                .call(
+                    node,
+                    session,
+                    &format!("<unlock><target><{target}/></target></unlock>"),
+                )
+                .await;
+        }
     }
 }

@@ -918,10 +918,17 @@ pub async fn set_link_state(dir: &Path, link: &str, state: LinkState) -> Result<
     );
     for node in &entry.nodes {
         let session = netconf(&endpoints, node).await?;
-        session
-            .edit_config("running", &config)
-            .await
-            .map_err(|e| TestbedError::Operation(format!("node {node}: {e}")))?;
+        // a controller installing routes holds the running lock for a moment: wait for it
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match session.edit_config("running", &config).await {
+                Ok(_) => break,
+                Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(TestbedError::Operation(format!("node {node}: {e}"))),
+            }
+        }
         let _ = session.close().await;
     }
     Ok(())

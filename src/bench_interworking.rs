@@ -1,0 +1,387 @@
+//! `qkdni bench interworking`: on the embedded two-domain testbed
+//! ([`crate::testbed::TWO_DOMAIN_GWN`]) brought up on this machine, times
+//!
+//! 1. key delivery from SAE `sae-a1-1` (domain A) to `sae-b1-1` (domain B): the first
+//!    `enc_keys`, for which the KM asks controller A for a route that A agrees with B over
+//!    Cxi, then `--requests` requests of `--keys` 256-bit keys, each with the slave's
+//!    `dec_keys`;
+//! 2. `--faults` faults of the Qx link in use (taken down over NETCONF, as `qkdni testbed
+//!    link down` does): the wall time from just before that call until A lists a new
+//!    `reroute` whose Cxi transaction B lists as `interworking-commit` (both polled every
+//!    5 ms), and A's own `duration_ms` (KM notification to both domains installed). After
+//!    each fault one round trip checks that keys still flow, then the link comes back up.
+//!
+//! Prints one JSON object on stdout; progress goes to stderr.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::etsi014::{self, KeyRequest};
+use crate::quantum::LinkState;
+use crate::testbed::endpoints::Endpoints;
+use crate::testbed::runner;
+use crate::testbed::topology::Topology;
+
+/// The master SAE, in domain A.
+const MASTER: &str = "sae-a1-1";
+/// The slave SAE, in domain B.
+const SLAVE: &str = "sae-b1-1";
+/// Size of every requested key, bits.
+const KEY_BITS: u32 = 256;
+/// Interval between two polls of the controllers' events.
+const POLL: Duration = Duration::from_millis(5);
+/// Longest wait for an agreed route after a fault.
+const AGREE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a link comes back up, so that both controllers see it up before the next fault.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Arguments of `qkdni bench interworking`.
+#[derive(Debug, Clone, Args)]
+pub struct InterworkingArgs {
+    /// Timed key requests (each an `enc_keys` then the slave's `dec_keys`).
+    #[arg(long, default_value_t = 50)]
+    pub requests: usize,
+    /// Keys per request (256 bits each).
+    #[arg(long, default_value_t = 1)]
+    pub keys: u32,
+    /// Faults of the active Qx link.
+    #[arg(long, default_value_t = 10)]
+    pub faults: usize,
+    /// Keep the testbed directory (configurations, logs) here instead of a temporary one.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Brings the testbed up, measures, brings it down (also on error); returns the report.
+pub fn run(args: &InterworkingArgs) -> anyhow::Result<Report> {
+    if args.requests == 0 || args.keys == 0 {
+        bail!("--requests and --keys must be at least 1");
+    }
+    let topology = Topology::parse(crate::testbed::TWO_DOMAIN_GWN)?;
+    let temp = std::env::temp_dir().join(format!("qkdni-bench-iw-{}", std::process::id()));
+    let dir = args.dir.clone().unwrap_or_else(|| temp.clone());
+    let exe = std::env::current_exe()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    eprintln!("testbed {} coming up in {}", topology.name, dir.display());
+    let result = runtime.block_on(async {
+        let endpoints = runner::up(&topology, &dir, &exe).await?;
+        measure(args, &endpoints, &dir).await
+    });
+    let down = runner::down(&dir);
+    eprintln!("testbed down");
+    if result.is_err() {
+        eprintln!("logs kept in {}", dir.join("logs").display());
+    } else if dir == temp {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    let report = result?;
+    down?;
+    Ok(report)
+}
+
+/// What `qkdni bench interworking` prints (times in ms).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub testbed: String,
+    pub requests: usize,
+    pub keys_per_request: u32,
+    /// The first `enc_keys`, which agrees the interworking route.
+    pub first_request_ms: f64,
+    pub enc_ms: Stats,
+    /// `enc_keys` at the master's KME then `dec_keys` at the slave's.
+    pub round_trip_ms: Stats,
+    pub faults: usize,
+    /// From just before the link-down call to the agreed route listed by both controllers.
+    pub fault_to_agreed_ms: Stats,
+    /// Controller A's own measure of each reroute (`duration_ms` of its event).
+    pub controller_reroute_ms: Stats,
+    /// Round trips that failed right after a reroute.
+    pub delivery_failures_after_fault: usize,
+}
+
+/// Median, 90th percentile (nearest rank), minimum and maximum, ms; `null` without samples.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub median: Option<f64>,
+    pub p90: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// A controller's northbound REST API, as the testbed's orchestrator of its domain.
+struct Controller {
+    http: reqwest::Client,
+    rest: String,
+    token: String,
+}
+
+impl Controller {
+    fn new(endpoints: &Endpoints, domain: &str) -> anyhow::Result<Self> {
+        let c = endpoints
+            .controller(domain)
+            .with_context(|| format!("domain {domain} has no controller"))?;
+        let tls = endpoints.operator_tls_at(&c.name);
+        Ok(Self {
+            http: crate::tls::https_client(&tls, Duration::from_secs(10))?,
+            rest: c.rest.clone(),
+            token: c.token.clone(),
+        })
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.rest);
+        let response = self.http.get(url).bearer_auth(&self.token).send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET {path}: controller answered {status}");
+        }
+        Ok(response.json().await?)
+    }
+
+    async fn events(&self) -> anyhow::Result<Vec<Value>> {
+        Ok(serde_json::from_value(self.get("/api/v1/events").await?)?)
+    }
+
+    /// The interworking session in which this domain plays `role` (`origin` or `segment`).
+    async fn session(&self, role: &str) -> anyhow::Result<Value> {
+        let sessions: Vec<Value> = serde_json::from_value(self.get("/api/v1/sessions").await?)?;
+        sessions
+            .into_iter()
+            .find(|s| s["interworking"]["role"] == role)
+            .with_context(|| format!("no interworking session with role {role}"))
+    }
+}
+
+/// The two SAEs' ETSI 014 clients.
+struct Saes {
+    master: etsi014::Client,
+    slave: etsi014::Client,
+    request: KeyRequest,
+}
+
+impl Saes {
+    /// One `enc_keys` at the master's KME then `dec_keys` at the slave's: (enc, total) in ms.
+    async fn round_trip(&self) -> anyhow::Result<(f64, f64)> {
+        let started = Instant::now();
+        let issued = self.master.enc_keys(SLAVE, &self.request).await?;
+        let enc = ms(started.elapsed());
+        let ids: Vec<String> = issued.keys.iter().map(|k| k.key_ID.clone()).collect();
+        let fetched = self.slave.dec_keys(MASTER, &ids).await?;
+        let total = ms(started.elapsed());
+        let same = issued.keys.len() == fetched.keys.len()
+            && (issued.keys.iter().zip(&fetched.keys))
+                .all(|(a, b)| a.key_ID == b.key_ID && a.key == b.key);
+        if !same {
+            bail!("the slave got other keys than the master");
+        }
+        Ok((enc, total))
+    }
+}
+
+async fn measure(
+    args: &InterworkingArgs,
+    endpoints: &Endpoints,
+    dir: &Path,
+) -> anyhow::Result<Report> {
+    let timeout = Duration::from_secs(15);
+    let saes = Saes {
+        master: endpoints.etsi014_client(MASTER, timeout)?,
+        slave: endpoints.etsi014_client(SLAVE, timeout)?,
+        request: KeyRequest {
+            number: Some(args.keys),
+            size: Some(KEY_BITS),
+            ..Default::default()
+        },
+    };
+    let a = Controller::new(endpoints, "A")?;
+    let b = Controller::new(endpoints, "B")?;
+    // the first route (across qx1): its hops must hold key before timing
+    let path = ["a1", "a2", "ga1", "gb1", "b2", "b1"].map(String::from);
+    let blocks = (4 * args.keys as usize).clamp(64, 512);
+    runner::wait_path_keys(endpoints, &path, blocks, Duration::from_secs(60)).await?;
+
+    // 1. key delivery
+    let (first_request_ms, _) = saes.round_trip().await.context("first request")?;
+    let session = a.session("origin").await?;
+    eprintln!(
+        "first request: {first_request_ms:.1} ms (route agreed over Cxi: {} via {})",
+        route(&session).join(" -> "),
+        qx_of(&session)
+    );
+    let (mut enc, mut round_trip) = (Vec::new(), Vec::new());
+    for i in 1..=args.requests {
+        let (e, r) = saes
+            .round_trip()
+            .await
+            .with_context(|| format!("request {i}"))?;
+        enc.push(e);
+        round_trip.push(r);
+    }
+    eprintln!("{} requests timed", args.requests);
+
+    // 2. faults of the active Qx link
+    let (mut agreed, mut controller, mut failures) = (Vec::new(), Vec::new(), 0usize);
+    for i in 1..=args.faults {
+        let qx = qx_of(&a.session("origin").await?);
+        let seen: HashSet<String> = a.events().await?.iter().map(Value::to_string).collect();
+        let started = Instant::now();
+        let cut = async { Ok(runner::set_link_state(dir, &qx, LinkState::Down).await?) };
+        let ((), (elapsed, event)) = tokio::try_join!(cut, wait_agreed(&a, &b, &seen, started))
+            .with_context(|| format!("fault {i}: {qx} down"))?;
+        let duration = event["duration_ms"].as_f64().unwrap_or(f64::NAN);
+        agreed.push(elapsed);
+        controller.push(duration);
+        // keys still flow on the new route (A's part then B's segment), once its hops hold key
+        let session = a.session("origin").await?;
+        let mut path = route(&session);
+        path.extend(route(&b.session("segment").await?).into_iter().skip(1));
+        let ready = runner::wait_path_keys(endpoints, &path, 16, Duration::from_secs(20)).await;
+        let delivered = saes.round_trip().await;
+        if let Err(error) = &delivered {
+            eprintln!("fault {i}: no keys after the reroute: {error:#} (hops ready: {ready:?})");
+        }
+        failures += usize::from(delivered.is_err());
+        for node in ends_not_down(endpoints, &qx).await {
+            eprintln!("fault {i}: {qx} is up again at {node} (its configuration was overwritten)");
+        }
+        let (via, keys) = (
+            qx_of(&session),
+            if delivered.is_ok() { "ok" } else { "FAILED" },
+        );
+        eprintln!(
+            "fault {i}: {qx} down, via {via} in {elapsed:.1} ms (A: {duration:.1} ms), keys {keys}"
+        );
+        runner::set_link_state(dir, &qx, LinkState::Up).await?;
+        tokio::time::sleep(SETTLE).await;
+    }
+    Ok(Report {
+        testbed: endpoints.name.clone(),
+        requests: args.requests,
+        keys_per_request: args.keys,
+        first_request_ms: round2(first_request_ms),
+        enc_ms: Stats::of(&mut enc),
+        round_trip_ms: Stats::of(&mut round_trip),
+        faults: args.faults,
+        fault_to_agreed_ms: Stats::of(&mut agreed),
+        controller_reroute_ms: Stats::of(&mut controller),
+        delivery_failures_after_fault: failures,
+    })
+}
+
+/// Polls both controllers until A lists a `reroute` event not in `seen` whose transaction B
+/// lists as `interworking-commit`; returns the time since `started` (ms) and A's event.
+async fn wait_agreed(
+    a: &Controller,
+    b: &Controller,
+    seen: &HashSet<String>,
+    started: Instant,
+) -> anyhow::Result<(f64, Value)> {
+    loop {
+        let (a_events, b_events) = tokio::try_join!(a.events(), b.events())?;
+        let now = started.elapsed();
+        let new: Vec<&Value> = (a_events.iter())
+            .filter(|e| !seen.contains(&e.to_string()))
+            .collect();
+        if let Some(failed) = new.iter().find(|e| e["kind"] == "reroute-failed") {
+            bail!("controller A: {}", failed["detail"]);
+        }
+        let agreed = |e: &&&Value| {
+            e["kind"] == "reroute"
+                && e["transaction"].is_string()
+                && (b_events.iter()).any(|c| {
+                    c["kind"] == "interworking-commit" && c["transaction"] == e["transaction"]
+                })
+        };
+        if let Some(event) = new.iter().find(agreed) {
+            return Ok((ms(now), (*event).clone()));
+        }
+        if now > AGREE_TIMEOUT {
+            bail!("no agreed reroute within {AGREE_TIMEOUT:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The ends of `link` that do not report it down.
+async fn ends_not_down(endpoints: &Endpoints, link: &str) -> Vec<String> {
+    let mut up = Vec::new();
+    for node in endpoints.links.get(link).map_or(&[][..], |l| &l.nodes[..]) {
+        let reports = runner::link_reports(endpoints, node).await;
+        let down = |r: &crate::km::kma::LinkReport| r.condition.state == LinkState::Down;
+        if reports
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.id == link && !down(r))
+        {
+            up.push(node.clone());
+        }
+    }
+    up
+}
+
+/// The `path` of a session.
+fn route(session: &Value) -> Vec<String> {
+    session["path"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The Qx link a session crosses.
+fn qx_of(session: &Value) -> String {
+    session["interworking"]["qx_link"]
+        .as_str()
+        .unwrap_or("?")
+        .into()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Nearest-rank percentile `p` (0: the minimum) of `samples`, sorted in place, rounded to
+/// 0.01; `None` without samples.
+fn percentile(samples: &mut [f64], p: f64) -> Option<f64> {
+    samples.sort_by(f64::total_cmp);
+    let rank = ((p * samples.len() as f64).ceil() as usize).max(1);
+    let x = samples.get(rank.min(samples.len()).checked_sub(1)?)?;
+    Some(round2(*x))
+}
+
+impl Stats {
+    fn of(samples: &mut [f64]) -> Self {
+        let mut at = |p| percentile(samples, p);
+        Stats {
+            median: at(0.5),
+            p90: at(0.9),
+            min: at(0.0),
+            max: at(1.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_use_nearest_rank() {
+        let mut samples: Vec<f64> = (1..=10).rev().map(f64::from).collect();
+        let stats = serde_json::to_string(&Stats::of(&mut samples)).unwrap();
+        assert_eq!(stats, r#"{"median":5.0,"p90":9.0,"min":1.0,"max":10.0}"#);
+        let none = serde_json::to_value(Stats::of(&mut [])).unwrap();
+        assert_eq!(none["median"], serde_json::Value::Null);
+    }
+}
