@@ -121,10 +121,33 @@ pub fn check() -> Result<(), TestbedError> {
         .stderr(Stdio::null())
         .status()
     {
-        Ok(status) if status.success() => Ok(()),
-        _ => Err(failed(
-            "--netns needs the ip command (iproute2: apt-get install iproute2)".into(),
-        )),
+        Ok(status) if status.success() => {}
+        _ => {
+            return Err(failed(
+                "--netns needs the ip command (iproute2: apt-get install iproute2)".into(),
+            ))
+        }
+    }
+    // capabilities are not everything (a container may forbid the mounts `ip netns` makes):
+    // try one namespace
+    let probe = format!("qkdni-probe-{}", std::process::id());
+    let made = Command::new("ip")
+        .args(["netns", "add", &probe])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let _ = Command::new("ip")
+        .args(["netns", "delete", &probe])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if made {
+        Ok(())
+    } else {
+        Err(failed(
+            "--netns: this machine does not let us create network namespaces".into(),
+        ))
     }
 }
 
