@@ -19,6 +19,7 @@ pub mod km;
 pub mod management;
 pub mod netconf;
 pub mod pki;
+pub mod problem;
 pub mod quantum;
 pub mod testbed;
 pub mod tls;

@@ -23,33 +23,12 @@ fn request(number: u32) -> KeyRequest {
 }
 
 async fn get(bed: &Bed, path: &str) -> Value {
-    let (http, rest, token) = bed.controller("A");
-    let response = http
-        .get(format!("{rest}{path}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{path}");
-    response.json().await.unwrap()
+    bed.controller_get("A", path).await
 }
 
 /// Keys from sae-a1-1 to sae-a5-1, identical at both ends.
 async fn deliver(bed: &Bed, number: u32) {
-    let keys = bed
-        .client("sae-a1-1")
-        .enc_keys("sae-a5-1", &request(number))
-        .await
-        .unwrap();
-    let ids: Vec<String> = keys.keys.iter().map(|k| k.key_ID.clone()).collect();
-    let fetched = bed
-        .client("sae-a5-1")
-        .dec_keys("sae-a1-1", &ids)
-        .await
-        .unwrap();
-    for (a, b) in keys.keys.iter().zip(&fetched.keys) {
-        assert_eq!((&a.key_ID, &a.key), (&b.key_ID, &b.key));
-    }
+    bed.deliver("sae-a1-1", "sae-a5-1", number).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

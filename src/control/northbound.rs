@@ -21,39 +21,10 @@ use super::sessions::{
     Interworking, InterworkingRole, Session, SessionEvent, SessionPath, SessionState,
 };
 use super::topology::{ForeignSae, LinkState, NodeState, Topology, WeightedHop};
+use crate::problem::constant_eq;
 use crate::tls::PeerIdentity;
 
-/// An RFC 9457 problem.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Problem {
-    /// A URI naming the problem type.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-}
-
-/// The media type of problem responses.
-const PROBLEM_JSON: &str = "application/problem+json";
-
-impl Problem {
-    pub(crate) fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
-        Self {
-            kind: format!("urn:qkdni:problem:{kind}"),
-            title: status.canonical_reason().unwrap_or("error").to_owned(),
-            status: status.as_u16(),
-            detail: detail.into(),
-        }
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], Json(self)).into_response()
-    }
-}
+pub use crate::problem::{Problem, PROBLEM_JSON};
 
 impl From<ControlError> for Problem {
     fn from(error: ControlError) -> Self {
@@ -209,10 +180,6 @@ async fn authenticate(
         );
         response
     }
-}
-
-fn constant_eq(a: &str, b: &str) -> bool {
-    bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))
 }
 
 /// The domain: nodes, links with live state, SAE locations.

@@ -25,7 +25,6 @@ pub mod events;
 pub mod kmlm;
 pub mod messages;
 pub mod mxi;
-pub mod problem;
 pub mod qclm;
 pub mod qlm;
 pub mod rest;

@@ -28,8 +28,8 @@ use super::events::{self, Refs, SecurityCounters};
 use super::messages::{
     parse, FaultReport, MessageError, MxiMessage, ReportPack, Versions, SUPPORTED_VERSIONS,
 };
-use super::problem::Problem;
 use super::{ManagementError, Manager};
+use crate::problem::Problem;
 use crate::tls::{foreign_identity, PeerIdentity, TlsFiles};
 
 /// The Mxi routes.

@@ -14,9 +14,9 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 
 use super::events::{ManagerEvent, SecurityCounters};
-use super::problem::{constant_eq, Problem};
 use super::xlmo::LatestReports;
 use super::{ManagementError, Manager};
+use crate::problem::{constant_eq, Problem};
 
 /// The REST routes.
 pub fn router(manager: Arc<Manager>) -> Router {

@@ -10,10 +10,10 @@ use super::config::{ControllerLink, ManagerConfig, PeerManager};
 use super::events::{self, ManagerEvent};
 use super::kmlm::RelayFailure;
 use super::messages::{self, FaultReport, ReportPack};
-use super::problem::{Problem, PROBLEM_JSON};
 use super::Manager;
 use crate::control::config::SouthboundLogin;
 use crate::pki::{Authority, Role};
+use crate::problem::{Problem, PROBLEM_JSON};
 use crate::tls::{PeerCa, TlsFiles};
 
 struct Domain {

@@ -252,3 +252,51 @@ impl Bed {
         .unwrap()
     }
 }
+
+impl Bed {
+    /// GET `path` on `domain`'s controller REST API (200 expected), as JSON.
+    pub async fn controller_get(&self, domain: &str, path: &str) -> serde_json::Value {
+        let (http, rest, token) = self.controller(domain);
+        let response = http
+            .get(format!("{rest}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.unwrap()
+    }
+
+    /// `number` 256-bit keys from `master` to `slave` over ETSI 014: the same IDs and bytes
+    /// at both ends, and fetched once only.
+    pub async fn deliver(&self, master: &str, slave: &str, number: u32) {
+        let request = etsi014::KeyRequest {
+            number: Some(number),
+            size: Some(256),
+            ..Default::default()
+        };
+        let keys = self
+            .client(master)
+            .enc_keys(slave, &request)
+            .await
+            .unwrap_or_else(|e| panic!("keys for {slave}: {e}"));
+        assert_eq!(keys.keys.len(), number as usize);
+        let ids: Vec<String> = keys.keys.iter().map(|k| k.key_ID.clone()).collect();
+        let fetched = self
+            .client(slave)
+            .dec_keys(master, &ids)
+            .await
+            .unwrap_or_else(|e| panic!("{slave} gets the keys: {e}"));
+        assert_eq!(fetched.keys.len(), keys.keys.len());
+        for (a, b) in keys.keys.iter().zip(&fetched.keys) {
+            assert_eq!((&a.key_ID, &a.key), (&b.key_ID, &b.key));
+        }
+        assert!(
+            self.client(slave)
+                .dec_keys(master, &ids[..1])
+                .await
+                .is_err(),
+            "a key is fetched once only"
+        );
+    }
+}

@@ -24,18 +24,6 @@ async fn events(bed: &Bed, domain: &str) -> Vec<Value> {
     response.json().await.unwrap()
 }
 
-async fn get(bed: &Bed, domain: &str, path: &str) -> Value {
-    let (http, rest, token) = bed.controller(domain);
-    let response = http
-        .get(format!("{rest}{path}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{path}");
-    response.json().await.unwrap()
-}
-
 /// Waits until `domain`'s controller logged an event after the first `skip` that matches.
 async fn wait_event(
     bed: &Bed,
@@ -71,32 +59,6 @@ fn kind(e: &Value, k: &str) -> bool {
     e["kind"] == k
 }
 
-/// Keys from sae-a1-1 (domain A) to sae-b1-1 (domain B): same IDs, same bytes at both ends.
-async fn deliver_across(bed: &Bed, number: u32) {
-    let keys = bed
-        .client("sae-a1-1")
-        .enc_keys("sae-b1-1", &request(number))
-        .await
-        .expect("keys for an SAE of the other domain");
-    assert_eq!(keys.keys.len(), number as usize);
-    let ids: Vec<String> = keys.keys.iter().map(|k| k.key_ID.clone()).collect();
-    let fetched = bed
-        .client("sae-b1-1")
-        .dec_keys("sae-a1-1", &ids)
-        .await
-        .expect("the slave in B gets the keys");
-    assert_eq!(fetched.keys.len(), keys.keys.len());
-    for (a, b) in keys.keys.iter().zip(&fetched.keys) {
-        assert_eq!((&a.key_ID, &a.key), (&b.key_ID, &b.key));
-    }
-    // fetched once: a second dec_keys of the same IDs is refused
-    assert!(bed
-        .client("sae-b1-1")
-        .dec_keys("sae-a1-1", &ids[..1])
-        .await
-        .is_err());
-}
-
 /// Waits until both GWN pairs' paths from a1 to b1 hold key.
 async fn wait_both_paths(bed: &Bed, blocks: usize) {
     bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], blocks)
@@ -116,7 +78,7 @@ fn other_qx(qx: &str) -> &'static str {
 
 /// The interworking session of the origin domain A.
 async fn origin_session(bed: &Bed) -> Value {
-    let sessions = get(bed, "A", "/api/v1/sessions").await;
+    let sessions = bed.controller_get("A", "/api/v1/sessions").await;
     sessions
         .as_array()
         .unwrap()
@@ -150,7 +112,7 @@ async fn keys_cross_the_domains_and_both_controllers_agree_on_every_reroute() {
     wait_both_paths(&bed, 64).await;
     // procedure 1: KM a1 does not know sae-b1-1, asks controller A, which agrees a route
     // with B over Cxi; keys are relayed hop by hop across qx1 (Kxi-1)
-    deliver_across(&bed, 4).await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 4).await;
     let session = origin_session(&bed).await;
     let iw = &session["interworking"];
     let path = session["path"].as_array().unwrap();
@@ -183,23 +145,23 @@ async fn keys_cross_the_domains_and_both_controllers_agree_on_every_reroute() {
     let path: Vec<String> = serde_json::from_value(session["path"].clone()).unwrap();
     bed.wait_path(&path.iter().map(String::as_str).collect::<Vec<_>>(), 64)
         .await;
-    deliver_across(&bed, 4).await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 4).await;
 
     // a fault inside B, on the segment now in use: B reports it, A re-proposes, B agrees
-    let segment = get(&bed, "B", "/api/v1/sessions").await[0].clone();
+    let segment = bed.controller_get("B", "/api/v1/sessions").await[0].clone();
     let b_link = segment["links"][0].as_str().unwrap().to_owned();
     cut_and_agree(&bed, &b_link).await;
     assert!(events(&bed, "B")
         .await
         .iter()
         .any(|e| kind(e, "segment-fault")));
-    let segment = get(&bed, "B", "/api/v1/sessions").await[0].clone();
+    let segment = bed.controller_get("B", "/api/v1/sessions").await[0].clone();
     assert!(!segment["links"]
         .as_array()
         .unwrap()
         .iter()
         .any(|l| l == b_link.as_str()));
-    deliver_across(&bed, 4).await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 4).await;
 
     // a fault on the active Qx link: the relay moves to the other GWN pair; operators of B
     // watch the agreement as NETCONF notifications of controller B
@@ -224,15 +186,15 @@ async fn keys_cross_the_domains_and_both_controllers_agree_on_every_reroute() {
     .expect("an interworking-commit notification from controller B");
     let session = origin_session(&bed).await;
     assert_ne!(session["interworking"]["qx_link"], qx.as_str());
-    deliver_across(&bed, 4).await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_half_agreed_route_while_the_peer_controller_is_away() {
     let bed = Bed::up(TOPOLOGY);
     wait_both_paths(&bed, 64).await;
-    deliver_across(&bed, 2).await;
-    let before = get(&bed, "B", "/api/v1/sessions").await[0].clone();
+    bed.deliver("sae-a1-1", "sae-b1-1", 2).await;
+    let before = bed.controller_get("B", "/api/v1/sessions").await[0].clone();
 
     bed.cli(&["node", "stop", "controller-B"]);
     let skip = events(&bed, "A").await.len();
@@ -252,7 +214,7 @@ async fn no_half_agreed_route_while_the_peer_controller_is_away() {
     let session = origin_session(&bed).await;
     assert_eq!(session["state"], "unroutable");
     // A removed its relay routes toward b1 and installed no new ones
-    let routes = get(&bed, "A", "/api/v1/routes").await;
+    let routes = bed.controller_get("A", "/api/v1/routes").await;
     for node in ["a1", "a2", "a3", "ga1", "ga2"] {
         assert!(routes[node].get("b1").is_none(), "{node}: {routes}");
     }
@@ -284,14 +246,14 @@ async fn no_half_agreed_route_while_the_peer_controller_is_away() {
         serde_json::from_value(origin_session(&bed).await["path"].clone()).unwrap();
     bed.wait_path(&path.iter().map(String::as_str).collect::<Vec<_>>(), 64)
         .await;
-    deliver_across(&bed, 2).await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
     let bed = Bed::up(TOPOLOGY);
     wait_both_paths(&bed, 16).await;
-    deliver_across(&bed, 1).await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 1).await;
     let pki = bed.dir.join("pki");
     let files = |stem: &str| qkdni::tls::TlsFiles {
         cert: pki.join(format!("{stem}.crt")),
@@ -410,7 +372,7 @@ async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
     assert_eq!(created["interworking"]["role"], "origin");
     assert_eq!(created["dst"], "b4");
     let id = created["id"].as_str().unwrap();
-    let segments = get(&bed, "B", "/api/v1/sessions").await;
+    let segments = bed.controller_get("B", "/api/v1/sessions").await;
     assert!(segments.as_array().unwrap().iter().any(|s| s["id"] == id));
     let response = http
         .delete(format!("{rest}/api/v1/sessions/{id}"))
@@ -419,11 +381,11 @@ async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
         .await
         .unwrap();
     assert_eq!(response.status(), 204);
-    let segments = get(&bed, "B", "/api/v1/sessions").await;
+    let segments = bed.controller_get("B", "/api/v1/sessions").await;
     assert!(!segments.as_array().unwrap().iter().any(|s| s["id"] == id));
 
     // controller A knows only its own links, B's border and B's SAE locations
-    let topology = get(&bed, "A", "/api/v1/topology").await;
+    let topology = bed.controller_get("A", "/api/v1/topology").await;
     let text = topology.to_string();
     for internal in [
         "b2-b1", "b2-b4", "b4-b1", "gb1-b2", "gb2-b3", "b3-b1", "\"b2\"", "\"b3\"", "\"b4\"",
@@ -499,7 +461,7 @@ async fn wait_manager_event(bed: &Bed, domain: &str, kind_wanted: &str) -> Value
 async fn a_relay_failure_goes_through_both_managers_to_both_controllers() {
     let bed = Bed::up(TOPOLOGY);
     wait_both_paths(&bed, 64).await;
-    deliver_across(&bed, 2).await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 2).await;
     let iw = origin_session(&bed).await["interworking"].clone();
     let (qx, gateway) = (
         iw["qx_link"].as_str().unwrap().to_owned(),
@@ -544,7 +506,7 @@ async fn a_relay_failure_goes_through_both_managers_to_both_controllers() {
     let path: Vec<String> = serde_json::from_value(session["path"].clone()).unwrap();
     bed.wait_path(&path.iter().map(String::as_str).collect::<Vec<_>>(), 16)
         .await;
-    deliver_across(&bed, 2).await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 2).await;
     // performance and security reports travel over Mxi as well
     wait_manager_event(&bed, "B", "xlmo-reports-received").await;
 }

@@ -4,7 +4,6 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use qkdni::etsi014::KeyRequest;
 use qkdni::testbed::netns::Netns;
 use serde_json::Value;
 
@@ -50,46 +49,9 @@ fn root_interfaces() -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Keys from sae-a1-1 (domain A) to sae-b1-1 (domain B): same IDs, same bytes at both ends.
-async fn deliver_across(bed: &Bed, number: u32) {
-    let request = KeyRequest {
-        number: Some(number),
-        size: Some(256),
-        ..Default::default()
-    };
-    let keys = bed
-        .client("sae-a1-1")
-        .enc_keys("sae-b1-1", &request)
-        .await
-        .expect("keys for an SAE of the other domain");
-    assert_eq!(keys.keys.len(), number as usize);
-    let ids: Vec<String> = keys.keys.iter().map(|k| k.key_ID.clone()).collect();
-    let fetched = bed
-        .client("sae-b1-1")
-        .dec_keys("sae-a1-1", &ids)
-        .await
-        .expect("the slave in B gets the keys");
-    assert_eq!(fetched.keys.len(), keys.keys.len());
-    for (a, b) in keys.keys.iter().zip(&fetched.keys) {
-        assert_eq!((&a.key_ID, &a.key), (&b.key_ID, &b.key));
-    }
-}
-
-async fn get(bed: &Bed, domain: &str, path: &str) -> Value {
-    let (http, rest, token) = bed.controller(domain);
-    let response = http
-        .get(format!("{rest}{path}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{path}");
-    response.json().await.unwrap()
-}
-
 /// The Qx link of domain A's interworking session.
 async fn qx_link(bed: &Bed) -> Option<String> {
-    get(bed, "A", "/api/v1/sessions")
+    bed.controller_get("A", "/api/v1/sessions")
         .await
         .as_array()
         .unwrap()
@@ -100,8 +62,8 @@ async fn qx_link(bed: &Bed) -> Option<String> {
 
 /// The relay path of the interworking session, through B to the slave's KM.
 async fn qkdni_path(bed: &Bed) -> Vec<String> {
-    let origin = get(bed, "A", "/api/v1/sessions").await;
-    let segment = get(bed, "B", "/api/v1/sessions").await;
+    let origin = bed.controller_get("A", "/api/v1/sessions").await;
+    let segment = bed.controller_get("B", "/api/v1/sessions").await;
     let nodes = |v: &Value| -> Vec<String> {
         serde_json::from_value(v.as_array().unwrap()[0]["path"].clone()).unwrap()
     };
@@ -140,7 +102,7 @@ async fn netns_testbed_relays_over_veths_and_cuts_links_at_the_network_level() {
 
     bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 64)
         .await;
-    deliver_across(&bed, 4).await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 4).await;
     let qx = qx_link(&bed).await.expect("a Qx link in use");
     let (gw_a, gw_b, other) = if qx == "qx1" {
         ("ga1", "gb1", "qx2")
@@ -182,7 +144,7 @@ async fn netns_testbed_relays_over_veths_and_cuts_links_at_the_network_level() {
     let path = qkdni_path(&bed).await;
     bed.wait_path(&path.iter().map(String::as_str).collect::<Vec<_>>(), 16)
         .await;
-    deliver_across(&bed, 4).await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 4).await;
 
     // the testbed's link down also sets the admin state; link up brings the veth back
     bed.cli(&["link", "down", &qx]);

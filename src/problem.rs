@@ -1,4 +1,5 @@
-//! RFC 9457 problem details, the error bodies of the manager's REST API and of Mxi.
+//! RFC 9457 problem details: the error bodies of every qkdni REST API (controller northbound,
+//! Cxi, manager, Mxi).
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// An RFC 9457 problem.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the problem type (`urn:qkdni:problem:<name>`).
     #[serde(rename = "type")]
@@ -42,6 +43,6 @@ impl IntoResponse for Problem {
 }
 
 /// Compares two secrets in constant time.
-pub(crate) fn constant_eq(a: &str, b: &str) -> bool {
+pub fn constant_eq(a: &str, b: &str) -> bool {
     bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))
 }
