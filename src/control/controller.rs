@@ -719,41 +719,20 @@ impl Controller {
     }
 
     async fn watch_agent(self: Arc<Self>, node: String) {
-        loop {
-            match self.southbound.subscribe(&node).await {
-                Ok((session, mut notifications)) => {
-                    tracing::info!(%node, "following the agent's notifications");
-                    loop {
-                        let message = tokio::select! {
-                            message = notifications.recv() => message,
-                            // the stream never ends by itself: notice a closed session
-                            _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                                if session.is_closed() {
-                                    tracing::info!(%node, "notification session closed; resubscribing");
-                                    break;
-                                }
-                                continue;
-                            }
-                        };
-                        match message {
-                            Ok(message) => {
-                                let received = Instant::now();
-                                if let Some((link, up)) = parse_link_status(&message) {
-                                    self.link_changed(&link, up, received).await;
-                                }
-                            }
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                                tracing::warn!(%node, missed, "notifications missed; the poll catches up");
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    drop(session);
+        let Some((addr, options)) = self.southbound.notification_source(&node) else {
+            return;
+        };
+        let who = format!("agent {node}");
+        crate::netconf::client::follow_notifications(addr, options, &who, |message| {
+            let controller = self.clone();
+            async move {
+                let received = Instant::now();
+                if let Some((link, up)) = parse_link_status(&message) {
+                    controller.link_changed(&link, up, received).await;
                 }
-                Err(error) => tracing::debug!(%node, %error, "cannot subscribe; retrying"),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        })
+        .await
     }
 }
 

@@ -109,23 +109,9 @@ impl Southbound {
         })
     }
 
-    /// A subscription to an agent's notifications, on a session of its own (kept open as
-    /// long as the returned session is held).
-    pub async fn subscribe(
-        &self,
-        node: &str,
-    ) -> Result<(Arc<NetconfClient>, tokio::sync::broadcast::Receiver<String>), SouthboundError>
-    {
-        let addr = self.addr(node)?;
-        let err = |error| SouthboundError::Agent {
-            node: node.to_owned(),
-            error,
-        };
-        let session = NetconfClient::connect(addr, self.pool.options().clone())
-            .await
-            .map_err(err)?;
-        let receiver = session.subscribe().await.map_err(err)?;
-        Ok((session, receiver))
+    /// Where and how to follow an agent's notifications (a session of their own).
+    pub fn notification_source(&self, node: &str) -> Option<(SocketAddr, ClientOptions)> {
+        Some((*self.agents.get(node)?, self.pool.options().clone()))
     }
 
     /// Installs route changes on every KM named, all or none. Each KM is driven through one

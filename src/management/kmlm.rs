@@ -6,15 +6,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::events::{self, Refs, SecurityCounters};
 use super::messages::KeyManagementReport;
 use super::Manager;
-use crate::netconf::client::{ClientOptions, NetconfClient};
+use crate::netconf::client::ClientOptions;
 
 /// A `qkdni-km` notification.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,48 +133,18 @@ impl Kmlm {
             .collect()
     }
 
-    /// Subscribes to one agent's notifications and handles them; subscribes again when the
-    /// session ends.
+    /// Follows one agent's notifications and handles them (subscribing again when the
+    /// session ends).
     async fn watch(manager: Arc<Manager>, node: String, addr: SocketAddr) {
-        loop {
-            let subscribed = async {
-                let session = NetconfClient::connect(addr, manager.kmlm.options.clone()).await?;
-                let notifications = session.subscribe().await?;
-                Ok::<_, crate::netconf::client::ClientError>((session, notifications))
+        let options = manager.kmlm.options.clone();
+        let who = format!("KMLM: agent {node}");
+        crate::netconf::client::follow_notifications(addr, options, &who, |xml| {
+            if let Some(notification) = parse_notification(&node, &xml) {
+                Self::handle(&manager, &node, notification);
             }
-            .await;
-            match subscribed {
-                Ok((session, mut notifications)) => {
-                    tracing::info!(%node, "KMLM following the agent's notifications");
-                    loop {
-                        let message = tokio::select! {
-                            message = notifications.recv() => message,
-                            // the stream never ends by itself: notice a closed session
-                            _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                                if session.is_closed() {
-                                    tracing::info!(%node, "notification session closed; resubscribing");
-                                    break;
-                                }
-                                continue;
-                            }
-                        };
-                        match message {
-                            Ok(xml) => {
-                                if let Some(notification) = parse_notification(&node, &xml) {
-                                    Self::handle(&manager, &node, notification);
-                                }
-                            }
-                            Err(RecvError::Lagged(missed)) => {
-                                tracing::warn!(%node, missed, "KMLM missed notifications");
-                            }
-                            Err(RecvError::Closed) => break,
-                        }
-                    }
-                }
-                Err(error) => tracing::debug!(%node, %error, "KMLM cannot subscribe; retrying"),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+            std::future::ready(())
+        })
+        .await
     }
 
     /// Counts a notification of KM `node`; a relay failure goes to the XLMO.

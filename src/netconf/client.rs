@@ -430,3 +430,53 @@ fn data_content(reply: String) -> String {
         _ => String::new(),
     }
 }
+
+/// Follows the notifications of the NETCONF server at `addr` (`who`, for logs) for good:
+/// subscribes, hands every notification to `handle`, and subscribes again one second after
+/// the session ends or cannot be opened. Missed notifications (a slow consumer) are logged.
+pub async fn follow_notifications<F, Fut>(
+    addr: SocketAddr,
+    options: ClientOptions,
+    who: &str,
+    mut handle: F,
+) where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use broadcast::error::RecvError;
+    loop {
+        let subscribed = async {
+            let session = NetconfClient::connect(addr, options.clone()).await?;
+            let notifications = session.subscribe().await?;
+            Ok::<_, ClientError>((session, notifications))
+        }
+        .await;
+        match subscribed {
+            Ok((session, mut notifications)) => {
+                tracing::info!(%who, "following notifications");
+                loop {
+                    let message = tokio::select! {
+                        message = notifications.recv() => message,
+                        // the stream never ends by itself: notice a closed session
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                            if session.is_closed() {
+                                tracing::info!(%who, "notification session closed; resubscribing");
+                                break;
+                            }
+                            continue;
+                        }
+                    };
+                    match message {
+                        Ok(xml) => handle(xml).await,
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::warn!(%who, missed, "notifications missed");
+                        }
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%who, %error, "cannot subscribe; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
