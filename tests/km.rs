@@ -107,6 +107,41 @@ async fn adjacent_kms_round_trip_in_both_forms() {
     let back = bob.enc_keys("sae-a1-1", &request(2, 256)).await.unwrap();
     let fetched = alice.dec_keys("sae-a2-1", &ids(&back)).await.unwrap();
     assert_same_keys(&back, &fetched);
+
+    // the quantum channel: a sync or frame of an older session (delayed in the network) is
+    // refused and cannot roll the receiver back; supply goes on
+    let pki = bed.dir.join("pki");
+    let a1 = qkdni::tls::https_client(
+        &qkdni::tls::TlsFiles {
+            cert: pki.join("km-a1.crt"),
+            key: pki.join("km-a1.key"),
+            ca: vec![bed.endpoints.ca_cert.clone()],
+            peer_cas: Vec::new(),
+        },
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    let channel = format!(
+        "{}/qchannel/v1/links/a1-a2",
+        bed.endpoints.node("a2").unwrap().kma
+    );
+    let stale = a1
+        .post(format!("{channel}/sync"))
+        .json(&serde_json::json!({"next_seq": 0, "epoch": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 409);
+    let frame = a1
+        .post(format!("{channel}/frames"))
+        .json(&serde_json::json!({"first_seq": 0, "blocks": "", "commit_upto": 0, "epoch": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(frame.status(), 409);
+    let again = alice.enc_keys("sae-a2-1", &request(2, 256)).await.unwrap();
+    let fetched = bob.dec_keys("sae-a1-1", &ids(&again)).await.unwrap();
+    assert_same_keys(&again, &fetched);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,6 +57,9 @@ pub struct LinkRuntime {
     /// When the peer transmitter was last heard (receiver end; start time until it is), and
     /// whether it ever was.
     heard: Mutex<(tokio::time::Instant, bool)>,
+    /// The emulated quantum channel's current session (receiver end), see
+    /// [`SyncRequest::epoch`](crate::quantum::emulated::SyncRequest::epoch).
+    pub epoch: Mutex<u64>,
 }
 
 impl LinkRuntime {
@@ -139,6 +142,7 @@ impl Agent {
                         consumed_blocks: AtomicU64::new(0),
                         signal: std::sync::atomic::AtomicBool::new(true),
                         heard: Mutex::new((tokio::time::Instant::now(), false)),
+                        epoch: Mutex::new(0),
                     },
                 )
             })

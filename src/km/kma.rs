@@ -130,11 +130,30 @@ async fn qchannel_sync(
     if agent.link(&link).map(|l| l.condition().state) == Some(LinkState::Down) {
         return problem(StatusCode::SERVICE_UNAVAILABLE, "link is down");
     }
-    match agent
+    // one session at a time, newest wins: the epoch is checked and held while the store
+    // resyncs (on the store's blocking thread), so a late sync cannot undo a newer session
+    let task_agent = agent.clone();
+    let result = agent
         .store
-        .run(move |s| emulated::receive_sync(s, &link, &request))
-        .await
-    {
+        .run(move |s| {
+            let runtime = task_agent.link(&link).expect("a configured link");
+            let mut epoch = runtime.epoch.lock().expect("epoch");
+            if request.epoch < *epoch {
+                return Ok(None);
+            }
+            *epoch = request.epoch;
+            emulated::receive_sync(s, &link, &request).map(Some)
+        })
+        .await;
+    let result = match result {
+        Ok(None) => {
+            tracing::warn!("stale quantum channel sync refused");
+            return problem(StatusCode::CONFLICT, "a newer session exists");
+        }
+        Ok(Some(next)) => Ok(next),
+        Err(error) => Err(error),
+    };
+    match result {
         Ok(agreed_next_seq) => Json(SyncResponse { agreed_next_seq }).into_response(),
         Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
     }
@@ -160,13 +179,24 @@ async fn qchannel_frame(
             "link is not up at the receiver",
         );
     }
+    let task_agent = agent.clone();
     match agent
         .store
-        .run(move |s| Ok(emulated::receive_frame(s, &link, &frame)))
+        .run(move |s| {
+            let runtime = task_agent.link(&link).expect("a configured link");
+            let epoch = runtime.epoch.lock().expect("epoch");
+            if frame.epoch != *epoch {
+                return Ok(Err(ReceiveError::OldSession));
+            }
+            Ok(emulated::receive_frame(s, &link, &frame))
+        })
         .await
     {
         Ok(Ok(next)) => Json(json!({ "next_seq": next })).into_response(),
         Ok(Err(ReceiveError::Malformed)) => problem(StatusCode::BAD_REQUEST, "malformed frame"),
+        Ok(Err(ReceiveError::OldSession)) => {
+            problem(StatusCode::CONFLICT, "frame of an old session")
+        }
         Ok(Err(ReceiveError::Store(error))) => problem(StatusCode::CONFLICT, error.to_string()),
         Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
     }

@@ -56,6 +56,11 @@ pub fn signal_present(heard: tokio::time::Instant, ever: bool) -> bool {
 pub struct SyncRequest {
     /// The transmitter's next block number.
     pub next_seq: u64,
+    /// The session this sync opens (increasing: nanoseconds since the Unix epoch). The
+    /// receiver refuses a sync older than its current session, so a sync delayed in the
+    /// network cannot roll back blocks confirmed since.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The receiver's answer: the block number both ends continue from.
@@ -73,6 +78,9 @@ pub struct Frame {
     pub blocks: String,
     /// Blocks numbered below this are stored at the transmitter: the receiver may use them.
     pub commit_upto: u64,
+    /// The session the frame belongs to (see [`SyncRequest::epoch`]).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl Drop for Frame {
@@ -155,6 +163,8 @@ pub fn receive_frame(store: &KeyStore, link: &str, frame: &Frame) -> Result<u64,
 pub enum ReceiveError {
     #[error("malformed frame")]
     Malformed,
+    #[error("frame of an old session")]
+    OldSession,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -190,6 +200,7 @@ enum Session {
     Synced {
         next_seq: u64,
         unconfirmed: bool,
+        epoch: u64,
     },
     NeedsSync,
 }
@@ -255,12 +266,16 @@ impl EmulatedTransmitter {
         bits_owed: &mut f64,
         capacity_blocks: usize,
     ) -> Result<Session, TransmitError> {
-        let (next_seq, unconfirmed) = match session {
+        let (next_seq, unconfirmed, epoch) = match session {
             Session::Synced {
                 next_seq,
                 unconfirmed,
-            } => (next_seq, unconfirmed),
-            Session::NeedsSync => (self.sync(store).await?, false),
+                epoch,
+            } => (next_seq, unconfirmed, epoch),
+            Session::NeedsSync => {
+                let (next_seq, epoch) = self.sync(store).await?;
+                (next_seq, false, epoch)
+            }
         };
         let link = self.link.clone();
         let stored = store
@@ -275,6 +290,7 @@ impl EmulatedTransmitter {
             return Ok(Session::Synced {
                 next_seq,
                 unconfirmed: false,
+                epoch,
             });
         }
         let blocks: Vec<Block> = (0..count)
@@ -288,6 +304,7 @@ impl EmulatedTransmitter {
             first_seq: next_seq,
             blocks: encode_blocks(&blocks),
             commit_upto: next_seq,
+            epoch,
         };
         let response = self
             .client
@@ -307,6 +324,7 @@ impl EmulatedTransmitter {
         Ok(Session::Synced {
             next_seq: next_seq + count as u64,
             unconfirmed: count > 0,
+            epoch,
         })
     }
 
@@ -319,13 +337,19 @@ impl EmulatedTransmitter {
             .is_ok_and(|r| r.status().is_success())
     }
 
-    async fn sync(&self, store: &KeyStore) -> Result<u64, TransmitError> {
+    async fn sync(&self, store: &KeyStore) -> Result<(u64, u64), TransmitError> {
         let link = self.link.clone();
         let own_next = store.run(move |s| s.next_seq(&link)).await?;
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         let response = self
             .client
             .post(self.url("sync"))
-            .json(&SyncRequest { next_seq: own_next })
+            .json(&SyncRequest {
+                next_seq: own_next,
+                epoch,
+            })
             .send()
             .await?;
         if !response.status().is_success() {
@@ -337,7 +361,7 @@ impl EmulatedTransmitter {
             .run(move |s| s.write(|txn| txn.resync(&link, agreed)))
             .await?;
         tracing::info!(link = %self.link, next_seq = next, "quantum channel synchronised");
-        Ok(next)
+        Ok((next, epoch))
     }
 }
 
