@@ -129,11 +129,16 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// A client configuration presenting `files.cert` and trusting `files.ca`.
+/// A client configuration presenting `files.cert` and trusting `files.ca` (this domain's
+/// servers only: another domain's CA cannot certify a server for this domain).
 pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
+    client_config_trusting(files, &files.ca)
+}
+
+fn client_config_trusting(files: &TlsFiles, cas: &[PathBuf]) -> Result<ClientConfig, TlsError> {
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots(&files.all_cas())?)
+        .with_root_certificates(roots(cas)?)
         .with_client_auth_cert(load_certs(&files.cert)?, load_key(&files.key)?)?)
 }
 
@@ -144,6 +149,31 @@ pub fn https_client(
 ) -> Result<reqwest::Client, TlsError> {
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(client_config(files)?)
+        .timeout(timeout)
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .build()?)
+}
+
+/// An HTTPS client with mutual TLS toward the servers of other QKDN `domain` (trusting its
+/// CA from `files.peer_cas` only).
+pub fn https_client_to_peer(
+    files: &TlsFiles,
+    domain: &str,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, TlsError> {
+    let cas: Vec<PathBuf> = files
+        .peer_cas
+        .iter()
+        .filter(|p| p.domain == domain)
+        .map(|p| p.cert.clone())
+        .collect();
+    if cas.is_empty() {
+        return Err(TlsError::Verifier(format!(
+            "no CA of domain {domain} in peer_cas"
+        )));
+    }
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(client_config_trusting(files, &cas)?)
         .timeout(timeout)
         .pool_idle_timeout(std::time::Duration::from_secs(30))
         .build()?)
@@ -171,45 +201,58 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     cn.as_str().ok().map(str::to_owned)
 }
 
-/// Serves `router` over HTTPS on `listener` until the task is dropped. Each request carries
-/// the client's [`PeerIdentity`].
+/// Serves `router` over HTTPS on `listener` until the task is dropped. Clients stay anonymous
+/// (their [`PeerIdentity`] is empty): for APIs authenticated otherwise (bearer tokens).
 pub async fn serve_https(listener: TcpListener, config: Arc<ServerConfig>, router: Router) {
     serve_https_with(listener, config, Issuers::default(), router).await
 }
 
-/// The subject names of other QKDNs' CAs, to tell their certificates from this domain's.
+/// Verifiers of this domain's CAs and of each other QKDN's CA, to tell whose certificate a
+/// client presented: the domain is the one whose trust anchors the chain verifies against,
+/// never a name in the certificate (an intermediate CA under another domain's root cannot
+/// make a certificate look local).
 #[derive(Clone, Default)]
-pub struct Issuers(Arc<Vec<(Vec<u8>, String)>>);
+pub struct Issuers(
+    Arc<
+        Vec<(
+            Option<String>,
+            Arc<dyn rustls::server::danger::ClientCertVerifier>,
+        )>,
+    >,
+);
 
 impl Issuers {
-    /// Reads the peer CAs of `files`.
+    /// The verifiers of `files`: its own CAs first, then each peer CA.
     pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
-        let mut subjects = Vec::new();
+        let verifier = |cas: &[PathBuf]| -> Result<_, TlsError> {
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots(cas)?), provider())
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))
+        };
+        let mut all = vec![(None, verifier(&files.ca)?)];
         for peer in &files.peer_cas {
-            for cert in load_certs(&peer.cert)? {
-                let (_, parsed) =
-                    x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
-                        TlsError::Pem {
-                            path: peer.cert.clone(),
-                            reason: e.to_string(),
-                        }
-                    })?;
-                subjects.push((parsed.subject().as_raw().to_vec(), peer.domain.clone()));
-            }
+            all.push((
+                Some(peer.domain.clone()),
+                verifier(std::slice::from_ref(&peer.cert))?,
+            ));
         }
-        Ok(Self(Arc::new(subjects)))
+        Ok(Self(Arc::new(all)))
     }
 
-    /// The identity of a verified client certificate: its common name, qualified with the
-    /// domain when another QKDN's CA issued it.
-    pub fn identity(&self, cert: &CertificateDer<'_>) -> Option<String> {
-        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-        let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?;
-        let issuer = parsed.issuer().as_raw();
-        match self.0.iter().find(|(subject, _)| subject == issuer) {
-            Some((_, domain)) => Some(foreign_identity(cn, domain)),
-            None => Some(cn.to_owned()),
-        }
+    /// The identity of a client certificate chain (already verified by the handshake): its
+    /// common name, qualified with the domain when another QKDN's CA anchors it.
+    pub fn identity(&self, chain: &[CertificateDer<'_>]) -> Option<String> {
+        let (leaf, intermediates) = chain.split_first()?;
+        let cn = common_name(leaf)?;
+        let now = rustls::pki_types::UnixTime::now();
+        let (domain, _) = self
+            .0
+            .iter()
+            .find(|(_, v)| v.verify_client_cert(leaf, intermediates, now).is_ok())?;
+        Some(match domain {
+            Some(domain) => foreign_identity(&cn, domain),
+            None => cn,
+        })
     }
 }
 
@@ -261,8 +304,7 @@ async fn serve_connection(
         tls.get_ref()
             .1
             .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|cert| issuers.identity(cert)),
+            .and_then(|chain| issuers.identity(chain)),
     );
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         request.extensions_mut().insert(identity.clone());
@@ -276,5 +318,82 @@ async fn serve_connection(
         .await;
     if let Err(error) = result {
         tracing::debug!(%remote, %error, "connection ended with error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+    fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        (params.self_signed(&key).unwrap(), key)
+    }
+
+    fn signed(
+        name: &str,
+        is_ca: bool,
+        issuer: &rcgen::Certificate,
+        issuer_key: &KeyPair,
+    ) -> (rcgen::Certificate, KeyPair) {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        if is_ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        } else {
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let key = KeyPair::generate().unwrap();
+        (params.signed_by(&key, issuer, issuer_key).unwrap(), key)
+    }
+
+    #[test]
+    fn the_trust_anchor_decides_the_domain_not_the_names() {
+        let dir = std::env::temp_dir().join(format!("qkdni-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca_a, key_a) = ca("A CA");
+        let (ca_b, key_b) = ca("B CA");
+        let (ca_c, key_c) = ca("C CA");
+        for (name, cert) in [("a", &ca_a), ("b", &ca_b)] {
+            std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+        }
+        let files = TlsFiles {
+            cert: dir.join("unused.crt"),
+            key: dir.join("unused.key"),
+            ca: vec![dir.join("a.crt")],
+            peer_cas: vec![PeerCa {
+                domain: "B".into(),
+                cert: dir.join("b.crt"),
+            }],
+        };
+        let issuers = Issuers::load(&files).unwrap();
+        let der = |c: &rcgen::Certificate| c.der().clone();
+        // issued by A: a party of this domain
+        let (leaf, _) = signed("sae-a1-1", false, &ca_a, &key_a);
+        assert_eq!(issuers.identity(&[der(&leaf)]).as_deref(), Some("sae-a1-1"));
+        // issued by B, directly or through an intermediate CA of B that takes A's CA name:
+        // always a party of B
+        let (leaf, _) = signed("sae-a1-1", false, &ca_b, &key_b);
+        assert_eq!(
+            issuers.identity(&[der(&leaf)]).as_deref(),
+            Some("sae-a1-1@B")
+        );
+        let (intermediate, key_i) = signed("A CA", true, &ca_b, &key_b);
+        let (leaf, _) = signed("sae-a1-1", false, &intermediate, &key_i);
+        assert_eq!(
+            issuers
+                .identity(&[der(&leaf), der(&intermediate)])
+                .as_deref(),
+            Some("sae-a1-1@B")
+        );
+        // issued by a CA nobody trusts: nobody
+        let (leaf, _) = signed("sae-a1-1", false, &ca_c, &key_c);
+        assert_eq!(issuers.identity(&[der(&leaf)]), None);
+        assert_eq!(Issuers::default().identity(&[der(&leaf)]), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

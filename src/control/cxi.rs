@@ -189,11 +189,12 @@ pub struct CxiClient {
 }
 
 impl CxiClient {
-    /// A client presenting this controller's certificate.
+    /// A client presenting this controller's certificate and trusting only the peer
+    /// domain's CA.
     pub fn new(peer: CxiPeer, files: &TlsFiles) -> Result<Self, CxiError> {
         Ok(Self {
+            http: tls::https_client_to_peer(files, &peer.domain, Duration::from_secs(10))?,
             peer,
-            http: tls::https_client(files, Duration::from_secs(10))?,
         })
     }
 

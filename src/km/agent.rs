@@ -103,8 +103,11 @@ pub struct Counters {
 pub struct Agent {
     pub config: KmConfig,
     pub store: KeyStore,
-    /// HTTPS client with this KM's identity, for peer KMs.
+    /// HTTPS client with this KM's identity, for peer KMs of this domain.
     pub peers: reqwest::Client,
+    /// HTTPS clients with this KM's identity for the peer GWNs of other domains (Qx, Kxi),
+    /// each trusting only that domain's CA.
+    pub foreign: BTreeMap<String, reqwest::Client>,
     links: HashMap<String, LinkRuntime>,
     settings: RwLock<Settings>,
     pub counters: Counters,
@@ -122,6 +125,13 @@ impl Agent {
         })?;
         let store = KeyStore::open(&config.data_dir.join("keys.redb"))?;
         let peers = tls::https_client(&config.tls, Duration::from_secs(10))?;
+        let mut foreign = BTreeMap::new();
+        for peer in &config.tls.peer_cas {
+            foreign.insert(
+                peer.domain.clone(),
+                tls::https_client_to_peer(&config.tls, &peer.domain, Duration::from_secs(10))?,
+            );
+        }
         let links = config
             .links
             .iter()
@@ -163,11 +173,21 @@ impl Agent {
             config,
             store,
             peers,
+            foreign,
             links,
             counters: Counters::default(),
             events,
             kxi: Default::default(),
         }))
+    }
+
+    /// The HTTPS client for the peer KM of `link`: this domain's, or the one trusting only
+    /// the peer domain's CA across a Qx link.
+    pub fn client_for(&self, link: &LinkConfig) -> &reqwest::Client {
+        match &link.peer_domain {
+            Some(domain) => self.foreign.get(domain).unwrap_or(&self.peers),
+            None => &self.peers,
+        }
     }
 
     /// The configuration of link `id`.
@@ -329,7 +349,7 @@ impl Agent {
                 let module: Box<dyn QkdModule> = Box::new(EmulatedTransmitter {
                     link: link.config.id.clone(),
                     peer_kma: link.config.peer_kma.clone(),
-                    client: self.peers.clone(),
+                    client: self.client_for(&link.config).clone(),
                 });
                 tasks.push(module.start(self.store.clone(), link.control.subscribe(), signal));
             } else {

@@ -271,7 +271,7 @@ pub async fn send_ext_keys(
         message,
     };
     let sent = agent
-        .peers
+        .client_for(link)
         .post(format!("{}/kmapi/v1/ext_keys", link.peer_kma))
         .header(AUTH_HEADER, format!("block={mac_seq}, tag={tag}"))
         .header("content-type", "application/json")
@@ -323,11 +323,12 @@ async fn settle_without_ack(
 ) -> Result<RelayAck, RelayError> {
     let status = async {
         let response = agent
-            .peers
+            .client_for(link)
             .get(format!(
                 "{}/kxi2/v1/relays/{}",
                 link.peer_kma, body.relay_id
             ))
+            .timeout(Duration::from_secs(2))
             .send()
             .await
             .ok()?;
@@ -348,7 +349,7 @@ async fn settle_without_ack(
         all_confirmation: false,
     };
     let _ = agent
-        .peers
+        .client_for(link)
         .post(format!("{}/kmapi/v1/ext_keys/void", link.peer_kma))
         .json(&void)
         .send()
@@ -518,9 +519,14 @@ async fn ext_keys(
                     hops,
                 },
             };
+            let Some(client) = agent
+                .link_config(&request.extension.link)
+                .map(|l| agent.client_for(l).clone())
+            else {
+                return;
+            };
             for attempt in 0..3u64 {
-                match agent
-                    .peers
+                match client
                     .post(&request.ack_callback_url)
                     .json(&ack)
                     .send()
