@@ -212,14 +212,10 @@ pub async fn serve_https(listener: TcpListener, config: Arc<ServerConfig>, route
 /// never a name in the certificate (an intermediate CA under another domain's root cannot
 /// make a certificate look local).
 #[derive(Clone, Default)]
-pub struct Issuers(
-    Arc<
-        Vec<(
-            Option<String>,
-            Arc<dyn rustls::server::danger::ClientCertVerifier>,
-        )>,
-    >,
-);
+pub struct Issuers(Arc<Vec<(Option<String>, Verifier)>>);
+
+/// A client certificate verifier of one set of trust anchors.
+type Verifier = Arc<dyn rustls::server::danger::ClientCertVerifier>;
 
 impl Issuers {
     /// The verifiers of `files`: its own CAs first, then each peer CA.
