@@ -558,7 +558,13 @@ impl Controller {
                 .sessions
                 .values()
                 .filter(|s| super::interworking::is_segment(s) && failing(s))
-                .filter(|s| !state.interworking.notified.contains(&s.id))
+                .filter(|s| {
+                    state
+                        .interworking
+                        .notified
+                        .get(&s.id)
+                        .is_none_or(|at| at.elapsed() > super::interworking::REPORT_AGAIN)
+                })
                 .cloned()
                 .collect();
             let affected: Vec<Uuid> = state
@@ -575,7 +581,10 @@ impl Controller {
                 .copied()
                 .collect();
             for segment in faulty_segments {
-                state.interworking.notified.insert(segment.id);
+                state
+                    .interworking
+                    .notified
+                    .insert(segment.id, Instant::now());
                 self.report_segment_fault(&segment, trigger);
             }
             if affected.is_empty() {
@@ -589,7 +598,11 @@ impl Controller {
                 let result = match &session.interworking {
                     Some(_) => self.route_interworking(state, &session, trigger).await.map(
                         |(paths, iw)| {
-                            transactions.push((iw.peer_domain.clone(), iw.transaction));
+                            transactions.push((
+                                iw.peer_domain.clone(),
+                                iw.transaction,
+                                session.clone(),
+                            ));
                             (paths, Some(iw))
                         },
                     ),
@@ -636,9 +649,13 @@ impl Controller {
             }
             let installed = self.reconcile(state).await;
             if installed.is_err() {
-                // the peer committed its part of a route this domain could not install
-                for (domain, transaction) in &transactions {
-                    self.abort_at_peer(domain, *transaction).await;
+                // the peer committed its part of a route this domain could not install: it
+                // undoes it, and this domain keeps the plan both had agreed before, to be
+                // agreed again on the next pass
+                for (domain, transaction, previous) in transactions {
+                    self.abort_at_peer(&domain, transaction).await;
+                    state.interworking.suspect.insert(previous.id);
+                    state.sessions.insert(previous.id, previous);
                 }
             }
             let elapsed = started.elapsed().as_secs_f64() * 1e3;

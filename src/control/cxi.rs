@@ -26,6 +26,8 @@ use crate::tls::{self, TlsFiles};
 
 /// The Cxi message version this controller speaks.
 pub const CXI_VERSION: u32 = 1;
+/// Largest answer read from a peer controller.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 /// What a domain shares about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -207,15 +209,28 @@ impl CxiClient {
             domain: self.peer.domain.clone(),
             reason,
         };
-        let response = request
+        let mut response = request
             .send()
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let status = response.status().as_u16();
-        let text = response
-            .text()
+        // a peer's answer is read up to a bound, whatever it announces
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(e.to_string()))?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_ANSWER_BYTES {
+                return Err(CxiError::Refused {
+                    domain: self.peer.domain.clone(),
+                    status,
+                    detail: format!("answer larger than {MAX_ANSWER_BYTES} bytes"),
+                });
+            }
+        }
+        let text = String::from_utf8_lossy(&body).into_owned();
         if !accept.contains(&status) {
             return Err(CxiError::Refused {
                 domain: self.peer.domain.clone(),

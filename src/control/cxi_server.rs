@@ -124,7 +124,10 @@ async fn prepare(
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
     };
-    let vote = c.cxi_prepare(&from, request).await;
+    let vote = match tokio::spawn(async move { c.cxi_prepare(&from, request).await }).await {
+        Ok(vote) => vote,
+        Err(error) => return internal(error),
+    };
     let status = match vote.vote {
         VoteKind::Prepared => StatusCode::OK,
         VoteKind::Refused => StatusCode::CONFLICT,
@@ -147,14 +150,19 @@ async fn commit(
     Extension(identity): Extension<PeerIdentity>,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(refused) = peer(&c, &identity, "commit") {
-        return refused.into_response();
-    }
+    let from = match peer(&c, &identity, "commit") {
+        Ok(from) => from,
+        Err(refused) => return refused.into_response(),
+    };
     let id = match transaction_id(&id) {
         Ok(id) => id,
         Err(refused) => return refused.into_response(),
     };
-    let result = c.cxi_commit(id).await;
+    // to completion even if the peer gives up waiting: never half-installed
+    let result = match tokio::spawn(async move { c.cxi_commit(&from, id).await }).await {
+        Ok(result) => result,
+        Err(error) => return internal(error),
+    };
     let status = match result.outcome {
         Outcome::Committed => StatusCode::OK,
         Outcome::Aborted => StatusCode::CONFLICT,
@@ -167,14 +175,18 @@ async fn abort(
     Extension(identity): Extension<PeerIdentity>,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(refused) = peer(&c, &identity, "abort") {
-        return refused.into_response();
-    }
+    let from = match peer(&c, &identity, "abort") {
+        Ok(from) => from,
+        Err(refused) => return refused.into_response(),
+    };
     let id = match transaction_id(&id) {
         Ok(id) => id,
         Err(refused) => return refused.into_response(),
     };
-    Json(c.cxi_abort(id).await).into_response()
+    match tokio::spawn(async move { c.cxi_abort(&from, id).await }).await {
+        Ok(result) => Json(result).into_response(),
+        Err(error) => internal(error),
+    }
 }
 
 async fn status(
@@ -219,11 +231,22 @@ async fn delete_session(
         Ok(id) => id,
         Err(refused) => return refused.into_response(),
     };
-    if c.cxi_delete_session(&from, id).await {
+    let deleted = tokio::spawn(async move { c.cxi_delete_session(&from, id).await }).await;
+    if deleted.unwrap_or(false) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         Problem::new(StatusCode::NOT_FOUND, "unknown-session", "no such segment").into_response()
     }
+}
+
+/// A task that died (it panicked): 500.
+fn internal(error: tokio::task::JoinError) -> Response {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        error.to_string(),
+    )
+    .into_response()
 }
 
 /// Serves Cxi until the task is dropped.

@@ -28,6 +28,8 @@ use super::sessions::{
 use super::topology::{ForeignSae, Topology};
 use crate::netconf::server::now_rfc3339;
 
+/// How long a segment fault waits for the coordinator's reroute before it is reported again.
+pub const REPORT_AGAIN: Duration = Duration::from_secs(30);
 /// How long a prepared segment waits for its commit.
 const PREPARED_FOR: Duration = Duration::from_secs(30);
 /// How long a peer's request waits for this controller's lock: two controllers that
@@ -46,8 +48,9 @@ pub struct InterworkingState {
     committed_order: VecDeque<Uuid>,
     /// Sessions the peer reported faults on: rerouted on the next pass.
     pub suspect: BTreeSet<Uuid>,
-    /// Segments whose fault was reported to the coordinator (until it reroutes them).
-    pub notified: BTreeSet<Uuid>,
+    /// Segments whose fault was reported to the coordinator, and when (reported again after
+    /// [`REPORT_AGAIN`] until it reroutes them).
+    pub notified: BTreeMap<Uuid, Instant>,
 }
 
 /// Whether `session` is a segment of another domain's session.
@@ -256,6 +259,12 @@ impl Controller {
             .as_ref()
             .map(|iw| iw.peer_domain.as_str());
         let (client, peer_topology, reach) = self.find_peer_of(&session.slave_sae, domain).await?;
+        if state.topology.nodes.contains_key(&reach.node) {
+            return Err(ControlError::NoRoute(format!(
+                "{}'s node {} has the name of a node of this domain",
+                client.peer.domain, reach.node
+            )));
+        }
         let mut candidates = Vec::new();
         for q in self.qx_links(&state.topology).into_iter().filter(|q| q.up) {
             let peer_up = peer_topology
@@ -503,10 +512,19 @@ impl Controller {
                 "SAE {master} is not served by KM {km}"
             )));
         }
-        if let Some(session) = state.sessions.values().find(|s| {
-            s.master_sae == master && s.slave_sae == slave && s.state == SessionState::Active
-        }) {
-            return Ok(session.clone());
+        if let Some(session) = state
+            .sessions
+            .values()
+            .find(|s| s.master_sae == master && s.slave_sae == slave)
+        {
+            // one session per pair: an unroutable one is retried by the controller itself
+            return match session.state {
+                SessionState::Active => Ok(session.clone()),
+                SessionState::Unroutable => Err(ControlError::NoRoute(format!(
+                    "session {} waits for a route",
+                    session.id
+                ))),
+            };
         }
         if self.peers.is_empty() || state.topology.saes.contains_key(slave) {
             return Err(ControlError::UnknownSae(slave.into()));
@@ -611,6 +629,27 @@ impl Controller {
         if request.origin_domain != from {
             return refuse(format!("the proposal is not {from}'s"));
         }
+        // the peer's names must not shadow this domain's: its SAE and KM would take the
+        // place of ours on our KMs
+        if state.topology.saes.contains_key(&request.master_sae) {
+            return refuse(format!(
+                "SAE {} is an SAE of this domain",
+                request.master_sae
+            ));
+        }
+        if state.topology.nodes.contains_key(&request.origin_km) {
+            return refuse(format!("{} is a node of this domain", request.origin_km));
+        }
+        if state.sessions.get(&request.session).is_some_and(|s| {
+            !s.interworking
+                .as_ref()
+                .is_some_and(|iw| iw.role == InterworkingRole::Segment && iw.peer_domain == from)
+        }) {
+            return refuse(format!(
+                "session {} is not a segment of {from}'s",
+                request.session
+            ));
+        }
         let qx = self.qx_links(&state.topology);
         let Some(link) = qx
             .iter()
@@ -694,7 +733,7 @@ impl Controller {
     }
 
     /// Cxi phase 2 at the receiving domain: install the prepared segment.
-    pub async fn cxi_commit(&self, transaction: Uuid) -> TransactionResult {
+    pub async fn cxi_commit(&self, from: &str, transaction: Uuid) -> TransactionResult {
         let result = |outcome, reason: Option<String>| TransactionResult {
             version: CXI_VERSION,
             transaction,
@@ -705,6 +744,22 @@ impl Controller {
             // the prepared segment expires by itself
             return result(Outcome::Aborted, Some("busy: try again".into()));
         };
+        let theirs = |s: &Session| {
+            s.interworking
+                .as_ref()
+                .is_some_and(|iw| iw.peer_domain == from)
+        };
+        if !state
+            .interworking
+            .prepared
+            .get(&transaction)
+            .is_some_and(|(s, _)| theirs(s))
+        {
+            return result(
+                Outcome::Aborted,
+                Some("unknown or expired transaction".into()),
+            );
+        }
         let Some((mut segment, _)) = state.interworking.prepared.remove(&transaction) else {
             return result(
                 Outcome::Aborted,
@@ -756,8 +811,30 @@ impl Controller {
     }
 
     /// Drops a prepared segment, or undoes a committed one.
-    pub async fn cxi_abort(&self, transaction: Uuid) -> TransactionResult {
+    pub async fn cxi_abort(&self, from: &str, transaction: Uuid) -> TransactionResult {
         let mut state = self.state.lock().await;
+        let theirs = |s: &Session| {
+            s.interworking
+                .as_ref()
+                .is_some_and(|iw| iw.peer_domain == from && iw.role == InterworkingRole::Segment)
+        };
+        let owned = match state.interworking.prepared.get(&transaction) {
+            Some((segment, _)) => theirs(segment),
+            None => state.sessions.values().any(|s| {
+                theirs(s)
+                    && s.interworking
+                        .as_ref()
+                        .is_some_and(|iw| iw.transaction == transaction)
+            }),
+        };
+        if !owned {
+            return TransactionResult {
+                version: CXI_VERSION,
+                transaction,
+                outcome: Outcome::Aborted,
+                reason: Some("no such transaction of yours".into()),
+            };
+        }
         let detail = if let Some((segment, _)) = state.interworking.prepared.remove(&transaction) {
             Some((segment.id, "prepared segment dropped".to_owned()))
         } else if let Some(previous) = state.interworking.committed.remove(&transaction) {

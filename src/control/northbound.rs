@@ -373,12 +373,14 @@ async fn diagnosis(
         None,
         None,
     );
-    let decision = c
-        .diagnosis(
-            d.destination.as_deref(),
-            &format!("{} from {}", d.kind, d.source),
-        )
-        .await;
+    // to completion even if the QCLM gives up waiting
+    let detail = format!("{} from {}", d.kind, d.source);
+    let decision =
+        tokio::spawn(async move { c.diagnosis(d.destination.as_deref(), &detail).await })
+            .await
+            .map_err(|e| {
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
     Ok((StatusCode::ACCEPTED, Json(Decision { decision })))
 }
 
@@ -407,17 +409,21 @@ async fn interworking_route(
                 "a KM certificate of this domain is required",
             )
         })?;
-    let session = c
-        .interworking_route(&km, &request.master_sae, &request.slave_sae)
-        .await
-        .map_err(|e| match e {
-            ControlError::UnknownSae(sae) => Problem::new(
-                StatusCode::NOT_FOUND,
-                "unknown-sae",
-                format!("no domain knows SAE {sae}"),
-            ),
-            other => Problem::from(other),
-        })?;
+    // to completion even if the KM gives up waiting: routes are never left half-agreed
+    let session = tokio::spawn(async move {
+        c.interworking_route(&km, &request.master_sae, &request.slave_sae)
+            .await
+    })
+    .await
+    .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| match e {
+        ControlError::UnknownSae(sae) => Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-sae",
+            format!("no domain knows SAE {sae}"),
+        ),
+        other => Problem::from(other),
+    })?;
     Ok(Json(session))
 }
 

@@ -79,6 +79,9 @@ impl LinkRuntime {
 pub struct Settings {
     /// Every SAE of the domain and the node whose KM serves it.
     pub saes: BTreeMap<String, String>,
+    /// The SAEs of other QKDNs among them (registered by the controller for interworking
+    /// sessions) and their QKDN.
+    pub foreign_saes: BTreeMap<String, String>,
     /// Key relay routes: destination node -> next hops with their weights (the first is
     /// the primary; keys are split over all of them in proportion to the weights).
     pub routes: BTreeMap<String, NextHops>,
@@ -159,6 +162,7 @@ impl Agent {
             .collect();
         let settings = Settings {
             saes: config.saes.clone(),
+            foreign_saes: BTreeMap::new(),
             routes: config
                 .routes
                 .iter()
@@ -232,7 +236,10 @@ impl Agent {
     /// Recomputes link `id`'s condition from its settings and signal, and publishes it.
     fn update_condition(&self, id: &str) -> Option<LinkCondition> {
         let link = self.links.get(id)?;
-        let settings = link.settings();
+        // computed and published under the settings lock: concurrent changes of the settings
+        // and of the signal publish in the order they happen
+        let guard = link.settings.lock().expect("link settings");
+        let settings = guard.clone();
         let state = if link.signal.load(Ordering::Relaxed) {
             settings.admin
         } else {
@@ -240,6 +247,7 @@ impl Agent {
         };
         let condition = settings.rate.condition(state, settings.capacity_blocks);
         let previous = link.control.send_replace(condition);
+        drop(guard);
         if previous.state != condition.state {
             tracing::info!(link = id, from = ?previous.state, to = ?condition.state, "link state changed");
             self.emit(super::events::Event::LinkState {
@@ -293,7 +301,19 @@ impl Agent {
 
     /// Whether `sae` is served by this KM.
     pub fn is_local_sae(&self, sae: &str) -> bool {
-        self.sae_node(sae).as_deref() == Some(self.config.node.as_str())
+        let settings = self.settings.read().expect("settings");
+        settings.saes.get(sae) == Some(&self.config.node)
+            && !settings.foreign_saes.contains_key(sae)
+    }
+
+    /// The QKDN of `sae` when it is registered as another QKDN's SAE.
+    pub fn sae_domain(&self, sae: &str) -> Option<String> {
+        self.settings
+            .read()
+            .expect("settings")
+            .foreign_saes
+            .get(sae)
+            .cloned()
     }
 
     /// The link of the first hop towards node `dest`: the primary next hop of a configured

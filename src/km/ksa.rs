@@ -277,8 +277,15 @@ async fn enc_keys(
         return Err(Etsi014Error::bad_request("unsupported mandatory extension")
             .detail(json!({"extension_mandatory": mandatory})));
     }
+    let additional = request.additional_slave_SAE_IDs.unwrap_or_default();
+    if additional.len() > limits.max_sae_id_count as usize {
+        return Err(Etsi014Error::bad_request(format!(
+            "more than max_SAE_ID_count ({}) additional slave SAEs",
+            limits.max_sae_id_count
+        )));
+    }
     let mut slaves = vec![slave];
-    for extra in request.additional_slave_SAE_IDs.unwrap_or_default() {
+    for extra in additional {
         if slaves.contains(&extra) {
             return Err(Etsi014Error::bad_request(format!(
                 "SAE {extra} named twice"

@@ -37,8 +37,11 @@ use crate::tls::PeerIdentity;
 
 /// The header carrying the one-time MAC of a Kxi-1 request body.
 pub const AUTH_HEADER: &str = "kxi-authentication";
-/// How long a GWN waits for the peer's acknowledgement before asking over Kxi-2.
-pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a GWN waits for the peer's acknowledgement before asking over Kxi-2 (with the
+/// Kxi-2 query and the void, well within the 10 s the previous hop waits for this one).
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of the Kxi-2 query and of a void.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most interworking relays whose outcome a GWN remembers for Kxi-2.
 const REMEMBERED: usize = 10_000;
 
@@ -192,6 +195,18 @@ impl KxiState {
     }
 }
 
+/// Removes an awaited acknowledgement's entry when dropped.
+struct Awaiting<'a> {
+    kxi: &'a KxiState,
+    key: (Uuid, String),
+}
+
+impl Drop for Awaiting<'_> {
+    fn drop(&mut self) {
+        self.kxi.awaiting.lock().expect("kxi").remove(&self.key);
+    }
+}
+
 impl ExtKeysRequest {
     fn to_relay_body(&self) -> RelayBody {
         let e = &self.extension;
@@ -264,7 +279,11 @@ pub async fn send_ext_keys(
         .lock()
         .expect("kxi")
         .insert(key.clone(), tx);
-    let forget = || agent.kxi.awaiting.lock().expect("kxi").remove(&key);
+    // the entry goes however this function ends, also when the caller gives up on it
+    let _awaiting = Awaiting {
+        kxi: &agent.kxi,
+        key,
+    };
     let peer = |status: u16, message: String| RelayError::Peer {
         node: link.peer_identity(),
         status,
@@ -281,7 +300,6 @@ pub async fn send_ext_keys(
     let response = match sent {
         Ok(response) => response,
         Err(source) => {
-            forget();
             return Err(RelayError::Unreachable {
                 node: link.peer_identity(),
                 source,
@@ -289,7 +307,6 @@ pub async fn send_ext_keys(
         }
     };
     if response.status() != reqwest::StatusCode::ACCEPTED {
-        forget();
         let status = response.status().as_u16();
         return Err(peer(status, response.text().await.unwrap_or_default()));
     }
@@ -297,7 +314,6 @@ pub async fn send_ext_keys(
     let ack = match tokio::time::timeout(ACK_TIMEOUT, rx).await {
         Ok(Ok(ack)) => ack,
         _ => {
-            forget();
             return settle_without_ack(agent, link, body).await;
         }
     };
@@ -328,7 +344,7 @@ async fn settle_without_ack(
                 "{}/kxi2/v1/relays/{}",
                 link.peer_kma, body.relay_id
             ))
-            .timeout(Duration::from_secs(2))
+            .timeout(SETTLE_TIMEOUT)
             .send()
             .await
             .ok()?;
@@ -351,6 +367,7 @@ async fn settle_without_ack(
     let _ = agent
         .client_for(link)
         .post(format!("{}/kmapi/v1/ext_keys/void", link.peer_kma))
+        .timeout(SETTLE_TIMEOUT)
         .json(&void)
         .send()
         .await;

@@ -139,19 +139,16 @@ fn read_desired(tree: &DataTree<'static>) -> Result<Desired, RpcError> {
         links.insert(id, (peer, peer_kma, end, settings));
     }
     let mut saes = BTreeMap::new();
+    let mut foreign_saes = BTreeMap::new();
     for node in tree
         .find_xpath(&format!("{KM}/saes/sae"))
         .map_err(RpcError::from)?
     {
-        let id = node
-            .find_path("sae-id")
-            .ok()
-            .and_then(|n| n.value_canonical());
-        let at = node
-            .find_path("node")
-            .ok()
-            .and_then(|n| n.value_canonical());
-        if let (Some(id), Some(at)) = (id, at) {
+        let field = |name: &str| node.find_path(name).ok().and_then(|n| n.value_canonical());
+        if let (Some(id), Some(at)) = (field("sae-id"), field("node")) {
+            if let Some(domain) = field("domain") {
+                foreign_saes.insert(id.clone(), domain);
+            }
             saes.insert(id, at);
         }
     }
@@ -197,6 +194,7 @@ fn read_desired(tree: &DataTree<'static>) -> Result<Desired, RpcError> {
     Ok(Desired {
         settings: Settings {
             saes,
+            foreign_saes,
             routes,
             etsi014,
             low_key_threshold_percent,

@@ -570,6 +570,12 @@ async fn act_on_relay(
     if agent.sae_node(&body.master_sae).as_deref() != Some(body.origin_km.as_str()) {
         return reject("the master SAE is not served by the origin KM");
     }
+    // keys entering from another QKDN must be for a master SAE of that QKDN, registered by
+    // this domain's controller with the interworking route
+    if link.peer_domain.is_some() && agent.sae_domain(&body.master_sae) != link.peer_domain {
+        tracing::warn!(master = %body.master_sae, "keys over a Qx link for an SAE not of the peer QKDN");
+        return reject("the master SAE is not an SAE of the peer QKDN");
+    }
     if body.dest_km == agent.config.node {
         if body.slave_saes.iter().any(|s| !agent.is_local_sae(s)) {
             return reject("a slave SAE is not served by the destination KM");

@@ -332,6 +332,7 @@ impl EmulatedTransmitter {
     async fn heartbeat(&self) -> bool {
         self.client
             .post(self.url("heartbeat"))
+            .timeout(HEARTBEAT_INTERVAL * 2)
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())

@@ -295,6 +295,43 @@ async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
             .unwrap();
         assert_eq!(response.status(), 400, "{body}");
     }
+    // the peer controller itself cannot make its SAEs or nodes take the place of A's, nor
+    // take over a session of A
+    let origin = origin_session(&bed).await;
+    for (what, master, origin_km, session) in [
+        (
+            "a local SAE",
+            "sae-a1-1",
+            "b1",
+            uuid::Uuid::new_v4().to_string(),
+        ),
+        (
+            "a local node",
+            "sae-b4-1",
+            "a2",
+            uuid::Uuid::new_v4().to_string(),
+        ),
+        (
+            "a session of A",
+            "sae-b4-1",
+            "b4",
+            origin["id"].as_str().unwrap().to_owned(),
+        ),
+    ] {
+        let response = controller_b
+            .post(format!("{cxi_a}/cxi/v1/transactions"))
+            .json(&serde_json::json!({
+                "version": 1, "transaction": uuid::Uuid::new_v4(), "session": session,
+                "origin_domain": "B", "master_sae": master, "slave_sae": "sae-a1-2",
+                "origin_km": origin_km, "peer_gateway": "gb1", "entry_gateway": "ga1",
+                "qx_link": "qx1", "rate_bps": 0.0, "reason": "forged"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 409, "{what}");
+        let vote: Value = response.json().await.unwrap();
+        assert_eq!(vote["vote"], "refused", "{what}");
+    }
     let rejected = events(&bed, "A")
         .await
         .into_iter()
