@@ -180,7 +180,7 @@ async fn fault_reports_and_report_packs_cross_mxi_and_strangers_are_refused() {
     assert_eq!(manager_a.xlmo.latest().sent, Some(pack));
 
     // a fault report of an unknown version from the right peer: 400
-    let peer_a = client(&tls_a);
+    let peer_a = crate::tls::https_client_to_peer(&tls_a, "B", Duration::from_secs(5)).unwrap();
     let mut body = serde_json::to_value(fault_of(&manager_a)).unwrap();
     body["version"] = 2.into();
     let response = peer_a
