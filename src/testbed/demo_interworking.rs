@@ -123,6 +123,18 @@ pub(super) async fn scenario(
     );
     let (alice, bob) = (client(endpoints, master)?, client(endpoints, slave)?);
 
+    // the emulated QKD links fill their key pools first
+    for link in topology
+        .domains
+        .iter()
+        .flat_map(|d| &d.links)
+        .chain(&topology.qx_links)
+    {
+        let [a, b] = &link.nodes;
+        for hop in [[a.clone(), b.clone()], [b.clone(), a.clone()]] {
+            runner::wait_path_keys(endpoints, &hop, 16, Duration::from_secs(30)).await?;
+        }
+    }
     println!(
         "== {master} (QKDN {}) asks its KME for keys shared with {slave} (QKDN {})",
         a_domain.name, b_domain.name
