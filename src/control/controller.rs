@@ -712,8 +712,14 @@ impl Controller {
         }
         let controller = self.clone();
         tasks.push(tokio::spawn(async move {
+            let mut last_lists: Option<Instant> = None;
             loop {
                 tokio::time::sleep(Duration::from_secs(controller.poll_seconds())).await;
+                // every half minute, peers learn which sessions this domain coordinates
+                if last_lists.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
+                    last_lists = Some(Instant::now());
+                    controller.share_session_lists().await;
+                }
                 let started = Instant::now();
                 let changed = controller.refresh().await;
                 let mut state = controller.state.lock().await;

@@ -154,6 +154,10 @@ pub enum StatusKind {
     SegmentFault,
     /// A Qx link changed state at the reporter's GWN.
     BorderChange,
+    /// `sessions` is the complete list of the reporter's interworking sessions with the
+    /// receiver: segments of other sessions are left over (e.g. from a crash between the
+    /// receiver's commit and the reporter's save) and go.
+    Sessions,
 }
 
 /// Status shared with the peer.

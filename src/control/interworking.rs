@@ -30,6 +30,8 @@ use crate::netconf::server::now_rfc3339;
 
 /// How long a segment fault waits for the coordinator's reroute before it is reported again.
 pub const REPORT_AGAIN: Duration = Duration::from_secs(30);
+/// How long a committed segment is safe from a session list that does not name it yet.
+const LIST_GRACE: Duration = Duration::from_secs(60);
 /// How long a prepared segment waits for its commit.
 const PREPARED_FOR: Duration = Duration::from_secs(30);
 /// How long a peer's request waits for this controller's lock: two controllers that
@@ -48,6 +50,9 @@ pub struct InterworkingState {
     committed_order: VecDeque<Uuid>,
     /// Sessions the peer reported faults on: rerouted on the next pass.
     pub suspect: BTreeSet<Uuid>,
+    /// When segments were last committed (since start): a session list sent before a commit
+    /// must not remove it.
+    pub committed_at: BTreeMap<Uuid, Instant>,
     /// Segments whose fault was reported to the coordinator, and when (reported again after
     /// [`REPORT_AGAIN`] until it reroutes them).
     pub notified: BTreeMap<Uuid, Instant>,
@@ -793,6 +798,10 @@ impl Controller {
             tracing::error!(%error, "cannot save the segment");
         }
         state.interworking.notified.remove(&segment.id);
+        state
+            .interworking
+            .committed_at
+            .insert(segment.id, Instant::now());
         state.interworking.committed.insert(transaction, previous);
         state.interworking.committed_order.push_back(transaction);
         while state.interworking.committed_order.len() > UNDOABLE {
@@ -914,17 +923,25 @@ impl Controller {
     /// Status shared by peer `from`: a segment fault makes the sessions rerouted (agreed
     /// with the peer); a border change is checked against this domain's own view.
     pub async fn cxi_status(self: &Arc<Self>, from: &str, report: StatusReport) {
-        self.event(
-            "peer-status",
-            format!("{from}: {:?} {}", report.kind, report.detail),
-            report.sessions.first().copied(),
-            None,
-        );
+        if report.kind != StatusKind::Sessions {
+            self.event(
+                "peer-status",
+                format!("{from}: {:?} {}", report.kind, report.detail),
+                report.sessions.first().copied(),
+                None,
+            );
+        }
         let received = Instant::now();
         let controller = self.clone();
         let from = from.to_owned();
         tokio::spawn(async move {
             let mut state = controller.state.lock().await;
+            if report.kind == StatusKind::Sessions {
+                controller
+                    .drop_left_over_segments(&mut state, &from, &report.sessions)
+                    .await;
+                return;
+            }
             if report.kind == StatusKind::SegmentFault {
                 for id in &report.sessions {
                     let origin = state.sessions.get(id).is_some_and(|s| {
@@ -941,6 +958,83 @@ impl Controller {
                 .reroute_locked(&mut state, &format!("{from} reported a fault"), received)
                 .await;
         });
+    }
+
+    /// Removes the segments of `from`'s sessions that its complete list `live` does not name
+    /// (and that were not committed moments ago).
+    async fn drop_left_over_segments(&self, state: &mut State, from: &str, live: &[Uuid]) {
+        let stale: Vec<Uuid> = state
+            .sessions
+            .values()
+            .filter(|s| {
+                s.interworking.as_ref().is_some_and(|iw| {
+                    iw.role == InterworkingRole::Segment && iw.peer_domain == from
+                })
+            })
+            .filter(|s| !live.contains(&s.id))
+            .filter(|s| {
+                state
+                    .interworking
+                    .committed_at
+                    .get(&s.id)
+                    .is_none_or(|at| at.elapsed() > LIST_GRACE)
+            })
+            .map(|s| s.id)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        for id in &stale {
+            state.sessions.remove(id);
+            state.order.retain(|s| s != id);
+            let _ = self.store.delete(*id);
+            self.event(
+                "session-deleted",
+                format!("left-over segment removed: {from} has no such session"),
+                Some(*id),
+                None,
+            );
+        }
+        if let Err(error) = self.reconcile(state).await {
+            tracing::warn!(%error, "removing left-over segments failed; retried later");
+        }
+    }
+
+    /// Sends every peer the complete list of this domain's interworking sessions with it, so
+    /// that it drops left-over segments (called now and then, without the state lock).
+    pub(super) async fn share_session_lists(&self) {
+        let lists: Vec<(CxiClient, Vec<Uuid>)> = {
+            let state = self.state.lock().await;
+            self.peers
+                .iter()
+                .map(|peer| {
+                    let ids = state
+                        .sessions
+                        .values()
+                        .filter(|s| {
+                            s.interworking.as_ref().is_some_and(|iw| {
+                                iw.role == InterworkingRole::Origin
+                                    && iw.peer_domain == peer.peer.domain
+                            })
+                        })
+                        .map(|s| s.id)
+                        .collect();
+                    (peer.clone(), ids)
+                })
+                .collect()
+        };
+        for (client, sessions) in lists {
+            let report = StatusReport {
+                version: CXI_VERSION,
+                domain: self.config.domain.clone(),
+                kind: StatusKind::Sessions,
+                sessions,
+                detail: "interworking sessions".into(),
+            };
+            if let Err(error) = client.status(&report).await {
+                tracing::debug!(%error, "session list not delivered; sent again later");
+            }
+        }
     }
 
     /// QCLM's diagnosis of an interworking relay failure (procedure 3): the sessions toward

@@ -421,6 +421,37 @@ async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
     let segments = bed.controller_get("B", "/api/v1/sessions").await;
     assert!(!segments.as_array().unwrap().iter().any(|s| s["id"] == id));
 
+    // segments left over at B (here: after a restart of controller B) go when A's session
+    // list does not name them, and stay while it does
+    bed.cli(&["node", "stop", "controller-B"]);
+    bed.cli(&["node", "start", "controller-B"]);
+    let origin_id = origin_session(&bed).await["id"].clone();
+    let controller_a = client("controller-A");
+    let cxi_b = bed.endpoints.controller("B").unwrap().cxi.clone().unwrap();
+    for (list, remains) in [
+        (serde_json::json!([origin_id]), true),
+        (serde_json::json!([]), false),
+    ] {
+        let response = controller_a
+            .post(format!("{cxi_b}/cxi/v1/status"))
+            .json(
+                &serde_json::json!({"version": 1, "domain": "A", "kind": "sessions",
+                "sessions": list, "detail": "test"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let segments = bed.controller_get("B", "/api/v1/sessions").await;
+        let present = segments
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == origin_id);
+        assert_eq!(present, remains, "{list}");
+    }
+
     // controller A knows only its own links, B's border and B's SAE locations
     let topology = bed.controller_get("A", "/api/v1/topology").await;
     let text = topology.to_string();
