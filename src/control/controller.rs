@@ -68,6 +68,23 @@ pub(super) struct State {
     pub(super) interworking: super::interworking::InterworkingState,
 }
 
+impl State {
+    /// Adds or replaces a session (a new one comes last in the order: its routes win where
+    /// they meet others').
+    pub(super) fn put(&mut self, session: Session) {
+        if !self.sessions.contains_key(&session.id) {
+            self.order.push(session.id);
+        }
+        self.sessions.insert(session.id, session);
+    }
+
+    /// Removes a session from the sessions and their order.
+    pub(super) fn take(&mut self, id: Uuid) -> Option<Session> {
+        self.order.retain(|s| *s != id);
+        self.sessions.remove(&id)
+    }
+}
+
 /// A QKDN controller.
 pub struct Controller {
     pub config: ControllerConfig,
@@ -475,14 +492,7 @@ impl Controller {
             paths,
             interworking: None,
         };
-        state.sessions.insert(session.id, session.clone());
-        state.order.push(session.id);
-        if let Err(error) = self.reconcile(&mut state).await {
-            state.sessions.remove(&session.id);
-            state.order.retain(|id| *id != session.id);
-            return Err(error);
-        }
-        self.store.save(&session)?;
+        self.install_new(&mut state, &session).await?;
         self.event(
             "session-created",
             format!("{master} -> {slave} via {}", session.path.join(" -> ")),
@@ -492,14 +502,26 @@ impl Controller {
         Ok(session)
     }
 
+    /// Adds a new session, installs the routes it needs and saves it; on failure nothing of
+    /// it remains.
+    pub(super) async fn install_new(
+        &self,
+        state: &mut State,
+        session: &Session,
+    ) -> Result<(), ControlError> {
+        state.put(session.clone());
+        if let Err(error) = self.reconcile(state).await {
+            state.take(session.id);
+            return Err(error);
+        }
+        self.store.save(session)?;
+        Ok(())
+    }
+
     /// Deletes a session and the routes only it needed.
     pub async fn delete_session(&self, id: Uuid) -> Result<(), ControlError> {
         let mut state = self.state.lock().await;
-        let session = state
-            .sessions
-            .remove(&id)
-            .ok_or(ControlError::UnknownSession(id))?;
-        state.order.retain(|s| *s != id);
+        let session = state.take(id).ok_or(ControlError::UnknownSession(id))?;
         self.store.delete(id)?;
         self.end_interworking(&session).await;
         if let Err(error) = self.reconcile(&mut state).await {

@@ -135,6 +135,16 @@ async fn prepare(
     (status, Json(vote)).into_response()
 }
 
+/// The calling peer's domain and the UUID in the path (a transaction or a session).
+fn peer_and_id(
+    c: &Controller,
+    identity: &PeerIdentity,
+    what: &str,
+    id: &str,
+) -> Result<(String, Uuid), Problem> {
+    Ok((peer(c, identity, what)?, transaction_id(id)?))
+}
+
 fn transaction_id(id: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(id).map_err(|_| {
         Problem::new(
@@ -150,12 +160,8 @@ async fn commit(
     Extension(identity): Extension<PeerIdentity>,
     Path(id): Path<String>,
 ) -> Response {
-    let from = match peer(&c, &identity, "commit") {
-        Ok(from) => from,
-        Err(refused) => return refused.into_response(),
-    };
-    let id = match transaction_id(&id) {
-        Ok(id) => id,
+    let (from, id) = match peer_and_id(&c, &identity, "commit", &id) {
+        Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };
     // to completion even if the peer gives up waiting: never half-installed
@@ -175,12 +181,8 @@ async fn abort(
     Extension(identity): Extension<PeerIdentity>,
     Path(id): Path<String>,
 ) -> Response {
-    let from = match peer(&c, &identity, "abort") {
-        Ok(from) => from,
-        Err(refused) => return refused.into_response(),
-    };
-    let id = match transaction_id(&id) {
-        Ok(id) => id,
+    let (from, id) = match peer_and_id(&c, &identity, "abort", &id) {
+        Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };
     match tokio::spawn(async move { c.cxi_abort(&from, id).await }).await {
@@ -223,12 +225,8 @@ async fn delete_session(
     Extension(identity): Extension<PeerIdentity>,
     Path(id): Path<String>,
 ) -> Response {
-    let from = match peer(&c, &identity, "delete session") {
-        Ok(from) => from,
-        Err(refused) => return refused.into_response(),
-    };
-    let id = match transaction_id(&id) {
-        Ok(id) => id,
+    let (from, id) = match peer_and_id(&c, &identity, "delete session", &id) {
+        Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };
     let deleted = tokio::spawn(async move { c.cxi_delete_session(&from, id).await }).await;

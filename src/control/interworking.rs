@@ -481,15 +481,10 @@ impl Controller {
         session.paths = paths;
         let (domain, transaction) = (iw.peer_domain.clone(), iw.transaction);
         session.interworking = Some(iw);
-        state.sessions.insert(session.id, session.clone());
-        state.order.push(session.id);
-        if let Err(error) = self.reconcile(state).await {
-            state.sessions.remove(&session.id);
-            state.order.retain(|id| *id != session.id);
+        if let Err(error) = self.install_new(state, &session).await {
             self.abort_at_peer(&domain, transaction).await;
             return Err(error);
         }
-        self.store.save(&session)?;
         self.event_in(
             "session-created",
             format!(
@@ -776,10 +771,8 @@ impl Controller {
             let mut history = previous.history.clone();
             history.append(&mut segment.history);
             segment.history = history;
-        } else {
-            state.order.push(segment.id);
         }
-        state.sessions.insert(segment.id, segment.clone());
+        state.put(segment.clone());
         if let Err(error) = self.reconcile(&mut state).await {
             restore(&mut state, segment.id, previous);
             if let Err(again) = self.reconcile(&mut state).await {
@@ -905,8 +898,7 @@ impl Controller {
         if !ours {
             return false;
         }
-        state.sessions.remove(&id);
-        state.order.retain(|s| *s != id);
+        state.take(id);
         let _ = self.store.delete(id);
         if let Err(error) = self.reconcile(&mut state).await {
             tracing::warn!(%error, "removing a segment's routes failed; retried later");
@@ -985,8 +977,7 @@ impl Controller {
             return;
         }
         for id in &stale {
-            state.sessions.remove(id);
-            state.order.retain(|s| s != id);
+            state.take(*id);
             let _ = self.store.delete(*id);
             self.event(
                 "session-deleted",
@@ -1043,7 +1034,7 @@ impl Controller {
         let received = Instant::now();
         self.refresh().await;
         let mut state = self.state.lock().await;
-        let mut origins = 0;
+        let mut origins = Vec::new();
         let mut segments = Vec::new();
         for session in state.sessions.values() {
             let Some(iw) = &session.interworking else {
@@ -1054,27 +1045,17 @@ impl Controller {
                 continue;
             }
             match iw.role {
-                InterworkingRole::Origin => origins += 1,
+                InterworkingRole::Origin => origins.push(session.id),
                 InterworkingRole::Segment => segments.push(session.clone()),
             }
         }
-        let ids: Vec<Uuid> = state
-            .sessions
-            .values()
-            .filter(|s| {
-                s.interworking.as_ref().is_some_and(|iw| {
-                    iw.role == InterworkingRole::Origin
-                        && destination.is_none_or(|d| d == s.dst || d == iw.peer_km)
-                })
-            })
-            .map(|s| s.id)
-            .collect();
-        state.interworking.suspect.extend(ids);
+        let origins_count = origins.len();
+        state.interworking.suspect.extend(origins);
         for segment in &segments {
             self.report_segment_fault(segment, &format!("QCLM diagnosis: {detail}"));
         }
         let decision = format!(
-            "re-agree the route of {origins} session(s); reported {} segment(s) to their coordinator",
+            "re-agree the route of {origins_count} session(s); reported {} segment(s) to their coordinator",
             segments.len()
         );
         self.event("qclm-decision", format!("{detail}: {decision}"), None, None);
@@ -1087,12 +1068,9 @@ impl Controller {
 /// Puts back the segment a transaction replaced (or removes the new one).
 fn restore(state: &mut State, id: Uuid, previous: Option<Session>) {
     match previous {
-        Some(previous) => {
-            state.sessions.insert(id, previous);
-        }
+        Some(previous) => state.put(previous),
         None => {
-            state.sessions.remove(&id);
-            state.order.retain(|s| *s != id);
+            state.take(id);
         }
     }
 }

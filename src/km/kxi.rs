@@ -485,13 +485,11 @@ async fn ext_keys(
         Err(RelayError::Rejected(message)) => return problem(StatusCode::BAD_REQUEST, message),
         Err(error) => return problem(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
     };
-    let peer_kma = agent
-        .link_config(&request.extension.link)
-        .map(|l| l.peer_kma.clone())
-        .unwrap_or_default();
+    // the acknowledgement goes back to the peer GWN, over the link's own client
+    let callback = agent.client_for(verified.link()).clone();
     if !request
         .ack_callback_url
-        .starts_with(&format!("{peer_kma}/"))
+        .starts_with(&format!("{}/", verified.link().peer_kma))
     {
         tracing::warn!(parent: &span, callback = %request.ack_callback_url, "ack callback outside the peer GWN");
         return problem(
@@ -536,14 +534,8 @@ async fn ext_keys(
                     hops,
                 },
             };
-            let Some(client) = agent
-                .link_config(&request.extension.link)
-                .map(|l| agent.client_for(l).clone())
-            else {
-                return;
-            };
             for attempt in 0..3u64 {
-                match client
+                match callback
                     .post(&request.ack_callback_url)
                     .json(&ack)
                     .send()

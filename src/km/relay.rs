@@ -439,6 +439,13 @@ pub(crate) struct Verified {
     per_key: usize,
 }
 
+impl Verified {
+    /// The link the message came over.
+    pub(crate) fn link(&self) -> &LinkConfig {
+        &self.link
+    }
+}
+
 /// Checks a hop message from `sender` (over a Qx link when `over_qx`, else inside the
 /// domain): the link, the sizes, the block references and the one-time MAC.
 pub(crate) async fn verify(
