@@ -134,7 +134,7 @@ async fn adjacent_kms_round_trip_in_both_forms() {
     assert_eq!(stale.status(), 409);
     let frame = a1
         .post(format!("{channel}/frames"))
-        .json(&serde_json::json!({"first_seq": 0, "blocks": "", "commit_upto": 0, "epoch": 1}))
+        .json(&serde_json::json!({"first_seq": 0, "blocks": "", "commit_upto": 0, "epoch": 1, "tx_owned": 0}))
         .send()
         .await
         .unwrap();

@@ -383,6 +383,15 @@ impl Controller {
             return Ok(());
         }
         self.southbound.install(&changes).await?;
+        self.event(
+            "routes-installed",
+            format!(
+                "relay routes installed on {}",
+                changes.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            None,
+            None,
+        );
         for (node, change) in changes {
             if let Some(info) = state.topology.nodes.get_mut(&node) {
                 for (sae, entry) in change.foreign_saes {
@@ -560,19 +569,26 @@ impl Controller {
     pub(super) async fn reroute_locked(&self, state: &mut State, trigger: &str, started: Instant) {
         let span = tracing::info_span!("reroute", %trigger);
         async {
-            // a link fails a session when it is down or its key rate no longer meets the
-            // session's demand
+            // a link fails a session when it is down or its key rate falls clearly below the
+            // session's demand (a dip within the hysteresis margin changes nothing)
             let fails = |link: &str, demand: f64| {
                 state
                     .topology
                     .links
                     .get(link)
-                    .is_none_or(|l| !l.up || l.rate_bps < demand)
+                    .is_none_or(|l| !l.up || l.rate_bps < demand * (1.0 - RATE_HYSTERESIS))
             };
             let failing = |s: &Session| {
                 s.routed_paths()
                     .iter()
                     .any(|p| p.links.iter().any(|l| fails(l, p.share_bps)))
+            };
+            let broken = |s: &Session| {
+                s.routed_paths().iter().any(|p| {
+                    p.links
+                        .iter()
+                        .any(|l| state.topology.links.get(l).is_none_or(|link| !link.up))
+                })
             };
             // a segment of another domain's session is rerouted by that domain, with this one
             // agreeing: report the fault to it
@@ -637,6 +653,23 @@ impl Controller {
                         )
                         .map(|paths| (paths, None)),
                 };
+                // a plan that only answers a key rate shortfall replaces the current one when
+                // it is different and clearly better; otherwise nothing changes and nothing is
+                // installed (a demand the network cannot meet does not churn the KMs)
+                let keep = match &result {
+                    Ok((paths, None))
+                        if session.state == SessionState::Active && !broken(&session) =>
+                    {
+                        let current = session.routed_paths();
+                        same_plan(&current, paths)
+                            || plan_rate(&state.topology, paths)
+                                < plan_rate(&state.topology, &current) * (1.0 + RATE_HYSTERESIS)
+                    }
+                    _ => false,
+                };
+                if keep {
+                    continue;
+                }
                 let s = state.sessions.get_mut(id).expect("affected session");
                 match result {
                     Ok((paths, iw)) => {
@@ -779,6 +812,37 @@ impl Controller {
         })
         .await
     }
+}
+
+/// Fraction by which a link's key rate must fall below a session's demand before the session
+/// is rerouted for it, and by which a new plan must beat the current one to replace it.
+pub const RATE_HYSTERESIS: f64 = 0.1;
+
+/// Whether two plans use the same paths over the same links.
+fn same_plan(a: &[SessionPath], b: &[SessionPath]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.nodes == y.nodes && x.links == y.links)
+}
+
+/// The key rate a plan can carry: the sum of its paths' bottleneck link rates.
+fn plan_rate(topology: &Topology, paths: &[SessionPath]) -> f64 {
+    paths
+        .iter()
+        .map(|p| {
+            p.links
+                .iter()
+                .map(|l| {
+                    topology
+                        .links
+                        .get(l)
+                        .map_or(0.0, |l| if l.up { l.rate_bps } else { 0.0 })
+                })
+                .fold(f64::INFINITY, f64::min)
+        })
+        .filter(|r| r.is_finite())
+        .sum()
 }
 
 /// A route plan for people: its paths (with their shares when there are several).

@@ -117,6 +117,8 @@ pub struct Agent {
     events: tokio::sync::broadcast::Sender<super::events::Event>,
     /// Kxi-1/Kxi-2 state of a gateway node.
     pub kxi: super::kxi::KxiState,
+    /// Relays this KM reserved its part of the path for, waiting for their keys.
+    pub holds: super::reserve::Holds,
 }
 
 impl Agent {
@@ -182,6 +184,7 @@ impl Agent {
             counters: Counters::default(),
             events,
             kxi: Default::default(),
+            holds: Default::default(),
         }))
     }
 

@@ -55,18 +55,20 @@ pub struct KmConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkEnd {
-    /// Hosts the transmitter module; owns even-numbered blocks.
+    /// Hosts the transmitter module.
     Tx,
-    /// Hosts the receiver module; owns odd-numbered blocks.
+    /// Hosts the receiver module.
     Rx,
 }
 
 impl LinkEnd {
-    /// Parity of the blocks this end owns.
-    pub fn parity(self) -> u8 {
+    /// The owner index of the blocks this end allocates ([`TX`](super::store::TX) or
+    /// [`RX`](super::store::RX)); the transmitter module decides, block by block, which end
+    /// owns it.
+    pub fn owner(self) -> u8 {
         match self {
-            LinkEnd::Tx => 0,
-            LinkEnd::Rx => 1,
+            LinkEnd::Tx => super::store::TX,
+            LinkEnd::Rx => super::store::RX,
         }
     }
 }

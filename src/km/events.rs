@@ -105,14 +105,14 @@ pub async fn watch_key_levels(agent: Arc<Agent>) {
             .map(|l| {
                 (
                     l.config.id.clone(),
-                    l.config.end.parity(),
+                    l.config.end.owner(),
                     l.settings().capacity_blocks,
                 )
             })
             .collect();
-        for (id, parity, capacity) in links {
+        for (id, owner, capacity) in links {
             let link = id.clone();
-            let Ok(own) = agent.store.run(move |s| s.available(&link, parity)).await else {
+            let Ok(own) = agent.store.run(move |s| s.available(&link, owner)).await else {
                 continue;
             };
             let limit = capacity / 2 * usize::from(threshold) / 100;

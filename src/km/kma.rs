@@ -17,14 +17,17 @@ use serde_json::json;
 use super::agent::Agent;
 use super::config::{LinkConfig, LinkEnd};
 use super::relay::{self, RelayEnvelope, RelayError};
+use super::reserve::{self, ReserveRequest};
 use crate::quantum::emulated::{self, Frame, ReceiveError, SyncRequest, SyncResponse};
 use crate::quantum::{LinkCondition, LinkState};
 use crate::tls::PeerIdentity;
+use tracing::Instrument;
 
 /// The KMA routes of a KM.
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/kma/v1/relay", post(relay_hop))
+        .route("/kma/v1/reserve", post(reserve_path))
         .route("/qchannel/v1/links/{link}/sync", post(qchannel_sync))
         .route("/qchannel/v1/links/{link}/frames", post(qchannel_frame))
         .route(
@@ -78,6 +81,37 @@ fn operator(agent: &Agent, identity: &PeerIdentity) -> Result<(), Problem> {
     }
 }
 
+/// The status of a failed relay or reservation.
+fn relay_status(error: &RelayError) -> StatusCode {
+    match error {
+        RelayError::Rejected(_) => StatusCode::FORBIDDEN,
+        RelayError::Peer { .. } | RelayError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// A previous hop asks this KM to reserve its part of a relay's path.
+async fn reserve_path(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+    Json(request): Json<ReserveRequest>,
+) -> Response {
+    let Some(sender) = identity.0.clone() else {
+        return problem(StatusCode::UNAUTHORIZED, "a KM certificate is required");
+    };
+    let span = tracing::info_span!("relay", relay_id = %request.relay_id, origin = %request.origin_km, dest = %request.dest_km, from = %sender, step = "reserve");
+    match reserve::receive(&agent, &sender, request)
+        .instrument(span)
+        .await
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => {
+            tracing::info!(%error, "path reservation refused");
+            problem(relay_status(&error), error.to_string())
+        }
+    }
+}
+
 async fn relay_hop(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
@@ -89,13 +123,8 @@ async fn relay_hop(
     match relay::receive(&agent, &sender, envelope).await {
         Ok(ack) => Json(ack).into_response(),
         Err(error) => {
-            let status = match &error {
-                RelayError::Rejected(_) => StatusCode::FORBIDDEN,
-                RelayError::Peer { .. } | RelayError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
             tracing::warn!(%error, "relay hop failed");
-            problem(status, error.to_string())
+            problem(relay_status(&error), error.to_string())
         }
     }
 }
@@ -238,7 +267,7 @@ async fn links(
         .run(move |s| {
             let mut reports = Vec::new();
             for (config, condition) in snapshot {
-                let own = config.end.parity();
+                let own = config.end.owner();
                 reports.push(LinkReport {
                     own_blocks: s.available(&config.id, own)?,
                     peer_blocks: s.available(&config.id, 1 - own)?,

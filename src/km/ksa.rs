@@ -60,8 +60,18 @@ impl Etsi014Error {
     }
 }
 
+/// Seconds a caller answered 503 should wait before asking again (`Retry-After`).
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
 impl IntoResponse for Etsi014Error {
     fn into_response(self) -> Response {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            let retry = [(
+                axum::http::header::RETRY_AFTER,
+                RETRY_AFTER_SECONDS.to_string(),
+            )];
+            return (self.status, retry, Json(self.body)).into_response();
+        }
         (self.status, Json(self.body)).into_response()
     }
 }
@@ -172,7 +182,7 @@ async fn status(
         let link = agent.next_hop(&target).ok_or_else(|| {
             Etsi014Error::unavailable(format!("no key relay route to KME {target}"))
         })?;
-        let (id, parity) = (link.id.clone(), link.end.parity());
+        let (id, parity) = (link.id.clone(), link.end.owner());
         let own = agent
             .store
             .run(move |s| s.available(&id, parity))

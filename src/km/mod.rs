@@ -3,6 +3,7 @@
 //! - [`store`] — durable link key pools and keys awaiting delivery;
 //! - [`ksa`] — the key supply agent, serving SAEs over ETSI GS QKD 014;
 //! - [`relay`] — the key management agent's hop-by-hop key relay;
+//! - [`reserve`] — path reservation, so a relay that cannot arrive spends no link key;
 //! - [`kma`] — the KMA server (peer KMs, emulated quantum channel, operators);
 //! - [`kxi`] — a gateway node's interworking reference points Kxi-1 (ETSI GS QKD 020 shape)
 //!   and Kxi-2;
@@ -17,4 +18,5 @@ pub mod kxi;
 pub mod northbound;
 pub mod otp;
 pub mod relay;
+pub mod reserve;
 pub mod store;

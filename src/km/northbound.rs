@@ -463,11 +463,11 @@ impl Application for Northbound {
             let condition = link.condition();
             let own = agent
                 .store
-                .available(&c.id, c.end.parity())
+                .available(&c.id, c.end.owner())
                 .map_err(store_err)?;
             let peer = agent
                 .store
-                .available(&c.id, 1 - c.end.parity())
+                .available(&c.id, 1 - c.end.owner())
                 .map_err(store_err)?;
             let pending = agent.store.pending(&c.id).map_err(store_err)?;
             let etsi_status = match condition.state {

@@ -4,8 +4,10 @@
 //! pool: the peer holds the same blocks, so the first hop only names them. Every further hop
 //! re-encrypts the keys with a one-time pad from its own link. Every hop message is
 //! authenticated with a one-time MAC keyed by one more link block, on top of mutual TLS.
-//! Blocks are removed from the store before anything is sent, so no block is used twice,
-//! whatever fails afterwards. The destination KM stores the keys for the slave SAEs before it
+//! Before anything is consumed, the whole path reserves the blocks it needs
+//! ([`super::reserve`]), so a relay that cannot arrive costs no link key. Blocks are removed
+//! from the store before anything is sent, so no block is used twice, whatever fails
+//! afterwards. The destination KM stores the keys for the slave SAEs before it
 //! acknowledges; the master SAE gets its keys only after that acknowledgement.
 
 use std::collections::BTreeMap;
@@ -20,6 +22,7 @@ use zeroize::Zeroizing;
 use super::agent::Agent;
 use super::config::LinkConfig;
 use super::otp;
+use super::reserve::{self, Hop, Part, Plan};
 use super::store::{Block, StoreError};
 
 /// Version of the relay message format.
@@ -146,33 +149,44 @@ pub async fn supply(
     }
     let local = groups.remove(&agent.config.node);
     let key_ids: Vec<Uuid> = (0..number).map(|_| Uuid::new_v4()).collect();
+    // every path is reserved before any key is made: a relay that cannot arrive costs nothing
+    let mut relays = Vec::with_capacity(groups.len());
+    for (dest, group) in groups {
+        let hop = Hop {
+            relay_id: Uuid::new_v4(),
+            origin_km: agent.config.node.clone(),
+            dest_km: dest,
+            master_sae: master.to_owned(),
+            slave_saes: group,
+            key_size: size,
+            hops_left: MAX_HOPS,
+        };
+        let span = tracing::info_span!("relay", relay_id = %hop.relay_id, origin = %hop.origin_km, dest = %hop.dest_km, keys = number, step = "reserve");
+        let plan = reserve::prepare(agent, &hop, number as usize, None)
+            .instrument(span)
+            .await
+            .inspect_err(|error| relay_failed(agent, &hop, error))?;
+        relays.push((hop, plan));
+    }
     let mut keys: Option<Vec<Zeroizing<Vec<u8>>>> = None;
-    for (dest, group) in &groups {
-        let relay_id = Uuid::new_v4();
-        let span = tracing::info_span!("relay", %relay_id, origin = %agent.config.node, %dest, keys = number);
+    for (hop, plan) in relays {
+        let span = tracing::info_span!("relay", relay_id = %hop.relay_id, origin = %hop.origin_km, dest = %hop.dest_km, keys = number);
         let made = async {
-            let hop = Hop {
-                relay_id,
-                origin_km: agent.config.node.clone(),
-                dest_km: dest.clone(),
-                master_sae: master.to_owned(),
-                slave_saes: group.clone(),
-                key_size: size,
-                hops_left: MAX_HOPS,
-            };
-            let (made, ack) = send_split(agent, hop, &key_ids, keys.as_deref(), Vec::new()).await?;
+            let (made, ack) = send_split(
+                agent,
+                hop.clone(),
+                &key_ids,
+                keys.as_deref(),
+                Vec::new(),
+                plan,
+            )
+            .await?;
             tracing::info!(hops = ack.hops, "keys relayed");
             Ok::<_, RelayError>(made)
         }
         .instrument(span)
         .await
-        .inspect_err(|error| {
-            agent.emit(super::events::Event::RelayFailure {
-                relay_id,
-                destination: dest.clone(),
-                reason: error.to_string(),
-            })
-        })?;
+        .inspect_err(|error| relay_failed(agent, &hop, error))?;
         keys.get_or_insert(made);
     }
     let keys = keys.unwrap_or_else(|| {
@@ -210,66 +224,53 @@ pub async fn supply(
         .collect())
 }
 
-/// Splits `n` keys over next hops in proportion to `weights` (largest remainder).
-fn split_counts(n: usize, weights: &[u32]) -> Vec<usize> {
-    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
-    if total == 0 {
-        return weights.iter().map(|_| 0).collect();
-    }
-    let exact: Vec<(usize, u64)> = weights
-        .iter()
-        .map(|w| {
-            let share = n as u64 * u64::from(*w);
-            ((share / total) as usize, share % total)
-        })
-        .collect();
-    let mut counts: Vec<usize> = exact.iter().map(|(c, _)| *c).collect();
-    let mut left = n - counts.iter().sum::<usize>();
-    let mut order: Vec<usize> = (0..weights.len()).collect();
-    order.sort_by(|a, b| exact[*b].1.cmp(&exact[*a].1).then(a.cmp(b)));
-    for i in order {
-        if left == 0 {
-            break;
-        }
-        counts[i] += 1;
-        left -= 1;
-    }
-    counts
+/// Reports a relay that failed at this KM (to operators and the KM lifecycle manager).
+fn relay_failed(agent: &Agent, hop: &Hop, error: &RelayError) {
+    agent.emit(super::events::Event::RelayFailure {
+        relay_id: hop.relay_id,
+        destination: hop.dest_km.clone(),
+        reason: error.to_string(),
+    })
 }
 
-/// Relays keys toward `hop.dest_km` over every next hop of its route, splitting them by
-/// the routes' weights (multipath); returns the keys made (when `keys` is `None`), in order,
-/// and the combined acknowledgement. The incoming blocks `consumed_in` are removed with the
-/// first part.
+/// Relays keys toward `hop.dest_km` over the next hops of `plan`, each carrying its share
+/// of the keys with the blocks reserved for it (multipath); returns the keys made (when
+/// `keys` is `None`), in order, and the combined acknowledgement. The incoming blocks
+/// `consumed_in` are removed with the first part.
 async fn send_split(
     agent: &Arc<Agent>,
     hop: Hop,
     key_ids: &[Uuid],
     keys: Option<&[Zeroizing<Vec<u8>>]>,
     consumed_in: Vec<(String, u8, Vec<u64>)>,
+    plan: Plan,
 ) -> Result<(Vec<Zeroizing<Vec<u8>>>, RelayAck), RelayError> {
-    let hops = agent.next_hops(&hop.dest_km);
-    if hops.is_empty() {
-        return Err(RelayError::NoRoute(hop.dest_km.clone()));
-    }
-    let weights: Vec<u32> = hops.iter().map(|(_, w)| *w).collect();
-    let mut parts = Vec::new();
-    let mut start = 0;
-    for ((link, _), count) in hops.iter().zip(split_counts(key_ids.len(), &weights)) {
-        if count > 0 {
-            parts.push((link, start..start + count));
-            start += count;
-        }
-    }
-    let (first, rest) = parts.split_first().expect("at least one key");
-    let part =
-        |range: &std::ops::Range<usize>| (&key_ids[range.clone()], keys.map(|k| &k[range.clone()]));
-    let (ids, subset) = part(&first.1);
-    let (mut made, mut ack) =
-        send_hop(agent, first.0, hop.clone(), ids, subset, consumed_in).await?;
-    let others = futures::future::join_all(rest.iter().map(|(link, range)| {
-        let (ids, subset) = part(range);
-        send_hop(agent, link, hop.clone(), ids, subset, Vec::new())
+    let paths = plan.parts.len();
+    let mut parts = plan.parts.into_iter();
+    let first = parts
+        .next()
+        .ok_or_else(|| RelayError::NoRoute(hop.dest_km.clone()))?;
+    let part_keys = |range: &std::ops::Range<usize>| keys.map(|k| &k[range.clone()]);
+    let range = first.keys.clone();
+    let (mut made, mut ack) = send_hop(
+        agent,
+        first,
+        hop.clone(),
+        &key_ids[range.clone()],
+        part_keys(&range),
+        consumed_in,
+    )
+    .await?;
+    let others = futures::future::join_all(parts.map(|part| {
+        let range = part.keys.clone();
+        send_hop(
+            agent,
+            part,
+            hop.clone(),
+            &key_ids[range.clone()],
+            part_keys(&range),
+            Vec::new(),
+        )
     }))
     .await;
     for result in others {
@@ -278,30 +279,18 @@ async fn send_split(
         ack.delivered += other.delivered;
         ack.hops = ack.hops.max(other.hops);
     }
-    if parts.len() > 1 {
-        tracing::info!(paths = parts.len(), "keys split over several next hops");
+    if paths > 1 {
+        tracing::info!(paths, "keys split over several next hops");
     }
     Ok((made, ack))
 }
 
-/// The routing part of a hop message.
-#[derive(Clone)]
-struct Hop {
-    relay_id: Uuid,
-    origin_km: String,
-    dest_km: String,
-    master_sae: String,
-    slave_saes: Vec<String>,
-    key_size: u32,
-    hops_left: u8,
-}
-
-/// Takes this end's blocks of `link`, protects `keys` (or makes them from the blocks when
+/// Takes the blocks reserved for `part`, protects `keys` (or makes them from the blocks when
 /// `keys` is `None`), sends the hop and waits for the acknowledgement. `consumed_in` are the
 /// peer blocks of the incoming hop, removed in the same transaction.
 async fn send_hop(
     agent: &Arc<Agent>,
-    link: &LinkConfig,
+    part: Part,
     hop: Hop,
     key_ids: &[Uuid],
     keys: Option<&[Zeroizing<Vec<u8>>]>,
@@ -309,8 +298,16 @@ async fn send_hop(
 ) -> Result<(Vec<Zeroizing<Vec<u8>>>, RelayAck), RelayError> {
     let relay_id = hop.relay_id;
     let per_key = otp::blocks_per_key(hop.key_size);
-    let wanted = key_ids.len() * per_key + 1;
-    let (link_id, parity) = (link.id.clone(), link.end.parity());
+    let Part {
+        link, reservation, ..
+    } = part;
+    let link = &link;
+    let wanted = reservation.len();
+    if wanted != key_ids.len() * per_key + 1 {
+        return Err(RelayError::Rejected(
+            "the reservation does not match the keys".into(),
+        ));
+    }
     let counted: Vec<(String, usize)> = consumed_in
         .iter()
         .map(|(l, _, seqs)| (l.clone(), seqs.len()))
@@ -319,10 +316,10 @@ async fn send_hop(
         .store
         .run(move |s| {
             s.write(|txn| {
-                for (link, parity, seqs) in &consumed_in {
-                    txn.remove_peer_blocks(link, *parity, seqs)?;
+                for (link, owner, seqs) in &consumed_in {
+                    txn.remove_peer_blocks(link, *owner, seqs)?;
                 }
-                txn.take_own_blocks(&link_id, parity, wanted)
+                txn.take_reserved(&reservation)
             })
         })
         .await?;
@@ -433,7 +430,7 @@ async fn receive_body(
 /// it references (the pads, then the MAC block).
 pub(crate) struct Verified {
     link: LinkConfig,
-    parity: u8,
+    owner: u8,
     seqs: Vec<u64>,
     pads: Vec<Block>,
     per_key: usize,
@@ -489,11 +486,11 @@ pub(crate) async fn verify(
     if unique.len() != seqs.len() {
         return reject("a link block is referenced twice");
     }
-    let (link_id, parity) = (link.id.clone(), link.end.parity());
+    let (link_id, owner) = (link.id.clone(), link.end.owner());
     let lookup = seqs.clone();
     let mut blocks = agent
         .store
-        .run(move |s| s.peek_peer_blocks(&link_id, parity, &lookup))
+        .run(move |s| s.peek_peer_blocks(&link_id, owner, &lookup))
         .await?;
     let mac_key = blocks.pop().expect("the MAC block");
     let tag = b64()
@@ -505,7 +502,7 @@ pub(crate) async fn verify(
     }
     Ok(Verified {
         link,
-        parity,
+        owner,
         seqs,
         pads: blocks,
         per_key,
@@ -522,17 +519,17 @@ pub(crate) async fn act(
 ) -> Result<RelayAck, RelayError> {
     let Verified {
         link,
-        parity,
+        owner,
         seqs,
         pads,
         per_key,
     } = verified;
     let (link_id, incoming) = (link.id.clone(), seqs.clone());
-    let result = act_on_relay(agent, sender, &link, parity, seqs, &pads, per_key, body).await;
+    let result = act_on_relay(agent, sender, &link, owner, seqs, &pads, per_key, body).await;
     if result.is_err() {
         let discarded = agent
             .store
-            .run(move |s| s.write(|txn| txn.discard_peer_blocks(&link_id, parity, &incoming)))
+            .run(move |s| s.write(|txn| txn.discard_peer_blocks(&link_id, owner, &incoming)))
             .await;
         if let Err(error) = discarded {
             tracing::error!(%error, "cannot discard the blocks of a refused relay");
@@ -547,7 +544,7 @@ async fn act_on_relay(
     agent: &Arc<Agent>,
     sender: &str,
     link: &LinkConfig,
-    parity: u8,
+    owner: u8,
     seqs: Vec<u64>,
     pads: &[Block],
     per_key: usize,
@@ -572,7 +569,7 @@ async fn act_on_relay(
             }
         });
     }
-    let consumed = vec![(link.id.clone(), parity, seqs)];
+    let consumed = vec![(link.id.clone(), owner, seqs)];
     let key_ids: Vec<Uuid> = body.keys.iter().map(|k| k.key_id).collect();
     if agent.sae_node(&body.master_sae).as_deref() != Some(body.origin_km.as_str()) {
         return reject("the master SAE is not served by the origin KM");
@@ -594,8 +591,8 @@ async fn act_on_relay(
             .store
             .run(move |s| {
                 s.write(|txn| {
-                    for (link, parity, seqs) in &consumed {
-                        txn.remove_peer_blocks(link, *parity, seqs)?;
+                    for (link, owner, seqs) in &consumed {
+                        txn.remove_peer_blocks(link, *owner, seqs)?;
                     }
                     for slave in &slaves {
                         for (id, key) in &entries {
@@ -617,13 +614,6 @@ async fn act_on_relay(
     if body.hops_left == 0 {
         return reject("hop limit reached");
     }
-    if agent
-        .next_hops(&body.dest_km)
-        .iter()
-        .any(|(l, _)| l.peer_identity() == sender)
-    {
-        return reject("the route loops back to the sender");
-    }
     let hop = Hop {
         relay_id: body.relay_id,
         origin_km: body.origin_km,
@@ -633,37 +623,16 @@ async fn act_on_relay(
         key_size: body.key_size,
         hops_left: body.hops_left - 1,
     };
-    let (_, ack) = send_split(agent, hop, &key_ids, Some(&keys), consumed).await?;
+    // the path was reserved before the relay started; a relay that comes without (or after
+    // its hold expired) reserves the rest of its path now
+    let plan = match agent.holds.take(hop.relay_id, key_ids.len()) {
+        Some(plan) => plan,
+        None => reserve::prepare(agent, &hop, key_ids.len(), Some(sender)).await?,
+    };
+    let (_, ack) = send_split(agent, hop, &key_ids, Some(&keys), consumed, plan).await?;
     tracing::info!("keys forwarded");
     Ok(RelayAck {
         hops: ack.hops.saturating_add(1),
         ..ack
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_counts;
-    use proptest::prelude::*;
-
-    #[test]
-    fn keys_split_by_weight() {
-        assert_eq!(split_counts(10, &[1]), vec![10]);
-        assert_eq!(split_counts(10, &[1, 1]), vec![5, 5]);
-        assert_eq!(split_counts(10, &[150, 200]), vec![4, 6]);
-        assert_eq!(split_counts(1, &[1, 1]), vec![1, 0]);
-    }
-
-    proptest! {
-        #[test]
-        fn every_key_goes_exactly_once(n in 0usize..2000, weights in proptest::collection::vec(1u32..1000, 1..6)) {
-            let counts = split_counts(n, &weights);
-            prop_assert_eq!(counts.iter().sum::<usize>(), n);
-            let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
-            for (c, w) in counts.iter().zip(&weights) {
-                let ideal = n as f64 * f64::from(*w) / total as f64;
-                prop_assert!((*c as f64 - ideal).abs() < 1.0 + 1e-9);
-            }
-        }
-    }
 }

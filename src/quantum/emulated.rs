@@ -26,7 +26,7 @@ use tracing::Instrument;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::{LinkCondition, LinkState, QkdModule, SignalReport};
-use crate::km::store::{Block, KeyStore, StoreError, BLOCK_BYTES};
+use crate::km::store::{Block, KeyStore, StoreError, BLOCK_BYTES, RX, TX};
 
 /// Interval between frames of the emulated quantum channel.
 pub const FRAME_INTERVAL: Duration = Duration::from_millis(200);
@@ -81,6 +81,17 @@ pub struct Frame {
     /// The session the frame belongs to (see [`SyncRequest::epoch`]).
     #[serde(default)]
     pub epoch: u64,
+    /// How many of the frame's blocks, from the first, the transmitter end owns; the others
+    /// are the receiver end's (see [`crate::km::store`]).
+    pub tx_owned: usize,
+}
+
+/// How many of `count` new blocks go to the transmitter end when it holds `tx_held` blocks
+/// and the receiver end `rx_held`: the end holding fewer gets them until both hold the same,
+/// then they are shared. A flow that drains one end's blocks so gets the whole key rate.
+pub fn tx_share(count: usize, tx_held: usize, rx_held: usize) -> usize {
+    let balanced = (count + rx_held).saturating_sub(tx_held) / 2;
+    balanced.min(count)
 }
 
 impl Drop for Frame {
@@ -135,7 +146,7 @@ pub fn receive_frame(store: &KeyStore, link: &str, frame: &Frame) -> Result<u64,
         .first_seq
         .checked_add(blocks.len() as u64)
         .ok_or(ReceiveError::Malformed)?;
-    if frame.commit_upto > frame.first_seq {
+    if frame.commit_upto > frame.first_seq || frame.tx_owned > blocks.len() {
         return Err(ReceiveError::Malformed);
     }
     store.write(|txn| {
@@ -151,7 +162,7 @@ pub fn receive_frame(store: &KeyStore, link: &str, frame: &Frame) -> Result<u64,
         }
         txn.commit_pending(link, frame.commit_upto)?;
         if !blocks.is_empty() {
-            txn.store_pending(link, frame.first_seq, &blocks)?;
+            txn.store_pending(link, frame.first_seq, &blocks, frame.tx_owned)?;
         }
         Ok(())
     })?;
@@ -278,11 +289,11 @@ impl EmulatedTransmitter {
             }
         };
         let link = self.link.clone();
-        let stored = store
-            .run(move |s| Ok(s.available(&link, 0)? + s.available(&link, 1)?))
+        let (tx_held, rx_held) = store
+            .run(move |s| Ok((s.stored(&link, TX)?, s.stored(&link, RX)?)))
             .await?;
         // a full pool pauses generation, like a real module whose key buffer is full
-        let room = capacity_blocks.saturating_sub(stored);
+        let room = capacity_blocks.saturating_sub(tx_held + rx_held);
         let due = (*bits_owed / (BLOCK_BYTES * 8) as f64).floor() as usize;
         let count = due.min(room).min(MAX_BLOCKS_PER_FRAME);
         *bits_owed -= (due * BLOCK_BYTES * 8) as f64; // a full buffer discards, as real modules do
@@ -300,11 +311,13 @@ impl EmulatedTransmitter {
                 block
             })
             .collect();
+        let tx_owned = tx_share(count, tx_held, rx_held);
         let frame = Frame {
             first_seq: next_seq,
             blocks: encode_blocks(&blocks),
             commit_upto: next_seq,
             epoch,
+            tx_owned,
         };
         let response = self
             .client
@@ -318,7 +331,7 @@ impl EmulatedTransmitter {
         if !blocks.is_empty() {
             let link = self.link.clone();
             store
-                .run(move |s| s.write(|txn| txn.store_blocks(&link, next_seq, &blocks)))
+                .run(move |s| s.write(|txn| txn.store_blocks(&link, next_seq, &blocks, tx_owned)))
                 .await?;
         }
         Ok(Session::Synced {
@@ -375,4 +388,28 @@ pub enum TransmitError {
     Refused(u16),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tx_share;
+    use proptest::prelude::*;
+
+    #[test]
+    fn new_blocks_go_to_the_end_holding_fewer() {
+        assert_eq!(tx_share(10, 0, 0), 5);
+        assert_eq!(tx_share(10, 0, 2048), 10);
+        assert_eq!(tx_share(10, 2048, 0), 0);
+        assert_eq!(tx_share(10, 4, 8), 7);
+    }
+
+    proptest! {
+        #[test]
+        fn shares_never_exceed_the_frame_and_narrow_the_gap(count in 0usize..5000, tx in 0usize..5000, rx in 0usize..5000) {
+            let share = tx_share(count, tx, rx);
+            prop_assert!(share <= count);
+            let (tx2, rx2) = (tx + share, rx + count - share);
+            prop_assert!(tx2.abs_diff(rx2) <= tx.abs_diff(rx).max(1));
+        }
+    }
 }
