@@ -48,6 +48,9 @@ pub enum BenchCommand {
     /// Time cross-domain key delivery and agreed reroutes on the two-domain testbed; prints
     /// one JSON object.
     Interworking(crate::bench_interworking::InterworkingArgs),
+    /// Delivered key rate as a fraction of the min-cut, one way and two ways, for `shortest`
+    /// and `multipath` on the single-domain testbed; prints one JSON object.
+    Delivery(crate::bench_delivery::DeliveryArgs),
 }
 
 /// Arguments of `qkdni bench routing`.
@@ -134,6 +137,10 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Interworking(args) => {
             let report = crate::bench_interworking::run(&args)?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        BenchCommand::Delivery(args) => {
+            let report = crate::bench_delivery::run(&args)?;
             println!("{}", serde_json::to_string(&report)?);
         }
     }

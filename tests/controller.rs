@@ -5,6 +5,8 @@
 mod common;
 #[path = "interworking/mod.rs"]
 mod interworking;
+#[path = "supply/mod.rs"]
+mod supply;
 
 use std::time::Duration;
 

@@ -665,6 +665,8 @@ impl Controller {
                             || plan_rate(&state.topology, paths)
                                 < plan_rate(&state.topology, &current) * (1.0 + RATE_HYSTERESIS)
                     }
+                    // no plan meets the demand any more: the current one still carries keys
+                    Err(_) if session.state == SessionState::Active && !broken(&session) => true,
                     _ => false,
                 };
                 if keep {

@@ -249,6 +249,9 @@ pub struct LinkReport {
     pub peer_blocks: usize,
     /// Blocks received and not yet confirmed.
     pub pending_blocks: usize,
+    /// Blocks of this link this end consumed (relay, key supply) since the agent started.
+    #[serde(default)]
+    pub consumed_blocks: u64,
 }
 
 async fn links(
@@ -258,20 +261,24 @@ async fn links(
     if let Err(problem) = operator(&agent, &identity) {
         return problem.into_response();
     }
-    let snapshot: Vec<(LinkConfig, LinkCondition)> = agent
+    let snapshot: Vec<(LinkConfig, LinkCondition, u64)> = agent
         .links()
-        .map(|l| (l.config.clone(), l.condition()))
+        .map(|l| {
+            let consumed = l.consumed_blocks.load(std::sync::atomic::Ordering::Relaxed);
+            (l.config.clone(), l.condition(), consumed)
+        })
         .collect();
     let result = agent
         .store
         .run(move |s| {
             let mut reports = Vec::new();
-            for (config, condition) in snapshot {
+            for (config, condition, consumed_blocks) in snapshot {
                 let own = config.end.owner();
                 reports.push(LinkReport {
                     own_blocks: s.available(&config.id, own)?,
                     peer_blocks: s.available(&config.id, 1 - own)?,
                     pending_blocks: s.pending(&config.id)?,
+                    consumed_blocks,
                     id: config.id,
                     peer: config.peer,
                     end: config.end,

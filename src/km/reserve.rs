@@ -28,8 +28,14 @@ use super::store::Reservation;
 
 /// How long a hop keeps the blocks it reserved for a relay that has not arrived.
 pub const HOLD_FOR: Duration = Duration::from_secs(10);
-/// How long a KM waits for its next hop to answer a reservation.
-pub const RESERVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a KM waits for its next hop to answer a reservation (covers the waits of the
+/// hops behind it).
+pub const RESERVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the origin KM waits for its first hops to bring the blocks of a request: while
+/// a link is momentarily empty, requests queue for key rather than fail.
+pub const ORIGIN_WAIT: Duration = Duration::from_secs(2);
+/// How long a further hop waits for the blocks of a reservation.
+pub const HOP_WAIT: Duration = Duration::from_millis(500);
 
 /// Asks the next hop to set aside the blocks of one relay on the rest of its path
 /// (`POST /kma/v1/reserve`, mutual TLS: the caller must be the peer of `link`).
@@ -178,10 +184,14 @@ pub async fn prepare(
         if count == 0 {
             continue;
         }
-        let (id, owner) = (link.id.clone(), link.end.owner());
+        let wait = if sender.is_some() {
+            HOP_WAIT
+        } else {
+            ORIGIN_WAIT
+        };
         let reservation = agent
             .store
-            .run(move |s| s.reserve(&id, owner, count * per_key + 1))
+            .reserve_within(&link.id, link.end.owner(), count * per_key + 1, wait)
             .await?;
         parts.push(Part {
             link,

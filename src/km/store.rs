@@ -121,12 +121,15 @@ type ReservedSets = Arc<Mutex<HashMap<(String, u8), HashSet<u64>>>>;
 pub struct KeyStore {
     db: Arc<Database>,
     reserved: ReservedSets,
+    /// Woken when blocks become usable or reserved blocks are released.
+    arrived: Arc<tokio::sync::Notify>,
 }
 
 /// Own blocks of one link set aside for one use: no other reservation gets them. Consumed
 /// with [`Txn::take_reserved`]; dropping the reservation releases them (consumed or not).
 pub struct Reservation {
     reserved: ReservedSets,
+    arrived: Arc<tokio::sync::Notify>,
     link: String,
     owner: u8,
     seqs: Vec<u64>,
@@ -161,12 +164,17 @@ impl Drop for Reservation {
                 sets.remove(&key);
             }
         }
+        drop(sets);
+        // blocks not consumed are back for whoever waits
+        self.arrived.notify_waiters();
     }
 }
 
 /// One write transaction: everything in it happens, or nothing.
 pub struct Txn {
     txn: WriteTransaction,
+    /// Whether the transaction makes blocks usable (waiters are woken after its commit).
+    added: bool,
 }
 
 impl KeyStore {
@@ -203,6 +211,7 @@ impl KeyStore {
         Ok(Self {
             db: Arc::new(db),
             reserved: Arc::default(),
+            arrived: Arc::default(),
         })
     }
 
@@ -213,9 +222,14 @@ impl KeyStore {
     ) -> Result<T, StoreError> {
         let mut txn = Txn {
             txn: self.db.begin_write()?,
+            added: false,
         };
         let value = f(&mut txn)?;
+        let added = txn.added;
         txn.txn.commit()?;
+        if added {
+            self.arrived.notify_waiters();
+        }
         Ok(value)
     }
 
@@ -294,10 +308,36 @@ impl KeyStore {
         set.extend(&seqs);
         Ok(Reservation {
             reserved: self.reserved.clone(),
+            arrived: self.arrived.clone(),
             link: link.to_owned(),
             owner,
             seqs,
         })
+    }
+
+    /// Like [`reserve`](Self::reserve), waiting up to `wait` for the link to bring enough
+    /// blocks (requests queue for key instead of failing while a link is momentarily empty).
+    pub async fn reserve_within(
+        &self,
+        link: &str,
+        owner: u8,
+        n: usize,
+        wait: std::time::Duration,
+    ) -> Result<Reservation, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // registered before trying, so blocks arriving meanwhile wake this waiter
+            let notified = self.arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let id = link.to_owned();
+            match self.run(move |s| s.reserve(&id, owner, n)).await {
+                Err(StoreError::Exhausted { .. }) if tokio::time::Instant::now() < deadline => {
+                    let _ = tokio::time::timeout_at(deadline, notified).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The next block number expected on `link`.
@@ -521,6 +561,7 @@ impl Txn {
             }
         }
         let tx = tx_owned.min(blocks.len());
+        self.added |= !blocks.is_empty();
         self.add_count(link, TX, tx as i64)?;
         self.add_count(link, RX, (blocks.len() - tx) as i64)?;
         self.txn
@@ -582,6 +623,7 @@ impl Txn {
                 per_owner[usize::from(*owner).min(1)] += 1;
             }
         }
+        self.added = true;
         self.add_count(link, PENDING_COUNT, -(ready.len() as i64))?;
         self.add_count(link, TX, per_owner[0])?;
         self.add_count(link, RX, per_owner[1])?;
