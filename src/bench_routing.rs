@@ -51,6 +51,8 @@ pub enum BenchCommand {
     /// Delivered key rate as a fraction of the min-cut, one way and two ways, for `shortest`
     /// and `multipath` on the single-domain testbed; prints one JSON object.
     Delivery(crate::bench_delivery::DeliveryArgs),
+    /// Idle CPU of a KM by pool size; prints one JSON object.
+    Idle(crate::bench_idle::IdleArgs),
 }
 
 /// Arguments of `qkdni bench routing`.
@@ -141,6 +143,10 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Delivery(args) => {
             let report = crate::bench_delivery::run(&args)?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        BenchCommand::Idle(args) => {
+            let report = crate::bench_idle::run(&args)?;
             println!("{}", serde_json::to_string(&report)?);
         }
     }

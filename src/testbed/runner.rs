@@ -74,6 +74,11 @@ impl Processes {
     }
 }
 
+/// The process id of every node of the testbed in `dir`, by name.
+pub fn process_ids(dir: &Path) -> BTreeMap<String, u32> {
+    Processes::load(dir).nodes
+}
+
 fn random_password() -> String {
     use base64::Engine;
     let mut bytes = [0u8; 12];
