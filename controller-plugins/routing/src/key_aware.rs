@@ -3,7 +3,14 @@
 
 use qkdni_route_policy::{Demand, Link, PreparedNetwork, RouteError, RoutePlan, RoutePolicy};
 
+use crate::alt::{self, LowerCost};
 use crate::{no_route, search, single_path};
+
+/// Landmarks of `key-aware`: on [`least_cost`], below the cost for any demand.
+const LEAST_COST: LowerCost = LowerCost {
+    key: "key-aware-least",
+    cost: least_cost,
+};
 
 /// Key-aware single path.
 ///
@@ -21,6 +28,11 @@ use crate::{no_route, search, single_path};
 /// just meets the demand costs 3, as much as three hops over well-stocked links (cost near
 /// 1 each); a hop never costs less than 1, so short paths still win among equals.
 ///
+/// The search is ALT (A* with landmark lower bounds) once the snapshot has landmarks for
+/// [`least_cost`], Dijkstra before. The demand's own costs cannot be used for landmarks
+/// (they change with every demand); `least_cost` is at most the cost for any demand, and a
+/// demand only leaves out links, so the bounds stay lower bounds.
+///
 /// Errors: `NoRoute` when the ends are not connected over up links at all;
 /// `InsufficientCapacity { available }` when they are, but not over serving links, with
 /// `available` the key rate of the widest single path (its smallest link key rate).
@@ -36,8 +48,18 @@ pub fn serves(link: &Link, demand: &Demand) -> bool {
 
 /// The key-aware cost of `link` for `demand` (see [`KeyAware`]).
 pub fn cost(link: &Link, demand: &Demand) -> f64 {
-    let b = demand.bits.max(256.0);
-    let r = demand.rate_bps.max(1.0);
+    cost_for(link, demand.bits.max(256.0), demand.rate_bps.max(1.0))
+}
+
+/// The least key-aware cost `link` can have, for any demand: both fractions of the cost
+/// grow with the demand's `b` and `r`, so their floors (256 bits, 1 bit/s) give the least.
+/// Taken a millionth of a millionth lower, so that rounding cannot lift it above a demand's
+/// cost.
+pub fn least_cost(link: &Link) -> f64 {
+    cost_for(link, 256.0, 1.0) * (1.0 - 1e-12)
+}
+
+fn cost_for(link: &Link, b: f64, r: f64) -> f64 {
     1.0 + 2.0 * (b / (link.available_bits + b) + r / (link.key_rate_bps + r))
 }
 
@@ -52,7 +74,7 @@ impl RoutePolicy for KeyAware {
         demand: &Demand,
     ) -> Result<RoutePlan, RouteError> {
         let (src, dst) = net.endpoints(demand)?;
-        let found = search::dijkstra(net, src, dst, |l| {
+        let found = alt::least_cost(net, src, dst, LEAST_COST, |l| {
             serves(l, demand).then(|| cost(l, demand))
         });
         match found {
@@ -62,6 +84,10 @@ impl RoutePolicy for KeyAware {
                 None => Err(no_route(demand)),
             },
         }
+    }
+
+    fn prepare(&self, net: &PreparedNetwork<'_>) {
+        net.prepare_landmarks(LEAST_COST.key, LEAST_COST.cost);
     }
 }
 

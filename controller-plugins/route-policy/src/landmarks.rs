@@ -1,0 +1,237 @@
+//! Landmark distances for goal-directed search (ALT: A*, landmarks, triangle inequality).
+//!
+//! For a landmark `L` and any nodes `v`, `t`, the triangle inequality gives
+//! `d(v, t) >= |d(L, t) - d(L, v)|` (the graph is undirected). So the distances from a few
+//! well-spread landmarks to every node give a lower bound of the remaining distance to the
+//! destination at every node, which A* uses to head for the destination instead of searching
+//! a disc around the source.
+//!
+//! The bound only holds for the link costs the distances were computed with, and for any
+//! search whose links each cost *at least* as much: a search over fewer links (some filtered
+//! out), or with higher costs, may use it; one with any lower cost may not.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::Csr;
+
+/// Number of landmarks policies use by default.
+pub const LANDMARK_COUNT: usize = 16;
+
+/// Distances from a set of landmark nodes to every node of a [`Csr`] graph, for one link
+/// cost function.
+#[derive(Clone)]
+pub struct Landmarks {
+    nodes: Vec<u32>,
+    component: Vec<u32>,
+    /// `dist[v * nodes.len() + i]` = distance from landmark `i` to `v`, infinite when they
+    /// are not connected.
+    dist: Vec<f64>,
+}
+
+impl std::fmt::Debug for Landmarks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Landmarks")
+            .field("nodes", &self.nodes)
+            .field("graph_nodes", &self.component.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Landmarks {
+    /// Chooses up to `count` landmarks by farthest-point selection and computes their
+    /// distances, with `cost(link)` the cost of the link of index `link` in
+    /// `KeyNetwork::links` (finite, `>= 0`).
+    ///
+    /// The first landmark is the node farthest from node 0; each next one is the node
+    /// farthest from all landmarks chosen so far (a node no landmark reaches counts as
+    /// infinitely far, so every connected component gets a landmark before any gets a
+    /// second one, as long as there are landmarks left). Selection stops early when every
+    /// node is at distance 0 from a landmark. Costs `count + 1` full Dijkstra runs.
+    pub fn compute(csr: &Csr, cost: impl Fn(usize) -> f64, count: usize) -> Self {
+        let n = csr.node_count();
+        let slot_cost: Vec<f64> = (0..csr.slot_count()).map(|s| cost(csr.link(s))).collect();
+        let component = components(csr);
+        let mut columns: Vec<Vec<f64>> = Vec::new();
+        let mut nodes = Vec::new();
+        if n > 0 && count > 0 {
+            let mut dist = vec![f64::INFINITY; n];
+            let mut heap = BinaryHeap::new();
+            sssp(csr, &slot_cost, 0, &mut dist, &mut heap);
+            let mut next = farthest(&dist, true);
+            let mut closest = vec![f64::INFINITY; n];
+            while nodes.len() < count.min(n) {
+                sssp(csr, &slot_cost, next, &mut dist, &mut heap);
+                for (c, &d) in closest.iter_mut().zip(&dist) {
+                    *c = c.min(d);
+                }
+                nodes.push(next as u32);
+                columns.push(dist.clone());
+                next = farthest(&closest, false);
+                if closest[next] == 0.0 {
+                    break;
+                }
+            }
+        }
+        let k = nodes.len();
+        let mut dist = vec![0.0; n * k];
+        for (i, column) in columns.iter().enumerate() {
+            for (v, &d) in column.iter().enumerate() {
+                dist[v * k + i] = d;
+            }
+        }
+        Self {
+            nodes,
+            component,
+            dist,
+        }
+    }
+
+    /// The landmark nodes (graph node indices), in the order they were chosen.
+    pub fn nodes(&self) -> &[u32] {
+        &self.nodes
+    }
+
+    /// Whether `u` and `v` are connected in the graph the landmarks were computed on. When
+    /// they are not, no search over a subgraph can connect them either.
+    #[inline]
+    pub fn connected(&self, u: usize, v: usize) -> bool {
+        self.component[u] == self.component[v]
+    }
+
+    /// The distances from each landmark to `v` (`nodes().len()` of them, in the order of
+    /// [`nodes`](Self::nodes)); infinite for landmarks in another component.
+    #[inline]
+    pub fn distances(&self, v: usize) -> &[f64] {
+        let k = self.nodes.len();
+        &self.dist[v * k..(v + 1) * k]
+    }
+
+    /// The lower bound of the distance between `v` and `t` (0 when nothing is known,
+    /// infinite when they are not connected).
+    pub fn lower_bound(&self, v: usize, t: usize) -> f64 {
+        if !self.connected(v, t) {
+            return f64::INFINITY;
+        }
+        self.distances(v)
+            .iter()
+            .zip(self.distances(t))
+            .filter(|(a, b)| a.is_finite() && b.is_finite())
+            .fold(0.0, |m, (a, b)| m.max((a - b).abs()))
+    }
+}
+
+/// Non-negative `f64` as a heap key: for those, the bit patterns order like the numbers
+/// (`+ 0.0` turns `-0.0` into `0.0`).
+#[inline]
+pub(crate) fn key_bits(x: f64) -> u64 {
+    (x + 0.0).to_bits()
+}
+
+/// Distances from `src` to every node (Dijkstra) into `dist`, infinite when unreachable.
+fn sssp(
+    csr: &Csr,
+    slot_cost: &[f64],
+    src: usize,
+    dist: &mut [f64],
+    heap: &mut BinaryHeap<Reverse<(u64, u32)>>,
+) {
+    dist.fill(f64::INFINITY);
+    heap.clear();
+    dist[src] = 0.0;
+    heap.push(Reverse((key_bits(0.0), src as u32)));
+    while let Some(Reverse((key, u))) = heap.pop() {
+        let u = u as usize;
+        let d = dist[u];
+        if key > key_bits(d) {
+            continue;
+        }
+        for s in csr.slots(u) {
+            let v = csr.target(s);
+            let nd = d + slot_cost[s];
+            if nd < dist[v] {
+                dist[v] = nd;
+                heap.push(Reverse((key_bits(nd), v as u32)));
+            }
+        }
+    }
+}
+
+/// The node of largest distance, lowest index among equals; infinite distances count as
+/// largest, or are skipped when `finite_only`.
+fn farthest(dist: &[f64], finite_only: bool) -> usize {
+    let mut best = 0;
+    for (v, &d) in dist.iter().enumerate() {
+        if d > dist[best] && !(finite_only && d.is_infinite()) {
+            best = v;
+        }
+    }
+    best
+}
+
+/// Connected component label of every node (the smallest node index in it).
+fn components(csr: &Csr) -> Vec<u32> {
+    let n = csr.node_count();
+    let mut label = vec![u32::MAX; n];
+    let mut stack = Vec::new();
+    for root in 0..n {
+        if label[root] != u32::MAX {
+            continue;
+        }
+        label[root] = root as u32;
+        stack.push(root);
+        while let Some(u) = stack.pop() {
+            for s in csr.slots(u) {
+                let v = csr.target(s);
+                if label[v] == u32::MAX {
+                    label[v] = root as u32;
+                    stack.push(v);
+                }
+            }
+        }
+    }
+    label
+}
+
+#[cfg(test)]
+mod tests {
+    use petgraph::graph::NodeIndex;
+
+    use super::*;
+    use crate::LinkGraph;
+
+    /// A path 0-1-2-3 (costs 1, 2, 3 by link index 0, 1, 2) and an isolated pair 4-5.
+    fn graph() -> Csr {
+        let mut g = LinkGraph::new_undirected();
+        let n: Vec<NodeIndex> = (0..6).map(|_| g.add_node(())).collect();
+        for (i, (a, b)) in [(0, 1), (1, 2), (2, 3), (4, 5)].into_iter().enumerate() {
+            g.add_edge(n[a], n[b], i as u32);
+        }
+        Csr::new(&g)
+    }
+
+    #[test]
+    fn farthest_points_cover_components_and_bound_distances() {
+        let csr = graph();
+        let lm = Landmarks::compute(&csr, |l| [1.0, 2.0, 3.0, 5.0][l], 3);
+        // Farthest from 0 is 3; then 4 (unreached), then 0 (6 away from 3, none in 4-5 is
+        // farther than 5).
+        assert_eq!(lm.nodes(), [3, 4, 0]);
+        assert_eq!(lm.distances(1), [5.0, f64::INFINITY, 1.0]);
+        assert_eq!(lm.lower_bound(1, 3), 5.0);
+        assert_eq!(lm.lower_bound(0, 2), 3.0);
+        assert_eq!(lm.lower_bound(4, 5), 5.0);
+        assert_eq!(lm.lower_bound(0, 5), f64::INFINITY);
+        assert!(lm.connected(0, 3) && !lm.connected(3, 4));
+    }
+
+    #[test]
+    fn stops_when_every_node_is_a_landmark_or_zero_away() {
+        let csr = graph();
+        let lm = Landmarks::compute(&csr, |_| 0.0, 16);
+        assert_eq!(lm.nodes(), [0, 4]);
+        let lm = Landmarks::compute(&csr, |_| 1.0, 16);
+        assert_eq!(lm.nodes().len(), 6);
+        assert_eq!(lm.lower_bound(2, 2), 0.0);
+    }
+}
