@@ -20,6 +20,14 @@ use crate::{Csr, Landmarks, Link, PreparedNetwork, SearchScratch};
 /// one, so this many queries pay for it).
 pub const LANDMARKS_AFTER_QUERIES: u32 = 32;
 
+/// Landmark sets (cost functions) a snapshot computes at most; more cost functions get none
+/// (their searches run without landmarks). Each set holds [`LANDMARK_COUNT`] `f32` per node.
+pub const MAX_LANDMARK_SETS: usize = 8;
+
+/// Names a link cost function landmarks are computed on: a name, and a number telling apart
+/// the members of a family of functions (e.g. one per demand class; 0 when alone).
+pub type LandmarkKey = (&'static str, u64);
+
 /// The landmarks of one cost function: not computed yet (queries so far), or computed.
 #[derive(Clone)]
 enum Slot {
@@ -31,7 +39,7 @@ enum Slot {
 #[derive(Default)]
 pub(crate) struct SearchCache {
     csr: OnceLock<Csr>,
-    landmarks: Mutex<HashMap<&'static str, Slot>>,
+    landmarks: Mutex<HashMap<LandmarkKey, Slot>>,
     scratch: Mutex<Vec<SearchScratch>>,
 }
 
@@ -55,7 +63,7 @@ impl Clone for SearchCache {
 
 impl std::fmt::Debug for SearchCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let landmarks: Vec<&'static str> = lock(&self.landmarks)
+        let landmarks: Vec<LandmarkKey> = lock(&self.landmarks)
             .iter()
             .filter(|(_, slot)| matches!(slot, Slot::Built(_)))
             .map(|(key, _)| *key)
@@ -70,59 +78,65 @@ impl std::fmt::Debug for SearchCache {
 impl PreparedNetwork<'_> {
     /// The CSR adjacency of [`graph`](Self::graph), built on first use.
     pub fn csr(&self) -> &Csr {
-        self.cache().csr.get_or_init(|| Csr::new(self.graph()))
+        self.cache()
+            .csr
+            .get_or_init(|| Csr::new(self.graph(), &self.network().links))
     }
 
     /// The landmarks of the link cost function named `key` (every call with the same `key`
-    /// must pass the same `cost`: finite, `>= 0`), when they pay off: counts one query and
-    /// computes them on the [`LANDMARKS_AFTER_QUERIES`]-th (or returns those already
-    /// computed, e.g. by [`prepare_landmarks`](Self::prepare_landmarks)); `None` before.
+    /// must pass the same `cost`, see [`Landmarks::compute`]), when they pay off: counts one
+    /// query and computes them on the [`LANDMARKS_AFTER_QUERIES`]-th (or returns those
+    /// already computed, e.g. by [`prepare_landmarks`](Self::prepare_landmarks)); `None`
+    /// before, and for good once the snapshot holds [`MAX_LANDMARK_SETS`] other sets.
     ///
-    /// A snapshot routed once (e.g. `RoutePolicy::route`) thus never pays for landmarks.
+    /// A snapshot routed once (e.g. `RoutePolicy::route`) thus never pays for them.
     /// Concurrent callers wait while they are computed.
     pub fn landmarks(
         &self,
-        key: &'static str,
+        key: LandmarkKey,
         cost: impl Fn(&Link) -> f64,
     ) -> Option<Arc<Landmarks>> {
+        self.landmarks_after(key, cost, LANDMARKS_AFTER_QUERIES)
+    }
+
+    /// The landmarks of the link cost function named `key` (see
+    /// [`landmarks`](Self::landmarks)), computed now if they are not yet; `None` when the
+    /// snapshot already holds [`MAX_LANDMARK_SETS`] other sets.
+    pub fn prepare_landmarks(
+        &self,
+        key: LandmarkKey,
+        cost: impl Fn(&Link) -> f64,
+    ) -> Option<Arc<Landmarks>> {
+        self.landmarks_after(key, cost, 1)
+    }
+
+    /// The landmarks of `key`, computed at the `queries`-th call for it.
+    fn landmarks_after(
+        &self,
+        key: LandmarkKey,
+        cost: impl Fn(&Link) -> f64,
+        queries: u32,
+    ) -> Option<Arc<Landmarks>> {
         let mut slots = lock(&self.cache().landmarks);
+        let built = slots
+            .values()
+            .filter(|s| matches!(s, Slot::Built(_)))
+            .count();
         let slot = slots.entry(key).or_insert(Slot::Counting(0));
         match slot {
             Slot::Built(landmarks) => Some(landmarks.clone()),
-            Slot::Counting(queries) if *queries + 1 < LANDMARKS_AFTER_QUERIES => {
-                *queries += 1;
+            Slot::Counting(seen) if *seen + 1 < queries || built >= MAX_LANDMARK_SETS => {
+                *seen = seen.saturating_add(1);
                 None
             }
             Slot::Counting(_) => {
-                let landmarks = Arc::new(self.compute_landmarks(&cost));
+                let links = &self.network().links;
+                let landmarks = Landmarks::compute(self.csr(), |l| cost(&links[l]), LANDMARK_COUNT);
+                let landmarks = Arc::new(landmarks);
                 *slot = Slot::Built(landmarks.clone());
                 Some(landmarks)
             }
         }
-    }
-
-    /// The landmarks of the link cost function named `key` (see
-    /// [`landmarks`](Self::landmarks)), computed now if they are not yet.
-    pub fn prepare_landmarks(
-        &self,
-        key: &'static str,
-        cost: impl Fn(&Link) -> f64,
-    ) -> Arc<Landmarks> {
-        let mut slots = lock(&self.cache().landmarks);
-        let slot = slots.entry(key).or_insert(Slot::Counting(0));
-        match slot {
-            Slot::Built(landmarks) => landmarks.clone(),
-            Slot::Counting(_) => {
-                let landmarks = Arc::new(self.compute_landmarks(&cost));
-                *slot = Slot::Built(landmarks.clone());
-                landmarks
-            }
-        }
-    }
-
-    fn compute_landmarks(&self, cost: &impl Fn(&Link) -> f64) -> Landmarks {
-        let links = &self.network().links;
-        Landmarks::compute(self.csr(), |l| cost(&links[l]), LANDMARK_COUNT)
     }
 
     /// Runs `f` with search buffers sized for this graph, taken from a pool the snapshot
@@ -133,5 +147,64 @@ impl PreparedNetwork<'_> {
         let result = f(&mut scratch);
         lock(&self.cache().scratch).push(scratch);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KeyNetwork;
+
+    fn net() -> KeyNetwork {
+        let mut net = KeyNetwork::new();
+        for id in ["a", "b", "c"] {
+            net.add_node(id);
+        }
+        net.add_link(Link::new("ab", "a", "b", 1.0));
+        net.add_link(Link::new("bc", "b", "c", 1.0));
+        net
+    }
+
+    #[test]
+    fn landmarks_come_once_they_pay_off() {
+        let net = net();
+        let p = PreparedNetwork::new(&net).unwrap();
+        for _ in 1..LANDMARKS_AFTER_QUERIES {
+            assert!(p.landmarks(("w", 0), Link::cost).is_none());
+        }
+        let first = p.landmarks(("w", 0), Link::cost).unwrap();
+        let again = p.landmarks(("w", 0), Link::cost).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert!(p.prepare_landmarks(("other", 1), |_| 2.0).is_some());
+        // A clone shares what was computed (same snapshot).
+        let copy = p.clone();
+        assert!(Arc::ptr_eq(
+            &copy.landmarks(("w", 0), Link::cost).unwrap(),
+            &first
+        ));
+    }
+
+    #[test]
+    fn at_most_max_sets() {
+        let net = net();
+        let p = PreparedNetwork::new(&net).unwrap();
+        for i in 0..MAX_LANDMARK_SETS as u64 {
+            assert!(p.prepare_landmarks(("w", i), Link::cost).is_some());
+        }
+        assert!(p.prepare_landmarks(("w", 99), Link::cost).is_none());
+        assert!(p.prepare_landmarks(("w", 0), Link::cost).is_some());
+    }
+
+    #[test]
+    fn scratch_is_reused() {
+        let net = net();
+        let p = PreparedNetwork::new(&net).unwrap();
+        p.with_scratch(|s| s.begin(3));
+        p.with_scratch(|s| {
+            // The buffers sized by the first call come back.
+            s.begin(3);
+            assert!(!s.reached(0));
+        });
+        assert_eq!(lock(&p.cache().scratch).len(), 1);
     }
 }

@@ -1,54 +1,100 @@
 //! Compressed sparse row (CSR) adjacency of a [`LinkGraph`]: flat arrays that a search walks
 //! without following petgraph's linked edge lists.
 
+use petgraph::graph::NodeIndex;
 use petgraph::visit::EdgeRef;
 
-use crate::LinkGraph;
+use crate::{Link, LinkGraph};
 
 /// The adjacency of a [`LinkGraph`] in flat arrays, built once per prepared snapshot.
 ///
-/// The incident edges of node `u` are the *slots* `offsets[u]..offsets[u + 1]`; slot `s`
-/// leads to node `targets[s]` over graph edge `edges[s]`, which is the link
-/// `links[s]` of the snapshot. Every undirected edge appears twice, once from each end.
+/// The incident edges of node `u` are the *slots* `offsets[u]..offsets[u + 1]`; a slot
+/// holds the node it leads to, its graph edge, the index of its link in the snapshot, and the
+/// link numbers searches look at (weight, key rate, stored key), so that a search reads a
+/// node's edges from one place instead of from each `Link`. Every undirected edge appears
+/// twice, once from each end.
+///
+/// Nodes are numbered anew, in breadth-first order, so that neighbours sit close together in
+/// memory (in this CSR and in every per-node array a search keeps): node and slot arguments
+/// and results of `Csr`, [`Landmarks`](crate::Landmarks) and
+/// [`SearchScratch`](crate::SearchScratch) are in this numbering; [`index_of`](Self::index_of)
+/// and [`node_of`](Self::node_of) convert.
 #[derive(Debug, Clone, Default)]
 pub struct Csr {
     offsets: Vec<u32>,
-    targets: Vec<u32>,
-    edges: Vec<u32>,
-    links: Vec<u32>,
+    slots: Vec<Slot>,
+    /// Graph node of each CSR node.
+    order: Vec<u32>,
+    /// CSR node of each graph node.
+    rank: Vec<u32>,
+}
+
+/// One direction of one edge.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    target: u32,
+    edge: u32,
+    link: u32,
+    weight: f64,
+    key_rate_bps: f64,
+    available_bits: f64,
 }
 
 impl Csr {
-    /// Builds the adjacency of `graph` (linear in its size).
-    pub fn new(graph: &LinkGraph) -> Self {
+    /// Builds the adjacency of `graph`, whose edge weights index `links` (linear in its size).
+    pub fn new(graph: &LinkGraph, links: &[Link]) -> Self {
         let n = graph.node_count();
+        let order = breadth_first_order(graph);
+        let mut rank = vec![0u32; n];
+        for (i, &v) in order.iter().enumerate() {
+            rank[v as usize] = i as u32;
+        }
         let mut offsets = vec![0u32; n + 1];
         for edge in graph.edge_references() {
-            offsets[edge.source().index() + 1] += 1;
-            offsets[edge.target().index() + 1] += 1;
+            offsets[rank[edge.source().index()] as usize + 1] += 1;
+            offsets[rank[edge.target().index()] as usize + 1] += 1;
         }
         for i in 0..n {
             offsets[i + 1] += offsets[i];
         }
-        let slots = offsets[n] as usize;
         let mut next: Vec<u32> = offsets[..n].to_vec();
-        let (mut targets, mut edges, mut links) = (vec![0; slots], vec![0; slots], vec![0; slots]);
+        let mut slots = vec![Slot::default(); offsets[n] as usize];
         for edge in graph.edge_references() {
-            let (a, b) = (edge.source().index(), edge.target().index());
+            let (a, b) = (
+                rank[edge.source().index()] as usize,
+                rank[edge.target().index()] as usize,
+            );
+            let link = &links[*edge.weight() as usize];
             for (from, to) in [(a, b), (b, a)] {
-                let s = next[from] as usize;
+                slots[next[from] as usize] = Slot {
+                    target: to as u32,
+                    edge: edge.id().index() as u32,
+                    link: *edge.weight(),
+                    weight: link.cost(),
+                    key_rate_bps: link.key_rate_bps,
+                    available_bits: link.available_bits,
+                };
                 next[from] += 1;
-                targets[s] = to as u32;
-                edges[s] = edge.id().index() as u32;
-                links[s] = *edge.weight();
             }
         }
         Self {
             offsets,
-            targets,
-            edges,
-            links,
+            slots,
+            order,
+            rank,
         }
+    }
+
+    /// The CSR node of graph node `node`.
+    #[inline]
+    pub fn index_of(&self, node: NodeIndex) -> usize {
+        self.rank[node.index()] as usize
+    }
+
+    /// The graph node of CSR node `u`.
+    #[inline]
+    pub fn node_of(&self, u: usize) -> NodeIndex {
+        NodeIndex::new(self.order[u] as usize)
     }
 
     /// Number of nodes.
@@ -58,7 +104,7 @@ impl Csr {
 
     /// Number of slots (twice the number of edges).
     pub fn slot_count(&self) -> usize {
-        self.targets.len()
+        self.slots.len()
     }
 
     /// The slots of the edges incident to node `u`.
@@ -70,26 +116,69 @@ impl Csr {
     /// The node slot `s` leads to.
     #[inline]
     pub fn target(&self, s: usize) -> usize {
-        self.targets[s] as usize
+        self.slots[s].target as usize
     }
 
     /// The graph edge (`EdgeIndex::index()`) of slot `s`.
     #[inline]
     pub fn edge(&self, s: usize) -> u32 {
-        self.edges[s]
+        self.slots[s].edge
     }
 
     /// The index in `KeyNetwork::links` of the link of slot `s`.
     #[inline]
     pub fn link(&self, s: usize) -> usize {
-        self.links[s] as usize
+        self.slots[s].link as usize
     }
+
+    /// The weight ([`Link::cost`]) of the link of slot `s`.
+    #[inline]
+    pub fn weight(&self, s: usize) -> f64 {
+        self.slots[s].weight
+    }
+
+    /// The key rate (`Link::key_rate_bps`) of the link of slot `s`.
+    #[inline]
+    pub fn key_rate_bps(&self, s: usize) -> f64 {
+        self.slots[s].key_rate_bps
+    }
+
+    /// The stored key (`Link::available_bits`) of the link of slot `s`.
+    #[inline]
+    pub fn available_bits(&self, s: usize) -> f64 {
+        self.slots[s].available_bits
+    }
+}
+
+/// The graph's nodes in breadth-first order (from each not yet reached node, in index
+/// order, neighbours in petgraph's order).
+fn breadth_first_order(graph: &LinkGraph) -> Vec<u32> {
+    let n = graph.node_count();
+    let mut seen = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    for root in 0..n {
+        if seen[root] {
+            continue;
+        }
+        seen[root] = true;
+        let mut head = order.len();
+        order.push(root as u32);
+        while head < order.len() {
+            let u = NodeIndex::new(order[head] as usize);
+            head += 1;
+            for v in graph.neighbors(u) {
+                if !seen[v.index()] {
+                    seen[v.index()] = true;
+                    order.push(v.index() as u32);
+                }
+            }
+        }
+    }
+    order
 }
 
 #[cfg(test)]
 mod tests {
-    use petgraph::graph::NodeIndex;
-
     use super::*;
 
     #[test]
@@ -99,8 +188,20 @@ mod tests {
         g.add_edge(n[0], n[1], 7);
         g.add_edge(n[1], n[2], 8);
         g.add_edge(n[1], n[2], 9);
-        let csr = Csr::new(&g);
+        let links: Vec<Link> = (0..10)
+            .map(|i| {
+                let mut link = Link::new(format!("l{i}"), "a", "b", 2.0 * i as f64);
+                link.weight = Some(i as f64);
+                link.available_bits = 3.0 * i as f64;
+                link
+            })
+            .collect();
+        let csr = Csr::new(&g, &links);
         assert_eq!(csr.node_count(), 4);
+        // Breadth-first from 0 keeps this graph's numbering.
+        for (i, &node) in n.iter().enumerate() {
+            assert_eq!((csr.index_of(node), csr.node_of(i)), (i, node));
+        }
         let around = |u: usize| -> Vec<(usize, u32, usize)> {
             let mut v: Vec<_> = csr
                 .slots(u)
@@ -110,8 +211,29 @@ mod tests {
             v
         };
         assert_eq!(around(0), [(1, 0, 7)]);
+        assert!(csr.slots(1).all(|s| csr.weight(s) == csr.link(s) as f64
+            && csr.key_rate_bps(s) == 2.0 * csr.weight(s)
+            && csr.available_bits(s) == 3.0 * csr.weight(s)));
         assert_eq!(around(1), [(0, 0, 7), (2, 1, 8), (2, 2, 9)]);
         assert_eq!(around(2), [(1, 1, 8), (1, 2, 9)]);
         assert!(around(3).is_empty());
+    }
+
+    #[test]
+    fn numbers_nodes_breadth_first() {
+        let mut g = LinkGraph::new_undirected();
+        let n: Vec<NodeIndex> = (0..5).map(|_| g.add_node(())).collect();
+        g.add_edge(n[0], n[4], 0);
+        g.add_edge(n[4], n[2], 0);
+        g.add_edge(n[1], n[3], 0);
+        let csr = Csr::new(&g, &[Link::new("l", "a", "b", 1.0)]);
+        let order: Vec<usize> = (0..5).map(|u| csr.node_of(u).index()).collect();
+        assert_eq!(order, [0, 4, 2, 1, 3]);
+        for u in 0..5 {
+            assert_eq!(csr.index_of(csr.node_of(u)), u);
+        }
+        let targets: Vec<usize> = csr.slots(1).map(|s| csr.target(s)).collect();
+        assert_eq!(targets.len(), 2);
+        assert!(targets.contains(&0) && targets.contains(&2));
     }
 }

@@ -15,18 +15,27 @@ use std::collections::BinaryHeap;
 
 use crate::Csr;
 
-/// Number of landmarks policies use by default.
-pub const LANDMARK_COUNT: usize = 16;
+/// Number of landmarks policies use, and the most a [`Landmarks`] holds.
+pub const LANDMARK_COUNT: usize = 32;
+
+/// The distances of one node to every landmark, in two cache lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Row([f32; LANDMARK_COUNT]);
 
 /// Distances from a set of landmark nodes to every node of a [`Csr`] graph, for one link
-/// cost function.
+/// cost function. Nodes are numbered as in the [`Csr`].
+///
+/// Distances are kept as `f32` rounded down (one 128-byte row per node), so the bounds read
+/// half the memory; [`slack`](Self::slack) covers that rounding.
 #[derive(Clone)]
 pub struct Landmarks {
     nodes: Vec<u32>,
     component: Vec<u32>,
-    /// `dist[v * nodes.len() + i]` = distance from landmark `i` to `v`, infinite when they
+    /// `rows[v].0[i]` = distance from landmark `i` to `v` rounded down, infinite when they
     /// are not connected.
-    dist: Vec<f64>,
+    rows: Vec<Row>,
+    slack: f64,
 }
 
 impl std::fmt::Debug for Landmarks {
@@ -41,17 +50,19 @@ impl std::fmt::Debug for Landmarks {
 impl Landmarks {
     /// Chooses up to `count` landmarks by farthest-point selection and computes their
     /// distances, with `cost(link)` the cost of the link of index `link` in
-    /// `KeyNetwork::links` (finite, `>= 0`).
+    /// `KeyNetwork::links`: `>= 0`, or infinite for a link the searches using these
+    /// landmarks never take (it is then left out, also of [`connected`](Self::connected)).
     ///
     /// The first landmark is the node farthest from node 0; each next one is the node
     /// farthest from all landmarks chosen so far (a node no landmark reaches counts as
     /// infinitely far, so every connected component gets a landmark before any gets a
     /// second one, as long as there are landmarks left). Selection stops early when every
-    /// node is at distance 0 from a landmark. Costs `count + 1` full Dijkstra runs.
+    /// node is at distance 0 from a landmark. Costs `count + 1` full Dijkstra runs. At most
+    /// [`LANDMARK_COUNT`] landmarks are chosen.
     pub fn compute(csr: &Csr, cost: impl Fn(usize) -> f64, count: usize) -> Self {
         let n = csr.node_count();
         let slot_cost: Vec<f64> = (0..csr.slot_count()).map(|s| cost(csr.link(s))).collect();
-        let component = components(csr);
+        let component = components(csr, &slot_cost);
         let mut columns: Vec<Vec<f64>> = Vec::new();
         let mut nodes = Vec::new();
         if n > 0 && count > 0 {
@@ -60,7 +71,7 @@ impl Landmarks {
             sssp(csr, &slot_cost, 0, &mut dist, &mut heap);
             let mut next = farthest(&dist, true);
             let mut closest = vec![f64::INFINITY; n];
-            while nodes.len() < count.min(n) {
+            while nodes.len() < count.min(n).min(LANDMARK_COUNT) {
                 sssp(csr, &slot_cost, next, &mut dist, &mut heap);
                 for (c, &d) in closest.iter_mut().zip(&dist) {
                     *c = c.min(d);
@@ -73,21 +84,29 @@ impl Landmarks {
                 }
             }
         }
-        let k = nodes.len();
-        let mut dist = vec![0.0; n * k];
+        let mut rows = vec![Row([f32::INFINITY; LANDMARK_COUNT]); n];
+        let mut largest = 0.0f64;
         for (i, column) in columns.iter().enumerate() {
-            for (v, &d) in column.iter().enumerate() {
-                dist[v * k + i] = d;
+            for (row, &d) in rows.iter_mut().zip(column) {
+                row.0[i] = round_down(d);
+                if d.is_finite() {
+                    largest = largest.max(d);
+                }
             }
         }
         Self {
             nodes,
             component,
-            dist,
+            rows,
+            // Each stored distance is below the exact one by less than its f32 ulp, at most
+            // 2^-23 of the largest distance, and so is the difference of two; an f32
+            // subtraction adds at most 2^-24 of it. Twice the sum leaves room for the f64
+            // rounding of the distances themselves.
+            slack: largest * f64::powi(2.0, -21),
         }
     }
 
-    /// The landmark nodes (graph node indices), in the order they were chosen.
+    /// The landmark nodes (CSR node numbers), in the order they were chosen.
     pub fn nodes(&self) -> &[u32] {
         &self.nodes
     }
@@ -100,11 +119,26 @@ impl Landmarks {
     }
 
     /// The distances from each landmark to `v` (`nodes().len()` of them, in the order of
-    /// [`nodes`](Self::nodes)); infinite for landmarks in another component.
+    /// [`nodes`](Self::nodes)), rounded down to `f32`; infinite for landmarks in another
+    /// component.
     #[inline]
-    pub fn distances(&self, v: usize) -> &[f64] {
-        let k = self.nodes.len();
-        &self.dist[v * k..(v + 1) * k]
+    pub fn distances(&self, v: usize) -> &[f32] {
+        &self.rows[v].0[..self.nodes.len()]
+    }
+
+    /// All [`LANDMARK_COUNT`] distances of `v`, those past `nodes().len()` infinite: a fixed
+    /// size lets a bound be computed with SIMD over the whole row.
+    #[inline]
+    pub fn row(&self, v: usize) -> &[f32; LANDMARK_COUNT] {
+        &self.rows[v].0
+    }
+
+    /// How much `|a - b|`, for two entries `a`, `b` of [`distances`](Self::distances) of the
+    /// same landmark, may exceed the exact difference, also when computed in `f32`: subtract
+    /// it from a bound.
+    #[inline]
+    pub fn slack(&self) -> f64 {
+        self.slack
     }
 
     /// The lower bound of the distance between `v` and `t` (0 when nothing is known,
@@ -113,11 +147,25 @@ impl Landmarks {
         if !self.connected(v, t) {
             return f64::INFINITY;
         }
-        self.distances(v)
+        let gap = self
+            .distances(v)
             .iter()
             .zip(self.distances(t))
             .filter(|(a, b)| a.is_finite() && b.is_finite())
-            .fold(0.0, |m, (a, b)| m.max((a - b).abs()))
+            .fold(0.0f64, |m, (&a, &b)| {
+                m.max((f64::from(a) - f64::from(b)).abs())
+            });
+        (gap - self.slack).max(0.0)
+    }
+}
+
+/// The largest `f32` not above `x`.
+fn round_down(x: f64) -> f32 {
+    let y = x as f32;
+    if f64::from(y) > x {
+        y.next_down()
+    } else {
+        y
     }
 }
 
@@ -169,8 +217,9 @@ fn farthest(dist: &[f64], finite_only: bool) -> usize {
     best
 }
 
-/// Connected component label of every node (the smallest node index in it).
-fn components(csr: &Csr) -> Vec<u32> {
+/// Connected component label of every node (the smallest node index in it), over the slots
+/// of finite cost.
+fn components(csr: &Csr, slot_cost: &[f64]) -> Vec<u32> {
     let n = csr.node_count();
     let mut label = vec![u32::MAX; n];
     let mut stack = Vec::new();
@@ -183,7 +232,7 @@ fn components(csr: &Csr) -> Vec<u32> {
         while let Some(u) = stack.pop() {
             for s in csr.slots(u) {
                 let v = csr.target(s);
-                if label[v] == u32::MAX {
+                if label[v] == u32::MAX && slot_cost[s].is_finite() {
                     label[v] = root as u32;
                     stack.push(v);
                 }
@@ -198,7 +247,7 @@ mod tests {
     use petgraph::graph::NodeIndex;
 
     use super::*;
-    use crate::LinkGraph;
+    use crate::{Link, LinkGraph};
 
     /// A path 0-1-2-3 (costs 1, 2, 3 by link index 0, 1, 2) and an isolated pair 4-5.
     fn graph() -> Csr {
@@ -207,7 +256,10 @@ mod tests {
         for (i, (a, b)) in [(0, 1), (1, 2), (2, 3), (4, 5)].into_iter().enumerate() {
             g.add_edge(n[a], n[b], i as u32);
         }
-        Csr::new(&g)
+        let links: Vec<Link> = (0..4)
+            .map(|i| Link::new(format!("l{i}"), "", "", 1.0))
+            .collect();
+        Csr::new(&g, &links)
     }
 
     #[test]
@@ -217,10 +269,12 @@ mod tests {
         // Farthest from 0 is 3; then 4 (unreached), then 0 (6 away from 3, none in 4-5 is
         // farther than 5).
         assert_eq!(lm.nodes(), [3, 4, 0]);
-        assert_eq!(lm.distances(1), [5.0, f64::INFINITY, 1.0]);
-        assert_eq!(lm.lower_bound(1, 3), 5.0);
-        assert_eq!(lm.lower_bound(0, 2), 3.0);
-        assert_eq!(lm.lower_bound(4, 5), 5.0);
+        assert_eq!(lm.distances(1), [5.0, f32::INFINITY, 1.0]);
+        assert!(lm.slack() > 0.0 && lm.slack() < 1e-5);
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-5 && a <= b;
+        assert!(near(lm.lower_bound(1, 3), 5.0));
+        assert!(near(lm.lower_bound(0, 2), 3.0));
+        assert!(near(lm.lower_bound(4, 5), 5.0));
         assert_eq!(lm.lower_bound(0, 5), f64::INFINITY);
         assert!(lm.connected(0, 3) && !lm.connected(3, 4));
     }
@@ -233,5 +287,23 @@ mod tests {
         let lm = Landmarks::compute(&csr, |_| 1.0, 16);
         assert_eq!(lm.nodes().len(), 6);
         assert_eq!(lm.lower_bound(2, 2), 0.0);
+    }
+
+    #[test]
+    fn links_of_infinite_cost_are_left_out() {
+        let csr = graph();
+        let lm = Landmarks::compute(&csr, |l| if l == 1 { f64::INFINITY } else { 1.0 }, 16);
+        assert!(lm.connected(0, 1) && lm.connected(2, 3) && !lm.connected(1, 2));
+        assert_eq!(lm.lower_bound(0, 3), f64::INFINITY);
+        assert!(lm.lower_bound(0, 1) <= 1.0 && lm.lower_bound(0, 1) > 0.99);
+    }
+
+    #[test]
+    fn rounds_down_to_f32() {
+        assert_eq!(round_down(f64::INFINITY), f32::INFINITY);
+        for x in [0.0, 0.1, 1.0 / 3.0, 1e10 + 1.0, 123.456] {
+            let y = round_down(x);
+            assert!(f64::from(y) <= x && f64::from(y.next_up()) > x, "{x}");
+        }
     }
 }

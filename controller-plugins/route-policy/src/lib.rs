@@ -25,7 +25,7 @@ mod scratch;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use cache::LANDMARKS_AFTER_QUERIES;
+pub use cache::{LandmarkKey, LANDMARKS_AFTER_QUERIES, MAX_LANDMARK_SETS};
 pub use csr::Csr;
 pub use flow::{max_flow, min_cut_bps, Flow};
 pub use landmarks::{Landmarks, LANDMARK_COUNT};
@@ -79,11 +79,11 @@ pub trait RoutePolicy: Send + Sync {
     ) -> Result<RoutePlan, RouteError>;
 
     /// Precomputes on `net` whatever makes later [`route_prepared`](Self::route_prepared)
-    /// calls on it faster (e.g. landmark distances), so that the first queries do not pay
-    /// for it. Optional: policies also build such structures by themselves once a snapshot
+    /// calls on it for demands like `demand` (same rate and bits; the ends do not matter)
+    /// faster, e.g. landmark distances, so that the first queries do not pay for it. Optional: policies also build such structures by themselves once a snapshot
     /// has answered enough queries. The default does nothing.
-    fn prepare(&self, net: &PreparedNetwork<'_>) {
-        let _ = net;
+    fn prepare(&self, net: &PreparedNetwork<'_>, demand: &Demand) {
+        let _ = (net, demand);
     }
 
     /// Routes `demand` over `net`, building the graph for this one call.

@@ -3,22 +3,23 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use petgraph::graph::{EdgeIndex, NodeIndex};
+use petgraph::graph::EdgeIndex;
 
 use crate::landmarks::key_bits;
-use crate::PreparedNetwork;
 
 /// What a search knows of one node; only meaningful when `stamp` is the current generation.
 #[derive(Debug, Clone, Copy, Default)]
 struct NodeState {
     stamp: u32,
     pred: u32,
+    from: u32,
     dist: f64,
     bound: f64,
 }
 
-/// Buffers of a single-pair search (distance, predecessor edge and a per-node bound for
-/// every node, plus a min-heap), reused from one query to the next.
+/// Buffers of a single-pair search (distance, predecessor edge and node, and a per-node
+/// bound for every node, plus a min-heap), reused from one query to the next. Nodes are
+/// numbered as in [`Csr`](crate::Csr).
 ///
 /// [`begin`](Self::begin) starts a new query by bumping a generation number: a node whose
 /// stamp is older counts as not reached yet, so nothing of size O(nodes) is cleared per
@@ -28,9 +29,6 @@ pub struct SearchScratch {
     nodes: Vec<NodeState>,
     generation: u32,
     heap: BinaryHeap<Reverse<(u64, u32)>>,
-    /// Free for the search's own per-query use (e.g. the landmarks it uses, with their
-    /// distance to the destination); not touched by the scratch itself.
-    pub landmarks: Vec<(u32, f64)>,
 }
 
 impl SearchScratch {
@@ -63,6 +61,7 @@ impl SearchScratch {
         self.nodes[v] = NodeState {
             stamp: self.generation,
             pred: SearchScratch::NO_EDGE,
+            from: 0,
             dist: f64::INFINITY,
             bound,
         };
@@ -85,14 +84,15 @@ impl SearchScratch {
         self.nodes[v].bound
     }
 
-    /// Records distance `dist` for the reached node `v`, arrived at over graph edge `edge`
-    /// (`EdgeIndex::index()`, or [`NO_EDGE`](Self::NO_EDGE)).
+    /// Records distance `dist` for the reached node `v`, arrived at from node `from` over
+    /// graph edge `edge` (`EdgeIndex::index()`, or [`NO_EDGE`](Self::NO_EDGE)).
     #[inline]
-    pub fn set(&mut self, v: usize, dist: f64, edge: u32) {
+    pub fn set(&mut self, v: usize, dist: f64, from: usize, edge: u32) {
         debug_assert!(self.reached(v));
         let state = &mut self.nodes[v];
         state.dist = dist;
         state.pred = edge;
+        state.from = from as u32;
     }
 
     /// Pushes `v` with priority `key` (`>= 0`, not NaN) on the min-heap.
@@ -112,22 +112,16 @@ impl SearchScratch {
 
     /// The edges from `src` to `dst` along the recorded predecessors, in order from `src`;
     /// `None` when `dst` was not reached from `src` in this query.
-    pub fn path(
-        &self,
-        net: &PreparedNetwork<'_>,
-        src: usize,
-        dst: usize,
-    ) -> Option<Vec<EdgeIndex>> {
+    pub fn path(&self, src: usize, dst: usize) -> Option<Vec<EdgeIndex>> {
         let mut edges = Vec::new();
-        let mut node = NodeIndex::new(dst);
-        while node.index() != src {
-            let state = &self.nodes[node.index()];
+        let mut node = dst;
+        while node != src {
+            let state = &self.nodes[node];
             if state.stamp != self.generation || state.pred == SearchScratch::NO_EDGE {
                 return None;
             }
-            let edge = EdgeIndex::new(state.pred as usize);
-            edges.push(edge);
-            node = net.other_end(edge, node);
+            edges.push(EdgeIndex::new(state.pred as usize));
+            node = state.from as usize;
         }
         edges.reverse();
         Some(edges)
@@ -143,11 +137,15 @@ mod tests {
         let mut s = SearchScratch::default();
         s.begin(3);
         s.reach(1, 2.0);
-        s.set(1, 5.0, 0);
+        s.set(1, 5.0, 0, 7);
         s.push(5.0, 1);
         s.push(-0.0, 2);
         assert_eq!((s.dist(1), s.bound(1)), (5.0, 2.0));
         assert_eq!(s.pop(), Some((0.0, 2)));
+        s.reach(0, 0.0);
+        s.set(0, 0.0, 0, SearchScratch::NO_EDGE);
+        assert_eq!(s.path(0, 1), Some(vec![EdgeIndex::new(7)]));
+        assert_eq!(s.path(0, 2), None);
         s.begin(3);
         assert!(!s.reached(1));
         assert_eq!(s.dist(1), f64::INFINITY);

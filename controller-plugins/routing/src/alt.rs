@@ -3,91 +3,81 @@
 //! queries.
 
 use petgraph::graph::{EdgeIndex, NodeIndex};
-use qkdni_route_policy::{Landmarks, Link, PreparedNetwork, SearchScratch};
+use qkdni_route_policy::{LandmarkKey, Landmarks, Link, PreparedNetwork, SearchScratch};
 
-/// A link cost function that landmarks are computed on, and that bounds the costs of the
-/// searches using it from below.
-#[derive(Clone, Copy)]
-pub struct LowerCost {
-    /// Names `cost` in the snapshot's landmark cache (one name, one function).
-    pub key: &'static str,
-    /// For every link: finite, `>= 0`, and at most the cost any search using this
-    /// `LowerCost` gives the link (or the search does not use the link at all).
-    pub cost: fn(&Link) -> f64,
-}
-
-/// Least-cost path from `src` to `dst` over the links for which `cost` gives `Some(c)`,
-/// `c >= lower.cost(link)`. Returns its edges in order from `src`.
+/// Least-cost path from `src` to `dst` over the CSR slots (see [`PreparedNetwork::csr`])
+/// for which `cost` gives `Some(c)`, `c >= lower(link of the slot)`. Returns its edges in
+/// order from `src`.
 ///
-/// Uses the snapshot's landmarks for `lower` once they pay off (see
-/// [`PreparedNetwork::landmarks`]); before that, a plain Dijkstra over the same structures.
+/// `lower` is the link cost function (named `key`, see [`PreparedNetwork::landmarks`]) the
+/// landmarks are computed on: finite and `>= 0`, or infinite for links `cost` never takes.
+/// The snapshot's landmarks for it are used once they pay off; before that, this is a plain
+/// Dijkstra over the same structures.
 pub fn least_cost(
     net: &PreparedNetwork<'_>,
     src: NodeIndex,
     dst: NodeIndex,
-    lower: LowerCost,
-    cost: impl Fn(&Link) -> Option<f64>,
+    key: LandmarkKey,
+    lower: impl Fn(&Link) -> f64,
+    cost: impl Fn(usize) -> Option<f64>,
 ) -> Option<Vec<EdgeIndex>> {
-    let landmarks = net.landmarks(lower.key, lower.cost);
-    let checked = |link: &Link| {
-        let c = cost(link);
+    let landmarks = net.landmarks(key, &lower);
+    let (csr, links) = (net.csr(), &net.network().links);
+    let checked = |slot: usize| {
+        let c = cost(slot);
         debug_assert!(
-            c.is_none_or(|c| c >= (lower.cost)(link)),
-            "link {:?}: cost {c:?} below the {} landmark cost",
-            link.id,
-            lower.key
+            c.is_none_or(|c| c >= lower(&links[csr.link(slot)])),
+            "slot {slot}: cost {c:?} below the {key:?} landmark cost",
         );
         c
     };
     alt(net, src, dst, landmarks.as_deref(), checked)
 }
 
-/// Least-cost path from `src` to `dst` over the links for which `cost` gives `Some(c)`,
+/// Least-cost path from `src` to `dst` over the CSR slots for which `cost` gives `Some(c)`,
 /// `c >= 0`: A* guided by `landmarks`, or Dijkstra when `None`. Returns its edges in order
 /// from `src`.
 ///
-/// The landmarks must have been computed on this snapshot with, for every link `cost`
+/// The landmarks must have been computed on this snapshot with, for every slot `cost`
 /// accepts, a cost at most `cost`'s: then the bound `max |d(L, dst) - d(L, v)|` never
 /// overestimates the cost left from `v` and the path is a least-cost one (up to
-/// floating-point rounding). A pair the landmarks know to be disconnected is answered at
-/// once.
+/// floating-point rounding). Nodes may be expanded more than once (there is no closed set),
+/// so a bound that is admissible but, by rounding, not quite consistent still gives a
+/// least-cost path. A pair the landmarks know to be disconnected is answered at once.
 pub fn alt(
     net: &PreparedNetwork<'_>,
     src: NodeIndex,
     dst: NodeIndex,
     landmarks: Option<&Landmarks>,
-    cost: impl Fn(&Link) -> Option<f64>,
+    cost: impl Fn(usize) -> Option<f64>,
 ) -> Option<Vec<EdgeIndex>> {
-    let (s, t) = (src.index(), dst.index());
+    let csr = net.csr();
+    let (s, t) = (csr.index_of(src), csr.index_of(dst));
     if landmarks.is_some_and(|lm| !lm.connected(s, t)) {
         return None;
     }
-    let csr = net.csr();
-    let links = &net.network().links;
     net.with_scratch(|scratch| {
         scratch.begin(csr.node_count());
-        // The landmarks that reach `dst`, with their distance to it.
-        let mut active = std::mem::take(&mut scratch.landmarks);
-        active.clear();
-        if let Some(lm) = landmarks {
-            let to_dst = lm.distances(t).iter().enumerate();
-            active.extend(
-                to_dst
-                    .filter(|(_, d)| d.is_finite())
-                    .map(|(i, &d)| (i as u32, d)),
-            );
-        }
-        let bound = |v: usize| match landmarks {
-            Some(lm) => {
-                let from = lm.distances(v);
-                active.iter().fold(0.0f64, |m, &(i, to_dst)| {
-                    m.max((from[i as usize] - to_dst).abs())
-                })
+        // The bound is the largest gap of any landmark between `v` and `dst`; a landmark in
+        // another component (or an unused lane) gives NaN (infinity - infinity), which the
+        // comparison skips.
+        let to_dst = landmarks.map(|lm| *lm.row(t));
+        let bound = |v: usize| match (landmarks, &to_dst) {
+            (Some(lm), Some(to_dst)) => {
+                let from = lm.row(v);
+                let mut gap = 0.0f32;
+                for i in 0..to_dst.len() {
+                    let d = (from[i] - to_dst[i]).abs();
+                    if d > gap {
+                        gap = d;
+                    }
+                }
+                (f64::from(gap) - lm.slack()).max(0.0)
             }
-            None => 0.0,
+            _ => 0.0,
         };
         scratch.reach(s, bound(s));
-        scratch.set(s, 0.0, SearchScratch::NO_EDGE);
+        scratch.set(s, 0.0, s, SearchScratch::NO_EDGE);
         scratch.push(scratch.bound(s), s);
         let mut found = false;
         while let Some((key, u)) = scratch.pop() {
@@ -100,7 +90,7 @@ pub fn alt(
                 continue; // stale entry
             }
             for slot in csr.slots(u) {
-                let Some(c) = cost(&links[csr.link(slot)]) else {
+                let Some(c) = cost(slot) else {
                     continue;
                 };
                 let v = csr.target(slot);
@@ -109,14 +99,13 @@ pub fn alt(
                 }
                 let d = g + c;
                 if d < scratch.dist(v) {
-                    scratch.set(v, d, csr.edge(slot));
+                    scratch.set(v, d, u, csr.edge(slot));
                     scratch.push(d + scratch.bound(v), v);
                 }
             }
         }
-        scratch.landmarks = active;
         if found {
-            scratch.path(net, s, t)
+            scratch.path(s, t)
         } else {
             None
         }
@@ -130,7 +119,7 @@ mod tests {
     use qkdni_route_policy::{Demand, KeyNetwork};
 
     use super::*;
-    use crate::key_aware::{cost as key_cost, least_cost as key_least, serves};
+    use crate::key_aware::{cost as key_cost, serves, DemandClass};
     use crate::search::dijkstra;
 
     /// Total cost of `edges` (which must form a walk from `src` to `dst`).
@@ -159,7 +148,10 @@ mod tests {
         cost: impl Fn(&Link) -> Option<f64>,
     ) -> Result<(), TestCaseError> {
         let (src, dst) = (NodeIndex::new(s), NodeIndex::new(d));
-        let fast = alt(net, src, dst, landmarks, &cost);
+        let (csr, links) = (net.csr(), &net.network().links);
+        let fast = alt(net, src, dst, landmarks, |slot| {
+            cost(&links[csr.link(slot)])
+        });
         let reference = dijkstra(net, src, dst, &cost);
         match (fast, reference) {
             (None, None) => {}
@@ -196,15 +188,20 @@ mod tests {
             let prepared = PreparedNetwork::new(&net).unwrap();
             let links = &net.links;
             let weight = Landmarks::compute(prepared.csr(), |l| links[l].cost(), k);
-            let least = Landmarks::compute(prepared.csr(), |l| key_least(&links[l]), k);
-            let default = prepared.prepare_landmarks("weight", Link::cost);
+            let default = prepared.prepare_landmarks(("weight", 0), Link::cost).unwrap();
             let demand = Demand::new("", "", rate, bits);
+            let class = DemandClass::of(&demand);
+            let own = Landmarks::compute(prepared.csr(), |l| class.lower(&links[l]), k);
+            let least = DemandClass::of(&Demand::new("", "", 0.0, 0.0));
+            let least = Landmarks::compute(prepared.csr(), |l| least.lower(&links[l]), k);
             let key_aware = |l: &Link| serves(l, &demand).then(|| key_cost(l, &demand));
             for &pair in &pairs {
                 for lm in [None, Some(&weight), Some(&*default)] {
                     same_as_dijkstra(&prepared, lm, pair, |l| Some(l.cost()))?;
                 }
-                same_as_dijkstra(&prepared, Some(&least), pair, key_aware)?;
+                for lm in [&own, &least] {
+                    same_as_dijkstra(&prepared, Some(lm), pair, key_aware)?;
+                }
                 // A filtered search keeps bounds computed on all up links.
                 same_as_dijkstra(&prepared, Some(&weight), pair, |l| {
                     (l.key_rate_bps >= rate).then(|| l.cost())
@@ -212,14 +209,22 @@ mod tests {
             }
         }
 
-        /// The key-aware least cost is below the cost for any demand.
+        /// A demand's class bounds its costs from below, on every link the demand can use;
+        /// so does any class of smaller numbers.
         #[test]
-        fn key_aware_least_cost_is_a_floor(
+        fn key_aware_classes_bound_costs(
             rate in 0.0..1e9f64, bits in 0.0..1e12f64, have in 0.0..1e9f64, stock in 0.0..1e12f64,
+            less in 0.0..1.0f64,
         ) {
             let mut link = Link::new("l", "a", "b", have);
             link.available_bits = stock;
-            prop_assert!(key_least(&link) <= key_cost(&link, &Demand::new("a", "b", rate, bits)));
+            let demand = Demand::new("a", "b", rate, bits);
+            let smaller = DemandClass::of(&Demand::new("a", "b", rate * less, bits * less));
+            if serves(&link, &demand) {
+                let c = key_cost(&link, &demand);
+                prop_assert!(DemandClass::of(&demand).lower(&link) <= c);
+                prop_assert!(smaller.lower(&link) <= c);
+            }
         }
     }
 
@@ -239,7 +244,7 @@ mod tests {
         let cold = PreparedNetwork::new(&net).unwrap();
         let warm = PreparedNetwork::new(&net).unwrap();
         for policy in [&Shortest as &dyn RoutePolicy, &KeyAware] {
-            policy.prepare(&warm);
+            policy.prepare(&warm, &Demand::new("", "", 10.0, 100.0));
             for d in 1..30 {
                 let demand = Demand::new("n0", format!("n{d}"), 10.0, 100.0);
                 let plan = policy.route_prepared(&warm, &demand).unwrap();

@@ -1,15 +1,11 @@
 //! `shortest`: the path of least total link weight.
 
-use qkdni_route_policy::{Demand, PreparedNetwork, RouteError, RoutePlan, RoutePolicy};
+use qkdni_route_policy::{Demand, Link, PreparedNetwork, RouteError, RoutePlan, RoutePolicy};
 
-use crate::alt::{self, LowerCost};
-use crate::{no_route, single_path};
+use crate::{alt, no_route, single_path};
 
-/// Landmarks of `shortest`: on the link weight itself.
-const LINK_WEIGHT: LowerCost = LowerCost {
-    key: "link-weight",
-    cost: qkdni_route_policy::Link::cost,
-};
+/// Names the landmarks of `shortest`: on the link weight itself.
+const LINK_WEIGHT: qkdni_route_policy::LandmarkKey = ("link-weight", 0);
 
 /// Weighted shortest path over the up links; a link's weight is its `weight`, 1 when unset.
 /// Key rates and stored key are not looked at: the one path carries the whole demand
@@ -31,13 +27,16 @@ impl RoutePolicy for Shortest {
         demand: &Demand,
     ) -> Result<RoutePlan, RouteError> {
         let (src, dst) = net.endpoints(demand)?;
-        let edges = alt::least_cost(net, src, dst, LINK_WEIGHT, |l| Some(l.cost()))
-            .ok_or_else(|| no_route(demand))?;
+        let csr = net.csr();
+        let edges = alt::least_cost(net, src, dst, LINK_WEIGHT, Link::cost, |slot| {
+            Some(csr.weight(slot))
+        })
+        .ok_or_else(|| no_route(demand))?;
         Ok(single_path(net, src, &edges, demand))
     }
 
-    fn prepare(&self, net: &PreparedNetwork<'_>) {
-        net.prepare_landmarks(LINK_WEIGHT.key, LINK_WEIGHT.cost);
+    fn prepare(&self, net: &PreparedNetwork<'_>, _demand: &Demand) {
+        net.prepare_landmarks(LINK_WEIGHT, Link::cost);
     }
 }
 
