@@ -53,33 +53,45 @@ impl Landmarks {
     /// `KeyNetwork::links`: `>= 0`, or infinite for a link the searches using these
     /// landmarks never take (it is then left out, also of [`connected`](Self::connected)).
     ///
-    /// The first landmark is the node farthest from node 0; each next one is the node
-    /// farthest from all landmarks chosen so far (a node no landmark reaches counts as
-    /// infinitely far, so every connected component gets a landmark before any gets a
-    /// second one, as long as there are landmarks left). Selection stops early when every
+    /// The first landmark is the node farthest from the first node of the largest connected
+    /// component; each next one is the node farthest from all landmarks chosen so far (a node
+    /// no landmark reaches counts as infinitely far, so every component gets a landmark
+    /// before any gets a second one, as long as there are landmarks left). Components of
+    /// fewer than `nodes / (4 * count)` nodes get none. Selection stops early when every
     /// node is at distance 0 from a landmark. Costs `count + 1` full Dijkstra runs. At most
     /// [`LANDMARK_COUNT`] landmarks are chosen.
     pub fn compute(csr: &Csr, cost: impl Fn(usize) -> f64, count: usize) -> Self {
         let n = csr.node_count();
         let slot_cost: Vec<f64> = (0..csr.slot_count()).map(|s| cost(csr.link(s))).collect();
         let component = components(csr, &slot_cost);
+        let mut size = vec![0usize; n];
+        for &c in &component {
+            size[c as usize] += 1;
+        }
+        let size_of = |v: usize| size[component[v] as usize];
+        let k = count.min(n).min(LANDMARK_COUNT);
+        // Components of fewer nodes get no landmark: a search in one stays small anyway,
+        // and landmarks are not spent on nodes cut off by left-out links.
+        let min_size = (n / (4 * k.max(1))).max(1);
+        let eligible = |v: usize| size_of(v) >= min_size;
         let mut columns: Vec<Vec<f64>> = Vec::new();
         let mut nodes = Vec::new();
-        if n > 0 && count > 0 {
+        let start = (0..n).max_by_key(|&v| (size_of(v), Reverse(v)));
+        if let Some(start) = start.filter(|&v| k > 0 && eligible(v)) {
             let mut dist = vec![f64::INFINITY; n];
             let mut heap = BinaryHeap::new();
-            sssp(csr, &slot_cost, 0, &mut dist, &mut heap);
-            let mut next = farthest(&dist, true);
+            sssp(csr, &slot_cost, start, &mut dist, &mut heap);
+            let mut next = farthest(&dist, |v| dist[v].is_finite());
             let mut closest = vec![f64::INFINITY; n];
-            while nodes.len() < count.min(n).min(LANDMARK_COUNT) {
-                sssp(csr, &slot_cost, next, &mut dist, &mut heap);
+            while let Some(landmark) = next {
+                sssp(csr, &slot_cost, landmark, &mut dist, &mut heap);
                 for (c, &d) in closest.iter_mut().zip(&dist) {
                     *c = c.min(d);
                 }
-                nodes.push(next as u32);
+                nodes.push(landmark as u32);
                 columns.push(dist.clone());
-                next = farthest(&closest, false);
-                if closest[next] == 0.0 {
+                next = farthest(&closest, eligible).filter(|&v| closest[v] > 0.0);
+                if nodes.len() == k {
                     break;
                 }
             }
@@ -205,13 +217,13 @@ fn sssp(
     }
 }
 
-/// The node of largest distance, lowest index among equals; infinite distances count as
-/// largest, or are skipped when `finite_only`.
-fn farthest(dist: &[f64], finite_only: bool) -> usize {
-    let mut best = 0;
+/// Among the nodes `ok` accepts, the one of largest distance (infinite counts as largest),
+/// lowest index among equals.
+fn farthest(dist: &[f64], ok: impl Fn(usize) -> bool) -> Option<usize> {
+    let mut best: Option<usize> = None;
     for (v, &d) in dist.iter().enumerate() {
-        if d > dist[best] && !(finite_only && d.is_infinite()) {
-            best = v;
+        if ok(v) && best.is_none_or(|b| d > dist[b]) {
+            best = Some(v);
         }
     }
     best
@@ -287,6 +299,26 @@ mod tests {
         let lm = Landmarks::compute(&csr, |_| 1.0, 16);
         assert_eq!(lm.nodes().len(), 6);
         assert_eq!(lm.lower_bound(2, 2), 0.0);
+    }
+
+    #[test]
+    fn small_components_get_no_landmarks() {
+        // A path of 40 nodes and 20 isolated ones: 4 landmarks, none on an isolated node.
+        let mut g = LinkGraph::new_undirected();
+        let n: Vec<NodeIndex> = (0..60).map(|_| g.add_node(())).collect();
+        for i in 20..59 {
+            g.add_edge(n[i], n[i + 1], 0);
+        }
+        let csr = Csr::new(&g, &[Link::new("l", "", "", 1.0)]);
+        let lm = Landmarks::compute(&csr, |_| 1.0, 4);
+        assert_eq!(lm.nodes().len(), 4);
+        let on_path = |u: u32| (20..60).contains(&csr.node_of(u as usize).index());
+        assert!(lm.nodes().iter().all(|&u| on_path(u)), "{:?}", lm.nodes());
+        let (a, b) = (csr.index_of(n[20]), csr.index_of(n[59]));
+        assert!(lm.lower_bound(a, b) > 38.99);
+        let (x, y) = (csr.index_of(n[0]), csr.index_of(n[1]));
+        assert_eq!(lm.lower_bound(x, y), f64::INFINITY);
+        assert_eq!(lm.lower_bound(x, x), 0.0);
     }
 
     #[test]
