@@ -23,7 +23,7 @@ struct NodeState {
 ///
 /// [`begin`](Self::begin) starts a new query by bumping a generation number: a node whose
 /// stamp is older counts as not reached yet, so nothing of size O(nodes) is cleared per
-/// query. Get one with [`PreparedNetwork::with_scratch`].
+/// query. Get one with [`PreparedNetwork::with_scratch`](crate::PreparedNetwork::with_scratch).
 #[derive(Debug, Clone, Default)]
 pub struct SearchScratch {
     nodes: Vec<NodeState>,
