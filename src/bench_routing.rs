@@ -73,6 +73,10 @@ pub struct RoutingArgs {
     /// Also write the graph and queries as networkx node-link JSON to this file.
     #[arg(long)]
     pub export: Option<PathBuf>,
+    /// Do not call each policy's `prepare` (landmarks) before timing it: the policies then
+    /// build what they need during the timed queries, once these pay for it.
+    #[arg(long)]
+    pub no_prepare: bool,
 }
 
 /// A generated topology and its queries (node indices into `network.nodes`).
@@ -93,6 +97,9 @@ pub struct PolicyTiming {
     pub p99_us: f64,
     /// Queries the policy found a route for.
     pub routed: usize,
+    /// Time of the policy's `RoutePolicy::prepare` on the prepared graph (e.g. landmark
+    /// distances; once, before the queries; 0 with `--no-prepare`), µs.
+    pub prepare_us: f64,
 }
 
 /// The outcome of a routing bench.
@@ -111,13 +118,15 @@ pub struct RoutingReport {
 }
 
 impl RoutingReport {
-    /// `{"nodes":N,"edges":E,"queries":Q,"policies":{"<name>":{"median_us":..,"p99_us":..}}}`.
+    /// `{"nodes":N,"edges":E,"queries":Q,"policies":{"<name>":{"median_us":..,"p99_us":..,
+    /// "routed":..,"prepare_us":..}}}`.
     pub fn to_json(&self) -> Value {
         let policies: serde_json::Map<String, Value> = self
             .policies
             .iter()
             .map(|(name, t)| {
-                let timing = json!({"median_us": t.median_us, "p99_us": t.p99_us});
+                let timing = json!({"median_us": t.median_us, "p99_us": t.p99_us,
+                                    "routed": t.routed, "prepare_us": t.prepare_us});
                 (name.clone(), timing)
             })
             .collect();
@@ -133,7 +142,12 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             let report = routing(&args)?;
             eprintln!("graph prepared in {:.1} ms", report.prepare_us / 1000.0);
             for (name, timing) in &report.policies {
-                eprintln!("{name}: routed {}/{}", timing.routed, report.queries);
+                eprintln!(
+                    "{name}: routed {}/{}, prepared in {:.1} ms",
+                    timing.routed,
+                    report.queries,
+                    timing.prepare_us / 1000.0
+                );
             }
             println!("{}", report.to_json());
         }
@@ -188,9 +202,19 @@ pub fn routing(args: &RoutingArgs) -> anyhow::Result<RoutingReport> {
     let policies = policies
         .iter()
         .map(|policy| {
+            let started = Instant::now();
+            if let (false, Some(demand)) = (args.no_prepare, demands.first()) {
+                // Every query asks for the same rate and bits.
+                policy.prepare(&prepared, demand);
+            }
+            let prepare_us = started.elapsed().as_secs_f64() * 1e6;
+            let timing = time_policy(&**policy, &prepared, &demands);
             (
                 policy.name().to_string(),
-                time_policy(&**policy, &prepared, &demands),
+                PolicyTiming {
+                    prepare_us: (prepare_us * 10.0).round() / 10.0,
+                    ..timing
+                },
             )
         })
         .collect();
@@ -228,6 +252,7 @@ fn time_policy(
         median_us: percentile(0.5),
         p99_us: percentile(0.99),
         routed,
+        prepare_us: 0.0,
     }
 }
 
@@ -494,6 +519,7 @@ mod tests {
             queries: 25,
             policies: vec![],
             export: Some(export.clone()),
+            no_prepare: false,
         };
         let report = routing(&args).unwrap();
         let value = report.to_json();
@@ -503,6 +529,8 @@ mod tests {
         for name in qkdni_routing::NAMES {
             let timing = &value["policies"][*name];
             assert!(timing["median_us"].as_f64().unwrap() <= timing["p99_us"].as_f64().unwrap());
+            assert!(timing["prepare_us"].as_f64().unwrap() >= 0.0);
+            assert!(timing["routed"].as_u64().unwrap() <= 25);
         }
         assert_eq!(report.policies["shortest"].routed, 25);
         assert_eq!(report.policies["fewest-hops"].routed, 25);

@@ -8,20 +8,30 @@
 //!
 //! Route computation is pure: a policy reads the snapshot and returns a plan, nothing else.
 //! A snapshot is turned into a `petgraph` graph once ([`PreparedNetwork`]); many demands can
-//! then be routed over the same prepared graph.
+//! then be routed over the same prepared graph. For large graphs the prepared network also
+//! keeps search structures: a flat adjacency ([`Csr`]), landmark distances for goal-directed
+//! search ([`Landmarks`]) and reusable search buffers ([`SearchScratch`]).
 //!
 //! [`min_cut_bps`] gives the physical limit of the network between two KMs: the max-flow /
 //! min-cut of the up links' key rates.
 
+mod cache;
+mod csr;
 mod flow;
+mod landmarks;
 mod network;
 mod prepared;
+mod scratch;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use cache::{LandmarkKey, LANDMARKS_AFTER_QUERIES, MAX_LANDMARK_SETS};
+pub use csr::Csr;
 pub use flow::{max_flow, min_cut_bps, Flow};
+pub use landmarks::{Landmarks, LANDMARK_COUNT};
 pub use network::{Demand, KeyNetwork, Link, Path, RoutePlan};
 pub use prepared::{LinkGraph, PreparedNetwork};
+pub use scratch::SearchScratch;
 
 /// Why a policy could not route a demand.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -67,6 +77,14 @@ pub trait RoutePolicy: Send + Sync {
         net: &PreparedNetwork<'_>,
         demand: &Demand,
     ) -> Result<RoutePlan, RouteError>;
+
+    /// Precomputes on `net` whatever makes later [`route_prepared`](Self::route_prepared)
+    /// calls on it for demands like `demand` (same rate and bits; the ends do not matter)
+    /// faster, e.g. landmark distances, so that the first queries do not pay for it. Optional: policies also build such structures by themselves once a snapshot
+    /// has answered enough queries. The default does nothing.
+    fn prepare(&self, net: &PreparedNetwork<'_>, demand: &Demand) {
+        let _ = (net, demand);
+    }
 
     /// Routes `demand` over `net`, building the graph for this one call.
     fn route(&self, net: &KeyNetwork, demand: &Demand) -> Result<RoutePlan, RouteError> {

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use petgraph::graph::{EdgeIndex, NodeIndex, UnGraph};
 
+use crate::cache::SearchCache;
 use crate::{Demand, KeyNetwork, Link, Path, RouteError};
 
 /// The graph of a [`PreparedNetwork`]: node `i` is `KeyNetwork::nodes[i]`; an edge's weight
@@ -14,11 +15,18 @@ pub type LinkGraph = UnGraph<(), u32>;
 ///
 /// Building it is linear in the size of the network; routing over it then needs no further
 /// conversion. It borrows the snapshot, so it is only valid for that snapshot.
+///
+/// It also keeps, built on demand, what makes repeated searches fast: a flat adjacency
+/// ([`csr`](Self::csr)), landmark distances per link cost function
+/// ([`landmarks`](Self::landmarks)) and reusable search buffers
+/// ([`with_scratch`](Self::with_scratch)). Since the snapshot cannot change while it is
+/// borrowed, these stay valid for the whole life of the prepared network.
 #[derive(Debug, Clone)]
 pub struct PreparedNetwork<'a> {
     net: &'a KeyNetwork,
     graph: LinkGraph,
     index: HashMap<&'a str, NodeIndex>,
+    cache: SearchCache,
 }
 
 impl<'a> PreparedNetwork<'a> {
@@ -65,7 +73,16 @@ impl<'a> PreparedNetwork<'a> {
                 graph.add_edge(a, b, i as u32);
             }
         }
-        Ok(Self { net, graph, index })
+        Ok(Self {
+            net,
+            graph,
+            index,
+            cache: SearchCache::default(),
+        })
+    }
+
+    pub(crate) fn cache(&self) -> &SearchCache {
+        &self.cache
     }
 
     /// The snapshot this graph was built from.

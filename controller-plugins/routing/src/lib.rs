@@ -2,13 +2,19 @@
 //!
 //! | name | policy |
 //! |---|---|
-//! | `shortest` | [`Shortest`]: least total link weight (Dijkstra) |
+//! | `shortest` | [`Shortest`]: least total link weight (Dijkstra / ALT) |
 //! | `fewest-hops` | [`FewestHops`]: fewest links (breadth-first search) |
 //! | `key-aware` | [`KeyAware`]: only links that can serve the demand, preferring well-stocked ones |
 //! | `multipath` | [`Multipath`]: splits the demand over paths up to the max-flow bound |
 //!
 //! Every policy avoids down links; the single-path ones return exactly one path.
+//!
+//! `shortest` and `key-aware` search goal-directed on large snapshots: A* with lower bounds
+//! from landmark distances (ALT), computed per prepared snapshot on a cost that never
+//! exceeds the policy's, once the snapshot has answered enough queries or when
+//! [`RoutePolicy::prepare`] asks for them.
 
+mod alt;
 mod fewest_hops;
 mod key_aware;
 mod multipath;

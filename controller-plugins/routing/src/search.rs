@@ -33,6 +33,10 @@ impl PartialOrd for Entry {
 
 /// Least-cost path from `src` to `dst` (Dijkstra, stopping when `dst` is settled) over the
 /// links for which `cost` gives `Some(c)`, `c >= 0`. Returns its edges in order from `src`.
+///
+/// Plain, with fresh buffers and no bounds: the reference the goal-directed search
+/// ([`crate::alt`]) is tested against.
+#[cfg(test)]
 pub fn dijkstra(
     net: &PreparedNetwork<'_>,
     src: NodeIndex,

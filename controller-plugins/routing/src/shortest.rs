@@ -1,12 +1,18 @@
 //! `shortest`: the path of least total link weight.
 
-use qkdni_route_policy::{Demand, PreparedNetwork, RouteError, RoutePlan, RoutePolicy};
+use qkdni_route_policy::{Demand, Link, PreparedNetwork, RouteError, RoutePlan, RoutePolicy};
 
-use crate::{no_route, search, single_path};
+use crate::{alt, no_route, single_path};
 
-/// Weighted shortest path (Dijkstra) over the up links; a link's weight is its `weight`, 1
-/// when unset. Key rates and stored key are not looked at: the one path carries the whole
-/// demand (`share_bps` = the demanded rate).
+/// Names the landmarks of `shortest`: on the link weight itself.
+const LINK_WEIGHT: qkdni_route_policy::LandmarkKey = ("link-weight", 0);
+
+/// Weighted shortest path over the up links; a link's weight is its `weight`, 1 when unset.
+/// Key rates and stored key are not looked at: the one path carries the whole demand
+/// (`share_bps` = the demanded rate).
+///
+/// The search is ALT (A* with landmark lower bounds) once the snapshot has landmarks for the
+/// link weights (computed on those same weights), Dijkstra before.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Shortest;
 
@@ -21,9 +27,16 @@ impl RoutePolicy for Shortest {
         demand: &Demand,
     ) -> Result<RoutePlan, RouteError> {
         let (src, dst) = net.endpoints(demand)?;
-        let edges =
-            search::dijkstra(net, src, dst, |l| Some(l.cost())).ok_or_else(|| no_route(demand))?;
+        let csr = net.csr();
+        let edges = alt::least_cost(net, src, dst, LINK_WEIGHT, Link::cost, |slot| {
+            Some(csr.weight(slot))
+        })
+        .ok_or_else(|| no_route(demand))?;
         Ok(single_path(net, src, &edges, demand))
+    }
+
+    fn prepare(&self, net: &PreparedNetwork<'_>, _demand: &Demand) {
+        net.prepare_landmarks(LINK_WEIGHT, Link::cost);
     }
 }
 
