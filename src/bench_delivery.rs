@@ -151,6 +151,13 @@ async fn measure(
         &endpoints.operator_tls_at(&controller.name),
         Duration::from_secs(10),
     )?;
+    let topology: crate::control::topology::Topology = http
+        .get(format!("{}/api/v1/topology", controller.rest))
+        .bearer_auth(&controller.token)
+        .send()
+        .await?
+        .json()
+        .await?;
     let mut route_bps = f64::INFINITY;
     for (master, slave) in [(A, B), (B, A)] {
         let response = http
@@ -163,24 +170,25 @@ async fn measure(
             bail!("session {master} -> {slave}: {}", response.text().await?);
         }
         let session: serde_json::Value = response.json().await?;
+        // what the route can carry: the sum of its paths' bottleneck link rates
+        let bottleneck = |path: &serde_json::Value| {
+            path["links"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| topology.links.get(l.as_str()?))
+                .map(|l| l.rate_bps)
+                .fold(f64::INFINITY, f64::min)
+        };
         let carried: f64 = session["paths"]
             .as_array()
-            .map(|paths| {
-                paths
-                    .iter()
-                    .map(|p| p["share_bps"].as_f64().unwrap_or(0.0))
-                    .sum()
-            })
-            .unwrap_or(0.0);
+            .into_iter()
+            .flatten()
+            .map(bottleneck)
+            .filter(|r| r.is_finite())
+            .sum();
         route_bps = route_bps.min(carried);
     }
-    let topology: crate::control::topology::Topology = http
-        .get(format!("{}/api/v1/topology", controller.rest))
-        .bearer_auth(&controller.token)
-        .send()
-        .await?
-        .json()
-        .await?;
     let min_cut_bps = qkdni_route_policy::min_cut_bps(&topology.network(), "a1", "a4")
         .map_err(|e| anyhow::anyhow!("min-cut: {e}"))?;
     eprintln!("{policy}: min-cut {min_cut_bps:.0} bit/s, route {route_bps:.0} bit/s");

@@ -404,23 +404,11 @@ async fn a_session_is_rerouted_when_a_link_rate_no_longer_meets_its_demand() {
 async fn a_multipath_session_splits_its_keys_over_several_paths() {
     let bed = Bed::up(TOPOLOGY);
     // the controller's policy is configuration: multipath
-    let nc = bed
-        .controller_netconf("A", &bed.endpoints.netconf_user)
-        .await;
-    nc.edit_config("running", "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><policy>multipath</policy></controller>")
-        .await
-        .unwrap();
+    bed.set_policy("multipath").await;
     // 300 kbit/s from a1 to a4: more than a2-a4 (150) or a2-a3-a4 (200) alone, less than both
-    let (http, rest, token) = bed.controller("A");
-    let response = http
-        .post(format!("{rest}/api/v1/sessions"))
-        .bearer_auth(&token)
-        .json(&json!({"master_sae": "sae-a1-1", "slave_sae": "sae-a4-1", "rate_bps": 300000.0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let session: Value = response.json().await.unwrap();
+    let session = bed
+        .create_session_at("sae-a1-1", "sae-a4-1", 300000.0)
+        .await;
     let paths = session["paths"].as_array().unwrap();
     assert_eq!(paths.len(), 2, "{session}");
     let total: f64 = paths.iter().map(|p| p["share_bps"].as_f64().unwrap()).sum();

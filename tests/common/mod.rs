@@ -229,16 +229,39 @@ impl Bed {
 
     /// Creates a key supply session through the controller; returns it as JSON.
     pub async fn create_session(&self, master: &str, slave: &str) -> serde_json::Value {
+        self.create_session_at(master, slave, 0.0).await
+    }
+
+    /// Creates a key supply session demanding `rate_bps` through domain A's controller;
+    /// returns it as JSON.
+    pub async fn create_session_at(
+        &self,
+        master: &str,
+        slave: &str,
+        rate_bps: f64,
+    ) -> serde_json::Value {
         let (http, rest, token) = self.controller("A");
         let response = http
             .post(format!("{rest}/api/v1/sessions"))
             .bearer_auth(token)
-            .json(&serde_json::json!({"master_sae": master, "slave_sae": slave}))
+            .json(&serde_json::json!({"master_sae": master, "slave_sae": slave, "rate_bps": rate_bps}))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 201, "{:?}", response.text().await);
         response.json().await.unwrap()
+    }
+
+    /// Sets domain A's route policy over the controller's NETCONF, as an operator does.
+    pub async fn set_policy(&self, policy: &str) {
+        self.controller_netconf("A", &self.endpoints.netconf_user)
+            .await
+            .edit_config(
+                "running",
+                &format!("<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><policy>{policy}</policy></controller>"),
+            )
+            .await
+            .unwrap();
     }
 }
 

@@ -217,22 +217,9 @@ async fn one_way_supply_keeps_the_path_rate_after_the_pools_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_clients_one_way_get_the_min_cut_with_multipath() {
     let bed = Bed::up("single-domain.toml");
-    let nc = bed
-        .controller_netconf("A", &bed.endpoints.netconf_user)
-        .await;
-    nc.edit_config("running", "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><policy>multipath</policy></controller>")
-        .await
-        .unwrap();
+    bed.set_policy("multipath").await;
     // a1 -> a4: a2-a4 and a2-a3-a4 in parallel; the cut {a2-a4, a3-a4} is the min-cut
-    let (http, rest, token) = bed.controller("A");
-    let response = http
-        .post(format!("{rest}/api/v1/sessions"))
-        .bearer_auth(&token)
-        .json(&json!({"master_sae": "sae-a1-1", "slave_sae": "sae-a4-1", "rate_bps": 400000.0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    bed.create_session_at("sae-a1-1", "sae-a4-1", 400000.0).await;
     let rates = link_rates(&bed, "A").await;
     let min_cut = rates["a2-a4"] + rates["a3-a4"];
     let load = pull(
@@ -374,22 +361,9 @@ async fn a_relay_failing_at_the_last_hop_spends_no_key_on_earlier_hops() {
 async fn a_demand_the_network_cannot_meet_installs_routes_once() {
     let bed = Bed::up("single-domain.toml");
     // a single-path policy that routes whatever the demand
-    let nc = bed
-        .controller_netconf("A", &bed.endpoints.netconf_user)
-        .await;
-    nc.edit_config("running", "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><policy>shortest</policy></controller>")
-        .await
-        .unwrap();
+    bed.set_policy("shortest").await;
     // 10 Mbit/s from a1 to a5: more than any path; the controller routes it once
-    let (http, rest, token) = bed.controller("A");
-    let response = http
-        .post(format!("{rest}/api/v1/sessions"))
-        .bearer_auth(&token)
-        .json(&json!({"master_sae": "sae-a1-1", "slave_sae": "sae-a5-1", "rate_bps": 10000000.0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    bed.create_session_at("sae-a1-1", "sae-a5-1", 10000000.0).await;
     let installs = |events: &Value| {
         events
             .as_array()
