@@ -1,5 +1,6 @@
 //! The `qkdni` command: every daemon and tool of the project.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -17,8 +18,21 @@ use qkdni::testbed;
     about = "SDN control plane for interworking QKD networks (ITU-T Y.3818)"
 )]
 struct Cli {
+    /// Format of the log lines written to standard error: `text` (coloured only on a
+    /// terminal) or `json` (one JSON object a line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Format of log lines.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines; ANSI colours only when standard error is a terminal.
+    Text,
+    /// One JSON object a line (tracing-subscriber's JSON formatter).
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -100,20 +114,25 @@ struct LinkModelArgs {
     json: bool,
 }
 
-fn init_tracing() {
+/// Logs to standard error, filtered by `QKDNI_LOG` (default `info`). The testbed sends
+/// daemons' standard error to files: colour escapes are written only to a terminal.
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("QKDNI_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.with_ansi(false).json().init(),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Km { config } => {
-            init_tracing();
+            init_tracing(cli.log_format);
             let config = KmConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
@@ -122,7 +141,7 @@ fn main() -> anyhow::Result<()> {
             })?;
         }
         Command::Controller { config } => {
-            init_tracing();
+            init_tracing(cli.log_format);
             let config = qkdni::control::config::ControllerConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
@@ -153,7 +172,7 @@ fn main() -> anyhow::Result<()> {
             })?;
         }
         Command::Manager { config } => {
-            init_tracing();
+            init_tracing(cli.log_format);
             let config = qkdni::management::config::ManagerConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(qkdni::management::run(
@@ -164,11 +183,11 @@ fn main() -> anyhow::Result<()> {
         Command::Ctl { target, command } => qkdni::ctl::run(target, command)?,
         Command::LinkModel(args) => link_model(args)?,
         Command::Testbed { command } => {
-            init_tracing();
+            init_tracing(cli.log_format);
             testbed::cli::run(command)?;
         }
         Command::Demo { topology, dir } => {
-            init_tracing();
+            init_tracing(cli.log_format);
             testbed::demo::run(topology.as_deref(), dir.as_deref())?;
         }
         Command::Bench { command } => qkdni::bench_routing::run(command)?,

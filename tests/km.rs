@@ -52,6 +52,10 @@ async fn adjacent_kms_round_trip_in_both_forms() {
     assert_eq!(status.slave_SAE_ID, "sae-a2-1");
     assert_eq!(status.key_size, 256);
     assert!(status.stored_key_count > 0);
+    // daemons log to files: plain text, no terminal colour escapes
+    let log = bed.log("a1");
+    assert!(log.contains("KM agent ready"), "{log}");
+    assert!(!log.contains("\x1b["), "colour escapes in the KM log");
 
     // POST forms, with a non-default key size
     let keys = alice.enc_keys("sae-a2-1", &request(3, 512)).await.unwrap();

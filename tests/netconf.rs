@@ -1,6 +1,7 @@
 //! NETCONF integration tests over real KM processes: our client against our server, and
 //! third-party clients (ncclient, netconf-console2, netconf-rs) against our server. The
-//! testbeds run without a controller, so that operators are the only ones editing.
+//! testbeds run without a controller, so that operators are the only ones editing, except
+//! the one that also attacks the controller's NETCONF port.
 
 mod common;
 
@@ -300,6 +301,60 @@ async fn read_only_users_cannot_write_and_notifications_arrive() {
         "{message}"
     );
     assert!(message.contains("<eventTime>"), "{message}");
+}
+
+/// A subtree filter nesting `depth` elements under `qkd_node`.
+fn deep_filter(depth: usize) -> String {
+    format!(
+        "<qkd_node xmlns=\"{NODE_NS}\">{}{}</qkd_node>",
+        "<x>".repeat(depth),
+        "</x>".repeat(depth)
+    )
+}
+
+/// Issue 15: a 5 000-deep `<get>` filter from a read-only user used to overflow a worker's
+/// stack and abort the KM or the controller. It now gets an `rpc-error` and the same session,
+/// the KM's ETSI 014 API and the controller keep serving. The KM's log file is plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_requests_get_rpc_errors_and_the_daemons_keep_serving() {
+    let bed = Bed::up(TOPOLOGY);
+    let viewer = bed
+        .netconf_as("a1", &bed.endpoints.netconf_readonly_user, false)
+        .await
+        .unwrap();
+    let error = rpc_error(viewer.get(Some(&deep_filter(5_000))).await);
+    assert_eq!(error.tag, ErrorTag::MalformedMessage, "{error:?}");
+    assert!(error.message.contains("deeper than"), "{error:?}");
+    // the same session answers the next get, and the KM serves ETSI 014
+    let routes = viewer.get(Some(ROUTES_FILTER)).await.unwrap();
+    assert!(routes.contains("key-manager"), "{routes}");
+    let status = bed.client("sae-a1-1").status("sae-a2-1").await.unwrap();
+    assert_eq!(status.source_KME_ID, "a1");
+    // too many elements: too-big
+    let wide = format!(
+        "<qkd_node xmlns=\"{NODE_NS}\">{}</qkd_node>",
+        "<x/>".repeat(100_001)
+    );
+    assert_eq!(
+        rpc_error(viewer.get(Some(&wide)).await).tag,
+        ErrorTag::TooBig
+    );
+    viewer.get_config("running", None).await.unwrap();
+
+    // the controller's NETCONF port, as its read-only user
+    let controller = bed
+        .controller_netconf("A", &bed.endpoints.netconf_readonly_user)
+        .await;
+    let error = rpc_error(controller.get(Some(&deep_filter(5_000))).await);
+    assert_eq!(error.tag, ErrorTag::MalformedMessage, "{error:?}");
+    controller.get_config("running", None).await.unwrap();
+    let status = bed.client("sae-a1-1").status("sae-a2-1").await.unwrap();
+    assert_eq!(status.target_KME_ID, "a2");
+
+    // log files carry no terminal colour escapes
+    let log = bed.log("a1");
+    assert!(log.contains("refused NETCONF message"), "{log}");
+    assert!(!log.contains("\x1b["), "colour escapes in the KM log");
 }
 
 /// A raw NETCONF channel (SSH subsystem) for sending arbitrary bytes.

@@ -13,6 +13,9 @@ use qkdni::netconf::RpcError;
 use qkdni::yang::Tree;
 use tokio::sync::broadcast;
 
+/// Stack of a tokio worker thread (tokio's default).
+const WORKER_STACK: usize = 2 * 1024 * 1024;
+
 /// An application that keeps nothing but the datastores themselves.
 struct Accepting(broadcast::Sender<Notification>);
 
@@ -64,14 +67,25 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (runtime, server) = fixture();
-    let mut session = SessionState {
-        id: 1,
-        user: "fuzz".into(),
-        subscription: None,
-    };
-    let outcome = runtime.block_on(qkdni::netconf::rpc::handle(server, &mut session, text));
-    let reply = match outcome {
-        qkdni::netconf::rpc::Outcome::Reply(r) | qkdni::netconf::rpc::Outcome::Close(r) => r,
-    };
+    // On a thread with a tokio worker's stack (2 MiB) rather than libFuzzer's main thread
+    // (8 MiB): deep recursion that would abort a daemon crashes here too.
+    let reply = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .stack_size(WORKER_STACK)
+            .spawn_scoped(scope, || {
+                let mut session = SessionState {
+                    id: 1,
+                    user: "fuzz".into(),
+                    subscription: None,
+                };
+                match runtime.block_on(qkdni::netconf::rpc::handle(server, &mut session, text)) {
+                    qkdni::netconf::rpc::Outcome::Reply(r)
+                    | qkdni::netconf::rpc::Outcome::Close(r) => r,
+                }
+            })
+            .expect("fuzz worker thread")
+            .join()
+            .expect("rpc::handle panicked")
+    });
     assert!(reply.starts_with("<rpc-reply"));
 });

@@ -861,7 +861,7 @@ fn describe(paths: &[SessionPath]) -> String {
 
 /// The link and its new state from a `link-status-change` notification.
 fn parse_link_status(message: &str) -> Option<(String, bool)> {
-    let doc = roxmltree::Document::parse(message).ok()?;
+    let doc = crate::netconf::limits::parse(message).ok()?;
     let change = doc
         .descendants()
         .find(|n| n.tag_name().name() == "link-status-change")?;

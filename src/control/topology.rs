@@ -67,7 +67,7 @@ impl AgentView {
     /// Parses the `<data>` content of a `get` of `qkd_node`.
     pub fn parse(xml: &str) -> Result<Self, String> {
         let wrapped = format!("<data>{xml}</data>");
-        let doc = roxmltree::Document::parse(&wrapped).map_err(|e| e.to_string())?;
+        let doc = crate::netconf::limits::parse(&wrapped).map_err(|e| e.to_string())?;
         let root = doc.root_element();
         let qkd_node = child(root, NODE_NS, "qkd_node").ok_or("no qkd_node in the agent's data")?;
         let node = text(child(qkd_node, NODE_NS, "qkdn_id")).ok_or("no qkdn_id")?;

@@ -52,7 +52,7 @@ impl RelayFailure {
 /// Reads a notification of KM `node` (the `<notification>` XML); `None` for other
 /// notifications and unreadable ones.
 pub fn parse_notification(node: &str, xml: &str) -> Option<KmNotification> {
-    let doc = roxmltree::Document::parse(xml).ok()?;
+    let doc = crate::netconf::limits::parse(xml).ok()?;
     let event = doc
         .root_element()
         .children()

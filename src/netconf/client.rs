@@ -19,6 +19,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::error::{ErrorTag, ErrorType, RpcError};
 use super::framing::{Framing, NetconfCodec};
+use super::limits;
 use super::xml::NS_BASE;
 use super::{BASE_1_0, BASE_1_1};
 
@@ -319,8 +320,8 @@ async fn read_loop<R>(
     R: tokio::io::AsyncRead + Unpin,
 {
     while let Some(Ok(message)) = reader.next().await {
-        let Ok(doc) = roxmltree::Document::parse(&message) else {
-            tracing::warn!("malformed message from NETCONF server");
+        let Ok(doc) = limits::parse(&message) else {
+            tracing::warn!("malformed or oversized message from NETCONF server");
             continue;
         };
         let root = doc.root_element();
@@ -343,8 +344,7 @@ async fn read_loop<R>(
 }
 
 fn parse_hello(message: &str) -> Result<(u32, Vec<String>), ClientError> {
-    let doc =
-        roxmltree::Document::parse(message).map_err(|e| ClientError::Malformed(e.to_string()))?;
+    let doc = limits::parse(message).map_err(|e| ClientError::Malformed(e.to_string()))?;
     let root = doc.root_element();
     if root.tag_name().name() != "hello" {
         return Err(ClientError::Malformed("expected hello".into()));
@@ -365,8 +365,7 @@ fn parse_hello(message: &str) -> Result<(u32, Vec<String>), ClientError> {
 
 /// The content of an `rpc-reply`, or its errors.
 fn parse_reply(message: &str) -> Result<String, ClientError> {
-    let doc =
-        roxmltree::Document::parse(message).map_err(|e| ClientError::Malformed(e.to_string()))?;
+    let doc = limits::parse(message).map_err(|e| ClientError::Malformed(e.to_string()))?;
     let root = doc.root_element();
     let errors: Vec<RpcError> = root
         .children()
@@ -418,7 +417,7 @@ fn parse_reply(message: &str) -> Result<String, ClientError> {
 
 /// The inside of `<data>...</data>`.
 fn data_content(reply: String) -> String {
-    let Ok(doc) = roxmltree::Document::parse(&reply) else {
+    let Ok(doc) = limits::parse(&reply) else {
         return reply;
     };
     let root = doc.root_element();

@@ -2,6 +2,7 @@
 //! controller's southbound (client).
 //!
 //! - [`framing`] — base:1.0 and base:1.1 message framing (tokio codec);
+//! - [`limits`] — depth, element and attribute bounds checked before parsing;
 //! - [`xml`] — reading and writing the XML of messages, subtree filters;
 //! - [`error`] — `rpc-error`;
 //! - [`datastore`] — running and candidate datastores on libyang trees, the edit engine;
@@ -15,6 +16,7 @@ pub mod client;
 pub mod datastore;
 pub mod error;
 pub mod framing;
+pub mod limits;
 pub mod pool;
 pub mod rpc;
 pub mod server;

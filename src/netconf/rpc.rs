@@ -11,6 +11,7 @@ use yang2::data::DataTree;
 
 use super::datastore::{self, Datastore};
 use super::error::{ErrorTag, ErrorType, RpcError};
+use super::limits;
 use super::server::{Confirmed, Group, NetconfServer, Stores};
 use super::session::SessionState;
 use super::xml::{self, EditOp, NS_BASE, NS_MONITORING, NS_NOTIFICATION};
@@ -73,16 +74,19 @@ pub async fn handle(
     session: &mut SessionState,
     message: &str,
 ) -> Outcome {
-    let doc = match roxmltree::Document::parse(message.trim_start()) {
+    // bounded before anything recursive (roxmltree, edits, filters, libyang) sees it
+    let doc = match limits::parse(message.trim_start()) {
         Ok(doc) => doc,
         Err(error) => {
-            tracing::warn!(%error, "malformed XML message");
-            let e = RpcError::new(
-                ErrorType::Rpc,
-                ErrorTag::MalformedMessage,
-                format!("malformed XML: {error}"),
-            );
-            return Outcome::Reply(reply("", &e.to_xml()));
+            tracing::warn!(%error, "refused NETCONF message");
+            // a well-formed message over a limit keeps its message-id for the client
+            let mut attributes = String::new();
+            if !matches!(error, limits::LimitError::Malformed(_)) {
+                for (name, value) in limits::root_attributes(message.trim_start()) {
+                    attributes.push_str(&format!(" {name}=\"{}\"", escape(value.as_str())));
+                }
+            }
+            return Outcome::Reply(reply(&attributes, &error.to_rpc_error().to_xml()));
         }
     };
     let root = doc.root_element();

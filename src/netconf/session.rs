@@ -152,7 +152,8 @@ fn hello(server: &NetconfServer, id: u32) -> String {
 
 /// Checks the client's hello; returns whether both sides speak base:1.1.
 fn client_hello(message: &str) -> Result<bool, &'static str> {
-    let doc = roxmltree::Document::parse(message.trim_start()).map_err(|_| "not XML")?;
+    let doc =
+        super::limits::parse(message.trim_start()).map_err(|_| "not XML or over the limits")?;
     let root = doc.root_element();
     if root.tag_name().name() != "hello" || root.tag_name().namespace() != Some(NS_BASE) {
         return Err("not a hello");

@@ -149,6 +149,8 @@ pub fn quote(value: &str) -> String {
     }
 }
 
+/// Recursive, one call per level: bounded by the entry check of every message
+/// ([`super::limits::MAX_DEPTH`] levels), as is libyang's parser that reads the result.
 fn write_element(
     element: Node<'_, '_>,
     parent: Option<Node<'_, '_>>,
@@ -243,6 +245,8 @@ const MAX_FILTER_DEPTH: usize = 32;
 /// Most XPath expressions one subtree filter may turn into.
 const MAX_FILTER_PATHS: usize = 1024;
 
+/// Recursive, one call per level: bounded by [`MAX_FILTER_DEPTH`] (and the message itself
+/// by [`super::limits::MAX_DEPTH`]).
 fn filter_element(
     element: Node<'_, '_>,
     path: String,
