@@ -219,7 +219,8 @@ async fn fifty_clients_one_way_get_the_min_cut_with_multipath() {
     let bed = Bed::up("single-domain.toml");
     bed.set_policy("multipath").await;
     // a1 -> a4: a2-a4 and a2-a3-a4 in parallel; the cut {a2-a4, a3-a4} is the min-cut
-    bed.create_session_at("sae-a1-1", "sae-a4-1", 400000.0).await;
+    bed.create_session_at("sae-a1-1", "sae-a4-1", 400000.0)
+        .await;
     let rates = link_rates(&bed, "A").await;
     let min_cut = rates["a2-a4"] + rates["a3-a4"];
     let load = pull(
@@ -363,7 +364,8 @@ async fn a_demand_the_network_cannot_meet_installs_routes_once() {
     // a single-path policy that routes whatever the demand
     bed.set_policy("shortest").await;
     // 10 Mbit/s from a1 to a5: more than any path; the controller routes it once
-    bed.create_session_at("sae-a1-1", "sae-a5-1", 10000000.0).await;
+    bed.create_session_at("sae-a1-1", "sae-a5-1", 10000000.0)
+        .await;
     let installs = |events: &Value| {
         events
             .as_array()
