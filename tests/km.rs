@@ -94,6 +94,18 @@ async fn adjacent_kms_round_trip_in_both_forms() {
         .await
         .unwrap();
     assert_eq!(fetched["keys"][0]["key"], got["keys"][0]["key"]);
+    // POST without a body: every parameter takes its default (one key of key_size bits)
+    let empty = http_a
+        .post(format!("{}/api/v1/keys/sae-a2-1/enc_keys", bed.kme("a1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 200);
+    let empty: Value = empty.json().await.unwrap();
+    assert_eq!(empty["keys"].as_array().unwrap().len(), 1);
+    let key = empty["keys"][0]["key"].as_str().unwrap();
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key).unwrap();
+    assert_eq!(bytes.len(), 32);
     let two: Value = http_a
         .get(format!(
             "{}/api/v1/keys/sae-a2-1/enc_keys?number=2&size=128",

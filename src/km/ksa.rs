@@ -249,10 +249,15 @@ async fn enc_keys_post(
     Path(slave): Path<String>,
     body: Bytes,
 ) -> Result<Json<KeyContainer>> {
-    let request: KeyRequest = serde_json::from_slice(&body).map_err(|e| {
-        Etsi014Error::bad_request("malformed key request")
-            .detail(json!({"parse_error": e.to_string()}))
-    })?;
+    // every parameter is optional: an empty body asks for the defaults
+    let request: KeyRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        KeyRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Etsi014Error::bad_request("malformed key request")
+                .detail(json!({"parse_error": e.to_string()}))
+        })?
+    };
     enc_keys(agent, identity, slave, request).await
 }
 
