@@ -29,6 +29,8 @@ pub enum Event {
         relay_id: uuid::Uuid,
         destination: String,
         reason: String,
+        /// The route is sound but a link holds too little key for now.
+        exhausted: bool,
     },
 }
 
@@ -74,12 +76,17 @@ impl Event {
                 relay_id,
                 destination,
                 reason,
+                exhausted,
             } => (
                 "relay-failure",
                 vec![
                     ("relay-id", relay_id.to_string()),
                     ("destination", destination.clone()),
                     ("reason", reason.clone()),
+                    (
+                        "cause",
+                        if *exhausted { "key-exhausted" } else { "fault" }.to_owned(),
+                    ),
                 ],
             ),
         };

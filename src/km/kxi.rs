@@ -508,6 +508,7 @@ async fn ext_keys(
                 Ok(ack) => (RelayStatus::Relayed, ack.delivered, ack.hops, None),
                 Err(error) => (RelayStatus::Failed, 0, 0, Some(error.to_string())),
             };
+            let exhausted = outcome.as_ref().is_err_and(RelayError::is_exhaustion);
             if !agent.kxi.settle(relay_id, status) {
                 tracing::warn!("relay voided while in progress");
             }
@@ -517,6 +518,7 @@ async fn ext_keys(
                     relay_id,
                     destination: request.extension.dest_km.clone(),
                     reason: message.clone(),
+                    exhausted,
                 });
             }
             let ack = ExtKeysAck {

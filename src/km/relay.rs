@@ -106,6 +106,23 @@ pub enum RelayError {
     Store(StoreError),
 }
 
+impl RelayError {
+    /// Whether the relay failed only because a link on its route (here or further on) holds
+    /// too little key for now: not a route fault.
+    pub fn is_exhaustion(&self) -> bool {
+        match self {
+            RelayError::Exhausted(_) => true,
+            // a further hop refused with this same error (its text leads the problem body)
+            RelayError::Peer {
+                status: 503,
+                message,
+                ..
+            } => message.contains("not enough key material"),
+            _ => false,
+        }
+    }
+}
+
 impl From<StoreError> for RelayError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -230,6 +247,7 @@ fn relay_failed(agent: &Agent, hop: &Hop, error: &RelayError) {
         relay_id: hop.relay_id,
         destination: hop.dest_km.clone(),
         reason: error.to_string(),
+        exhausted: error.is_exhaustion(),
     })
 }
 

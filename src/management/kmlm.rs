@@ -40,6 +40,9 @@ pub struct RelayFailure {
     pub destination: String,
     /// Why, as the KM put it.
     pub reason: String,
+    /// The KM's cause `key-exhausted`: a link on the route holds too little key for now,
+    /// which no reroute mends.
+    pub exhausted: bool,
 }
 
 impl RelayFailure {
@@ -81,6 +84,7 @@ pub fn parse_notification(node: &str, xml: &str) -> Option<KmNotification> {
             relay_id: field("relay-id").and_then(|id| Uuid::parse_str(&id).ok()),
             destination: field("destination")?,
             reason: field("reason").unwrap_or_default(),
+            exhausted: field("cause").as_deref() == Some("key-exhausted"),
         })),
         _ => None,
     }
@@ -147,7 +151,8 @@ impl Kmlm {
         .await
     }
 
-    /// Counts a notification of KM `node`; a relay failure goes to the XLMO.
+    /// Counts a notification of KM `node`; a relay failure that is a route fault (not pool
+    /// exhaustion) goes to the XLMO.
     pub fn handle(manager: &Arc<Manager>, node: &str, notification: KmNotification) {
         let kmlm = &manager.kmlm;
         match notification {
@@ -184,20 +189,29 @@ impl Kmlm {
                 manager.events.record(
                     events::KMLM_RELAY_FAILURE,
                     format!(
-                        "{node}: {} relay to {} failed: {}",
+                        "{node}: {} relay to {} failed: {}{}",
                         if interworking {
                             "interworking"
                         } else {
                             "local"
                         },
                         failure.destination,
-                        failure.reason
+                        failure.reason,
+                        if failure.exhausted {
+                            " (key exhausted, not a route fault: no diagnosis)"
+                        } else {
+                            ""
+                        }
                     ),
                     Refs {
                         relay_id: failure.relay_id,
                         message: None,
                     },
                 );
+                // pool exhaustion is not a route fault: the route stays, no diagnosis
+                if failure.exhausted {
+                    return;
+                }
                 let manager = manager.clone();
                 tokio::spawn(async move { manager.xlmo.local_fault(&manager, failure).await });
             }
@@ -237,6 +251,15 @@ mod tests {
         };
         assert_eq!(failure.relay_id, None);
         assert!(!failure.is_authentication_failure());
+        assert!(!failure.exhausted);
+        // a KM tells pool exhaustion from a route fault
+        let xml = wrap(
+            r#"<relay-failure xmlns="urn:qkdni:yang:qkdni-km"><relay-id>x</relay-id><destination>a3</destination><reason>not enough key material</reason><cause>key-exhausted</cause></relay-failure>"#,
+        );
+        let Some(KmNotification::RelayFailure(failure)) = parse_notification("a1", &xml) else {
+            panic!("not a relay failure");
+        };
+        assert!(failure.exhausted);
     }
 
     #[test]

@@ -148,6 +148,7 @@ async fn fault_reports_and_report_packs_cross_mxi_and_strangers_are_refused() {
         relay_id: Some(relay_id),
         destination: "b2".into(),
         reason: "next hop gb1 unreachable".into(),
+        exhausted: false,
     };
     manager_a
         .xlmo

@@ -343,6 +343,7 @@ peer = { domain = "B", manager_name = "manager-B", mxi = "https://127.0.0.1:1" }
             relay_id: None,
             destination: destination.into(),
             reason: "r".into(),
+            exhausted: false,
         };
         assert_eq!(classify(&config, &failure("a2")), FaultScope::Local);
         assert_eq!(classify(&config, &failure("ga1")), FaultScope::Local);

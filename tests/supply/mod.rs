@@ -303,6 +303,18 @@ async fn one_way_supply_across_the_domains_keeps_the_path_rate_and_never_stalls(
     )
     .await;
     assert_holds(&load, limit, 0.9, "50 clients, one way, across the domains");
+    // requests refused for want of key are pool exhaustion, not route faults: no manager
+    // asked either controller for a diagnosis, and the route never changed
+    for domain in ["A", "B"] {
+        let events = bed.controller_get(domain, "/api/v1/events").await;
+        let diagnoses = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "qclm-diagnosis" || e["kind"] == "reroute")
+            .count();
+        assert_eq!(diagnoses, 0, "{domain}: {events:#}");
+    }
 }
 
 /// The blocks `node` has consumed on `link` since it started.
