@@ -100,15 +100,7 @@ async fn abstract_topology(
     if let Err(refused) = peer(&c, &identity, "abstract topology") {
         return refused.into_response();
     }
-    match c.abstract_topology().await {
-        Some(topology) => Json(topology).into_response(),
-        None => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "the controller is busy: try again",
-        )
-        .into_response(),
-    }
+    Json(c.abstract_topology()).into_response()
 }
 
 async fn prepare(

@@ -4,21 +4,30 @@
 //! - [`topology`] — the domain as the controller sees it, live from the agents;
 //! - [`southbound`] — reading agents and installing relay routes over NETCONF, all or none;
 //! - [`sessions`] — key supply sessions and their durable store;
-//! - [`controller`] — the controller actor: sessions, routing, rerouting, events;
+//! - [`controller`] — the controller's handle: reads from the published view, changes as
+//!   inputs to the instance, events;
+//! - [`instance`] — the one task that owns the state: inputs, jobs, installs in tasks;
+//! - [`creation`] — new sessions, local or agreed with the peer;
+//! - [`reroute`] — rerouting on faults and key rate shortfalls;
 //! - [`cxi`] — Cxi messages between the controllers of two QKDNs, and their client;
 //! - [`cxi_server`] — the Cxi server (peer controllers only);
-//! - [`interworking`] — interworking sessions: route agreement (two-phase) with the peer,
-//!   segments installed for it, status sharing, QCLM diagnoses;
+//! - [`interworking`] — route agreement (two-phase) with the peer, the abstract topology
+//!   shared with it, status sharing;
+//! - [`segments`] — the receiving domain's segments of the peer's sessions, QCLM diagnoses;
 //! - [`northbound`] — the REST API for orchestrators (OpenAPI);
 //! - [`operator`] — the controller under NETCONF for operators (`qkdni-controller` model).
 
 pub mod config;
 pub mod controller;
+mod creation;
 pub mod cxi;
 pub mod cxi_server;
+pub mod instance;
 pub mod interworking;
 pub mod northbound;
 pub mod operator;
+mod reroute;
+mod segments;
 pub mod sessions;
 pub mod southbound;
 pub mod topology;

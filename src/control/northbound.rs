@@ -36,6 +36,7 @@ impl From<ControlError> for Problem {
             ControlError::Install(_) => (StatusCode::SERVICE_UNAVAILABLE, "install-failed"),
             ControlError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
             ControlError::Cxi(_) => (StatusCode::SERVICE_UNAVAILABLE, "peer-domain"),
+            ControlError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
         };
         Problem::new(status, kind, error.to_string())
     }

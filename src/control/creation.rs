@@ -1,0 +1,196 @@
+//! New sessions: one inside the domain is routed at once and installed; one toward an SAE
+//! of a peer domain (procedure 1) is first agreed with the peer controller in a task. Requests
+//! for a pair whose session is being agreed wait for the same session.
+
+use uuid::Uuid;
+
+use super::controller::ControlError;
+use super::instance::{answer_all, Agreement, Instance, Job, Reply};
+use super::reroute::describe;
+use super::sessions::{Interworking, Session, SessionEvent, SessionPath, SessionState};
+use crate::netconf::server::now_rfc3339;
+
+impl Instance {
+    /// An orchestrator's new session.
+    pub(super) fn create(
+        &mut self,
+        master: String,
+        slave: String,
+        rate_bps: f64,
+        reply: Reply<Session>,
+    ) {
+        let topology = &self.state.topology;
+        let Some(src) = topology.saes.get(&master).cloned() else {
+            let _ = reply.send(Err(ControlError::UnknownSae(master)));
+            return;
+        };
+        let Some(dst) = topology.saes.get(&slave).cloned() else {
+            if self.c.peers.is_empty() {
+                let _ = reply.send(Err(ControlError::UnknownSae(slave)));
+                return;
+            }
+            return self.create_interworking(master, slave, rate_bps, "orchestrator", reply);
+        };
+        let paths = match self.c.route(topology, &src, &dst, rate_bps) {
+            Ok(paths) => paths,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return;
+            }
+        };
+        let session = Session {
+            id: Uuid::new_v4(),
+            master_sae: master,
+            slave_sae: slave,
+            src,
+            dst,
+            rate_bps,
+            state: SessionState::Active,
+            history: vec![SessionEvent {
+                time: now_rfc3339(),
+                what: format!("created with route {}", describe(&paths)),
+            }],
+            path: paths[0].nodes.clone(),
+            links: paths[0].links.clone(),
+            paths,
+            interworking: None,
+        };
+        self.push(Job::Create {
+            session,
+            peer: None,
+            replies: vec![reply],
+        });
+    }
+
+    /// Procedure 1, asked by a KM: the active interworking session of `master` and `slave`,
+    /// created (route agreed and installed) when there is none.
+    pub(super) fn km_route(
+        &mut self,
+        km: String,
+        master: String,
+        slave: String,
+        reply: Reply<Session>,
+    ) {
+        let topology = &self.state.topology;
+        if topology.saes.get(&master) != Some(&km) {
+            let _ = reply.send(Err(ControlError::Invalid(format!(
+                "SAE {master} is not served by KM {km}"
+            ))));
+            return;
+        }
+        if let Some(waiting) = self.creating.get_mut(&(master.clone(), slave.clone())) {
+            waiting.push(reply);
+            return;
+        }
+        if let Some(session) = self
+            .state
+            .sessions
+            .values()
+            .find(|s| s.master_sae == master && s.slave_sae == slave)
+        {
+            // one session per pair: an unroutable one is retried by the controller itself
+            let _ = reply.send(match session.state {
+                SessionState::Active => Ok(session.clone()),
+                SessionState::Unroutable => Err(ControlError::NoRoute(format!(
+                    "session {} waits for a route",
+                    session.id
+                ))),
+            });
+            return;
+        }
+        if self.c.peers.is_empty() || topology.saes.contains_key(&slave) {
+            let _ = reply.send(Err(ControlError::UnknownSae(slave)));
+            return;
+        }
+        let rate = self
+            .c
+            .config
+            .interworking
+            .as_ref()
+            .map_or(0.0, |iw| iw.default_rate_bps);
+        self.create_interworking(master, slave, rate, &format!("KM {km}"), reply);
+    }
+
+    /// Starts agreeing a new interworking session from `master` (an SAE of this domain) to
+    /// `slave` (an SAE of a peer domain); a request for a pair being agreed waits for it.
+    fn create_interworking(
+        &mut self,
+        master: String,
+        slave: String,
+        rate_bps: f64,
+        by: &str,
+        reply: Reply<Session>,
+    ) {
+        let key = (master.clone(), slave.clone());
+        if let Some(waiting) = self.creating.get_mut(&key) {
+            waiting.push(reply);
+            return;
+        }
+        let Some(src) = self.state.topology.saes.get(&master).cloned() else {
+            let _ = reply.send(Err(ControlError::UnknownSae(master)));
+            return;
+        };
+        let session = Session {
+            id: Uuid::new_v4(),
+            master_sae: master,
+            slave_sae: slave,
+            src,
+            dst: String::new(),
+            rate_bps,
+            state: SessionState::Active,
+            path: Vec::new(),
+            links: Vec::new(),
+            paths: Vec::new(),
+            history: Vec::new(),
+            interworking: None,
+        };
+        self.creating.insert(key, vec![reply]);
+        self.agree(
+            Agreement::New {
+                session: session.clone(),
+                by: by.to_owned(),
+            },
+            session,
+            format!("new session ({by})"),
+        );
+    }
+
+    /// The outcome of a new session's agreement: installed here (the peer committed its
+    /// segment), or every waiter gets the error.
+    pub(super) fn agreed_new(
+        &mut self,
+        mut session: Session,
+        by: String,
+        result: Result<(Vec<SessionPath>, Interworking), ControlError>,
+    ) {
+        let (paths, iw) = match result {
+            Ok(agreed) => agreed,
+            Err(error) => {
+                let key = (session.master_sae, session.slave_sae);
+                answer_all(self.creating.remove(&key).unwrap_or_default(), error);
+                return;
+            }
+        };
+        session.dst = iw.peer_km.clone();
+        session.path = paths[0].nodes.clone();
+        session.links = paths[0].links.clone();
+        session.history.push(SessionEvent {
+            time: now_rfc3339(),
+            what: format!(
+                "created by {by} with route {} (agreed with {} in transaction {})",
+                session.path.join(" -> "),
+                iw.peer_domain,
+                iw.transaction
+            ),
+        });
+        session.paths = paths;
+        let peer = Some((iw.peer_domain.clone(), iw.transaction));
+        session.interworking = Some(iw);
+        // the waiters are answered when the install is done
+        self.push(Job::Create {
+            session,
+            peer,
+            replies: Vec::new(),
+        });
+    }
+}

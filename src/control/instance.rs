@@ -1,0 +1,787 @@
+//! The controller instance: the one task that owns the controller's state (the holo shape:
+//! one instance, one input enum, I/O in tasks).
+//!
+//! Everything that changes the state arrives as an [`Input`]: orchestrators' and KMs'
+//! requests, agents' notifications, polls, the peer controller's Cxi messages, and the
+//! outcomes of the network work the instance started. The instance never waits on the
+//! network: route agreements with a peer and NETCONF installs run in tasks whose results
+//! come back as inputs. Changes that need relay routes on the KMs are [`Job`]s, run one at a
+//! time (installs never interleave); each job mutates the state when it starts, installs the
+//! difference between what the KMs hold and what the sessions need, and finishes with its
+//! continuation ([`Then`]), which commits or undoes what it started. Reads never wait: the
+//! instance publishes a [`View`] after every input.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use super::controller::{ControlError, Controller};
+use super::cxi::{CxiError, PrepareRequest, StatusReport, TransactionResult, Vote};
+use super::interworking::InterworkingState;
+use super::sessions::{Interworking, Session, SessionPath, SessionState};
+use super::southbound::{RouteChanges, SouthboundError};
+use super::topology::{AgentView, Topology, WeightedHop};
+
+/// Where an answer goes.
+pub(super) type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
+
+/// What readers see: the state as of the last input.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub topology: Topology,
+    /// Sessions in creation order.
+    pub sessions: Vec<Session>,
+    /// Sessions whose route is being agreed with a peer controller.
+    pub agreeing: Vec<Uuid>,
+    /// Installs completed since start (a poll read during one is not trusted for routes).
+    pub installs: u64,
+}
+
+/// Everything the instance reacts to.
+// moved once per request or job: boxing would buy nothing
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Input {
+    /// An orchestrator creates a session.
+    Create {
+        master: String,
+        slave: String,
+        rate_bps: f64,
+        reply: Reply<Session>,
+    },
+    /// A KM asks for the interworking route of its SAE (procedure 1).
+    KmRoute {
+        km: String,
+        master: String,
+        slave: String,
+        reply: Reply<Session>,
+    },
+    Delete {
+        id: Uuid,
+        reply: Reply<()>,
+    },
+    /// An agent's notification.
+    LinkChanged {
+        link: String,
+        up: bool,
+        at: Instant,
+    },
+    /// Every agent read (`installs`: the installs completed when the reads began).
+    Polled {
+        views: Vec<(String, Result<AgentView, String>)>,
+        installs: u64,
+        started: Instant,
+        /// What to name the reroute pass that follows (`None`: no pass).
+        trigger: Option<&'static str>,
+    },
+    /// The QCLM's diagnosis of an interworking relay failure.
+    Diagnosis {
+        destination: Option<String>,
+        detail: String,
+        at: Instant,
+        reply: oneshot::Sender<String>,
+    },
+    PeerPrepare {
+        from: String,
+        request: PrepareRequest,
+        reply: oneshot::Sender<Vote>,
+    },
+    PeerCommit {
+        from: String,
+        transaction: Uuid,
+        reply: oneshot::Sender<TransactionResult>,
+    },
+    PeerAbort {
+        from: String,
+        transaction: Uuid,
+        reply: oneshot::Sender<TransactionResult>,
+    },
+    PeerDelete {
+        from: String,
+        id: Uuid,
+        reply: oneshot::Sender<bool>,
+    },
+    PeerStatus {
+        from: String,
+        report: StatusReport,
+        at: Instant,
+    },
+    /// The outcome of the install in flight.
+    Installed {
+        result: Result<(), SouthboundError>,
+    },
+    /// The outcome of a route agreement with a peer controller.
+    Agreed {
+        agreement: Agreement,
+        result: Result<(Vec<SessionPath>, Interworking), ControlError>,
+    },
+    /// Answered once every job queued before it has finished.
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// What a route agreement was for.
+// moved once per request or job: boxing would buy nothing
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Agreement {
+    /// A new interworking session (its skeleton; `by` created it).
+    New { session: Session, by: String },
+    /// A new route for an existing one.
+    Reroute {
+        id: Uuid,
+        trigger: String,
+        started: Instant,
+    },
+}
+
+/// A change that may need relay routes installed, run one at a time.
+// moved once per request or job: boxing would buy nothing
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Job {
+    Create {
+        session: Session,
+        peer: Option<(String, Uuid)>,
+        replies: Vec<Reply<Session>>,
+    },
+    Delete {
+        id: Uuid,
+        reply: Reply<()>,
+    },
+    Reroute {
+        trigger: String,
+        started: Instant,
+    },
+    /// Brings the KMs' routes in line with the sessions.
+    Reconcile,
+    /// Installs this domain's part of a route the peer agreed to and committed.
+    InstallAgreed {
+        id: Uuid,
+        paths: Vec<SessionPath>,
+        iw: Interworking,
+        trigger: String,
+        started: Instant,
+    },
+    PeerCommit {
+        from: String,
+        transaction: Uuid,
+        reply: oneshot::Sender<TransactionResult>,
+    },
+    PeerAbort {
+        from: String,
+        transaction: Uuid,
+        reply: oneshot::Sender<TransactionResult>,
+    },
+    PeerDelete {
+        from: String,
+        id: Uuid,
+        reply: oneshot::Sender<bool>,
+    },
+    DropLeftOver {
+        from: String,
+        live: Vec<Uuid>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// How a job finishes once its install is done (or failed).
+// moved once per request or job: boxing would buy nothing
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Then {
+    /// Nothing to commit; a failed install is retried on the next change.
+    Nothing,
+    Created {
+        session: Session,
+        peer: Option<(String, Uuid)>,
+        replies: Vec<Reply<Session>>,
+    },
+    Deleted(Reply<()>),
+    Rerouted {
+        changed: Vec<(Uuid, bool)>,
+        trigger: String,
+        started: Instant,
+    },
+    Agreed {
+        id: Uuid,
+        previous: Session,
+        trigger: String,
+        started: Instant,
+    },
+    PeerCommitted {
+        transaction: Uuid,
+        segment: Session,
+        previous: Option<Session>,
+        reply: oneshot::Sender<TransactionResult>,
+    },
+    PeerAborted {
+        transaction: Uuid,
+        reply: oneshot::Sender<TransactionResult>,
+    },
+}
+
+/// The controller's state.
+pub(super) struct State {
+    pub(super) topology: Topology,
+    pub(super) sessions: BTreeMap<Uuid, Session>,
+    /// Creation order of sessions (later sessions win where routes to one destination meet).
+    pub(super) order: Vec<Uuid>,
+    /// Interworking state (Cxi transactions, faults reported by the peer).
+    pub(super) interworking: InterworkingState,
+}
+
+impl State {
+    /// Adds or replaces a session (a new one comes last in the order: its routes win where
+    /// they meet others').
+    pub(super) fn put(&mut self, session: Session) {
+        if !self.sessions.contains_key(&session.id) {
+            self.order.push(session.id);
+        }
+        self.sessions.insert(session.id, session);
+    }
+
+    /// Removes a session from the sessions and their order.
+    pub(super) fn take(&mut self, id: Uuid) -> Option<Session> {
+        self.order.retain(|s| *s != id);
+        self.sessions.remove(&id)
+    }
+}
+
+/// The instance.
+pub(super) struct Instance {
+    pub(super) c: Arc<Controller>,
+    pub(super) state: State,
+    queue: VecDeque<Job>,
+    /// The install running, with the job's continuation and the changes it makes.
+    in_flight: Option<(Then, BTreeMap<String, RouteChanges>)>,
+    installs: u64,
+    /// Sessions whose route is being agreed with a peer controller.
+    pub(super) agreeing: BTreeSet<Uuid>,
+    /// Sessions asked to reroute again while they were being agreed.
+    pub(super) again: BTreeSet<Uuid>,
+    /// Waiters for a new interworking session being agreed, by (master, slave).
+    pub(super) creating: BTreeMap<(String, String), Vec<Reply<Session>>>,
+}
+
+/// Starts the instance with the stored sessions (oldest first).
+pub(super) fn spawn(
+    c: Arc<Controller>,
+    sessions: Vec<Session>,
+    inputs: mpsc::Receiver<Input>,
+    publish: watch::Sender<Arc<View>>,
+) {
+    let instance = Instance {
+        c,
+        state: State {
+            topology: Topology::default(),
+            order: sessions.iter().map(|s| s.id).collect(),
+            sessions: sessions.into_iter().map(|s| (s.id, s)).collect(),
+            interworking: Default::default(),
+        },
+        queue: VecDeque::new(),
+        in_flight: None,
+        installs: 0,
+        agreeing: BTreeSet::new(),
+        again: BTreeSet::new(),
+        creating: BTreeMap::new(),
+    };
+    tokio::spawn(instance.run(inputs, publish));
+}
+
+impl Instance {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>, publish: watch::Sender<Arc<View>>) {
+        while let Some(input) = inputs.recv().await {
+            self.handle(input);
+            self.pump();
+            publish.send_replace(Arc::new(self.view()));
+        }
+    }
+
+    fn view(&self) -> View {
+        View {
+            topology: self.state.topology.clone(),
+            sessions: self
+                .state
+                .order
+                .iter()
+                .filter_map(|id| self.state.sessions.get(id).cloned())
+                .collect(),
+            agreeing: self.agreeing.iter().copied().collect(),
+            installs: self.installs,
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Create {
+                master,
+                slave,
+                rate_bps,
+                reply,
+            } => self.create(master, slave, rate_bps, reply),
+            Input::KmRoute {
+                km,
+                master,
+                slave,
+                reply,
+            } => self.km_route(km, master, slave, reply),
+            Input::Delete { id, reply } => self.queue.push_back(Job::Delete { id, reply }),
+            Input::LinkChanged { link, up, at } => {
+                if self.state.topology.set_link_up(&link, up) {
+                    let what = format!("link {link} {}", if up { "up" } else { "down" });
+                    self.c.event("link-state", what.clone(), None, None);
+                    self.reroute(what, at);
+                }
+            }
+            Input::Polled {
+                views,
+                installs,
+                started,
+                trigger,
+            } => {
+                let changed = self.merge(views, installs);
+                let trigger = match trigger {
+                    Some("poll") if changed => "link state (poll)",
+                    Some("poll") => "key rate (poll)",
+                    Some(other) => other,
+                    None => return,
+                };
+                self.reroute(trigger.to_owned(), started);
+            }
+            Input::Diagnosis {
+                destination,
+                detail,
+                at,
+                reply,
+            } => {
+                let decision = self.diagnosis(destination.as_deref(), &detail, at);
+                let _ = reply.send(decision);
+            }
+            Input::PeerPrepare {
+                from,
+                request,
+                reply,
+            } => {
+                let _ = reply.send(self.peer_prepare(&from, request));
+            }
+            Input::PeerCommit {
+                from,
+                transaction,
+                reply,
+            } => self.queue.push_back(Job::PeerCommit {
+                from,
+                transaction,
+                reply,
+            }),
+            Input::PeerAbort {
+                from,
+                transaction,
+                reply,
+            } => self.queue.push_back(Job::PeerAbort {
+                from,
+                transaction,
+                reply,
+            }),
+            Input::PeerDelete { from, id, reply } => {
+                self.queue.push_back(Job::PeerDelete { from, id, reply })
+            }
+            Input::PeerStatus { from, report, at } => self.peer_status(from, report, at),
+            Input::Installed { result } => {
+                let (then, changes) = self.in_flight.take().expect("an install in flight");
+                let result = result.map(|()| self.installed(changes));
+                self.finish(then, result.map_err(ControlError::from));
+            }
+            Input::Agreed { agreement, result } => match agreement {
+                Agreement::New { session, by } => self.agreed_new(session, by, result),
+                Agreement::Reroute {
+                    id,
+                    trigger,
+                    started,
+                } => self.agreed_reroute(id, trigger, started, result),
+            },
+            Input::Flush { reply } => self.queue.push_back(Job::Flush(reply)),
+        }
+    }
+
+    /// Queues a reroute pass unless one is queued already (it will see this change too).
+    pub(super) fn reroute(&mut self, trigger: String, started: Instant) {
+        if !self
+            .queue
+            .iter()
+            .any(|job| matches!(job, Job::Reroute { .. }))
+        {
+            self.queue.push_back(Job::Reroute { trigger, started });
+        }
+    }
+
+    /// Queues a job.
+    pub(super) fn push(&mut self, job: Job) {
+        self.queue.push_back(job);
+    }
+
+    /// Starts queued jobs while no install is in flight.
+    fn pump(&mut self) {
+        while self.in_flight.is_none() {
+            let Some(job) = self.queue.pop_front() else {
+                return;
+            };
+            let Some(then) = self.start(job) else {
+                continue;
+            };
+            let changes = self.changes();
+            if changes.is_empty() {
+                self.finish(then, Ok(()));
+                continue;
+            }
+            let c = self.c.clone();
+            let install = changes.clone();
+            self.in_flight = Some((then, changes));
+            tokio::spawn(async move {
+                let result = c.southbound.install(&install).await;
+                let _ = c.send(Input::Installed { result }).await;
+            });
+        }
+    }
+
+    /// Applies a job's change to the state; `None` when it is answered without an install.
+    fn start(&mut self, job: Job) -> Option<Then> {
+        match job {
+            Job::Create {
+                session,
+                peer,
+                replies,
+            } => {
+                self.state.put(session.clone());
+                Some(Then::Created {
+                    session,
+                    peer,
+                    replies,
+                })
+            }
+            Job::Delete { id, reply } => {
+                let Some(session) = self.state.take(id) else {
+                    let _ = reply.send(Err(ControlError::UnknownSession(id)));
+                    return None;
+                };
+                if let Err(error) = self.c.store.delete(id) {
+                    self.state.put(session);
+                    let _ = reply.send(Err(error.into()));
+                    return None;
+                }
+                let c = self.c.clone();
+                let ended = session.clone();
+                tokio::spawn(async move { c.end_interworking(&ended).await });
+                self.c.event(
+                    "session-deleted",
+                    format!("{} -> {}", session.master_sae, session.slave_sae),
+                    Some(id),
+                    None,
+                );
+                Some(Then::Deleted(reply))
+            }
+            Job::Reroute { trigger, started } => self.start_reroute(trigger, started),
+            Job::Reconcile => Some(Then::Nothing),
+            Job::InstallAgreed {
+                id,
+                paths,
+                iw,
+                trigger,
+                started,
+            } => self.start_install_agreed(id, paths, iw, trigger, started),
+            Job::PeerCommit {
+                from,
+                transaction,
+                reply,
+            } => self.start_peer_commit(&from, transaction, reply),
+            Job::PeerAbort {
+                from,
+                transaction,
+                reply,
+            } => self.start_peer_abort(&from, transaction, reply),
+            Job::PeerDelete { from, id, reply } => {
+                let deleted = self.remove_segment(&from, id);
+                let _ = reply.send(deleted);
+                deleted.then_some(Then::Nothing)
+            }
+            Job::DropLeftOver { from, live } => self.drop_left_over_segments(&from, &live),
+            Job::Flush(reply) => {
+                let _ = reply.send(());
+                None
+            }
+        }
+    }
+
+    /// Finishes a job: commits what it started, or undoes it when the install failed.
+    fn finish(&mut self, then: Then, result: Result<(), ControlError>) {
+        match then {
+            Then::Nothing => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "relay route install failed; retried on the next change");
+                }
+            }
+            Then::Created {
+                session,
+                peer,
+                mut replies,
+            } => {
+                if peer.is_some() {
+                    let key = (session.master_sae.clone(), session.slave_sae.clone());
+                    replies.extend(self.creating.remove(&key).unwrap_or_default());
+                }
+                let saved = result.and_then(|()| Ok(self.c.store.save(&session)?));
+                match saved {
+                    Ok(()) => {
+                        self.c.event_in(
+                            "session-created",
+                            format!(
+                                "{} -> {}{} via {}",
+                                session.master_sae,
+                                session.slave_sae,
+                                peer.as_ref()
+                                    .map(|(d, _)| format!(" ({d})"))
+                                    .unwrap_or_default(),
+                                session.path.join(" -> ")
+                            ),
+                            Some(session.id),
+                            None,
+                            peer.as_ref().map(|(_, t)| *t),
+                        );
+                        for reply in replies {
+                            let _ = reply.send(Ok(session.clone()));
+                        }
+                    }
+                    Err(error) => {
+                        self.state.take(session.id);
+                        if let Some((domain, transaction)) = peer {
+                            self.abort_at_peer(domain, transaction);
+                        }
+                        answer_all(replies, error);
+                    }
+                }
+            }
+            Then::Deleted(reply) => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "removing the routes of a deleted session failed; retried on the next change");
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Then::Rerouted {
+                changed,
+                trigger,
+                started,
+            } => self.finish_reroute(changed, &trigger, started, result),
+            Then::Agreed {
+                id,
+                previous,
+                trigger,
+                started,
+            } => self.finish_install_agreed(id, previous, &trigger, started, result),
+            Then::PeerCommitted {
+                transaction,
+                segment,
+                previous,
+                reply,
+            } => {
+                let _ = reply.send(self.finish_peer_commit(transaction, segment, previous, result));
+            }
+            Then::PeerAborted { transaction, reply } => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "undoing a segment failed; retried later");
+                }
+                let _ = reply.send(super::segments::aborted(transaction, None));
+            }
+        }
+    }
+
+    /// Asks the peer to undo a transaction, in the background.
+    pub(super) fn abort_at_peer(&self, domain: String, transaction: Uuid) {
+        let c = self.c.clone();
+        tokio::spawn(async move { c.abort_at_peer(&domain, transaction).await });
+    }
+
+    /// Merges agents' reports; returns whether any link changed up/down.
+    fn merge(&mut self, views: Vec<(String, Result<AgentView, String>)>, installs: u64) -> bool {
+        // routes read while an install ran may predate it: keep what the instance knows
+        let stale = installs != self.installs || self.in_flight.is_some();
+        let topology = &mut self.state.topology;
+        let before: BTreeMap<String, bool> = topology
+            .links
+            .iter()
+            .map(|(id, l)| (id.clone(), l.up))
+            .collect();
+        for (node, view) in views {
+            match view {
+                Ok(view) => {
+                    let known = topology
+                        .nodes
+                        .get(&node)
+                        .map(|n| (n.next_hops.clone(), n.foreign_saes.clone()));
+                    topology.update(&view);
+                    if let (true, Some((hops, foreign))) = (stale, known) {
+                        let info = topology.nodes.get_mut(&node).expect("just updated");
+                        info.set_routes(hops);
+                        info.foreign_saes = foreign;
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%node, %error, "agent unreachable");
+                    if let Some(n) = topology.nodes.get_mut(&node) {
+                        n.reachable = false;
+                    }
+                }
+            }
+        }
+        topology
+            .links
+            .iter()
+            .any(|(id, l)| before.get(id).is_some_and(|up| *up != l.up))
+    }
+
+    /// The relay route and foreign SAE changes every reachable KM needs.
+    fn changes(&self) -> BTreeMap<String, RouteChanges> {
+        let desired = desired(&self.state);
+        let desired_saes = super::interworking::desired_foreign_saes(&self.state);
+        let mut changes = BTreeMap::new();
+        for (node, info) in &self.state.topology.nodes {
+            if !info.reachable {
+                continue;
+            }
+            let want = desired.get(node).cloned().unwrap_or_default();
+            let mut change = RouteChanges::default();
+            for (dest, hops) in &want {
+                if info.next_hops.get(dest) != Some(hops) {
+                    change.routes.insert(dest.clone(), Some(hops.clone()));
+                }
+            }
+            for dest in info.next_hops.keys() {
+                if !want.contains_key(dest) {
+                    change.routes.insert(dest.clone(), None);
+                }
+            }
+            let want_saes = desired_saes.get(node).cloned().unwrap_or_default();
+            for (sae, entry) in &want_saes {
+                if info.foreign_saes.get(sae) != Some(entry) {
+                    change.foreign_saes.insert(sae.clone(), Some(entry.clone()));
+                }
+            }
+            for sae in info.foreign_saes.keys() {
+                if !want_saes.contains_key(sae) {
+                    change.foreign_saes.insert(sae.clone(), None);
+                }
+            }
+            if !change.is_empty() {
+                changes.insert(node.clone(), change);
+            }
+        }
+        changes
+    }
+
+    /// Records installed changes in the topology.
+    fn installed(&mut self, changes: BTreeMap<String, RouteChanges>) {
+        self.installs += 1;
+        self.c.event(
+            "routes-installed",
+            format!(
+                "relay routes installed on {}",
+                changes.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            None,
+            None,
+        );
+        for (node, change) in changes {
+            if let Some(info) = self.state.topology.nodes.get_mut(&node) {
+                for (sae, entry) in change.foreign_saes {
+                    match entry {
+                        Some(entry) => info.foreign_saes.insert(sae, entry),
+                        None => info.foreign_saes.remove(&sae),
+                    };
+                }
+                let mut routes = info.next_hops.clone();
+                for (dest, hops) in change.routes {
+                    match hops {
+                        Some(hops) => routes.insert(dest, hops),
+                        None => routes.remove(&dest),
+                    };
+                }
+                info.set_routes(routes);
+            }
+        }
+    }
+}
+
+/// Sends every waiter the error (the first gets it as it is, the others a copy).
+pub(super) fn answer_all<T>(replies: Vec<Reply<T>>, error: ControlError) {
+    let mut replies = replies.into_iter();
+    let first = replies.next();
+    for reply in replies {
+        let _ = reply.send(Err(copy(&error)));
+    }
+    if let Some(first) = first {
+        let _ = first.send(Err(error));
+    }
+}
+
+/// A copy of an error for a second waiter (its kind kept, its cause as text).
+fn copy(error: &ControlError) -> ControlError {
+    match error {
+        ControlError::UnknownSae(s) => ControlError::UnknownSae(s.clone()),
+        ControlError::UnknownSession(id) => ControlError::UnknownSession(*id),
+        ControlError::Invalid(s) => ControlError::Invalid(s.clone()),
+        ControlError::Cxi(CxiError::Refused {
+            domain,
+            status,
+            detail,
+        }) => ControlError::Cxi(CxiError::Refused {
+            domain: domain.clone(),
+            status: *status,
+            detail: detail.clone(),
+        }),
+        ControlError::Cxi(other) => ControlError::Cxi(CxiError::Unreachable {
+            domain: String::new(),
+            reason: other.to_string(),
+        }),
+        ControlError::Stopped => ControlError::Stopped,
+        other => ControlError::NoRoute(other.to_string()),
+    }
+}
+
+/// The relay routes every KM should hold for the active sessions: per node and
+/// destination, every next hop with its weight (the session's key rate share on that
+/// path, at least 1), the heaviest first. Where single-path sessions to one destination
+/// meet, the later session's next hop wins.
+fn desired(state: &State) -> BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>> {
+    let mut tables: BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>> = BTreeMap::new();
+    for id in &state.order {
+        let Some(session) = state
+            .sessions
+            .get(id)
+            .filter(|s| s.state == SessionState::Active)
+        else {
+            continue;
+        };
+        let mut hops: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for path in session.routed_paths() {
+            let weight = (path.share_bps.round() as u64).max(1);
+            for hop in path.nodes.windows(2) {
+                *hops
+                    .entry(hop[0].clone())
+                    .or_default()
+                    .entry(hop[1].clone())
+                    .or_default() += weight;
+            }
+        }
+        for (node, next) in hops {
+            let mut next: Vec<WeightedHop> = next
+                .into_iter()
+                .map(|(node, weight)| WeightedHop { node, weight })
+                .collect();
+            next.sort_by(|a, b| b.weight.cmp(&a.weight).then_with(|| a.node.cmp(&b.node)));
+            tables
+                .entry(node)
+                .or_default()
+                .insert(session.dst.clone(), next);
+        }
+    }
+    tables
+}
