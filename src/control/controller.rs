@@ -66,6 +66,42 @@ pub enum ControlError {
     Stopped,
 }
 
+/// Sends every waiter the error (the first gets it as it is, the others a copy).
+pub(super) fn answer_all<T>(replies: Vec<super::instance::Reply<T>>, error: ControlError) {
+    let mut replies = replies.into_iter();
+    let first = replies.next();
+    for reply in replies {
+        let _ = reply.send(Err(copy(&error)));
+    }
+    if let Some(first) = first {
+        let _ = first.send(Err(error));
+    }
+}
+
+/// A copy of an error for a second waiter (its kind kept, its cause as text).
+fn copy(error: &ControlError) -> ControlError {
+    match error {
+        ControlError::UnknownSae(s) => ControlError::UnknownSae(s.clone()),
+        ControlError::UnknownSession(id) => ControlError::UnknownSession(*id),
+        ControlError::Invalid(s) => ControlError::Invalid(s.clone()),
+        ControlError::Cxi(super::cxi::CxiError::Refused {
+            domain,
+            status,
+            detail,
+        }) => ControlError::Cxi(super::cxi::CxiError::Refused {
+            domain: domain.clone(),
+            status: *status,
+            detail: detail.clone(),
+        }),
+        ControlError::Cxi(other) => ControlError::Cxi(super::cxi::CxiError::Unreachable {
+            domain: String::new(),
+            reason: other.to_string(),
+        }),
+        ControlError::Stopped => ControlError::Stopped,
+        other => ControlError::NoRoute(other.to_string()),
+    }
+}
+
 /// A QKDN controller: its configuration, its I/O parts, and the way to its instance.
 pub struct Controller {
     pub config: ControllerConfig,

@@ -4,8 +4,9 @@
 
 use uuid::Uuid;
 
+use super::controller::answer_all;
 use super::controller::ControlError;
-use super::instance::{answer_all, Agreement, Instance, Job, Reply};
+use super::instance::{Agreement, Instance, Job, Reply};
 use super::reroute::describe;
 use super::sessions::{Interworking, Session, SessionEvent, SessionPath, SessionState};
 use crate::netconf::server::now_rfc3339;

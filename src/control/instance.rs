@@ -18,12 +18,12 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use super::controller::{ControlError, Controller};
-use super::cxi::{CxiError, PrepareRequest, StatusReport, TransactionResult, Vote};
+use super::controller::{answer_all, ControlError, Controller};
+use super::cxi::{PrepareRequest, StatusReport, TransactionResult, Vote};
 use super::interworking::InterworkingState;
-use super::sessions::{Interworking, Session, SessionPath, SessionState};
+use super::sessions::{Interworking, Session, SessionPath};
 use super::southbound::{RouteChanges, SouthboundError};
-use super::topology::{AgentView, Topology, WeightedHop};
+use super::topology::{AgentView, Topology};
 
 /// Where an answer goes.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
@@ -254,8 +254,8 @@ pub(super) struct Instance {
     pub(super) state: State,
     queue: VecDeque<Job>,
     /// The install running, with the job's continuation and the changes it makes.
-    in_flight: Option<(Then, BTreeMap<String, RouteChanges>)>,
-    installs: u64,
+    pub(super) in_flight: Option<(Then, BTreeMap<String, RouteChanges>)>,
+    pub(super) installs: u64,
     /// Sessions whose route is being agreed with a peer controller.
     pub(super) agreeing: BTreeSet<Uuid>,
     /// Sessions asked to reroute again while they were being agreed.
@@ -599,189 +599,4 @@ impl Instance {
         let c = self.c.clone();
         tokio::spawn(async move { c.abort_at_peer(&domain, transaction).await });
     }
-
-    /// Merges agents' reports; returns whether any link changed up/down.
-    fn merge(&mut self, views: Vec<(String, Result<AgentView, String>)>, installs: u64) -> bool {
-        // routes read while an install ran may predate it: keep what the instance knows
-        let stale = installs != self.installs || self.in_flight.is_some();
-        let topology = &mut self.state.topology;
-        let before: BTreeMap<String, bool> = topology
-            .links
-            .iter()
-            .map(|(id, l)| (id.clone(), l.up))
-            .collect();
-        for (node, view) in views {
-            match view {
-                Ok(view) => {
-                    let known = topology
-                        .nodes
-                        .get(&node)
-                        .map(|n| (n.next_hops.clone(), n.foreign_saes.clone()));
-                    topology.update(&view);
-                    if let (true, Some((hops, foreign))) = (stale, known) {
-                        let info = topology.nodes.get_mut(&node).expect("just updated");
-                        info.set_routes(hops);
-                        info.foreign_saes = foreign;
-                    }
-                }
-                Err(error) => {
-                    tracing::debug!(%node, %error, "agent unreachable");
-                    if let Some(n) = topology.nodes.get_mut(&node) {
-                        n.reachable = false;
-                    }
-                }
-            }
-        }
-        topology
-            .links
-            .iter()
-            .any(|(id, l)| before.get(id).is_some_and(|up| *up != l.up))
-    }
-
-    /// The relay route and foreign SAE changes every reachable KM needs.
-    fn changes(&self) -> BTreeMap<String, RouteChanges> {
-        let desired = desired(&self.state);
-        let desired_saes = super::interworking::desired_foreign_saes(&self.state);
-        let mut changes = BTreeMap::new();
-        for (node, info) in &self.state.topology.nodes {
-            if !info.reachable {
-                continue;
-            }
-            let want = desired.get(node).cloned().unwrap_or_default();
-            let mut change = RouteChanges::default();
-            for (dest, hops) in &want {
-                if info.next_hops.get(dest) != Some(hops) {
-                    change.routes.insert(dest.clone(), Some(hops.clone()));
-                }
-            }
-            for dest in info.next_hops.keys() {
-                if !want.contains_key(dest) {
-                    change.routes.insert(dest.clone(), None);
-                }
-            }
-            let want_saes = desired_saes.get(node).cloned().unwrap_or_default();
-            for (sae, entry) in &want_saes {
-                if info.foreign_saes.get(sae) != Some(entry) {
-                    change.foreign_saes.insert(sae.clone(), Some(entry.clone()));
-                }
-            }
-            for sae in info.foreign_saes.keys() {
-                if !want_saes.contains_key(sae) {
-                    change.foreign_saes.insert(sae.clone(), None);
-                }
-            }
-            if !change.is_empty() {
-                changes.insert(node.clone(), change);
-            }
-        }
-        changes
-    }
-
-    /// Records installed changes in the topology.
-    fn installed(&mut self, changes: BTreeMap<String, RouteChanges>) {
-        self.installs += 1;
-        self.c.event(
-            "routes-installed",
-            format!(
-                "relay routes installed on {}",
-                changes.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-            None,
-            None,
-        );
-        for (node, change) in changes {
-            if let Some(info) = self.state.topology.nodes.get_mut(&node) {
-                for (sae, entry) in change.foreign_saes {
-                    match entry {
-                        Some(entry) => info.foreign_saes.insert(sae, entry),
-                        None => info.foreign_saes.remove(&sae),
-                    };
-                }
-                let mut routes = info.next_hops.clone();
-                for (dest, hops) in change.routes {
-                    match hops {
-                        Some(hops) => routes.insert(dest, hops),
-                        None => routes.remove(&dest),
-                    };
-                }
-                info.set_routes(routes);
-            }
-        }
-    }
-}
-
-/// Sends every waiter the error (the first gets it as it is, the others a copy).
-pub(super) fn answer_all<T>(replies: Vec<Reply<T>>, error: ControlError) {
-    let mut replies = replies.into_iter();
-    let first = replies.next();
-    for reply in replies {
-        let _ = reply.send(Err(copy(&error)));
-    }
-    if let Some(first) = first {
-        let _ = first.send(Err(error));
-    }
-}
-
-/// A copy of an error for a second waiter (its kind kept, its cause as text).
-fn copy(error: &ControlError) -> ControlError {
-    match error {
-        ControlError::UnknownSae(s) => ControlError::UnknownSae(s.clone()),
-        ControlError::UnknownSession(id) => ControlError::UnknownSession(*id),
-        ControlError::Invalid(s) => ControlError::Invalid(s.clone()),
-        ControlError::Cxi(CxiError::Refused {
-            domain,
-            status,
-            detail,
-        }) => ControlError::Cxi(CxiError::Refused {
-            domain: domain.clone(),
-            status: *status,
-            detail: detail.clone(),
-        }),
-        ControlError::Cxi(other) => ControlError::Cxi(CxiError::Unreachable {
-            domain: String::new(),
-            reason: other.to_string(),
-        }),
-        ControlError::Stopped => ControlError::Stopped,
-        other => ControlError::NoRoute(other.to_string()),
-    }
-}
-
-/// The relay routes every KM should hold for the active sessions: per node and
-/// destination, every next hop with its weight (the session's key rate share on that
-/// path, at least 1), the heaviest first. Where single-path sessions to one destination
-/// meet, the later session's next hop wins.
-fn desired(state: &State) -> BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>> {
-    let mut tables: BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>> = BTreeMap::new();
-    for id in &state.order {
-        let Some(session) = state
-            .sessions
-            .get(id)
-            .filter(|s| s.state == SessionState::Active)
-        else {
-            continue;
-        };
-        let mut hops: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-        for path in session.routed_paths() {
-            let weight = (path.share_bps.round() as u64).max(1);
-            for hop in path.nodes.windows(2) {
-                *hops
-                    .entry(hop[0].clone())
-                    .or_default()
-                    .entry(hop[1].clone())
-                    .or_default() += weight;
-            }
-        }
-        for (node, next) in hops {
-            let mut next: Vec<WeightedHop> = next
-                .into_iter()
-                .map(|(node, weight)| WeightedHop { node, weight })
-                .collect();
-            next.sort_by(|a, b| b.weight.cmp(&a.weight).then_with(|| a.node.cmp(&b.node)));
-            tables
-                .entry(node)
-                .or_default()
-                .insert(session.dst.clone(), next);
-        }
-    }
-    tables
 }

@@ -9,6 +9,7 @@
 //! - [`instance`] — the one task that owns the state: inputs, jobs, installs in tasks;
 //! - [`creation`] — new sessions, local or agreed with the peer;
 //! - [`reroute`] — rerouting on faults and key rate shortfalls;
+//! - [`routes`] — the relay route tables the KMs should hold, and the difference to what they hold;
 //! - [`cxi`] — Cxi messages between the controllers of two QKDNs, and their client;
 //! - [`cxi_server`] — the Cxi server (peer controllers only);
 //! - [`interworking`] — route agreement (two-phase) with the peer, the abstract topology
@@ -27,6 +28,7 @@ pub mod interworking;
 pub mod northbound;
 pub mod operator;
 mod reroute;
+mod routes;
 mod segments;
 pub mod sessions;
 pub mod southbound;
