@@ -3,6 +3,8 @@
 //! rerouting, crashes and restarts, and the REST API.
 
 mod common;
+#[path = "concurrency/mod.rs"]
+mod concurrency;
 #[path = "interworking/mod.rs"]
 mod interworking;
 #[path = "supply/mod.rs"]

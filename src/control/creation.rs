@@ -21,20 +21,41 @@ impl Instance {
         reply: Reply<Session>,
     ) {
         let topology = &self.state.topology;
-        let Some(src) = topology.saes.get(&master).cloned() else {
+        if !topology.saes.contains_key(&master) {
             let _ = reply.send(Err(ControlError::UnknownSae(master)));
             return;
-        };
-        let Some(dst) = topology.saes.get(&slave).cloned() else {
-            if self.c.peers.is_empty() {
-                let _ = reply.send(Err(ControlError::UnknownSae(slave)));
-                return;
-            }
-            return self.create_interworking(master, slave, rate_bps, "orchestrator", reply);
+        }
+        if topology.saes.contains_key(&slave) {
+            self.create_local(master, slave, rate_bps, "orchestrator", reply)
+        } else if self.c.peers.is_empty() {
+            let _ = reply.send(Err(ControlError::UnknownSae(slave)));
+        } else {
+            self.create_interworking(master, slave, rate_bps, "orchestrator", reply)
+        }
+    }
+
+    /// Routes a new session inside the domain and queues its install.
+    fn create_local(
+        &mut self,
+        master: String,
+        slave: String,
+        rate_bps: f64,
+        by: &str,
+        reply: Reply<Session>,
+    ) {
+        let topology = &self.state.topology;
+        let (Some(src), Some(dst)) = (
+            topology.saes.get(&master).cloned(),
+            topology.saes.get(&slave).cloned(),
+        ) else {
+            self.creating.remove(&(master, slave.clone()));
+            let _ = reply.send(Err(ControlError::UnknownSae(slave)));
+            return;
         };
         let paths = match self.c.route(topology, &src, &dst, rate_bps) {
             Ok(paths) => paths,
             Err(error) => {
+                self.creating.remove(&(master, slave));
                 let _ = reply.send(Err(error));
                 return;
             }
@@ -49,7 +70,7 @@ impl Instance {
             state: SessionState::Active,
             history: vec![SessionEvent {
                 time: now_rfc3339(),
-                what: format!("created with route {}", describe(&paths)),
+                what: format!("created by {by} with route {}", describe(&paths)),
             }],
             path: paths[0].nodes.clone(),
             links: paths[0].links.clone(),
@@ -99,7 +120,14 @@ impl Instance {
             });
             return;
         }
-        if self.c.peers.is_empty() || topology.saes.contains_key(&slave) {
+        let by = format!("KM {km}");
+        if topology.saes.contains_key(&slave) {
+            // keys on demand inside the domain: a best-effort session, routed at once
+            self.creating
+                .insert((master.clone(), slave.clone()), Vec::new());
+            return self.create_local(master, slave, 0.0, &by, reply);
+        }
+        if self.c.peers.is_empty() {
             let _ = reply.send(Err(ControlError::UnknownSae(slave)));
             return;
         }
@@ -109,7 +137,7 @@ impl Instance {
             .interworking
             .as_ref()
             .map_or(0.0, |iw| iw.default_rate_bps);
-        self.create_interworking(master, slave, rate, &format!("KM {km}"), reply);
+        self.create_interworking(master, slave, rate, &by, reply);
     }
 
     /// Starts agreeing a new interworking session from `master` (an SAE of this domain) to

@@ -108,8 +108,9 @@ pub(super) enum Input {
         report: StatusReport,
         at: Instant,
     },
-    /// The outcome of the install in flight.
+    /// The outcome of install `id`.
     Installed {
+        id: u64,
         result: Result<(), SouthboundError>,
     },
     /// The outcome of a route agreement with a peer controller.
@@ -219,6 +220,8 @@ pub(super) enum Then {
         transaction: Uuid,
         reply: oneshot::Sender<TransactionResult>,
     },
+    /// Answers once no install is in flight.
+    Flushed(oneshot::Sender<()>),
 }
 
 /// The controller's state.
@@ -253,13 +256,20 @@ pub(super) struct Instance {
     pub(super) c: Arc<Controller>,
     pub(super) state: State,
     queue: VecDeque<Job>,
-    /// The install running, with the job's continuation and the changes it makes.
-    pub(super) in_flight: Option<(Then, BTreeMap<String, RouteChanges>)>,
+    /// The installs running (on disjoint sets of KMs), by id, with their jobs'
+    /// continuations and the changes they make.
+    pub(super) in_flight: BTreeMap<u64, (Then, BTreeMap<String, RouteChanges>)>,
+    next_install: u64,
+    /// Started jobs whose sessions' KMs an install in flight holds, in order.
+    waiting: VecDeque<Then>,
     pub(super) installs: u64,
     /// Sessions whose route is being agreed with a peer controller.
     pub(super) agreeing: BTreeSet<Uuid>,
     /// Sessions asked to reroute again while they were being agreed.
     pub(super) again: BTreeSet<Uuid>,
+    /// Sessions changed by jobs whose install is not done, as readers still see them (`None`:
+    /// not shown yet): what is read is what the KMs hold.
+    pub(super) shown: BTreeMap<Uuid, Option<Session>>,
     /// Waiters for a new interworking session being agreed, by (master, slave).
     pub(super) creating: BTreeMap<(String, String), Vec<Reply<Session>>>,
 }
@@ -280,11 +290,14 @@ pub(super) fn spawn(
             interworking: Default::default(),
         },
         queue: VecDeque::new(),
-        in_flight: None,
+        in_flight: BTreeMap::new(),
+        next_install: 0,
+        waiting: VecDeque::new(),
         installs: 0,
         agreeing: BTreeSet::new(),
         again: BTreeSet::new(),
         creating: BTreeMap::new(),
+        shown: BTreeMap::new(),
     };
     tokio::spawn(instance.run(inputs, publish));
 }
@@ -305,7 +318,10 @@ impl Instance {
                 .state
                 .order
                 .iter()
-                .filter_map(|id| self.state.sessions.get(id).cloned())
+                .filter_map(|id| match self.shown.get(id) {
+                    Some(shown) => shown.clone(),
+                    None => self.state.sessions.get(id).cloned(),
+                })
                 .collect(),
             agreeing: self.agreeing.iter().copied().collect(),
             installs: self.installs,
@@ -387,10 +403,21 @@ impl Instance {
                 self.queue.push_back(Job::PeerDelete { from, id, reply })
             }
             Input::PeerStatus { from, report, at } => self.peer_status(from, report, at),
-            Input::Installed { result } => {
-                let (then, changes) = self.in_flight.take().expect("an install in flight");
+            Input::Installed { id, result } => {
+                let (then, changes) = self.in_flight.remove(&id).expect("an install in flight");
+                if let Err(SouthboundError::Agent { node, .. }) = &result {
+                    // skipped by installs until a poll reads it again
+                    if let Some(n) = self.state.topology.nodes.get_mut(node) {
+                        n.reachable = false;
+                    }
+                }
+                let retry = result.is_err() && !matches!(then, Then::Nothing);
                 let result = result.map(|()| self.installed(changes));
                 self.finish(then, result.map_err(ControlError::from));
+                if retry {
+                    // what the failed job left on the KMs it reached is set right
+                    self.push(Job::Reconcile);
+                }
             }
             Input::Agreed { agreement, result } => match agreement {
                 Agreement::New { session, by } => self.agreed_new(session, by, result),
@@ -420,27 +447,90 @@ impl Instance {
         self.queue.push_back(job);
     }
 
-    /// Starts queued jobs while no install is in flight.
+    /// Starts queued jobs in order, and installs for each the difference between what the
+    /// KMs hold and what the sessions need, on the KMs no install in flight holds. A job
+    /// whose sessions use a KM an install in flight holds waits for it; jobs on other KMs go
+    /// ahead: a KM that does not answer delays only the changes that need it.
     fn pump(&mut self) {
-        while self.in_flight.is_none() {
-            let Some(job) = self.queue.pop_front() else {
-                return;
-            };
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let then = self.waiting.remove(i).expect("in range");
+            if let Some(then) = self.try_install(then, i == 0) {
+                self.waiting.insert(i, then);
+                i += 1;
+            }
+        }
+        while let Some(job) = self.queue.pop_front() {
             let Some(then) = self.start(job) else {
                 continue;
             };
-            let changes = self.changes();
-            if changes.is_empty() {
-                self.finish(then, Ok(()));
-                continue;
+            let first = self.waiting.is_empty();
+            if let Some(then) = self.try_install(then, first) {
+                self.waiting.push_back(then);
             }
-            let c = self.c.clone();
-            let install = changes.clone();
-            self.in_flight = Some((then, changes));
-            tokio::spawn(async move {
-                let result = c.southbound.install(&install).await;
-                let _ = c.send(Input::Installed { result }).await;
-            });
+        }
+    }
+
+    /// Installs what a started job needs, or finishes it when nothing is to install; gives it
+    /// back when it must wait (`first`: no job started before it waits).
+    fn try_install(&mut self, then: Then, first: bool) -> Option<Then> {
+        if let Then::Flushed(reply) = then {
+            if first && self.in_flight.is_empty() {
+                let _ = reply.send(());
+                return None;
+            }
+            return Some(Then::Flushed(reply));
+        }
+        let busy: BTreeSet<String> = self
+            .in_flight
+            .values()
+            .flat_map(|(_, changes)| changes.keys().cloned())
+            .collect();
+        if self.relevant(&then).iter().any(|node| busy.contains(node)) {
+            return Some(then);
+        }
+        let mut changes = self.changes();
+        changes.retain(|node, _| !busy.contains(node));
+        if changes.is_empty() {
+            self.finish(then, Ok(()));
+            return None;
+        }
+        let id = self.next_install;
+        self.next_install += 1;
+        let c = self.c.clone();
+        let install = changes.clone();
+        self.in_flight.insert(id, (then, changes));
+        tokio::spawn(async move {
+            let result = c.southbound.install(&install).await;
+            let _ = c.send(Input::Installed { id, result }).await;
+        });
+        None
+    }
+
+    /// The KMs whose routes a job's sessions need.
+    fn relevant(&self, then: &Then) -> BTreeSet<String> {
+        let nodes = |s: &Session| {
+            let mut nodes: BTreeSet<String> = s
+                .routed_paths()
+                .iter()
+                .flat_map(|p| p.nodes.iter().cloned())
+                .collect();
+            nodes.insert(s.src.clone());
+            nodes
+        };
+        let of = |id: &Uuid| self.state.sessions.get(id).map(nodes).unwrap_or_default();
+        match then {
+            Then::Created { session, .. } => nodes(session),
+            Then::PeerCommitted { segment, .. } => nodes(segment),
+            Then::Agreed { id, previous, .. } => {
+                let mut all = of(id);
+                all.extend(nodes(previous));
+                all
+            }
+            Then::Rerouted { changed, .. } => changed.iter().flat_map(|(id, _)| of(id)).collect(),
+            Then::Nothing | Then::Deleted(_) | Then::PeerAborted { .. } | Then::Flushed(_) => {
+                BTreeSet::new()
+            }
         }
     }
 
@@ -452,6 +542,7 @@ impl Instance {
                 peer,
                 replies,
             } => {
+                self.show_as(session.id, None);
                 self.state.put(session.clone());
                 Some(Then::Created {
                     session,
@@ -505,15 +596,34 @@ impl Instance {
                 deleted.then_some(Then::Nothing)
             }
             Job::DropLeftOver { from, live } => self.drop_left_over_segments(&from, &live),
-            Job::Flush(reply) => {
-                let _ = reply.send(());
-                None
-            }
+            Job::Flush(reply) => Some(Then::Flushed(reply)),
         }
+    }
+
+    /// Keeps showing session `id` as it was (`None`: not at all) until its job finishes.
+    pub(super) fn show_as(&mut self, id: Uuid, before: Option<Session>) {
+        self.shown.entry(id).or_insert(before);
     }
 
     /// Finishes a job: commits what it started, or undoes it when the install failed.
     fn finish(&mut self, then: Then, result: Result<(), ControlError>) {
+        match &then {
+            Then::Created { session, .. } => {
+                self.shown.remove(&session.id);
+            }
+            Then::PeerCommitted { segment, .. } => {
+                self.shown.remove(&segment.id);
+            }
+            Then::Agreed { id, .. } => {
+                self.shown.remove(id);
+            }
+            Then::Rerouted { changed, .. } => {
+                for (id, _) in changed {
+                    self.shown.remove(id);
+                }
+            }
+            _ => {}
+        }
         match then {
             Then::Nothing => {
                 if let Err(error) = result {
@@ -525,10 +635,9 @@ impl Instance {
                 peer,
                 mut replies,
             } => {
-                if peer.is_some() {
-                    let key = (session.master_sae.clone(), session.slave_sae.clone());
-                    replies.extend(self.creating.remove(&key).unwrap_or_default());
-                }
+                // requests for the pair that came while it was being set up
+                let key = (session.master_sae.clone(), session.slave_sae.clone());
+                replies.extend(self.creating.remove(&key).unwrap_or_default());
                 let saved = result.and_then(|()| Ok(self.c.store.save(&session)?));
                 match saved {
                     Ok(()) => {
@@ -584,6 +693,9 @@ impl Instance {
                 reply,
             } => {
                 let _ = reply.send(self.finish_peer_commit(transaction, segment, previous, result));
+            }
+            Then::Flushed(reply) => {
+                let _ = reply.send(());
             }
             Then::PeerAborted { transaction, reply } => {
                 if let Err(error) = result {

@@ -109,6 +109,7 @@ impl Instance {
             let s = self.state.sessions.get_mut(&id).expect("affected session");
             if let Some(routed) = apply(s, &trigger, result) {
                 changed.push((id, routed));
+                self.show_as(id, Some(session));
             }
         }
         Some(Then::Rerouted {
@@ -195,7 +196,7 @@ impl Instance {
     ) {
         self.agreeing.remove(&id);
         if self.again.remove(&id) {
-            self.reroute(format!("{trigger} (again)"), started);
+            self.reroute(trigger.clone(), started);
         }
         match result {
             Ok((paths, iw)) => self.push(Job::InstallAgreed {
@@ -240,6 +241,7 @@ impl Instance {
         let previous = s.clone();
         s.interworking = Some(iw);
         apply(s, &trigger, Ok(paths));
+        self.show_as(id, Some(previous.clone()));
         Some(Then::Agreed {
             id,
             previous,

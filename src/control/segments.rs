@@ -213,6 +213,7 @@ impl Instance {
             history.append(&mut segment.history);
             segment.history = history;
         }
+        self.show_as(segment.id, previous.clone());
         self.state.put(segment.clone());
         Some(Then::PeerCommitted {
             transaction,

@@ -109,11 +109,16 @@ fn caller(agent: &Agent, identity: &PeerIdentity) -> Result<String> {
     Ok(sae.to_owned())
 }
 
-/// The node of SAE `other`, asking the domain controller for an interworking route when
-/// this KM does not know it (Y.3818 9.1, procedure 1: the controller installs the route and
-/// the SAE's entry on the KMs before it answers).
+/// The node of SAE `other`, asking the domain controller for a route when this KM has none
+/// to it: an SAE it does not know (another QKDN's: Y.3818 9.1, procedure 1), or one it knows
+/// without a relay route to its node (keys on demand; or an SAE it met as the master of
+/// another domain's session, whose segment ends here). The controller installs the route
+/// and the SAE's entry on the KMs before it answers.
 async fn resolve_peer_sae(agent: &Agent, caller: &str, other: &str) -> Result<String> {
-    if other == caller || agent.sae_node(other).is_some() {
+    let routed = agent
+        .sae_node(other)
+        .is_some_and(|node| node == agent.config.node || agent.next_hop(&node).is_some());
+    if other == caller || routed {
         return peer_sae(agent, caller, other);
     }
     let Some(controller) = agent.config.controller.as_deref() else {

@@ -1,0 +1,169 @@
+//! Relay route tables: what every KM holds (from the agents' reports and the installs), what
+//! it should hold for the active sessions, and the difference.
+
+use std::collections::BTreeMap;
+
+use super::instance::{Instance, State};
+use super::sessions::SessionState;
+use super::southbound::RouteChanges;
+use super::topology::{AgentView, NodeState, WeightedHop};
+
+impl Instance {
+    /// Merges agents' reports; returns whether any link changed up/down.
+    pub(super) fn merge(
+        &mut self,
+        views: Vec<(String, Result<AgentView, String>)>,
+        installs: u64,
+    ) -> bool {
+        // routes read while an install ran may predate it: keep what the instance knows
+        let stale = installs != self.installs || !self.in_flight.is_empty();
+        let topology = &mut self.state.topology;
+        let before: BTreeMap<String, bool> = topology
+            .links
+            .iter()
+            .map(|(id, l)| (id.clone(), l.up))
+            .collect();
+        for (node, view) in views {
+            match view {
+                Ok(view) => {
+                    let known = topology
+                        .nodes
+                        .get(&node)
+                        .map(|n| (n.next_hops.clone(), n.foreign_saes.clone()));
+                    topology.update(&view);
+                    if let (true, Some((hops, foreign))) = (stale, known) {
+                        let info = topology.nodes.get_mut(&node).expect("just updated");
+                        info.set_routes(hops);
+                        info.foreign_saes = foreign;
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%node, %error, "agent unreachable");
+                    if let Some(n) = topology.nodes.get_mut(&node) {
+                        n.reachable = false;
+                    }
+                }
+            }
+        }
+        topology
+            .links
+            .iter()
+            .any(|(id, l)| before.get(id).is_some_and(|up| *up != l.up))
+    }
+
+    /// The relay route and foreign SAE changes every reachable KM needs.
+    pub(super) fn changes(&self) -> BTreeMap<String, RouteChanges> {
+        let desired = desired(&self.state);
+        let desired_saes = super::interworking::desired_foreign_saes(&self.state);
+        let mut changes = BTreeMap::new();
+        for (node, info) in &self.state.topology.nodes {
+            if !info.reachable {
+                continue;
+            }
+            let want = desired.get(node).cloned().unwrap_or_default();
+            let mut change = RouteChanges::default();
+            for (dest, hops) in &want {
+                if info.next_hops.get(dest) != Some(hops) {
+                    change.routes.insert(dest.clone(), Some(hops.clone()));
+                }
+            }
+            for dest in info.next_hops.keys() {
+                if !want.contains_key(dest) {
+                    change.routes.insert(dest.clone(), None);
+                }
+            }
+            let want_saes = desired_saes.get(node).cloned().unwrap_or_default();
+            for (sae, entry) in &want_saes {
+                if info.foreign_saes.get(sae) != Some(entry) {
+                    change.foreign_saes.insert(sae.clone(), Some(entry.clone()));
+                }
+            }
+            for sae in info.foreign_saes.keys() {
+                if !want_saes.contains_key(sae) {
+                    change.foreign_saes.insert(sae.clone(), None);
+                }
+            }
+            if !change.is_empty() {
+                changes.insert(node.clone(), change);
+            }
+        }
+        changes
+    }
+
+    /// Records installed changes in the topology.
+    pub(super) fn installed(&mut self, changes: BTreeMap<String, RouteChanges>) {
+        self.installs += 1;
+        self.c.event(
+            "routes-installed",
+            format!(
+                "relay routes installed on {}",
+                changes.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            None,
+            None,
+        );
+        for (node, change) in changes {
+            if let Some(info) = self.state.topology.nodes.get_mut(&node) {
+                apply(info, change);
+            }
+        }
+    }
+}
+
+/// Applies a KM's changes to what it holds.
+fn apply(info: &mut NodeState, change: RouteChanges) {
+    for (sae, entry) in change.foreign_saes {
+        match entry {
+            Some(entry) => info.foreign_saes.insert(sae, entry),
+            None => info.foreign_saes.remove(&sae),
+        };
+    }
+    let mut routes = info.next_hops.clone();
+    for (dest, hops) in change.routes {
+        match hops {
+            Some(hops) => routes.insert(dest, hops),
+            None => routes.remove(&dest),
+        };
+    }
+    info.set_routes(routes);
+}
+
+/// The relay routes every KM should hold for the active sessions: per node and
+/// destination, every next hop with its weight (the session's key rate share on that
+/// path, at least 1), the heaviest first. Where single-path sessions to one destination
+/// meet, the later session's next hop wins.
+fn desired(state: &State) -> BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>> {
+    let mut tables: BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>> = BTreeMap::new();
+    for id in &state.order {
+        let Some(session) = state
+            .sessions
+            .get(id)
+            .filter(|s| s.state == SessionState::Active)
+        else {
+            continue;
+        };
+        let mut hops: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for path in session.routed_paths() {
+            let weight = (path.share_bps.round() as u64).max(1);
+            for hop in path.nodes.windows(2) {
+                *hops
+                    .entry(hop[0].clone())
+                    .or_default()
+                    .entry(hop[1].clone())
+                    .or_default() += weight;
+            }
+        }
+        for (node, next) in hops {
+            let mut next: Vec<WeightedHop> = next
+                .into_iter()
+                .map(|(node, weight)| WeightedHop { node, weight })
+                .collect();
+            next.sort_by(|a, b| b.weight.cmp(&a.weight).then_with(|| a.node.cmp(&b.node)));
+            tables
+                .entry(node)
+                .or_default()
+                .insert(session.dst.clone(), next);
+        }
+    }
+    tables
+}
