@@ -46,6 +46,20 @@ pub fn interop_python(tools: &str) -> Option<std::ffi::OsString> {
     python
 }
 
+/// Whether the external tool `name` runs (`name args...` succeeds). Without it the calling
+/// test is skipped on a developer's machine; under CI (`CI` set) the test fails instead.
+pub fn tool(name: &str, args: &[&str]) -> bool {
+    let found = Command::new(name)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "CI must provide {name}");
+        eprintln!("skipped: {name} not found");
+    }
+    found
+}
+
 /// A running testbed.
 pub struct Bed {
     pub dir: PathBuf,
