@@ -5,6 +5,8 @@
 mod common;
 #[path = "interworking/mod.rs"]
 mod interworking;
+#[path = "southbound/mod.rs"]
+mod southbound;
 #[path = "supply/mod.rs"]
 mod supply;
 

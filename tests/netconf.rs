@@ -601,7 +601,7 @@ impl Drop for Netconfd {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_drives_debian_netconfd() {
-    use qkdni::netconf::client::{ClientOptions, Credentials, NetconfClient};
+    use qkdni::netconf::client::{ClientOptions, Credentials, HostKeyCheck, NetconfClient};
 
     if !std::path::Path::new("/usr/sbin/netconfd").exists() {
         assert!(
@@ -617,7 +617,9 @@ async fn our_client_drives_debian_netconfd() {
     let options = |base_1_0_only: bool| ClientOptions {
         user: user.clone(),
         credentials: Credentials::Key(std::sync::Arc::new(key.clone())),
-        host_key: None,
+        // a local sshd started by this test
+        host_key: HostKeyCheck::AcceptAny,
+        connect_timeout: Duration::from_secs(60),
         // netconfd answers a full <get> slowly on a loaded 2-core machine
         timeout: Duration::from_secs(60),
         base_1_0_only,
@@ -775,16 +777,9 @@ async fn our_client_drives_debian_netconfd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_sessions_are_reused_and_replaced_when_closed() {
-    use qkdni::netconf::client::{ClientOptions, Credentials};
     let bed = Bed::up_static(TOPOLOGY);
-    let login = &bed.endpoints.netconf_user;
-    let pool = qkdni::netconf::pool::Pool::new(ClientOptions {
-        user: login.username.clone(),
-        credentials: Credentials::Password(login.password.clone()),
-        host_key: None,
-        timeout: Duration::from_secs(10),
-        base_1_0_only: false,
-    });
+    let pool =
+        qkdni::netconf::pool::Pool::new(bed.endpoints.netconf_options(&bed.endpoints.netconf_user));
     let addr: std::net::SocketAddr = bed.endpoints.node("a2").unwrap().netconf.parse().unwrap();
     let first = pool.session(addr).await.unwrap();
     assert_eq!(

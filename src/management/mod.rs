@@ -41,7 +41,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::netconf::client::{ClientOptions, Credentials};
 use crate::tls::TlsError;
 use config::ManagerConfig;
 use events::{EventLog, SecurityCounters};
@@ -59,6 +58,8 @@ pub enum ManagementError {
     Tls(#[from] TlsError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("southbound: {0}")]
+    HostKeys(#[from] crate::netconf::known_hosts::HostKeyError),
 }
 
 /// The QKDN manager of one domain: its roles, event log and security counters.
@@ -88,18 +89,17 @@ impl Manager {
             .iter()
             .map(|a| (a.node.clone(), a.netconf))
             .collect();
-        let options = |timeout| ClientOptions {
-            user: config.southbound.username.clone(),
-            credentials: Credentials::Password(config.southbound.password.clone()),
-            host_key: None,
-            timeout,
-            base_1_0_only: false,
-        };
+        // the agents' host keys are checked against the known hosts file, read here once
+        // so that a missing or bad file stops the manager at start
+        let options = config.southbound.client_options(Duration::from_secs(10))?;
         // a reading must not outlast the report period by much
         let read_timeout = Duration::from_secs(config.report_seconds.clamp(2, 10));
+        let mut read_options = options.clone();
+        read_options.timeout = read_timeout;
+        read_options.connect_timeout = read_options.connect_timeout.min(read_timeout);
         Ok(Arc::new(Self {
-            kmlm: Kmlm::new(agents.clone(), options(Duration::from_secs(10))),
-            qlm: Qlm::new(agents, options(read_timeout)),
+            kmlm: Kmlm::new(agents.clone(), options),
+            qlm: Qlm::new(agents, read_options),
             xlmo: Xlmo::new(&config)?,
             qclm: Qclm::new(&config)?,
             events: EventLog::default(),

@@ -411,7 +411,9 @@ fn write_durably(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn load_or_create_host_key(path: &PathBuf) -> Result<PrivateKey, ServerError> {
+/// The SSH host key at `path` (OpenSSH format); a new Ed25519 key is written there (mode
+/// 0600) when there is none. The testbed calls it before start to record the public key.
+pub fn load_or_create_host_key(path: &PathBuf) -> Result<PrivateKey, ServerError> {
     let err = |reason: String| ServerError::HostKey {
         path: path.clone(),
         reason,
@@ -428,7 +430,18 @@ fn load_or_create_host_key(path: &PathBuf) -> Result<PrivateKey, ServerError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     }
-    std::fs::write(path, text.as_bytes()).map_err(|e| err(e.to_string()))?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| err(e.to_string()))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| err(e.to_string()))?;
+    }
     Ok(key)
 }
 

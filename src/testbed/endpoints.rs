@@ -21,6 +21,10 @@ pub struct Endpoints {
     pub netconf_user: NetconfLogin,
     /// NETCONF user in the read-only group.
     pub netconf_readonly_user: NetconfLogin,
+    /// OpenSSH `known_hosts` file with the SSH host key of every KM agent and controller
+    /// (what NETCONF clients check the servers against).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<PathBuf>,
     pub domains: BTreeMap<String, DomainEndpoints>,
     pub saes: BTreeMap<String, SaeEndpoint>,
     pub links: BTreeMap<String, LinkEndpoint>,
@@ -269,6 +273,17 @@ impl Endpoints {
                 health: format!("{}/api/v1/health", m.rest),
                 netns: None,
             })
+    }
+
+    /// NETCONF client options for `login`, checking the servers' host keys against
+    /// `known_hosts` (a testbed written before it existed: unchecked).
+    pub fn netconf_options(&self, login: &NetconfLogin) -> crate::netconf::client::ClientOptions {
+        use crate::netconf::client::{ClientOptions, HostKeyCheck};
+        let check = match &self.known_hosts {
+            Some(path) => HostKeyCheck::KnownHosts(path.clone()),
+            None => HostKeyCheck::AcceptAny,
+        };
+        ClientOptions::password(&login.username, &login.password, check)
     }
 
     /// An ETSI GS QKD 014 client of `sae` at the KM serving it, with its certificate.

@@ -2,6 +2,7 @@
 //!
 //! - [`topology`] — the topology file format;
 //! - [`endpoints`] — `endpoints.json`, what clients need to reach the testbed;
+//! - [`host_keys`] — the NETCONF servers' SSH host keys and the testbed's `known_hosts`;
 //! - [`runner`] — bringing a testbed up and down, faults, node restarts;
 //! - [`netns`] — `--netns` testbeds: a network namespace per node, a veth pair per link;
 //! - [`cli`] — the `qkdni testbed` subcommands;
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod demo;
 mod demo_interworking;
 pub mod endpoints;
+pub mod host_keys;
 pub mod netns;
 pub mod runner;
 pub mod topology;

@@ -13,6 +13,7 @@ use super::endpoints::{
     ControllerEndpoint, Credentials, DomainEndpoints, Endpoints, LinkEndpoint, ManagerEndpoint,
     NetconfLogin, NodeEndpoint, SaeEndpoint,
 };
+use super::host_keys;
 use super::netns;
 use super::topology::Topology;
 use crate::control::config::{
@@ -21,7 +22,7 @@ use crate::control::config::{
 };
 use crate::km::config::{Etsi014Limits, KmConfig, LinkConfig, LinkEnd};
 use crate::management::config::{ControllerLink, ManagedAgent, ManagerConfig, PeerManager};
-use crate::netconf::client::{ClientOptions, Credentials as NetconfCredentials, NetconfClient};
+use crate::netconf::client::NetconfClient;
 use crate::netconf::server::{Group, NetconfConfig, User};
 use crate::pki::{Authority, PkiError, Role};
 use crate::quantum::LinkState;
@@ -218,6 +219,8 @@ pub async fn up_with(
     for sub in ["pki", "nodes", "logs"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(io(format!("creating {sub}")))?;
     }
+    let known_hosts = host_keys::path(dir);
+    host_keys::reset(&known_hosts)?;
     let _startup = startup_lock()?;
     // planned under the start-up lock, created before it is released
     let net = if options.netns {
@@ -282,6 +285,7 @@ pub async fn up_with(
         operator: pkis[&first.name].operator.clone(),
         netconf_user: netconf_user.clone(),
         netconf_readonly_user: netconf_readonly_user.clone(),
+        known_hosts: Some(known_hosts.clone()),
         domains: BTreeMap::new(),
         saes: BTreeMap::new(),
         links: BTreeMap::new(),
@@ -363,6 +367,8 @@ pub async fn up_with(
                 &node_ips,
             )?;
             let (etsi, kma, netconf) = addresses[&node.name];
+            let host_key = node_dir.join("ssh_host_ed25519_key");
+            host_keys::provision(&known_hosts, &host_key, netconf)?;
             let mut qx_peers = std::collections::BTreeSet::new();
             let links = domain
                 .links
@@ -415,7 +421,7 @@ pub async fn up_with(
                 routes: routes.get(&node.name).cloned().unwrap_or_default(),
                 netconf: Some(NetconfConfig {
                     listen: netconf,
-                    host_key: node_dir.join("ssh_host_ed25519_key"),
+                    host_key,
                     users: netconf_users(&netconf_user, &netconf_readonly_user),
                     max_message_bytes: 16 * 1024 * 1024,
                     running_file: Some(node_dir.join("data").join("running.xml")),
@@ -479,6 +485,7 @@ pub async fn up_with(
                     peer_cas(&mut peers.iter().copied()),
                     (&netconf_user, &netconf_readonly_user),
                     &control_ips,
+                    &known_hosts,
                 )?;
                 (Some(controller), manager)
             }
@@ -559,6 +566,7 @@ fn write_control(
     peer_cas: Vec<tls::PeerCa>,
     (netconf_user, netconf_readonly_user): (&NetconfLogin, &NetconfLogin),
     ips: &[IpAddr],
+    known_hosts: &Path,
 ) -> Result<(ControllerEndpoint, Option<ManagerEndpoint>), TestbedError> {
     let pki = dir.join("pki");
     let name = format!("controller-{}", domain.name);
@@ -598,11 +606,16 @@ fn write_control(
         southbound: SouthboundLogin {
             username: netconf_user.username.clone(),
             password: netconf_user.password.clone(),
+            known_hosts: known_hosts.to_path_buf(),
         },
         poll_seconds: 2,
         netconf: Some(NetconfConfig {
             listen: addrs.netconf,
-            host_key: cdir.join("ssh_host_ed25519_key"),
+            host_key: {
+                let host_key = cdir.join("ssh_host_ed25519_key");
+                host_keys::provision(known_hosts, &host_key, addrs.netconf)?;
+                host_key
+            },
             users: netconf_users(netconf_user, netconf_readonly_user),
             max_message_bytes: 16 * 1024 * 1024,
             running_file: Some(cdir.join("data").join("running.xml")),
@@ -671,6 +684,7 @@ fn write_control(
         southbound: SouthboundLogin {
             username: netconf_user.username.clone(),
             password: netconf_user.password.clone(),
+            known_hosts: known_hosts.to_path_buf(),
         },
         controller: Some(ControllerLink {
             url: format!("https://{}", addrs.rest),
@@ -880,18 +894,9 @@ pub async fn netconf(
         .netconf
         .parse()
         .map_err(|e| TestbedError::Operation(format!("node {node}: netconf address: {e}")))?;
-    NetconfClient::connect(
-        addr,
-        ClientOptions {
-            user: endpoints.netconf_user.username.clone(),
-            credentials: NetconfCredentials::Password(endpoints.netconf_user.password.clone()),
-            host_key: None,
-            timeout: Duration::from_secs(10),
-            base_1_0_only: false,
-        },
-    )
-    .await
-    .map_err(|e| TestbedError::Operation(format!("node {node}: NETCONF: {e}")))
+    NetconfClient::connect(addr, endpoints.netconf_options(&endpoints.netconf_user))
+        .await
+        .map_err(|e| TestbedError::Operation(format!("node {node}: NETCONF: {e}")))
 }
 
 /// Sets the operational state of QKD link `link` at both its ends, over NETCONF
