@@ -818,3 +818,53 @@ async fn pooled_sessions_are_reused_and_replaced_when_closed() {
         first.session_id
     );
 }
+
+/// `testbed node start` returns only once the agent serves every port (NETCONF included),
+/// also while both cores are busy: the first NETCONF session, ETSI 014 request and KMA
+/// request right after it succeed without a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_start_returns_once_every_port_serves_on_a_busy_machine() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let bed = Bed::up_static(TOPOLOGY);
+    // two spinning threads: another load keeping both cores busy
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let client = bed.client("sae-a3-1");
+    for round in 0..3 {
+        if round == 1 {
+            bed.cli(&["node", "stop", "a3", "--kill"]);
+        } else {
+            bed.cli(&["node", "stop", "a3"]);
+        }
+        let started = std::time::Instant::now();
+        bed.cli(&["node", "start", "a3"]);
+        let took = started.elapsed();
+        let nc = bed
+            .netconf_as("a3", &bed.endpoints.netconf_user, false)
+            .await;
+        let nc = nc.unwrap_or_else(|e| panic!("round {round}: NETCONF right after start: {e}"));
+        nc.get_config("running", Some(ROUTES_FILTER)).await.unwrap();
+        client
+            .status("sae-a3-2")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: ETSI 014 right after start: {e}"));
+        qkdni::testbed::runner::link_reports(&bed.endpoints, "a3")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: KMA right after start: {e}"));
+        println!("round {round}: node start returned after {took:?} under load");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for thread in load {
+        thread.join().unwrap();
+    }
+}

@@ -60,6 +60,8 @@ pub enum ManagementError {
     Io(#[from] std::io::Error),
     #[error("southbound: {0}")]
     HostKeys(#[from] crate::netconf::known_hosts::HostKeyError),
+    #[error(transparent)]
+    Readiness(#[from] crate::readiness::ReadinessError),
 }
 
 /// The QKDN manager of one domain: its roles, event log and security counters.
@@ -125,12 +127,18 @@ pub async fn run(
     let manager = Manager::new(config)?;
     let mxi = TcpListener::bind(manager.config.mxi_listen).await?;
     let rest = TcpListener::bind(manager.config.rest_listen).await?;
+    let listening = [mxi.local_addr()?, rest.local_addr()?];
     tracing::info!(domain = %manager.config.domain, peer = %manager.config.peer.domain, "QKDN manager starting");
     let mut servers = vec![
         tokio::spawn(mxi::serve(manager.clone(), mxi)),
         tokio::spawn(rest::serve(manager.clone(), rest)),
     ];
     let tasks = manager.spawn_tasks();
+    // both listeners are bound; the servers load this TLS material (again) before they
+    // answer: a bad one stops the manager before it reports readiness
+    crate::tls::server_config(&manager.config.tls)?;
+    crate::tls::Issuers::load(&manager.config.tls)?;
+    crate::readiness::notify(&listening)?;
     let result = tokio::select! {
         _ = shutdown => Ok(()),
         // a server returns only when it cannot start

@@ -340,6 +340,26 @@ impl NetconfServer {
 
     /// Serves NETCONF over SSH on a bound listener.
     pub async fn serve_on(self: Arc<Self>, listener: TcpListener) -> Result<(), ServerError> {
+        let ssh = self.ssh_config()?;
+        self.accept_loop(listener, ssh).await
+    }
+
+    /// Loads the host key, then serves on `listener` in a task: once this returns `Ok`, the
+    /// server answers on the listener (what a daemon needs before it reports readiness).
+    pub fn start_on(
+        self: Arc<Self>,
+        listener: TcpListener,
+    ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+        let ssh = self.ssh_config()?;
+        Ok(tokio::spawn(async move {
+            if let Err(error) = self.accept_loop(listener, ssh).await {
+                tracing::error!(%error, "NETCONF server stopped");
+            }
+        }))
+    }
+
+    /// The SSH server configuration, with the host key (created if missing).
+    fn ssh_config(&self) -> Result<Arc<russh::server::Config>, ServerError> {
         let key = load_or_create_host_key(&self.config.host_key)?;
         let mut ssh = russh::server::Config {
             keys: vec![key],
@@ -365,7 +385,14 @@ impl NetconfServer {
             ]
             .to_vec(),
         );
-        let ssh = Arc::new(ssh);
+        Ok(Arc::new(ssh))
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        ssh: Arc<russh::server::Config>,
+    ) -> Result<(), ServerError> {
         tracing::info!(listen = %self.config.listen, "NETCONF server ready");
         loop {
             let (stream, peer) = match listener.accept().await {

@@ -104,8 +104,26 @@ pub struct ProcessSpec {
     pub log: PathBuf,
     /// URL answering 200 once the process is ready.
     pub health: String,
+    /// Every address it listens on (all named in its readiness file once it is ready).
+    pub listens: Vec<std::net::SocketAddr>,
     /// The network namespace to run it in (`--netns` testbeds' KM nodes).
     pub netns: Option<String>,
+}
+
+impl ProcessSpec {
+    /// Where the process states its readiness ([`crate::readiness`]): beside its
+    /// configuration, `<config stem>.ready`.
+    pub fn ready_file(&self) -> PathBuf {
+        self.config.with_extension("ready")
+    }
+}
+
+/// The socket addresses of `host:port` or `https://host:port` endpoints that parse.
+fn addresses<'a>(endpoints: impl IntoIterator<Item = &'a str>) -> Vec<std::net::SocketAddr> {
+    endpoints
+        .into_iter()
+        .filter_map(|e| e.trim_start_matches("https://").parse().ok())
+        .collect()
 }
 
 /// One KM node's services.
@@ -241,6 +259,11 @@ impl Endpoints {
                 config: node.config.clone(),
                 log: node.log.clone(),
                 health: format!("{}/admin/v1/health", node.kma),
+                listens: addresses([
+                    node.etsi014.as_str(),
+                    node.kma.as_str(),
+                    node.netconf.as_str(),
+                ]),
                 netns: self
                     .netns
                     .as_ref()
@@ -259,6 +282,11 @@ impl Endpoints {
                 config: c.config.clone(),
                 log: c.log.clone(),
                 health: format!("{}/health", c.rest),
+                listens: addresses(
+                    [c.rest.as_str(), c.netconf.as_str()]
+                        .into_iter()
+                        .chain(c.cxi.as_deref()),
+                ),
                 netns: None,
             });
         }
@@ -271,6 +299,7 @@ impl Endpoints {
                 config: m.config.clone(),
                 log: m.log.clone(),
                 health: format!("{}/api/v1/health", m.rest),
+                listens: addresses([m.rest.as_str(), m.mxi.as_str()]),
                 netns: None,
             })
     }

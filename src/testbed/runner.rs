@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +13,7 @@ use super::endpoints::{
 };
 use super::host_keys;
 use super::netns;
+use super::process::{alive, spawn_node, stop_pid, wait_ready};
 use super::topology::Topology;
 use crate::control::config::{
     AgentConfig, ControllerConfig, CxiPeer, ExposePolicy, InterworkingConfig, NodeRole,
@@ -715,109 +714,6 @@ fn write_control(
 fn write_endpoints(dir: &Path, endpoints: &Endpoints) -> Result<(), TestbedError> {
     let text = serde_json::to_string_pretty(endpoints).expect("serializable");
     std::fs::write(Endpoints::path(dir), text).map_err(io("writing endpoints.json"))
-}
-
-fn spawn_node(endpoints: &Endpoints, name: &str, exe: &Path) -> Result<u32, TestbedError> {
-    let spec = endpoints
-        .process(name)
-        .ok_or_else(|| TestbedError::Unknown {
-            kind: "process",
-            name: name.into(),
-        })?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log)
-        .map_err(io("opening the log"))?;
-    // `ip netns exec` execs the command: the pid stays that of the qkdni process
-    let mut command = match &spec.netns {
-        Some(namespace) => {
-            let mut command = Command::new("ip");
-            command.args(["netns", "exec", namespace.as_str()]).arg(exe);
-            command
-        }
-        None => Command::new(exe),
-    };
-    let child = command
-        .arg(spec.subcommand)
-        .arg("--config")
-        .arg(&spec.config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(io("log handle"))?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .map_err(io(format!("starting {}", exe.display())))?;
-    Ok(child.id())
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped by whoever adopted it) is not alive.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-async fn wait_ready(endpoints: &Endpoints, name: &str, pid: u32) -> Result<(), TestbedError> {
-    let spec = endpoints.process(name).expect("known process");
-    let client = tls::https_client_trusting(
-        std::slice::from_ref(&endpoints.ca_cert),
-        Duration::from_secs(2),
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if !alive(pid) {
-            let log = std::fs::read_to_string(&spec.log).unwrap_or_default();
-            let reason = log
-                .lines()
-                .find(|l| l.starts_with("Error:"))
-                .or_else(|| log.lines().last())
-                .unwrap_or("no output")
-                .to_owned();
-            return Err(TestbedError::NotReady {
-                node: name.into(),
-                reason: format!("process exited: {reason}"),
-            });
-        }
-        if let Ok(response) = client.get(&spec.health).send().await {
-            if response.status().is_success() {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(TestbedError::NotReady {
-                node: name.into(),
-                reason: "no answer within 60 s".into(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn signal(pid: u32, signal: nix::sys::signal::Signal) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
-}
-
-fn stop_pid(pid: u32, kill: bool) {
-    use nix::sys::signal::Signal;
-    if kill {
-        signal(pid, Signal::SIGKILL);
-    } else {
-        signal(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        signal(pid, Signal::SIGKILL);
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Stops every process of the testbed in `dir`; deletes a `--netns` testbed's namespaces
