@@ -61,8 +61,8 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    /// Options with a password login, host keys checked against `known_hosts`, a 5 s
-    /// connect timeout and a 10 s RPC timeout.
+    /// Options with a password login, host keys checked as `host_key` says, a 5 s connect
+    /// timeout and a 10 s RPC timeout.
     pub fn password(user: &str, password: &str, host_key: HostKeyCheck) -> Self {
         Self {
             user: user.to_owned(),

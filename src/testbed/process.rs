@@ -72,16 +72,22 @@ pub(super) fn spawn_node(
     Ok(child.id())
 }
 
-/// Whether process `pid` runs.
+/// Whether process `pid` runs: any of its threads does. A zombie (exited, not yet reaped by
+/// whoever adopted it) is not alive, but a killed process whose main thread is a zombie
+/// while other threads still exit is: those still hold its files (a redb store's lock,
+/// which a restarted process would find taken).
 pub(super) fn alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped by whoever adopted it) is not alive.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
+    let running = |stat: &str| {
+        stat.rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+            .is_some_and(|state| state != "Z" && state != "X")
+    };
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads.flatten().any(|thread| {
+        std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| running(&stat))
+    })
 }
 
 /// Waits until process `name` (`pid`) serves every port it was given: its readiness file

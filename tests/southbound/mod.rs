@@ -77,7 +77,11 @@ async fn a_km_whose_host_key_changed_is_refused_before_any_password() {
     // the other agents still answer; a5 never saw a login attempt
     before.read("a4").await.unwrap();
     assert_eq!(authenticated(&log()), logins, "{}", log());
-    assert!(!log().contains("authentication refused"), "{}", log());
+    assert!(
+        !log().contains("NETCONF authentication failed"),
+        "{}",
+        log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
