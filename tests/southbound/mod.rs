@@ -1,6 +1,6 @@
-//! The controller's southbound against real KM agents: it checks the agents' SSH host keys
-//! (a changed key is refused before the password is sent), and an agent that does not answer
-//! delays no operation on the others.
+//! The controller's (and the manager's) southbound against real KM agents: it checks the
+//! agents' SSH host keys (a changed key is refused before the password is sent), and an agent
+//! that does not answer delays no operation on the others.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,19 +16,27 @@ use qkdni::netconf::known_hosts::HostKeyError;
 
 use super::common::Bed;
 
-/// The controller's southbound to every KM of domain A, with the testbed's known hosts.
-fn southbound_of(bed: &Bed) -> Southbound {
-    let agents: BTreeMap<String, SocketAddr> = bed.endpoints.domains["A"]
+/// Every KM of domain A by node.
+fn agents(bed: &Bed) -> BTreeMap<String, SocketAddr> {
+    bed.endpoints.domains["A"]
         .nodes
         .iter()
         .map(|(node, e)| (node.clone(), e.netconf.parse().unwrap()))
-        .collect();
-    let login = SouthboundLogin {
+        .collect()
+}
+
+/// The login of controllers and managers, with the testbed's known hosts.
+fn login(bed: &Bed) -> SouthboundLogin {
+    SouthboundLogin {
         username: bed.endpoints.netconf_user.username.clone(),
         password: bed.endpoints.netconf_user.password.clone(),
         known_hosts: bed.endpoints.known_hosts.clone().expect("known_hosts"),
-    };
-    Southbound::with_login(agents, &login).unwrap()
+    }
+}
+
+/// The controller's southbound to every KM of domain A.
+fn southbound_of(bed: &Bed) -> Southbound {
+    Southbound::with_login(agents(bed), &login(bed)).unwrap()
 }
 
 /// Times `operation`.
@@ -74,6 +82,13 @@ async fn a_km_whose_host_key_changed_is_refused_before_any_password() {
             "{message}"
         );
     }
+    // the manager's quantum layer manager, with the same login, reads every agent but a5
+    let qlm = qkdni::management::qlm::Qlm::new(
+        agents(&bed).into_iter().collect(),
+        login(&bed).client_options(Duration::from_secs(5)).unwrap(),
+    );
+    let report = qlm.collect().await;
+    assert_eq!(report.unreachable_agents, ["a5"], "{report:?}");
     // the other agents still answer; a5 never saw a login attempt
     before.read("a4").await.unwrap();
     assert_eq!(authenticated(&log()), logins, "{}", log());
