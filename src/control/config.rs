@@ -188,6 +188,8 @@ impl ControllerConfig {
                 "the REST API needs bearer tokens or client certificate names".into(),
             ));
         }
+        crate::netconf::known_hosts::validate(&config.southbound.known_hosts)
+            .map_err(|e| ConfigError::Invalid(format!("southbound: {e}")))?;
         Ok(config)
     }
 }
