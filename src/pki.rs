@@ -200,6 +200,63 @@ mod tests {
         assert_eq!(ips, [&[127, 0, 0, 1][..], &[198, 18, 0, 2][..]]);
     }
 
+    /// The extensions strict verifiers need, read back without any external tool.
+    #[test]
+    fn extensions_are_those_strict_verifiers_need() {
+        use x509_parser::extensions::ParsedExtension;
+        let parse = |pem: &str| {
+            let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+            pem.contents
+        };
+        let ca = Authority::new("strict").unwrap();
+        let ca_der = parse(ca.cert_pem());
+        let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        let bc = ca_cert.basic_constraints().unwrap().unwrap();
+        assert!(bc.critical && bc.value.ca);
+        let ku = ca_cert.key_usage().unwrap().unwrap().value;
+        assert!(ku.key_cert_sign() && ku.crl_sign());
+        let ski = |cert: &x509_parser::certificate::X509Certificate| {
+            cert.extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+                    _ => None,
+                })
+                .expect("subject key identifier")
+        };
+        let ca_ski = ski(&ca_cert);
+        for (role, server, client) in [
+            (Role::Node, true, true),
+            (Role::Server, true, false),
+            (Role::Client, false, true),
+        ] {
+            let (pem, _) = ca.issue("x", role).unwrap();
+            let der = parse(&pem);
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            let aki = cert
+                .extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.clone(),
+                    _ => None,
+                })
+                .expect("authority key identifier");
+            assert_eq!(aki.0, &ca_ski[..], "{role:?}: AKI is the CA's SKI");
+            assert!(!ski(&cert).is_empty());
+            let bc = cert.basic_constraints().unwrap().unwrap();
+            assert!(bc.critical && !bc.value.ca, "{role:?}");
+            let ku = cert.key_usage().unwrap().unwrap().value;
+            assert!(ku.digital_signature() && !ku.key_encipherment() && !ku.key_cert_sign());
+            let eku = cert.extended_key_usage().unwrap().unwrap().value;
+            assert_eq!(
+                (eku.server_auth, eku.client_auth),
+                (server, client),
+                "{role:?}"
+            );
+            assert!(cert.subject_alternative_name().unwrap().is_some());
+        }
+    }
+
     /// `openssl verify -x509_strict` accepts the CA and a certificate of every role for the
     /// purposes of the role, and refuses the purposes it does not have.
     #[test]
