@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 ./scripts/build-deps.sh
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
+# openssl verify -x509_strict checks every certificate the testbed issues
+command -v openssl >/dev/null || need_apt+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 # third-party NETCONF server for the client interop test (Debian's netconfd behind sshd)
 if [ -f tests/interop/apt-packages.txt ]; then

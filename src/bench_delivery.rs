@@ -18,7 +18,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::etsi014::{self, ClientError, KeyRequest};
-use crate::netconf::client::{ClientOptions, Credentials, NetconfClient};
+use crate::netconf::client::NetconfClient;
 use crate::testbed::endpoints::Endpoints;
 use crate::testbed::runner;
 use crate::testbed::topology::Topology;
@@ -132,13 +132,7 @@ async fn measure(
     let controller = endpoints.controller("A").context("no controller")?;
     let netconf = NetconfClient::connect(
         controller.netconf.parse()?,
-        ClientOptions {
-            user: endpoints.netconf_user.username.clone(),
-            credentials: Credentials::Password(endpoints.netconf_user.password.clone()),
-            host_key: None,
-            timeout: Duration::from_secs(10),
-            base_1_0_only: false,
-        },
+        endpoints.netconf_options(&endpoints.netconf_user),
     )
     .await?;
     netconf

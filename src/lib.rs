@@ -23,6 +23,7 @@ pub mod netconf;
 pub mod pki;
 pub mod problem;
 pub mod quantum;
+pub mod readiness;
 pub mod testbed;
 pub mod tls;
 pub mod yang;

@@ -147,20 +147,47 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(async {
                 let controller = qkdni::control::controller::Controller::start(config).await?;
                 let mut watchers = controller.spawn_watchers();
+                let mut listening = Vec::new();
                 if let Some(netconf) = controller.config.netconf.clone() {
                     let operator = qkdni::control::operator::Operator::new(controller.clone());
+                    let listen = netconf.listen;
                     let server = qkdni::netconf::server::NetconfServer::new(
                         netconf,
                         std::sync::Arc::new(operator),
                     )?;
-                    watchers.push(tokio::spawn(async move {
-                        if let Err(error) = server.serve().await {
-                            tracing::error!(%error, "NETCONF server stopped");
-                        }
-                    }));
+                    let listener = tokio::net::TcpListener::bind(listen)
+                        .await
+                        .with_context(|| format!("binding {listen}"))?;
+                    listening.push(listen);
+                    watchers.push(server.start_on(listener)?);
                 }
-                let rest = tokio::spawn(qkdni::control::northbound::serve(controller.clone()));
-                let cxi = tokio::spawn(qkdni::control::cxi_server::serve(controller.clone()));
+                // the REST and Cxi servers load this TLS material (again) before they answer:
+                // a bad one stops the controller before it reports readiness
+                qkdni::tls::server_config(&controller.config.tls)?;
+                qkdni::tls::Issuers::load(&controller.config.tls)?;
+                let rest_listen = controller.config.rest_listen;
+                let rest_listener = tokio::net::TcpListener::bind(rest_listen)
+                    .await
+                    .with_context(|| format!("binding {rest_listen}"))?;
+                listening.push(rest_listen);
+                let rest = tokio::spawn(qkdni::control::northbound::serve_on(
+                    controller.clone(),
+                    rest_listener,
+                ));
+                let mut cxi = tokio::spawn(qkdni::control::cxi_server::serve(controller.clone()));
+                if let Some(iw) = &controller.config.interworking {
+                    // the Cxi server binds its listener itself: wait until it accepts
+                    let accepting = qkdni::readiness::wait_accepting(
+                        iw.cxi_listen,
+                        std::time::Duration::from_secs(30),
+                    );
+                    tokio::select! {
+                        ended = &mut cxi => anyhow::bail!("the Cxi server stopped at start: {ended:?}"),
+                        accepting = accepting => accepting?,
+                    }
+                    listening.push(iw.cxi_listen);
+                }
+                qkdni::readiness::notify(&listening)?;
                 qkdni::km::agent::shutdown_signal().await;
                 tracing::info!("controller stopping");
                 rest.abort();

@@ -7,6 +7,8 @@ mod common;
 mod concurrency;
 #[path = "interworking/mod.rs"]
 mod interworking;
+#[path = "southbound/mod.rs"]
+mod southbound;
 #[path = "supply/mod.rs"]
 mod supply;
 

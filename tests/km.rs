@@ -458,3 +458,56 @@ fn third_party_etsi014_client_works_unchanged() {
     assert_eq!(result["second_fetch_status"], 400);
     assert_eq!(result["wrong_sae_status"], 401);
 }
+
+/// Every certificate the testbed issues (CA, KMs, controller, SAEs, operator) passes
+/// `openssl verify -x509_strict`, and a Python client whose context checks X.509 strictly
+/// (as Python 3.13's default context does) gets an ETSI 014 status over mutual TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testbed_certificates_pass_strict_x509_verification() {
+    if !common::tool("openssl", &["version"]) || !common::tool("python3", &["--version"]) {
+        return;
+    }
+    let bed = Bed::up(TOPOLOGY);
+    let pki = bed.dir.join("pki");
+    let mut certs: Vec<_> = std::fs::read_dir(&pki)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+        .collect();
+    certs.sort();
+    assert!(
+        certs.len() >= 14,
+        "CA, 5 KMs, controller, 10 SAEs, operator: {certs:?}"
+    );
+    for cert in &certs {
+        let output = std::process::Command::new("openssl")
+            .args(["verify", "-x509_strict", "-CAfile"])
+            .arg(&bed.endpoints.ca_cert)
+            .arg(cert)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}: {}{}",
+            cert.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    bed.create_session("sae-a1-1", "sae-a2-1").await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/strict_tls_status.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .args([bed.dir(), "sae-a1-1", "sae-a2-1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(status["slave_SAE_ID"], "sae-a2-1");
+}

@@ -601,7 +601,7 @@ impl Drop for Netconfd {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_drives_debian_netconfd() {
-    use qkdni::netconf::client::{ClientOptions, Credentials, NetconfClient};
+    use qkdni::netconf::client::{ClientOptions, Credentials, HostKeyCheck, NetconfClient};
 
     if !std::path::Path::new("/usr/sbin/netconfd").exists() {
         assert!(
@@ -617,7 +617,9 @@ async fn our_client_drives_debian_netconfd() {
     let options = |base_1_0_only: bool| ClientOptions {
         user: user.clone(),
         credentials: Credentials::Key(std::sync::Arc::new(key.clone())),
-        host_key: None,
+        // a local sshd started by this test
+        host_key: HostKeyCheck::AcceptAny,
+        connect_timeout: Duration::from_secs(60),
         // netconfd answers a full <get> slowly on a loaded 2-core machine
         timeout: Duration::from_secs(60),
         base_1_0_only,
@@ -775,16 +777,9 @@ async fn our_client_drives_debian_netconfd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_sessions_are_reused_and_replaced_when_closed() {
-    use qkdni::netconf::client::{ClientOptions, Credentials};
     let bed = Bed::up_static(TOPOLOGY);
-    let login = &bed.endpoints.netconf_user;
-    let pool = qkdni::netconf::pool::Pool::new(ClientOptions {
-        user: login.username.clone(),
-        credentials: Credentials::Password(login.password.clone()),
-        host_key: None,
-        timeout: Duration::from_secs(10),
-        base_1_0_only: false,
-    });
+    let pool =
+        qkdni::netconf::pool::Pool::new(bed.endpoints.netconf_options(&bed.endpoints.netconf_user));
     let addr: std::net::SocketAddr = bed.endpoints.node("a2").unwrap().netconf.parse().unwrap();
     let first = pool.session(addr).await.unwrap();
     assert_eq!(
@@ -822,4 +817,54 @@ async fn pooled_sessions_are_reused_and_replaced_when_closed() {
         pool.session(addr).await.unwrap().session_id,
         first.session_id
     );
+}
+
+/// `testbed node start` returns only once the agent serves every port (NETCONF included),
+/// also while both cores are busy: the first NETCONF session, ETSI 014 request and KMA
+/// request right after it succeed without a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_start_returns_once_every_port_serves_on_a_busy_machine() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let bed = Bed::up_static(TOPOLOGY);
+    // two spinning threads: another load keeping both cores busy
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let client = bed.client("sae-a3-1");
+    for round in 0..3 {
+        if round == 1 {
+            bed.cli(&["node", "stop", "a3", "--kill"]);
+        } else {
+            bed.cli(&["node", "stop", "a3"]);
+        }
+        let started = std::time::Instant::now();
+        bed.cli(&["node", "start", "a3"]);
+        let took = started.elapsed();
+        let nc = bed
+            .netconf_as("a3", &bed.endpoints.netconf_user, false)
+            .await;
+        let nc = nc.unwrap_or_else(|e| panic!("round {round}: NETCONF right after start: {e}"));
+        nc.get_config("running", Some(ROUTES_FILTER)).await.unwrap();
+        client
+            .status("sae-a3-2")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: ETSI 014 right after start: {e}"));
+        qkdni::testbed::runner::link_reports(&bed.endpoints, "a3")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: KMA right after start: {e}"));
+        println!("round {round}: node start returned after {took:?} under load");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for thread in load {
+        thread.join().unwrap();
+    }
 }

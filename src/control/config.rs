@@ -138,12 +138,36 @@ impl NodeRole {
     }
 }
 
-/// Credentials of the controller's NETCONF sessions.
+/// Credentials of the controller's (or the manager's) NETCONF sessions to the KM agents,
+/// and the agents' SSH host keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SouthboundLogin {
     pub username: String,
     pub password: String,
+    /// OpenSSH `known_hosts` file with every agent's SSH host key (`[ip]:port type key`):
+    /// an agent presenting another key, or none recorded, is refused before the password is
+    /// sent.
+    pub known_hosts: PathBuf,
+}
+
+impl SouthboundLogin {
+    /// The NETCONF client options of this login (5 s connect timeout, RPCs timing out
+    /// after `timeout`); checks the known hosts file first.
+    pub fn client_options(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<crate::netconf::client::ClientOptions, crate::netconf::known_hosts::HostKeyError>
+    {
+        crate::netconf::known_hosts::validate(&self.known_hosts)?;
+        let mut options = crate::netconf::client::ClientOptions::password(
+            &self.username,
+            &self.password,
+            crate::netconf::client::HostKeyCheck::KnownHosts(self.known_hosts.clone()),
+        );
+        options.timeout = timeout;
+        Ok(options)
+    }
 }
 
 pub use crate::config_file::ConfigError;
@@ -164,6 +188,8 @@ impl ControllerConfig {
                 "the REST API needs bearer tokens or client certificate names".into(),
             ));
         }
+        crate::netconf::known_hosts::validate(&config.southbound.known_hosts)
+            .map_err(|e| ConfigError::Invalid(format!("southbound: {e}")))?;
         Ok(config)
     }
 }

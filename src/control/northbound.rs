@@ -430,9 +430,17 @@ async fn interworking_route(
 
 /// Serves the API until the task is dropped.
 pub async fn serve(controller: Arc<Controller>) -> Result<(), std::io::Error> {
+    let listener = tokio::net::TcpListener::bind(controller.config.rest_listen).await?;
+    serve_on(controller, listener).await
+}
+
+/// Serves the API on a bound listener until the task is dropped.
+pub async fn serve_on(
+    controller: Arc<Controller>,
+    listener: tokio::net::TcpListener,
+) -> Result<(), std::io::Error> {
     let config =
         crate::tls::server_config(&controller.config.tls).map_err(std::io::Error::other)?;
-    let listener = tokio::net::TcpListener::bind(controller.config.rest_listen).await?;
     tracing::info!(rest = %controller.config.rest_listen, "controller REST API ready");
     let issuers =
         crate::tls::Issuers::load(&controller.config.tls).map_err(std::io::Error::other)?;

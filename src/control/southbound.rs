@@ -20,7 +20,8 @@ use futures::future::join_all;
 
 use super::topology::{AgentView, ForeignSae, WeightedHop};
 
-use crate::netconf::client::{text, ClientError, ClientOptions, Credentials, NetconfClient};
+use super::config::SouthboundLogin;
+use crate::netconf::client::{text, ClientError, ClientOptions, HostKeyCheck, NetconfClient};
 use crate::netconf::pool::Pool;
 
 /// Seconds a KM keeps an unconfirmed route change before rolling it back.
@@ -50,6 +51,8 @@ pub enum SouthboundError {
     Agent { node: String, error: ClientError },
     #[error("agent {node}: unreadable data: {reason}")]
     Data { node: String, reason: String },
+    #[error("southbound: {0}")]
+    HostKeys(#[from] crate::netconf::known_hosts::HostKeyError),
 }
 
 /// NETCONF sessions to every agent of the domain.
@@ -59,15 +62,28 @@ pub struct Southbound {
 }
 
 impl Southbound {
-    /// A southbound to `agents` (node -> NETCONF address) with one login.
+    /// A southbound to `agents` (node -> NETCONF address) with `login`: the agents' host
+    /// keys are checked against `login.known_hosts` (which must exist and parse).
+    pub fn with_login(
+        agents: BTreeMap<String, SocketAddr>,
+        login: &SouthboundLogin,
+    ) -> Result<Self, SouthboundError> {
+        let options = login.client_options(Duration::from_secs(10))?;
+        Ok(Self {
+            pool: Pool::new(options),
+            agents,
+        })
+    }
+
+    /// A southbound to `agents` with one login and **no host key checking**: kept for the
+    /// controller until it builds its southbound with [`with_login`](Self::with_login).
     pub fn new(agents: BTreeMap<String, SocketAddr>, user: &str, password: &str) -> Self {
-        let pool = Pool::new(ClientOptions {
-            user: user.to_owned(),
-            credentials: Credentials::Password(password.to_owned()),
-            host_key: None,
-            timeout: Duration::from_secs(10),
-            base_1_0_only: false,
-        });
+        tracing::warn!("the agents' SSH host keys are not checked (Southbound::new)");
+        let pool = Pool::new(ClientOptions::password(
+            user,
+            password,
+            HostKeyCheck::AcceptAny,
+        ));
         Self { pool, agents }
     }
 

@@ -33,6 +33,8 @@ pub enum AgentError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Readiness(#[from] crate::readiness::ReadinessError),
 }
 
 /// What operators set on a link at run time.
@@ -361,6 +363,7 @@ impl Agent {
         let issuers = tls::Issuers::load(&self.config.tls)?;
         let etsi = bind(self.config.etsi014_listen).await?;
         let kma = bind(self.config.kma_listen).await?;
+        let mut listening = vec![self.config.etsi014_listen, self.config.kma_listen];
         let mut tasks = Vec::new();
         for link in self.links.values() {
             let agent = self.clone();
@@ -405,13 +408,12 @@ impl Agent {
                     addr: server_listen(&server),
                     source,
                 })?;
-            tasks.push(tokio::spawn(async move {
-                if let Err(error) = server.serve_on(listener).await {
-                    tracing::error!(%error, "NETCONF server stopped");
-                }
-            }));
+            listening.push(server_listen(&server));
+            tasks.push(server.start_on(listener)?);
         }
         tracing::info!(node = %self.config.node, etsi014 = %self.config.etsi014_listen, kma = %self.config.kma_listen, "KM agent ready");
+        // every listener is bound and served: whoever started the agent may use it
+        crate::readiness::notify(&listening)?;
         shutdown_signal().await;
         tracing::info!(node = %self.config.node, "KM agent stopping");
         for task in tasks {

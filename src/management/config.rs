@@ -172,6 +172,7 @@ netconf = "127.0.0.1:7001"
 [southbound]
 username = "operator"
 password = "pw"
+known_hosts = "known_hosts"
 [controller]
 url = "https://127.0.0.1:7200"
 token = "c"
@@ -194,6 +195,9 @@ mxi = "https://127.0.0.1:7302"
     #[test]
     fn mistakes_are_refused() {
         assert!(toml::from_str::<ManagerConfig>(&format!("{EXAMPLE}\nbogus = 1")).is_err());
+        // the agents' host keys must be named
+        let unchecked = EXAMPLE.replace("known_hosts = \"known_hosts\"\n", "");
+        assert!(toml::from_str::<ManagerConfig>(&unchecked).is_err());
         let mut config: ManagerConfig = toml::from_str(EXAMPLE).unwrap();
         config.tls.peer_cas.clear();
         assert!(config.validate().is_err());

@@ -41,7 +41,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::netconf::client::{ClientOptions, Credentials};
 use crate::tls::TlsError;
 use config::ManagerConfig;
 use events::{EventLog, SecurityCounters};
@@ -59,6 +58,10 @@ pub enum ManagementError {
     Tls(#[from] TlsError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("southbound: {0}")]
+    HostKeys(#[from] crate::netconf::known_hosts::HostKeyError),
+    #[error(transparent)]
+    Readiness(#[from] crate::readiness::ReadinessError),
 }
 
 /// The QKDN manager of one domain: its roles, event log and security counters.
@@ -88,18 +91,17 @@ impl Manager {
             .iter()
             .map(|a| (a.node.clone(), a.netconf))
             .collect();
-        let options = |timeout| ClientOptions {
-            user: config.southbound.username.clone(),
-            credentials: Credentials::Password(config.southbound.password.clone()),
-            host_key: None,
-            timeout,
-            base_1_0_only: false,
-        };
+        // the agents' host keys are checked against the known hosts file, read here once
+        // so that a missing or bad file stops the manager at start
+        let options = config.southbound.client_options(Duration::from_secs(10))?;
         // a reading must not outlast the report period by much
         let read_timeout = Duration::from_secs(config.report_seconds.clamp(2, 10));
+        let mut read_options = options.clone();
+        read_options.timeout = read_timeout;
+        read_options.connect_timeout = read_options.connect_timeout.min(read_timeout);
         Ok(Arc::new(Self {
-            kmlm: Kmlm::new(agents.clone(), options(Duration::from_secs(10))),
-            qlm: Qlm::new(agents, options(read_timeout)),
+            kmlm: Kmlm::new(agents.clone(), options),
+            qlm: Qlm::new(agents, read_options),
             xlmo: Xlmo::new(&config)?,
             qclm: Qclm::new(&config)?,
             events: EventLog::default(),
@@ -125,12 +127,18 @@ pub async fn run(
     let manager = Manager::new(config)?;
     let mxi = TcpListener::bind(manager.config.mxi_listen).await?;
     let rest = TcpListener::bind(manager.config.rest_listen).await?;
+    let listening = [mxi.local_addr()?, rest.local_addr()?];
     tracing::info!(domain = %manager.config.domain, peer = %manager.config.peer.domain, "QKDN manager starting");
     let mut servers = vec![
         tokio::spawn(mxi::serve(manager.clone(), mxi)),
         tokio::spawn(rest::serve(manager.clone(), rest)),
     ];
     let tasks = manager.spawn_tasks();
+    // both listeners are bound; the servers load this TLS material (again) before they
+    // answer: a bad one stops the manager before it reports readiness
+    crate::tls::server_config(&manager.config.tls)?;
+    crate::tls::Issuers::load(&manager.config.tls)?;
+    crate::readiness::notify(&listening)?;
     let result = tokio::select! {
         _ = shutdown => Ok(()),
         // a server returns only when it cannot start

@@ -111,11 +111,12 @@ mod tests {
         let qlm = Qlm::new(
             vec![("a1".into(), addr)],
             ClientOptions {
-                user: "operator".into(),
-                credentials: crate::netconf::client::Credentials::Password("x".into()),
-                host_key: None,
-                timeout: std::time::Duration::from_secs(2),
-                base_1_0_only: false,
+                connect_timeout: std::time::Duration::from_secs(2),
+                ..ClientOptions::password(
+                    "operator",
+                    "x",
+                    crate::netconf::client::HostKeyCheck::AcceptAny,
+                )
             },
         );
         let report = qlm.collect().await;

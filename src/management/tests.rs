@@ -65,6 +65,9 @@ fn config(
     let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let controller = format!("https://{}", nobody.local_addr().unwrap());
     drop(nobody);
+    // no agents: an empty known hosts file
+    let known_hosts = tls.ca[0].with_file_name(format!("known_hosts-{name}"));
+    std::fs::write(&known_hosts, "").unwrap();
     ManagerConfig {
         domain: name.into(),
         nodes: vec![
@@ -87,6 +90,7 @@ fn config(
         southbound: SouthboundLogin {
             username: "operator".into(),
             password: "unused".into(),
+            known_hosts,
         },
         peer: PeerManager {
             domain: peer.into(),

@@ -334,7 +334,7 @@ rest_listen = "127.0.0.1:0"
 mxi_listen = "127.0.0.1:0"
 bearer_tokens = ["t"]
 tls = { cert = "c", key = "k", ca = [] }
-southbound = { username = "u", password = "p" }
+southbound = { username = "u", password = "p", known_hosts = "known_hosts" }
 peer = { domain = "B", manager_name = "manager-B", mxi = "https://127.0.0.1:1" }"#,
         )
         .unwrap();

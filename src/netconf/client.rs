@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::error::{ErrorTag, ErrorType, RpcError};
 use super::framing::{Framing, NetconfCodec};
+use super::known_hosts::{self, HostKeyError};
 use super::limits;
 use super::xml::NS_BASE;
 use super::{BASE_1_0, BASE_1_1};
@@ -30,17 +32,47 @@ pub enum Credentials {
     Key(Arc<PrivateKey>),
 }
 
+/// How the client checks the server's SSH host key (before it authenticates).
+#[derive(Clone, Debug)]
+pub enum HostKeyCheck {
+    /// Any key is accepted and its fingerprint logged: only for tools that talk to a server
+    /// they have just started themselves.
+    AcceptAny,
+    /// Exactly this key.
+    Key(PublicKey),
+    /// The key recorded for the server's address in an OpenSSH `known_hosts` file (see
+    /// [`known_hosts`](super::known_hosts)); an unknown or changed key is refused.
+    KnownHosts(PathBuf),
+}
+
 /// Connection parameters.
 #[derive(Clone)]
 pub struct ClientOptions {
     pub user: String,
     pub credentials: Credentials,
-    /// Expected host key; `None` accepts any (testbeds) and logs its fingerprint.
-    pub host_key: Option<PublicKey>,
-    /// Timeout of the connection and of each RPC.
+    /// How the server's host key is checked.
+    pub host_key: HostKeyCheck,
+    /// Timeout of the connection (TCP, SSH, authentication, hello).
+    pub connect_timeout: Duration,
+    /// Timeout of each RPC.
     pub timeout: Duration,
     /// Announce base:1.0 only (end-of-message framing throughout).
     pub base_1_0_only: bool,
+}
+
+impl ClientOptions {
+    /// Options with a password login, host keys checked as `host_key` says, a 5 s connect
+    /// timeout and a 10 s RPC timeout.
+    pub fn password(user: &str, password: &str, host_key: HostKeyCheck) -> Self {
+        Self {
+            user: user.to_owned(),
+            credentials: Credentials::Password(password.to_owned()),
+            host_key,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
+            base_1_0_only: false,
+        }
+    }
 }
 
 /// Client errors.
@@ -50,8 +82,8 @@ pub enum ClientError {
     Ssh(#[from] russh::Error),
     #[error("authentication of user {0} refused")]
     AuthRefused(String),
-    #[error("server host key is not the expected one")]
-    HostKey,
+    #[error("{0}")]
+    HostKey(#[from] HostKeyError),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("session closed")]
@@ -83,18 +115,60 @@ pub struct NetconfClient {
 }
 
 struct SshClient {
-    expected: Option<PublicKey>,
+    server: SocketAddr,
+    check: HostKeyCheck,
+}
+
+/// The SSH handler's errors: russh's, or a refused host key.
+#[derive(Debug)]
+enum SshError {
+    Ssh(russh::Error),
+    HostKey(HostKeyError),
+}
+
+impl From<russh::Error> for SshError {
+    fn from(error: russh::Error) -> Self {
+        Self::Ssh(error)
+    }
+}
+
+impl From<SshError> for ClientError {
+    fn from(error: SshError) -> Self {
+        match error {
+            SshError::Ssh(error) => ClientError::Ssh(error),
+            SshError::HostKey(error) => ClientError::HostKey(error),
+        }
+    }
 }
 
 impl russh::client::Handler for SshClient {
-    type Error = russh::Error;
+    type Error = SshError;
 
+    /// Runs during the key exchange, before any authentication: a refusal here ends the
+    /// connection with nothing of ours sent.
     async fn check_server_key(&mut self, key: &PublicKey) -> Result<bool, Self::Error> {
-        match &self.expected {
-            Some(expected) => Ok(expected.key_data() == key.key_data()),
-            None => {
-                tracing::debug!(fingerprint = %key.fingerprint(Default::default()), "accepting NETCONF server host key");
-                Ok(true)
+        let verdict = match &self.check {
+            HostKeyCheck::AcceptAny => {
+                tracing::debug!(server = %self.server, fingerprint = %known_hosts::fingerprint(key), "accepting NETCONF server host key unchecked");
+                Ok(())
+            }
+            HostKeyCheck::Key(expected) if expected.key_data() == key.key_data() => Ok(()),
+            HostKeyCheck::Key(_) => Err(HostKeyError::NotExpected {
+                server: self.server,
+                fingerprint: known_hosts::fingerprint(key),
+            }),
+            HostKeyCheck::KnownHosts(path) => {
+                let (path, server, key) = (path.clone(), self.server, key.clone());
+                tokio::task::spawn_blocking(move || known_hosts::check(&path, server, &key))
+                    .await
+                    .map_err(|e| SshError::Ssh(russh::Error::from(std::io::Error::other(e))))?
+            }
+        };
+        match verdict {
+            Ok(()) => Ok(true),
+            Err(error) => {
+                tracing::warn!(server = %self.server, %error, "NETCONF server refused");
+                Err(SshError::HostKey(error))
             }
         }
     }
@@ -114,9 +188,12 @@ impl NetconfClient {
         addr: SocketAddr,
         options: ClientOptions,
     ) -> Result<Arc<Self>, ClientError> {
-        tokio::time::timeout(options.timeout, Self::connect_inner(addr, options.clone()))
-            .await
-            .map_err(|_| ClientError::Timeout(options.timeout))?
+        tokio::time::timeout(
+            options.connect_timeout,
+            Self::connect_inner(addr, options.clone()),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(options.connect_timeout))?
     }
 
     async fn connect_inner(
@@ -132,14 +209,11 @@ impl NetconfClient {
             config,
             addr,
             SshClient {
-                expected: options.host_key.clone(),
+                server: addr,
+                check: options.host_key.clone(),
             },
         )
-        .await
-        .map_err(|e| match e {
-            russh::Error::UnknownKey => ClientError::HostKey,
-            other => ClientError::Ssh(other),
-        })?;
+        .await?;
         let auth = match &options.credentials {
             Credentials::Password(password) => {
                 ssh.authenticate_password(&options.user, password).await?

@@ -10,12 +10,14 @@
 //! - [`session`] — one NETCONF session (hello, RPC loop, notifications);
 //! - [`rpc`] — the protocol operations;
 //! - [`client`] — an async client on the same framing;
+//! - [`known_hosts`] — the SSH host keys clients accept (OpenSSH `known_hosts`);
 //! - [`pool`] — one reused client session per agent.
 
 pub mod client;
 pub mod datastore;
 pub mod error;
 pub mod framing;
+pub mod known_hosts;
 pub mod limits;
 pub mod pool;
 pub mod rpc;

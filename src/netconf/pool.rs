@@ -1,18 +1,24 @@
 //! One NETCONF session per agent, reused across operations (the controller's southbound):
 //! a session that the agent closed is replaced on the next use.
+//!
+//! Connections are established per agent: a connect holds only that agent's gate, never a
+//! pool-wide lock, so an agent that does not answer (stopped, black-holed: the connect waits
+//! for [`ClientOptions::connect_timeout`]) delays nobody's operations on other agents. Callers
+//! for the same agent wait for one connect instead of opening several sessions.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-
-use tokio::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::client::{ClientError, ClientOptions, NetconfClient};
 
 /// Sessions by agent address.
 pub struct Pool {
     options: ClientOptions,
+    /// Open sessions; the lock is never held across an await.
     sessions: Mutex<HashMap<SocketAddr, Arc<NetconfClient>>>,
+    /// One connect at a time per agent.
+    gates: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Pool {
@@ -21,6 +27,7 @@ impl Pool {
         Self {
             options,
             sessions: Mutex::new(HashMap::new()),
+            gates: Mutex::new(HashMap::new()),
         }
     }
 
@@ -29,14 +36,37 @@ impl Pool {
         &self.options
     }
 
+    /// The pooled session to `addr` if it is open.
+    fn open(&self, addr: SocketAddr) -> Option<Arc<NetconfClient>> {
+        let sessions = self.sessions.lock().expect("sessions");
+        sessions.get(&addr).filter(|s| !s.is_closed()).cloned()
+    }
+
+    fn gate(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<()>> {
+        self.gates
+            .lock()
+            .expect("gates")
+            .entry(addr)
+            .or_default()
+            .clone()
+    }
+
     /// The open session to `addr`, connecting if there is none.
     pub async fn session(&self, addr: SocketAddr) -> Result<Arc<NetconfClient>, ClientError> {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(session) = sessions.get(&addr).filter(|s| !s.is_closed()) {
-            return Ok(session.clone());
+        if let Some(session) = self.open(addr) {
+            return Ok(session);
+        }
+        let gate = self.gate(addr);
+        let _connecting = gate.lock().await;
+        // another caller may have connected while this one waited at the gate
+        if let Some(session) = self.open(addr) {
+            return Ok(session);
         }
         let session = NetconfClient::connect(addr, self.options.clone()).await?;
-        sessions.insert(addr, session.clone());
+        self.sessions
+            .lock()
+            .expect("sessions")
+            .insert(addr, session.clone());
         Ok(session)
     }
 
@@ -55,7 +85,7 @@ impl Pool {
 
     /// Forgets `session` for `addr` (if it is still the pooled one).
     pub async fn forget(&self, addr: SocketAddr, session: &Arc<NetconfClient>) {
-        let mut sessions = self.sessions.lock().await;
+        let mut sessions = self.sessions.lock().expect("sessions");
         if sessions.get(&addr).is_some_and(|s| Arc::ptr_eq(s, session)) {
             sessions.remove(&addr);
         }
@@ -63,11 +93,11 @@ impl Pool {
 
     /// Number of pooled sessions.
     pub async fn len(&self) -> usize {
-        self.sessions.lock().await.len()
+        self.sessions.lock().expect("sessions").len()
     }
 
     /// Whether no session is pooled.
     pub async fn is_empty(&self) -> bool {
-        self.sessions.lock().await.is_empty()
+        self.sessions.lock().expect("sessions").is_empty()
     }
 }

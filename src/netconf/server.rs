@@ -340,6 +340,26 @@ impl NetconfServer {
 
     /// Serves NETCONF over SSH on a bound listener.
     pub async fn serve_on(self: Arc<Self>, listener: TcpListener) -> Result<(), ServerError> {
+        let ssh = self.ssh_config()?;
+        self.accept_loop(listener, ssh).await
+    }
+
+    /// Loads the host key, then serves on `listener` in a task: once this returns `Ok`, the
+    /// server answers on the listener (what a daemon needs before it reports readiness).
+    pub fn start_on(
+        self: Arc<Self>,
+        listener: TcpListener,
+    ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+        let ssh = self.ssh_config()?;
+        Ok(tokio::spawn(async move {
+            if let Err(error) = self.accept_loop(listener, ssh).await {
+                tracing::error!(%error, "NETCONF server stopped");
+            }
+        }))
+    }
+
+    /// The SSH server configuration, with the host key (created if missing).
+    fn ssh_config(&self) -> Result<Arc<russh::server::Config>, ServerError> {
         let key = load_or_create_host_key(&self.config.host_key)?;
         let mut ssh = russh::server::Config {
             keys: vec![key],
@@ -365,7 +385,14 @@ impl NetconfServer {
             ]
             .to_vec(),
         );
-        let ssh = Arc::new(ssh);
+        Ok(Arc::new(ssh))
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        ssh: Arc<russh::server::Config>,
+    ) -> Result<(), ServerError> {
         tracing::info!(listen = %self.config.listen, "NETCONF server ready");
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -411,7 +438,9 @@ fn write_durably(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn load_or_create_host_key(path: &PathBuf) -> Result<PrivateKey, ServerError> {
+/// The SSH host key at `path` (OpenSSH format); a new Ed25519 key is written there (mode
+/// 0600) when there is none. The testbed calls it before start to record the public key.
+pub fn load_or_create_host_key(path: &PathBuf) -> Result<PrivateKey, ServerError> {
     let err = |reason: String| ServerError::HostKey {
         path: path.clone(),
         reason,
@@ -428,7 +457,18 @@ fn load_or_create_host_key(path: &PathBuf) -> Result<PrivateKey, ServerError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     }
-    std::fs::write(path, text.as_bytes()).map_err(|e| err(e.to_string()))?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| err(e.to_string()))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| err(e.to_string()))?;
+    }
     Ok(key)
 }
 

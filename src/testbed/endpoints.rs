@@ -21,6 +21,10 @@ pub struct Endpoints {
     pub netconf_user: NetconfLogin,
     /// NETCONF user in the read-only group.
     pub netconf_readonly_user: NetconfLogin,
+    /// OpenSSH `known_hosts` file with the SSH host key of every KM agent and controller
+    /// (what NETCONF clients check the servers against).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<PathBuf>,
     pub domains: BTreeMap<String, DomainEndpoints>,
     pub saes: BTreeMap<String, SaeEndpoint>,
     pub links: BTreeMap<String, LinkEndpoint>,
@@ -100,8 +104,26 @@ pub struct ProcessSpec {
     pub log: PathBuf,
     /// URL answering 200 once the process is ready.
     pub health: String,
+    /// Every address it listens on (all named in its readiness file once it is ready).
+    pub listens: Vec<std::net::SocketAddr>,
     /// The network namespace to run it in (`--netns` testbeds' KM nodes).
     pub netns: Option<String>,
+}
+
+impl ProcessSpec {
+    /// Where the process states its readiness ([`crate::readiness`]): beside its
+    /// configuration, `<config stem>.ready`.
+    pub fn ready_file(&self) -> PathBuf {
+        self.config.with_extension("ready")
+    }
+}
+
+/// The socket addresses of `host:port` or `https://host:port` endpoints that parse.
+fn addresses<'a>(endpoints: impl IntoIterator<Item = &'a str>) -> Vec<std::net::SocketAddr> {
+    endpoints
+        .into_iter()
+        .filter_map(|e| e.trim_start_matches("https://").parse().ok())
+        .collect()
 }
 
 /// One KM node's services.
@@ -237,6 +259,11 @@ impl Endpoints {
                 config: node.config.clone(),
                 log: node.log.clone(),
                 health: format!("{}/admin/v1/health", node.kma),
+                listens: addresses([
+                    node.etsi014.as_str(),
+                    node.kma.as_str(),
+                    node.netconf.as_str(),
+                ]),
                 netns: self
                     .netns
                     .as_ref()
@@ -255,6 +282,11 @@ impl Endpoints {
                 config: c.config.clone(),
                 log: c.log.clone(),
                 health: format!("{}/health", c.rest),
+                listens: addresses(
+                    [c.rest.as_str(), c.netconf.as_str()]
+                        .into_iter()
+                        .chain(c.cxi.as_deref()),
+                ),
                 netns: None,
             });
         }
@@ -267,8 +299,20 @@ impl Endpoints {
                 config: m.config.clone(),
                 log: m.log.clone(),
                 health: format!("{}/api/v1/health", m.rest),
+                listens: addresses([m.rest.as_str(), m.mxi.as_str()]),
                 netns: None,
             })
+    }
+
+    /// NETCONF client options for `login`, checking the servers' host keys against
+    /// `known_hosts` (a testbed written before it existed: unchecked).
+    pub fn netconf_options(&self, login: &NetconfLogin) -> crate::netconf::client::ClientOptions {
+        use crate::netconf::client::{ClientOptions, HostKeyCheck};
+        let check = match &self.known_hosts {
+            Some(path) => HostKeyCheck::KnownHosts(path.clone()),
+            None => HostKeyCheck::AcceptAny,
+        };
+        ClientOptions::password(&login.username, &login.password, check)
     }
 
     /// An ETSI GS QKD 014 client of `sae` at the KM serving it, with its certificate.

@@ -2,7 +2,9 @@
 //!
 //! - [`topology`] — the topology file format;
 //! - [`endpoints`] — `endpoints.json`, what clients need to reach the testbed;
+//! - [`host_keys`] — the NETCONF servers' SSH host keys and the testbed's `known_hosts`;
 //! - [`runner`] — bringing a testbed up and down, faults, node restarts;
+//! - `process` — starting processes and waiting until they serve every port (readiness);
 //! - [`netns`] — `--netns` testbeds: a network namespace per node, a veth pair per link;
 //! - [`cli`] — the `qkdni testbed` subcommands;
 //! - [`demo`] — the end-to-end demonstration (two domains interworking through gateway
@@ -12,7 +14,9 @@ pub mod cli;
 pub mod demo;
 mod demo_interworking;
 pub mod endpoints;
+pub mod host_keys;
 pub mod netns;
+mod process;
 pub mod runner;
 pub mod topology;
 

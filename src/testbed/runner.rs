@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -13,7 +11,9 @@ use super::endpoints::{
     ControllerEndpoint, Credentials, DomainEndpoints, Endpoints, LinkEndpoint, ManagerEndpoint,
     NetconfLogin, NodeEndpoint, SaeEndpoint,
 };
+use super::host_keys;
 use super::netns;
+use super::process::{alive, spawn_node, stop_pid, wait_ready};
 use super::topology::Topology;
 use crate::control::config::{
     AgentConfig, ControllerConfig, CxiPeer, ExposePolicy, InterworkingConfig, NodeRole,
@@ -21,7 +21,7 @@ use crate::control::config::{
 };
 use crate::km::config::{Etsi014Limits, KmConfig, LinkConfig, LinkEnd};
 use crate::management::config::{ControllerLink, ManagedAgent, ManagerConfig, PeerManager};
-use crate::netconf::client::{ClientOptions, Credentials as NetconfCredentials, NetconfClient};
+use crate::netconf::client::NetconfClient;
 use crate::netconf::server::{Group, NetconfConfig, User};
 use crate::pki::{Authority, PkiError, Role};
 use crate::quantum::LinkState;
@@ -218,6 +218,8 @@ pub async fn up_with(
     for sub in ["pki", "nodes", "logs"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(io(format!("creating {sub}")))?;
     }
+    let known_hosts = host_keys::path(dir);
+    host_keys::reset(&known_hosts)?;
     let _startup = startup_lock()?;
     // planned under the start-up lock, created before it is released
     let net = if options.netns {
@@ -282,6 +284,7 @@ pub async fn up_with(
         operator: pkis[&first.name].operator.clone(),
         netconf_user: netconf_user.clone(),
         netconf_readonly_user: netconf_readonly_user.clone(),
+        known_hosts: Some(known_hosts.clone()),
         domains: BTreeMap::new(),
         saes: BTreeMap::new(),
         links: BTreeMap::new(),
@@ -363,6 +366,8 @@ pub async fn up_with(
                 &node_ips,
             )?;
             let (etsi, kma, netconf) = addresses[&node.name];
+            let host_key = node_dir.join("ssh_host_ed25519_key");
+            host_keys::provision(&known_hosts, &host_key, netconf)?;
             let mut qx_peers = std::collections::BTreeSet::new();
             let links = domain
                 .links
@@ -415,7 +420,7 @@ pub async fn up_with(
                 routes: routes.get(&node.name).cloned().unwrap_or_default(),
                 netconf: Some(NetconfConfig {
                     listen: netconf,
-                    host_key: node_dir.join("ssh_host_ed25519_key"),
+                    host_key,
                     users: netconf_users(&netconf_user, &netconf_readonly_user),
                     max_message_bytes: 16 * 1024 * 1024,
                     running_file: Some(node_dir.join("data").join("running.xml")),
@@ -479,6 +484,7 @@ pub async fn up_with(
                     peer_cas(&mut peers.iter().copied()),
                     (&netconf_user, &netconf_readonly_user),
                     &control_ips,
+                    &known_hosts,
                 )?;
                 (Some(controller), manager)
             }
@@ -559,6 +565,7 @@ fn write_control(
     peer_cas: Vec<tls::PeerCa>,
     (netconf_user, netconf_readonly_user): (&NetconfLogin, &NetconfLogin),
     ips: &[IpAddr],
+    known_hosts: &Path,
 ) -> Result<(ControllerEndpoint, Option<ManagerEndpoint>), TestbedError> {
     let pki = dir.join("pki");
     let name = format!("controller-{}", domain.name);
@@ -598,11 +605,16 @@ fn write_control(
         southbound: SouthboundLogin {
             username: netconf_user.username.clone(),
             password: netconf_user.password.clone(),
+            known_hosts: known_hosts.to_path_buf(),
         },
         poll_seconds: 2,
         netconf: Some(NetconfConfig {
             listen: addrs.netconf,
-            host_key: cdir.join("ssh_host_ed25519_key"),
+            host_key: {
+                let host_key = cdir.join("ssh_host_ed25519_key");
+                host_keys::provision(known_hosts, &host_key, addrs.netconf)?;
+                host_key
+            },
             users: netconf_users(netconf_user, netconf_readonly_user),
             max_message_bytes: 16 * 1024 * 1024,
             running_file: Some(cdir.join("data").join("running.xml")),
@@ -671,6 +683,7 @@ fn write_control(
         southbound: SouthboundLogin {
             username: netconf_user.username.clone(),
             password: netconf_user.password.clone(),
+            known_hosts: known_hosts.to_path_buf(),
         },
         controller: Some(ControllerLink {
             url: format!("https://{}", addrs.rest),
@@ -701,109 +714,6 @@ fn write_control(
 fn write_endpoints(dir: &Path, endpoints: &Endpoints) -> Result<(), TestbedError> {
     let text = serde_json::to_string_pretty(endpoints).expect("serializable");
     std::fs::write(Endpoints::path(dir), text).map_err(io("writing endpoints.json"))
-}
-
-fn spawn_node(endpoints: &Endpoints, name: &str, exe: &Path) -> Result<u32, TestbedError> {
-    let spec = endpoints
-        .process(name)
-        .ok_or_else(|| TestbedError::Unknown {
-            kind: "process",
-            name: name.into(),
-        })?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log)
-        .map_err(io("opening the log"))?;
-    // `ip netns exec` execs the command: the pid stays that of the qkdni process
-    let mut command = match &spec.netns {
-        Some(namespace) => {
-            let mut command = Command::new("ip");
-            command.args(["netns", "exec", namespace.as_str()]).arg(exe);
-            command
-        }
-        None => Command::new(exe),
-    };
-    let child = command
-        .arg(spec.subcommand)
-        .arg("--config")
-        .arg(&spec.config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(io("log handle"))?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .map_err(io(format!("starting {}", exe.display())))?;
-    Ok(child.id())
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped by whoever adopted it) is not alive.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-async fn wait_ready(endpoints: &Endpoints, name: &str, pid: u32) -> Result<(), TestbedError> {
-    let spec = endpoints.process(name).expect("known process");
-    let client = tls::https_client_trusting(
-        std::slice::from_ref(&endpoints.ca_cert),
-        Duration::from_secs(2),
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if !alive(pid) {
-            let log = std::fs::read_to_string(&spec.log).unwrap_or_default();
-            let reason = log
-                .lines()
-                .find(|l| l.starts_with("Error:"))
-                .or_else(|| log.lines().last())
-                .unwrap_or("no output")
-                .to_owned();
-            return Err(TestbedError::NotReady {
-                node: name.into(),
-                reason: format!("process exited: {reason}"),
-            });
-        }
-        if let Ok(response) = client.get(&spec.health).send().await {
-            if response.status().is_success() {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(TestbedError::NotReady {
-                node: name.into(),
-                reason: "no answer within 60 s".into(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn signal(pid: u32, signal: nix::sys::signal::Signal) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
-}
-
-fn stop_pid(pid: u32, kill: bool) {
-    use nix::sys::signal::Signal;
-    if kill {
-        signal(pid, Signal::SIGKILL);
-    } else {
-        signal(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        signal(pid, Signal::SIGKILL);
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Stops every process of the testbed in `dir`; deletes a `--netns` testbed's namespaces
@@ -880,18 +790,9 @@ pub async fn netconf(
         .netconf
         .parse()
         .map_err(|e| TestbedError::Operation(format!("node {node}: netconf address: {e}")))?;
-    NetconfClient::connect(
-        addr,
-        ClientOptions {
-            user: endpoints.netconf_user.username.clone(),
-            credentials: NetconfCredentials::Password(endpoints.netconf_user.password.clone()),
-            host_key: None,
-            timeout: Duration::from_secs(10),
-            base_1_0_only: false,
-        },
-    )
-    .await
-    .map_err(|e| TestbedError::Operation(format!("node {node}: NETCONF: {e}")))
+    NetconfClient::connect(addr, endpoints.netconf_options(&endpoints.netconf_user))
+        .await
+        .map_err(|e| TestbedError::Operation(format!("node {node}: NETCONF: {e}")))
 }
 
 /// Sets the operational state of QKD link `link` at both its ends, over NETCONF

@@ -46,6 +46,20 @@ pub fn interop_python(tools: &str) -> Option<std::ffi::OsString> {
     python
 }
 
+/// Whether the external tool `name` runs (`name args...` succeeds). Without it the calling
+/// test is skipped on a developer's machine; under CI (`CI` set) the test fails instead.
+pub fn tool(name: &str, args: &[&str]) -> bool {
+    let found = Command::new(name)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "CI must provide {name}");
+        eprintln!("skipped: {name} not found");
+    }
+    found
+}
+
 /// A running testbed.
 pub struct Bed {
     pub dir: PathBuf,
@@ -171,16 +185,13 @@ impl Bed {
         std::sync::Arc<qkdni::netconf::client::NetconfClient>,
         qkdni::netconf::client::ClientError,
     > {
-        use qkdni::netconf::client::{ClientOptions, Credentials, NetconfClient};
+        use qkdni::netconf::client::{ClientOptions, NetconfClient};
         let addr = self.endpoints.node(node).unwrap().netconf.parse().unwrap();
         NetconfClient::connect(
             addr,
             ClientOptions {
-                user: login.username.clone(),
-                credentials: Credentials::Password(login.password.clone()),
-                host_key: None,
-                timeout: Duration::from_secs(10),
                 base_1_0_only,
+                ..self.endpoints.netconf_options(login)
             },
         )
         .await
@@ -194,20 +205,14 @@ impl Bed {
         domain: &str,
         login: &qkdni::testbed::endpoints::NetconfLogin,
     ) -> std::sync::Arc<qkdni::netconf::client::NetconfClient> {
-        use qkdni::netconf::client::{ClientOptions, Credentials, NetconfClient};
+        use qkdni::netconf::client::NetconfClient;
         let controller = self
             .endpoints
             .controller(domain)
             .expect("domain controller");
         NetconfClient::connect(
             controller.netconf.parse().unwrap(),
-            ClientOptions {
-                user: login.username.clone(),
-                credentials: Credentials::Password(login.password.clone()),
-                host_key: None,
-                timeout: Duration::from_secs(10),
-                base_1_0_only: false,
-            },
+            self.endpoints.netconf_options(login),
         )
         .await
         .unwrap()
