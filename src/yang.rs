@@ -32,7 +32,7 @@ pub const MODULES: &[Module] = &[
     },
     Module {
         name: "qkdni-controller",
-        revision: "2026-11-27",
+        revision: "2026-12-06",
         text: include_str!("../yang/qkdni-controller.yang"),
     },
     Module {

@@ -3,7 +3,7 @@
 //! [`View`] at once; changes are inputs to the controller instance
 //! ([`super::instance`]), the one task that owns the state, and wait for its answer.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,6 +116,8 @@ pub struct Controller {
     published: tokio::sync::broadcast::Sender<ControllerEvent>,
     inputs: mpsc::Sender<Input>,
     view: watch::Receiver<Arc<View>>,
+    /// What this controller knows of its peer domains.
+    pub(super) peer_domains: std::sync::Mutex<BTreeMap<String, super::peers::PeerDomain>>,
 }
 
 impl Controller {
@@ -130,11 +132,8 @@ impl Controller {
             .iter()
             .map(|a| (a.node.clone(), a.netconf))
             .collect();
-        let southbound = Southbound::new(
-            agents,
-            &config.southbound.username,
-            &config.southbound.password,
-        );
+        let southbound = Southbound::with_login(agents, &config.southbound)
+            .map_err(|e| ControlError::Invalid(format!("southbound: {e}")))?;
         let policy = qkdni_routing::by_name(&config.policy)
             .ok_or_else(|| ControlError::Invalid(format!("unknown policy {}", config.policy)))?;
         let mut sessions = store.all()?;
@@ -166,6 +165,7 @@ impl Controller {
             published: tokio::sync::broadcast::channel(256).0,
             inputs,
             view,
+            peer_domains: Default::default(),
         });
         super::instance::spawn(controller.clone(), sessions, received, publish);
         let started = Instant::now();
@@ -203,6 +203,11 @@ impl Controller {
     /// The last published view of the domain and its sessions.
     pub fn view(&self) -> Arc<View> {
         self.view.borrow().clone()
+    }
+
+    /// The views as the instance publishes them.
+    pub(super) fn view_changes(&self) -> watch::Receiver<Arc<View>> {
+        self.view.clone()
     }
 
     /// Records an event.
@@ -454,9 +459,17 @@ impl Controller {
         .unwrap_or(false)
     }
 
-    /// Status shared by peer `from`: a segment fault makes the sessions rerouted (agreed
-    /// with the peer); a session list drops left-over segments.
-    pub async fn cxi_status(&self, from: &str, report: StatusReport) {
+    /// Status shared by peer `from`: its abstract topology is kept; a segment fault makes
+    /// the sessions rerouted (agreed with the peer); a session list drops left-over segments.
+    pub async fn cxi_status(&self, from: &str, mut report: StatusReport) {
+        if let Some(topology) = report.topology.take() {
+            if topology.domain == from {
+                self.peer_topology(from, topology);
+            }
+        }
+        if report.kind == super::cxi::StatusKind::BorderChange {
+            return;
+        }
         let _ = self
             .send(Input::PeerStatus {
                 from: from.to_owned(),
@@ -504,6 +517,7 @@ impl Controller {
                 async move { controller.watch_agent(node).await },
             ));
         }
+        tasks.push(tokio::spawn(self.clone().push_abstract_topology()));
         let controller = self.clone();
         tasks.push(tokio::spawn(async move {
             let mut last_lists: Option<Instant> = None;

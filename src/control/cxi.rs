@@ -170,6 +170,9 @@ pub struct StatusReport {
     #[serde(default)]
     pub sessions: Vec<Uuid>,
     pub detail: String,
+    /// With `border-change`: the reporter's abstract topology as it now is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<AbstractTopology>,
 }
 
 /// Cxi client errors.

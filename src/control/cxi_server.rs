@@ -51,6 +51,9 @@ fn peer(c: &Controller, identity: &PeerIdentity, what: &str) -> Result<String, P
         .as_deref()
         .and_then(|name| c.peer_by_identity(name))
         .map(|p| p.peer.domain.clone());
+    if let Some(domain) = &found {
+        c.peer_contact(domain, true);
+    }
     found.ok_or_else(|| {
         let who = identity
             .0

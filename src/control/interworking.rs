@@ -225,7 +225,15 @@ impl Controller {
             .iter()
             .filter(|p| domain.is_none_or(|d| d == p.peer.domain))
         {
-            match client.abstract_topology().await {
+            // what the peer pushed; asked for when it has not yet
+            let topology = match self.known_peer_topology(&client.peer.domain) {
+                Some(topology) => Ok(topology),
+                None => client
+                    .abstract_topology()
+                    .await
+                    .inspect(|topology| self.peer_topology(&client.peer.domain, topology.clone())),
+            };
+            match topology {
                 Ok(topology) => {
                     if let Some(reach) = topology.reachability.iter().find(|r| r.sae == sae) {
                         let reach = reach.clone();
@@ -464,6 +472,7 @@ impl Controller {
             kind: StatusKind::SegmentFault,
             sessions: vec![segment.id],
             detail: trigger.to_owned(),
+            topology: None,
         };
         tokio::spawn(async move {
             for attempt in 1..=5u64 {
@@ -506,6 +515,7 @@ impl Controller {
                 kind: StatusKind::Sessions,
                 sessions,
                 detail: "interworking sessions".into(),
+                topology: None,
             };
             if let Err(error) = client.status(&report).await {
                 tracing::debug!(%error, "session list not delivered; sent again later");

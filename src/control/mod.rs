@@ -14,6 +14,9 @@
 //! - [`cxi_server`] — the Cxi server (peer controllers only);
 //! - [`interworking`] — route agreement (two-phase) with the peer, the abstract topology
 //!   shared with it, status sharing;
+//! - [`peers`] — the peer domains as known from Cxi (abstract topology, status), and the
+//!   push of this domain's abstract topology;
+//! - [`interworking_yang`] — the `interworking` subtree of the controller's YANG model;
 //! - [`segments`] — the receiving domain's segments of the peer's sessions, QCLM diagnoses;
 //! - [`northbound`] — the REST API for orchestrators (OpenAPI);
 //! - [`operator`] — the controller under NETCONF for operators (`qkdni-controller` model).
@@ -25,8 +28,10 @@ pub mod cxi;
 pub mod cxi_server;
 pub mod instance;
 pub mod interworking;
+mod interworking_yang;
 pub mod northbound;
 pub mod operator;
+pub mod peers;
 mod reroute;
 mod routes;
 mod segments;

@@ -113,6 +113,7 @@ impl Application for Operator {
                 )?;
                 set(&mut tree, &format!("{base}/role"), agent.role.name())?;
             }
+            super::interworking_yang::configuration(&mut tree, config)?;
             crate::netconf::datastore::to_xml(&tree)
         };
         build().unwrap_or_else(|error| {
@@ -141,6 +142,7 @@ impl Application for Operator {
             )
             .path(format!("{ROOT}/agents")));
         }
+        super::interworking_yang::check(new, &self.controller.config)?;
         let policy = value(new, &format!("{ROOT}/policy")).unwrap_or_else(|| "key-aware".into());
         let poll = value(new, &format!("{ROOT}/poll-seconds"))
             .and_then(|v| v.parse().ok())
@@ -155,8 +157,10 @@ impl Application for Operator {
     }
 
     fn state(&self) -> Result<DataTree<'static>, RpcError> {
-        let (topology, sessions) = self.controller.snapshot_blocking();
+        let view = self.controller.view();
+        let (topology, sessions) = (&view.topology, &view.sessions);
         let mut tree = crate::yang::empty();
+        super::interworking_yang::state(&mut tree, &self.controller, sessions, &view.agreeing)?;
         set(
             &mut tree,
             &format!("{ROOT}/domain"),

@@ -21,7 +21,7 @@ use futures::future::join_all;
 use super::topology::{AgentView, ForeignSae, WeightedHop};
 
 use super::config::SouthboundLogin;
-use crate::netconf::client::{text, ClientError, ClientOptions, HostKeyCheck, NetconfClient};
+use crate::netconf::client::{text, ClientError, ClientOptions, NetconfClient};
 use crate::netconf::pool::Pool;
 
 /// Seconds a KM keeps an unconfirmed route change before rolling it back.
@@ -73,18 +73,6 @@ impl Southbound {
             pool: Pool::new(options),
             agents,
         })
-    }
-
-    /// A southbound to `agents` with one login and **no host key checking**: kept for the
-    /// controller until it builds its southbound with [`with_login`](Self::with_login).
-    pub fn new(agents: BTreeMap<String, SocketAddr>, user: &str, password: &str) -> Self {
-        tracing::warn!("the agents' SSH host keys are not checked (Southbound::new)");
-        let pool = Pool::new(ClientOptions::password(
-            user,
-            password,
-            HostKeyCheck::AcceptAny,
-        ));
-        Self { pool, agents }
     }
 
     /// The agents' node ids.

@@ -593,3 +593,85 @@ async fn controller_notifications(
     let receiver = session.subscribe().await.unwrap();
     (session, receiver)
 }
+
+/// The `up` of Qx link `qx` in domain `peer`'s abstract topology as a controller's NETCONF
+/// reply shows it.
+fn peer_qx_up(reply: &str, peer: &str, qx: &str) -> Option<bool> {
+    let doc = roxmltree::Document::parse(reply).ok()?;
+    let child = |n: roxmltree::Node<'_, '_>, name: &str| {
+        n.children()
+            .find(|c| c.tag_name().name() == name)
+            .and_then(|c| c.text())
+            .map(str::to_owned)
+    };
+    let peer = doc
+        .descendants()
+        .find(|n| n.tag_name().name() == "peer" && child(*n, "domain").as_deref() == Some(peer))?;
+    let link = peer
+        .descendants()
+        .find(|n| n.tag_name().name() == "qx-link" && child(*n, "id").as_deref() == Some(qx))?;
+    child(link, "up").map(|up| up == "true")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_controller_models_the_peer_domain_in_yang_and_follows_its_qx_links() {
+    let bed = Bed::up(TOPOLOGY);
+    let (b, mut notifications) = controller_notifications(&bed, "B").await;
+    let filter =
+        "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><interworking/></controller>";
+    // A pushes its abstract topology: B's operators read it in B's YANG model
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let reply = b.get(Some(filter)).await.unwrap();
+            if peer_qx_up(&reply, "A", "qx1") == Some(true)
+                && peer_qx_up(&reply, "A", "qx2") == Some(true)
+            {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("B shows A's abstract topology");
+    for leaf in [
+        "<node>ga1</node>",
+        "<node>ga2</node>",
+        "<id>sae-a1-1</id>",
+        "<last-contact>",
+    ] {
+        assert!(ready.contains(leaf), "{leaf} in {ready}");
+    }
+    // never an internal link of A, anywhere in B's data
+    let everything = b.get(None).await.unwrap();
+    for internal in [
+        "a1-a2", "a1-a3", "a2-ga1", "a2-a4", "a3-a4", "a4-ga1", "a3-ga2",
+    ] {
+        assert!(
+            !everything.contains(internal),
+            "B knows A's link {internal}"
+        );
+    }
+    // a Qx link goes down: B's model follows within moments, and B's operators are told
+    bed.cli(&["link", "down", "qx1"]);
+    let cut = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while peer_qx_up(&b.get(Some(filter)).await.unwrap(), "A", "qx1") != Some(false) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("B sees qx1 down in A's abstract topology");
+    let followed = cut.elapsed();
+    println!("B's model shows A's qx1 down {followed:?} after the cut");
+    assert!(followed < Duration::from_secs(2), "{followed:?}");
+    let told = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = notifications.recv().await.unwrap();
+            if n.contains("peer-topology-change") && n.contains("qx1 down") {
+                return n;
+            }
+        }
+    })
+    .await;
+    assert!(told.is_ok(), "no peer-topology-change notification");
+}
