@@ -9,7 +9,11 @@
 //!    link down` does): the wall time from just before that call until A lists a new
 //!    `reroute` whose Cxi transaction B lists as `interworking-commit` (both polled every
 //!    5 ms), and A's own `duration_ms` (KM notification to both domains installed). After
-//!    each fault one round trip checks that keys still flow, then the link comes back up.
+//!    each fault one round trip checks that keys still flow, then the link comes back up;
+//! 3. `--opposite` rounds in which both controllers' orchestrators create an interworking
+//!    session toward the other domain at the same moment (`sae-a1-2` -> `sae-b1-2` at A,
+//!    `sae-b1-2` -> `sae-a1-2` at B): the time of each creation (route agreed with the peer
+//!    and installed in both domains); both sessions are deleted after each round.
 //!
 //! Prints one JSON object on stdout; progress goes to stderr.
 
@@ -53,6 +57,9 @@ pub struct InterworkingArgs {
     /// Faults of the active Qx link.
     #[arg(long, default_value_t = 10)]
     pub faults: usize,
+    /// Rounds of opposite-direction session setup at the same moment.
+    #[arg(long, default_value_t = 20)]
+    pub opposite: usize,
     /// Keep the testbed directory (configurations, logs) here instead of a temporary one.
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -103,13 +110,18 @@ pub struct Report {
     pub controller_reroute_ms: Stats,
     /// Round trips that failed right after a reroute.
     pub delivery_failures_after_fault: usize,
+    pub opposite_rounds: usize,
+    /// Each creation of a round of opposite-direction sessions created at once.
+    pub opposite_setup_ms: Stats,
 }
 
-/// Median, 90th percentile (nearest rank), minimum and maximum, ms; `null` without samples.
+/// Median, 90th and 99th percentiles (nearest rank), minimum and maximum, ms; `null` without
+/// samples.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
     pub median: Option<f64>,
     pub p90: Option<f64>,
+    pub p99: Option<f64>,
     pub min: Option<f64>,
     pub max: Option<f64>,
 }
@@ -146,6 +158,39 @@ impl Controller {
 
     async fn events(&self) -> anyhow::Result<Vec<Value>> {
         Ok(serde_json::from_value(self.get("/api/v1/events").await?)?)
+    }
+
+    /// Creates a session through this controller: its id and the time the answer took (ms).
+    async fn create(&self, master: &str, slave: &str) -> anyhow::Result<(String, f64)> {
+        let started = Instant::now();
+        let response = self
+            .http
+            .post(format!("{}/api/v1/sessions", self.rest))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({"master_sae": master, "slave_sae": slave, "rate_bps": 0.0}))
+            .send()
+            .await?;
+        let took = ms(started.elapsed());
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if status != reqwest::StatusCode::CREATED {
+            bail!("creating {master} -> {slave}: {status} {body}");
+        }
+        let id = body["id"].as_str().context("a session id")?.to_owned();
+        Ok((id, took))
+    }
+
+    async fn delete(&self, id: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .delete(format!("{}/api/v1/sessions/{id}", self.rest))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("deleting {id}: {}", response.status());
+        }
+        Ok(())
     }
 
     /// The interworking session in which this domain plays `role` (`origin` or `segment`).
@@ -260,6 +305,20 @@ async fn measure(
         runner::set_link_state(dir, &qx, LinkState::Up).await?;
         tokio::time::sleep(SETTLE).await;
     }
+
+    // 3. opposite-direction sessions created at the same moment
+    let mut opposite = Vec::new();
+    for i in 1..=args.opposite {
+        let (x, y) = tokio::try_join!(
+            a.create("sae-a1-2", "sae-b1-2"),
+            b.create("sae-b1-2", "sae-a1-2")
+        )
+        .with_context(|| format!("opposite round {i}"))?;
+        opposite.extend([x.1, y.1]);
+        a.delete(&x.0).await?;
+        b.delete(&y.0).await?;
+    }
+    eprintln!("{} opposite-direction rounds timed", args.opposite);
     Ok(Report {
         testbed: endpoints.name.clone(),
         requests: args.requests,
@@ -271,6 +330,8 @@ async fn measure(
         fault_to_agreed_ms: Stats::of(&mut agreed),
         controller_reroute_ms: Stats::of(&mut controller),
         delivery_failures_after_fault: failures,
+        opposite_rounds: args.opposite,
+        opposite_setup_ms: Stats::of(&mut opposite),
     })
 }
 
@@ -366,6 +427,7 @@ impl Stats {
         Stats {
             median: at(0.5),
             p90: at(0.9),
+            p99: at(0.99),
             min: at(0.0),
             max: at(1.0),
         }
@@ -380,7 +442,10 @@ mod tests {
     fn stats_use_nearest_rank() {
         let mut samples: Vec<f64> = (1..=10).rev().map(f64::from).collect();
         let stats = serde_json::to_string(&Stats::of(&mut samples)).unwrap();
-        assert_eq!(stats, r#"{"median":5.0,"p90":9.0,"min":1.0,"max":10.0}"#);
+        assert_eq!(
+            stats,
+            r#"{"median":5.0,"p90":9.0,"p99":10.0,"min":1.0,"max":10.0}"#
+        );
         let none = serde_json::to_value(Stats::of(&mut [])).unwrap();
         assert_eq!(none["median"], serde_json::Value::Null);
     }
