@@ -176,13 +176,6 @@ impl ControllerConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let config: ControllerConfig = crate::config_file::read_toml(path)?;
-        if qkdni_routing::by_name(&config.policy).is_none() {
-            return Err(ConfigError::Invalid(format!(
-                "unknown route policy {} (known: {})",
-                config.policy,
-                qkdni_routing::NAMES.join(", ")
-            )));
-        }
         if config.bearer_tokens.is_empty() && config.client_names.is_empty() {
             return Err(ConfigError::Invalid(
                 "the REST API needs bearer tokens or client certificate names".into(),

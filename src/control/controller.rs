@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qkdni_route_policy::{Demand, RoutePolicy};
+use qkdni_route_policy::{Catalog, Demand, RoutePolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -108,6 +108,7 @@ pub struct Controller {
     pub(super) southbound: Southbound,
     /// Clients of the peer domains' controllers (Cxi).
     pub(super) peers: Vec<super::cxi::CxiClient>,
+    policies: Catalog,
     policy: std::sync::RwLock<Box<dyn RoutePolicy>>,
     poll_seconds: AtomicU64,
     pub(super) store: SessionStore,
@@ -123,7 +124,10 @@ pub struct Controller {
 impl Controller {
     /// Opens the store, reads every agent, starts the instance with the stored sessions and
     /// returns once it has rerouted what needs it and reconciled the KMs' relay routes.
-    pub async fn start(config: ControllerConfig) -> Result<Arc<Self>, ControlError> {
+    pub async fn start(
+        config: ControllerConfig,
+        policies: Catalog,
+    ) -> Result<Arc<Self>, ControlError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| ControlError::Invalid(format!("data dir: {e}")))?;
         let store = SessionStore::open(&config.data_dir.join("controller.redb"))?;
@@ -134,8 +138,9 @@ impl Controller {
             .collect();
         let southbound = Southbound::with_login(agents, &config.southbound)
             .map_err(|e| ControlError::Invalid(format!("southbound: {e}")))?;
-        let policy = qkdni_routing::by_name(&config.policy)
-            .ok_or_else(|| ControlError::Invalid(format!("unknown policy {}", config.policy)))?;
+        let policy = policies
+            .policy(&config.policy)
+            .map_err(ControlError::Invalid)?;
         let mut sessions = store.all()?;
         sessions.sort_by(|a, b| {
             a.history
@@ -158,6 +163,7 @@ impl Controller {
             config,
             southbound,
             peers,
+            policies,
             policy: std::sync::RwLock::new(policy),
             poll_seconds: AtomicU64::new(poll_seconds),
             store,
@@ -274,8 +280,7 @@ impl Controller {
 
     /// Switches the route policy (for new sessions and reroutes).
     pub fn set_policy(&self, name: &str) -> Result<(), ControlError> {
-        let policy = qkdni_routing::by_name(name)
-            .ok_or_else(|| ControlError::Invalid(format!("unknown policy {name}")))?;
+        let policy = self.policies.policy(name).map_err(ControlError::Invalid)?;
         *self.policy.write().expect("policy") = policy;
         Ok(())
     }

@@ -91,3 +91,25 @@ pub trait RoutePolicy: Send + Sync {
         self.route_prepared(&PreparedNetwork::new(net)?, demand)
     }
 }
+
+/// The route policies a controller may use, by name. The binary chooses the catalog and
+/// hands it to the controller, whose core knows only [`RoutePolicy`].
+#[derive(Clone, Copy)]
+pub struct Catalog {
+    /// Every policy's name.
+    pub names: &'static [&'static str],
+    /// The policy of a name, `None` for an unknown one.
+    pub make: fn(&str) -> Option<Box<dyn RoutePolicy>>,
+}
+
+impl Catalog {
+    /// The policy named `name`, or an error that lists the known names.
+    pub fn policy(&self, name: &str) -> Result<Box<dyn RoutePolicy>, String> {
+        (self.make)(name).ok_or_else(|| {
+            format!(
+                "unknown route policy {name} (known: {})",
+                self.names.join(", ")
+            )
+        })
+    }
+}

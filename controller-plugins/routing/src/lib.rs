@@ -34,6 +34,12 @@ use petgraph::graph::{EdgeIndex, NodeIndex};
 /// Names of the policies of this crate, as [`by_name`] accepts them.
 pub const NAMES: &[&str] = &["shortest", "fewest-hops", "key-aware", "multipath"];
 
+/// Every policy of this crate, for a controller.
+pub const CATALOG: qkdni_route_policy::Catalog = qkdni_route_policy::Catalog {
+    names: NAMES,
+    make: by_name,
+};
+
 /// The policy called `name` (one of [`NAMES`]).
 pub fn by_name(name: &str) -> Option<Box<dyn RoutePolicy>> {
     Some(match name {
