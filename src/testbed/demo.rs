@@ -159,22 +159,43 @@ async fn scenario(topology: &Topology, endpoints: &Endpoints, dir: &Path) -> any
         .find(|n| !n.saes.is_empty() && n.name != first.name)
         .context("no second node with SAEs")?;
     let (master, slave) = (&first.saes[0], &last.saes[0]);
-    println!("== orchestrator asks the controller for a key supply session {master} ({}) -> {slave} ({})", first.name, last.name);
-    let session = orchestrator
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/sessions",
-            Some(serde_json::json!({"master_sae": master, "slave_sae": slave})),
-        )
+    println!(
+        "== application {master} ({}) asks its KM for keys shared with {slave} ({}): the KM has no route, \
+         asks the controller, which routes and installs one on demand",
+        first.name, last.name
+    );
+    let (alice, bob) = (client(endpoints, master)?, client(endpoints, slave)?);
+    let asked = std::time::Instant::now();
+    let deadline = asked + Duration::from_secs(30);
+    loop {
+        match deliver(&alice, &bob, master, slave, 1).await {
+            Ok(()) => break,
+            // the pools along a new route may still be filling
+            Err(error) if std::time::Instant::now() < deadline => {
+                tracing::debug!(%error, "first keys not yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => return Err(error.context("keys on demand")),
+        }
+    }
+    let sessions = orchestrator
+        .call(reqwest::Method::GET, "/api/v1/sessions", None)
         .await?;
+    let session = sessions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["master_sae"] == master.as_str() && s["slave_sae"] == slave.as_str())
+        .cloned()
+        .context("the on-demand session")?;
     let id = session["id"].as_str().unwrap_or_default().to_owned();
     let path = route_of(&session);
     println!(
-        "   session {id}: relay route {} ({} hops), installed on every KM of the path",
+        "   first key after {:.0} ms; session {id} created on demand: relay route {} ({} hops)",
+        asked.elapsed().as_secs_f64() * 1e3,
         path.join(" -> "),
         path.len() - 1
     );
-    let (alice, bob) = (client(endpoints, master)?, client(endpoints, slave)?);
     runner::wait_path_keys(endpoints, &path, 64, Duration::from_secs(30)).await?;
     println!("== ETSI GS QKD 014 key delivery across the relays");
     deliver(&alice, &bob, master, slave, 4).await?;

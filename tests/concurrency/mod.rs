@@ -328,3 +328,35 @@ async fn a_minute_of_cross_domain_overload_does_not_wedge_the_controllers() {
         assert_eq!(diagnoses, 0, "{domain}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_on_demand_inside_a_domain_route_one_session_per_pair() {
+    let bed = Bed::up("single-domain.toml");
+    bed.wait_path(&["a1", "a2", "a4", "a5"], 8).await;
+    assert!(bed
+        .controller_get("A", "/api/v1/sessions")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // no session yet: the status call and five requests at once get one session routed
+    let status = bed.client("sae-a1-1").status("sae-a5-1").await.unwrap();
+    assert_eq!(status.slave_SAE_ID, "sae-a5-1");
+    let asks = (0..5).map(|_| bed.deliver("sae-a1-1", "sae-a5-1", 1));
+    futures::future::join_all(asks).await;
+    let sessions = bed.controller_get("A", "/api/v1/sessions").await;
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    let history = sessions[0]["history"][0]["what"].as_str().unwrap();
+    assert!(history.contains("created by KM a1"), "{history}");
+    // the other way round is another pair
+    bed.deliver("sae-a5-1", "sae-a1-1", 1).await;
+    assert_eq!(
+        bed.controller_get("A", "/api/v1/sessions")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}

@@ -674,4 +674,16 @@ async fn each_controller_models_the_peer_domain_in_yang_and_follows_its_qx_links
     })
     .await;
     assert!(told.is_ok(), "no peer-topology-change notification");
+    // the peers and the exposure policy are read at start: an edit is refused whole
+    let admin = bed
+        .controller_netconf("B", &bed.endpoints.netconf_user)
+        .await;
+    let edit = "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><interworking><expose><key-rate>false</key-rate></expose></interworking></controller>";
+    match admin.edit_config("running", edit).await {
+        Err(qkdni::netconf::client::ClientError::Rpc(errors)) => assert_eq!(
+            errors[0].tag,
+            qkdni::netconf::ErrorTag::OperationNotSupported
+        ),
+        other => panic!("an exposure change was accepted: {other:?}"),
+    }
 }
