@@ -145,7 +145,7 @@ fn main() -> anyhow::Result<()> {
             let config = qkdni::control::config::ControllerConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
-                let controller = qkdni::control::controller::Controller::start(config, qkdni_routing::CATALOG).await?;
+                let controller = qkdni::control::instance::start(config, qkdni_routing::CATALOG).await?;
                 let mut watchers = controller.spawn_watchers();
                 let mut listening = Vec::new();
                 if let Some(netconf) = controller.config.netconf.clone() {

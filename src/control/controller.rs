@@ -3,7 +3,7 @@
 //! [`View`] at once; changes are inputs to the controller instance
 //! ([`super::instance`]), the one task that owns the state, and wait for its answer.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,17 +14,16 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::config::ControllerConfig;
-use super::cxi::{PrepareRequest, StatusReport, TransactionResult, Vote};
-use super::instance::{Input, View};
+use super::cxi::{aborted, refusal, PrepareRequest, StatusReport, TransactionResult, Vote};
+pub use super::error::ControlError;
+use super::messages::{Input, View};
 use super::sessions::{Session, SessionPath, SessionStore};
-use super::southbound::{Southbound, SouthboundError};
+use super::southbound::Southbound;
 use super::topology::{AgentView, Topology};
 use crate::netconf::server::now_rfc3339;
 
 /// Most events kept for the REST API.
 const EVENT_LOG: usize = 1000;
-/// Inputs waiting for the instance before senders wait.
-const INPUT_QUEUE: usize = 4096;
 
 /// Something the controller did or saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -45,149 +44,26 @@ pub struct ControllerEvent {
     pub transaction: Option<Uuid>,
 }
 
-/// Controller errors, as the northbound reports them.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("unknown SAE {0}")]
-    UnknownSae(String),
-    #[error("unknown session {0}")]
-    UnknownSession(Uuid),
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    #[error("no route: {0}")]
-    NoRoute(String),
-    #[error("route install failed: {0}")]
-    Install(#[from] SouthboundError),
-    #[error("store: {0}")]
-    Store(#[from] super::sessions::StoreError),
-    #[error("interworking: {0}")]
-    Cxi(#[from] super::cxi::CxiError),
-    #[error("the controller is stopping")]
-    Stopped,
-}
-
-/// Sends every waiter the error (the first gets it as it is, the others a copy).
-pub(super) fn answer_all<T>(replies: Vec<super::instance::Reply<T>>, error: ControlError) {
-    let mut replies = replies.into_iter();
-    let first = replies.next();
-    for reply in replies {
-        let _ = reply.send(Err(copy(&error)));
-    }
-    if let Some(first) = first {
-        let _ = first.send(Err(error));
-    }
-}
-
-/// A copy of an error for a second waiter (its kind kept, its cause as text).
-fn copy(error: &ControlError) -> ControlError {
-    match error {
-        ControlError::UnknownSae(s) => ControlError::UnknownSae(s.clone()),
-        ControlError::UnknownSession(id) => ControlError::UnknownSession(*id),
-        ControlError::Invalid(s) => ControlError::Invalid(s.clone()),
-        ControlError::Cxi(super::cxi::CxiError::Refused {
-            domain,
-            status,
-            detail,
-        }) => ControlError::Cxi(super::cxi::CxiError::Refused {
-            domain: domain.clone(),
-            status: *status,
-            detail: detail.clone(),
-        }),
-        ControlError::Cxi(other) => ControlError::Cxi(super::cxi::CxiError::Unreachable {
-            domain: String::new(),
-            reason: other.to_string(),
-        }),
-        ControlError::Stopped => ControlError::Stopped,
-        other => ControlError::NoRoute(other.to_string()),
-    }
-}
-
 /// A QKDN controller: its configuration, its I/O parts, and the way to its instance.
 pub struct Controller {
     pub config: ControllerConfig,
     pub(super) southbound: Southbound,
     /// Clients of the peer domains' controllers (Cxi).
     pub(super) peers: Vec<super::cxi::CxiClient>,
-    policies: Catalog,
-    policy: std::sync::RwLock<Box<dyn RoutePolicy>>,
-    poll_seconds: AtomicU64,
+    pub(super) policies: Catalog,
+    pub(super) policy: std::sync::RwLock<Box<dyn RoutePolicy>>,
+    pub(super) poll_seconds: AtomicU64,
     pub(super) store: SessionStore,
-    events: std::sync::Mutex<VecDeque<ControllerEvent>>,
+    pub(super) events: std::sync::Mutex<VecDeque<ControllerEvent>>,
     /// Every new event, for NETCONF notifications.
-    published: tokio::sync::broadcast::Sender<ControllerEvent>,
-    inputs: mpsc::Sender<Input>,
-    view: watch::Receiver<Arc<View>>,
+    pub(super) published: tokio::sync::broadcast::Sender<ControllerEvent>,
+    pub(super) inputs: mpsc::Sender<Input>,
+    pub(super) view: watch::Receiver<Arc<View>>,
     /// What this controller knows of its peer domains.
-    pub(super) peer_domains: std::sync::Mutex<BTreeMap<String, super::peers::PeerDomain>>,
+    pub(super) peer_domains: super::peers::PeerDomains,
 }
 
 impl Controller {
-    /// Opens the store, reads every agent, starts the instance with the stored sessions and
-    /// returns once it has rerouted what needs it and reconciled the KMs' relay routes.
-    pub async fn start(
-        config: ControllerConfig,
-        policies: Catalog,
-    ) -> Result<Arc<Self>, ControlError> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| ControlError::Invalid(format!("data dir: {e}")))?;
-        let store = SessionStore::open(&config.data_dir.join("controller.redb"))?;
-        let agents = config
-            .agents
-            .iter()
-            .map(|a| (a.node.clone(), a.netconf))
-            .collect();
-        let southbound = Southbound::with_login(agents, &config.southbound)
-            .map_err(|e| ControlError::Invalid(format!("southbound: {e}")))?;
-        let policy = policies
-            .policy(&config.policy)
-            .map_err(ControlError::Invalid)?;
-        let mut sessions = store.all()?;
-        sessions.sort_by(|a, b| {
-            a.history
-                .first()
-                .map(|h| &h.time)
-                .cmp(&b.history.first().map(|h| &h.time))
-        });
-        let poll_seconds = config.poll_seconds.max(1);
-        let peers = match &config.interworking {
-            Some(iw) => iw
-                .peers
-                .iter()
-                .map(|p| super::cxi::CxiClient::new(p.clone(), &config.tls))
-                .collect::<Result<Vec<_>, _>>()?,
-            None => Vec::new(),
-        };
-        let (inputs, received) = mpsc::channel(INPUT_QUEUE);
-        let (publish, view) = watch::channel(Arc::new(View::default()));
-        let controller = Arc::new(Self {
-            config,
-            southbound,
-            peers,
-            policies,
-            policy: std::sync::RwLock::new(policy),
-            poll_seconds: AtomicU64::new(poll_seconds),
-            store,
-            events: std::sync::Mutex::new(VecDeque::new()),
-            published: tokio::sync::broadcast::channel(256).0,
-            inputs,
-            view,
-            peer_domains: Default::default(),
-        });
-        super::instance::spawn(controller.clone(), sessions, received, publish);
-        let started = Instant::now();
-        let views = controller.read_agents().await;
-        controller
-            .send(Input::Polled {
-                views,
-                installs: 0,
-                started,
-                trigger: Some("controller start"),
-            })
-            .await?;
-        controller.ask(|reply| Input::Flush { reply }).await?;
-        Ok(controller)
-    }
-
     /// Sends an input to the instance.
     pub(super) async fn send(&self, input: Input) -> Result<(), ControlError> {
         self.inputs
@@ -197,7 +73,7 @@ impl Controller {
     }
 
     /// Sends an input that carries a reply channel and waits for the answer.
-    async fn ask<T>(
+    pub(super) async fn ask<T>(
         &self,
         input: impl FnOnce(oneshot::Sender<T>) -> Input,
     ) -> Result<T, ControlError> {
@@ -428,7 +304,7 @@ impl Controller {
             reply,
         })
         .await
-        .unwrap_or_else(|error| super::segments::refusal(transaction, error.to_string()))
+        .unwrap_or_else(|error| refusal(transaction, error.to_string()))
     }
 
     /// Cxi phase 2 at the receiving domain: install the prepared segment.
@@ -439,7 +315,7 @@ impl Controller {
             reply,
         })
         .await
-        .unwrap_or_else(|error| super::segments::aborted(transaction, Some(error.to_string())))
+        .unwrap_or_else(|error| aborted(transaction, Some(error.to_string())))
     }
 
     /// Drops a prepared segment, or undoes a committed one.
@@ -450,7 +326,7 @@ impl Controller {
             reply,
         })
         .await
-        .unwrap_or_else(|error| super::segments::aborted(transaction, Some(error.to_string())))
+        .unwrap_or_else(|error| aborted(transaction, Some(error.to_string())))
     }
 
     /// The coordinating domain ended a session: remove its segment here.

@@ -4,9 +4,9 @@
 
 use uuid::Uuid;
 
-use super::controller::answer_all;
-use super::controller::ControlError;
-use super::instance::{Agreement, Instance, Job, Reply};
+use super::error::{answer_all, ControlError, Reply};
+use super::instance::{Instance, Job};
+use super::messages::Agreement;
 use super::reroute::describe;
 use super::sessions::{Interworking, Session, SessionEvent, SessionPath, SessionState};
 use crate::netconf::server::now_rfc3339;

@@ -359,6 +359,27 @@ pub fn schemas_json() -> String {
     text
 }
 
+/// A refusing vote.
+pub fn refusal(transaction: Uuid, reason: String) -> Vote {
+    Vote {
+        version: CXI_VERSION,
+        transaction,
+        vote: VoteKind::Refused,
+        reason: Some(reason),
+        segment_hops: None,
+    }
+}
+
+/// An aborted transaction's result.
+pub fn aborted(transaction: Uuid, reason: Option<String>) -> TransactionResult {
+    TransactionResult {
+        version: CXI_VERSION,
+        transaction,
+        outcome: Outcome::Aborted,
+        reason,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

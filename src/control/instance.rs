@@ -12,131 +12,28 @@
 //! instance publishes a [`View`] after every input.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use super::controller::{answer_all, ControlError, Controller};
-use super::cxi::{PrepareRequest, StatusReport, TransactionResult, Vote};
-use super::interworking::InterworkingState;
-use super::sessions::{Interworking, Session, SessionPath};
-use super::southbound::{RouteChanges, SouthboundError};
-use super::topology::{AgentView, Topology};
+use qkdni_route_policy::Catalog;
 
-/// Where an answer goes.
-pub(super) type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
+use super::config::ControllerConfig;
+use super::controller::Controller;
+use super::cxi::{aborted, TransactionResult};
+use super::error::{answer_all, ControlError, Reply};
+pub use super::messages::View;
+use super::messages::{Agreement, Input};
+use super::sessions::{Interworking, Session, SessionPath, SessionStore};
+use super::southbound::{RouteChanges, Southbound, SouthboundError};
+use super::state::State;
+use super::topology::Topology;
 
-/// What readers see: the state as of the last input.
-#[derive(Debug, Clone, Default)]
-pub struct View {
-    pub topology: Topology,
-    /// Sessions in creation order.
-    pub sessions: Vec<Session>,
-    /// Sessions whose route is being agreed with a peer controller.
-    pub agreeing: Vec<Uuid>,
-    /// Installs completed since start (a poll read during one is not trusted for routes).
-    pub installs: u64,
-}
-
-/// Everything the instance reacts to.
-// moved once per request or job: boxing would buy nothing
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Input {
-    /// An orchestrator creates a session.
-    Create {
-        master: String,
-        slave: String,
-        rate_bps: f64,
-        reply: Reply<Session>,
-    },
-    /// A KM asks for the interworking route of its SAE (procedure 1).
-    KmRoute {
-        km: String,
-        master: String,
-        slave: String,
-        reply: Reply<Session>,
-    },
-    Delete {
-        id: Uuid,
-        reply: Reply<()>,
-    },
-    /// An agent's notification.
-    LinkChanged {
-        link: String,
-        up: bool,
-        at: Instant,
-    },
-    /// Every agent read (`installs`: the installs completed when the reads began).
-    Polled {
-        views: Vec<(String, Result<AgentView, String>)>,
-        installs: u64,
-        started: Instant,
-        /// What to name the reroute pass that follows (`None`: no pass).
-        trigger: Option<&'static str>,
-    },
-    /// The QCLM's diagnosis of an interworking relay failure.
-    Diagnosis {
-        destination: Option<String>,
-        detail: String,
-        at: Instant,
-        reply: oneshot::Sender<String>,
-    },
-    PeerPrepare {
-        from: String,
-        request: PrepareRequest,
-        reply: oneshot::Sender<Vote>,
-    },
-    PeerCommit {
-        from: String,
-        transaction: Uuid,
-        reply: oneshot::Sender<TransactionResult>,
-    },
-    PeerAbort {
-        from: String,
-        transaction: Uuid,
-        reply: oneshot::Sender<TransactionResult>,
-    },
-    PeerDelete {
-        from: String,
-        id: Uuid,
-        reply: oneshot::Sender<bool>,
-    },
-    PeerStatus {
-        from: String,
-        report: StatusReport,
-        at: Instant,
-    },
-    /// The outcome of install `id`.
-    Installed {
-        id: u64,
-        result: Result<(), SouthboundError>,
-    },
-    /// The outcome of a route agreement with a peer controller.
-    Agreed {
-        agreement: Agreement,
-        result: Result<(Vec<SessionPath>, Interworking), ControlError>,
-    },
-    /// Answered once every job queued before it has finished.
-    Flush {
-        reply: oneshot::Sender<()>,
-    },
-}
-
-/// What a route agreement was for.
-// moved once per request or job: boxing would buy nothing
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Agreement {
-    /// A new interworking session (its skeleton; `by` created it).
-    New { session: Session, by: String },
-    /// A new route for an existing one.
-    Reroute {
-        id: Uuid,
-        trigger: String,
-        started: Instant,
-    },
-}
+/// Inputs waiting for the instance before senders wait.
+const INPUT_QUEUE: usize = 4096;
 
 /// A change that may need relay routes installed, run one at a time.
 // moved once per request or job: boxing would buy nothing
@@ -224,33 +121,6 @@ pub(super) enum Then {
     Flushed(oneshot::Sender<()>),
 }
 
-/// The controller's state.
-pub(super) struct State {
-    pub(super) topology: Topology,
-    pub(super) sessions: BTreeMap<Uuid, Session>,
-    /// Creation order of sessions (later sessions win where routes to one destination meet).
-    pub(super) order: Vec<Uuid>,
-    /// Interworking state (Cxi transactions, faults reported by the peer).
-    pub(super) interworking: InterworkingState,
-}
-
-impl State {
-    /// Adds or replaces a session (a new one comes last in the order: its routes win where
-    /// they meet others').
-    pub(super) fn put(&mut self, session: Session) {
-        if !self.sessions.contains_key(&session.id) {
-            self.order.push(session.id);
-        }
-        self.sessions.insert(session.id, session);
-    }
-
-    /// Removes a session from the sessions and their order.
-    pub(super) fn take(&mut self, id: Uuid) -> Option<Session> {
-        self.order.retain(|s| *s != id);
-        self.sessions.remove(&id)
-    }
-}
-
 /// The instance.
 pub(super) struct Instance {
     pub(super) c: Arc<Controller>,
@@ -272,6 +142,72 @@ pub(super) struct Instance {
     pub(super) shown: BTreeMap<Uuid, Option<Session>>,
     /// Waiters for a new interworking session being agreed, by (master, slave).
     pub(super) creating: BTreeMap<(String, String), Vec<Reply<Session>>>,
+}
+
+/// Opens the store, reads every agent, starts the instance with the stored sessions and
+/// returns once it has rerouted what needs it and reconciled the KMs' relay routes.
+pub async fn start(
+    config: ControllerConfig,
+    policies: Catalog,
+) -> Result<Arc<Controller>, ControlError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| ControlError::Invalid(format!("data dir: {e}")))?;
+    let store = SessionStore::open(&config.data_dir.join("controller.redb"))?;
+    let agents = config
+        .agents
+        .iter()
+        .map(|a| (a.node.clone(), a.netconf))
+        .collect();
+    let southbound = Southbound::with_login(agents, &config.southbound)
+        .map_err(|e| ControlError::Invalid(format!("southbound: {e}")))?;
+    let policy = policies
+        .policy(&config.policy)
+        .map_err(ControlError::Invalid)?;
+    let mut sessions = store.all()?;
+    sessions.sort_by(|a, b| {
+        a.history
+            .first()
+            .map(|h| &h.time)
+            .cmp(&b.history.first().map(|h| &h.time))
+    });
+    let poll_seconds = config.poll_seconds.max(1);
+    let peers = match &config.interworking {
+        Some(iw) => iw
+            .peers
+            .iter()
+            .map(|p| super::cxi::CxiClient::new(p.clone(), &config.tls))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    let (inputs, received) = mpsc::channel(INPUT_QUEUE);
+    let (publish, view) = watch::channel(Arc::new(View::default()));
+    let controller = Arc::new(Controller {
+        config,
+        southbound,
+        peers,
+        policies,
+        policy: std::sync::RwLock::new(policy),
+        poll_seconds: AtomicU64::new(poll_seconds),
+        store,
+        events: std::sync::Mutex::new(VecDeque::new()),
+        published: tokio::sync::broadcast::channel(256).0,
+        inputs,
+        view,
+        peer_domains: Default::default(),
+    });
+    spawn(controller.clone(), sessions, received, publish);
+    let started = Instant::now();
+    let views = controller.read_agents().await;
+    controller
+        .send(Input::Polled {
+            views,
+            installs: 0,
+            started,
+            trigger: Some("controller start"),
+        })
+        .await?;
+    controller.ask(|reply| Input::Flush { reply }).await?;
+    Ok(controller)
 }
 
 /// Starts the instance with the stored sessions (oldest first).
@@ -507,33 +443,6 @@ impl Instance {
         None
     }
 
-    /// The KMs whose routes a job's sessions need.
-    fn relevant(&self, then: &Then) -> BTreeSet<String> {
-        let nodes = |s: &Session| {
-            let mut nodes: BTreeSet<String> = s
-                .routed_paths()
-                .iter()
-                .flat_map(|p| p.nodes.iter().cloned())
-                .collect();
-            nodes.insert(s.src.clone());
-            nodes
-        };
-        let of = |id: &Uuid| self.state.sessions.get(id).map(nodes).unwrap_or_default();
-        match then {
-            Then::Created { session, .. } => nodes(session),
-            Then::PeerCommitted { segment, .. } => nodes(segment),
-            Then::Agreed { id, previous, .. } => {
-                let mut all = of(id);
-                all.extend(nodes(previous));
-                all
-            }
-            Then::Rerouted { changed, .. } => changed.iter().flat_map(|(id, _)| of(id)).collect(),
-            Then::Nothing | Then::Deleted(_) | Then::PeerAborted { .. } | Then::Flushed(_) => {
-                BTreeSet::new()
-            }
-        }
-    }
-
     /// Applies a job's change to the state; `None` when it is answered without an install.
     fn start(&mut self, job: Job) -> Option<Then> {
         match job {
@@ -701,7 +610,7 @@ impl Instance {
                 if let Err(error) = result {
                     tracing::warn!(%error, "undoing a segment failed; retried later");
                 }
-                let _ = reply.send(super::segments::aborted(transaction, None));
+                let _ = reply.send(aborted(transaction, None));
             }
         }
     }

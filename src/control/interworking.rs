@@ -14,41 +14,28 @@
 //! peer reads, reports to the peer); the receiving domain's handlers are in
 //! [`super::segments`].
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use uuid::Uuid;
 
 use super::config::NodeRole;
-use super::controller::{ControlError, Controller};
+use super::controller::Controller;
 use super::cxi::{
     AbstractTopology, BorderNode, BorderReach, CxiClient, Outcome, PrepareRequest, QxLinkState,
     SaeReach, StatusKind, StatusReport, TransactionResult, VoteKind, CXI_VERSION,
 };
-use super::instance::State;
-use super::sessions::{Interworking, InterworkingRole, Session, SessionPath, SessionState};
-use super::topology::{ForeignSae, Topology};
+use super::error::ControlError;
+use super::peers::{differs, PeerDomain};
+use super::sessions::{Interworking, InterworkingRole, Session, SessionPath};
+use super::topology::Topology;
 
+/// How often the abstract topology is sent again although it did not change (a restarted
+/// peer learns it).
+const PUSH_AGAIN: Duration = Duration::from_secs(30);
 /// How long a segment fault waits for the coordinator's reroute before it is reported again.
 pub const REPORT_AGAIN: Duration = Duration::from_secs(30);
-
-/// Interworking state of a controller.
-#[derive(Default)]
-pub struct InterworkingState {
-    /// Segments prepared for a peer's transaction, awaiting commit or abort.
-    pub prepared: BTreeMap<Uuid, (Session, Instant)>,
-    /// Committed transactions and the segment each replaced (for an abort after commit).
-    pub committed: BTreeMap<Uuid, Option<Session>>,
-    pub committed_order: VecDeque<Uuid>,
-    /// Sessions the peer reported faults on: rerouted on the next pass.
-    pub suspect: BTreeSet<Uuid>,
-    /// When segments were last committed (since start): a session list sent before a commit
-    /// must not remove it.
-    pub committed_at: BTreeMap<Uuid, Instant>,
-    /// Segments whose fault was reported to the coordinator, and when (reported again after
-    /// [`REPORT_AGAIN`] until it reroutes them).
-    pub notified: BTreeMap<Uuid, Instant>,
-}
 
 /// Whether `session` is a segment of another domain's session.
 pub fn is_segment(session: &Session) -> bool {
@@ -56,37 +43,6 @@ pub fn is_segment(session: &Session) -> bool {
         .interworking
         .as_ref()
         .is_some_and(|iw| iw.role == InterworkingRole::Segment)
-}
-
-/// The entries of other domains' SAEs every KM needs: the slave's at the master's KM of an
-/// origin session; the master's at every KM of a segment (relays are checked against it).
-pub(super) fn desired_foreign_saes(
-    state: &State,
-) -> BTreeMap<String, BTreeMap<String, ForeignSae>> {
-    let mut wanted: BTreeMap<String, BTreeMap<String, ForeignSae>> = BTreeMap::new();
-    for session in state.sessions.values() {
-        let Some(iw) = session
-            .interworking
-            .as_ref()
-            .filter(|_| session.state == SessionState::Active)
-        else {
-            continue;
-        };
-        let (sae, nodes) = match iw.role {
-            InterworkingRole::Origin => (&session.slave_sae, vec![session.src.clone()]),
-            InterworkingRole::Segment => (&session.master_sae, session.path.clone()),
-        };
-        for node in nodes {
-            wanted.entry(node).or_default().insert(
-                sae.clone(),
-                ForeignSae {
-                    node: iw.peer_km.clone(),
-                    domain: iw.peer_domain.clone(),
-                },
-            );
-        }
-    }
-    wanted
 }
 
 /// A Qx link seen from this domain.
@@ -226,7 +182,7 @@ impl Controller {
             .filter(|p| domain.is_none_or(|d| d == p.peer.domain))
         {
             // what the peer pushed; asked for when it has not yet
-            let topology = match self.known_peer_topology(&client.peer.domain) {
+            let topology = match self.peer_domains.topology(&client.peer.domain) {
                 Some(topology) => Ok(topology),
                 None => client
                     .abstract_topology()
@@ -520,6 +476,80 @@ impl Controller {
             if let Err(error) = client.status(&report).await {
                 tracing::debug!(%error, "session list not delivered; sent again later");
             }
+        }
+    }
+}
+
+impl Controller {
+    /// What this controller knows of its peer domains, by domain.
+    pub fn peer_domains(&self) -> BTreeMap<String, PeerDomain> {
+        self.peer_domains
+            .of(self.peers.iter().map(|p| p.peer.domain.as_str()))
+    }
+
+    /// Records an exchange with peer `domain`'s controller.
+    pub(super) fn peer_contact(&self, domain: &str, ok: bool) {
+        self.peer_domains.contact(domain, ok);
+    }
+
+    /// Keeps peer `domain`'s abstract topology; tells operators when it changed.
+    pub(super) fn peer_topology(&self, domain: &str, topology: AbstractTopology) {
+        let qx: Vec<String> = topology
+            .border_nodes
+            .iter()
+            .flat_map(|b| &b.qx_links)
+            .map(|q| format!("{} {}", q.id, if q.up { "up" } else { "down" }))
+            .collect();
+        let detail = format!(
+            "{domain}: {} border node(s) ({}), {} reachable SAE(s)",
+            topology.border_nodes.len(),
+            qx.join(", "),
+            topology.reachability.len()
+        );
+        if self.peer_domains.keep(domain, topology) {
+            self.event("peer-topology-change", detail, None, None);
+        }
+    }
+
+    /// Pushes this domain's abstract topology to every peer when it changes (and every
+    /// [`PUSH_AGAIN`]); runs until the controller stops.
+    pub(super) async fn push_abstract_topology(self: Arc<Self>) {
+        if self.peers.is_empty() {
+            return;
+        }
+        let mut views = self.view_changes();
+        let mut sent: Option<AbstractTopology> = None;
+        let mut again = tokio::time::interval(PUSH_AGAIN);
+        loop {
+            let timed = tokio::select! {
+                changed = views.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    false
+                }
+                _ = again.tick() => true,
+            };
+            let topology = self.abstract_topology();
+            if !timed && sent.as_ref().is_some_and(|s| !differs(s, &topology)) {
+                continue;
+            }
+            let report = StatusReport {
+                version: CXI_VERSION,
+                domain: self.config.domain.clone(),
+                kind: StatusKind::BorderChange,
+                sessions: Vec::new(),
+                detail: "abstract topology".into(),
+                topology: Some(topology.clone()),
+            };
+            for client in &self.peers {
+                let result = client.status(&report).await;
+                self.peer_contact(&client.peer.domain, result.is_ok());
+                if let Err(error) = result {
+                    tracing::debug!(%error, "abstract topology not delivered; sent again later");
+                }
+            }
+            sent = Some(topology);
         }
     }
 }

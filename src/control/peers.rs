@@ -1,23 +1,15 @@
 //! The peer domains as this controller knows them (Y.3818 9.2, status sharing over Cxi):
 //! each peer's abstract topology as it pushed it (border nodes, Qx links, reachable SAEs:
-//! never its internal links), its controller's status and last contact; and the push of this
-//! domain's own abstract topology to its peers whenever a border node, a Qx link or an
-//! exposed key rate changes.
+//! never its internal links), its controller's status and last contact.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::controller::Controller;
-use super::cxi::{AbstractTopology, StatusKind, StatusReport, CXI_VERSION};
-use super::reroute::RATE_HYSTERESIS;
+use super::cxi::AbstractTopology;
+use super::sessions::RATE_HYSTERESIS;
 use crate::netconf::server::now_rfc3339;
-
-/// How often the abstract topology is sent again although it did not change (a restarted
-/// peer learns it).
-const PUSH_AGAIN: Duration = Duration::from_secs(30);
 
 /// What this controller knows of one peer domain.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
@@ -32,23 +24,22 @@ pub struct PeerDomain {
     pub last_contact: Option<String>,
 }
 
-impl Controller {
-    /// What this controller knows of its peer domains, by domain.
-    pub fn peer_domains(&self) -> BTreeMap<String, PeerDomain> {
-        let known = self.peer_domains.lock().expect("peer domains");
-        self.peers
-            .iter()
-            .map(|p| {
-                let domain = p.peer.domain.clone();
-                let seen = known.get(&domain).cloned().unwrap_or_default();
-                (domain, seen)
-            })
+/// What this controller knows of every peer domain.
+#[derive(Default)]
+pub struct PeerDomains(Mutex<BTreeMap<String, PeerDomain>>);
+
+impl PeerDomains {
+    /// What is known of each of `domains`.
+    pub fn of<'a>(&self, domains: impl Iterator<Item = &'a str>) -> BTreeMap<String, PeerDomain> {
+        let known = self.0.lock().expect("peer domains");
+        domains
+            .map(|d| (d.to_owned(), known.get(d).cloned().unwrap_or_default()))
             .collect()
     }
 
-    /// Records an exchange with peer `domain`'s controller.
-    pub(super) fn peer_contact(&self, domain: &str, ok: bool) {
-        let mut known = self.peer_domains.lock().expect("peer domains");
+    /// Records an exchange with `domain`'s controller.
+    pub fn contact(&self, domain: &str, ok: bool) {
+        let mut known = self.0.lock().expect("peer domains");
         let peer = known.entry(domain.to_owned()).or_default();
         peer.reachable = Some(ok);
         if ok {
@@ -56,88 +47,25 @@ impl Controller {
         }
     }
 
-    /// Keeps peer `domain`'s abstract topology; tells operators when it changed.
-    pub(super) fn peer_topology(&self, domain: &str, topology: AbstractTopology) {
-        let changed = {
-            let mut known = self.peer_domains.lock().expect("peer domains");
-            let peer = known.entry(domain.to_owned()).or_default();
-            let changed = peer
-                .topology
-                .as_ref()
-                .is_none_or(|old| differs(old, &topology));
-            peer.topology = Some(topology.clone());
-            peer.topology_time = Some(now_rfc3339());
-            peer.reachable = Some(true);
-            peer.last_contact = peer.topology_time.clone();
-            changed
-        };
-        if changed {
-            let qx: Vec<String> = topology
-                .border_nodes
-                .iter()
-                .flat_map(|b| &b.qx_links)
-                .map(|q| format!("{} {}", q.id, if q.up { "up" } else { "down" }))
-                .collect();
-            self.event(
-                "peer-topology-change",
-                format!(
-                    "{domain}: {} border node(s) ({}), {} reachable SAE(s)",
-                    topology.border_nodes.len(),
-                    qx.join(", "),
-                    topology.reachability.len()
-                ),
-                None,
-                None,
-            );
-        }
+    /// Keeps `domain`'s abstract topology; returns whether it changed materially.
+    pub fn keep(&self, domain: &str, topology: AbstractTopology) -> bool {
+        let mut known = self.0.lock().expect("peer domains");
+        let peer = known.entry(domain.to_owned()).or_default();
+        let changed = peer
+            .topology
+            .as_ref()
+            .is_none_or(|old| differs(old, &topology));
+        peer.topology = Some(topology);
+        peer.topology_time = Some(now_rfc3339());
+        peer.reachable = Some(true);
+        peer.last_contact = peer.topology_time.clone();
+        changed
     }
 
-    /// The abstract topology peer `domain` last shared, if any.
-    pub(super) fn known_peer_topology(&self, domain: &str) -> Option<AbstractTopology> {
-        let known = self.peer_domains.lock().expect("peer domains");
+    /// The abstract topology `domain` last shared, if any.
+    pub fn topology(&self, domain: &str) -> Option<AbstractTopology> {
+        let known = self.0.lock().expect("peer domains");
         known.get(domain).and_then(|p| p.topology.clone())
-    }
-
-    /// Pushes this domain's abstract topology to every peer when it changes (and every
-    /// [`PUSH_AGAIN`]); runs until the controller stops.
-    pub(super) async fn push_abstract_topology(self: Arc<Self>) {
-        if self.peers.is_empty() {
-            return;
-        }
-        let mut views = self.view_changes();
-        let mut sent: Option<AbstractTopology> = None;
-        let mut again = tokio::time::interval(PUSH_AGAIN);
-        loop {
-            let timed = tokio::select! {
-                changed = views.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    false
-                }
-                _ = again.tick() => true,
-            };
-            let topology = self.abstract_topology();
-            if !timed && sent.as_ref().is_some_and(|s| !differs(s, &topology)) {
-                continue;
-            }
-            let report = StatusReport {
-                version: CXI_VERSION,
-                domain: self.config.domain.clone(),
-                kind: StatusKind::BorderChange,
-                sessions: Vec::new(),
-                detail: "abstract topology".into(),
-                topology: Some(topology.clone()),
-            };
-            for client in &self.peers {
-                let result = client.status(&report).await;
-                self.peer_contact(&client.peer.domain, result.is_ok());
-                if let Err(error) = result {
-                    tracing::debug!(%error, "abstract topology not delivered; sent again later");
-                }
-            }
-            sent = Some(topology);
-        }
     }
 }
 
@@ -186,7 +114,7 @@ pub fn differs(a: &AbstractTopology, b: &AbstractTopology) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::cxi::{BorderNode, BorderReach, QxLinkState, SaeReach};
+    use crate::control::cxi::{BorderNode, BorderReach, QxLinkState, SaeReach, CXI_VERSION};
 
     fn topology(up: bool, rate: f64) -> AbstractTopology {
         AbstractTopology {

@@ -8,16 +8,15 @@ use std::time::Instant;
 use tracing::info_span;
 use uuid::Uuid;
 
-use super::controller::ControlError;
-use super::instance::{Agreement, Instance, Job, Then};
+use super::error::ControlError;
+use super::instance::{Instance, Job, Then};
 use super::interworking::{is_segment, REPORT_AGAIN};
-use super::sessions::{Interworking, Session, SessionEvent, SessionPath, SessionState};
+use super::messages::Agreement;
+use super::sessions::{
+    Interworking, Session, SessionEvent, SessionPath, SessionState, RATE_HYSTERESIS,
+};
 use super::topology::Topology;
 use crate::netconf::server::now_rfc3339;
-
-/// Fraction by which a link's key rate must fall below a session's demand before the session
-/// is rerouted for it, and by which a new plan must beat the current one to replace it.
-pub const RATE_HYSTERESIS: f64 = 0.1;
 
 impl Instance {
     /// Recomputes the routes of sessions that cross a down link (or have none); starts the
@@ -170,7 +169,7 @@ impl Instance {
     }
 
     /// Agrees a route with the peer for `session`, in a task; the outcome comes back as
-    /// [`super::instance::Input::Agreed`].
+    /// [`super::messages::Input::Agreed`].
     pub(super) fn agree(&mut self, agreement: Agreement, session: Session, reason: String) {
         if let Agreement::Reroute { id, .. } = &agreement {
             self.agreeing.insert(*id);
@@ -180,7 +179,7 @@ impl Instance {
         tokio::spawn(async move {
             let result = c.route_interworking(&topology, &session, &reason).await;
             let _ = c
-                .send(super::instance::Input::Agreed { agreement, result })
+                .send(super::messages::Input::Agreed { agreement, result })
                 .await;
         });
     }

@@ -1,14 +1,44 @@
 //! Relay route tables: what every KM holds (from the agents' reports and the installs), what
 //! it should hold for the active sessions, and the difference.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::instance::{Instance, State};
-use super::sessions::SessionState;
+use uuid::Uuid;
+
+use super::instance::{Instance, Then};
+use super::sessions::{InterworkingRole, Session, SessionState};
 use super::southbound::RouteChanges;
-use super::topology::{AgentView, NodeState, WeightedHop};
+use super::state::State;
+use super::topology::{AgentView, ForeignSae, NodeState, WeightedHop};
 
 impl Instance {
+    /// The KMs whose routes a job's sessions need.
+    pub(super) fn relevant(&self, then: &Then) -> BTreeSet<String> {
+        let nodes = |s: &Session| {
+            let mut nodes: BTreeSet<String> = s
+                .routed_paths()
+                .iter()
+                .flat_map(|p| p.nodes.iter().cloned())
+                .collect();
+            nodes.insert(s.src.clone());
+            nodes
+        };
+        let of = |id: &Uuid| self.state.sessions.get(id).map(nodes).unwrap_or_default();
+        match then {
+            Then::Created { session, .. } => nodes(session),
+            Then::PeerCommitted { segment, .. } => nodes(segment),
+            Then::Agreed { id, previous, .. } => {
+                let mut all = of(id);
+                all.extend(nodes(previous));
+                all
+            }
+            Then::Rerouted { changed, .. } => changed.iter().flat_map(|(id, _)| of(id)).collect(),
+            Then::Nothing | Then::Deleted(_) | Then::PeerAborted { .. } | Then::Flushed(_) => {
+                BTreeSet::new()
+            }
+        }
+    }
+
     /// Merges agents' reports; returns whether any link changed up/down.
     pub(super) fn merge(
         &mut self,
@@ -54,7 +84,7 @@ impl Instance {
     /// The relay route and foreign SAE changes every reachable KM needs.
     pub(super) fn changes(&self) -> BTreeMap<String, RouteChanges> {
         let desired = desired(&self.state);
-        let desired_saes = super::interworking::desired_foreign_saes(&self.state);
+        let desired_saes = desired_foreign_saes(&self.state);
         let mut changes = BTreeMap::new();
         for (node, info) in &self.state.topology.nodes {
             if !info.reachable {
@@ -166,4 +196,33 @@ fn desired(state: &State) -> BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>
         }
     }
     tables
+}
+
+/// The entries of other domains' SAEs every KM needs: the slave's at the master's KM of an
+/// origin session; the master's at every KM of a segment (relays are checked against it).
+fn desired_foreign_saes(state: &State) -> BTreeMap<String, BTreeMap<String, ForeignSae>> {
+    let mut wanted: BTreeMap<String, BTreeMap<String, ForeignSae>> = BTreeMap::new();
+    for session in state.sessions.values() {
+        let Some(iw) = session
+            .interworking
+            .as_ref()
+            .filter(|_| session.state == SessionState::Active)
+        else {
+            continue;
+        };
+        let (sae, nodes) = match iw.role {
+            InterworkingRole::Origin => (&session.slave_sae, vec![session.src.clone()]),
+            InterworkingRole::Segment => (&session.master_sae, session.path.clone()),
+        };
+        for node in nodes {
+            wanted.entry(node).or_default().insert(
+                sae.clone(),
+                ForeignSae {
+                    node: iw.peer_km.clone(),
+                    domain: iw.peer_domain.clone(),
+                },
+            );
+        }
+    }
+    wanted
 }

@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::controller::ControlError;
 use super::cxi::{
-    Outcome, PrepareRequest, StatusKind, StatusReport, TransactionResult, Vote, VoteKind,
-    CXI_VERSION,
+    aborted, refusal, Outcome, PrepareRequest, StatusKind, StatusReport, TransactionResult, Vote,
+    VoteKind, CXI_VERSION,
 };
-use super::instance::{Instance, Job, State, Then};
+use super::error::ControlError;
+use super::instance::{Instance, Job, Then};
 use super::sessions::{
     Interworking, InterworkingRole, Session, SessionEvent, SessionPath, SessionState,
 };
+use super::state::State;
 use crate::netconf::server::now_rfc3339;
 
 /// How long a committed segment is safe from a session list that does not name it yet.
@@ -26,27 +27,6 @@ const LIST_GRACE: Duration = Duration::from_secs(60);
 const PREPARED_FOR: Duration = Duration::from_secs(30);
 /// How many committed transactions can still be undone by an abort.
 const UNDOABLE: usize = 256;
-
-/// A refusing vote.
-pub(super) fn refusal(transaction: Uuid, reason: String) -> Vote {
-    Vote {
-        version: CXI_VERSION,
-        transaction,
-        vote: VoteKind::Refused,
-        reason: Some(reason),
-        segment_hops: None,
-    }
-}
-
-/// An aborted transaction's result.
-pub(super) fn aborted(transaction: Uuid, reason: Option<String>) -> TransactionResult {
-    TransactionResult {
-        version: CXI_VERSION,
-        transaction,
-        outcome: Outcome::Aborted,
-        reason,
-    }
-}
 
 /// Whether `s` is a segment of `from`'s session.
 fn segment_of(s: &Session, from: &str) -> bool {

@@ -9,6 +9,10 @@ use uuid::Uuid;
 
 const SESSIONS: TableDefinition<u128, &str> = TableDefinition::new("sessions");
 
+/// Fraction by which a link's key rate must fall below a session's demand before the session
+/// is rerouted for it, and by which a new plan must beat the current one to replace it.
+pub const RATE_HYSTERESIS: f64 = 0.1;
+
 /// State of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]

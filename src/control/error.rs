@@ -1,0 +1,68 @@
+//! The controller's errors, as its northbound reports them, and the way answers go back
+//! to whoever asked the instance.
+
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::cxi::CxiError;
+use super::southbound::SouthboundError;
+
+/// Where an answer of the instance goes.
+pub type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
+
+/// Controller errors, as the northbound reports them.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("unknown SAE {0}")]
+    UnknownSae(String),
+    #[error("unknown session {0}")]
+    UnknownSession(Uuid),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("no route: {0}")]
+    NoRoute(String),
+    #[error("route install failed: {0}")]
+    Install(#[from] SouthboundError),
+    #[error("store: {0}")]
+    Store(#[from] super::sessions::StoreError),
+    #[error("interworking: {0}")]
+    Cxi(#[from] super::cxi::CxiError),
+    #[error("the controller is stopping")]
+    Stopped,
+}
+
+/// Sends every waiter the error (the first gets it as it is, the others a copy).
+pub(super) fn answer_all<T>(replies: Vec<Reply<T>>, error: ControlError) {
+    let mut replies = replies.into_iter();
+    let first = replies.next();
+    for reply in replies {
+        let _ = reply.send(Err(copy(&error)));
+    }
+    if let Some(first) = first {
+        let _ = first.send(Err(error));
+    }
+}
+
+/// A copy of an error for a second waiter (its kind kept, its cause as text).
+fn copy(error: &ControlError) -> ControlError {
+    match error {
+        ControlError::UnknownSae(s) => ControlError::UnknownSae(s.clone()),
+        ControlError::UnknownSession(id) => ControlError::UnknownSession(*id),
+        ControlError::Invalid(s) => ControlError::Invalid(s.clone()),
+        ControlError::Cxi(CxiError::Refused {
+            domain,
+            status,
+            detail,
+        }) => ControlError::Cxi(CxiError::Refused {
+            domain: domain.clone(),
+            status: *status,
+            detail: detail.clone(),
+        }),
+        ControlError::Cxi(other) => ControlError::Cxi(CxiError::Unreachable {
+            domain: String::new(),
+            reason: other.to_string(),
+        }),
+        ControlError::Stopped => ControlError::Stopped,
+        other => ControlError::NoRoute(other.to_string()),
+    }
+}
