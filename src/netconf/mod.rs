@@ -7,7 +7,9 @@
 //! - [`error`] — `rpc-error`;
 //! - [`datastore`] — running and candidate datastores on libyang trees, the edit engine;
 //! - [`server`] — the SSH server, users and access groups, shared datastores;
-//! - [`session`] — one NETCONF session (hello, RPC loop, notifications);
+//! - [`session`] — one NETCONF session (hello, RPC loop, notifications, idle timeout);
+//! - [`ssh`] — SSH connections: admission, login deadline, authentication;
+//! - [`throttle`] — slowing down password guessing;
 //! - [`rpc`] — the protocol operations;
 //! - [`client`] — an async client on the same framing;
 //! - [`pool`] — one reused client session per agent.
@@ -21,6 +23,8 @@ pub mod pool;
 pub mod rpc;
 pub mod server;
 pub mod session;
+pub mod ssh;
+pub mod throttle;
 pub mod xml;
 
 pub use error::{ErrorTag, ErrorType, RpcError};

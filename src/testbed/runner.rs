@@ -417,12 +417,14 @@ pub async fn up_with(
                     listen: netconf,
                     host_key: node_dir.join("ssh_host_ed25519_key"),
                     users: netconf_users(&netconf_user, &netconf_readonly_user),
-                    max_message_bytes: 16 * 1024 * 1024,
+                    max_message_bytes: 4 * 1024 * 1024,
                     running_file: Some(node_dir.join("data").join("running.xml")),
+                    limits: topology.netconf_limits.clone().unwrap_or_default(),
                 }),
                 controller: control
                     .get(&domain.name)
                     .map(|c| format!("https://{}", c.rest)),
+                limits: topology.km_limits.clone().unwrap_or_default(),
             };
             let config_path = node_dir.join("km.toml");
             write_toml(&config_path, &config, "agent config")?;
@@ -604,8 +606,9 @@ fn write_control(
             listen: addrs.netconf,
             host_key: cdir.join("ssh_host_ed25519_key"),
             users: netconf_users(netconf_user, netconf_readonly_user),
-            max_message_bytes: 16 * 1024 * 1024,
+            max_message_bytes: 4 * 1024 * 1024,
             running_file: Some(cdir.join("data").join("running.xml")),
+            limits: Default::default(),
         }),
         interworking: (!peers.is_empty()).then(|| InterworkingConfig {
             cxi_listen: addrs.cxi,
