@@ -65,7 +65,12 @@ pub async fn sweep(agent: Arc<Agent>) {
             let now = deliveries_now_ms();
             let erased = agent
                 .store
-                .run(move |s| s.write(|txn| txn.expire_deliveries(now, BATCH)))
+                .run(move |s| {
+                    if !s.deliveries_due(now)? {
+                        return Ok(0);
+                    }
+                    s.write(|txn| txn.expire_deliveries(now, BATCH))
+                })
                 .await;
             match erased {
                 Ok(0) => break,

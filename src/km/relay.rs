@@ -233,16 +233,7 @@ pub async fn supply(
         let terms = super::expiry::terms(agent);
         agent
             .store
-            .run(move |s| {
-                s.write(|txn| {
-                    for slave in &local {
-                        for (id, key) in &entries {
-                            txn.insert_delivery(slave, &master, *id, key, terms)?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
+            .run(move |s| s.write(|txn| txn.insert_deliveries(&local, &master, &entries, terms)))
             .await?;
     }
     Ok(key_ids
@@ -624,12 +615,7 @@ async fn act_on_relay(
                     for (link, owner, seqs) in &consumed {
                         txn.remove_peer_blocks(link, *owner, seqs)?;
                     }
-                    for slave in &slaves {
-                        for (id, key) in &entries {
-                            txn.insert_delivery(slave, &master, *id, key, terms)?;
-                        }
-                    }
-                    Ok(())
+                    txn.insert_deliveries(&slaves, &master, &entries, terms)
                 })
             })
             .await?;

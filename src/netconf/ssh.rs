@@ -224,7 +224,9 @@ impl russh::server::Handler for SshHandler {
             Ok(registered) => registered,
             Err(reason) => {
                 tracing::warn!(%user, peer = %self.peer, reason, "NETCONF session refused");
-                return session.channel_failure(channel);
+                session.channel_failure(channel)?;
+                // closed too, so that a client waiting for the hello learns at once
+                return session.close(channel);
             }
         };
         session.channel_success(channel)?;

@@ -337,8 +337,23 @@ pub async fn up_with(
             .collect()
     };
     let mut configs = Vec::new();
-    for domain in &topology.domains {
+    for (index, domain) in topology.domains.iter().enumerate() {
         let dpki = &pkis[&domain.name];
+        // each domain its own NETCONF secrets (the first domain's are also the top-level ones)
+        let (netconf_user, netconf_readonly_user) = if index == 0 {
+            (netconf_user.clone(), netconf_readonly_user.clone())
+        } else {
+            (
+                NetconfLogin {
+                    username: netconf_user.username.clone(),
+                    password: random_password(),
+                },
+                NetconfLogin {
+                    username: netconf_readonly_user.username.clone(),
+                    password: random_password(),
+                },
+            )
+        };
         // with a controller, relay routes are the controller's to install
         let routes = if domain.controller {
             BTreeMap::new()
@@ -491,6 +506,8 @@ pub async fn up_with(
             DomainEndpoints {
                 ca_cert: dpki.ca_cert.clone(),
                 operator: dpki.operator.clone(),
+                netconf_user: Some(netconf_user.clone()),
+                netconf_readonly_user: Some(netconf_readonly_user.clone()),
                 nodes,
                 controller,
                 manager,
@@ -886,8 +903,10 @@ pub async fn netconf(
     NetconfClient::connect(
         addr,
         ClientOptions {
-            user: endpoints.netconf_user.username.clone(),
-            credentials: NetconfCredentials::Password(endpoints.netconf_user.password.clone()),
+            user: endpoints.netconf_login_of(node).username.clone(),
+            credentials: NetconfCredentials::Password(
+                endpoints.netconf_login_of(node).password.clone(),
+            ),
             host_key: None,
             timeout: Duration::from_secs(10),
             base_1_0_only: false,

@@ -476,3 +476,88 @@ async fn undelivered_keys_expire_and_are_never_handed_out() {
     }
     assert!(bed.log("l2").contains("undelivered keys expired"));
 }
+
+/// A NETCONF channel as `login`, for raw bytes.
+async fn raw_netconf(
+    addr: std::net::SocketAddr,
+    login: &qkdni::testbed::endpoints::NetconfLogin,
+) -> russh::ChannelStream<russh::client::Msg> {
+    struct Accept;
+    impl russh::client::Handler for Accept {
+        type Error = russh::Error;
+        async fn check_server_key(
+            &mut self,
+            _: &russh::keys::PublicKey,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut ssh = russh::client::connect(config, addr, Accept).await.unwrap();
+    assert!(ssh
+        .authenticate_password(&login.username, &login.password)
+        .await
+        .unwrap()
+        .success());
+    let channel = ssh.channel_open_session().await.unwrap();
+    channel.request_subsystem(true, "netconf").await.unwrap();
+    std::mem::forget(ssh);
+    channel.into_stream()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netconf_sessions_are_capped_idle_ones_closed_and_big_messages_refused() {
+    let bed = Bed::up_text(&topology(
+        "[netconf_limits]\nmax_sessions = 4\nmax_sessions_per_user = 2\nidle_timeout_ms = 1500\n",
+    ));
+    let addr: std::net::SocketAddr = bed.endpoints.node("l1").unwrap().netconf.parse().unwrap();
+    let (operator, viewer) = (
+        bed.endpoints.netconf_user.clone(),
+        bed.endpoints.netconf_readonly_user.clone(),
+    );
+    // two sessions per user, four in all
+    let first = bed.netconf_as("l1", &operator, false).await.unwrap();
+    let _second = bed.netconf_as("l1", &operator, false).await.unwrap();
+    let refused = Instant::now();
+    assert!(bed.netconf_as("l1", &operator, false).await.is_err());
+    assert!(
+        refused.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
+    let watcher = bed.netconf_as("l1", &viewer, false).await.unwrap();
+    let mut events = watcher.subscribe().await.unwrap();
+    let _fourth = bed.netconf_as("l1", &viewer, false).await.unwrap();
+    assert!(bed.netconf_as("l1", &viewer, false).await.is_err());
+    assert!(bed.log("l1").contains("NETCONF session refused"));
+    // sessions that send nothing are closed; the subscribed one stays
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !first.is_closed() {
+        assert!(Instant::now() < deadline, "idle session still open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!watcher.is_closed());
+    assert!(matches!(
+        events.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    ));
+    // their places are free again
+    let again = bed.netconf_as("l1", &operator, false).await.unwrap();
+    again.get(None).await.unwrap();
+    // a message over max_message_bytes (4 MiB in the testbed): rpc-error too-big
+    let mut channel = raw_netconf(addr, &operator).await;
+    const HELLO: &str = "<hello xmlns=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><capabilities><capability>urn:ietf:params:netconf:base:1.1</capability></capabilities></hello>]]>]]>";
+    channel.write_all(HELLO.as_bytes()).await.unwrap();
+    channel
+        .write_all(format!("\n#{}\n<rpc>", 5 * 1024 * 1024).as_bytes())
+        .await
+        .unwrap();
+    let answer = closed_within(&mut channel, Duration::from_secs(10)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.contains("<error-tag>too-big</error-tag>"),
+        "{answer}"
+    );
+    // and the server serves on
+    let next = bed.netconf_as("l1", &viewer, false).await.unwrap();
+    next.get(None).await.unwrap();
+}

@@ -12,7 +12,7 @@
 //! Deadlines are wall-clock milliseconds since the Unix epoch, so that they hold across a
 //! restart. Keys stored before deadlines existed have none and wait until fetched.
 
-use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -84,6 +84,15 @@ impl KeyStore {
         Ok(txn.open_table(DELIVERIES)?.len()?)
     }
 
+    /// Whether some key's deadline is at or before `now_ms` (a read: the sweep writes only
+    /// when there is something to erase).
+    pub fn deliveries_due(&self, now_ms: u64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        let queue = txn.open_table(EXPIRY_QUEUE)?;
+        let first = queue.first()?.map(|(key, _)| key.value().0);
+        Ok(first.is_some_and(|deadline| deadline <= now_ms))
+    }
+
     /// Keys waiting for `slave_sae` from `master_sae`.
     pub fn pair_waiting(&self, slave_sae: &str, master_sae: &str) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
@@ -92,22 +101,39 @@ impl KeyStore {
     }
 }
 
-impl Txn {
+/// A removed entry: its stored value and its deadline, if it had one.
+type Removed = (Zeroizing<Vec<u8>>, Option<u64>);
+
+/// The delivery tables of one transaction, opened once.
+struct Tables<'t> {
+    deliveries: Table<'t, (u128, &'static str), &'static [u8]>,
+    deadlines: Table<'t, (u128, &'static str), u64>,
+    queue: Table<'t, (u64, u128, &'static str), ()>,
+    pairs: Table<'t, (&'static str, &'static str), u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            deliveries: txn.open_table(DELIVERIES)?,
+            deadlines: txn.open_table(DEADLINES)?,
+            queue: txn.open_table(EXPIRY_QUEUE)?,
+            pairs: txn.open_table(PAIR_COUNTS)?,
+        })
+    }
+
     fn add_pair(&mut self, slave: &str, master: &str, delta: i64) -> Result<u64, StoreError> {
-        let mut pairs = self.txn.open_table(PAIR_COUNTS)?;
-        let now = pairs.get((slave, master))?.map_or(0, |v| v.value());
+        let now = self.pairs.get((slave, master))?.map_or(0, |v| v.value());
         let new = now.saturating_add_signed(delta);
         if new == 0 {
-            pairs.remove((slave, master))?;
+            self.pairs.remove((slave, master))?;
         } else {
-            pairs.insert((slave, master), new)?;
+            self.pairs.insert((slave, master), new)?;
         }
         Ok(new)
     }
 
-    /// Records a key for `slave_sae`, to be fetched once with `dec_keys` before
-    /// `terms.expires_ms`; refused when `terms.max_per_pair` keys already wait for the pair.
-    pub fn insert_delivery(
+    fn insert(
         &mut self,
         slave_sae: &str,
         master_sae: &str,
@@ -119,24 +145,17 @@ impl Txn {
         if master.len() > usize::from(u16::MAX) {
             return Err(StoreError::Db("master SAE id too long".into()));
         }
-        {
-            let mut table = self.txn.open_table(DELIVERIES)?;
-            if table.get((key_id.as_u128(), slave_sae))?.is_some() {
-                return Err(StoreError::DuplicateKey(key_id));
-            }
-            let mut value = Zeroizing::new(Vec::with_capacity(2 + master.len() + key.len()));
-            value.extend_from_slice(&(master.len() as u16).to_be_bytes());
-            value.extend_from_slice(master);
-            value.extend_from_slice(key);
-            table.insert((key_id.as_u128(), slave_sae), value.as_slice())?;
-        }
         let id = key_id.as_u128();
-        self.txn
-            .open_table(DEADLINES)?
-            .insert((id, slave_sae), terms.expires_ms)?;
-        self.txn
-            .open_table(EXPIRY_QUEUE)?
-            .insert((terms.expires_ms, id, slave_sae), ())?;
+        if self.deliveries.get((id, slave_sae))?.is_some() {
+            return Err(StoreError::DuplicateKey(key_id));
+        }
+        let mut value = Zeroizing::new(Vec::with_capacity(2 + master.len() + key.len()));
+        value.extend_from_slice(&(master.len() as u16).to_be_bytes());
+        value.extend_from_slice(master);
+        value.extend_from_slice(key);
+        self.deliveries.insert((id, slave_sae), value.as_slice())?;
+        self.deadlines.insert((id, slave_sae), terms.expires_ms)?;
+        self.queue.insert((terms.expires_ms, id, slave_sae), ())?;
         let waiting = self.add_pair(slave_sae, master_sae, 1)?;
         if waiting > terms.max_per_pair {
             return Err(StoreError::Backlog {
@@ -149,29 +168,55 @@ impl Txn {
         Ok(())
     }
 
-    /// Removes one key's entry from every table; returns its value.
-    fn remove_delivery(
-        &mut self,
-        id: u128,
-        slave: &str,
-    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+    /// Removes one key's entry from every table; returns its value and deadline.
+    fn remove(&mut self, id: u128, slave: &str) -> Result<Option<Removed>, StoreError> {
         let Some(value) = self
-            .txn
-            .open_table(DELIVERIES)?
+            .deliveries
             .remove((id, slave))?
             .map(|v| Zeroizing::new(v.value().to_vec()))
         else {
             return Ok(None);
         };
-        if let Some(deadline) = self.txn.open_table(DEADLINES)?.remove((id, slave))? {
-            let deadline = deadline.value();
-            self.txn
-                .open_table(EXPIRY_QUEUE)?
-                .remove((deadline, id, slave))?;
+        let deadline = self.deadlines.remove((id, slave))?.map(|d| d.value());
+        if let Some(deadline) = deadline {
+            self.queue.remove((deadline, id, slave))?;
         }
         let master = master_of(&value).to_owned();
         self.add_pair(slave, &master, -1)?;
-        Ok(Some(value))
+        Ok(Some((value, deadline)))
+    }
+}
+
+impl Txn {
+    /// Records a key for `slave_sae`, to be fetched once with `dec_keys` before
+    /// `terms.expires_ms`; refused when `terms.max_per_pair` keys already wait for the pair.
+    pub fn insert_delivery(
+        &mut self,
+        slave_sae: &str,
+        master_sae: &str,
+        key_id: Uuid,
+        key: &[u8],
+        terms: DeliveryTerms,
+    ) -> Result<(), StoreError> {
+        Tables::open(&self.txn)?.insert(slave_sae, master_sae, key_id, key, terms)
+    }
+
+    /// Records every key of `entries` for every one of `slaves` ([`Self::insert_delivery`]
+    /// for each, the tables opened once).
+    pub fn insert_deliveries(
+        &mut self,
+        slaves: &[String],
+        master_sae: &str,
+        entries: &[(Uuid, Zeroizing<Vec<u8>>)],
+        terms: DeliveryTerms,
+    ) -> Result<(), StoreError> {
+        let mut tables = Tables::open(&self.txn)?;
+        for slave in slaves {
+            for (id, key) in entries {
+                tables.insert(slave, master_sae, *id, key, terms)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes and returns the keys `key_ids` of `slave_sae` from `master_sae`: all of them,
@@ -183,17 +228,12 @@ impl Txn {
         key_ids: &[Uuid],
         now_ms: u64,
     ) -> Result<Vec<Delivery>, StoreError> {
+        let mut tables = Tables::open(&self.txn)?;
         let mut out = Vec::with_capacity(key_ids.len());
         for &key_id in key_ids {
             let id = key_id.as_u128();
-            let deadline = self
-                .txn
-                .open_table(DEADLINES)?
-                .get((id, slave_sae))?
-                .map(|v| v.value());
-            let Some(bytes) = self.remove_delivery(id, slave_sae)? else {
-                let table = self.txn.open_table(DELIVERIES)?;
-                let held_for_other = match table.range((id, "")..)?.next() {
+            let Some((bytes, deadline)) = tables.remove(id, slave_sae)? else {
+                let held_for_other = match tables.deliveries.range((id, "")..)?.next() {
                     Some(entry) => entry?.0.value().0 == id,
                     None => false,
                 };
@@ -222,10 +262,13 @@ impl Txn {
 
     /// Erases up to `max` keys whose deadline is at or before `now_ms`; returns how many.
     pub fn expire_deliveries(&mut self, now_ms: u64, max: usize) -> Result<usize, StoreError> {
+        let mut tables = Tables::open(&self.txn)?;
         let due: Vec<(u64, u128, String)> = {
-            let queue = self.txn.open_table(EXPIRY_QUEUE)?;
             let mut due = Vec::new();
-            for entry in queue.range(..(now_ms.saturating_add(1), 0u128, ""))? {
+            for entry in tables
+                .queue
+                .range(..(now_ms.saturating_add(1), 0u128, ""))?
+            {
                 let (key, _) = entry?;
                 let (deadline, id, slave) = key.value();
                 due.push((deadline, id, slave.to_owned()));
@@ -237,16 +280,12 @@ impl Txn {
         };
         let mut erased = 0;
         for (deadline, id, slave) in &due {
-            if self.remove_delivery(*id, slave)?.is_some() {
+            if tables.remove(*id, slave)?.is_some() {
                 erased += 1;
             } else {
                 // a deadline whose key is gone (not expected): forget it all the same
-                self.txn
-                    .open_table(EXPIRY_QUEUE)?
-                    .remove((*deadline, *id, slave.as_str()))?;
-                self.txn
-                    .open_table(DEADLINES)?
-                    .remove((*id, slave.as_str()))?;
+                tables.queue.remove((*deadline, *id, slave.as_str()))?;
+                tables.deadlines.remove((*id, slave.as_str()))?;
             }
         }
         Ok(erased)
