@@ -1,8 +1,9 @@
 //! The key supply agent: ETSI GS QKD 014 V1.1.1 for SAEs (HTTPS, mutual TLS).
 //!
 //! The calling SAE is the common name of its client certificate; it must be an SAE served by
-//! this KM. Every error is an ETSI `Error` body with status 400, 401 or 503, and a request
-//! that fails changes nothing.
+//! this KM. Every error is an ETSI `Error` body: 400, 401 or 503 from the handlers (503 with
+//! `Retry-After`, also from [`super::admission`]), 404 and 405 from the router, 408, 413, 414
+//! and 431 from the listener ([`crate::https`]); a request that fails changes nothing.
 
 use std::sync::Arc;
 
