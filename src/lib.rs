@@ -10,6 +10,7 @@
 //! [`tls`] (mutual TLS for every reference point) and [`pki`] (certificates for testbeds).
 
 pub mod bench_delivery;
+pub mod bench_flood;
 pub mod bench_idle;
 pub mod bench_interworking;
 pub mod bench_routing;
