@@ -26,7 +26,7 @@ pub struct SessionState {
 }
 
 /// Runs a session over an SSH channel until it closes; `registered` is its id and kill
-/// switch from [`NetconfServer::register_session`].
+/// switch from `NetconfServer::register_session`.
 pub async fn run<S>(
     server: Arc<NetconfServer>,
     user: String,

@@ -5,7 +5,7 @@
 //! that have not yet started a NETCONF session; it has `login_timeout_ms` to get from the
 //! TCP accept to a running session (SSH handshake, authentication, subsystem request), or
 //! its socket is shut down. Sessions themselves are capped in total and per user
-//! ([`NetconfServer::register_session`]). russh spawns each connection's protocol task
+//! (`NetconfServer::register_session`). russh spawns each connection's protocol task
 //! itself, so the deadline acts on a duplicate of the socket: shutting it down ends that
 //! task, whatever it waits for.
 
