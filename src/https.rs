@@ -304,3 +304,49 @@ async fn bounded(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn refusals_speak_the_listeners_format() {
+        let problem =
+            ErrorStyle::Problem.error(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "big");
+        assert_eq!(problem.status(), 413);
+        assert_eq!(
+            problem.headers()[header::CONTENT_TYPE],
+            crate::problem::PROBLEM_JSON
+        );
+        assert_eq!(problem.headers()[header::CONNECTION], "close");
+        let json = body(problem).await;
+        assert_eq!(json["type"], "urn:qkdni:problem:body-too-large");
+        assert_eq!(json["status"], 413);
+
+        let etsi = ErrorStyle::Etsi014.error(StatusCode::SERVICE_UNAVAILABLE, "busy", "later");
+        assert_eq!(etsi.headers()[header::RETRY_AFTER], "1");
+        let json = body(etsi).await;
+        assert_eq!(json["message"], "later");
+        assert_eq!(json["details"][0]["reason"], "busy");
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_refused() {
+        assert!(HttpLimits::default().check().is_ok());
+        let mut limits = HttpLimits::default();
+        limits.connections.max_per_source = 0;
+        assert!(limits.check().is_err());
+        let limits = HttpLimits {
+            idle_timeout_ms: 0,
+            ..HttpLimits::default()
+        };
+        assert!(limits.check().is_err());
+    }
+}
