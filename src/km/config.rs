@@ -199,6 +199,9 @@ impl KmConfig {
             return invalid(problem);
         }
         self.limits.check().map_err(ConfigError::Invalid)?;
+        if let Some(netconf) = &self.netconf {
+            netconf.limits.check().map_err(ConfigError::Invalid)?;
+        }
         let mut ids = std::collections::BTreeSet::new();
         for link in &self.links {
             if !ids.insert(&link.id) {

@@ -98,6 +98,23 @@ impl Default for NetconfLimits {
     }
 }
 
+impl NetconfLimits {
+    /// Why these limits cannot work, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let c = &self.connections;
+        if c.max_connections == 0 || c.max_per_source == 0 {
+            return Err("netconf.limits.connections caps must be positive".into());
+        }
+        if self.login_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return Err("netconf.limits timeouts must be positive".into());
+        }
+        if self.max_sessions == 0 || self.max_sessions_per_user == 0 {
+            return Err("netconf.limits.max_sessions(_per_user) must be positive".into());
+        }
+        Ok(())
+    }
+}
+
 /// A security-relevant event of a NETCONF server, handed to its [`Application`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecurityEvent {
