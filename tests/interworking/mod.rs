@@ -272,6 +272,15 @@ async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
     assert_ne!(viewer_a.password, viewer_b.password);
     assert!(bed.netconf_as("gb1", admin_a, false).await.is_err());
     bed.netconf_as("gb1", admin_b, false).await.unwrap();
+    // the failed login is a security event of gb1, which B's manager hears
+    let event = wait_manager_event(&bed, "B", "kmlm-security-event").await;
+    assert!(
+        event["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("gb1: NETCONF login"),
+        "{event}"
+    );
 
     // Cxi: only controller B may talk to controller A's Cxi server
     for (who, http) in [
