@@ -125,6 +125,27 @@ pub fn raise_fd_limit() -> Result<u64, nix::Error> {
     Ok(hard.max(soft))
 }
 
+/// Warns when the connection caps of a process's listeners (`(listener, cap)`), plus a
+/// margin for its own files and outgoing connections, exceed its descriptor limit: a flood
+/// could then take descriptors the other listeners need. Returns whether they fit.
+pub fn check_fd_budget(caps: &[(&str, usize)]) -> bool {
+    const MARGIN: u64 = 256;
+    let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    else {
+        return true;
+    };
+    let total: u64 = caps.iter().map(|(_, cap)| *cap as u64).sum();
+    if total + MARGIN > soft {
+        tracing::warn!(
+            ?caps,
+            fd_limit = soft,
+            "the listeners' connection caps exceed the open file limit: lower them or raise the limit"
+        );
+        return false;
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +171,7 @@ mod tests {
         let (now, hard) =
             nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
         assert_eq!((soft, now), (hard, hard));
+        assert!(check_fd_budget(&[("small", 16)]));
+        assert!(!check_fd_budget(&[("huge", 1 << 40)]));
     }
 }

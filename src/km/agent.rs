@@ -391,6 +391,21 @@ impl Agent {
             }
         }
         let limits = &self.config.limits;
+        let mut caps = vec![
+            (
+                "etsi014",
+                limits.etsi014_listener.connections.max_connections,
+            ),
+            ("kma", limits.kma_listener.connections.max_connections),
+        ];
+        if let Some(netconf) = &self.config.netconf {
+            // connections logging in, and one per session
+            caps.push((
+                "netconf",
+                netconf.limits.connections.max_connections + netconf.limits.max_sessions,
+            ));
+        }
+        crate::conn_limit::check_fd_budget(&caps);
         tasks.push(tokio::spawn(crate::https::serve(
             etsi,
             server_tls.clone(),
