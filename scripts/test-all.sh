@@ -34,15 +34,16 @@ export QKDNI_PYTHON="$PWD/.venv/bin/python"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 
-# Fuzz smoke run of the NETCONF framing and RPC layer (cargo-fuzz builds on stable with
-# --sanitizer none); a crash fails the run. FUZZ_SECONDS=0 skips it.
+# Fuzz smoke run of the NETCONF framing and RPC layer, a KM's ETSI 014 API (its router over
+# a real agent) and the JSON bodies of ETSI 014, Kxi, Cxi and Mxi (cargo-fuzz builds on
+# stable with --sanitizer none); a crash fails the run. FUZZ_SECONDS=0 skips it.
 # -max_len=65536 keeps deep nesting within reach (a 4 000-level message is 28 KB; the seed
 # fuzz/seeds/rpc/deep-get-filter.xml nests 5 000 levels).
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
   command -v cargo-fuzz >/dev/null || cargo install --locked --quiet cargo-fuzz
-  mkdir -p fuzz/corpus/framing fuzz/corpus/rpc
-  for target in framing rpc; do
+  mkdir -p fuzz/corpus/framing fuzz/corpus/rpc fuzz/corpus/etsi014 fuzz/corpus/json
+  for target in framing rpc etsi014 json; do
     seeds=""; [ -d "fuzz/seeds/$target" ] && seeds="seeds/$target"
     if ! (cd fuzz && cargo fuzz run --sanitizer none -O "$target" "corpus/$target" $seeds -- \
           -max_total_time="$FUZZ_SECONDS" -max_len=65536) > "fuzz/$target.log" 2>&1; then

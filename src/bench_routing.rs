@@ -53,6 +53,9 @@ pub enum BenchCommand {
     Delivery(crate::bench_delivery::DeliveryArgs),
     /// Idle CPU of a KM by pool size; prints one JSON object.
     Idle(crate::bench_idle::IdleArgs),
+    /// A KM under floods of idle SSH connections and of ETSI 014 clients; prints one JSON
+    /// object.
+    Flood(crate::bench_flood::FloodArgs),
 }
 
 /// Arguments of `qkdni bench routing`.
@@ -161,6 +164,10 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Idle(args) => {
             let report = crate::bench_idle::run(&args)?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        BenchCommand::Flood(args) => {
+            let report = crate::bench_flood::run(&args)?;
             println!("{}", serde_json::to_string(&report)?);
         }
     }

@@ -10,13 +10,16 @@
 //! [`tls`] (mutual TLS for every reference point) and [`pki`] (certificates for testbeds).
 
 pub mod bench_delivery;
+pub mod bench_flood;
 pub mod bench_idle;
 pub mod bench_interworking;
 pub mod bench_routing;
 pub mod config_file;
+pub mod conn_limit;
 pub mod control;
 pub mod ctl;
 pub mod etsi014;
+pub mod https;
 pub mod km;
 pub mod management;
 pub mod netconf;

@@ -128,11 +128,21 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Raises the descriptor limit of a daemon: every connection costs one, and each listener's
+/// connection caps assume far more than the usual soft limit of 1 024.
+fn raise_fd_limit() {
+    match qkdni::conn_limit::raise_fd_limit() {
+        Ok(limit) => tracing::info!(limit, "open file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Km { config } => {
             init_tracing(cli.log_format);
+            raise_fd_limit();
             let config = KmConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
@@ -142,6 +152,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Controller { config } => {
             init_tracing(cli.log_format);
+            raise_fd_limit();
             let config = qkdni::control::config::ControllerConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
@@ -200,6 +211,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Manager { config } => {
             init_tracing(cli.log_format);
+            raise_fd_limit();
             let config = qkdni::management::config::ManagerConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(qkdni::management::run(

@@ -5,18 +5,14 @@
 //! 014 wants `401` with a JSON body, not a failed handshake). The verified client identity
 //! (certificate common name) reaches handlers as a [`PeerIdentity`] request extension.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 /// Errors while loading TLS material.
 #[derive(Debug, thiserror::Error)]
@@ -252,69 +248,24 @@ impl Issuers {
     }
 }
 
-/// [`serve_https`] for a server that trusts other QKDNs' CAs (`issuers`).
+/// [`serve_https`] for a server that trusts other QKDNs' CAs (`issuers`), with the default
+/// [`HttpLimits`](crate::https::HttpLimits) and RFC 9457 problems for the listener's own
+/// errors.
 pub async fn serve_https_with(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     issuers: Issuers,
     router: Router,
 ) {
-    let acceptor = TlsAcceptor::from(config);
-    loop {
-        let (tcp, remote) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let issuers = issuers.clone();
-        tokio::spawn(async move { serve_connection(acceptor, tcp, remote, issuers, router).await });
-    }
-}
-
-async fn serve_connection(
-    acceptor: TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-    remote: SocketAddr,
-    issuers: Issuers,
-    router: Router,
-) {
-    let handshake =
-        tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await;
-    let tls = match handshake {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(error)) => {
-            tracing::debug!(%remote, %error, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%remote, "TLS handshake timed out");
-            return;
-        }
-    };
-    let identity = PeerIdentity(
-        tls.get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|chain| issuers.identity(chain)),
-    );
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-        request.extensions_mut().insert(identity.clone());
-        request
-            .extensions_mut()
-            .insert(axum::extract::ConnectInfo(remote));
-        router.clone().oneshot(request.map(axum::body::Body::new))
-    });
-    let result = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(tls), service)
-        .await;
-    if let Err(error) = result {
-        tracing::debug!(%remote, %error, "connection ended with error");
-    }
+    crate::https::serve(
+        listener,
+        config,
+        issuers,
+        router,
+        crate::https::HttpLimits::default(),
+        crate::https::ErrorStyle::Problem,
+    )
+    .await
 }
 
 #[cfg(test)]

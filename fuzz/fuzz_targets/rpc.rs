@@ -52,6 +52,7 @@ fn fixture() -> &'static (tokio::runtime::Runtime, Arc<NetconfServer>) {
             }],
             max_message_bytes: 1 << 20,
             running_file: None,
+            limits: Default::default(),
         };
         let server = runtime
             .block_on(async {

@@ -398,7 +398,7 @@ struct RouteRequest {
 async fn interworking_route(
     State(c): State<Arc<Controller>>,
     identity: Option<Extension<PeerIdentity>>,
-    Json(request): Json<RouteRequest>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Session>, Problem> {
     let km = identity
         .and_then(|Extension(p)| p.0)
@@ -410,6 +410,14 @@ async fn interworking_route(
                 "a KM certificate of this domain is required",
             )
         })?;
+    // parsed once the caller is known
+    let request: RouteRequest = serde_json::from_slice(&body).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("malformed route request: {e}"),
+        )
+    })?;
     // to completion even if the KM gives up waiting: routes are never left half-agreed
     let session = tokio::spawn(async move {
         c.interworking_route(&km, &request.master_sae, &request.slave_sae)

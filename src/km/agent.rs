@@ -102,6 +102,10 @@ pub struct Counters {
     pub keys_supplied: AtomicU64,
     /// Keys handed to slave SAEs.
     pub keys_delivered: AtomicU64,
+    /// Keys erased because their slave SAE did not fetch them in time.
+    pub keys_expired: AtomicU64,
+    /// ETSI 014 requests answered 503 by admission control.
+    pub requests_shed: AtomicU64,
 }
 
 /// The shared state of a KM agent.
@@ -121,6 +125,8 @@ pub struct Agent {
     pub kxi: super::kxi::KxiState,
     /// Relays this KM reserved its part of the path for, waiting for their keys.
     pub holds: super::reserve::Holds,
+    /// ETSI 014 requests in progress, for admission control.
+    pub admission: super::admission::RequestAdmission,
 }
 
 impl Agent {
@@ -178,7 +184,6 @@ impl Agent {
         let (events, _) = tokio::sync::broadcast::channel(1024);
         Ok(Arc::new(Self {
             settings: RwLock::new(settings),
-            config,
             store,
             peers,
             foreign,
@@ -187,6 +192,8 @@ impl Agent {
             events,
             kxi: Default::default(),
             holds: Default::default(),
+            admission: super::admission::RequestAdmission::new(&config.limits),
+            config,
         }))
     }
 
@@ -386,18 +393,40 @@ impl Agent {
                 )));
             }
         }
-        tasks.push(tokio::spawn(tls::serve_https_with(
+        let limits = &self.config.limits;
+        let mut caps = vec![
+            (
+                "etsi014",
+                limits.etsi014_listener.connections.max_connections,
+            ),
+            ("kma", limits.kma_listener.connections.max_connections),
+        ];
+        if let Some(netconf) = &self.config.netconf {
+            // connections logging in, and one per session
+            caps.push((
+                "netconf",
+                netconf.limits.connections.max_connections + netconf.limits.max_sessions,
+            ));
+        }
+        crate::conn_limit::check_fd_budget(&caps);
+        tasks.push(tokio::spawn(crate::https::serve(
             etsi,
             server_tls.clone(),
             issuers.clone(),
             super::ksa::router(self.clone()),
+            limits.etsi014_listener.clone(),
+            crate::https::ErrorStyle::Etsi014,
         )));
-        tasks.push(tokio::spawn(tls::serve_https_with(
+        // the KMA's own errors are `{"message": ...}` bodies: the ETSI shape fits them
+        tasks.push(tokio::spawn(crate::https::serve(
             kma,
             server_tls,
             issuers,
             super::kma::router(self.clone()).merge(super::kxi::router(self.clone())),
+            limits.kma_listener.clone(),
+            crate::https::ErrorStyle::Etsi014,
         )));
+        tasks.push(tokio::spawn(super::expiry::sweep(self.clone())));
         tasks.push(tokio::spawn(super::events::watch_key_levels(self.clone())));
         if let Some(netconf) = self.config.netconf.clone() {
             let northbound = Arc::new(super::northbound::Northbound::new(self.clone()));

@@ -49,6 +49,9 @@ pub struct KmConfig {
     /// when an SAE asks for keys with an SAE this KM does not know (Y.3818 9.1, procedure 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<String>,
+    /// Limits against load and abuse (listeners, ETSI 014 admission, undelivered keys).
+    #[serde(default)]
+    pub limits: super::limits::KmLimits,
 }
 
 /// Which end of a QKD link this node is.
@@ -194,6 +197,10 @@ impl KmConfig {
         }
         if let Some(problem) = l.beyond_relay_limits() {
             return invalid(problem);
+        }
+        self.limits.check().map_err(ConfigError::Invalid)?;
+        if let Some(netconf) = &self.netconf {
+            netconf.limits.check().map_err(ConfigError::Invalid)?;
         }
         let mut ids = std::collections::BTreeSet::new();
         for link in &self.links {

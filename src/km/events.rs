@@ -1,4 +1,4 @@
-//! Events of a KM agent (link state changes, low key, relay failures), published to
+//! Events of a KM agent (link state changes, low key, relay failures, security events), published to
 //! NETCONF subscribers as notifications, and the task that watches key levels.
 
 use std::collections::HashSet;
@@ -32,6 +32,8 @@ pub enum Event {
         /// The route is sound but a link holds too little key for now.
         exhausted: bool,
     },
+    /// A security-relevant event of the KM's management interface.
+    Security(crate::netconf::server::SecurityEvent),
 }
 
 fn state_name(state: LinkState) -> &'static str {
@@ -87,6 +89,25 @@ impl Event {
                         "cause",
                         if *exhausted { "key-exhausted" } else { "fault" }.to_owned(),
                     ),
+                ],
+            ),
+            Event::Security(crate::netconf::server::SecurityEvent::AuthFailure {
+                user,
+                source,
+                method,
+                failures_from_source,
+                failures_for_user,
+                delay_ms,
+            }) => (
+                "security-event",
+                vec![
+                    ("kind", "auth-failure".into()),
+                    ("user", user.clone()),
+                    ("source", source.to_string()),
+                    ("method", (*method).into()),
+                    ("failures-from-source", failures_from_source.to_string()),
+                    ("failures-for-user", failures_for_user.to_string()),
+                    ("delay", delay_ms.min(&u64::from(u32::MAX)).to_string()),
                 ],
             ),
         };

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -52,6 +53,12 @@ fn problem(status: StatusCode, message: impl Into<String>) -> Response {
     Problem(status, message.into()).into_response()
 }
 
+/// A JSON body, parsed only once the caller is known (400 when malformed).
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    serde_json::from_slice(body)
+        .map_err(|e| Problem(StatusCode::BAD_REQUEST, format!("malformed body: {e}")))
+}
+
 /// The link `id` if `identity` is its peer KM.
 fn peer_link<'a>(
     agent: &'a Agent,
@@ -94,10 +101,14 @@ fn relay_status(error: &RelayError) -> StatusCode {
 async fn reserve_path(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
-    Json(request): Json<ReserveRequest>,
+    body: Bytes,
 ) -> Response {
     let Some(sender) = identity.0.clone() else {
         return problem(StatusCode::UNAUTHORIZED, "a KM certificate is required");
+    };
+    let request: ReserveRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_response(),
     };
     let span = tracing::info_span!("relay", relay_id = %request.relay_id, origin = %request.origin_km, dest = %request.dest_km, from = %sender, step = "reserve");
     match reserve::receive(&agent, &sender, request)
@@ -115,10 +126,14 @@ async fn reserve_path(
 async fn relay_hop(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
-    Json(envelope): Json<RelayEnvelope>,
+    body: Bytes,
 ) -> Response {
     let Some(sender) = identity.0.clone() else {
         return problem(StatusCode::UNAUTHORIZED, "a KM certificate is required");
+    };
+    let envelope: RelayEnvelope = match parse(&body) {
+        Ok(envelope) => envelope,
+        Err(refusal) => return refusal.into_response(),
     };
     match relay::receive(&agent, &sender, envelope).await {
         Ok(ack) => Json(ack).into_response(),
@@ -149,12 +164,16 @@ async fn qchannel_sync(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
     Path(link): Path<String>,
-    Json(request): Json<SyncRequest>,
+    body: Bytes,
 ) -> Response {
     let link = match peer_link(&agent, &identity, &link) {
         Ok(link) if link.end == LinkEnd::Rx => link.id.clone(),
         Ok(_) => return problem(StatusCode::CONFLICT, "this end is the link's transmitter"),
         Err(problem) => return problem.into_response(),
+    };
+    let request: SyncRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_response(),
     };
     if agent.link(&link).map(|l| l.condition().state) == Some(LinkState::Down) {
         return problem(StatusCode::SERVICE_UNAVAILABLE, "link is down");
@@ -192,12 +211,17 @@ async fn qchannel_frame(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
     Path(link): Path<String>,
-    Json(frame): Json<Frame>,
+    body: Bytes,
 ) -> Response {
+    // the caller is checked before the body is parsed
     let link = match peer_link(&agent, &identity, &link) {
         Ok(link) if link.end == LinkEnd::Rx => link.id.clone(),
         Ok(_) => return problem(StatusCode::CONFLICT, "this end is the link's transmitter"),
         Err(problem) => return problem.into_response(),
+    };
+    let frame: Frame = match parse(&body) {
+        Ok(frame) => frame,
+        Err(refusal) => return refusal.into_response(),
     };
     let state = agent.link(&link).map(|l| l.condition().state);
     if state == Some(LinkState::Down) && frame.blocks.is_empty() {

@@ -1,8 +1,9 @@
 //! The key supply agent: ETSI GS QKD 014 V1.1.1 for SAEs (HTTPS, mutual TLS).
 //!
 //! The calling SAE is the common name of its client certificate; it must be an SAE served by
-//! this KM. Every error is an ETSI `Error` body with status 400, 401 or 503, and a request
-//! that fails changes nothing.
+//! this KM. Every error is an ETSI `Error` body: 400, 401 or 503 from the handlers (503 with
+//! `Retry-After`, also from [`super::admission`]), 404 and 405 from the router, 408, 413, 414
+//! and 431 from the listener ([`crate::https`]); a request that fails changes nothing.
 
 use std::sync::Arc;
 
@@ -50,11 +51,11 @@ impl Etsi014Error {
         Self::new(StatusCode::UNAUTHORIZED, message)
     }
 
-    fn unavailable(message: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
 
-    fn detail(mut self, detail: serde_json::Value) -> Self {
+    pub(crate) fn detail(mut self, detail: serde_json::Value) -> Self {
         self.body.details.get_or_insert_with(Vec::new).push(detail);
         self
     }
@@ -78,7 +79,8 @@ impl IntoResponse for Etsi014Error {
 
 type Result<T> = std::result::Result<T, Etsi014Error>;
 
-/// The ETSI GS QKD 014 routes of a KM.
+/// The ETSI GS QKD 014 routes of a KM, behind admission control; every answer, unknown
+/// paths and methods included, is an ETSI `Error` body.
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/api/v1/keys/{slave}/status", get(status))
@@ -90,8 +92,32 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/api/v1/keys/{master}/dec_keys",
             get(dec_keys_get).post(dec_keys_post),
         )
-        .fallback(|| async { Etsi014Error::bad_request("unknown request path") })
+        .fallback(|| async { Etsi014Error::new(StatusCode::NOT_FOUND, "unknown request path") })
+        .method_not_allowed_fallback(|| async {
+            Etsi014Error::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this path",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            agent.clone(),
+            super::admission::admit,
+        ))
         .with_state(agent)
+}
+
+/// The SAE ID in a request path, refused with an ETSI `Error` body when it is not UTF-8.
+struct Sae(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Sae {
+    type Rejection = Etsi014Error;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(sae)| Sae(sae))
+            .map_err(|e| Etsi014Error::bad_request(format!("bad SAE ID in the path: {e}")))
+    }
 }
 
 /// The calling SAE, which must be served by this KM.
@@ -174,7 +200,7 @@ fn peer_sae(agent: &Agent, caller: &str, other: &str) -> Result<String> {
 async fn status(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
-    Path(slave): Path<String>,
+    Sae(slave): Sae,
 ) -> Result<Json<Status>> {
     let master = caller(&agent, &identity)?;
     let target = resolve_peer_sae(&agent, &master, &slave).await?;
@@ -230,9 +256,10 @@ fn parse_u32(name: &str, value: &str) -> Result<u32> {
 async fn enc_keys_get(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
-    Path(slave): Path<String>,
+    Sae(slave): Sae,
     RawQuery(query): RawQuery,
 ) -> Result<Json<KeyContainer>> {
+    caller(&agent, &identity)?;
     let mut request = KeyRequest::default();
     for (name, value) in parse_query(query.as_deref()) {
         match name.as_str() {
@@ -251,9 +278,11 @@ async fn enc_keys_get(
 async fn enc_keys_post(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
-    Path(slave): Path<String>,
+    Sae(slave): Sae,
     body: Bytes,
 ) -> Result<Json<KeyContainer>> {
+    // the caller is known before its body is read
+    caller(&agent, &identity)?;
     // every parameter is optional: an empty body asks for the defaults
     let request: KeyRequest = if body.iter().all(u8::is_ascii_whitespace) {
         KeyRequest::default()
@@ -352,9 +381,10 @@ async fn enc_keys(
 async fn dec_keys_get(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
-    Path(master): Path<String>,
+    Sae(master): Sae,
     RawQuery(query): RawQuery,
 ) -> Result<Json<KeyContainer>> {
+    caller(&agent, &identity)?;
     let mut ids = Vec::new();
     for (name, value) in parse_query(query.as_deref()) {
         match name.as_str() {
@@ -372,9 +402,11 @@ async fn dec_keys_get(
 async fn dec_keys_post(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
-    Path(master): Path<String>,
+    Sae(master): Sae,
     body: Bytes,
 ) -> Result<Json<KeyContainer>> {
+    // the caller is known before its body is read
+    caller(&agent, &identity)?;
     let request: KeyIds = serde_json::from_slice(&body).map_err(|e| {
         Etsi014Error::bad_request("malformed key IDs").detail(json!({"parse_error": e.to_string()}))
     })?;
@@ -412,12 +444,17 @@ async fn dec_keys(
         .store
         .run({
             let (slave, master) = (slave.clone(), master.clone());
-            move |s| s.write(|txn| txn.take_deliveries(&slave, &master, &key_ids))
+            let now = super::store::deliveries_now_ms();
+            move |s| s.write(|txn| txn.take_deliveries(&slave, &master, &key_ids, now))
         })
         .await
         .map_err(|e| match e {
             StoreError::UnknownKey(id) => Etsi014Error::bad_request("unknown key_ID")
                 .detail(json!({"key_ID": id.to_string()})),
+            StoreError::ExpiredKey(id) => {
+                Etsi014Error::bad_request("key_ID expired before it was fetched")
+                    .detail(json!({"key_ID": id.to_string()}))
+            }
             StoreError::NotForThisSae(id) => {
                 Etsi014Error::unauthorized("key_ID was not issued for this SAE and master SAE")
                     .detail(json!({"key_ID": id.to_string()}))

@@ -562,11 +562,16 @@ async fn ext_keys(
 async fn ext_keys_ack(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
-    Json(ack): Json<ExtKeysAck>,
+    body: Bytes,
 ) -> Response {
     let sender = match qx_peer(&agent, &identity) {
         Ok(sender) => sender,
         Err(response) => return *response,
+    };
+    // parsed once the caller is known
+    let ack: ExtKeysAck = match serde_json::from_slice(&body) {
+        Ok(parsed) => parsed,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, format!("malformed body: {e}")),
     };
     if agent
         .link_config(&ack.extension.link)
@@ -592,11 +597,16 @@ async fn ext_keys_ack(
 async fn ext_keys_void(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
-    Json(request): Json<VoidRequest>,
+    body: Bytes,
 ) -> Response {
     let sender = match qx_peer(&agent, &identity) {
         Ok(sender) => sender,
         Err(response) => return *response,
+    };
+    // parsed once the caller is known
+    let request: VoidRequest = match serde_json::from_slice(&body) {
+        Ok(parsed) => parsed,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, format!("malformed body: {e}")),
     };
     if request.key_ids.is_empty() && !request.all_confirmation {
         return problem(

@@ -7,14 +7,20 @@
 //! - [`kma`] — the KMA server (peer KMs, emulated quantum channel, operators);
 //! - [`kxi`] — a gateway node's interworking reference points Kxi-1 (ETSI GS QKD 020 shape)
 //!   and Kxi-2;
+//! - [`admission`] — admission control of the ETSI 014 API (503 beyond the caps);
+//! - [`expiry`] — erasing keys their slave SAE did not fetch in time;
+//! - [`limits`] — limits against load and abuse (listeners, admission, undelivered keys);
 //! - [`agent`] — the daemon that ties them together.
 
+pub mod admission;
 pub mod agent;
 pub mod config;
 pub mod events;
+pub mod expiry;
 pub mod kma;
 pub mod ksa;
 pub mod kxi;
+pub mod limits;
 pub mod northbound;
 pub mod otp;
 pub mod relay;

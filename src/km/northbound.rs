@@ -550,11 +550,27 @@ impl Application for Northbound {
             &format!("{KM}/etsi014/deliveries-waiting"),
             &waiting.to_string(),
         )?;
+        for (leaf, counter) in [
+            ("keys-expired", &counters.keys_expired),
+            ("requests-shed", &counters.requests_shed),
+        ] {
+            set(
+                &mut tree,
+                &format!("{KM}/etsi014/{leaf}"),
+                &counter
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .to_string(),
+            )?;
+        }
         Ok(tree)
     }
 
     fn notifications(&self) -> broadcast::Receiver<Notification> {
         self.notifications.subscribe()
+    }
+
+    fn security_event(&self, event: crate::netconf::server::SecurityEvent) {
+        self.agent.emit(super::events::Event::Security(event));
     }
 }
 

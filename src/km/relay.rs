@@ -104,20 +104,26 @@ pub enum RelayError {
     },
     #[error(transparent)]
     Store(StoreError),
+    /// Too many keys already wait for a slave SAE (see [`super::expiry`]).
+    #[error("{BACKLOG}: {0}")]
+    Backlog(String),
 }
+
+/// How a backlog refusal begins, also in a peer's problem body.
+const BACKLOG: &str = "too many undelivered keys";
 
 impl RelayError {
     /// Whether the relay failed only because a link on its route (here or further on) holds
     /// too little key for now: not a route fault.
     pub fn is_exhaustion(&self) -> bool {
         match self {
-            RelayError::Exhausted(_) => true,
+            RelayError::Exhausted(_) | RelayError::Backlog(_) => true,
             // a further hop refused with this same error (its text leads the problem body)
             RelayError::Peer {
                 status: 503,
                 message,
                 ..
-            } => message.contains("not enough key material"),
+            } => message.contains("not enough key material") || message.contains(BACKLOG),
             _ => false,
         }
     }
@@ -127,6 +133,7 @@ impl From<StoreError> for RelayError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Exhausted { .. } => RelayError::Exhausted(e),
+            StoreError::Backlog { .. } => RelayError::Backlog(e.to_string()),
             StoreError::MissingBlock { .. } | StoreError::WrongOwner { .. } => {
                 RelayError::Rejected(e.to_string())
             }
@@ -165,6 +172,9 @@ pub async fn supply(
             .push(slave.clone());
     }
     let local = groups.remove(&agent.config.node);
+    if let Some(local) = &local {
+        super::expiry::check_room(agent, local, master, number as usize).await?;
+    }
     let key_ids: Vec<Uuid> = (0..number).map(|_| Uuid::new_v4()).collect();
     // every path is reserved before any key is made: a relay that cannot arrive costs nothing
     let mut relays = Vec::with_capacity(groups.len());
@@ -220,18 +230,10 @@ pub async fn supply(
         let entries: Vec<(Uuid, Zeroizing<Vec<u8>>)> =
             key_ids.iter().copied().zip(keys.iter().cloned()).collect();
         let master = master.to_owned();
+        let terms = super::expiry::terms(agent);
         agent
             .store
-            .run(move |s| {
-                s.write(|txn| {
-                    for slave in &local {
-                        for (id, key) in &entries {
-                            txn.insert_delivery(slave, &master, *id, key)?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
+            .run(move |s| s.write(|txn| txn.insert_deliveries(&local, &master, &entries, terms)))
             .await?;
     }
     Ok(key_ids
@@ -605,6 +607,7 @@ async fn act_on_relay(
         let (slaves, master) = (body.slave_saes.clone(), body.master_sae.clone());
         let consumed_count = consumed[0].2.len();
         let entries: Vec<(Uuid, Zeroizing<Vec<u8>>)> = key_ids.iter().copied().zip(keys).collect();
+        let terms = super::expiry::terms(agent);
         agent
             .store
             .run(move |s| {
@@ -612,12 +615,7 @@ async fn act_on_relay(
                     for (link, owner, seqs) in &consumed {
                         txn.remove_peer_blocks(link, *owner, seqs)?;
                     }
-                    for slave in &slaves {
-                        for (id, key) in &entries {
-                            txn.insert_delivery(slave, &master, *id, key)?;
-                        }
-                    }
-                    Ok(())
+                    txn.insert_deliveries(&slaves, &master, &entries, terms)
                 })
             })
             .await?;

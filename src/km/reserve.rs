@@ -281,7 +281,13 @@ pub async fn receive(
         if request.slave_saes.iter().any(|s| !agent.is_local_sae(s)) {
             return reject("a slave SAE is not served by the destination KM");
         }
-        return Ok(());
+        return super::expiry::check_room(
+            agent,
+            &request.slave_saes,
+            &request.master_sae,
+            request.keys,
+        )
+        .await;
     }
     if request.hops_left == 0 {
         return reject("hop limit reached");

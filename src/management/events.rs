@@ -20,6 +20,8 @@ pub const KMLM_RELAY_FAILURE: &str = "kmlm-relay-failure";
 pub const KMLM_LINK_STATUS: &str = "kmlm-link-status";
 /// The KMLM saw a `low-key-alarm` notification.
 pub const KMLM_LOW_KEY: &str = "kmlm-low-key";
+/// The KMLM saw a `security-event` notification (a failed NETCONF login at a KM).
+pub const KMLM_SECURITY_EVENT: &str = "kmlm-security-event";
 /// The XLMO sent an interworking fault report to the peer XLMO.
 pub const XLMO_FAULT_SENT: &str = "xlmo-fault-sent";
 /// The XLMO received a fault report from the peer XLMO.
@@ -113,6 +115,8 @@ pub struct SecurityCounters {
     pub mxi_rejected: AtomicU64,
     /// Mxi requests refused as malformed or of an unsupported version.
     pub mxi_malformed: AtomicU64,
+    /// Failed NETCONF logins the KMs reported (`security-event` notifications).
+    pub netconf_authentication_failures: AtomicU64,
 }
 
 impl SecurityCounters {
@@ -129,6 +133,7 @@ impl SecurityCounters {
             rest_authentication_failures: get(&self.rest_authentication_failures),
             mxi_rejected: get(&self.mxi_rejected),
             mxi_malformed: get(&self.mxi_malformed),
+            netconf_authentication_failures: get(&self.netconf_authentication_failures),
         }
     }
 }

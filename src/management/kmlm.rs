@@ -1,6 +1,6 @@
 //! The key management layer manager (KMLM): follows the NETCONF notifications of every KM
 //! agent of the domain (`qkdni-km`: `link-status-change`, `low-key-alarm`,
-//! `relay-failure`), hands relay failures to the XLMO as fault reports and counts events
+//! `relay-failure`, `security-event`), hands relay failures to the XLMO as fault reports and counts events
 //! for the performance report.
 
 use std::net::SocketAddr;
@@ -27,6 +27,12 @@ pub enum KmNotification {
     LowKey { link: String, own_blocks: u64 },
     /// `relay-failure`.
     RelayFailure(RelayFailure),
+    /// `security-event` of kind `auth-failure`: a failed NETCONF login.
+    AuthFailure {
+        user: String,
+        source: String,
+        failures_from_source: u64,
+    },
 }
 
 /// A relay failure reported by a KM.
@@ -86,6 +92,15 @@ pub fn parse_notification(node: &str, xml: &str) -> Option<KmNotification> {
             reason: field("reason").unwrap_or_default(),
             exhausted: field("cause").as_deref() == Some("key-exhausted"),
         })),
+        "security-event" if field("kind").as_deref() == Some("auth-failure") => {
+            Some(KmNotification::AuthFailure {
+                user: field("user").unwrap_or_default(),
+                source: field("source").unwrap_or_default(),
+                failures_from_source: field("failures-from-source")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+            })
+        }
         _ => None,
     }
 }
@@ -173,6 +188,20 @@ impl Kmlm {
                 manager.events.record(
                     events::KMLM_LOW_KEY,
                     format!("{node}: link {link} low on key ({own_blocks} blocks)"),
+                    Refs::default(),
+                );
+            }
+            KmNotification::AuthFailure {
+                user,
+                source,
+                failures_from_source,
+            } => {
+                SecurityCounters::bump(&manager.security.netconf_authentication_failures);
+                manager.events.record(
+                    events::KMLM_SECURITY_EVENT,
+                    format!(
+                        "{node}: NETCONF login as {user:?} from {source} failed ({failures_from_source} failures from the source)"
+                    ),
                     Refs::default(),
                 );
             }
@@ -293,6 +322,30 @@ mod tests {
                 &wrap("<relay-failure><reason>r</reason></relay-failure>")
             ),
             None
+        );
+    }
+
+    #[test]
+    fn failed_logins_the_km_reports_are_read() {
+        // as the KM prints it (validated against qkdni-km)
+        let event = crate::km::events::Event::Security(
+            crate::netconf::server::SecurityEvent::AuthFailure {
+                user: "root".into(),
+                source: "192.0.2.7".parse().unwrap(),
+                method: "password",
+                failures_from_source: 12,
+                failures_for_user: 4,
+                delay_ms: 2000,
+            },
+        );
+        let notification = event.to_notification().unwrap();
+        assert_eq!(
+            parse_notification("a1", &wrap(&notification.xml)),
+            Some(KmNotification::AuthFailure {
+                user: "root".into(),
+                source: "192.0.2.7".into(),
+                failures_from_source: 12,
+            })
         );
     }
 }

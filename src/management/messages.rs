@@ -146,6 +146,9 @@ pub struct SecurityReport {
     pub mxi_rejected: u64,
     /// Mxi messages refused as malformed or of an unsupported version.
     pub mxi_malformed: u64,
+    /// Failed NETCONF logins at the domain's KMs (absent from packs of older managers).
+    #[serde(default)]
+    pub netconf_authentication_failures: u64,
 }
 
 /// Performance and security reports of one domain packed by its XLMO for the other's

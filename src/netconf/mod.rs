@@ -7,7 +7,9 @@
 //! - [`error`] — `rpc-error`;
 //! - [`datastore`] — running and candidate datastores on libyang trees, the edit engine;
 //! - [`server`] — the SSH server, users and access groups, shared datastores;
-//! - [`session`] — one NETCONF session (hello, RPC loop, notifications);
+//! - [`session`] — one NETCONF session (hello, RPC loop, notifications, idle timeout);
+//! - [`ssh`] — SSH connections: admission, login deadline, authentication;
+//! - [`throttle`] — slowing down password guessing;
 //! - [`rpc`] — the protocol operations;
 //! - [`client`] — an async client on the same framing;
 //! - [`known_hosts`] — the SSH host keys clients accept (OpenSSH `known_hosts`);
@@ -23,6 +25,8 @@ pub mod pool;
 pub mod rpc;
 pub mod server;
 pub mod session;
+pub mod ssh;
+pub mod throttle;
 pub mod xml;
 
 pub use error::{ErrorTag, ErrorType, RpcError};

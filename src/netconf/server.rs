@@ -6,12 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use russh::keys::ssh_key::{self, PublicKey};
-use russh::keys::PrivateKey;
-use russh::server::{Auth, Msg, Session};
-use russh::{Channel, ChannelId};
+use russh::keys::ssh_key::PublicKey;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
@@ -59,10 +55,84 @@ pub struct NetconfConfig {
     /// Where the running datastore is persisted (XML); none: in memory only.
     #[serde(default)]
     pub running_file: Option<PathBuf>,
+    /// Connection, session and login limits.
+    #[serde(default)]
+    pub limits: NetconfLimits,
 }
 
 fn default_max_message() -> usize {
-    16 * 1024 * 1024
+    4 * 1024 * 1024
+}
+
+/// Limits of a NETCONF server: what idle, unauthenticated or guessing clients can hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetconfLimits {
+    /// Caps on SSH connections that have not yet started a NETCONF session (in total and per
+    /// source address); sessions are capped by `max_sessions`.
+    pub connections: crate::conn_limit::ConnectionLimits,
+    /// Time a client has from connecting to a running NETCONF session (SSH handshake,
+    /// authentication, subsystem request).
+    pub login_timeout_ms: u64,
+    /// A session that sends no RPC for this long is closed (sessions subscribed to
+    /// notifications excepted).
+    pub idle_timeout_ms: u64,
+    /// Most NETCONF sessions at once.
+    pub max_sessions: usize,
+    /// Most NETCONF sessions of one user at once.
+    pub max_sessions_per_user: usize,
+    /// Slowing down of password guessing.
+    pub auth_throttle: super::throttle::ThrottleConfig,
+}
+
+impl Default for NetconfLimits {
+    fn default() -> Self {
+        Self {
+            connections: crate::conn_limit::ConnectionLimits::new(64, 16),
+            login_timeout_ms: 10_000,
+            idle_timeout_ms: 3_600_000,
+            max_sessions: 32,
+            max_sessions_per_user: 16,
+            auth_throttle: Default::default(),
+        }
+    }
+}
+
+impl NetconfLimits {
+    /// Why these limits cannot work, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let c = &self.connections;
+        if c.max_connections == 0 || c.max_per_source == 0 {
+            return Err("netconf.limits.connections caps must be positive".into());
+        }
+        if self.login_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return Err("netconf.limits timeouts must be positive".into());
+        }
+        if self.max_sessions == 0 || self.max_sessions_per_user == 0 {
+            return Err("netconf.limits.max_sessions(_per_user) must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// A security-relevant event of a NETCONF server, handed to its [`Application`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecurityEvent {
+    /// A login failed.
+    AuthFailure {
+        /// The user name the client gave (at most 64 characters of it).
+        user: String,
+        /// The client's address.
+        source: std::net::IpAddr,
+        /// `password` or `publickey`.
+        method: &'static str,
+        /// Failed logins from this source within the throttle window.
+        failures_from_source: u32,
+        /// Failed logins for this user name within the throttle window.
+        failures_for_user: u32,
+        /// The delay now imposed on the next attempts from this source, milliseconds.
+        delay_ms: u64,
+    },
 }
 
 /// A notification ready to send: its event time and XML content.
@@ -116,6 +186,10 @@ pub trait Application: Send + Sync + 'static {
     fn state(&self) -> Result<DataTree<'static>, RpcError>;
     /// The daemon's notifications.
     fn notifications(&self) -> broadcast::Receiver<Notification>;
+    /// Hears a security event (failed logins); the server has logged it already.
+    fn security_event(&self, event: SecurityEvent) {
+        let _ = event;
+    }
 }
 
 /// A pending confirmed commit.
@@ -143,6 +217,8 @@ pub struct NetconfServer {
     pub(crate) stores: Mutex<Stores>,
     pub(crate) sessions: Mutex<HashMap<u32, SessionInfo>>,
     next_session: AtomicU32,
+    /// Failed logins, to slow down guessing.
+    pub(crate) throttle: super::throttle::AuthThrottle,
 }
 
 /// What the server knows of a session.
@@ -225,7 +301,6 @@ impl NetconfServer {
         let candidate =
             datastore::duplicate(&running).map_err(|e| ServerError::Initial(Box::new(e)))?;
         let server = Arc::new(Self {
-            config,
             app,
             stores: Mutex::new(Stores {
                 running,
@@ -237,6 +312,8 @@ impl NetconfServer {
             }),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU32::new(1),
+            throttle: super::throttle::AuthThrottle::new(config.limits.auth_throttle.clone()),
+            config,
         });
         if server.persist(&server.stores.lock().expect("stores").running) {
             server.clear_rollback_point();
@@ -295,10 +372,22 @@ impl NetconfServer {
             .unwrap_or(Group::ReadOnly)
     }
 
-    pub(crate) fn register_session(&self, user: &str) -> (u32, watch::Receiver<bool>) {
+    /// Registers a new session of `user`, unless the session caps are reached.
+    pub(crate) fn register_session(
+        &self,
+        user: &str,
+    ) -> Result<(u32, watch::Receiver<bool>), &'static str> {
+        let limits = &self.config.limits;
+        let mut sessions = self.sessions.lock().expect("sessions");
+        if sessions.len() >= limits.max_sessions {
+            return Err("the server holds its maximum number of sessions");
+        }
+        if sessions.values().filter(|s| s.user == user).count() >= limits.max_sessions_per_user {
+            return Err("the user holds its maximum number of sessions");
+        }
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (kill, killed) = watch::channel(false);
-        self.sessions.lock().expect("sessions").insert(
+        sessions.insert(
             id,
             SessionInfo {
                 user: user.to_owned(),
@@ -306,7 +395,7 @@ impl NetconfServer {
                 started: now_rfc3339(),
             },
         );
-        (id, killed)
+        Ok((id, killed))
     }
 
     /// Forgets a session: releases its locks and rolls back its unconfirmed commit.
@@ -340,8 +429,8 @@ impl NetconfServer {
 
     /// Serves NETCONF over SSH on a bound listener.
     pub async fn serve_on(self: Arc<Self>, listener: TcpListener) -> Result<(), ServerError> {
-        let ssh = self.ssh_config()?;
-        self.accept_loop(listener, ssh).await
+        let ssh = super::ssh::config(&self)?;
+        super::ssh::serve_with(self, listener, ssh).await
     }
 
     /// Loads the host key, then serves on `listener` in a task: once this returns `Ok`, the
@@ -350,78 +439,12 @@ impl NetconfServer {
         self: Arc<Self>,
         listener: TcpListener,
     ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
-        let ssh = self.ssh_config()?;
+        let ssh = super::ssh::config(&self)?;
         Ok(tokio::spawn(async move {
-            if let Err(error) = self.accept_loop(listener, ssh).await {
+            if let Err(error) = super::ssh::serve_with(self, listener, ssh).await {
                 tracing::error!(%error, "NETCONF server stopped");
             }
         }))
-    }
-
-    /// The SSH server configuration, with the host key (created if missing).
-    fn ssh_config(&self) -> Result<Arc<russh::server::Config>, ServerError> {
-        let key = load_or_create_host_key(&self.config.host_key)?;
-        let mut ssh = russh::server::Config {
-            keys: vec![key],
-            auth_rejection_time: Duration::from_millis(300),
-            auth_rejection_time_initial: Some(Duration::from_millis(0)),
-            inactivity_timeout: Some(Duration::from_secs(3600)),
-            ..Default::default()
-        };
-        // Older clients (yuma123's yangcli over libssh2) sign with ssh-rsa (SHA-1).
-        ssh.preferred.key = std::borrow::Cow::Owned(
-            [
-                ssh_key::Algorithm::Ed25519,
-                ssh_key::Algorithm::Rsa {
-                    hash: Some(ssh_key::HashAlg::Sha512),
-                },
-                ssh_key::Algorithm::Rsa {
-                    hash: Some(ssh_key::HashAlg::Sha256),
-                },
-                ssh_key::Algorithm::Rsa { hash: None },
-                ssh_key::Algorithm::Ecdsa {
-                    curve: ssh_key::EcdsaCurve::NistP256,
-                },
-            ]
-            .to_vec(),
-        );
-        Ok(Arc::new(ssh))
-    }
-
-    async fn accept_loop(
-        self: Arc<Self>,
-        listener: TcpListener,
-        ssh: Arc<russh::server::Config>,
-    ) -> Result<(), ServerError> {
-        tracing::info!(listen = %self.config.listen, "NETCONF server ready");
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::warn!(%error, "NETCONF accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let handler = SshHandler {
-                server: self.clone(),
-                user: None,
-                channels: HashMap::new(),
-                peer,
-            };
-            let ssh = ssh.clone();
-            tokio::spawn(async move {
-                match russh::server::run_stream(ssh, stream, handler).await {
-                    Ok(session) => {
-                        if let Err(error) = session.await {
-                            tracing::debug!(%peer, %error, "SSH connection ended");
-                        }
-                    }
-                    Err(error) => tracing::debug!(%peer, %error, "SSH handshake failed"),
-                }
-            });
-        }
     }
 }
 
@@ -438,137 +461,9 @@ fn write_durably(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The SSH host key at `path` (OpenSSH format); a new Ed25519 key is written there (mode
-/// 0600) when there is none. The testbed calls it before start to record the public key.
-pub fn load_or_create_host_key(path: &PathBuf) -> Result<PrivateKey, ServerError> {
-    let err = |reason: String| ServerError::HostKey {
-        path: path.clone(),
-        reason,
-    };
-    if path.exists() {
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        return PrivateKey::from_openssh(&text).map_err(|e| err(e.to_string()));
-    }
-    let key = PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519)
-        .map_err(|e| err(e.to_string()))?;
-    let text = key
-        .to_openssh(ssh_key::LineEnding::LF)
-        .map_err(|e| err(e.to_string()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| err(e.to_string()))?;
-        file.write_all(text.as_bytes())
-            .map_err(|e| err(e.to_string()))?;
-    }
-    Ok(key)
-}
-
 /// The current time in RFC 3339.
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-/// The SSH side of one connection.
-struct SshHandler {
-    server: Arc<NetconfServer>,
-    user: Option<String>,
-    channels: HashMap<ChannelId, Channel<Msg>>,
-    peer: SocketAddr,
-}
-
-impl russh::server::Handler for SshHandler {
-    type Error = russh::Error;
-
-    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        let ok = self.server.config.users.iter().any(|u| {
-            u.name == user
-                && u.password.as_deref().is_some_and(|p| {
-                    bool::from(subtle::ConstantTimeEq::ct_eq(
-                        p.as_bytes(),
-                        password.as_bytes(),
-                    ))
-                })
-        });
-        Ok(self.decide(user, ok, "password"))
-    }
-
-    async fn auth_publickey_offered(
-        &mut self,
-        user: &str,
-        key: &PublicKey,
-    ) -> Result<Auth, Self::Error> {
-        Ok(if self.key_allowed(user, key) {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
-    }
-
-    async fn auth_publickey(&mut self, user: &str, key: &PublicKey) -> Result<Auth, Self::Error> {
-        let ok = self.key_allowed(user, key);
-        Ok(self.decide(user, ok, "publickey"))
-    }
-
-    async fn channel_open_session(
-        &mut self,
-        channel: Channel<Msg>,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        self.channels.insert(channel.id(), channel);
-        Ok(true)
-    }
-
-    async fn subsystem_request(
-        &mut self,
-        channel: ChannelId,
-        name: &str,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        match (name, self.channels.remove(&channel), self.user.clone()) {
-            ("netconf", Some(open), Some(user)) => {
-                session.channel_success(channel)?;
-                let server = self.server.clone();
-                let peer = self.peer;
-                tokio::spawn(async move {
-                    super::session::run(server, user, peer, open.into_stream()).await;
-                });
-            }
-            _ => session.channel_failure(channel)?,
-        }
-        Ok(())
-    }
-}
-
-impl SshHandler {
-    fn key_allowed(&self, user: &str, key: &PublicKey) -> bool {
-        self.server.config.users.iter().any(|u| {
-            u.name == user
-                && u.authorized_keys
-                    .iter()
-                    .filter_map(|k| PublicKey::from_openssh(k).ok())
-                    .any(|k| k.key_data() == key.key_data())
-        })
-    }
-
-    fn decide(&mut self, user: &str, ok: bool, method: &str) -> Auth {
-        if ok {
-            tracing::info!(%user, peer = %self.peer, method, "NETCONF user authenticated");
-            self.user = Some(user.to_owned());
-            Auth::Accept
-        } else {
-            tracing::warn!(%user, peer = %self.peer, method, "NETCONF authentication failed");
-            Auth::reject()
-        }
-    }
 }

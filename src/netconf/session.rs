@@ -9,7 +9,8 @@ use tokio::sync::broadcast;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::Instrument;
 
-use super::framing::{Framing, NetconfCodec};
+use super::error::{ErrorTag, ErrorType, RpcError};
+use super::framing::{Framing, FramingError, NetconfCodec};
 use super::rpc::{self, Outcome};
 use super::server::{NetconfServer, Notification};
 use super::xml::{NS_BASE, NS_NOTIFICATION};
@@ -24,12 +25,19 @@ pub struct SessionState {
     pub subscription: Option<Option<Vec<(String, String)>>>,
 }
 
-/// Runs a session over an SSH channel until it closes.
-pub async fn run<S>(server: Arc<NetconfServer>, user: String, peer: SocketAddr, stream: S)
-where
+/// Runs a session over an SSH channel until it closes; `registered` is its id and kill
+/// switch from `NetconfServer::register_session`.
+pub async fn run<S>(
+    server: Arc<NetconfServer>,
+    user: String,
+    peer: SocketAddr,
+    stream: S,
+    registered: (u32, tokio::sync::watch::Receiver<bool>),
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (id, mut killed) = server.register_session(&user);
+    let (id, mut killed) = registered;
+    let idle_timeout = std::time::Duration::from_millis(server.config.limits.idle_timeout_ms);
     let span = tracing::info_span!("netconf_session", session = id, %user, %peer);
     async {
         let (read, write) = tokio::io::split(stream);
@@ -64,17 +72,32 @@ where
             subscription: None,
         };
         let mut notifications: Option<broadcast::Receiver<Notification>> = None;
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
         loop {
             tokio::select! {
                 message = input.next() => {
                     let message = match message {
                         Some(Ok(message)) => message,
+                        Some(Err(FramingError::TooLarge(max))) => {
+                            // RFC 6241 appendix A: too-big; the rest of the message cannot
+                            // be skipped reliably, so the session ends after the answer
+                            tracing::warn!(max, "message over the size limit: closing the session");
+                            let error = RpcError::new(
+                                ErrorType::Rpc,
+                                ErrorTag::TooBig,
+                                format!("a message may hold at most {max} bytes"),
+                            );
+                            let _ = output.send(error_reply(&error)).await;
+                            break;
+                        }
                         Some(Err(error)) => {
                             tracing::warn!(%error, "framing error: closing the session");
                             break;
                         }
                         None => break,
                     };
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                     let outcome = rpc::handle(&server, &mut state, &message).await;
                     let (reply, close) = match outcome {
                         Outcome::Reply(reply) => (reply, false),
@@ -112,6 +135,10 @@ where
                     tracing::info!("session killed");
                     break;
                 }
+                _ = &mut idle, if state.subscription.is_none() => {
+                    tracing::info!(idle_ms = idle_timeout.as_millis() as u64, "idle session: closing");
+                    break;
+                }
             }
         }
         tracing::info!("NETCONF session ended");
@@ -128,6 +155,15 @@ async fn recv(
         Some(receiver) => receiver.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// An `rpc-reply` carrying `error`, for a message that could not be read (so without a
+/// `message-id`).
+fn error_reply(error: &RpcError) -> String {
+    format!(
+        "<rpc-reply xmlns=\"{NS_BASE}\">{}</rpc-reply>",
+        error.to_xml()
+    )
 }
 
 fn notification_xml(n: &Notification) -> String {

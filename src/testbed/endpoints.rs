@@ -17,9 +17,10 @@ pub struct Endpoints {
     /// Client credentials of the testbed operator in the first domain (each domain's are
     /// under `domains`).
     pub operator: Credentials,
-    /// NETCONF operator with write access to every node.
+    /// NETCONF operator with write access to every node of the first domain (each domain's
+    /// own logins are under `domains`: no two domains share a password).
     pub netconf_user: NetconfLogin,
-    /// NETCONF user in the read-only group.
+    /// NETCONF user in the read-only group, of the first domain.
     pub netconf_readonly_user: NetconfLogin,
     /// OpenSSH `known_hosts` file with the SSH host key of every KM agent and controller
     /// (what NETCONF clients check the servers against).
@@ -55,6 +56,12 @@ pub struct DomainEndpoints {
     pub ca_cert: PathBuf,
     /// The operator's client certificate in this domain.
     pub operator: Credentials,
+    /// NETCONF operator (admin) of the domain's KMs and controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netconf_user: Option<NetconfLogin>,
+    /// NETCONF read-only user of the domain's KMs and controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netconf_readonly_user: Option<NetconfLogin>,
     pub nodes: BTreeMap<String, NodeEndpoint>,
     /// The domain's controller, when the domain is centrally controlled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,6 +251,29 @@ impl Endpoints {
     /// The node endpoint of `node`, in whichever domain.
     pub fn node(&self, node: &str) -> Option<&NodeEndpoint> {
         self.domains.values().find_map(|d| d.nodes.get(node))
+    }
+
+    /// The NETCONF operator and read-only logins of `domain` (the top-level ones for an
+    /// unknown domain or a testbed written before domains had their own).
+    pub fn netconf_logins(&self, domain: &str) -> (&NetconfLogin, &NetconfLogin) {
+        let d = self.domains.get(domain);
+        (
+            d.and_then(|d| d.netconf_user.as_ref())
+                .unwrap_or(&self.netconf_user),
+            d.and_then(|d| d.netconf_readonly_user.as_ref())
+                .unwrap_or(&self.netconf_readonly_user),
+        )
+    }
+
+    /// The NETCONF operator login of the KM of `node`.
+    pub fn netconf_login_of(&self, node: &str) -> &NetconfLogin {
+        let domain = self
+            .domains
+            .iter()
+            .find(|(_, d)| d.nodes.contains_key(node))
+            .map(|(name, _)| name.as_str())
+            .unwrap_or_default();
+        self.netconf_logins(domain).0
     }
 
     /// The controller of `domain`.

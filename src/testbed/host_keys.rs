@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::runner::TestbedError;
 use crate::netconf::known_hosts;
-use crate::netconf::server::load_or_create_host_key;
+use crate::netconf::ssh::load_or_create_host_key;
 
 /// `<dir>/known_hosts`.
 pub fn path(dir: &Path) -> PathBuf {

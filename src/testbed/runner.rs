@@ -340,8 +340,23 @@ pub async fn up_with(
             .collect()
     };
     let mut configs = Vec::new();
-    for domain in &topology.domains {
+    for (index, domain) in topology.domains.iter().enumerate() {
         let dpki = &pkis[&domain.name];
+        // each domain its own NETCONF secrets (the first domain's are also the top-level ones)
+        let (netconf_user, netconf_readonly_user) = if index == 0 {
+            (netconf_user.clone(), netconf_readonly_user.clone())
+        } else {
+            (
+                NetconfLogin {
+                    username: netconf_user.username.clone(),
+                    password: random_password(),
+                },
+                NetconfLogin {
+                    username: netconf_readonly_user.username.clone(),
+                    password: random_password(),
+                },
+            )
+        };
         // with a controller, relay routes are the controller's to install
         let routes = if domain.controller {
             BTreeMap::new()
@@ -422,12 +437,14 @@ pub async fn up_with(
                     listen: netconf,
                     host_key,
                     users: netconf_users(&netconf_user, &netconf_readonly_user),
-                    max_message_bytes: 16 * 1024 * 1024,
+                    max_message_bytes: 4 * 1024 * 1024,
                     running_file: Some(node_dir.join("data").join("running.xml")),
+                    limits: topology.netconf_limits.clone().unwrap_or_default(),
                 }),
                 controller: control
                     .get(&domain.name)
                     .map(|c| format!("https://{}", c.rest)),
+                limits: topology.km_limits.clone().unwrap_or_default(),
             };
             let config_path = node_dir.join("km.toml");
             write_toml(&config_path, &config, "agent config")?;
@@ -495,6 +512,8 @@ pub async fn up_with(
             DomainEndpoints {
                 ca_cert: dpki.ca_cert.clone(),
                 operator: dpki.operator.clone(),
+                netconf_user: Some(netconf_user.clone()),
+                netconf_readonly_user: Some(netconf_readonly_user.clone()),
                 nodes,
                 controller,
                 manager,
@@ -616,8 +635,9 @@ fn write_control(
                 host_key
             },
             users: netconf_users(netconf_user, netconf_readonly_user),
-            max_message_bytes: 16 * 1024 * 1024,
+            max_message_bytes: 4 * 1024 * 1024,
             running_file: Some(cdir.join("data").join("running.xml")),
+            limits: Default::default(),
         }),
         interworking: (!peers.is_empty()).then(|| InterworkingConfig {
             cxi_listen: addrs.cxi,
@@ -790,9 +810,12 @@ pub async fn netconf(
         .netconf
         .parse()
         .map_err(|e| TestbedError::Operation(format!("node {node}: netconf address: {e}")))?;
-    NetconfClient::connect(addr, endpoints.netconf_options(&endpoints.netconf_user))
-        .await
-        .map_err(|e| TestbedError::Operation(format!("node {node}: NETCONF: {e}")))
+    NetconfClient::connect(
+        addr,
+        endpoints.netconf_options(endpoints.netconf_login_of(node)),
+    )
+    .await
+    .map_err(|e| TestbedError::Operation(format!("node {node}: NETCONF: {e}")))
 }
 
 /// Sets the operational state of QKD link `link` at both its ends, over NETCONF

@@ -30,6 +30,12 @@ pub struct Topology {
     /// transmitter module.
     #[serde(default)]
     pub qx_links: Vec<Link>,
+    /// Limits of every KM agent (`[km_limits]`; defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub km_limits: Option<crate::km::limits::KmLimits>,
+    /// Limits of every KM agent's NETCONF server (`[netconf_limits]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netconf_limits: Option<crate::netconf::server::NetconfLimits>,
 }
 
 /// One QKDN.

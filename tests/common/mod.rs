@@ -81,10 +81,23 @@ impl Bed {
         Self::up_with(topology_file, &["--netns"])
     }
 
+    /// A testbed of the topology `text` (TOML), with static routes and no controller.
+    pub fn up_text(text: &str) -> Self {
+        let file =
+            std::env::temp_dir().join(format!("qkdni-topology-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&file, text).unwrap();
+        let bed = Self::up_path(&file, &["--no-controller"]);
+        let _ = std::fs::remove_file(&file);
+        bed
+    }
+
     fn up_with(topology_file: &str, flags: &[&str]) -> Self {
+        Self::up_path(&topology(topology_file), flags)
+    }
+
+    fn up_path(topo: &Path, flags: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("qkdni-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let topo = topology(topology_file);
         let mut args = vec![
             "testbed",
             "up",

@@ -265,6 +265,23 @@ async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
         |stem: &str| qkdni::tls::https_client(&files(stem), Duration::from_secs(10)).unwrap();
     let cxi_a = bed.endpoints.controller("A").unwrap().cxi.clone().unwrap();
 
+    // each domain its own NETCONF secrets: A's operator password does not open B's KMs
+    let (admin_a, viewer_a) = bed.endpoints.netconf_logins("A");
+    let (admin_b, viewer_b) = bed.endpoints.netconf_logins("B");
+    assert_ne!(admin_a.password, admin_b.password);
+    assert_ne!(viewer_a.password, viewer_b.password);
+    assert!(bed.netconf_as("gb1", admin_a, false).await.is_err());
+    bed.netconf_as("gb1", admin_b, false).await.unwrap();
+    // the failed login is a security event of gb1, which B's manager hears
+    let event = wait_manager_event(&bed, "B", "kmlm-security-event").await;
+    assert!(
+        event["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("gb1: NETCONF login"),
+        "{event}"
+    );
+
     // Cxi: only controller B may talk to controller A's Cxi server
     for (who, http) in [
         ("A's operator", client("operator-A")),
@@ -588,7 +605,7 @@ async fn controller_notifications(
     tokio::sync::broadcast::Receiver<String>,
 ) {
     let session = bed
-        .controller_netconf(domain, &bed.endpoints.netconf_readonly_user)
+        .controller_netconf(domain, bed.endpoints.netconf_logins(domain).1)
         .await;
     let receiver = session.subscribe().await.unwrap();
     (session, receiver)

@@ -23,9 +23,12 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use uuid::Uuid;
 use zeroize::Zeroizing;
+
+mod deliveries;
+pub use deliveries::{now_ms as deliveries_now_ms, Delivery, DeliveryTerms};
 
 /// Size of one link key block in bytes (256 bits: also one Poly1305 one-time key).
 pub const BLOCK_BYTES: usize = 32;
@@ -47,7 +50,6 @@ const PENDING: TableDefinition<(&str, u64), (u8, [u8; BLOCK_BYTES])> =
 /// Usable blocks per (link, owner); pending blocks per (link, [`PENDING_COUNT`]).
 const COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("counts");
 const NEXT_SEQ: TableDefinition<&str, u64> = TableDefinition::new("next_seq");
-const DELIVERIES: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("deliveries");
 
 /// Errors of the key store.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,15 @@ pub enum StoreError {
     UnknownKey(Uuid),
     #[error("key {0} was not issued for this SAE pair")]
     NotForThisSae(Uuid),
+    #[error("key {0} expired before it was fetched")]
+    ExpiredKey(Uuid),
+    #[error("{waiting} keys already wait for SAE {slave} from SAE {master} (at most {max})")]
+    Backlog {
+        slave: String,
+        master: String,
+        waiting: u64,
+        max: u64,
+    },
 }
 
 macro_rules! db_err {
@@ -104,13 +115,6 @@ pub fn frame_owner(index: usize, tx_owned: usize) -> u8 {
     } else {
         RX
     }
-}
-
-/// A key held for a slave SAE until it fetches it with `dec_keys`.
-pub struct Delivery {
-    pub key_id: Uuid,
-    pub master_sae: String,
-    pub key: Zeroizing<Vec<u8>>,
 }
 
 /// Block numbers set aside in memory, per (link, owner).
@@ -183,7 +187,7 @@ impl KeyStore {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(NEXT_SEQ)?;
-        txn.open_table(DELIVERIES)?;
+        deliveries::open(&txn)?;
         {
             // counts are kept in every transaction; recounting once at start also covers a
             // store written before they existed
@@ -389,12 +393,6 @@ impl KeyStore {
                 })
             })
             .collect()
-    }
-
-    /// Total number of keys waiting for slave SAEs.
-    pub fn deliveries_waiting(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(DELIVERIES)?.len()?)
     }
 }
 
@@ -651,68 +649,6 @@ impl Txn {
         self.txn.open_table(NEXT_SEQ)?.insert(link, agreed)?;
         Ok(agreed)
     }
-
-    /// Records keys for `slave_sae`, to be fetched once with `dec_keys`.
-    pub fn insert_delivery(
-        &mut self,
-        slave_sae: &str,
-        master_sae: &str,
-        key_id: Uuid,
-        key: &[u8],
-    ) -> Result<(), StoreError> {
-        let mut table = self.txn.open_table(DELIVERIES)?;
-        let master = master_sae.as_bytes();
-        if master.len() > usize::from(u16::MAX) {
-            return Err(StoreError::Db("master SAE id too long".into()));
-        }
-        if table.get((key_id.as_u128(), slave_sae))?.is_some() {
-            return Err(StoreError::DuplicateKey(key_id));
-        }
-        let mut value = Zeroizing::new(Vec::with_capacity(2 + master.len() + key.len()));
-        value.extend_from_slice(&(master.len() as u16).to_be_bytes());
-        value.extend_from_slice(master);
-        value.extend_from_slice(key);
-        table.insert((key_id.as_u128(), slave_sae), value.as_slice())?;
-        Ok(())
-    }
-
-    /// Removes and returns the keys `key_ids` of `slave_sae` from `master_sae`: all of them,
-    /// or none if any is unknown or was meant for another master.
-    pub fn take_deliveries(
-        &mut self,
-        slave_sae: &str,
-        master_sae: &str,
-        key_ids: &[Uuid],
-    ) -> Result<Vec<Delivery>, StoreError> {
-        let mut table = self.txn.open_table(DELIVERIES)?;
-        let mut out = Vec::with_capacity(key_ids.len());
-        for &key_id in key_ids {
-            let Some(value) = table.remove((key_id.as_u128(), slave_sae))? else {
-                let id = key_id.as_u128();
-                let held_for_other = match table.range((id, "")..)?.next() {
-                    Some(entry) => entry?.0.value().0 == id,
-                    None => false,
-                };
-                return Err(if held_for_other {
-                    StoreError::NotForThisSae(key_id)
-                } else {
-                    StoreError::UnknownKey(key_id)
-                });
-            };
-            let bytes = Zeroizing::new(value.value().to_vec());
-            let len = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
-            let master = std::str::from_utf8(&bytes[2..2 + len]).unwrap_or_default();
-            if master != master_sae {
-                return Err(StoreError::NotForThisSae(key_id));
-            }
-            out.push(Delivery {
-                key_id,
-                master_sae: master.to_owned(),
-                key: Zeroizing::new(bytes[2 + len..].to_vec()),
-            });
-        }
-        Ok(out)
-    }
 }
 
 #[cfg(test)]
@@ -725,13 +661,13 @@ mod tests {
             .collect()
     }
 
-    fn store() -> (tempdir::Dir, KeyStore) {
+    pub(super) fn store() -> (tempdir::Dir, KeyStore) {
         let dir = tempdir::Dir::new();
         let store = KeyStore::open(&dir.path.join("km.redb")).unwrap();
         (dir, store)
     }
 
-    mod tempdir {
+    pub(super) mod tempdir {
         pub struct Dir {
             pub path: std::path::PathBuf,
         }
@@ -924,33 +860,5 @@ mod tests {
                 assert_counts(&store, "l");
             }
         }
-    }
-
-    #[test]
-    fn deliveries_are_all_or_nothing_and_once() {
-        let (_dir, store) = store();
-        let (k1, k2) = (Uuid::new_v4(), Uuid::new_v4());
-        store
-            .write(|t| {
-                t.insert_delivery("s2", "s1", k1, &[1; 32])?;
-                t.insert_delivery("s2", "s1", k2, &[2; 32])
-            })
-            .unwrap();
-        // wrong master: nothing taken
-        assert!(store
-            .write(|t| t.take_deliveries("s2", "s9", &[k1]))
-            .is_err());
-        // one unknown id: nothing taken
-        assert!(store
-            .write(|t| t.take_deliveries("s2", "s1", &[k1, Uuid::new_v4()]))
-            .is_err());
-        let got = store
-            .write(|t| t.take_deliveries("s2", "s1", &[k1, k2]))
-            .unwrap();
-        assert_eq!(got[1].key.as_slice(), &[2; 32]);
-        assert!(store
-            .write(|t| t.take_deliveries("s2", "s1", &[k1]))
-            .is_err());
-        assert_eq!(store.deliveries_waiting().unwrap(), 0);
     }
 }

@@ -1,0 +1,352 @@
+//! The HTTPS listener every qkdni API runs on: connection caps, timeouts at every stage of a
+//! connection, bounded request heads and bodies, and limit errors in the API's own format.
+//!
+//! A connection is admitted under the listener's [`ConnectionLimits`], must finish its TLS
+//! handshake within `handshake_timeout_ms`, and is closed when it waits longer than
+//! `idle_timeout_ms` for a request head (hyper's header read timeout runs from the moment
+//! the connection waits for a request, so an idle keep-alive connection and half a header
+//! are treated alike). A request's URI, headers and body are checked before any handler
+//! runs: the body is read whole, within `body_timeout_ms` and `max_body_bytes`, before the
+//! router sees it (every qkdni endpoint takes a small JSON body). Refusals are answered in
+//! the listener's [`ErrorStyle`]: ETSI GS QKD 014's `{"message", "details"}` on a KM's
+//! ETSI 014 and KMA ports, RFC 9457 problems elsewhere.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::conn_limit::{Admission, ConnectionLimits};
+use crate::tls::{Issuers, PeerIdentity};
+
+/// Limits of one HTTPS listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpLimits {
+    /// Caps on open connections (in total and per source address).
+    pub connections: ConnectionLimits,
+    /// Time a client has to complete the TLS handshake.
+    pub handshake_timeout_ms: u64,
+    /// Time a connection may wait for (the rest of) a request head before it is closed.
+    pub idle_timeout_ms: u64,
+    /// Time a client has to send a request's whole body.
+    pub body_timeout_ms: u64,
+    /// Largest request body (413 beyond).
+    pub max_body_bytes: usize,
+    /// Longest request target, path and query (414 beyond).
+    pub max_uri_bytes: usize,
+    /// Largest request header section, names and values (431 beyond).
+    pub max_header_bytes: usize,
+    /// Most header fields of a request (431 beyond).
+    pub max_headers: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            connections: ConnectionLimits::new(1024, 256),
+            handshake_timeout_ms: 10_000,
+            // above the 30 s for which qkdni's HTTP clients keep idle connections, so that
+            // a client never reuses a connection the server is closing
+            idle_timeout_ms: 60_000,
+            body_timeout_ms: 10_000,
+            max_body_bytes: 1024 * 1024,
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+        }
+    }
+}
+
+impl HttpLimits {
+    /// Why these limits cannot work, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let c = &self.connections;
+        if c.max_connections == 0 || c.max_per_source == 0 {
+            return Err("connection caps must be positive".into());
+        }
+        if self.handshake_timeout_ms == 0 || self.idle_timeout_ms == 0 || self.body_timeout_ms == 0
+        {
+            return Err("timeouts must be positive".into());
+        }
+        if self.max_uri_bytes == 0 || self.max_header_bytes == 0 || self.max_headers == 0 {
+            return Err("request head limits must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Format of the errors a listener answers itself (limits, unknown paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorStyle {
+    /// RFC 9457 problem details.
+    Problem,
+    /// The ETSI GS QKD 014 `Error` data format (`message`, `details`).
+    Etsi014,
+}
+
+impl ErrorStyle {
+    /// An error answer with `status` and `message`; 503 carries `Retry-After`.
+    pub fn error(self, status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+        let message = message.into();
+        let mut response = match self {
+            ErrorStyle::Problem => {
+                crate::problem::Problem::new(status, kind, message).into_response()
+            }
+            ErrorStyle::Etsi014 => (
+                status,
+                axum::Json(crate::etsi014::ErrorBody {
+                    message,
+                    details: Some(vec![serde_json::json!({ "reason": kind })]),
+                }),
+            )
+                .into_response(),
+        };
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::km::ksa::RETRY_AFTER_SECONDS),
+            );
+        }
+        if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::PAYLOAD_TOO_LARGE {
+            // the rest of the body is not read: the connection cannot carry another request
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// Serves `router` over HTTPS on `listener` until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    issuers: Issuers,
+    router: Router,
+    limits: HttpLimits,
+    style: ErrorStyle,
+) {
+    let acceptor = TlsAcceptor::from(config);
+    let admission = Admission::new("https", limits.connections);
+    let limits = Arc::new(limits);
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                // typically out of descriptors: back off instead of spinning
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(admitted) = admission.admit(remote.ip()) else {
+            drop(tcp);
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let issuers = issuers.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            serve_connection(acceptor, tcp, remote, issuers, router, &limits, style).await;
+            drop(admitted);
+        });
+    }
+}
+
+async fn serve_connection(
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    issuers: Issuers,
+    router: Router,
+    limits: &Arc<HttpLimits>,
+    style: ErrorStyle,
+) {
+    let handshake = tokio::time::timeout(
+        Duration::from_millis(limits.handshake_timeout_ms),
+        acceptor.accept(tcp),
+    )
+    .await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            tracing::debug!(%remote, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = PeerIdentity(
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| issuers.identity(chain)),
+    );
+    let request_limits = limits.clone();
+    let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(identity.clone());
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(remote));
+        let router = router.clone();
+        let limits = request_limits.clone();
+        async move {
+            match bounded(request, &limits, style).await {
+                Ok(request) => router.oneshot(request).await,
+                Err(refusal) => Ok(refusal),
+            }
+        }
+    });
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.idle_timeout_ms))
+        // hyper's own limits stay as a backstop above ours, whose answers are formatted
+        .max_headers(limits.max_headers.saturating_mul(4).max(100))
+        .max_buf_size((limits.max_uri_bytes + limits.max_header_bytes).max(64 * 1024) * 2);
+    let result = builder.serve_connection(TokioIo::new(tls), service).await;
+    if let Err(error) = result {
+        tracing::debug!(%remote, %error, "connection ended with error");
+    }
+}
+
+/// The request with its body read whole, or the answer refusing it.
+async fn bounded(
+    request: Request<hyper::body::Incoming>,
+    limits: &HttpLimits,
+    style: ErrorStyle,
+) -> Result<Request<Body>, Response> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if target > limits.max_uri_bytes {
+        return Err(style.error(
+            StatusCode::URI_TOO_LONG,
+            "uri-too-long",
+            format!(
+                "the request target is longer than {} bytes",
+                limits.max_uri_bytes
+            ),
+        ));
+    }
+    let headers = request.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers.len() > limits.max_headers || header_bytes > limits.max_header_bytes {
+        return Err(style.error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header-fields-too-large",
+            format!(
+                "at most {} header fields and {} bytes of headers",
+                limits.max_headers, limits.max_header_bytes
+            ),
+        ));
+    }
+    let too_large = || {
+        style.error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!(
+                "the request body is larger than {} bytes",
+                limits.max_body_bytes
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = request.into_parts();
+    let limited = http_body_util::Limited::new(body, limits.max_body_bytes);
+    let collected = tokio::time::timeout(
+        Duration::from_millis(limits.body_timeout_ms),
+        limited.collect(),
+    )
+    .await;
+    match collected {
+        Ok(Ok(body)) => Ok(Request::from_parts(parts, Body::from(body.to_bytes()))),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(error)) => Err(style.error(
+            StatusCode::BAD_REQUEST,
+            "body-unreadable",
+            format!("reading the request body: {error}"),
+        )),
+        Err(_) => Err(style.error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                limits.body_timeout_ms
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn refusals_speak_the_listeners_format() {
+        let problem =
+            ErrorStyle::Problem.error(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "big");
+        assert_eq!(problem.status(), 413);
+        assert_eq!(
+            problem.headers()[header::CONTENT_TYPE],
+            crate::problem::PROBLEM_JSON
+        );
+        assert_eq!(problem.headers()[header::CONNECTION], "close");
+        let json = body(problem).await;
+        assert_eq!(json["type"], "urn:qkdni:problem:body-too-large");
+        assert_eq!(json["status"], 413);
+
+        let etsi = ErrorStyle::Etsi014.error(StatusCode::SERVICE_UNAVAILABLE, "busy", "later");
+        assert_eq!(etsi.headers()[header::RETRY_AFTER], "1");
+        let json = body(etsi).await;
+        assert_eq!(json["message"], "later");
+        assert_eq!(json["details"][0]["reason"], "busy");
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_refused() {
+        assert!(HttpLimits::default().check().is_ok());
+        let mut limits = HttpLimits::default();
+        limits.connections.max_per_source = 0;
+        assert!(limits.check().is_err());
+        let limits = HttpLimits {
+            idle_timeout_ms: 0,
+            ..HttpLimits::default()
+        };
+        assert!(limits.check().is_err());
+    }
+}
