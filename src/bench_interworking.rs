@@ -422,7 +422,7 @@ fn percentile(samples: &mut [f64], p: f64) -> Option<f64> {
 }
 
 impl Stats {
-    fn of(samples: &mut [f64]) -> Self {
+    pub fn of(samples: &mut [f64]) -> Self {
         let mut at = |p| percentile(samples, p);
         Stats {
             median: at(0.5),

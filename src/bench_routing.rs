@@ -56,6 +56,9 @@ pub enum BenchCommand {
     /// A KM under floods of idle SSH connections and of ETSI 014 clients; prints one JSON
     /// object.
     Flood(crate::bench_flood::FloodArgs),
+    /// The first key request of an SAE pair inside a domain with no session beforehand
+    /// (routed and installed on demand); prints one JSON object.
+    OnDemand(crate::bench_on_demand::OnDemandArgs),
 }
 
 /// Arguments of `qkdni bench routing`.
@@ -168,6 +171,10 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Flood(args) => {
             let report = crate::bench_flood::run(&args)?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        BenchCommand::OnDemand(args) => {
+            let report = crate::bench_on_demand::run(&args)?;
             println!("{}", serde_json::to_string(&report)?);
         }
     }

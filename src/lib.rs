@@ -13,6 +13,7 @@ pub mod bench_delivery;
 pub mod bench_flood;
 pub mod bench_idle;
 pub mod bench_interworking;
+pub mod bench_on_demand;
 pub mod bench_routing;
 pub mod config_file;
 pub mod conn_limit;
