@@ -1,9 +1,10 @@
 //! `qkdni bench on-demand`: the first key request of an application for another inside one
 //! domain, with no session beforehand. On the embedded single-domain testbed
 //! ([`crate::testbed::SINGLE_DOMAIN`]), once every link's pool holds key both ways, for
-//! `--pairs` SAE pairs on different nodes: the master's `enc_keys` (its KM asks the
-//! controller, which routes and installs a session for the pair; then the keys are relayed)
-//! and the slave's `dec_keys`, timed together. Prints one JSON object on stdout.
+//! `--pairs` SAE pairs on nodes without a direct link: the master's `enc_keys` (its KM asks
+//! the controller, which routes and installs a session for the pair; then the keys are
+//! relayed) and the slave's `dec_keys`, timed together; the session is then deleted, so that
+//! every pair starts without routes. Prints one JSON object on stdout.
 
 use std::time::{Duration, Instant};
 
@@ -59,22 +60,48 @@ async fn measure(args: &OnDemandArgs, endpoints: &Endpoints) -> anyhow::Result<R
             runner::wait_path_keys(endpoints, &path, 32, Duration::from_secs(60)).await?;
         }
     }
+    // pairs of SAEs on nodes without a direct link: a KM relays to a neighbour without a
+    // route, to any other node only over one the controller installs
+    let adjacent = |a: &str, b: &str| {
+        endpoints
+            .links
+            .values()
+            .any(|l| l.nodes.iter().any(|n| n == a) && l.nodes.iter().any(|n| n == b))
+    };
     let saes: Vec<(&String, &String)> = endpoints.saes.iter().map(|(s, e)| (s, &e.node)).collect();
     let pairs: Vec<(&String, &String)> = saes
         .iter()
         .flat_map(|(m, mn)| {
             saes.iter()
-                .filter(move |(_, sn)| sn != mn)
+                .filter(move |(_, sn)| sn != mn && !adjacent(mn, sn))
                 .map(move |(s, _)| (*m, *s))
         })
         .take(args.pairs)
         .collect();
     if pairs.len() < args.pairs {
         bail!(
-            "the testbed has only {} SAE pairs on different nodes",
+            "the testbed has only {} SAE pairs on nodes without a direct link",
             pairs.len()
         );
     }
+    let controller = endpoints
+        .domains
+        .keys()
+        .next()
+        .and_then(|d| endpoints.controller(d))
+        .context("the testbed has no controller")?;
+    let http = crate::tls::https_client(
+        &endpoints.operator_tls_at(&controller.name),
+        Duration::from_secs(15),
+    )?;
+    let sessions = || async {
+        let response = http
+            .get(format!("{}/api/v1/sessions", controller.rest))
+            .bearer_auth(&controller.token)
+            .send()
+            .await?;
+        anyhow::Ok(response.json::<Vec<serde_json::Value>>().await?)
+    };
     let request = KeyRequest {
         number: Some(1),
         size: Some(256),
@@ -95,6 +122,20 @@ async fn measure(args: &OnDemandArgs, endpoints: &Endpoints) -> anyhow::Result<R
         let ids: Vec<String> = keys.keys.iter().map(|k| k.key_ID.clone()).collect();
         bob.dec_keys(master, &ids).await?;
         let took = started.elapsed().as_secs_f64() * 1e3;
+        // the session made on demand goes, and its routes with it: the next pair starts bare
+        let made = sessions().await?;
+        if made.len() != 1 {
+            bail!(
+                "{master} -> {slave}: {} sessions, not one made on demand",
+                made.len()
+            );
+        }
+        let id = made[0]["id"].as_str().context("session id")?;
+        http.delete(format!("{}/api/v1/sessions/{id}", controller.rest))
+            .bearer_auth(&controller.token)
+            .send()
+            .await?
+            .error_for_status()?;
         eprintln!("{master} -> {slave}: {took:.1} ms");
         times.push(took);
     }
