@@ -693,7 +693,7 @@ async fn each_controller_models_the_peer_domain_in_yang_and_follows_its_qx_links
     assert!(told.is_ok(), "no peer-topology-change notification");
     // the peers and the exposure policy are read at start: an edit is refused whole
     let admin = bed
-        .controller_netconf("B", &bed.endpoints.netconf_user)
+        .controller_netconf("B", bed.endpoints.netconf_logins("B").0)
         .await;
     let edit = "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><interworking><expose><key-rate>false</key-rate></expose></interworking></controller>";
     match admin.edit_config("running", edit).await {
