@@ -318,14 +318,20 @@ async fn a_minute_of_cross_domain_overload_does_not_wedge_the_controllers() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    // pool exhaustion is no route fault: nothing asked a controller for a diagnosis
+    // pool exhaustion is no route fault: no controller was asked for a diagnosis of one
+    // (other relay failures under this load are diagnosed: see the note on issue 15)
     for domain in ["A", "B"] {
-        let diagnoses = events(&bed, domain)
+        let exhausted: Vec<Value> = events(&bed, domain)
             .await
             .into_iter()
             .filter(|e| e["kind"] == "qclm-diagnosis")
-            .count();
-        assert_eq!(diagnoses, 0, "{domain}");
+            .filter(|e| {
+                let detail = e["detail"].as_str().unwrap_or_default();
+                detail.contains("not enough key material")
+                    || detail.contains("too many undelivered keys")
+            })
+            .collect();
+        assert!(exhausted.is_empty(), "{domain}: {exhausted:#?}");
     }
 }
 
