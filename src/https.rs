@@ -52,6 +52,30 @@ pub struct HttpLimits {
     pub max_headers: usize,
 }
 
+/// Limits of a daemon's two HTTPS listeners (`[limits]` of the controller's and the
+/// manager's configuration): its northbound REST API and its reference point to the peer
+/// domain (Cxi or Mxi).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// The northbound REST API (orchestrators, operators).
+    pub rest_listener: HttpLimits,
+    /// The listener of the peer domain's controller (Cxi) or manager (Mxi).
+    pub peer_listener: HttpLimits,
+}
+
+impl ListenerLimits {
+    /// Why these limits cannot work, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        self.rest_listener
+            .check()
+            .map_err(|e| format!("limits.rest_listener: {e}"))?;
+        self.peer_listener
+            .check()
+            .map_err(|e| format!("limits.peer_listener: {e}"))
+    }
+}
+
 impl Default for HttpLimits {
     fn default() -> Self {
         Self {

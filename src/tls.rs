@@ -197,10 +197,16 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     cn.as_str().ok().map(str::to_owned)
 }
 
-/// Serves `router` over HTTPS on `listener` until the task is dropped. Clients stay anonymous
-/// (their [`PeerIdentity`] is empty): for APIs authenticated otherwise (bearer tokens).
-pub async fn serve_https(listener: TcpListener, config: Arc<ServerConfig>, router: Router) {
-    serve_https_with(listener, config, Issuers::default(), router).await
+/// Serves `router` over HTTPS on `listener` under `limits` until the task is dropped.
+/// Clients stay anonymous (their [`PeerIdentity`] is empty): for APIs authenticated
+/// otherwise (bearer tokens).
+pub async fn serve_https(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    router: Router,
+    limits: crate::https::HttpLimits,
+) {
+    serve_https_with(listener, config, Issuers::default(), router, limits).await
 }
 
 /// Verifiers of this domain's CAs and of each other QKDN's CA, to tell whose certificate a
@@ -248,21 +254,21 @@ impl Issuers {
     }
 }
 
-/// [`serve_https`] for a server that trusts other QKDNs' CAs (`issuers`), with the default
-/// [`HttpLimits`](crate::https::HttpLimits) and RFC 9457 problems for the listener's own
-/// errors.
+/// [`serve_https`] for a server that trusts other QKDNs' CAs (`issuers`), with RFC 9457
+/// problems for the listener's own errors.
 pub async fn serve_https_with(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     issuers: Issuers,
     router: Router,
+    limits: crate::https::HttpLimits,
 ) {
     crate::https::serve(
         listener,
         config,
         issuers,
         router,
-        crate::https::HttpLimits::default(),
+        limits,
         crate::https::ErrorStyle::Problem,
     )
     .await

@@ -42,6 +42,9 @@ pub struct ControllerConfig {
     /// Interworking with other QKDNs through gateway nodes (Cxi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interworking: Option<InterworkingConfig>,
+    /// Limits of the REST (`rest_listener`) and Cxi (`peer_listener`) listeners.
+    #[serde(default)]
+    pub limits: crate::https::ListenerLimits,
 }
 
 /// The controller's interworking reference point Cxi (Y.3818 6.1).
@@ -183,6 +186,7 @@ impl ControllerConfig {
         }
         crate::netconf::known_hosts::validate(&config.southbound.known_hosts)
             .map_err(|e| ConfigError::Invalid(format!("southbound: {e}")))?;
+        config.limits.check().map_err(ConfigError::Invalid)?;
         Ok(config)
     }
 }

@@ -252,6 +252,7 @@ pub async fn serve(controller: Arc<Controller>) -> Result<(), std::io::Error> {
     let issuers = crate::tls::Issuers::load(files).map_err(std::io::Error::other)?;
     let listener = tokio::net::TcpListener::bind(iw.cxi_listen).await?;
     tracing::info!(cxi = %iw.cxi_listen, "Cxi server ready");
-    crate::tls::serve_https_with(listener, config, issuers, router(controller)).await;
+    let limits = controller.config.limits.peer_listener.clone();
+    crate::tls::serve_https_with(listener, config, issuers, router(controller), limits).await;
     Ok(())
 }

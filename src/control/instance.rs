@@ -224,6 +224,7 @@ pub(super) fn spawn(
             order: sessions.iter().map(|s| s.id).collect(),
             sessions: sessions.into_iter().map(|s| (s.id, s)).collect(),
             interworking: Default::default(),
+            retired: Vec::new(),
         },
         queue: VecDeque::new(),
         in_flight: BTreeMap::new(),
@@ -293,6 +294,8 @@ impl Instance {
                 trigger,
             } => {
                 let changed = self.merge(views, installs);
+                // the reroute pass this poll queues removes them from the KMs
+                self.state.prune_retired(Instant::now());
                 let trigger = match trigger {
                     Some("poll") if changed => "link state (poll)",
                     Some("poll") => "key rate (poll)",
@@ -509,8 +512,12 @@ impl Instance {
         }
     }
 
-    /// Keeps showing session `id` as it was (`None`: not at all) until its job finishes.
+    /// Keeps showing session `id` as it was (`None`: not at all) until its job finishes, and
+    /// keeps its previous route on the KMs for a while (see [`State::retire`]).
     pub(super) fn show_as(&mut self, id: Uuid, before: Option<Session>) {
+        if let Some(before) = &before {
+            self.state.retire(before.clone());
+        }
         self.shown.entry(id).or_insert(before);
     }
 

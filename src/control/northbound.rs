@@ -452,6 +452,7 @@ pub async fn serve_on(
     tracing::info!(rest = %controller.config.rest_listen, "controller REST API ready");
     let issuers =
         crate::tls::Issuers::load(&controller.config.tls).map_err(std::io::Error::other)?;
-    crate::tls::serve_https_with(listener, config, issuers, router(controller)).await;
+    let limits = controller.config.limits.rest_listener.clone();
+    crate::tls::serve_https_with(listener, config, issuers, router(controller), limits).await;
     Ok(())
 }

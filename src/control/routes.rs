@@ -158,20 +158,23 @@ fn apply(info: &mut NodeState, change: RouteChanges) {
     info.set_routes(routes);
 }
 
+/// The active sessions whose routes the KMs hold: the retired ones first (their routes stay
+/// where no current session's route replaces them), then the current ones in creation order.
+fn routed(state: &State) -> impl Iterator<Item = &Session> {
+    let retired = state.retired.iter().map(|(_, s)| s);
+    let current = state.order.iter().filter_map(|id| state.sessions.get(id));
+    retired
+        .chain(current)
+        .filter(|s| s.state == SessionState::Active)
+}
+
 /// The relay routes every KM should hold for the active sessions: per node and
 /// destination, every next hop with its weight (the session's key rate share on that
 /// path, at least 1), the heaviest first. Where single-path sessions to one destination
 /// meet, the later session's next hop wins.
 fn desired(state: &State) -> BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>> {
     let mut tables: BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>> = BTreeMap::new();
-    for id in &state.order {
-        let Some(session) = state
-            .sessions
-            .get(id)
-            .filter(|s| s.state == SessionState::Active)
-        else {
-            continue;
-        };
+    for session in routed(state) {
         let mut hops: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for path in session.routed_paths() {
             let weight = (path.share_bps.round() as u64).max(1);
@@ -202,12 +205,8 @@ fn desired(state: &State) -> BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>
 /// origin session; the master's at every KM of a segment (relays are checked against it).
 fn desired_foreign_saes(state: &State) -> BTreeMap<String, BTreeMap<String, ForeignSae>> {
     let mut wanted: BTreeMap<String, BTreeMap<String, ForeignSae>> = BTreeMap::new();
-    for session in state.sessions.values() {
-        let Some(iw) = session
-            .interworking
-            .as_ref()
-            .filter(|_| session.state == SessionState::Active)
-        else {
+    for session in routed(state) {
+        let Some(iw) = session.interworking.as_ref() else {
             continue;
         };
         let (sae, nodes) = match iw.role {
@@ -225,4 +224,88 @@ fn desired_foreign_saes(state: &State) -> BTreeMap<String, BTreeMap<String, Fore
         }
     }
     wanted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::sessions::Interworking;
+    use std::time::Instant;
+
+    fn segment(path: &[&str]) -> Session {
+        let nodes: Vec<String> = path.iter().map(|n| n.to_string()).collect();
+        Session {
+            id: Uuid::from_u128(7),
+            master_sae: "sae-b1-1".into(),
+            slave_sae: "sae-a1-1".into(),
+            src: nodes[0].clone(),
+            dst: nodes[nodes.len() - 1].clone(),
+            rate_bps: 1000.0,
+            state: SessionState::Active,
+            path: nodes.clone(),
+            links: Vec::new(),
+            paths: vec![crate::control::sessions::SessionPath {
+                nodes,
+                links: Vec::new(),
+                share_bps: 1000.0,
+            }],
+            history: Vec::new(),
+            interworking: Some(Interworking {
+                peer_domain: "B".into(),
+                role: InterworkingRole::Segment,
+                transaction: Uuid::from_u128(1),
+                local_gateway: path[0].into(),
+                peer_gateway: "gb1".into(),
+                qx_link: "qx1".into(),
+                peer_km: "b1".into(),
+            }),
+        }
+    }
+
+    fn state(current: Session, retired: Vec<Session>) -> State {
+        let mut state = State {
+            topology: Default::default(),
+            sessions: BTreeMap::new(),
+            order: Vec::new(),
+            interworking: Default::default(),
+            retired: Vec::new(),
+        };
+        state.put(current);
+        for s in retired {
+            state.retire(s);
+        }
+        state
+    }
+
+    #[test]
+    fn a_replaced_segment_keeps_its_entry_and_routes_where_the_new_one_does_not_go() {
+        let old = segment(&["ga1", "a2", "a1"]);
+        let new = segment(&["ga2", "a3", "a1"]);
+        let mut state = state(new, vec![old]);
+        let saes = desired_foreign_saes(&state);
+        for node in ["ga1", "a2", "ga2", "a3", "a1"] {
+            assert_eq!(saes[node]["sae-b1-1"].node, "b1", "{node}");
+        }
+        let routes = desired(&state);
+        assert_eq!(routes["ga1"]["a1"][0].node, "a2");
+        // where both go, the current route wins
+        assert_eq!(routes["ga2"]["a1"][0].node, "a3");
+        // until its time is up; then only the current route is left
+        assert!(!state.prune_retired(Instant::now()));
+        assert!(state.prune_retired(Instant::now() + super::super::state::RETIRED_FOR));
+        let saes = desired_foreign_saes(&state);
+        assert!(!saes.contains_key("ga1") && !saes.contains_key("a2"));
+        assert!(!desired(&state).contains_key("ga1"));
+    }
+
+    #[test]
+    fn a_deleted_session_leaves_nothing_behind() {
+        let old = segment(&["ga1", "a2", "a1"]);
+        let new = segment(&["ga2", "a3", "a1"]);
+        let id = new.id;
+        let mut state = state(new, vec![old]);
+        state.take(id);
+        assert!(desired(&state).is_empty());
+        assert!(desired_foreign_saes(&state).is_empty());
+    }
 }

@@ -195,6 +195,7 @@ impl Instance {
         }
         self.show_as(segment.id, previous.clone());
         self.state.put(segment.clone());
+        self.state.interworking.committing.insert(transaction, None);
         Some(Then::PeerCommitted {
             transaction,
             segment,
@@ -211,6 +212,14 @@ impl Instance {
         previous: Option<Session>,
         installed: Result<(), ControlError>,
     ) -> TransactionResult {
+        // an abort that came while the commit was installed undoes it now
+        if let Some(Some((from, reply))) = self.state.interworking.committing.remove(&transaction) {
+            self.push(Job::PeerAbort {
+                from,
+                transaction,
+                reply,
+            });
+        }
         if let Err(error) = installed {
             restore(&mut self.state, segment.id, previous);
             // all or none: the KMs still hold what they held
@@ -276,6 +285,11 @@ impl Instance {
                 transaction,
                 Some("no such transaction of yours".into()),
             ));
+            return None;
+        }
+        if let Some(pending) = state.interworking.committing.get_mut(&transaction) {
+            // its commit is being installed: undone once it is
+            *pending = Some((from.to_owned(), reply));
             return None;
         }
         if let Some((segment, _)) = state.interworking.prepared.remove(&transaction) {

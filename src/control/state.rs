@@ -2,9 +2,12 @@
 //! their order, and what interworking transactions are in progress.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
 use uuid::Uuid;
+
+use super::cxi::TransactionResult;
 
 use super::sessions::Session;
 use super::topology::Topology;
@@ -22,6 +25,9 @@ pub struct InterworkingState {
     /// When segments were last committed (since start): a session list sent before a commit
     /// must not remove it.
     pub committed_at: BTreeMap<Uuid, Instant>,
+    /// Transactions whose commit is being installed, and the peer's abort of it that came
+    /// meanwhile (applied once the commit is done).
+    pub committing: BTreeMap<Uuid, Option<(String, oneshot::Sender<TransactionResult>)>>,
     /// Segments whose fault was reported to the coordinator, and when (reported again after
     /// [`super::interworking::REPORT_AGAIN`] until it reroutes them).
     pub notified: BTreeMap<Uuid, Instant>,
@@ -35,7 +41,16 @@ pub(super) struct State {
     pub(super) order: Vec<Uuid>,
     /// Interworking state (Cxi transactions, faults reported by the peer).
     pub(super) interworking: InterworkingState,
+    /// Sessions as they were before a job changed their route, with when they go: their
+    /// routes and foreign SAE entries stay on the KMs the new route does not need for
+    /// [`RETIRED_FOR`], so that keys already on their way (reserved, relayed, or sent by a
+    /// peer domain that switches its part after this one) still arrive: make before break.
+    pub(super) retired: Vec<(Instant, Session)>,
 }
+
+/// How long a session's replaced route stays on the KMs: longer than a hop's reservation
+/// (10 s) and than a peer's install after its commit usually takes.
+pub(super) const RETIRED_FOR: Duration = Duration::from_secs(30);
 
 impl State {
     /// Adds or replaces a session (a new one comes last in the order: its routes win where
@@ -47,9 +62,23 @@ impl State {
         self.sessions.insert(session.id, session);
     }
 
+    /// Keeps `session`'s route (as it was before a change) on the KMs for a while.
+    pub(super) fn retire(&mut self, session: Session) {
+        self.retired.push((Instant::now() + RETIRED_FOR, session));
+    }
+
+    /// Forgets the retired routes whose time is up (removed from the KMs on the next
+    /// install); returns whether there were any.
+    pub(super) fn prune_retired(&mut self, now: Instant) -> bool {
+        let before = self.retired.len();
+        self.retired.retain(|(until, _)| *until > now);
+        self.retired.len() != before
+    }
+
     /// Removes a session from the sessions and their order.
     pub(super) fn take(&mut self, id: Uuid) -> Option<Session> {
         self.order.retain(|s| *s != id);
+        self.retired.retain(|(_, s)| s.id != id);
         self.sessions.remove(&id)
     }
 }

@@ -44,6 +44,9 @@ pub struct ManagerConfig {
     pub controller: Option<ControllerLink>,
     /// The QKDN manager of the other domain, across Mxi.
     pub peer: PeerManager,
+    /// Limits of the REST (`rest_listener`) and Mxi (`peer_listener`) listeners.
+    #[serde(default)]
+    pub limits: crate::https::ListenerLimits,
 }
 
 fn default_report_seconds() -> u64 {
@@ -105,6 +108,7 @@ impl ManagerConfig {
         if self.bearer_tokens.iter().all(|t| t.is_empty()) {
             return invalid("the REST API needs bearer tokens".into());
         }
+        self.limits.check().map_err(ConfigError::Invalid)?;
         if self.report_seconds == 0 {
             return invalid("report_seconds must be at least 1".into());
         }
@@ -207,5 +211,23 @@ mxi = "https://127.0.0.1:7302"
         let mut config: ManagerConfig = toml::from_str(EXAMPLE).unwrap();
         config.peer.domain = "A".into();
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn listener_limits_are_configurable_and_checked() {
+        let limits = "\n[limits.rest_listener]\nmax_body_bytes = 4096\n\
+                      [limits.peer_listener.connections]\nmax_connections = 8\nmax_per_source = 2\n";
+        let config: ManagerConfig = toml::from_str(&format!("{EXAMPLE}{limits}")).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.limits.rest_listener.max_body_bytes, 4096);
+        assert_eq!(config.limits.peer_listener.connections.max_per_source, 2);
+        // what is not named keeps its default
+        assert_eq!(config.limits.rest_listener.max_headers, 64);
+        let none = limits.replace("max_connections = 8", "max_connections = 0");
+        let config: ManagerConfig = toml::from_str(&format!("{EXAMPLE}{none}")).unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("limits.peer_listener"), "{error}");
+        let typo = limits.replace("max_body_bytes", "max_body");
+        assert!(toml::from_str::<ManagerConfig>(&format!("{EXAMPLE}{typo}")).is_err());
     }
 }

@@ -48,7 +48,8 @@ pub async fn serve(manager: Arc<Manager>, listener: TcpListener) -> Result<(), M
     let config = crate::tls::server_config(&manager.config.tls)?;
     let issuers = crate::tls::Issuers::load(&manager.config.tls)?;
     tracing::info!(mxi = %listener.local_addr()?, "Mxi server ready");
-    crate::tls::serve_https_with(listener, config, issuers, router(manager)).await;
+    let limits = manager.config.limits.peer_listener.clone();
+    crate::tls::serve_https_with(listener, config, issuers, router(manager), limits).await;
     Ok(())
 }
 

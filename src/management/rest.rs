@@ -41,7 +41,8 @@ pub fn router(manager: Arc<Manager>) -> Router {
 pub async fn serve(manager: Arc<Manager>, listener: TcpListener) -> Result<(), ManagementError> {
     let config = crate::tls::server_config(&manager.config.tls)?;
     tracing::info!(rest = %listener.local_addr()?, "manager REST API ready");
-    crate::tls::serve_https(listener, config, router(manager)).await;
+    let limits = manager.config.limits.rest_listener.clone();
+    crate::tls::serve_https(listener, config, router(manager), limits).await;
     Ok(())
 }
 

@@ -97,6 +97,7 @@ fn config(
             manager_name: format!("manager-{peer}"),
             mxi: format!("https://{}", peer_mxi.local_addr().unwrap()),
         },
+        limits: Default::default(),
     }
 }
 

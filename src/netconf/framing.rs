@@ -4,7 +4,12 @@
 //!
 //! Broken framing is an error (the session is closed cleanly); an empty base:1.0 message
 //! (as sent by some clients right after their hello) is skipped; messages larger than the
-//! configured maximum are rejected before they are buffered whole.
+//! configured maximum are rejected before they are buffered whole. A server's sessions
+//! share a [`BufferBudget`]: what they hold of messages not yet complete, together, stays
+//! within it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -32,8 +37,43 @@ pub enum FramingError {
     BadChunk,
     #[error("message is not UTF-8")]
     NotUtf8,
+    #[error("the server's sessions hold {0} bytes of incoming messages already")]
+    OverBudget(usize),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Bytes of incoming messages that all sessions of one server may hold at once.
+#[derive(Debug)]
+pub struct BufferBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl BufferBudget {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn charge(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
 }
 
 /// Codec of NETCONF messages (as strings).
@@ -45,6 +85,8 @@ pub struct NetconfCodec {
     partial: Vec<u8>,
     /// End-of-message decoding: bytes already searched for the marker.
     scanned: usize,
+    /// The budget incoming bytes are charged to, and how much this codec holds of it.
+    budget: Option<(Arc<BufferBudget>, usize)>,
 }
 
 impl NetconfCodec {
@@ -55,7 +97,32 @@ impl NetconfCodec {
             max_message,
             partial: Vec::new(),
             scanned: 0,
+            budget: None,
         }
+    }
+
+    /// A decoding codec whose buffered input is charged to `budget`.
+    pub fn with_budget(max_message: usize, budget: Arc<BufferBudget>) -> Self {
+        let mut codec = Self::new(max_message);
+        codec.budget = Some((budget, 0));
+        codec
+    }
+
+    /// Charges (or gives back) what this codec holds after a decoding step: `buffered`
+    /// bytes not yet handed out as messages.
+    fn account(&mut self, buffered: usize) -> Result<(), FramingError> {
+        let Some((budget, held)) = &mut self.budget else {
+            return Ok(());
+        };
+        if buffered > *held {
+            if !budget.charge(buffered - *held) {
+                return Err(FramingError::OverBudget(budget.used()));
+            }
+        } else {
+            budget.release(*held - buffered);
+        }
+        *held = buffered;
+        Ok(())
     }
 
     /// Switches framing (after both hellos announced base:1.1).
@@ -161,9 +228,19 @@ impl Decoder for NetconfCodec {
     type Error = FramingError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<String>, FramingError> {
-        match self.framing {
+        let decoded = match self.framing {
             Framing::EndOfMessage => self.decode_eom(src),
             Framing::Chunked => self.decode_chunked(src),
+        }?;
+        self.account(src.len() + self.partial.len())?;
+        Ok(decoded)
+    }
+}
+
+impl Drop for NetconfCodec {
+    fn drop(&mut self) {
+        if let Some((budget, held)) = &self.budget {
+            budget.release(*held);
         }
     }
 }
@@ -279,5 +356,30 @@ mod tests {
             if chunked { codec.set_framing(Framing::Chunked); }
             let _ = decode_all(&mut codec, &input);
         }
+    }
+
+    #[test]
+    fn sessions_together_stay_within_their_budget() {
+        let budget = BufferBudget::new(100);
+        let mut one = NetconfCodec::with_budget(1000, budget.clone());
+        let mut two = NetconfCodec::with_budget(1000, budget.clone());
+        let mut half = BytesMut::from(&[b'x'; 60][..]);
+        assert!(one.decode(&mut half).unwrap().is_none());
+        assert_eq!(budget.used(), 60);
+        // the second session's 60 bytes would take the total over 100
+        let mut more = BytesMut::from(&[b'y'; 60][..]);
+        assert!(matches!(
+            two.decode(&mut more),
+            Err(FramingError::OverBudget(60))
+        ));
+        // a message completed gives its bytes back; a closed session all it held
+        half.extend_from_slice(EOM);
+        assert_eq!(one.decode(&mut half).unwrap().unwrap().len(), 60);
+        assert_eq!(budget.used(), 0);
+        let mut again = BytesMut::from(&[b'z'; 90][..]);
+        assert!(two.decode(&mut again).unwrap().is_none());
+        assert_eq!(budget.used(), 90);
+        drop(two);
+        assert_eq!(budget.used(), 0);
     }
 }

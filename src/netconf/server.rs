@@ -81,6 +81,10 @@ pub struct NetconfLimits {
     pub max_sessions: usize,
     /// Most NETCONF sessions of one user at once.
     pub max_sessions_per_user: usize,
+    /// Bytes of incoming messages all sessions together may hold before the messages are
+    /// complete (each within `max_message_bytes`): a session that would go beyond gets a
+    /// `resource-denied` error and is closed.
+    pub max_buffered_bytes: usize,
     /// Slowing down of password guessing.
     pub auth_throttle: super::throttle::ThrottleConfig,
 }
@@ -93,6 +97,7 @@ impl Default for NetconfLimits {
             idle_timeout_ms: 3_600_000,
             max_sessions: 32,
             max_sessions_per_user: 16,
+            max_buffered_bytes: 64 * 1024 * 1024,
             auth_throttle: Default::default(),
         }
     }
@@ -110,6 +115,9 @@ impl NetconfLimits {
         }
         if self.max_sessions == 0 || self.max_sessions_per_user == 0 {
             return Err("netconf.limits.max_sessions(_per_user) must be positive".into());
+        }
+        if self.max_buffered_bytes == 0 {
+            return Err("netconf.limits.max_buffered_bytes must be positive".into());
         }
         Ok(())
     }
@@ -219,6 +227,8 @@ pub struct NetconfServer {
     next_session: AtomicU32,
     /// Failed logins, to slow down guessing.
     pub(crate) throttle: super::throttle::AuthThrottle,
+    /// What the sessions hold of incoming messages, together.
+    pub(crate) buffered: Arc<super::framing::BufferBudget>,
 }
 
 /// What the server knows of a session.
@@ -313,6 +323,7 @@ impl NetconfServer {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU32::new(1),
             throttle: super::throttle::AuthThrottle::new(config.limits.auth_throttle.clone()),
+            buffered: super::framing::BufferBudget::new(config.limits.max_buffered_bytes),
             config,
         });
         if server.persist(&server.stores.lock().expect("stores").running) {

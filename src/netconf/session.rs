@@ -42,7 +42,10 @@ pub async fn run<S>(
     async {
         let (read, write) = tokio::io::split(stream);
         let max = server.config.max_message_bytes;
-        let mut input = FramedRead::new(read, NetconfCodec::new(max));
+        let mut input = FramedRead::new(
+            read,
+            NetconfCodec::with_budget(max, server.buffered.clone()),
+        );
         let mut output = FramedWrite::new(write, NetconfCodec::new(max));
         if output.send(hello(&server, id)).await.is_err() {
             return;
@@ -87,6 +90,17 @@ pub async fn run<S>(
                                 ErrorType::Rpc,
                                 ErrorTag::TooBig,
                                 format!("a message may hold at most {max} bytes"),
+                            );
+                            let _ = output.send(error_reply(&error)).await;
+                            break;
+                        }
+                        Some(Err(FramingError::OverBudget(held))) => {
+                            // RFC 6241 appendix A: resource-denied, for lack of memory
+                            tracing::warn!(held, "incoming messages over the server's buffer budget: closing the session");
+                            let error = RpcError::new(
+                                ErrorType::Rpc,
+                                ErrorTag::ResourceDenied,
+                                "the server holds too much of incoming messages; try again later",
                             );
                             let _ = output.send(error_reply(&error)).await;
                             break;

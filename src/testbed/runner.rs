@@ -652,6 +652,7 @@ fn write_control(
             expose: ExposePolicy::default(),
             default_rate_bps: 1000.0,
         }),
+        limits: Default::default(),
     };
     let config_path = cdir.join("controller.toml");
     write_toml(&config_path, &config, "controller config")?;
@@ -715,6 +716,7 @@ fn write_control(
             mxi: format!("https://{}", control[&peer].mxi),
             domain: peer,
         },
+        limits: Default::default(),
     };
     let mconfig_path = mdir.join("manager.toml");
     write_toml(&mconfig_path, &mconfig, "manager config")?;

@@ -318,20 +318,16 @@ async fn a_minute_of_cross_domain_overload_does_not_wedge_the_controllers() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    // pool exhaustion is no route fault: no controller was asked for a diagnosis of one
-    // (other relay failures under this load are diagnosed: see the note on issue 15)
+    // pool exhaustion is no route fault, and load alone breaks no route: no controller was
+    // asked for a diagnosis (a relay refused because a re-agreed segment's entry left the
+    // gateway before the peer switched its part would be one)
     for domain in ["A", "B"] {
-        let exhausted: Vec<Value> = events(&bed, domain)
+        let diagnoses: Vec<Value> = events(&bed, domain)
             .await
             .into_iter()
             .filter(|e| e["kind"] == "qclm-diagnosis")
-            .filter(|e| {
-                let detail = e["detail"].as_str().unwrap_or_default();
-                detail.contains("not enough key material")
-                    || detail.contains("too many undelivered keys")
-            })
             .collect();
-        assert!(exhausted.is_empty(), "{domain}: {exhausted:#?}");
+        assert!(diagnoses.is_empty(), "{domain}: {diagnoses:#?}");
     }
 }
 
