@@ -37,7 +37,7 @@ pub const MODULES: &[Module] = &[
     },
     Module {
         name: "qkdni-km",
-        revision: "2026-11-27",
+        revision: "2026-12-06",
         text: include_str!("../yang/qkdni-km.yang"),
     },
 ];

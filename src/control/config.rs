@@ -35,6 +35,10 @@ pub struct ControllerConfig {
     /// Seconds between polls of the agents' key pools (notifications carry the rest).
     #[serde(default = "default_poll")]
     pub poll_seconds: u64,
+    /// Seconds after which a session set up on a KM's request whose SAE pair asked for no
+    /// key is removed (0: never).
+    #[serde(default = "default_on_demand_idle")]
+    pub on_demand_idle_seconds: u64,
     /// The operators' NETCONF server (`qkdni-controller` model); once it has persisted a
     /// running datastore, that datastore holds the policy and the poll interval.
     #[serde(default)]
@@ -105,6 +109,10 @@ fn default_policy() -> String {
 
 fn default_poll() -> u64 {
     2
+}
+
+fn default_on_demand_idle() -> u64 {
+    600
 }
 
 /// One KM agent.

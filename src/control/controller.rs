@@ -53,6 +53,7 @@ pub struct Controller {
     pub(super) policies: Catalog,
     pub(super) policy: std::sync::RwLock<Box<dyn RoutePolicy>>,
     pub(super) poll_seconds: AtomicU64,
+    pub(super) on_demand_idle_seconds: AtomicU64,
     pub(super) store: SessionStore,
     pub(super) events: std::sync::Mutex<VecDeque<ControllerEvent>>,
     /// Every new event, for NETCONF notifications.
@@ -169,6 +170,17 @@ impl Controller {
     /// Sets the poll interval.
     pub fn set_poll_seconds(&self, seconds: u64) {
         self.poll_seconds.store(seconds.max(1), Ordering::Relaxed);
+    }
+
+    /// Seconds without key requests after which an on-demand session goes (0: never).
+    pub fn on_demand_idle_seconds(&self) -> u64 {
+        self.on_demand_idle_seconds.load(Ordering::Relaxed)
+    }
+
+    /// Changes the on-demand idle time.
+    pub fn set_on_demand_idle_seconds(&self, seconds: u64) {
+        self.on_demand_idle_seconds
+            .store(seconds, Ordering::Relaxed);
     }
 
     /// The topology and sessions (never waits on the instance).

@@ -11,6 +11,29 @@ use super::reroute::describe;
 use super::sessions::{Interworking, Session, SessionEvent, SessionPath, SessionState};
 use crate::netconf::server::now_rfc3339;
 
+/// Who asks for a new session.
+pub(super) enum Requester {
+    /// An orchestrator, over the northbound REST API (with a demanded rate).
+    Orchestrator,
+    /// A KM, for keys on demand: the session is removed when it is no longer used.
+    Km(String),
+}
+
+impl Requester {
+    fn on_demand(&self) -> bool {
+        matches!(self, Requester::Km(_))
+    }
+}
+
+impl std::fmt::Display for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Requester::Orchestrator => f.write_str("orchestrator"),
+            Requester::Km(km) => write!(f, "KM {km}"),
+        }
+    }
+}
+
 impl Instance {
     /// An orchestrator's new session.
     pub(super) fn create(
@@ -26,11 +49,11 @@ impl Instance {
             return;
         }
         if topology.saes.contains_key(&slave) {
-            self.create_local(master, slave, rate_bps, "orchestrator", reply)
+            self.create_local(master, slave, rate_bps, &Requester::Orchestrator, reply)
         } else if self.c.peers.is_empty() {
             let _ = reply.send(Err(ControlError::UnknownSae(slave)));
         } else {
-            self.create_interworking(master, slave, rate_bps, "orchestrator", reply)
+            self.create_interworking(master, slave, rate_bps, &Requester::Orchestrator, reply)
         }
     }
 
@@ -40,7 +63,7 @@ impl Instance {
         master: String,
         slave: String,
         rate_bps: f64,
-        by: &str,
+        by: &Requester,
         reply: Reply<Session>,
     ) {
         let topology = &self.state.topology;
@@ -76,6 +99,7 @@ impl Instance {
             links: paths[0].links.clone(),
             paths,
             interworking: None,
+            on_demand: by.on_demand(),
         };
         self.push(Job::Create {
             session,
@@ -120,7 +144,7 @@ impl Instance {
             });
             return;
         }
-        let by = format!("KM {km}");
+        let by = Requester::Km(km);
         if topology.saes.contains_key(&slave) {
             // keys on demand inside the domain: a best-effort session, routed at once
             self.creating
@@ -147,7 +171,7 @@ impl Instance {
         master: String,
         slave: String,
         rate_bps: f64,
-        by: &str,
+        by: &Requester,
         reply: Reply<Session>,
     ) {
         let key = (master.clone(), slave.clone());
@@ -172,12 +196,13 @@ impl Instance {
             paths: Vec::new(),
             history: Vec::new(),
             interworking: None,
+            on_demand: by.on_demand(),
         };
         self.creating.insert(key, vec![reply]);
         self.agree(
             Agreement::New {
                 session: session.clone(),
-                by: by.to_owned(),
+                by: by.to_string(),
             },
             session,
             format!("new session ({by})"),

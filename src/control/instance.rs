@@ -142,6 +142,8 @@ pub(super) struct Instance {
     pub(super) shown: BTreeMap<Uuid, Option<Session>>,
     /// Waiters for a new interworking session being agreed, by (master, slave).
     pub(super) creating: BTreeMap<(String, String), Vec<Reply<Session>>>,
+    /// When each SAE pair last asked for keys (on-demand sessions expire without use).
+    pub(super) usage: super::expiry::PairUse,
 }
 
 /// Opens the store, reads every agent, starts the instance with the stored sessions and
@@ -181,6 +183,7 @@ pub async fn start(
     };
     let (inputs, received) = mpsc::channel(INPUT_QUEUE);
     let (publish, view) = watch::channel(Arc::new(View::default()));
+    let on_demand_idle_seconds = config.on_demand_idle_seconds;
     let controller = Arc::new(Controller {
         config,
         southbound,
@@ -188,6 +191,7 @@ pub async fn start(
         policies,
         policy: std::sync::RwLock::new(policy),
         poll_seconds: AtomicU64::new(poll_seconds),
+        on_demand_idle_seconds: AtomicU64::new(on_demand_idle_seconds),
         store,
         events: std::sync::Mutex::new(VecDeque::new()),
         published: tokio::sync::broadcast::channel(256).0,
@@ -235,6 +239,7 @@ pub(super) fn spawn(
         again: BTreeSet::new(),
         creating: BTreeMap::new(),
         shown: BTreeMap::new(),
+        usage: Default::default(),
     };
     tokio::spawn(instance.run(inputs, publish));
 }
@@ -296,6 +301,7 @@ impl Instance {
                 let changed = self.merge(views, installs);
                 // the reroute pass this poll queues removes them from the KMs
                 self.state.prune_retired(Instant::now());
+                self.expire_idle(Instant::now());
                 let trigger = match trigger {
                     Some("poll") if changed => "link state (poll)",
                     Some("poll") => "key rate (poll)",

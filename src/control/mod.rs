@@ -11,6 +11,7 @@
 //! - [`state`] — the state the instance owns;
 //! - [`messages`] — the instance's inputs and the view it publishes;
 //! - [`creation`] — new sessions, local or agreed with the peer;
+//! - [`expiry`] — on-demand sessions removed when their SAE pair no longer asks for keys;
 //! - [`reroute`] — rerouting on faults and key rate shortfalls;
 //! - [`routes`] — the relay route tables the KMs should hold, and the difference to what they hold;
 //! - [`cxi`] — Cxi messages between the controllers of two QKDNs, and their client;
@@ -30,6 +31,7 @@ mod creation;
 pub mod cxi;
 pub mod cxi_server;
 pub mod error;
+mod expiry;
 pub mod instance;
 pub mod interworking;
 mod interworking_yang;

@@ -99,6 +99,11 @@ impl Application for Operator {
                 &format!("{ROOT}/poll-seconds"),
                 &config.poll_seconds.max(1).to_string(),
             )?;
+            set(
+                &mut tree,
+                &format!("{ROOT}/on-demand-idle-seconds"),
+                &config.on_demand_idle_seconds.to_string(),
+            )?;
             for agent in &config.agents {
                 let base = format!("{ROOT}/agents/agent[node={}]", quote(&agent.node));
                 set(
@@ -152,6 +157,11 @@ impl Application for Operator {
                 .path(format!("{ROOT}/policy"))
         })?;
         self.controller.set_poll_seconds(poll);
+        if let Some(idle) =
+            value(new, &format!("{ROOT}/on-demand-idle-seconds")).and_then(|v| v.parse().ok())
+        {
+            self.controller.set_on_demand_idle_seconds(idle);
+        }
         tracing::info!(%policy, poll_seconds = poll, "controller configuration applied");
         Ok(())
     }
@@ -223,6 +233,11 @@ impl Application for Operator {
             for node in &session.path {
                 set(&mut tree, &format!("{base}/path"), node)?;
             }
+            set(
+                &mut tree,
+                &format!("{base}/on-demand"),
+                &session.on_demand.to_string(),
+            )?;
         }
         Ok(tree)
     }

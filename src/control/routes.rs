@@ -53,9 +53,11 @@ impl Instance {
             .iter()
             .map(|(id, l)| (id.clone(), l.up))
             .collect();
+        let now = std::time::Instant::now();
         for (node, view) in views {
             match view {
                 Ok(view) => {
+                    self.usage.note(&view, now);
                     let known = topology
                         .nodes
                         .get(&node)
@@ -259,6 +261,7 @@ mod tests {
                 qx_link: "qx1".into(),
                 peer_km: "b1".into(),
             }),
+            on_demand: false,
         }
     }
 

@@ -141,6 +141,7 @@ impl Instance {
                 qx_link: request.qx_link.clone(),
                 peer_km: request.origin_km.clone(),
             }),
+            on_demand: false,
         };
         self.c.event_in(
             "interworking-prepare",

@@ -56,6 +56,10 @@ pub struct Session {
     /// Set for a session between SAEs of two QKDNs (Y.3818 9.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interworking: Option<Interworking>,
+    /// Set up on a KM's request (keys on demand, no demanded rate): removed once its pair
+    /// has not asked for keys for the controller's on-demand idle time.
+    #[serde(default)]
+    pub on_demand: bool,
 }
 
 /// This domain's part in an interworking session.

@@ -17,6 +17,8 @@ pub struct AgentView {
     pub routes: BTreeMap<String, Vec<WeightedHop>>,
     /// SAEs of other QKDNs installed for interworking: SAE id -> (node, domain).
     pub foreign_saes: BTreeMap<String, ForeignSae>,
+    /// Get key requests served per (master SAE, slave SAE) pair since the KM started.
+    pub pair_requests: BTreeMap<(String, String), u64>,
 }
 
 /// An SAE of another QKDN as a KM knows it.
@@ -146,6 +148,20 @@ impl AgentView {
                             }
                         }
                         view.routes.insert(dest, hops);
+                    }
+                }
+            }
+            if let Some(etsi014) = child(km, KM_NS, "etsi014") {
+                for pair in etsi014
+                    .children()
+                    .filter(|c| c.is_element() && c.tag_name().name() == "pair")
+                {
+                    if let (Some(master), Some(slave), Some(requests)) = (
+                        text(child(pair, KM_NS, "master-sae")),
+                        text(child(pair, KM_NS, "slave-sae")),
+                        text(child(pair, KM_NS, "requests")).and_then(|r| r.parse().ok()),
+                    ) {
+                        view.pair_requests.insert((master, slave), requests);
                     }
                 }
             }
@@ -293,13 +309,14 @@ mod tests {
 
     #[test]
     fn agent_data_is_read() {
-        let xml = r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>a1</qkdn_id><qkd_links><qkd_link><qkdl_id>a1-a2</qkdl_id><peer-node xmlns="urn:qkdni:yang:qkdni-km">a2</peer-node><oper-state xmlns="urn:qkdni:yang:qkdni-km">up</oper-state><secret-key-rate-bps xmlns="urn:qkdni:yang:qkdni-km">1000.000</secret-key-rate-bps><key-pool xmlns="urn:qkdni:yang:qkdni-km"><own-blocks>12</own-blocks><capacity-blocks>64</capacity-blocks></key-pool></qkd_link></qkd_links><key-manager xmlns="urn:qkdni:yang:qkdni-km"><saes><sae><sae-id>s1</sae-id><node>a1</node></sae></saes><relay-routes><route><destination>a3</destination><next-hop>a2</next-hop></route></relay-routes></key-manager></qkd_node>"#;
+        let xml = r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>a1</qkdn_id><qkd_links><qkd_link><qkdl_id>a1-a2</qkdl_id><peer-node xmlns="urn:qkdni:yang:qkdni-km">a2</peer-node><oper-state xmlns="urn:qkdni:yang:qkdni-km">up</oper-state><secret-key-rate-bps xmlns="urn:qkdni:yang:qkdni-km">1000.000</secret-key-rate-bps><key-pool xmlns="urn:qkdni:yang:qkdni-km"><own-blocks>12</own-blocks><capacity-blocks>64</capacity-blocks></key-pool></qkd_link></qkd_links><key-manager xmlns="urn:qkdni:yang:qkdni-km"><saes><sae><sae-id>s1</sae-id><node>a1</node></sae></saes><relay-routes><route><destination>a3</destination><next-hop>a2</next-hop></route></relay-routes><etsi014><keys-supplied>3</keys-supplied><pair><master-sae>s1</master-sae><slave-sae>s3</slave-sae><requests>2</requests><keys>3</keys></pair></etsi014></key-manager></qkd_node>"#;
         let view = AgentView::parse(xml).unwrap();
         assert_eq!(view.node, "a1");
         assert_eq!(view.links[0].own_blocks, 12);
         assert!(view.links[0].up);
         assert_eq!(view.saes["s1"], "a1");
         assert_eq!(view.routes["a3"][0].node, "a2");
+        assert_eq!(view.pair_requests[&("s1".into(), "s3".into())], 2);
         let mut topo = Topology::default();
         topo.update(&view);
         assert_eq!(

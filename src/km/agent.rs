@@ -106,6 +106,29 @@ pub struct Counters {
     pub keys_expired: AtomicU64,
     /// ETSI 014 requests answered 503 by admission control.
     pub requests_shed: AtomicU64,
+    /// Get key requests served and keys supplied per (master SAE, slave SAE) pair: what
+    /// tells the controller that a pair's on-demand route is still in use.
+    pub pairs: Mutex<BTreeMap<(String, String), PairUse>>,
+}
+
+/// Use of one (master SAE, slave SAE) pair at the master's KM.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PairUse {
+    pub requests: u64,
+    pub keys: u64,
+}
+
+impl Counters {
+    /// Counts a Get key request of `master` served with `keys` keys for each of `slaves`.
+    pub fn supplied(&self, master: &str, slaves: &[String], keys: u64) {
+        self.keys_supplied.fetch_add(keys, Ordering::Relaxed);
+        let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
+        for slave in slaves {
+            let pair = pairs.entry((master.to_owned(), slave.clone())).or_default();
+            pair.requests += 1;
+            pair.keys += keys;
+        }
+    }
 }
 
 /// The shared state of a KM agent.

@@ -361,8 +361,7 @@ async fn enc_keys(
         })?;
     agent
         .counters
-        .keys_supplied
-        .fetch_add(issued.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        .supplied(&master, &slaves, issued.len() as u64);
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Json(KeyContainer {
         keys: issued

@@ -562,6 +562,24 @@ impl Application for Northbound {
                     .to_string(),
             )?;
         }
+        let pairs = counters
+            .pairs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for ((master, slave), used) in pairs {
+            let base = format!(
+                "{KM}/etsi014/pair[master-sae={}][slave-sae={}]",
+                crate::netconf::xml::quote(&master),
+                crate::netconf::xml::quote(&slave)
+            );
+            set(
+                &mut tree,
+                &format!("{base}/requests"),
+                &used.requests.to_string(),
+            )?;
+            set(&mut tree, &format!("{base}/keys"), &used.keys.to_string())?;
+        }
         Ok(tree)
     }
 

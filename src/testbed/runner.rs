@@ -627,6 +627,7 @@ fn write_control(
             known_hosts: known_hosts.to_path_buf(),
         },
         poll_seconds: 2,
+        on_demand_idle_seconds: 600,
         netconf: Some(NetconfConfig {
             listen: addrs.netconf,
             host_key: {

@@ -362,3 +362,82 @@ async fn keys_on_demand_inside_a_domain_route_one_session_per_pair() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_session_goes_when_its_pair_stops_asking_for_keys() {
+    let bed = Bed::up("single-domain.toml");
+    bed.wait_path(&["a1", "a2", "a4", "a5"], 8).await;
+    let nc = bed
+        .controller_netconf("A", &bed.endpoints.netconf_user)
+        .await;
+    nc.edit_config(
+        "running",
+        "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><on-demand-idle-seconds>6</on-demand-idle-seconds></controller>",
+    )
+    .await
+    .unwrap();
+    // an orchestrated session (with a demanded rate) never expires
+    let (http, rest, token) = bed.controller("A");
+    let created = http
+        .post(format!("{rest}/api/v1/sessions"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"master_sae": "sae-a2-1", "slave_sae": "sae-a4-1", "rate_bps": 100.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let sessions = || async { bed.controller_get("A", "/api/v1/sessions").await };
+    let on_demand = |all: &Value| -> Vec<String> {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["on_demand"] == true)
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // a pair that keeps asking keeps its session beyond the idle time
+    bed.deliver("sae-a1-1", "sae-a5-1", 1).await;
+    let first = on_demand(&sessions().await);
+    assert_eq!(first.len(), 1);
+    let using = Instant::now();
+    while using.elapsed() < Duration::from_secs(10) {
+        bed.deliver("sae-a1-1", "sae-a5-1", 1).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(on_demand(&sessions().await), first);
+    // once it stops, the session goes, with its routes
+    let stopped = Instant::now();
+    loop {
+        let all = sessions().await;
+        if on_demand(&all).is_empty() {
+            assert_eq!(all.as_array().unwrap().len(), 1, "{all:#}");
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "still there: {all:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let expired = events(&bed, "A").await;
+    assert!(
+        expired
+            .iter()
+            .any(|e| e["kind"] == "session-expired" && e["session"] == first[0].as_str()),
+        "{expired:#?}"
+    );
+    // the KMs no longer hold its route
+    loop {
+        let routes = bed.controller_get("A", "/api/v1/routes").await;
+        if routes["a1"].get("a5").is_none() {
+            break;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(30), "{routes:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // asking again sets up a new one
+    bed.deliver("sae-a1-1", "sae-a5-1", 1).await;
+    let again = on_demand(&sessions().await);
+    assert_eq!(again.len(), 1);
+    assert_ne!(again, first);
+}
