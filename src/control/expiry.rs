@@ -3,45 +3,11 @@
 //! asked for no key for the on-demand idle time is removed like a deleted one (its routes go,
 //! its peer domain removes its segment). Orchestrated sessions never expire.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::instance::{Instance, Job};
-use super::topology::AgentView;
-
-/// Use of the SAE pairs, as the instance last saw it.
-#[derive(Default)]
-pub(super) struct PairUse {
-    /// (master, slave) -> the request counter last read and when it last changed.
-    seen: BTreeMap<(String, String), (u64, Instant)>,
-}
-
-impl PairUse {
-    /// Notes the counters an agent reported: a counter that moved (or was reset by a
-    /// restart) is use now.
-    pub(super) fn note(&mut self, view: &AgentView, now: Instant) {
-        for (pair, requests) in &view.pair_requests {
-            match self.seen.get_mut(pair) {
-                Some((seen, _)) if seen == requests => {}
-                Some(entry) => *entry = (*requests, now),
-                None => {
-                    self.seen.insert(pair.clone(), (*requests, now));
-                }
-            }
-        }
-    }
-
-    /// When the pair was last seen in use; a pair not seen yet counts from `now`.
-    fn last_use(&mut self, pair: (String, String), now: Instant) -> Instant {
-        self.seen.entry(pair).or_insert((0, now)).1
-    }
-
-    fn forget(&mut self, pair: &(String, String)) {
-        self.seen.remove(pair);
-    }
-}
 
 impl Instance {
     /// Removes the on-demand sessions of this domain's KMs whose pair has been idle for the
@@ -87,6 +53,8 @@ impl Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::state::PairUse;
+    use crate::control::topology::AgentView;
 
     fn view(requests: u64) -> AgentView {
         AgentView {

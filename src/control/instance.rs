@@ -143,7 +143,7 @@ pub(super) struct Instance {
     /// Waiters for a new interworking session being agreed, by (master, slave).
     pub(super) creating: BTreeMap<(String, String), Vec<Reply<Session>>>,
     /// When each SAE pair last asked for keys (on-demand sessions expire without use).
-    pub(super) usage: super::expiry::PairUse,
+    pub(super) usage: super::state::PairUse,
 }
 
 /// Opens the store, reads every agent, starts the instance with the stored sessions and

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::cxi::TransactionResult;
 
 use super::sessions::Session;
-use super::topology::Topology;
+use super::topology::{AgentView, Topology};
 
 /// Interworking state of a controller.
 #[derive(Default)]
@@ -80,5 +80,37 @@ impl State {
         self.order.retain(|s| *s != id);
         self.retired.retain(|(_, s)| s.id != id);
         self.sessions.remove(&id)
+    }
+}
+
+/// Use of the SAE pairs, as the instance last saw it.
+#[derive(Default)]
+pub(super) struct PairUse {
+    /// (master, slave) -> the request counter last read and when it last changed.
+    seen: BTreeMap<(String, String), (u64, Instant)>,
+}
+
+impl PairUse {
+    /// Notes the counters an agent reported: a counter that moved (or was reset by a
+    /// restart) is use now.
+    pub(super) fn note(&mut self, view: &AgentView, now: Instant) {
+        for (pair, requests) in &view.pair_requests {
+            match self.seen.get_mut(pair) {
+                Some((seen, _)) if seen == requests => {}
+                Some(entry) => *entry = (*requests, now),
+                None => {
+                    self.seen.insert(pair.clone(), (*requests, now));
+                }
+            }
+        }
+    }
+
+    /// When the pair was last seen in use; a pair not seen yet counts from `now`.
+    pub(super) fn last_use(&mut self, pair: (String, String), now: Instant) -> Instant {
+        self.seen.entry(pair).or_insert((0, now)).1
+    }
+
+    pub(super) fn forget(&mut self, pair: &(String, String)) {
+        self.seen.remove(pair);
     }
 }
