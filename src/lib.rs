@@ -23,6 +23,7 @@ pub mod etsi014;
 pub mod https;
 pub mod km;
 pub mod management;
+pub mod metrics;
 pub mod netconf;
 pub mod pki;
 pub mod problem;

@@ -198,6 +198,21 @@ fn main() -> anyhow::Result<()> {
                     }
                     listening.push(iw.cxi_listen);
                 }
+                if let Some(listener) = qkdni::metrics::bind(controller.config.metrics_listen)
+                    .await
+                    .context("binding the metrics listener")?
+                {
+                    listening.push(listener.local_addr()?);
+                    let c = controller.clone();
+                    let exposition = controller.metrics.exposition(Box::new(move || c.view()));
+                    watchers.push(tokio::spawn(async move {
+                        if let Err(error) =
+                            qkdni::metrics::serve(listener, std::sync::Arc::new(exposition)).await
+                        {
+                            tracing::error!(%error, "metrics listener failed");
+                        }
+                    }));
+                }
                 qkdni::readiness::notify(&listening)?;
                 qkdni::km::agent::shutdown_signal().await;
                 tracing::info!("controller stopping");

@@ -7,6 +7,8 @@ mod common;
 mod concurrency;
 #[path = "interworking/mod.rs"]
 mod interworking;
+#[path = "metrics/mod.rs"]
+mod metrics;
 #[path = "southbound/mod.rs"]
 mod southbound;
 #[path = "supply/mod.rs"]

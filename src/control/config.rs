@@ -49,6 +49,10 @@ pub struct ControllerConfig {
     /// Limits of the REST (`rest_listener`) and Cxi (`peer_listener`) listeners.
     #[serde(default)]
     pub limits: crate::https::ListenerLimits,
+    /// Address of the Prometheus metrics listener (plain HTTP: a management network or the
+    /// loopback), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The controller's interworking reference point Cxi (Y.3818 6.1).

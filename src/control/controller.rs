@@ -62,6 +62,8 @@ pub struct Controller {
     pub(super) view: watch::Receiver<Arc<View>>,
     /// What this controller knows of its peer domains.
     pub(super) peer_domains: super::peers::PeerDomains,
+    /// Prometheus metrics.
+    pub metrics: super::metrics::ControlMetrics,
 }
 
 impl Controller {

@@ -40,6 +40,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/cxi/v1/transactions/{id}/abort", post(abort))
         .route("/cxi/v1/status", post(status))
         .route("/cxi/v1/sessions/{id}", delete(delete_session))
+        .route_layer(axum::middleware::from_fn_with_state(
+            controller.metrics.cxi.clone(),
+            crate::metrics::count_requests,
+        ))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such resource") })
         .with_state(controller)
 }

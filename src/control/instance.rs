@@ -198,6 +198,7 @@ pub async fn start(
         inputs,
         view,
         peer_domains: Default::default(),
+        metrics: Default::default(),
     });
     spawn(controller.clone(), sessions, received, publish);
     let started = Instant::now();
@@ -446,7 +447,10 @@ impl Instance {
         let install = changes.clone();
         self.in_flight.insert(id, (then, changes));
         tokio::spawn(async move {
+            let started = Instant::now();
             let result = c.southbound.install(&install).await;
+            c.metrics
+                .install(result.is_ok(), started.elapsed().as_secs_f64());
             let _ = c.send(Input::Installed { id, result }).await;
         });
         None

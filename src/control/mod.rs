@@ -12,6 +12,7 @@
 //! - [`messages`] — the instance's inputs and the view it publishes;
 //! - [`creation`] — new sessions, local or agreed with the peer;
 //! - [`expiry`] — on-demand sessions removed when their SAE pair no longer asks for keys;
+//! - [`metrics`] — Prometheus metrics of sessions, installs, reroutes and Cxi;
 //! - [`reroute`] — rerouting on faults and key rate shortfalls;
 //! - [`routes`] — the relay route tables the KMs should hold, and the difference to what they hold;
 //! - [`cxi`] — Cxi messages between the controllers of two QKDNs, and their client;
@@ -36,6 +37,7 @@ pub mod instance;
 pub mod interworking;
 mod interworking_yang;
 mod messages;
+pub mod metrics;
 pub mod northbound;
 pub mod operator;
 pub mod peers;

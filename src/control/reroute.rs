@@ -127,6 +127,10 @@ impl Instance {
         installed: Result<(), ControlError>,
     ) {
         let elapsed = started.elapsed().as_secs_f64() * 1e3;
+        if !changed.is_empty() {
+            let ok = installed.is_ok() && changed.iter().all(|(_, routed)| *routed);
+            self.c.metrics.reroute(ok, elapsed / 1e3);
+        }
         for (id, routed) in changed {
             let Some(session) = self.state.sessions.get(&id) else {
                 continue;

@@ -93,10 +93,23 @@ pub async fn admit(State(agent): State<Arc<Agent>>, request: Request, next: Next
         .get::<PeerIdentity>()
         .and_then(|identity| identity.0.clone())
         .unwrap_or_default();
+    let call = match request.uri().path().rsplit('/').next() {
+        Some("status") => "status",
+        Some("enc_keys") => "enc_keys",
+        Some("dec_keys") => "dec_keys",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
     match agent.admission.enter(&sae) {
         Ok(permit) => {
             let response = next.run(request).await;
             drop(permit);
+            agent.metrics.etsi014_request(
+                call,
+                &sae,
+                response.status().as_u16(),
+                started.elapsed().as_secs_f64(),
+            );
             response
         }
         Err(refusal) => {
@@ -112,6 +125,9 @@ pub async fn admit(State(agent): State<Arc<Agent>>, request: Request, next: Next
                 ),
             };
             tracing::debug!(%sae, ?refusal, "ETSI 014 request shed");
+            agent
+                .metrics
+                .etsi014_request(call, &sae, 503, started.elapsed().as_secs_f64());
             super::ksa::Etsi014Error::unavailable(message)
                 .detail(detail)
                 .into_response()

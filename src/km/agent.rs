@@ -143,6 +143,8 @@ pub struct Agent {
     links: HashMap<String, LinkRuntime>,
     settings: RwLock<Settings>,
     pub counters: Counters,
+    /// Prometheus metrics (requests, keys, relays; links at each scrape).
+    pub metrics: super::metrics::KmMetrics,
     events: tokio::sync::broadcast::Sender<super::events::Event>,
     /// Kxi-1/Kxi-2 state of a gateway node.
     pub kxi: super::kxi::KxiState,
@@ -212,6 +214,7 @@ impl Agent {
             foreign,
             links,
             counters: Counters::default(),
+            metrics: super::metrics::KmMetrics::new(),
             events,
             kxi: Default::default(),
             holds: Default::default(),
@@ -382,6 +385,29 @@ impl Agent {
         let _ = self.events.send(event);
     }
 
+    /// Every link's figures for the metrics: rate, QBER, state, pool fill.
+    fn link_figures(&self) -> Vec<super::metrics::LinkFigure> {
+        self.links()
+            .map(|link| {
+                let c = &link.config;
+                let condition = link.condition();
+                let held = [c.end.owner(), 1 - c.end.owner()]
+                    .into_iter()
+                    .filter_map(|owner| self.store.available(&c.id, owner).ok())
+                    .sum::<usize>()
+                    + self.store.pending(&c.id).unwrap_or(0);
+                super::metrics::LinkFigure {
+                    link: c.id.clone(),
+                    peer: c.peer.clone(),
+                    rate_bps: condition.rate_bps,
+                    qber: condition.qber,
+                    state: condition.state,
+                    fill_ratio: held as f64 / condition.capacity_blocks.max(1) as f64,
+                }
+            })
+            .collect()
+    }
+
     /// Subscribes to the agent's events.
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<super::events::Event> {
         self.events.subscribe()
@@ -462,6 +488,18 @@ impl Agent {
                 })?;
             listening.push(server_listen(&server));
             tasks.push(server.start_on(listener)?);
+        }
+        if let Some(addr) = self.config.metrics_listen {
+            let listener = bind(addr).await?;
+            let agent = self.clone();
+            let exposition =
+                super::metrics::exposition(&self.metrics, Box::new(move || agent.link_figures()));
+            listening.push(addr);
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = crate::metrics::serve(listener, Arc::new(exposition)).await {
+                    tracing::error!(%error, "metrics listener failed");
+                }
+            }));
         }
         tracing::info!(node = %self.config.node, etsi014 = %self.config.etsi014_listen, kma = %self.config.kma_listen, "KM agent ready");
         // every listener is bound and served: whoever started the agent may use it

@@ -52,6 +52,10 @@ pub struct KmConfig {
     /// Limits against load and abuse (listeners, ETSI 014 admission, undelivered keys).
     #[serde(default)]
     pub limits: super::limits::KmLimits,
+    /// Address of the Prometheus metrics listener (plain HTTP: a management network or the
+    /// loopback), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Which end of a QKD link this node is.

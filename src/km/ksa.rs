@@ -362,6 +362,7 @@ async fn enc_keys(
     agent
         .counters
         .supplied(&master, &slaves, issued.len() as u64);
+    agent.metrics.keys(&master, "master", issued.len() as u64);
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Json(KeyContainer {
         keys: issued
@@ -465,6 +466,7 @@ async fn dec_keys(
         .counters
         .keys_delivered
         .fetch_add(taken.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    agent.metrics.keys(&slave, "slave", taken.len() as u64);
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Json(KeyContainer {
         keys: taken

@@ -10,6 +10,7 @@
 //! - [`admission`] — admission control of the ETSI 014 API (503 beyond the caps);
 //! - [`expiry`] — erasing keys their slave SAE did not fetch in time;
 //! - [`limits`] — limits against load and abuse (listeners, admission, undelivered keys);
+//! - [`metrics`] — Prometheus metrics of links, the ETSI 014 API and relays;
 //! - [`agent`] — the daemon that ties them together.
 
 pub mod admission;
@@ -21,6 +22,7 @@ pub mod kma;
 pub mod ksa;
 pub mod kxi;
 pub mod limits;
+pub mod metrics;
 pub mod northbound;
 pub mod otp;
 pub mod relay;

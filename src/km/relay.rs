@@ -209,6 +209,7 @@ pub async fn supply(
             )
             .await?;
             tracing::info!(hops = ack.hops, "keys relayed");
+            agent.metrics.relay("origin", true);
             Ok::<_, RelayError>(made)
         }
         .instrument(span)
@@ -245,6 +246,7 @@ pub async fn supply(
 
 /// Reports a relay that failed at this KM (to operators and the KM lifecycle manager).
 fn relay_failed(agent: &Agent, hop: &Hop, error: &RelayError) {
+    agent.metrics.relay("origin", false);
     agent.emit(super::events::Event::RelayFailure {
         relay_id: hop.relay_id,
         destination: hop.dest_km.clone(),
@@ -545,7 +547,13 @@ pub(crate) async fn act(
         per_key,
     } = verified;
     let (link_id, incoming) = (link.id.clone(), seqs.clone());
+    let step = if body.dest_km == agent.config.node {
+        "deliver"
+    } else {
+        "forward"
+    };
     let result = act_on_relay(agent, sender, &link, owner, seqs, &pads, per_key, body).await;
+    agent.metrics.relay(step, result.is_ok());
     if result.is_err() {
         let discarded = agent
             .store

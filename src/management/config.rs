@@ -47,6 +47,10 @@ pub struct ManagerConfig {
     /// Limits of the REST (`rest_listener`) and Mxi (`peer_listener`) listeners.
     #[serde(default)]
     pub limits: crate::https::ListenerLimits,
+    /// Address of the Prometheus metrics listener (plain HTTP: a management network or the
+    /// loopback), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn default_report_seconds() -> u64 {

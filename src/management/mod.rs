@@ -80,6 +80,30 @@ pub struct Manager {
     pub xlmo: Xlmo,
     /// QKDN control layer manager.
     pub qclm: Qclm,
+    /// Prometheus metrics.
+    pub metrics: ManagerMetrics,
+}
+
+/// The manager's Prometheus metrics: the Mxi messages of the peer domain's manager.
+#[derive(Default)]
+pub struct ManagerMetrics {
+    /// Mxi requests answered, by method, route and HTTP status.
+    pub mxi: crate::metrics::Counters,
+}
+
+impl ManagerMetrics {
+    fn exposition(&self) -> crate::metrics::Exposition {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("qkdni_manager");
+        registry.register(
+            "mxi_requests",
+            "Mxi requests of the peer domain's manager answered, by method, route and HTTP status",
+            self.mxi.clone(),
+        );
+        crate::metrics::Exposition {
+            registry,
+            refresh: Box::new(|| {}),
+        }
+    }
 }
 
 impl Manager {
@@ -106,6 +130,7 @@ impl Manager {
             qclm: Qclm::new(&config)?,
             events: EventLog::default(),
             security: SecurityCounters::default(),
+            metrics: ManagerMetrics::default(),
             config,
         }))
     }
@@ -127,12 +152,21 @@ pub async fn run(
     let manager = Manager::new(config)?;
     let mxi = TcpListener::bind(manager.config.mxi_listen).await?;
     let rest = TcpListener::bind(manager.config.rest_listen).await?;
-    let listening = [mxi.local_addr()?, rest.local_addr()?];
+    let mut listening = vec![mxi.local_addr()?, rest.local_addr()?];
     tracing::info!(domain = %manager.config.domain, peer = %manager.config.peer.domain, "QKDN manager starting");
     let mut servers = vec![
         tokio::spawn(mxi::serve(manager.clone(), mxi)),
         tokio::spawn(rest::serve(manager.clone(), rest)),
     ];
+    if let Some(metrics) = crate::metrics::bind(manager.config.metrics_listen).await? {
+        listening.push(metrics.local_addr()?);
+        let exposition = Arc::new(manager.metrics.exposition());
+        servers.push(tokio::spawn(async move {
+            crate::metrics::serve(metrics, exposition)
+                .await
+                .map_err(ManagementError::Io)
+        }));
+    }
     let tasks = manager.spawn_tasks();
     // both listeners are bound; the servers load this TLS material (again) before they
     // answer: a bad one stops the manager before it reports readiness

@@ -38,6 +38,10 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/mxi/v1/faults", post(post_fault))
         .route("/mxi/v1/reports", post(post_reports))
         .route("/mxi/v1/versions", get(versions))
+        .route_layer(middleware::from_fn_with_state(
+            manager.metrics.mxi.clone(),
+            crate::metrics::count_requests,
+        ))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such resource") })
         .layer(middleware::from_fn_with_state(manager.clone(), authorize))
         .with_state(manager)

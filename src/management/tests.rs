@@ -98,6 +98,7 @@ fn config(
             mxi: format!("https://{}", peer_mxi.local_addr().unwrap()),
         },
         limits: Default::default(),
+        metrics_listen: None,
     }
 }
 

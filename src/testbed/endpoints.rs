@@ -80,6 +80,9 @@ pub struct ManagerEndpoint {
     pub rest: String,
     /// Mxi base URL (peer managers only).
     pub mxi: String,
+    /// Prometheus metrics URL (plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     pub token: String,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -97,6 +100,9 @@ pub struct ControllerEndpoint {
     /// Cxi base URL (peer controllers only), when the domain interworks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cxi: Option<String>,
+    /// Prometheus metrics URL (plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     /// Bearer token of the testbed's orchestrator.
     pub token: String,
     pub config: PathBuf,
@@ -142,6 +148,9 @@ pub struct NodeEndpoint {
     pub kma: String,
     /// NETCONF over SSH address (`host:port`).
     pub netconf: String,
+    /// Prometheus metrics URL (plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     /// The agent's configuration file.
     pub config: PathBuf,
     /// The agent's log file.

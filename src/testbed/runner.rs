@@ -172,6 +172,8 @@ struct ControlAddresses {
     cxi: SocketAddr,
     manager_rest: SocketAddr,
     mxi: SocketAddr,
+    metrics: SocketAddr,
+    manager_metrics: SocketAddr,
 }
 
 fn write_toml<T: Serialize>(path: &Path, value: &T, what: &str) -> Result<(), TestbedError> {
@@ -302,6 +304,7 @@ pub async fn up_with(
                     at(ports.take()?, ip),
                     at(ports.take()?, ip),
                     at(ports.take()?, ip),
+                    at(ports.take()?, ip),
                 ),
             );
         }
@@ -314,6 +317,8 @@ pub async fn up_with(
                     cxi: at(ports.take()?, control_ip),
                     manager_rest: at(ports.take()?, control_ip),
                     mxi: at(ports.take()?, control_ip),
+                    metrics: at(ports.take()?, control_ip),
+                    manager_metrics: at(ports.take()?, control_ip),
                 },
             );
         }
@@ -380,7 +385,7 @@ pub async fn up_with(
                 Role::Node,
                 &node_ips,
             )?;
-            let (etsi, kma, netconf) = addresses[&node.name];
+            let (etsi, kma, netconf, metrics) = addresses[&node.name];
             let host_key = node_dir.join("ssh_host_ed25519_key");
             host_keys::provision(&known_hosts, &host_key, netconf)?;
             let mut qx_peers = std::collections::BTreeSet::new();
@@ -445,6 +450,7 @@ pub async fn up_with(
                     .get(&domain.name)
                     .map(|c| format!("https://{}", c.rest)),
                 limits: topology.km_limits.clone().unwrap_or_default(),
+                metrics_listen: Some(metrics),
             };
             let config_path = node_dir.join("km.toml");
             write_toml(&config_path, &config, "agent config")?;
@@ -468,6 +474,7 @@ pub async fn up_with(
                     etsi014: format!("https://{etsi}"),
                     kma: format!("https://{kma}"),
                     netconf: netconf.to_string(),
+                    metrics: Some(format!("http://{metrics}/metrics")),
                     config: config_path.clone(),
                     log: dir.join("logs").join(format!("{}.log", node.name)),
                 },
@@ -578,7 +585,7 @@ fn write_control(
     domain: &super::topology::Domain,
     dpki: &DomainPki,
     addrs: &ControlAddresses,
-    addresses: &BTreeMap<String, (SocketAddr, SocketAddr, SocketAddr)>,
+    addresses: &BTreeMap<String, (SocketAddr, SocketAddr, SocketAddr, SocketAddr)>,
     peers: &[&String],
     control: &BTreeMap<String, ControlAddresses>,
     peer_cas: Vec<tls::PeerCa>,
@@ -654,6 +661,7 @@ fn write_control(
             default_rate_bps: 1000.0,
         }),
         limits: Default::default(),
+        metrics_listen: Some(addrs.metrics),
     };
     let config_path = cdir.join("controller.toml");
     write_toml(&config_path, &config, "controller config")?;
@@ -662,6 +670,7 @@ fn write_control(
         rest: format!("https://{}", addrs.rest),
         netconf: addrs.netconf.to_string(),
         cxi: (!peers.is_empty()).then(|| format!("https://{}", addrs.cxi)),
+        metrics: Some(format!("http://{}/metrics", addrs.metrics)),
         token: token.clone(),
         config: config_path,
         log: dir
@@ -718,6 +727,7 @@ fn write_control(
             domain: peer,
         },
         limits: Default::default(),
+        metrics_listen: Some(addrs.manager_metrics),
     };
     let mconfig_path = mdir.join("manager.toml");
     write_toml(&mconfig_path, &mconfig, "manager config")?;
@@ -725,6 +735,7 @@ fn write_control(
         name: mname,
         rest: format!("https://{}", addrs.manager_rest),
         mxi: format!("https://{}", addrs.mxi),
+        metrics: Some(format!("http://{}/metrics", addrs.manager_metrics)),
         token: mtoken,
         config: mconfig_path,
         log: dir

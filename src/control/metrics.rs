@@ -1,0 +1,131 @@
+//! The controller's Prometheus metrics: its sessions (by state, kind and origin), relay
+//! route installs and reroutes with their durations, and the Cxi messages it answered.
+
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+
+use super::messages::View;
+use super::sessions::SessionState;
+use crate::metrics::{durations, labels, set_all, Counters, Durations, Exposition, Gauges};
+
+/// The metric families the controller updates as it works.
+pub struct ControlMetrics {
+    /// Installs of relay route changes on the KMs, by outcome.
+    pub installs: Counters,
+    pub install_seconds: Durations,
+    /// Reroute passes that changed sessions, by outcome.
+    pub reroutes: Counters,
+    pub reroute_seconds: Durations,
+    /// Cxi requests of peer controllers, by method, route and status.
+    pub cxi: Counters,
+    sessions: Gauges,
+}
+
+impl Default for ControlMetrics {
+    fn default() -> Self {
+        Self {
+            installs: Counters::default(),
+            install_seconds: durations(),
+            reroutes: Counters::default(),
+            reroute_seconds: durations(),
+            cxi: Counters::default(),
+            sessions: Gauges::default(),
+        }
+    }
+}
+
+fn outcome(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "failed"
+    }
+}
+
+impl ControlMetrics {
+    /// Counts an install and its duration.
+    pub fn install(&self, ok: bool, seconds: f64) {
+        let outcome = labels([("outcome", outcome(ok))]);
+        self.installs.get_or_create(&outcome).inc();
+        self.install_seconds
+            .get_or_create(&outcome)
+            .observe(seconds);
+    }
+
+    /// Counts a reroute (from the triggering report to the installed routes).
+    pub fn reroute(&self, ok: bool, seconds: f64) {
+        let outcome = labels([("outcome", outcome(ok))]);
+        self.reroutes.get_or_create(&outcome).inc();
+        self.reroute_seconds
+            .get_or_create(&outcome)
+            .observe(seconds);
+    }
+
+    /// The controller's metrics for `GET /metrics`; `view` reads the published view.
+    pub fn exposition(&self, view: Box<dyn Fn() -> Arc<View> + Send + Sync>) -> Exposition {
+        let mut registry = Registry::with_prefix("qkdni_controller");
+        registry.register(
+            "sessions",
+            "Key supply sessions by state, kind (local or interworking) and origin",
+            self.sessions.clone(),
+        );
+        registry.register(
+            "route_installs",
+            "Installs of relay route changes on the KMs, by outcome",
+            self.installs.clone(),
+        );
+        registry.register(
+            "route_install_duration_seconds",
+            "Time to install relay route changes on the KMs (all or none)",
+            self.install_seconds.clone(),
+        );
+        registry.register(
+            "reroutes",
+            "Reroute passes that changed sessions, by outcome",
+            self.reroutes.clone(),
+        );
+        registry.register(
+            "reroute_duration_seconds",
+            "Time from the report that triggered a reroute to its routes installed",
+            self.reroute_seconds.clone(),
+        );
+        registry.register(
+            "cxi_requests",
+            "Cxi requests of peer controllers answered, by method, route and HTTP status",
+            self.cxi.clone(),
+        );
+        let sessions = self.sessions.clone();
+        let refresh = Box::new(move || {
+            let view = view();
+            let mut counts = std::collections::BTreeMap::new();
+            for s in &view.sessions {
+                let state = match s.state {
+                    SessionState::Active => "active",
+                    SessionState::Unroutable => "unroutable",
+                };
+                let kind = if s.interworking.is_some() {
+                    "interworking"
+                } else {
+                    "local"
+                };
+                let origin = if s.on_demand {
+                    "on-demand"
+                } else {
+                    "orchestrated"
+                };
+                *counts.entry((state, kind, origin)).or_insert(0.0) += 1.0;
+            }
+            set_all(
+                &sessions,
+                counts.into_iter().map(|((state, kind, origin), n)| {
+                    (
+                        labels([("state", state), ("kind", kind), ("origin", origin)]),
+                        n,
+                    )
+                }),
+            );
+        });
+        Exposition { registry, refresh }
+    }
+}
