@@ -59,6 +59,10 @@ pub enum BenchCommand {
     /// The first key request of an SAE pair inside a domain with no session beforehand
     /// (routed and installed on demand); prints one JSON object.
     OnDemand(crate::bench_on_demand::OnDemandArgs),
+    /// Keys pulled both ways across the two-domain testbed while KMs, controllers and
+    /// managers are killed and links cut; every key accounted for; prints one JSON object and
+    /// fails if a key was served twice, mismatched or lost.
+    Chaos(crate::bench_chaos::ChaosArgs),
 }
 
 /// Arguments of `qkdni bench routing`.
@@ -176,6 +180,19 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::OnDemand(args) => {
             let report = crate::bench_on_demand::run(&args)?;
             println!("{}", serde_json::to_string(&report)?);
+        }
+        BenchCommand::Chaos(args) => {
+            let report = crate::bench_chaos::run(&args)?;
+            println!("{}", serde_json::to_string(&report)?);
+            if report.failed() {
+                bail!(
+                    "{} keys served twice, {} with reused material, {} mismatched, {} lost",
+                    report.served_twice,
+                    report.key_material_reused,
+                    report.mismatched,
+                    report.lost
+                );
+            }
         }
     }
     Ok(())

@@ -9,6 +9,7 @@
 //! and the interface modules they share: [`etsi014`] (key delivery API data formats),
 //! [`tls`] (mutual TLS for every reference point) and [`pki`] (certificates for testbeds).
 
+pub mod bench_chaos;
 pub mod bench_delivery;
 pub mod bench_flood;
 pub mod bench_idle;

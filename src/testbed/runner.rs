@@ -795,6 +795,15 @@ pub fn stop_node(dir: &Path, node: &str, kill: bool) -> Result<(), TestbedError>
     processes.save(dir)
 }
 
+/// Whether process `name` of the testbed in `dir` is recorded as started and still runs
+/// (a killed process whose threads are still exiting counts as running).
+pub fn is_running(dir: &Path, name: &str) -> bool {
+    Processes::load(dir)
+        .nodes
+        .get(name)
+        .is_some_and(|pid| alive(*pid))
+}
+
 /// Starts node `node` again with its existing configuration and store.
 pub async fn start_node(dir: &Path, node: &str, exe: &Path) -> Result<(), TestbedError> {
     let endpoints = Endpoints::load(dir)?;
