@@ -445,7 +445,9 @@ async fn dec_keys(
         .run({
             let (slave, master) = (slave.clone(), master.clone());
             let now = super::store::deliveries_now_ms();
-            move |s| s.write(|txn| txn.take_deliveries(&slave, &master, &key_ids, now))
+            let window = agent.config.limits.refetch_window_seconds;
+            let until = now.saturating_add(window.saturating_mul(1000));
+            move |s| s.write(|txn| txn.take_deliveries(&slave, &master, &key_ids, now, until))
         })
         .await
         .map_err(|e| match e {
@@ -461,12 +463,13 @@ async fn dec_keys(
             }
             other => Etsi014Error::unavailable(other.to_string()),
         })?;
-    tracing::info!(%slave, %master, keys = taken.len(), "keys supplied to slave SAE");
+    let first = taken.iter().filter(|d| !d.refetched).count() as u64;
+    tracing::info!(%slave, %master, keys = taken.len(), refetched = taken.len() as u64 - first, "keys supplied to slave SAE");
     agent
         .counters
         .keys_delivered
-        .fetch_add(taken.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    agent.metrics.keys(&slave, "slave", taken.len() as u64);
+        .fetch_add(first, std::sync::atomic::Ordering::Relaxed);
+    agent.metrics.keys(&slave, "slave", first);
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Json(KeyContainer {
         keys: taken

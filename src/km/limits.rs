@@ -24,6 +24,10 @@ pub struct KmLimits {
     /// Keys at most waiting for one slave SAE from one master SAE; a request beyond is
     /// answered 503 until the slave fetches keys or they expire.
     pub max_undelivered_keys_per_pair: u64,
+    /// Seconds for which a slave SAE may fetch a key it fetched already once more, under the
+    /// same key ID and master SAE (an answer lost to a crash or a broken connection costs no
+    /// key); then the key is erased. 0: once only.
+    pub refetch_window_seconds: u64,
 }
 
 impl Default for KmLimits {
@@ -39,6 +43,7 @@ impl Default for KmLimits {
             etsi014_max_requests_per_sae: 64,
             undelivered_key_ttl_seconds: 3600,
             max_undelivered_keys_per_pair: 65_536,
+            refetch_window_seconds: 60,
         }
     }
 }

@@ -1,9 +1,13 @@
 //! Keys awaiting delivery: handed to a master SAE, held for each slave SAE until it fetches
-//! them once with `dec_keys`, or until they expire.
+//! them with `dec_keys`, or until they expire.
 //!
 //! Invariants, kept in one transaction each:
-//! - a key held for a slave SAE is obtainable exactly once by it, and only with the master
-//!   SAE it was issued to, until its deadline;
+//! - a key held for a slave SAE is obtainable by it alone, and only with the master SAE it
+//!   was issued to, until its deadline;
+//! - once fetched, it stays obtainable by the same slave SAE with the same master SAE under
+//!   its key ID for a refetch window only (an answer lost to a crash of the KM or a broken
+//!   connection costs no key: the SAE asks again), then it is erased; it is never handed to
+//!   anyone else;
 //! - at and after its deadline a key is never handed out (refused as expired until the sweep
 //!   erases it);
 //! - the number of keys waiting per (slave, master) pair is counted in [`PAIR_COUNTS`] with
@@ -27,12 +31,20 @@ const EXPIRY_QUEUE: TableDefinition<(u64, u128, &str), ()> =
     TableDefinition::new("delivery_expiry");
 /// (slave SAE, master SAE) -> keys waiting.
 const PAIR_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("delivery_pairs");
+/// Key id and slave SAE -> end of its refetch window (ms since the epoch, 8 bytes) followed by
+/// the value it had in [`DELIVERIES`]: keys fetched once.
+const FETCHED: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("delivery_fetched");
+/// End of the refetch window, key id, slave SAE: the sweep's order for fetched keys.
+const FETCHED_QUEUE: TableDefinition<(u64, u128, &str), ()> =
+    TableDefinition::new("delivery_fetched_expiry");
 
 /// A key held for a slave SAE until it fetches it with `dec_keys`.
 pub struct Delivery {
     pub key_id: Uuid,
     pub master_sae: String,
     pub key: Zeroizing<Vec<u8>>,
+    /// Fetched before, handed out again within its refetch window.
+    pub refetched: bool,
 }
 
 /// How long new keys wait and how many may wait per SAE pair.
@@ -49,6 +61,8 @@ pub(super) fn open(txn: &WriteTransaction) -> Result<(), StoreError> {
     let deliveries = txn.open_table(DELIVERIES)?;
     txn.open_table(DEADLINES)?;
     txn.open_table(EXPIRY_QUEUE)?;
+    txn.open_table(FETCHED)?;
+    txn.open_table(FETCHED_QUEUE)?;
     let mut counts = std::collections::HashMap::<(String, String), u64>::new();
     for entry in deliveries.iter()? {
         let (key, value) = entry?;
@@ -88,9 +102,11 @@ impl KeyStore {
     /// when there is something to erase).
     pub fn deliveries_due(&self, now_ms: u64) -> Result<bool, StoreError> {
         let txn = self.db.begin_read()?;
+        let due = |first: Option<u64>| first.is_some_and(|deadline| deadline <= now_ms);
         let queue = txn.open_table(EXPIRY_QUEUE)?;
-        let first = queue.first()?.map(|(key, _)| key.value().0);
-        Ok(first.is_some_and(|deadline| deadline <= now_ms))
+        let fetched = txn.open_table(FETCHED_QUEUE)?;
+        Ok(due(queue.first()?.map(|(key, _)| key.value().0))
+            || due(fetched.first()?.map(|(key, _)| key.value().0)))
     }
 
     /// Keys waiting for `slave_sae` from `master_sae`.
@@ -110,6 +126,8 @@ struct Tables<'t> {
     deadlines: Table<'t, (u128, &'static str), u64>,
     queue: Table<'t, (u64, u128, &'static str), ()>,
     pairs: Table<'t, (&'static str, &'static str), u64>,
+    fetched: Table<'t, (u128, &'static str), &'static [u8]>,
+    fetched_queue: Table<'t, (u64, u128, &'static str), ()>,
 }
 
 impl<'t> Tables<'t> {
@@ -119,6 +137,8 @@ impl<'t> Tables<'t> {
             deadlines: txn.open_table(DEADLINES)?,
             queue: txn.open_table(EXPIRY_QUEUE)?,
             pairs: txn.open_table(PAIR_COUNTS)?,
+            fetched: txn.open_table(FETCHED)?,
+            fetched_queue: txn.open_table(FETCHED_QUEUE)?,
         })
     }
 
@@ -219,42 +239,67 @@ impl Txn {
         Ok(())
     }
 
-    /// Removes and returns the keys `key_ids` of `slave_sae` from `master_sae`: all of them,
-    /// or none if any is unknown, meant for another master, or expired at `now_ms`.
+    /// Returns the keys `key_ids` of `slave_sae` from `master_sae`: all of them, or none if
+    /// any is unknown, meant for another master, or expired at `now_ms`. A key fetched for
+    /// the first time is kept until `refetch_until_ms` for the same request again (none when
+    /// it is not after `now_ms`); a key fetched before is handed out again until then.
     pub fn take_deliveries(
         &mut self,
         slave_sae: &str,
         master_sae: &str,
         key_ids: &[Uuid],
         now_ms: u64,
+        refetch_until_ms: u64,
     ) -> Result<Vec<Delivery>, StoreError> {
         let mut tables = Tables::open(&self.txn)?;
         let mut out = Vec::with_capacity(key_ids.len());
         for &key_id in key_ids {
             let id = key_id.as_u128();
-            let Some((bytes, deadline)) = tables.remove(id, slave_sae)? else {
-                let held_for_other = match tables.deliveries.range((id, "")..)?.next() {
-                    Some(entry) => entry?.0.value().0 == id,
-                    None => false,
-                };
-                return Err(if held_for_other {
-                    StoreError::NotForThisSae(key_id)
-                } else {
-                    StoreError::UnknownKey(key_id)
-                });
+            let (bytes, refetched) = match tables.remove(id, slave_sae)? {
+                Some((bytes, deadline)) => {
+                    if deadline.is_some_and(|d| d <= now_ms) {
+                        return Err(StoreError::ExpiredKey(key_id));
+                    }
+                    (bytes, false)
+                }
+                None => match tables.fetched.get((id, slave_sae))?.map(|v| {
+                    let value = v.value();
+                    let until = u64::from_be_bytes(value[..8].try_into().expect("8 bytes"));
+                    (until, Zeroizing::new(value[8..].to_vec()))
+                }) {
+                    Some((until, bytes)) if until > now_ms => (bytes, true),
+                    _ => {
+                        let held_for_other = match tables.deliveries.range((id, "")..)?.next() {
+                            Some(entry) => entry?.0.value().0 == id,
+                            None => false,
+                        };
+                        return Err(if held_for_other {
+                            StoreError::NotForThisSae(key_id)
+                        } else {
+                            StoreError::UnknownKey(key_id)
+                        });
+                    }
+                },
             };
             let master = master_of(&bytes);
             if master != master_sae {
                 return Err(StoreError::NotForThisSae(key_id));
             }
-            if deadline.is_some_and(|d| d <= now_ms) {
-                return Err(StoreError::ExpiredKey(key_id));
+            if !refetched && refetch_until_ms > now_ms {
+                let mut kept = Zeroizing::new(Vec::with_capacity(8 + bytes.len()));
+                kept.extend_from_slice(&refetch_until_ms.to_be_bytes());
+                kept.extend_from_slice(&bytes);
+                tables.fetched.insert((id, slave_sae), kept.as_slice())?;
+                tables
+                    .fetched_queue
+                    .insert((refetch_until_ms, id, slave_sae), ())?;
             }
             let len = master.len();
             out.push(Delivery {
                 key_id,
                 master_sae: master.to_owned(),
                 key: Zeroizing::new(bytes[2 + len..].to_vec()),
+                refetched,
             });
         }
         Ok(out)
@@ -278,6 +323,26 @@ impl Txn {
             }
             due
         };
+        // fetched keys at the end of their refetch window go too (not counted: delivered)
+        let done: Vec<(u64, u128, String)> = {
+            let mut done = Vec::new();
+            for entry in tables
+                .fetched_queue
+                .range(..(now_ms.saturating_add(1), 0u128, ""))?
+            {
+                let (key, _) = entry?;
+                let (until, id, slave) = key.value();
+                done.push((until, id, slave.to_owned()));
+                if done.len() >= max {
+                    break;
+                }
+            }
+            done
+        };
+        for (until, id, slave) in &done {
+            tables.fetched_queue.remove((*until, *id, slave.as_str()))?;
+            tables.fetched.remove((*id, slave.as_str()))?;
+        }
         let mut erased = 0;
         for (deadline, id, slave) in &due {
             if tables.remove(*id, slave)?.is_some() {
@@ -315,19 +380,19 @@ mod tests {
         assert_eq!(store.pair_waiting("s2", "s1").unwrap(), 2);
         // wrong master: nothing taken
         assert!(store
-            .write(|t| t.take_deliveries("s2", "s9", &[k1], 0))
+            .write(|t| t.take_deliveries("s2", "s9", &[k1], 0, 0))
             .is_err());
         // one unknown id: nothing taken
         assert!(store
-            .write(|t| t.take_deliveries("s2", "s1", &[k1, Uuid::new_v4()], 0))
+            .write(|t| t.take_deliveries("s2", "s1", &[k1, Uuid::new_v4()], 0, 0))
             .is_err());
         assert_eq!(store.pair_waiting("s2", "s1").unwrap(), 2);
         let got = store
-            .write(|t| t.take_deliveries("s2", "s1", &[k1, k2], 0))
+            .write(|t| t.take_deliveries("s2", "s1", &[k1, k2], 0, 0))
             .unwrap();
         assert_eq!(got[1].key.as_slice(), &[2; 32]);
         assert!(store
-            .write(|t| t.take_deliveries("s2", "s1", &[k1], 0))
+            .write(|t| t.take_deliveries("s2", "s1", &[k1], 0, 0))
             .is_err());
         assert_eq!(store.deliveries_waiting().unwrap(), 0);
         assert_eq!(store.pair_waiting("s2", "s1").unwrap(), 0);
@@ -348,7 +413,7 @@ mod tests {
             })
             .unwrap();
         // at its deadline, before any sweep: refused, nothing taken
-        let refused = store.write(|t| t.take_deliveries("s2", "s1", &[k2, k1], 1_000));
+        let refused = store.write(|t| t.take_deliveries("s2", "s1", &[k2, k1], 1_000, 0));
         assert!(matches!(refused, Err(StoreError::ExpiredKey(id)) if id == k1));
         assert_eq!(store.pair_waiting("s2", "s1").unwrap(), 2);
         // the sweep erases the expired key only
@@ -356,11 +421,11 @@ mod tests {
         assert_eq!(store.write(|t| t.expire_deliveries(1_000, 10)).unwrap(), 1);
         assert_eq!(store.pair_waiting("s2", "s1").unwrap(), 1);
         assert!(matches!(
-            store.write(|t| t.take_deliveries("s2", "s1", &[k1], 0)),
+            store.write(|t| t.take_deliveries("s2", "s1", &[k1], 0, 0)),
             Err(StoreError::UnknownKey(_))
         ));
         let got = store
-            .write(|t| t.take_deliveries("s2", "s1", &[k2], 5_000))
+            .write(|t| t.take_deliveries("s2", "s1", &[k2], 5_000, 0))
             .unwrap();
         assert_eq!(got[0].key.as_slice(), &[2; 32]);
         assert_eq!(
@@ -398,5 +463,50 @@ mod tests {
         let store = KeyStore::open(&_dir.path.join("km.redb")).unwrap();
         assert_eq!(store.pair_waiting("s2", "s1").unwrap(), 2);
         assert_eq!(store.pair_waiting("s3", "s1").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_fetched_key_can_be_fetched_again_by_its_slave_within_the_window_only() {
+        let (_dir, store) = store();
+        let (k1, k2) = (Uuid::new_v4(), Uuid::new_v4());
+        store
+            .write(|t| {
+                t.insert_delivery("s2", "s1", k1, &[1; 32], TERMS)?;
+                t.insert_delivery("s3", "s1", k2, &[2; 32], TERMS)
+            })
+            .unwrap();
+        let first = store
+            .write(|t| t.take_deliveries("s2", "s1", &[k1], 100, 1_100))
+            .unwrap();
+        assert!(!first[0].refetched);
+        assert_eq!(store.pair_waiting("s2", "s1").unwrap(), 0);
+        // the answer was lost: the same request gets the same key
+        let again = store
+            .write(|t| t.take_deliveries("s2", "s1", &[k1], 500, 1_500))
+            .unwrap();
+        assert!(again[0].refetched);
+        assert_eq!(again[0].key.as_slice(), &[1; 32]);
+        // never for another master or another slave
+        assert!(matches!(
+            store.write(|t| t.take_deliveries("s2", "s9", &[k1], 500, 0)),
+            Err(StoreError::NotForThisSae(_))
+        ));
+        assert!(store
+            .write(|t| t.take_deliveries("s3", "s1", &[k1], 500, 0))
+            .is_err());
+        // the window ends at the first fetch's end; the sweep erases it, and nothing expired
+        assert!(store
+            .write(|t| t.take_deliveries("s2", "s1", &[k1], 1_100, 0))
+            .is_err());
+        assert!(store.deliveries_due(1_100).unwrap());
+        assert_eq!(store.write(|t| t.expire_deliveries(1_100, 10)).unwrap(), 0);
+        assert!(!store.deliveries_due(1_100).unwrap());
+        // no window: fetched once and gone
+        store
+            .write(|t| t.take_deliveries("s3", "s1", &[k2], 100, 0))
+            .unwrap();
+        assert!(store
+            .write(|t| t.take_deliveries("s3", "s1", &[k2], 100, 0))
+            .is_err());
     }
 }
