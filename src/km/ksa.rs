@@ -363,6 +363,12 @@ async fn enc_keys(
         .counters
         .keys_supplied
         .fetch_add(issued.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    if let Some(app) = agent
+        .applications
+        .note(&agent.config.domain, &master, &slaves)
+    {
+        agent.emit(super::events::Event::ApplicationNew(app));
+    }
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Json(KeyContainer {
         keys: issued
