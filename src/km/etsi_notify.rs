@@ -126,6 +126,7 @@ pub fn perf_update(
     let Some(config) = agent.link_config(link) else {
         return Ok(None);
     };
+    let qber_path = format!("qkd_link/performance/phys_perf[perf_type='{TYPES}:QBER']/value");
     let mut leaves = vec![
         ("qkd_link/qkdl_id", link_uuid(agent, config).to_string()),
         (
@@ -133,7 +134,6 @@ pub fn perf_update(
             skr(condition.state, condition.rate_bps),
         ),
     ];
-    let qber_path = format!("qkd_link/performance/phys_perf[perf_type='{TYPES}:QBER']/value");
     if let Some(qber) = condition.qber {
         leaves.push((qber_path.as_str(), qber_value(qber)));
     }
