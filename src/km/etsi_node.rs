@@ -24,11 +24,7 @@ pub fn node_uuid(agent: &Agent) -> Uuid {
 
 /// `qkdl_id` of one of this node's links.
 pub fn link_uuid(agent: &Agent, link: &LinkConfig) -> Uuid {
-    crate::etsi015::link_id(
-        &agent.config.domain,
-        link.peer_domain.as_deref(),
-        &link.id,
-    )
+    crate::etsi015::link_id(&agent.config.domain, link.peer_domain.as_deref(), &link.id)
 }
 
 /// `qkdn_id` of the node at the other end of `link`.
@@ -195,11 +191,7 @@ pub fn write_state(tree: &mut DataTree<'static>, agent: &Agent) -> Result<(), Rp
     let node = node_uuid(agent).to_string();
     for app in agent.applications.list() {
         let base = format!("{NODE}/qkd_applications/qkd_app[app_id='{}']", app.id);
-        set(
-            tree,
-            &format!("{base}/app_status"),
-            &format!("{TYPES}:ON"),
-        )?;
+        set(tree, &format!("{base}/app_status"), &format!("{TYPES}:ON"))?;
         set(
             tree,
             &format!("{base}/app_type"),

@@ -192,7 +192,10 @@ mod tests {
             &at(LinkState::Up, 1000.0),
             &at(LinkState::Up, 1050.0)
         ));
-        assert!(marked(&at(LinkState::Up, 1000.0), &at(LinkState::Up, 800.0)));
+        assert!(marked(
+            &at(LinkState::Up, 1000.0),
+            &at(LinkState::Up, 800.0)
+        ));
         assert!(marked(
             &at(LinkState::Up, 1000.0),
             &at(LinkState::Down, 1000.0)

@@ -455,8 +455,7 @@ impl Application for Northbound {
         let gone = self.agent.applications.retain(registered);
         self.agent.set_settings(desired.settings);
         for app in gone {
-            self.agent
-                .emit(super::events::Event::ApplicationGone(app));
+            self.agent.emit(super::events::Event::ApplicationGone(app));
         }
         for (id, (_, _, _, settings)) in desired.links {
             if self.agent.link(&id).map(|l| l.settings()) != Some(settings.clone()) {

@@ -193,8 +193,7 @@ pub fn select(tree: &DataTree<'static>, xpaths: &[String]) -> Result<DataTree<'s
 mod tests {
     use super::*;
 
-    const BASE: &str =
-        r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>7eec982d-9ca7-59e0-b252-c124f3522b41</qkdn_id></qkd_node>"#;
+    const BASE: &str = r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>7eec982d-9ca7-59e0-b252-c124f3522b41</qkdn_id></qkd_node>"#;
 
     fn edit(xml: &str) -> (DataTree<'static>, Vec<EditPoint>) {
         let doc = roxmltree::Document::parse(xml).unwrap();

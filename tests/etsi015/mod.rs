@@ -133,7 +133,8 @@ fn qkdni_serves_the_schema_of_the_official_modules() {
 /// The elements in the ETSI node namespace of `xml` (every top-most one, with its ETSI
 /// descendants only: qkdni's augmentations stripped), each as a document of its own.
 fn etsi_subtrees(xml: &str) -> Vec<String> {
-    let doc = roxmltree::Document::parse(&format!("<wrap>{xml}</wrap>")).unwrap();
+    let wrapped = format!("<wrap>{xml}</wrap>");
+    let doc = roxmltree::Document::parse(&wrapped).unwrap();
     fn write(node: roxmltree::Node<'_, '_>, top: bool, out: &mut String) {
         let name = node.tag_name().name();
         if top {
@@ -213,8 +214,9 @@ async fn every_km_serves_data_and_notifications_valid_for_the_official_modules()
     let bed = Bed::up_static("single-domain.toml");
     let a1 = bed.netconf("a1").await;
     assert!(
-        a1.capabilities.iter().any(|c| c.contains("module=etsi-qkd-sdn-node")
-            && c.contains("revision=2022-01-30")),
+        a1.capabilities
+            .iter()
+            .any(|c| c.contains("module=etsi-qkd-sdn-node") && c.contains("revision=2022-01-30")),
         "{:?}",
         a1.capabilities
     );
@@ -264,7 +266,11 @@ async fn every_km_serves_data_and_notifications_valid_for_the_official_modules()
         let trees = etsi_subtrees(&data);
         assert_eq!(trees.len(), 1, "{data}");
         let id = qkdni::etsi015::node_id("A", node).to_string();
-        assert!(trees[0].contains(&format!("<qkdn_id>{id}</qkdn_id>")), "{}", trees[0]);
+        assert!(
+            trees[0].contains(&format!("<qkdn_id>{id}</qkdn_id>")),
+            "{}",
+            trees[0]
+        );
         assert!(trees[0].contains("<qkd_interface>"), "{}", trees[0]);
         assert!(trees[0].contains("<qkdl_performance>"), "{}", trees[0]);
         if node == "a1" {
