@@ -21,6 +21,7 @@ pub mod conn_limit;
 pub mod control;
 pub mod ctl;
 pub mod etsi014;
+pub mod etsi015;
 pub mod https;
 pub mod km;
 pub mod management;

@@ -22,13 +22,18 @@ pub struct Module {
 pub const MODULES: &[Module] = &[
     Module {
         name: "etsi-qkd-node-types",
-        revision: "2026-11-27",
+        revision: "2022-01-30",
         text: include_str!("../yang/etsi-qkd-node-types.yang"),
     },
     Module {
         name: "etsi-qkd-sdn-node",
-        revision: "2026-11-27",
+        revision: "2022-01-30",
         text: include_str!("../yang/etsi-qkd-sdn-node.yang"),
+    },
+    Module {
+        name: "qkdni-etsi-ids",
+        revision: "2026-12-06",
+        text: include_str!("../yang/qkdni-etsi-ids.yang"),
     },
     Module {
         name: "qkdni-controller",
@@ -198,7 +203,7 @@ mod tests {
     #[test]
     fn parsing_terminates_the_buffer_and_rejects_interior_nul() {
         let xml =
-            "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><qkdn_id>a1</qkdn_id></qkd_node>";
+            "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><qkdn_id>7eec982d-9ca7-59e0-b252-c124f3522b41</qkdn_id></qkd_node>";
         // Without a terminator libyang would read past the end of this slice.
         let padded = format!("{xml}GARBAGE");
         let tree = parse_data(
@@ -211,7 +216,10 @@ mod tests {
         let id = tree
             .find_path("/etsi-qkd-sdn-node:qkd_node/qkdn_id")
             .unwrap();
-        assert_eq!(id.value_canonical().as_deref(), Some("a1"));
+        assert_eq!(
+            id.value_canonical().as_deref(),
+            Some("7eec982d-9ca7-59e0-b252-c124f3522b41")
+        );
         assert!(matches!(
             parse_data(
                 "<a/>\0<b/>",

@@ -383,7 +383,10 @@ async fn a_session_is_rerouted_when_a_link_rate_no_longer_meets_its_demand() {
         while let Err(error) = nc
             .edit_config(
                 "running",
-                "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><qkd_links><qkd_link><qkdl_id>a2-a4</qkdl_id><rate-bps xmlns=\"urn:qkdni:yang:qkdni-km\">100000</rate-bps></qkd_link></qkd_links></qkd_node>",
+                &format!(
+                    "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><qkd_links><qkd_link><qkdl_id>{}</qkdl_id><rate-bps xmlns=\"urn:qkdni:yang:qkdni-km\">100000</rate-bps></qkd_link></qkd_links></qkd_node>",
+                    qkdni::etsi015::link_id("A", None, "a2-a4")
+                ),
             )
             .await
         {
@@ -435,7 +438,8 @@ async fn a_multipath_session_splits_its_keys_over_several_paths() {
     let used = |node: &'static str| async move {
         let state = bed.netconf(node).await.get(None).await.unwrap();
         let consumed = |link: &str| {
-            let at = state.find(&format!("<qkdl_id>{link}</qkdl_id>")).unwrap();
+            let id = qkdni::etsi015::link_id("A", None, link);
+            let at = state.find(&format!("<qkdl_id>{id}</qkdl_id>")).unwrap();
             let rest = &state[at..];
             let start = rest.find("<consumed-blocks>").unwrap() + "<consumed-blocks>".len();
             rest[start..start + rest[start..].find('<').unwrap()]

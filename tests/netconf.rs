@@ -4,6 +4,8 @@
 //! the one that also attacks the controller's NETCONF port.
 
 mod common;
+#[path = "etsi015/mod.rs"]
+mod etsi015;
 
 use std::time::Duration;
 
@@ -14,6 +16,16 @@ use qkdni::netconf::ErrorTag;
 const TOPOLOGY: &str = "single-domain.toml";
 const NODE_NS: &str = "urn:etsi:qkd:yang:etsi-qkd-node";
 const KM_NS: &str = "urn:qkdni:yang:qkdni-km";
+
+/// `qkdn_id` of node `node` of the testbed's domain A (ETSI GS QKD 015: a UUID).
+fn node_id(node: &str) -> String {
+    qkdni::etsi015::node_id("A", node).to_string()
+}
+
+/// `qkdl_id` of link `link` of domain A.
+fn link_id(link: &str) -> String {
+    qkdni::etsi015::link_id("A", None, link).to_string()
+}
 
 fn rpc_error(result: Result<impl std::fmt::Debug, ClientError>) -> qkdni::netconf::RpcError {
     match result {
@@ -45,20 +57,24 @@ async fn configuration_and_state_through_netconf() {
 
     // running config holds the agent's links and routes; state adds pools and rates
     let config = nc.get_config("running", None).await.unwrap();
-    assert!(config.contains("<qkdl_id>a1-a2</qkdl_id>"), "{config}");
+    assert!(
+        config.contains(&format!("<qkdl_id>{}</qkdl_id>", link_id("a1-a2"))),
+        "{config}"
+    );
+    assert!(config.contains(">a1-a2</link-name>"), "{config}");
     assert!(
         !config.contains("own-blocks"),
         "state leaked into get-config"
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
     let state = nc
-        .get(Some(&format!("<qkd_node xmlns=\"{NODE_NS}\"><qkd_links><qkd_link><qkdl_id>a1-a2</qkdl_id><key-pool xmlns=\"{KM_NS}\"/><oper-state xmlns=\"{KM_NS}\"/></qkd_link></qkd_links></qkd_node>")))
+        .get(Some(&format!("<qkd_node xmlns=\"{NODE_NS}\"><qkd_links><qkd_link><qkdl_id>{}</qkdl_id><key-pool xmlns=\"{KM_NS}\"/><oper-state xmlns=\"{KM_NS}\"/></qkd_link></qkd_links></qkd_node>", link_id("a1-a2"))))
         .await
         .unwrap();
     assert!(state.contains(">up</oper-state>"), "{state}");
     assert!(state.contains("<own-blocks>"), "{state}");
     assert!(
-        !state.contains("a2-a3"),
+        !state.contains(&link_id("a2-a3")),
         "filter let another link through: {state}"
     );
 
@@ -113,7 +129,8 @@ async fn configuration_and_state_through_netconf() {
         .await
         .unwrap();
     assert!(
-        reply.contains("<qkdn_id>a1</qkdn_id>") && !reply.contains("qkd_links"),
+        reply.contains(&format!("<qkdn_id>{}</qkdn_id>", node_id("a1")))
+            && !reply.contains("qkd_links"),
         "{reply}"
     );
 
@@ -285,22 +302,40 @@ async fn read_only_users_cannot_write_and_notifications_arrive() {
     // link down -> link-status-change notification
     let mut notifications = viewer.subscribe().await.unwrap();
     bed.cli(&["link", "down", "a1-a2"]);
-    let message = tokio::time::timeout(Duration::from_secs(10), async {
+    // ... and the ETSI GS QKD 015 ones: sdqkdn_link_down, sdqkdn_link_perf_update (skr 0)
+    let (message, etsi_down, etsi_perf) = tokio::time::timeout(Duration::from_secs(10), async {
+        let (mut own, mut down, mut perf) = (None, None, None);
         loop {
             let n = notifications.recv().await.unwrap();
             if n.contains("link-status-change") {
-                return n;
+                own = Some(n);
+            } else if n.contains("<sdqkdn_link_down") {
+                down = Some(n);
+            } else if n.contains("<sdqkdn_link_perf_update") {
+                perf = Some(n);
+            }
+            if let (Some(own), Some(down), Some(perf)) = (&own, &down, &perf) {
+                return (own.clone(), down.clone(), perf.clone());
             }
         }
     })
     .await
-    .expect("no notification within 10 s");
+    .expect("no notifications within 10 s");
     assert!(
         message.contains("<link-id>a1-a2</link-id>")
             && message.contains("<oper-state>down</oper-state>"),
         "{message}"
     );
     assert!(message.contains("<eventTime>"), "{message}");
+    let id = format!("<qkdl_id>{}</qkdl_id>", link_id("a1-a2"));
+    assert!(
+        etsi_down.contains(&id) && etsi_down.contains(NODE_NS),
+        "{etsi_down}"
+    );
+    assert!(
+        etsi_perf.contains(&id) && etsi_perf.contains("<skr>0</skr>"),
+        "{etsi_perf}"
+    );
 }
 
 /// A subtree filter nesting `depth` elements under `qkd_node`.
@@ -495,7 +530,10 @@ fn netconf_rs_gets_the_running_config_over_base_1_0() {
             .expect("netconf-rs connects");
     let mut connection = netconf_rs::Connection::new(transport).expect("hello exchange");
     let config = connection.get_config().expect("get-config");
-    assert!(config.contains("<qkdn_id>a4</qkdn_id>"), "{config}");
+    assert!(
+        config.contains(&format!("<qkdn_id>{}</qkdn_id>", node_id("a4"))),
+        "{config}"
+    );
     assert!(config.contains("message-id=\"100\""), "{config}");
 }
 
@@ -812,7 +850,10 @@ async fn pooled_sessions_are_reused_and_replaced_when_closed() {
         .rpc(addr, "<get-config><source><running/></source></get-config>")
         .await
         .unwrap();
-    assert!(reply.contains("<qkdn_id>a2</qkdn_id>"), "{reply}");
+    assert!(
+        reply.contains(&format!("<qkdn_id>{}</qkdn_id>", node_id("a2"))),
+        "{reply}"
+    );
     assert_ne!(
         pool.session(addr).await.unwrap().session_id,
         first.session_id

@@ -50,6 +50,8 @@ pub struct LinkView {
 
 const NODE_NS: &str = "urn:etsi:qkd:yang:etsi-qkd-node";
 const KM_NS: &str = "urn:qkdni:yang:qkdni-km";
+/// qkdni's names of the ETSI GS QKD 015 UUIDs (`qkdn_id`, `qkdl_id`).
+const IDS_NS: &str = "urn:qkdni:yang:qkdni-etsi-ids";
 
 fn child<'a, 'i>(
     node: roxmltree::Node<'a, 'i>,
@@ -72,7 +74,9 @@ impl AgentView {
         let doc = crate::netconf::limits::parse(&wrapped).map_err(|e| e.to_string())?;
         let root = doc.root_element();
         let qkd_node = child(root, NODE_NS, "qkd_node").ok_or("no qkd_node in the agent's data")?;
-        let node = text(child(qkd_node, NODE_NS, "qkdn_id")).ok_or("no qkdn_id")?;
+        let node = text(child(qkd_node, IDS_NS, "node-name"))
+            .or_else(|| text(child(qkd_node, NODE_NS, "qkdn_id")))
+            .ok_or("no node-name or qkdn_id")?;
         let mut view = AgentView {
             node,
             ..Default::default()
@@ -80,7 +84,8 @@ impl AgentView {
         if let Some(links) = child(qkd_node, NODE_NS, "qkd_links") {
             for link in links.children().filter(|c| c.is_element()) {
                 let (Some(id), Some(peer)) = (
-                    text(child(link, NODE_NS, "qkdl_id")),
+                    text(child(link, IDS_NS, "link-name"))
+                        .or_else(|| text(child(link, NODE_NS, "qkdl_id"))),
                     text(child(link, KM_NS, "peer-node")),
                 ) else {
                     continue;
@@ -309,7 +314,7 @@ mod tests {
 
     #[test]
     fn agent_data_is_read() {
-        let xml = r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>a1</qkdn_id><qkd_links><qkd_link><qkdl_id>a1-a2</qkdl_id><peer-node xmlns="urn:qkdni:yang:qkdni-km">a2</peer-node><oper-state xmlns="urn:qkdni:yang:qkdni-km">up</oper-state><secret-key-rate-bps xmlns="urn:qkdni:yang:qkdni-km">1000.000</secret-key-rate-bps><key-pool xmlns="urn:qkdni:yang:qkdni-km"><own-blocks>12</own-blocks><capacity-blocks>64</capacity-blocks></key-pool></qkd_link></qkd_links><key-manager xmlns="urn:qkdni:yang:qkdni-km"><saes><sae><sae-id>s1</sae-id><node>a1</node></sae></saes><relay-routes><route><destination>a3</destination><next-hop>a2</next-hop></route></relay-routes><etsi014><keys-supplied>3</keys-supplied><pair><master-sae>s1</master-sae><slave-sae>s3</slave-sae><requests>2</requests><keys>3</keys></pair></etsi014></key-manager></qkd_node>"#;
+        let xml = r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>7eec982d-9ca7-59e0-b252-c124f3522b41</qkdn_id><node-name xmlns="urn:qkdni:yang:qkdni-etsi-ids">a1</node-name><qkd_links><qkd_link><qkdl_id>bccd9e3d-7cf3-5be0-97c1-ae02f598e71f</qkdl_id><link-name xmlns="urn:qkdni:yang:qkdni-etsi-ids">a1-a2</link-name><peer-node xmlns="urn:qkdni:yang:qkdni-km">a2</peer-node><oper-state xmlns="urn:qkdni:yang:qkdni-km">up</oper-state><secret-key-rate-bps xmlns="urn:qkdni:yang:qkdni-km">1000.000</secret-key-rate-bps><key-pool xmlns="urn:qkdni:yang:qkdni-km"><own-blocks>12</own-blocks><capacity-blocks>64</capacity-blocks></key-pool></qkd_link></qkd_links><key-manager xmlns="urn:qkdni:yang:qkdni-km"><saes><sae><sae-id>s1</sae-id><node>a1</node></sae></saes><relay-routes><route><destination>a3</destination><next-hop>a2</next-hop></route></relay-routes><etsi014><keys-supplied>3</keys-supplied><pair><master-sae>s1</master-sae><slave-sae>s3</slave-sae><requests>2</requests><keys>3</keys></pair></etsi014></key-manager></qkd_node>"#;
         let view = AgentView::parse(xml).unwrap();
         assert_eq!(view.node, "a1");
         assert_eq!(view.links[0].own_blocks, 12);

@@ -70,6 +70,11 @@ impl LinkRuntime {
         *self.control.borrow()
     }
 
+    /// Follows the link's condition (state, key rate, QBER) as it changes.
+    pub fn watch(&self) -> watch::Receiver<LinkCondition> {
+        self.control.subscribe()
+    }
+
     /// The link's current settings.
     pub fn settings(&self) -> LinkSettings {
         self.settings.lock().expect("link settings").clone()
@@ -152,6 +157,8 @@ pub struct Agent {
     pub holds: super::reserve::Holds,
     /// ETSI 014 requests in progress, for admission control.
     pub admission: super::admission::RequestAdmission,
+    /// Key streams served to this node's SAEs (ETSI GS QKD 015 applications).
+    pub applications: super::applications::Applications,
 }
 
 impl Agent {
@@ -219,6 +226,7 @@ impl Agent {
             kxi: Default::default(),
             holds: Default::default(),
             admission: super::admission::RequestAdmission::new(&config.limits),
+            applications: Default::default(),
             config,
         }))
     }

@@ -34,6 +34,10 @@ pub enum Event {
     },
     /// A security-relevant event of the KM's management interface.
     Security(crate::netconf::server::SecurityEvent),
+    /// An application (ETSI GS QKD 015 sense) obtained its first keys from this KM.
+    ApplicationNew(super::applications::Application),
+    /// An application is gone: its master SAE is no longer registered at this node.
+    ApplicationGone(super::applications::Application),
 }
 
 fn state_name(state: LinkState) -> &'static str {
@@ -47,9 +51,11 @@ fn state_name(state: LinkState) -> &'static str {
 const KM_NS: &str = "urn:qkdni:yang:qkdni-km";
 
 impl Event {
-    /// The event as a `qkdni-km` YANG notification.
-    pub fn to_notification(&self) -> Result<Notification, yang2::Error> {
+    /// The event as a `qkdni-km` YANG notification, if it has one (the ETSI GS QKD 015
+    /// notifications of an event are [`super::etsi_notify::notifications`]).
+    pub fn to_notification(&self) -> Result<Option<Notification>, yang2::Error> {
         let (name, leaves): (&str, Vec<(&str, String)>) = match self {
+            Event::ApplicationNew(_) | Event::ApplicationGone(_) => return Ok(None),
             Event::LinkState {
                 link,
                 state,
@@ -111,7 +117,7 @@ impl Event {
                 ],
             ),
         };
-        Notification::from_leaves("qkdni-km", KM_NS, name, &leaves, now_rfc3339())
+        Notification::from_leaves("qkdni-km", KM_NS, name, &leaves, now_rfc3339()).map(Some)
     }
 }
 

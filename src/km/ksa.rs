@@ -363,6 +363,12 @@ async fn enc_keys(
         .counters
         .supplied(&master, &slaves, issued.len() as u64);
     agent.metrics.keys(&master, "master", issued.len() as u64);
+    if let Some(app) = agent
+        .applications
+        .note(&agent.config.domain, &master, &slaves)
+    {
+        agent.emit(super::events::Event::ApplicationNew(app));
+    }
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Json(KeyContainer {
         keys: issued

@@ -15,7 +15,10 @@
 
 pub mod admission;
 pub mod agent;
+pub mod applications;
 pub mod config;
+pub mod etsi_node;
+pub mod etsi_notify;
 pub mod events;
 pub mod expiry;
 pub mod kma;

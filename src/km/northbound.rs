@@ -1,5 +1,6 @@
 //! The KM agent's NETCONF northbound: its configuration and state in the `etsi-qkd-sdn-node`
-//! and `qkdni-km` models, applied as one transaction (validate whole, check, apply).
+//! (ETSI GS QKD 015, see [`super::etsi_node`]), `qkdni-etsi-ids` and `qkdni-km` models,
+//! applied as one transaction (validate whole, check, apply).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use crate::netconf::{ErrorTag, RpcError};
 use crate::quantum::link_model::LinkParams;
 use crate::quantum::{LinkState, RateSpec};
 
-const NODE: &str = "/etsi-qkd-sdn-node:qkd_node";
+use super::etsi_node::{self, NODE};
+
 const KM: &str = "/etsi-qkd-sdn-node:qkd_node/qkdni-km:key-manager";
 
 /// The agent behind its NETCONF server.
@@ -30,20 +32,29 @@ impl Northbound {
         let (notifications, _) = broadcast::channel(1024);
         let sender = notifications.clone();
         let mut events = agent.events();
+        let source = agent.clone();
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(event) => match event.to_notification() {
-                        Ok(n) => {
-                            let _ = sender.send(n);
+                    Ok(event) => {
+                        let etsi = super::etsi_notify::notifications(&source, &event);
+                        match event.to_notification().and_then(|own| {
+                            etsi.map(|etsi| own.into_iter().chain(etsi).collect::<Vec<_>>())
+                        }) {
+                            Ok(all) => {
+                                for n in all {
+                                    let _ = sender.send(n);
+                                }
+                            }
+                            Err(error) => tracing::error!(%error, "cannot build notification"),
                         }
-                        Err(error) => tracing::error!(%error, "cannot build notification"),
-                    },
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
             }
         });
+        super::etsi_notify::watch_performance(agent.clone(), notifications.clone());
         Self {
             agent,
             notifications,
@@ -51,11 +62,15 @@ impl Northbound {
     }
 }
 
-fn link_path(id: &str) -> String {
-    format!(
-        "{NODE}/qkd_links/qkd_link[qkdl_id={}]",
-        crate::netconf::xml::quote(id)
-    )
+/// Path of the `qkd_link` entry of link `name` (by its `qkdl_id`).
+fn link_path(agent: &Agent, name: &str) -> String {
+    match agent.link_config(name) {
+        Some(c) => etsi_node::link_path(&etsi_node::link_uuid(agent, c)),
+        None => format!(
+            "{NODE}/qkd_links/qkd_link[qkdni-etsi-ids:link-name={}]",
+            crate::netconf::xml::quote(name)
+        ),
+    }
 }
 
 fn state_name(state: LinkState) -> &'static str {
@@ -76,20 +91,36 @@ struct Desired {
     links: BTreeMap<String, (String, String, LinkEnd, LinkSettings)>,
 }
 
-fn read_desired(tree: &DataTree<'static>) -> Result<Desired, RpcError> {
+/// Links are keyed by their names: an entry's `link-name`, else the name of the agent's
+/// link with that `qkdl_id`, else the `qkdl_id` itself (a link the agent does not have).
+fn read_desired(agent: &Agent, tree: &DataTree<'static>) -> Result<Desired, RpcError> {
     let mut links = BTreeMap::new();
     let set = tree
         .find_xpath(&format!("{NODE}/qkd_links/qkd_link"))
         .map_err(RpcError::from)?;
     for node in set {
-        let Some(id) = node
+        let Some(uuid) = node
             .find_path("qkdl_id")
             .ok()
             .and_then(|n| n.value_canonical())
         else {
             continue;
         };
-        let base = link_path(&id);
+        let base = format!("{NODE}/qkd_links/qkd_link[qkdl_id='{uuid}']");
+        let named = value(tree, &format!("{base}/qkdni-etsi-ids:link-name"));
+        let known = etsi_node::link_name(agent, &uuid);
+        let id = match (named, known) {
+            (Some(named), Some(known)) if named != known => {
+                return Err(RpcError::application(
+                    ErrorTag::InvalidValue,
+                    format!("qkdl_id {uuid} is link {known}, not {named}"),
+                )
+                .path(format!("{base}/qkdni-etsi-ids:link-name")))
+            }
+            (_, Some(known)) => known,
+            (Some(named), None) => named,
+            (None, None) => uuid,
+        };
         let Some(peer) = value(tree, &format!("{base}/qkdni-km:peer-node")) else {
             continue; // a virtual link: not managed by the quantum layer of this agent
         };
@@ -208,17 +239,11 @@ impl Application for Northbound {
         let agent = &self.agent;
         let build = || -> Result<String, RpcError> {
             let mut tree = crate::yang::empty();
-            set(&mut tree, &format!("{NODE}/qkdn_id"), &agent.config.node)?;
+            etsi_node::write_config(&mut tree, agent)?;
             for link in agent.links() {
                 let c = &link.config;
-                let base = link_path(&c.id);
+                let base = link_path(agent, &c.id);
                 let s = link.settings();
-                set(
-                    &mut tree,
-                    &format!("{base}/qkdl_local/qkdn_id"),
-                    &agent.config.node,
-                )?;
-                set(&mut tree, &format!("{base}/qkdl_remote/qkdn_id"), &c.peer)?;
                 set(&mut tree, &format!("{base}/qkdni-km:peer-node"), &c.peer)?;
                 set(&mut tree, &format!("{base}/qkdni-km:peer-kma"), &c.peer_kma)?;
                 set(
@@ -348,15 +373,24 @@ impl Application for Northbound {
     }
 
     fn apply(&self, _old: &DataTree<'static>, new: &DataTree<'static>) -> Result<(), RpcError> {
-        let desired = read_desired(new)?;
+        let desired = read_desired(&self.agent, new)?;
         // prepare: every check before any change
+        let uuid = etsi_node::node_uuid(&self.agent).to_string();
         let node = value(new, &format!("{NODE}/qkdn_id"));
-        if node.as_deref().is_some_and(|n| n != self.agent.config.node) {
+        if node.as_deref().is_some_and(|n| n != uuid) {
+            return Err(RpcError::application(
+                ErrorTag::InvalidValue,
+                format!("this node is {} ({uuid})", self.agent.config.node),
+            )
+            .path(format!("{NODE}/qkdn_id")));
+        }
+        let name = value(new, &format!("{NODE}/qkdni-etsi-ids:node-name"));
+        if name.as_deref().is_some_and(|n| n != self.agent.config.node) {
             return Err(RpcError::application(
                 ErrorTag::InvalidValue,
                 format!("this node is {}", self.agent.config.node),
             )
-            .path(format!("{NODE}/qkdn_id")));
+            .path(format!("{NODE}/qkdni-etsi-ids:node-name")));
         }
         for link in self.agent.links() {
             let c = &link.config;
@@ -366,7 +400,7 @@ impl Application for Northbound {
                         ErrorTag::OperationNotSupported,
                         format!("link {} cannot be removed while the agent runs", c.id),
                     )
-                    .path(link_path(&c.id)))
+                    .path(link_path(&self.agent, &c.id)))
                 }
                 Some((peer, peer_kma, end, _))
                     if *peer != c.peer || *peer_kma != c.peer_kma || *end != c.end =>
@@ -378,7 +412,7 @@ impl Application for Northbound {
                             c.id
                         ),
                     )
-                    .path(link_path(&c.id)))
+                    .path(link_path(&self.agent, &c.id)))
                 }
                 _ => {}
             }
@@ -392,7 +426,7 @@ impl Application for Northbound {
                 ErrorTag::OperationNotSupported,
                 format!("link {extra} is unknown to the quantum layer of this node"),
             )
-            .path(link_path(extra)));
+            .path(link_path(&self.agent, extra)));
         }
         for (dest, hop) in desired
             .settings
@@ -416,7 +450,13 @@ impl Application for Northbound {
                 .path(format!("{KM}/etsi014")));
         }
         // apply
+        let here = &self.agent.config.node;
+        let registered = |sae: &str| desired.settings.saes.get(sae) == Some(here);
+        let gone = self.agent.applications.retain(registered);
         self.agent.set_settings(desired.settings);
+        for app in gone {
+            self.agent.emit(super::events::Event::ApplicationGone(app));
+        }
         for (id, (_, _, _, settings)) in desired.links {
             if self.agent.link(&id).map(|l| l.settings()) != Some(settings.clone()) {
                 self.agent.set_link(&id, settings);
@@ -429,37 +469,13 @@ impl Application for Northbound {
     fn state(&self) -> Result<DataTree<'static>, RpcError> {
         let agent = &self.agent;
         let mut tree = crate::yang::empty();
-        set(
-            &mut tree,
-            &format!("{NODE}/qkdn_status"),
-            "etsi-qkd-node-types:UP",
-        )?;
-        set(
-            &mut tree,
-            &format!("{NODE}/qkdn_version"),
-            env!("CARGO_PKG_VERSION"),
-        )?;
-        set(
-            &mut tree,
-            &format!("{NODE}/qkdn_capabilities/link_stats_support"),
-            "true",
-        )?;
-        set(
-            &mut tree,
-            &format!("{NODE}/qkdn_capabilities/application_stats_support"),
-            "false",
-        )?;
-        set(
-            &mut tree,
-            &format!("{NODE}/qkdn_capabilities/key_relay_mode_enable"),
-            "true",
-        )?;
+        etsi_node::write_state(&mut tree, agent)?;
         let store_err = |e: super::store::StoreError| {
             RpcError::application(ErrorTag::OperationFailed, e.to_string())
         };
         for link in agent.links() {
             let c = &link.config;
-            let base = link_path(&c.id);
+            let base = link_path(agent, &c.id);
             let condition = link.condition();
             let own = agent
                 .store
@@ -470,17 +486,6 @@ impl Application for Northbound {
                 .available(&c.id, 1 - c.end.owner())
                 .map_err(store_err)?;
             let pending = agent.store.pending(&c.id).map_err(store_err)?;
-            let etsi_status = match condition.state {
-                LinkState::Up => "etsi-qkd-node-types:ACTIVE",
-                LinkState::Degraded => "etsi-qkd-node-types:PASSIVE",
-                LinkState::Down => "etsi-qkd-node-types:OFF",
-            };
-            set(&mut tree, &format!("{base}/qkdl_status"), etsi_status)?;
-            set(
-                &mut tree,
-                &format!("{base}/performance/skr"),
-                &format!("{}", condition.rate_bps as u64),
-            )?;
             set(
                 &mut tree,
                 &format!("{base}/qkdni-km:oper-state"),

@@ -338,7 +338,7 @@ mod tests {
                 delay_ms: 2000,
             },
         );
-        let notification = event.to_notification().unwrap();
+        let notification = event.to_notification().unwrap().unwrap();
         assert_eq!(
             parse_notification("a1", &wrap(&notification.xml)),
             Some(KmNotification::AuthFailure {

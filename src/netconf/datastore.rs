@@ -193,8 +193,7 @@ pub fn select(tree: &DataTree<'static>, xpaths: &[String]) -> Result<DataTree<'s
 mod tests {
     use super::*;
 
-    const BASE: &str =
-        r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>a1</qkdn_id></qkd_node>"#;
+    const BASE: &str = r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>7eec982d-9ca7-59e0-b252-c124f3522b41</qkdn_id></qkd_node>"#;
 
     fn edit(xml: &str) -> (DataTree<'static>, Vec<EditPoint>) {
         let doc = roxmltree::Document::parse(xml).unwrap();
@@ -256,7 +255,7 @@ mod validation_tests {
 
     #[test]
     fn must_violations_are_operation_failed() {
-        let xml = r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>a1</qkdn_id><key-manager xmlns="urn:qkdni:yang:qkdni-km"><relay-routes><route><destination>z</destination><next-hop>a9</next-hop></route></relay-routes></key-manager></qkd_node>"#;
+        let xml = r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>7eec982d-9ca7-59e0-b252-c124f3522b41</qkdn_id><key-manager xmlns="urn:qkdni:yang:qkdni-km"><relay-routes><route><destination>z</destination><next-hop>a9</next-hop></route></relay-routes></key-manager></qkd_node>"#;
         let mut tree = parse_config(xml).unwrap();
         let error = validate(&mut tree).unwrap_err();
         assert_eq!(

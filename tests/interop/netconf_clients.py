@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import traceback
+import uuid
 from pathlib import Path
 
 from lxml import etree
@@ -37,6 +38,17 @@ NS_MON = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
 NS_NOTIF = "urn:ietf:params:xml:ns:netconf:notification:1.0"
 BASE11 = "urn:ietf:params:netconf:base:1.1"
 NSMAP = {"nc": NS_NC, "n": NS_NODE, "km": NS_KM, "mon": NS_MON, "notif": NS_NOTIF}
+
+# ETSI GS QKD 015 identifiers are UUIDs: qkdni derives them as UUIDv5 of its names in its
+# own namespace (src/etsi015.rs, yang/qkdni-etsi-ids.yang); computed here independently.
+QKDNI_UUID_NS = uuid.uuid5(uuid.NAMESPACE_URL, "urn:qkdni:etsi-qkd-015")
+
+
+def link_uuid(link, domain="A"):
+    return str(uuid.uuid5(QKDNI_UUID_NS, f"link/{domain}/{domain}/{link}"))
+
+
+A1_A2 = link_uuid("a1-a2")
 
 # Relay-route destinations created by this script; removed again at the end.
 TEST_DESTS = ["z7", "z8", "z9", "z10", "z11", "z12", "z13", "z14", "z15", "z16"]
@@ -218,7 +230,7 @@ def check_schemas(m, workdir):
     summary["schemas_listed"] = len(schemas)
     check("schemas_listed", len(schemas) > 0, f"empty schema list: {reply.xml}")
     listed = {s[0] for s in schemas}
-    for ours in ("etsi-qkd-node-types", "etsi-qkd-sdn-node", "qkdni-km"):
+    for ours in ("etsi-qkd-node-types", "etsi-qkd-sdn-node", "qkdni-etsi-ids", "qkdni-km"):
         check(f"schema_listed_{ours}", ours in listed, f"{ours} missing from /netconf-state/schemas: {sorted(listed)}")
 
     # RFC 6022 §2.1.3: the schema list holds the schemas the server supports; a
@@ -272,7 +284,7 @@ def check_schemas(m, workdir):
 
     # The repository's modules must be what the server serves.
     repo_yang = Path(__file__).resolve().parents[2] / "yang"
-    for ours in ("etsi-qkd-node-types", "etsi-qkd-sdn-node", "qkdni-km"):
+    for ours in ("etsi-qkd-node-types", "etsi-qkd-sdn-node", "qkdni-etsi-ids", "qkdni-km"):
         got = glob.glob(str(workdir / f"{ours}@*.yang"))
         src = repo_yang / f"{ours}.yang"
         if got and src.exists():
@@ -293,7 +305,7 @@ def check_schemas(m, workdir):
     for f in files:
         ident = Path(f).name.split("@")[0].removesuffix(".yang")
         p = subprocess.run(["yanglint", "-p", str(workdir), f], capture_output=True, text=True, timeout=60)
-        ours = ident in ("etsi-qkd-node-types", "etsi-qkd-sdn-node", "qkdni-km")
+        ours = ident in ("etsi-qkd-node-types", "etsi-qkd-sdn-node", "qkdni-etsi-ids", "qkdni-km")
         if p.returncode != 0 and ours:
             # RFC 7950 §9.10.2: an identityref value (here a default) must come
             # from an implemented module. Loaded alone, yanglint imports
@@ -317,7 +329,7 @@ def check_schemas(m, workdir):
     # implement ietf-yang-library, list its modules there and announce the
     # yang-library capability (RFC 8526 §2: yang-library:1.1 for the 2019 revision).
     yang11 = sorted(
-        Path(f).name for f in files if "yang-version 1.1;" in Path(f).read_text() and Path(f).name.split("@")[0] in ("etsi-qkd-node-types", "etsi-qkd-sdn-node", "qkdni-km")
+        Path(f).name for f in files if "yang-version 1.1;" in Path(f).read_text() and Path(f).name.split("@")[0] in ("etsi-qkd-node-types", "etsi-qkd-sdn-node", "qkdni-etsi-ids", "qkdni-km")
     )
     if yang11:
         caps = [c for c in m.server_capabilities if c.startswith("urn:ietf:params:netconf:capability:yang-library:")]
@@ -348,7 +360,7 @@ def check_schemas(m, workdir):
 def check_filters(m):
     # Subtree: one link's key-pool (state) -> only qkdl_id + key-pool.
     flt = (
-        f'<qkd_node xmlns="{NS_NODE}"><qkd_links><qkd_link><qkdl_id>a1-a2</qkdl_id>'
+        f'<qkd_node xmlns="{NS_NODE}"><qkd_links><qkd_link><qkdl_id>{A1_A2}</qkdl_id>'
         f'<key-pool xmlns="{NS_KM}"/></qkd_link></qkd_links></qkd_node>'
     )
     r = m.get(filter=("subtree", flt))
@@ -358,7 +370,7 @@ def check_filters(m):
     check(
         "subtree_keypool",
         len(links) == 1
-        and links[0].findtext("n:qkdl_id", namespaces=NSMAP) == "a1-a2"
+        and links[0].findtext("n:qkdl_id", namespaces=NSMAP) == A1_A2
         and pool is not None
         and pool.findtext("km:own-blocks", namespaces=NSMAP) is not None
         and pool.findtext("km:fill-percent", namespaces=NSMAP) is not None,
@@ -400,7 +412,7 @@ def check_filters(m):
 
     # XPath (:xpath capability) with prefixes bound on <filter>.
     ns = {"n": NS_NODE, "km": NS_KM}
-    xp = "/n:qkd_node/n:qkd_links/n:qkd_link[n:qkdl_id='a1-a2']/km:oper-state"
+    xp = f"/n:qkd_node/n:qkd_links/n:qkd_link[n:qkdl_id='{A1_A2}']/km:oper-state"
     r = m.get(filter=("xpath", (ns, xp)))
     st = r.data_ele.findall(".//km:oper-state", NSMAP)
     check("xpath_oper_state", len(st) == 1 and st[0].text == "up", f"xpath {xp}\n  reply: {r.xml}")
@@ -706,7 +718,7 @@ def check_netconf_console(m, workdir):
         "ncc_get_subtree",
         "--get",
         "--filter",
-        "/n:qkd_node/n:qkd_links/n:qkd_link[n:qkdl_id='a1-a2']/km:key-pool",
+        f"/n:qkd_node/n:qkd_links/n:qkd_link[n:qkdl_id='{A1_A2}']/km:key-pool",
         "-N",
         f"n={NS_NODE}",
         f"km={NS_KM}",
