@@ -142,6 +142,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Km { config } => {
             init_tracing(cli.log_format);
+            qkdni::yang::serve_only(qkdni::yang::KM_MODULES);
             raise_fd_limit();
             let config = KmConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;
@@ -152,6 +153,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Controller { config } => {
             init_tracing(cli.log_format);
+            qkdni::yang::serve_only(qkdni::yang::CONTROLLER_MODULES);
             raise_fd_limit();
             let config = qkdni::control::config::ControllerConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;

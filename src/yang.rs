@@ -60,6 +60,25 @@ pub enum YangError {
 }
 
 static CONTEXT: OnceLock<Context> = OnceLock::new();
+/// The modules this process implements (all of [`MODULES`] unless a daemon chose).
+static SERVED: OnceLock<Vec<&'static str>> = OnceLock::new();
+
+/// The modules of a KM agent (the ETSI GS QKD 015 node model and qkdni's additions).
+pub const KM_MODULES: &[&str] = &[
+    "etsi-qkd-node-types",
+    "etsi-qkd-sdn-node",
+    "qkdni-etsi-ids",
+    "qkdni-km",
+];
+/// The modules of a controller.
+pub const CONTROLLER_MODULES: &[&str] = &["qkdni-controller"];
+
+/// Makes this process implement only `names` (a daemon serves its own models: the
+/// controller's datastore is not an ETSI node, whose `qkd_node/qkdn_id` is mandatory).
+/// Returns false when the context was built already (with whatever it holds).
+pub fn serve_only(names: &[&'static str]) -> bool {
+    SERVED.set(names.to_vec()).is_ok() && CONTEXT.get().is_none()
+}
 
 fn build_context() -> Result<Context, yang2::Error> {
     let mut context = Context::new(ContextFlags::DISABLE_SEARCHDIR_CWD)?;
@@ -71,8 +90,11 @@ fn build_context() -> Result<Context, yang2::Error> {
         );
     }
     context.set_embedded_modules(&embedded);
+    let served = SERVED.get();
     for module in MODULES {
-        context.load_module(module.name, Some(module.revision), &["*"])?;
+        if served.is_none_or(|names| names.contains(&module.name)) {
+            context.load_module(module.name, Some(module.revision), &["*"])?;
+        }
     }
     Ok(context)
 }
