@@ -24,14 +24,23 @@ pub struct ControlMetrics {
 
 impl Default for ControlMetrics {
     fn default() -> Self {
-        Self {
+        let metrics = Self {
             installs: Counters::default(),
             install_seconds: durations(),
             reroutes: Counters::default(),
             reroute_seconds: durations(),
             cxi: Counters::default(),
             sessions: Gauges::default(),
+        };
+        // every outcome is a series from the start (at 0), as Prometheus advises
+        for ok in [true, false] {
+            let outcome = labels([("outcome", outcome(ok))]);
+            let _ = metrics.installs.get_or_create(&outcome);
+            let _ = metrics.install_seconds.get_or_create(&outcome);
+            let _ = metrics.reroutes.get_or_create(&outcome);
+            let _ = metrics.reroute_seconds.get_or_create(&outcome);
         }
+        metrics
     }
 }
 

@@ -31,7 +31,7 @@ impl Default for KmMetrics {
 
 impl KmMetrics {
     pub fn new() -> Self {
-        Self {
+        let metrics = Self {
             etsi014_requests: Counters::default(),
             etsi014_seconds: durations(),
             etsi014_keys: Counters::default(),
@@ -40,7 +40,16 @@ impl KmMetrics {
             link_qber: Gauges::default(),
             link_up: Gauges::default(),
             pool_fill: Gauges::default(),
+        };
+        // every step and outcome is a series from the start (at 0), as Prometheus advises
+        for step in ["origin", "forward", "deliver"] {
+            for outcome in ["ok", "failed"] {
+                let _ = metrics
+                    .relays
+                    .get_or_create(&labels([("step", step), ("outcome", outcome)]));
+            }
         }
+        metrics
     }
 
     /// Counts an ETSI 014 request and its duration.

@@ -540,6 +540,7 @@ pub async fn up_with(
     // endpoints.json is written before start so that start_node can find the nodes; a
     // testbed is only "up" once every node answers.
     write_endpoints(dir, &endpoints)?;
+    write_prometheus(dir, &endpoints)?;
     if let Some(net) = &net {
         // recorded first: a failed creation is cleaned up by `down`
         let text = serde_json::to_string_pretty(net).expect("serializable");
@@ -743,6 +744,49 @@ fn write_control(
             .join(format!("manager-{}.log", domain.name)),
     };
     Ok((controller, Some(manager)))
+}
+
+/// `<DIR>/prometheus.yml`: a Prometheus configuration that scrapes every daemon's metrics,
+/// labelled with its domain and role (JSON, which YAML readers take as it is).
+fn write_prometheus(dir: &Path, endpoints: &Endpoints) -> Result<(), TestbedError> {
+    let mut groups = Vec::new();
+    for (name, domain) in &endpoints.domains {
+        let mut group = |role: &str, urls: Vec<&Option<String>>| {
+            let targets: Vec<String> = urls
+                .into_iter()
+                .flatten()
+                .filter_map(|u| {
+                    let host = u.strip_prefix("http://")?.strip_suffix("/metrics")?;
+                    Some(host.to_owned())
+                })
+                .collect();
+            if !targets.is_empty() {
+                groups.push(serde_json::json!({
+                    "targets": targets,
+                    "labels": {"domain": name, "role": role},
+                }));
+            }
+        };
+        group("km", domain.nodes.values().map(|n| &n.metrics).collect());
+        group(
+            "controller",
+            domain.controller.iter().map(|c| &c.metrics).collect(),
+        );
+        group(
+            "manager",
+            domain.manager.iter().map(|m| &m.metrics).collect(),
+        );
+    }
+    let config = serde_json::json!({
+        "global": {"scrape_interval": "5s"},
+        "scrape_configs": [{
+            "job_name": "qkdni",
+            "metrics_path": "/metrics",
+            "static_configs": groups,
+        }],
+    });
+    let text = serde_json::to_string_pretty(&config).expect("serializable");
+    std::fs::write(dir.join("prometheus.yml"), text).map_err(io("writing prometheus.yml"))
 }
 
 fn write_endpoints(dir: &Path, endpoints: &Endpoints) -> Result<(), TestbedError> {

@@ -94,13 +94,70 @@ async fn every_daemon_serves_prometheus_metrics() {
     // managers exchange report packs over Mxi every few seconds
     let manager_b = url(&e.manager("B").unwrap().metrics);
     let started = Instant::now();
-    loop {
+    let manager = loop {
         let text = scrape(&manager_b).await;
         let reports = "qkdni_manager_mxi_requests_total{method=\"POST\",route=\"/mxi/v1/reports\"";
         if text.lines().any(|l| l.starts_with(reports)) {
-            break;
+            break text;
         }
         assert!(started.elapsed() < Duration::from_secs(30), "{text}");
         tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // the Grafana dashboard asks only for series the daemons serve
+    // (every family the daemons declare, with the series names its type gives)
+    let mut served = std::collections::BTreeSet::new();
+    for text in [&a1, &b1, &controller_a, &controller_b, &manager] {
+        for line in text.lines() {
+            let mut words = line.split(' ');
+            if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+                (words.next(), words.next(), words.next(), words.next())
+            {
+                let suffixes: &[&str] = match kind {
+                    "counter" => &["_total"],
+                    "histogram" => &["_bucket", "_sum", "_count"],
+                    _ => &[""],
+                };
+                for suffix in suffixes {
+                    served.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
     }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../testbed/grafana/qkdni-dashboard.json")).unwrap();
+    let mut asked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("qkdni_"))
+                // QBER comes only from links with a physical model; this topology has none
+                .filter(|w| *w != "qkdni_km_link_qber")
+            {
+                assert!(
+                    served.contains(name),
+                    "the dashboard asks for {name}: not served"
+                );
+                asked += 1;
+            }
+        }
+    }
+    assert!(asked >= 15, "{asked}");
+
+    // the testbed's Prometheus configuration scrapes every daemon
+    let prometheus: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(std::path::Path::new(bed.dir()).join("prometheus.yml")).unwrap(),
+    )
+    .unwrap();
+    let targets: Vec<&str> = prometheus["scrape_configs"][0]["static_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["targets"].as_array().unwrap())
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let daemons = e.domains.values().map(|d| d.nodes.len() + 2).sum::<usize>();
+    assert_eq!(targets.len(), daemons, "{targets:?}");
 }
