@@ -90,6 +90,11 @@ fn operator(agent: &Agent, identity: &PeerIdentity) -> Result<(), Problem> {
 
 /// The status of a failed relay or reservation.
 fn relay_status(error: &RelayError) -> StatusCode {
+    // a further hop short of key is told as such (503), not as a broken next hop (502):
+    // every KM before it, and the origin's manager, must see exhaustion, not a route fault
+    if error.is_exhaustion() {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     match error {
         RelayError::Rejected(_) => StatusCode::FORBIDDEN,
         RelayError::Peer { .. } | RelayError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
@@ -316,5 +321,39 @@ async fn links(
     match result {
         Ok(reports) => Json(reports).into_response(),
         Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exhaustion_further_on_is_told_as_exhaustion_not_as_a_broken_hop() {
+        let short = RelayError::Peer {
+            node: "ga1".into(),
+            status: 503,
+            message:
+                r#"{"message":"not enough key material: link qx1: 61 blocks wanted, 26 available"}"#
+                    .into(),
+        };
+        assert_eq!(relay_status(&short), StatusCode::SERVICE_UNAVAILABLE);
+        // the KM before, reading this KM's answer, sees exhaustion too
+        let relayed = RelayError::Peer {
+            node: "a2".into(),
+            status: relay_status(&short).as_u16(),
+            message: format!("next hop ga1 refused the relay (HTTP 503): {short}"),
+        };
+        assert!(relayed.is_exhaustion());
+        let broken = RelayError::Peer {
+            node: "ga1".into(),
+            status: 503,
+            message: "shutting down".into(),
+        };
+        assert_eq!(relay_status(&broken), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            relay_status(&RelayError::Backlog("pair full".into())),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }
