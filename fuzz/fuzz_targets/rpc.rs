@@ -21,7 +21,7 @@ struct Accepting(broadcast::Sender<Notification>);
 
 impl Application for Accepting {
     fn initial_config(&self) -> String {
-        "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><qkdn_id>f</qkdn_id></qkd_node>".into()
+        "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><qkdn_id>7eec982d-9ca7-59e0-b252-c124f3522b41</qkdn_id></qkd_node>".into()
     }
     fn apply(&self, _old: &Tree, _new: &Tree) -> Result<(), RpcError> {
         Ok(())

@@ -5,8 +5,9 @@
 use uuid::Uuid;
 
 use super::error::{answer_all, ControlError, Reply};
-use super::instance::{Instance, Job};
+use super::instance::Instance;
 use super::messages::Agreement;
+use super::messages::Job;
 use super::reroute::describe;
 use super::sessions::{Interworking, Session, SessionEvent, SessionPath, SessionState};
 use crate::netconf::server::now_rfc3339;

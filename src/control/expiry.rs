@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::instance::{Instance, Job};
+use super::instance::Instance;
+use super::messages::Job;
 
 impl Instance {
     /// Removes the on-demand sessions of this domain's KMs whose pair has been idle for the

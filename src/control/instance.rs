@@ -16,110 +16,23 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use qkdni_route_policy::Catalog;
 
 use super::config::ControllerConfig;
 use super::controller::Controller;
-use super::cxi::{aborted, TransactionResult};
-use super::error::{answer_all, ControlError, Reply};
+use super::error::{ControlError, Reply};
 pub use super::messages::View;
-use super::messages::{Agreement, Input};
-use super::sessions::{Interworking, Session, SessionPath, SessionStore};
+use super::messages::{Agreement, Input, Job, Then};
+use super::sessions::{Session, SessionStore};
 use super::southbound::{RouteChanges, Southbound, SouthboundError};
 use super::state::State;
 use super::topology::Topology;
 
 /// Inputs waiting for the instance before senders wait.
 const INPUT_QUEUE: usize = 4096;
-
-/// A change that may need relay routes installed, run one at a time.
-// moved once per request or job: boxing would buy nothing
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Job {
-    Create {
-        session: Session,
-        peer: Option<(String, Uuid)>,
-        replies: Vec<Reply<Session>>,
-    },
-    Delete {
-        id: Uuid,
-        reply: Reply<()>,
-    },
-    Reroute {
-        trigger: String,
-        started: Instant,
-    },
-    /// Brings the KMs' routes in line with the sessions.
-    Reconcile,
-    /// Installs this domain's part of a route the peer agreed to and committed.
-    InstallAgreed {
-        id: Uuid,
-        paths: Vec<SessionPath>,
-        iw: Interworking,
-        trigger: String,
-        started: Instant,
-    },
-    PeerCommit {
-        from: String,
-        transaction: Uuid,
-        reply: oneshot::Sender<TransactionResult>,
-    },
-    PeerAbort {
-        from: String,
-        transaction: Uuid,
-        reply: oneshot::Sender<TransactionResult>,
-    },
-    PeerDelete {
-        from: String,
-        id: Uuid,
-        reply: oneshot::Sender<bool>,
-    },
-    DropLeftOver {
-        from: String,
-        live: Vec<Uuid>,
-    },
-    Flush(oneshot::Sender<()>),
-}
-
-/// How a job finishes once its install is done (or failed).
-// moved once per request or job: boxing would buy nothing
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Then {
-    /// Nothing to commit; a failed install is retried on the next change.
-    Nothing,
-    Created {
-        session: Session,
-        peer: Option<(String, Uuid)>,
-        replies: Vec<Reply<Session>>,
-    },
-    Deleted(Reply<()>),
-    Rerouted {
-        changed: Vec<(Uuid, bool)>,
-        trigger: String,
-        started: Instant,
-    },
-    Agreed {
-        id: Uuid,
-        previous: Session,
-        trigger: String,
-        started: Instant,
-    },
-    PeerCommitted {
-        transaction: Uuid,
-        segment: Session,
-        previous: Option<Session>,
-        reply: oneshot::Sender<TransactionResult>,
-    },
-    PeerAborted {
-        transaction: Uuid,
-        reply: oneshot::Sender<TransactionResult>,
-    },
-    /// Answers once no install is in flight.
-    Flushed(oneshot::Sender<()>),
-}
 
 /// The instance.
 pub(super) struct Instance {
@@ -456,72 +369,6 @@ impl Instance {
         None
     }
 
-    /// Applies a job's change to the state; `None` when it is answered without an install.
-    fn start(&mut self, job: Job) -> Option<Then> {
-        match job {
-            Job::Create {
-                session,
-                peer,
-                replies,
-            } => {
-                self.show_as(session.id, None);
-                self.state.put(session.clone());
-                Some(Then::Created {
-                    session,
-                    peer,
-                    replies,
-                })
-            }
-            Job::Delete { id, reply } => {
-                let Some(session) = self.state.take(id) else {
-                    let _ = reply.send(Err(ControlError::UnknownSession(id)));
-                    return None;
-                };
-                if let Err(error) = self.c.store.delete(id) {
-                    self.state.put(session);
-                    let _ = reply.send(Err(error.into()));
-                    return None;
-                }
-                let c = self.c.clone();
-                let ended = session.clone();
-                tokio::spawn(async move { c.end_interworking(&ended).await });
-                self.c.event(
-                    "session-deleted",
-                    format!("{} -> {}", session.master_sae, session.slave_sae),
-                    Some(id),
-                    None,
-                );
-                Some(Then::Deleted(reply))
-            }
-            Job::Reroute { trigger, started } => self.start_reroute(trigger, started),
-            Job::Reconcile => Some(Then::Nothing),
-            Job::InstallAgreed {
-                id,
-                paths,
-                iw,
-                trigger,
-                started,
-            } => self.start_install_agreed(id, paths, iw, trigger, started),
-            Job::PeerCommit {
-                from,
-                transaction,
-                reply,
-            } => self.start_peer_commit(&from, transaction, reply),
-            Job::PeerAbort {
-                from,
-                transaction,
-                reply,
-            } => self.start_peer_abort(&from, transaction, reply),
-            Job::PeerDelete { from, id, reply } => {
-                let deleted = self.remove_segment(&from, id);
-                let _ = reply.send(deleted);
-                deleted.then_some(Then::Nothing)
-            }
-            Job::DropLeftOver { from, live } => self.drop_left_over_segments(&from, &live),
-            Job::Flush(reply) => Some(Then::Flushed(reply)),
-        }
-    }
-
     /// Keeps showing session `id` as it was (`None`: not at all) until its job finishes, and
     /// keeps its previous route on the KMs for a while (see [`State::retire`]).
     pub(super) fn show_as(&mut self, id: Uuid, before: Option<Session>) {
@@ -529,107 +376,6 @@ impl Instance {
             self.state.retire(before.clone());
         }
         self.shown.entry(id).or_insert(before);
-    }
-
-    /// Finishes a job: commits what it started, or undoes it when the install failed.
-    fn finish(&mut self, then: Then, result: Result<(), ControlError>) {
-        match &then {
-            Then::Created { session, .. } => {
-                self.shown.remove(&session.id);
-            }
-            Then::PeerCommitted { segment, .. } => {
-                self.shown.remove(&segment.id);
-            }
-            Then::Agreed { id, .. } => {
-                self.shown.remove(id);
-            }
-            Then::Rerouted { changed, .. } => {
-                for (id, _) in changed {
-                    self.shown.remove(id);
-                }
-            }
-            _ => {}
-        }
-        match then {
-            Then::Nothing => {
-                if let Err(error) = result {
-                    tracing::warn!(%error, "relay route install failed; retried on the next change");
-                }
-            }
-            Then::Created {
-                session,
-                peer,
-                mut replies,
-            } => {
-                // requests for the pair that came while it was being set up
-                let key = (session.master_sae.clone(), session.slave_sae.clone());
-                replies.extend(self.creating.remove(&key).unwrap_or_default());
-                let saved = result.and_then(|()| Ok(self.c.store.save(&session)?));
-                match saved {
-                    Ok(()) => {
-                        self.c.event_in(
-                            "session-created",
-                            format!(
-                                "{} -> {}{} via {}",
-                                session.master_sae,
-                                session.slave_sae,
-                                peer.as_ref()
-                                    .map(|(d, _)| format!(" ({d})"))
-                                    .unwrap_or_default(),
-                                session.path.join(" -> ")
-                            ),
-                            Some(session.id),
-                            None,
-                            peer.as_ref().map(|(_, t)| *t),
-                        );
-                        for reply in replies {
-                            let _ = reply.send(Ok(session.clone()));
-                        }
-                    }
-                    Err(error) => {
-                        self.state.take(session.id);
-                        if let Some((domain, transaction)) = peer {
-                            self.abort_at_peer(domain, transaction);
-                        }
-                        answer_all(replies, error);
-                    }
-                }
-            }
-            Then::Deleted(reply) => {
-                if let Err(error) = result {
-                    tracing::warn!(%error, "removing the routes of a deleted session failed; retried on the next change");
-                }
-                let _ = reply.send(Ok(()));
-            }
-            Then::Rerouted {
-                changed,
-                trigger,
-                started,
-            } => self.finish_reroute(changed, &trigger, started, result),
-            Then::Agreed {
-                id,
-                previous,
-                trigger,
-                started,
-            } => self.finish_install_agreed(id, previous, &trigger, started, result),
-            Then::PeerCommitted {
-                transaction,
-                segment,
-                previous,
-                reply,
-            } => {
-                let _ = reply.send(self.finish_peer_commit(transaction, segment, previous, result));
-            }
-            Then::Flushed(reply) => {
-                let _ = reply.send(());
-            }
-            Then::PeerAborted { transaction, reply } => {
-                if let Err(error) = result {
-                    tracing::warn!(%error, "undoing a segment failed; retried later");
-                }
-                let _ = reply.send(aborted(transaction, None));
-            }
-        }
     }
 
     /// Asks the peer to undo a transaction, in the background.

@@ -1,5 +1,5 @@
-//! What the controller instance receives ([`Input`]) and what it publishes for readers
-//! ([`View`]).
+//! What the controller instance receives ([`Input`]), the changes it runs one after the
+//! other ([`Job`]) and how they end ([`Then`]), and what it publishes for readers ([`View`]).
 
 use std::time::Instant;
 
@@ -120,4 +120,90 @@ pub(super) enum Agreement {
         trigger: String,
         started: Instant,
     },
+}
+
+/// A change that may need relay routes installed, run one at a time.
+// moved once per request or job: boxing would buy nothing
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Job {
+    Create {
+        session: Session,
+        peer: Option<(String, Uuid)>,
+        replies: Vec<Reply<Session>>,
+    },
+    Delete {
+        id: Uuid,
+        reply: Reply<()>,
+    },
+    Reroute {
+        trigger: String,
+        started: Instant,
+    },
+    /// Brings the KMs' routes in line with the sessions.
+    Reconcile,
+    /// Installs this domain's part of a route the peer agreed to and committed.
+    InstallAgreed {
+        id: Uuid,
+        paths: Vec<SessionPath>,
+        iw: Interworking,
+        trigger: String,
+        started: Instant,
+    },
+    PeerCommit {
+        from: String,
+        transaction: Uuid,
+        reply: oneshot::Sender<TransactionResult>,
+    },
+    PeerAbort {
+        from: String,
+        transaction: Uuid,
+        reply: oneshot::Sender<TransactionResult>,
+    },
+    PeerDelete {
+        from: String,
+        id: Uuid,
+        reply: oneshot::Sender<bool>,
+    },
+    DropLeftOver {
+        from: String,
+        live: Vec<Uuid>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// How a job finishes once its install is done (or failed).
+// moved once per request or job: boxing would buy nothing
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Then {
+    /// Nothing to commit; a failed install is retried on the next change.
+    Nothing,
+    Created {
+        session: Session,
+        peer: Option<(String, Uuid)>,
+        replies: Vec<Reply<Session>>,
+    },
+    Deleted(Reply<()>),
+    Rerouted {
+        changed: Vec<(Uuid, bool)>,
+        trigger: String,
+        started: Instant,
+    },
+    Agreed {
+        id: Uuid,
+        previous: Session,
+        trigger: String,
+        started: Instant,
+    },
+    PeerCommitted {
+        transaction: Uuid,
+        segment: Session,
+        previous: Option<Session>,
+        reply: oneshot::Sender<TransactionResult>,
+    },
+    PeerAborted {
+        transaction: Uuid,
+        reply: oneshot::Sender<TransactionResult>,
+    },
+    /// Answers once no install is in flight.
+    Flushed(oneshot::Sender<()>),
 }

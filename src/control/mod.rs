@@ -8,6 +8,7 @@
 //!   inputs to the instance, events;
 //! - [`error`] — the controller's errors and the replies of the instance;
 //! - [`instance`] — the one task that owns the state: jobs, installs in tasks;
+//! - [`jobs`] — how each job starts and finishes (commit or undo);
 //! - [`state`] — the state the instance owns;
 //! - [`messages`] — the instance's inputs and the view it publishes;
 //! - [`creation`] — new sessions, local or agreed with the peer;
@@ -36,6 +37,7 @@ mod expiry;
 pub mod instance;
 pub mod interworking;
 mod interworking_yang;
+mod jobs;
 mod messages;
 pub mod metrics;
 pub mod northbound;

@@ -9,9 +9,10 @@ use tracing::info_span;
 use uuid::Uuid;
 
 use super::error::ControlError;
-use super::instance::{Instance, Job, Then};
+use super::instance::Instance;
 use super::interworking::{is_segment, REPORT_AGAIN};
 use super::messages::Agreement;
+use super::messages::{Job, Then};
 use super::sessions::{
     Interworking, Session, SessionEvent, SessionPath, SessionState, RATE_HYSTERESIS,
 };

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
 
-use super::instance::{Instance, Then};
+use super::instance::Instance;
+use super::messages::Then;
 use super::sessions::{InterworkingRole, Session, SessionState};
 use super::southbound::RouteChanges;
 use super::state::State;

@@ -14,7 +14,8 @@ use super::cxi::{
     VoteKind, CXI_VERSION,
 };
 use super::error::ControlError;
-use super::instance::{Instance, Job, Then};
+use super::instance::Instance;
+use super::messages::{Job, Then};
 use super::sessions::{
     Interworking, InterworkingRole, Session, SessionEvent, SessionPath, SessionState,
 };
