@@ -59,6 +59,7 @@ fn fixture() -> &'static (tokio::runtime::Runtime, axum::Router) {
             netconf: None,
             controller: None,
             limits: Default::default(),
+            metrics_listen: None,
         };
         let router = runtime.block_on(async {
             let agent: Arc<Agent> = Agent::new(config).unwrap();
