@@ -207,6 +207,24 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// The first `max` entries of a (time, key id, slave SAE) queue due at or before `now_ms`.
+fn up_to(
+    queue: &Table<'_, (u64, u128, &'static str), ()>,
+    now_ms: u64,
+    max: usize,
+) -> Result<Vec<(u64, u128, String)>, StoreError> {
+    let mut due = Vec::new();
+    for entry in queue
+        .range(..(now_ms.saturating_add(1), 0u128, ""))?
+        .take(max)
+    {
+        let (key, _) = entry?;
+        let (at, id, slave) = key.value();
+        due.push((at, id, slave.to_owned()));
+    }
+    Ok(due)
+}
+
 impl Txn {
     /// Records a key for `slave_sae`, to be fetched once with `dec_keys` before
     /// `terms.expires_ms`; refused when `terms.max_per_pair` keys already wait for the pair.
@@ -308,37 +326,9 @@ impl Txn {
     /// Erases up to `max` keys whose deadline is at or before `now_ms`; returns how many.
     pub fn expire_deliveries(&mut self, now_ms: u64, max: usize) -> Result<usize, StoreError> {
         let mut tables = Tables::open(&self.txn)?;
-        let due: Vec<(u64, u128, String)> = {
-            let mut due = Vec::new();
-            for entry in tables
-                .queue
-                .range(..(now_ms.saturating_add(1), 0u128, ""))?
-            {
-                let (key, _) = entry?;
-                let (deadline, id, slave) = key.value();
-                due.push((deadline, id, slave.to_owned()));
-                if due.len() >= max {
-                    break;
-                }
-            }
-            due
-        };
+        let due = up_to(&tables.queue, now_ms, max)?;
         // fetched keys at the end of their refetch window go too (not counted: delivered)
-        let done: Vec<(u64, u128, String)> = {
-            let mut done = Vec::new();
-            for entry in tables
-                .fetched_queue
-                .range(..(now_ms.saturating_add(1), 0u128, ""))?
-            {
-                let (key, _) = entry?;
-                let (until, id, slave) = key.value();
-                done.push((until, id, slave.to_owned()));
-                if done.len() >= max {
-                    break;
-                }
-            }
-            done
-        };
+        let done = up_to(&tables.fetched_queue, now_ms, max)?;
         for (until, id, slave) in &done {
             tables.fetched_queue.remove((*until, *id, slave.as_str()))?;
             tables.fetched.remove((*id, slave.as_str()))?;
