@@ -136,10 +136,7 @@ async fn measure(
     )
     .await?;
     netconf
-        .edit_config(
-            "running",
-            &format!("<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><policy>{policy}</policy></controller>"),
-        )
+        .edit_config("running", &crate::model::controller::policy_config(policy))
         .await?;
     let http = crate::tls::https_client(
         &endpoints.operator_tls_at(&controller.name),

@@ -26,6 +26,7 @@ pub mod https;
 pub mod km;
 pub mod management;
 pub mod metrics;
+pub mod model;
 pub mod netconf;
 pub mod pki;
 pub mod problem;

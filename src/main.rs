@@ -143,6 +143,7 @@ fn main() -> anyhow::Result<()> {
         Command::Km { config } => {
             init_tracing(cli.log_format);
             qkdni::yang::serve_only(qkdni::yang::KM_MODULES);
+            qkdni::model::check(&qkdni::model::km_agent_groups())?;
             raise_fd_limit();
             let config = KmConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;
@@ -154,6 +155,7 @@ fn main() -> anyhow::Result<()> {
         Command::Controller { config } => {
             init_tracing(cli.log_format);
             qkdni::yang::serve_only(qkdni::yang::CONTROLLER_MODULES);
+            qkdni::model::check(&qkdni::model::controller_groups())?;
             raise_fd_limit();
             let config = qkdni::control::config::ControllerConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;
@@ -228,6 +230,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Manager { config } => {
             init_tracing(cli.log_format);
+            qkdni::model::check(&qkdni::model::manager_groups())?;
             raise_fd_limit();
             let config = qkdni::management::config::ManagerConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;

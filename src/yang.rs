@@ -81,6 +81,17 @@ pub fn serve_only(names: &[&'static str]) -> bool {
 }
 
 fn build_context() -> Result<Context, yang2::Error> {
+    load(SERVED.get().map(Vec::as_slice))
+}
+
+/// A new context implementing every module of qkdni, whatever this process serves (for
+/// checking the paths a daemon uses as a client of another's model).
+pub fn full_context() -> Result<Context, yang2::Error> {
+    load(None)
+}
+
+/// A context implementing `served` (all of [`MODULES`] when `None`).
+fn load(served: Option<&[&'static str]>) -> Result<Context, yang2::Error> {
     let mut context = Context::new(ContextFlags::DISABLE_SEARCHDIR_CWD)?;
     let mut embedded = EmbeddedModules::new();
     for module in MODULES {
@@ -90,7 +101,6 @@ fn build_context() -> Result<Context, yang2::Error> {
         );
     }
     context.set_embedded_modules(&embedded);
-    let served = SERVED.get();
     for module in MODULES {
         if served.is_none_or(|names| names.contains(&module.name)) {
             context.load_module(module.name, Some(module.revision), &["*"])?;

@@ -20,6 +20,7 @@ use super::messages::{Input, View};
 use super::sessions::{Session, SessionPath, SessionStore};
 use super::southbound::Southbound;
 use super::topology::{AgentView, Topology};
+use crate::model::km_notifications::KmNotification;
 use crate::netconf::server::now_rfc3339;
 
 /// Most events kept for the REST API.
@@ -461,18 +462,10 @@ impl Controller {
 
 /// The link and its new state from a `link-status-change` notification.
 fn parse_link_status(message: &str) -> Option<(String, bool)> {
-    let doc = crate::netconf::limits::parse(message).ok()?;
-    let change = doc
-        .descendants()
-        .find(|n| n.tag_name().name() == "link-status-change")?;
-    let field = |name: &str| {
-        change
-            .children()
-            .find(|c| c.tag_name().name() == name)
-            .and_then(|c| c.text())
-            .map(str::to_owned)
-    };
-    Some((field("link-id")?, field("oper-state")? == "up"))
+    match crate::model::km_notifications::parse_notification("", message)? {
+        KmNotification::LinkStatus { link, state, .. } => Some((link, state == "up")),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

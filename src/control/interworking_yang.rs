@@ -11,11 +11,11 @@ use yang2::data::{Data, DataTree};
 use super::config::ControllerConfig;
 use super::controller::Controller;
 use super::sessions::{InterworkingRole, Session, SessionState};
+use crate::model::controller::{
+    self as model, interworking, interworking_session as iws, leaf, peer, INTERWORKING as BASE,
+};
 use crate::netconf::datastore::set_leaf as set;
-use crate::netconf::xml::quote;
 use crate::netconf::{ErrorTag, RpcError};
-
-const BASE: &str = "/qkdni-controller:controller/interworking";
 
 /// Writes the configured peers and exposure policy.
 pub fn configuration(
@@ -26,16 +26,24 @@ pub fn configuration(
         return Ok(());
     };
     let flag = |b: bool| if b { "true" } else { "false" };
-    set(tree, &format!("{BASE}/expose/saes"), flag(iw.expose.saes))?;
     set(
         tree,
-        &format!("{BASE}/expose/key-rate"),
+        &format!("{BASE}/{}", interworking::EXPOSE_SAES),
+        flag(iw.expose.saes),
+    )?;
+    set(
+        tree,
+        &format!("{BASE}/{}", interworking::EXPOSE_KEY_RATE),
         flag(iw.expose.key_rate),
     )?;
     for peer in &iw.peers {
-        let base = format!("{BASE}/peer[domain={}]", quote(&peer.domain));
-        set(tree, &format!("{base}/url"), &peer.url)?;
-        set(tree, &format!("{base}/controller"), &peer.controller)?;
+        let base = model::peer_entry(&peer.domain);
+        set(tree, &format!("{base}/{}", peer::URL), &peer.url)?;
+        set(
+            tree,
+            &format!("{base}/{}", peer::CONTROLLER),
+            &peer.controller,
+        )?;
     }
     Ok(())
 }
@@ -50,7 +58,10 @@ pub fn check(new: &DataTree<'static>, config: &ControllerConfig) -> Result<(), R
             // libyang finds nothing in an empty tree: it refuses the query
             return Ok(leaves);
         }
-        for path in [format!("{BASE}/peer"), format!("{BASE}/expose")] {
+        for path in [
+            model::PEER.to_owned(),
+            format!("{BASE}/{}", interworking::EXPOSE),
+        ] {
             for node in tree.find_xpath(&path)? {
                 for leaf in node.traverse() {
                     if let Some(value) = leaf.value_canonical() {
@@ -82,49 +93,76 @@ pub fn state(
 ) -> Result<(), RpcError> {
     let decimal = |v: f64| format!("{v:.3}");
     for (domain, peer) in controller.peer_domains() {
-        let base = format!("{BASE}/peer[domain={}]", quote(&domain));
+        let base = model::peer_entry(&domain);
         if let Some(reachable) = peer.reachable {
             set(
                 tree,
-                &format!("{base}/reachable"),
+                &format!("{base}/{}", peer::REACHABLE),
                 if reachable { "true" } else { "false" },
             )?;
         }
         if let Some(at) = &peer.last_contact {
-            set(tree, &format!("{base}/last-contact"), at)?;
+            set(tree, &format!("{base}/{}", peer::LAST_CONTACT), at)?;
         }
         let Some(topology) = &peer.topology else {
             continue;
         };
-        let at = format!("{base}/abstract-topology");
         if let Some(received) = &peer.topology_time {
-            set(tree, &format!("{at}/received"), received)?;
+            set(tree, &format!("{base}/{}", peer::RECEIVED), received)?;
         }
         for border in &topology.border_nodes {
-            let node = format!("{at}/border-node[node={}]", quote(&border.node));
-            set(tree, &format!("{node}/node"), &border.node)?;
+            let node = model::border_node_entry(&base, &border.node);
+            set(
+                tree,
+                &format!("{node}/{}", leaf(peer::BORDER_NODE)),
+                &border.node,
+            )?;
             for qx in &border.qx_links {
-                let link = format!("{node}/qx-link[id={}]", quote(&qx.id));
-                set(tree, &format!("{link}/peer-node"), &qx.peer_node)?;
+                let link = model::qx_link_entry(&node, &qx.id);
                 set(
                     tree,
-                    &format!("{link}/up"),
+                    &format!("{link}/{}", leaf(peer::QX_PEER_NODE)),
+                    &qx.peer_node,
+                )?;
+                set(
+                    tree,
+                    &format!("{link}/{}", leaf(peer::QX_UP)),
                     if qx.up { "true" } else { "false" },
                 )?;
-                set(tree, &format!("{link}/rate-bps"), &decimal(qx.rate_bps))?;
+                set(
+                    tree,
+                    &format!("{link}/{}", leaf(peer::QX_RATE_BPS)),
+                    &decimal(qx.rate_bps),
+                )?;
             }
         }
         for reach in &topology.reachability {
-            let sae = format!("{at}/sae[id={}]", quote(&reach.sae));
-            set(tree, &format!("{sae}/node"), &reach.node)?;
+            let sae = model::peer_sae_entry(&base, &reach.sae);
+            set(
+                tree,
+                &format!("{sae}/{}", leaf(peer::SAE_NODE)),
+                &reach.node,
+            )?;
             for via in &reach.via {
-                let v = format!("{sae}/via[border-node={}]", quote(&via.border_node));
-                set(tree, &format!("{v}/border-node"), &via.border_node)?;
+                let v = model::via_entry(&sae, &via.border_node);
+                set(
+                    tree,
+                    &format!("{v}/{}", leaf(peer::VIA_BORDER_NODE)),
+                    &via.border_node,
+                )?;
                 if let Some(hops) = via.hops {
-                    set(tree, &format!("{v}/hops"), &hops.to_string())?;
+                    set(
+                        tree,
+                        &format!("{v}/{}", leaf(peer::VIA_HOPS)),
+                        &hops.to_string(),
+                    )?;
                 }
                 if let Some(rate) = via.rate_bps.filter(|r| r.is_finite()) {
-                    set(tree, &format!("{v}/rate-bps"), &decimal(rate))?;
+                    set(
+                        tree,
+                        &format!("{v}/{}", leaf(peer::VIA_RATE_BPS)),
+                        &decimal(rate),
+                    )?;
                 }
             }
         }
@@ -133,22 +171,26 @@ pub fn state(
         let Some(iw) = &session.interworking else {
             continue;
         };
-        let base = format!("{BASE}/session[id='{}']", session.id);
-        set(tree, &format!("{base}/peer-domain"), &iw.peer_domain)?;
+        let base = model::interworking_session_entry(&session.id);
+        set(
+            tree,
+            &format!("{base}/{}", iws::PEER_DOMAIN),
+            &iw.peer_domain,
+        )?;
         let role = match iw.role {
             InterworkingRole::Origin => "origin",
             InterworkingRole::Segment => "segment",
         };
-        set(tree, &format!("{base}/role"), role)?;
+        set(tree, &format!("{base}/{}", iws::ROLE), role)?;
         set(
             tree,
-            &format!("{base}/transaction"),
+            &format!("{base}/{}", iws::TRANSACTION),
             &iw.transaction.to_string(),
         )?;
         for (leaf, value) in [
-            ("local-gateway", &iw.local_gateway),
-            ("peer-gateway", &iw.peer_gateway),
-            ("qx-link", &iw.qx_link),
+            (iws::LOCAL_GATEWAY, &iw.local_gateway),
+            (iws::PEER_GATEWAY, &iw.peer_gateway),
+            (iws::QX_LINK, &iw.qx_link),
         ] {
             if !value.is_empty() {
                 set(tree, &format!("{base}/{leaf}"), value)?;
@@ -158,11 +200,11 @@ pub fn state(
             SessionState::Active => "active",
             SessionState::Unroutable => "unroutable",
         };
-        set(tree, &format!("{base}/state"), state)?;
+        set(tree, &format!("{base}/{}", iws::STATE), state)?;
         let agreeing = agreeing.contains(&session.id);
         set(
             tree,
-            &format!("{base}/agreeing"),
+            &format!("{base}/{}", iws::AGREEING),
             if agreeing { "true" } else { "false" },
         )?;
     }

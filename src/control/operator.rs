@@ -11,10 +11,11 @@ use yang2::data::{Data, DataTree};
 use super::controller::Controller;
 use crate::netconf::datastore::{leaf as value, set_leaf as set};
 use crate::netconf::server::{Application, Notification};
-use crate::netconf::xml::quote;
 use crate::netconf::{ErrorTag, RpcError};
 
-const ROOT: &str = "/qkdni-controller:controller";
+use crate::model::controller::{
+    self as model, agent, controller_event as event, root, session, topology_link, ROOT,
+};
 
 /// The controller behind its operators' NETCONF server.
 pub struct Operator {
@@ -53,22 +54,22 @@ impl Operator {
 /// A controller event as a `qkdni-controller:controller-event` notification.
 fn notification(event: &super::controller::ControllerEvent) -> Result<Notification, yang2::Error> {
     let mut leaves = vec![
-        ("kind", event.kind.clone()),
-        ("detail", event.detail.clone()),
+        (event::KIND, event.kind.clone()),
+        (event::DETAIL, event.detail.clone()),
     ];
     if let Some(session) = event.session {
-        leaves.push(("session", session.to_string()));
+        leaves.push((event::SESSION, session.to_string()));
     }
     if let Some(transaction) = event.transaction {
-        leaves.push(("transaction", transaction.to_string()));
+        leaves.push((event::TRANSACTION, transaction.to_string()));
     }
     if let Some(ms) = event.duration_ms {
-        leaves.push(("duration-ms", format!("{ms:.3}")));
+        leaves.push((event::DURATION_MS, format!("{ms:.3}")));
     }
     Notification::from_leaves(
-        "qkdni-controller",
-        "urn:qkdni:yang:qkdni-controller",
-        "controller-event",
+        model::MODULE,
+        model::NAMESPACE,
+        crate::model::notification_name(event::PARENT),
         &leaves,
         event.time.clone(),
     )
@@ -77,11 +78,13 @@ fn notification(event: &super::controller::ControllerEvent) -> Result<Notificati
 /// node -> (host, port) of every configured agent.
 fn agents(tree: &DataTree<'static>) -> Result<BTreeMap<String, (String, String)>, RpcError> {
     let mut out = BTreeMap::new();
-    for node in tree.find_xpath(&format!("{ROOT}/agents/agent"))? {
+    for node in tree.find_xpath(model::AGENT)? {
         let field = |name: &str| node.find_path(name).ok().and_then(|n| n.value_canonical());
-        if let (Some(id), Some(host), Some(port)) =
-            (field("node"), field("netconf-host"), field("netconf-port"))
-        {
+        if let (Some(id), Some(host), Some(port)) = (
+            field(agent::NODE),
+            field(agent::NETCONF_HOST),
+            field(agent::NETCONF_PORT),
+        ) {
             out.insert(id, (host, port));
         }
     }
@@ -93,30 +96,38 @@ impl Application for Operator {
         let build = || -> Result<String, RpcError> {
             let mut tree = crate::yang::empty();
             let config = &self.controller.config;
-            set(&mut tree, &format!("{ROOT}/policy"), &config.policy)?;
             set(
                 &mut tree,
-                &format!("{ROOT}/poll-seconds"),
+                &format!("{ROOT}/{}", root::POLICY),
+                &config.policy,
+            )?;
+            set(
+                &mut tree,
+                &format!("{ROOT}/{}", root::POLL_SECONDS),
                 &config.poll_seconds.max(1).to_string(),
             )?;
             set(
                 &mut tree,
-                &format!("{ROOT}/on-demand-idle-seconds"),
+                &format!("{ROOT}/{}", root::ON_DEMAND_IDLE_SECONDS),
                 &config.on_demand_idle_seconds.to_string(),
             )?;
             for agent in &config.agents {
-                let base = format!("{ROOT}/agents/agent[node={}]", quote(&agent.node));
+                let base = model::agent_entry(&agent.node);
                 set(
                     &mut tree,
-                    &format!("{base}/netconf-host"),
+                    &format!("{base}/{}", agent::NETCONF_HOST),
                     &agent.netconf.ip().to_string(),
                 )?;
                 set(
                     &mut tree,
-                    &format!("{base}/netconf-port"),
+                    &format!("{base}/{}", agent::NETCONF_PORT),
                     &agent.netconf.port().to_string(),
                 )?;
-                set(&mut tree, &format!("{base}/role"), agent.role.name())?;
+                set(
+                    &mut tree,
+                    &format!("{base}/{}", agent::ROLE),
+                    agent.role.name(),
+                )?;
             }
             super::interworking_yang::configuration(&mut tree, config)?;
             crate::netconf::datastore::to_xml(&tree)
@@ -145,20 +156,21 @@ impl Application for Operator {
                 ErrorTag::OperationNotSupported,
                 "the agents of a running controller are fixed: change the configuration file and restart",
             )
-            .path(format!("{ROOT}/agents")));
+            .path(format!("{ROOT}/{}", root::AGENTS)));
         }
         super::interworking_yang::check(new, &self.controller.config)?;
-        let policy = value(new, &format!("{ROOT}/policy")).unwrap_or_else(|| "key-aware".into());
-        let poll = value(new, &format!("{ROOT}/poll-seconds"))
+        let policy =
+            value(new, &format!("{ROOT}/{}", root::POLICY)).unwrap_or_else(|| "key-aware".into());
+        let poll = value(new, &format!("{ROOT}/{}", root::POLL_SECONDS))
             .and_then(|v| v.parse().ok())
             .unwrap_or(2);
         self.controller.set_policy(&policy).map_err(|e| {
             RpcError::application(ErrorTag::InvalidValue, e.to_string())
-                .path(format!("{ROOT}/policy"))
+                .path(format!("{ROOT}/{}", root::POLICY))
         })?;
         self.controller.set_poll_seconds(poll);
-        if let Some(idle) =
-            value(new, &format!("{ROOT}/on-demand-idle-seconds")).and_then(|v| v.parse().ok())
+        if let Some(idle) = value(new, &format!("{ROOT}/{}", root::ON_DEMAND_IDLE_SECONDS))
+            .and_then(|v| v.parse().ok())
         {
             self.controller.set_on_demand_idle_seconds(idle);
         }
@@ -173,69 +185,65 @@ impl Application for Operator {
         super::interworking_yang::state(&mut tree, &self.controller, sessions, &view.agreeing)?;
         set(
             &mut tree,
-            &format!("{ROOT}/domain"),
+            &format!("{ROOT}/{}", root::DOMAIN),
             &self.controller.config.domain,
         )?;
         for (id, node) in &topology.nodes {
-            let base = format!("{ROOT}/agents/agent[node={}]", quote(id));
+            let base = model::agent_entry(id);
             if self.controller.config.agents.iter().all(|a| &a.node != id) {
                 continue;
             }
             set(
                 &mut tree,
-                &format!("{base}/reachable"),
+                &format!("{base}/{}", agent::REACHABLE),
                 if node.reachable { "true" } else { "false" },
             )?;
             for (dest, hop) in &node.routes {
-                set(
-                    &mut tree,
-                    &format!("{base}/route[destination={}]/next-hop", quote(dest)),
-                    hop,
-                )?;
+                set(&mut tree, &model::agent_route_next_hop(&base, dest), hop)?;
             }
         }
         for (id, link) in &topology.links {
-            let base = format!("{ROOT}/topology/link[id={}]", quote(id));
+            let base = model::topology_link_entry(id);
             set(
                 &mut tree,
-                &format!("{base}/up"),
+                &format!("{base}/{}", topology_link::UP),
                 if link.up { "true" } else { "false" },
             )?;
             set(
                 &mut tree,
-                &format!("{base}/rate-bps"),
+                &format!("{base}/{}", topology_link::RATE_BPS),
                 &format!("{:.3}", link.rate_bps),
             )?;
             for node in &link.nodes {
-                set(&mut tree, &format!("{base}/node"), node)?;
+                set(&mut tree, &format!("{base}/{}", topology_link::NODE), node)?;
             }
         }
         for (sae, node) in &topology.saes {
-            set(
-                &mut tree,
-                &format!("{ROOT}/topology/sae[id={}]/node", quote(sae)),
-                node,
-            )?;
+            set(&mut tree, &model::topology_sae_node(sae), node)?;
         }
         for session in sessions {
-            let base = format!("{ROOT}/sessions/session[id='{}']", session.id);
+            let base = model::session_entry(&session.id);
             set(
                 &mut tree,
-                &format!("{base}/master-sae"),
+                &format!("{base}/{}", session::MASTER_SAE),
                 &session.master_sae,
             )?;
-            set(&mut tree, &format!("{base}/slave-sae"), &session.slave_sae)?;
+            set(
+                &mut tree,
+                &format!("{base}/{}", session::SLAVE_SAE),
+                &session.slave_sae,
+            )?;
             let state = match session.state {
                 super::sessions::SessionState::Active => "active",
                 super::sessions::SessionState::Unroutable => "unroutable",
             };
-            set(&mut tree, &format!("{base}/state"), state)?;
+            set(&mut tree, &format!("{base}/{}", session::STATE), state)?;
             for node in &session.path {
-                set(&mut tree, &format!("{base}/path"), node)?;
+                set(&mut tree, &format!("{base}/{}", session::PATH), node)?;
             }
             set(
                 &mut tree,
-                &format!("{base}/on-demand"),
+                &format!("{base}/{}", session::ON_DEMAND),
                 &session.on_demand.to_string(),
             )?;
         }

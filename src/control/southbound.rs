@@ -21,7 +21,7 @@ use futures::future::join_all;
 use super::topology::{AgentView, ForeignSae, WeightedHop};
 
 use super::config::SouthboundLogin;
-use crate::netconf::client::{text, ClientError, ClientOptions, NetconfClient};
+use crate::netconf::client::{ClientError, ClientOptions, NetconfClient};
 use crate::netconf::pool::Pool;
 
 /// Seconds a KM keeps an unconfirmed route change before rolling it back.
@@ -99,9 +99,7 @@ impl Southbound {
 
     /// Reads an agent's configuration and state.
     pub async fn read(&self, node: &str) -> Result<AgentView, SouthboundError> {
-        let reply = self
-            .rpc(node, "<get><filter type=\"subtree\"><qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"/></filter></get>")
-            .await?;
+        let reply = self.rpc(node, crate::model::etsi_node::GET_NODE).await?;
         let data = reply
             .trim()
             .strip_prefix("<data>")
@@ -223,49 +221,7 @@ impl Southbound {
         self.call(node, session, "<discard-changes/>").await?;
         self.call(node, session, "<lock><target><candidate/></target></lock>")
             .await?;
-        let mut routes = String::new();
-        for (dest, hops) in &changes.routes {
-            match hops.as_deref() {
-                Some([primary, alternates @ ..]) => {
-                    routes.push_str(&format!(
-                        "<route nc:operation=\"replace\"><destination>{}</destination><next-hop>{}</next-hop><weight>{}</weight>",
-                        text(dest),
-                        text(&primary.node),
-                        primary.weight.max(1)
-                    ));
-                    for alternate in alternates {
-                        routes.push_str(&format!(
-                            "<alternate><next-hop>{}</next-hop><weight>{}</weight></alternate>",
-                            text(&alternate.node),
-                            alternate.weight.max(1)
-                        ));
-                    }
-                    routes.push_str("</route>");
-                }
-                _ => routes.push_str(&format!(
-                    "<route nc:operation=\"remove\"><destination>{}</destination></route>",
-                    text(dest)
-                )),
-            }
-        }
-        let mut saes = String::new();
-        for (sae, entry) in &changes.foreign_saes {
-            match entry {
-                Some(entry) => saes.push_str(&format!(
-                    "<sae nc:operation=\"replace\"><sae-id>{}</sae-id><node>{}</node><domain>{}</domain></sae>",
-                    text(sae),
-                    text(&entry.node),
-                    text(&entry.domain)
-                )),
-                None => saes.push_str(&format!(
-                    "<sae nc:operation=\"remove\"><sae-id>{}</sae-id></sae>",
-                    text(sae)
-                )),
-            }
-        }
-        let edit = format!(
-            "<edit-config><target><candidate/></target><config xmlns:nc=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><key-manager xmlns=\"urn:qkdni:yang:qkdni-km\"><relay-routes>{routes}</relay-routes><saes>{saes}</saes></key-manager></qkd_node></config></edit-config>"
-        );
+        let edit = crate::model::km::relay_edit(&changes.routes, &changes.foreign_saes);
         self.call(node, session, &edit).await?;
         self.call(
             node,

@@ -107,8 +107,20 @@ pub struct LinkConfig {
     pub peer_domain: Option<String>,
 }
 
+/// The YANG default of a link's `capacity-blocks`.
 fn default_capacity() -> usize {
-    16_384
+    yang_default(&format!(
+        "{}/{}",
+        crate::model::etsi_node::LINK,
+        crate::model::km::link::CAPACITY_BLOCKS
+    ))
+}
+
+/// The default the `qkdni-km` module gives the leaf at schema path `path`.
+fn yang_default<T: std::str::FromStr>(path: &str) -> T {
+    crate::model::default_of(path)
+        .parse()
+        .unwrap_or_else(|_| panic!("the YANG default of {path} is a number"))
 }
 
 impl LinkConfig {
@@ -162,12 +174,14 @@ impl Etsi014Limits {
 
 impl Default for Etsi014Limits {
     fn default() -> Self {
+        use crate::model::km::{etsi014, etsi014_leaf};
+        let leaf = |name: &str| yang_default(&etsi014_leaf(name));
         Self {
-            key_size: 256,
-            max_key_per_request: 128,
-            max_key_size: 1024,
-            min_key_size: 64,
-            max_sae_id_count: 4,
+            key_size: leaf(etsi014::KEY_SIZE),
+            max_key_per_request: leaf(etsi014::MAX_KEY_PER_REQUEST),
+            max_key_size: leaf(etsi014::MAX_KEY_SIZE),
+            min_key_size: leaf(etsi014::MIN_KEY_SIZE),
+            max_sae_id_count: leaf(etsi014::MAX_SAE_ID_COUNT),
         }
     }
 }

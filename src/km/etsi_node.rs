@@ -13,9 +13,9 @@ use crate::netconf::datastore::set_leaf as set;
 use crate::netconf::RpcError;
 use crate::quantum::LinkState;
 
-/// Path of the node container.
-pub const NODE: &str = "/etsi-qkd-sdn-node:qkd_node";
-const TYPES: &str = "etsi-qkd-node-types";
+use crate::model::etsi_node::{
+    self as model, application, identity, interface, link, link_qber, node, NODE,
+};
 
 /// `qkdn_id` of this node.
 pub fn node_uuid(agent: &Agent) -> Uuid {
@@ -35,7 +35,7 @@ pub fn peer_uuid(agent: &Agent, link: &LinkConfig) -> Uuid {
 
 /// Path of the `qkd_link` entry with identifier `id`.
 pub fn link_path(id: &Uuid) -> String {
-    format!("{NODE}/qkd_links/qkd_link[qkdl_id='{id}']")
+    model::link_entry(id)
 }
 
 /// The name of the link whose `qkdl_id` is `id`.
@@ -49,41 +49,31 @@ pub fn link_name(agent: &Agent, id: &str) -> Option<String> {
 /// The node's and its links' ETSI configuration (identifiers, ends, type, role), to which
 /// the caller adds qkdni's own link settings.
 pub fn write_config(tree: &mut DataTree<'static>, agent: &Agent) -> Result<(), RpcError> {
-    let node = node_uuid(agent).to_string();
-    set(tree, &format!("{NODE}/qkdn_id"), &node)?;
-    set(
-        tree,
-        &format!("{NODE}/qkdni-etsi-ids:node-name"),
-        &agent.config.node,
-    )?;
-    set(
-        tree,
-        &format!("{NODE}/qkdni-etsi-ids:domain"),
-        &agent.config.domain,
-    )?;
+    let node_id = node_uuid(agent).to_string();
+    let at = |leaf: &str| format!("{NODE}/{leaf}");
+    set(tree, &at(node::QKDN_ID), &node_id)?;
+    set(tree, &at(node::NODE_NAME), &agent.config.node)?;
+    set(tree, &at(node::DOMAIN), &agent.config.domain)?;
     // qkdni reports no per-period key consumption of applications.
-    set(
-        tree,
-        &format!("{NODE}/qkdn_capabilities/application_stats_support"),
-        "false",
-    )?;
+    set(tree, &at(node::APPLICATION_STATS_SUPPORT), "false")?;
     for link in agent.links() {
         let c = &link.config;
         let id = link_uuid(agent, c);
         let base = link_path(&id);
         let interface = crate::etsi015::interface_id(&id).to_string();
-        set(tree, &format!("{base}/qkdni-etsi-ids:link-name"), &c.id)?;
-        set(tree, &format!("{base}/qkdl_type"), &format!("{TYPES}:PHYS"))?;
-        set(tree, &format!("{base}/qkdl_local/qkdn_id"), &node)?;
-        set(tree, &format!("{base}/qkdl_local/qkdi_id"), &interface)?;
+        let at = |leaf: &str| format!("{base}/{leaf}");
+        set(tree, &at(link::LINK_NAME), &c.id)?;
+        set(tree, &at(link::TYPE), &identity("PHYS"))?;
+        set(tree, &at(link::LOCAL_NODE), &node_id)?;
+        set(tree, &at(link::LOCAL_INTERFACE), &interface)?;
         set(
             tree,
-            &format!("{base}/qkdl_remote/qkdn_id"),
+            &at(link::REMOTE_NODE),
             &peer_uuid(agent, c).to_string(),
         )?;
         // The peer's module on the link has the same number: it is derived from the link.
-        set(tree, &format!("{base}/qkdl_remote/qkdi_id"), &interface)?;
-        set(tree, &format!("{base}/phys_qkd_role"), role(c.end))?;
+        set(tree, &at(link::REMOTE_INTERFACE), &interface)?;
+        set(tree, &at(link::ROLE), role(c.end))?;
     }
     Ok(())
 }
@@ -123,12 +113,12 @@ pub fn qber_value(qber: f64) -> String {
 pub fn write_state(tree: &mut DataTree<'static>, agent: &Agent) -> Result<(), RpcError> {
     set(
         tree,
-        &format!("{NODE}/qkdn_status"),
-        &format!("{TYPES}:OPERATING"),
+        &format!("{NODE}/{}", node::STATUS),
+        &identity("OPERATING"),
     )?;
     set(
         tree,
-        &format!("{NODE}/qkdn_version"),
+        &format!("{NODE}/{}", node::VERSION),
         concat!("qkdni ", env!("CARGO_PKG_VERSION")),
     )?;
     for link in agent.links() {
@@ -136,75 +126,46 @@ pub fn write_state(tree: &mut DataTree<'static>, agent: &Agent) -> Result<(), Rp
         let id = link_uuid(agent, c);
         let condition = link.condition();
         let base = link_path(&id);
+        let at = |leaf: &str| format!("{base}/{leaf}");
+        set(tree, &at(link::STATUS), link_status(condition.state))?;
         set(
             tree,
-            &format!("{base}/qkdl_status"),
-            link_status(condition.state),
-        )?;
-        let perf = format!("{base}/qkdl_performance");
-        set(
-            tree,
-            &format!("{perf}/skr"),
+            &at(link::SKR),
             &skr(condition.state, condition.rate_bps),
         )?;
         if let Some(qber) = condition.qber {
-            set(
-                tree,
-                &format!("{perf}/phys_perf[perf_type='{TYPES}:QBER']/value"),
-                &qber_value(qber),
-            )?;
+            set(tree, &at(&link_qber()), &qber_value(qber))?;
         }
-        let interface = format!(
-            "{NODE}/qkd_interfaces/qkd_interface[qkdi_id='{}']",
-            crate::etsi015::interface_id(&id)
-        );
+        let entry = model::interface_entry(&crate::etsi015::interface_id(&id));
+        let at = |leaf: &str| format!("{entry}/{leaf}");
         set(
             tree,
-            &format!("{interface}/qkdi_model"),
+            &at(interface::MODEL),
             "qkdni emulated decoy-state BB84 module",
         )?;
-        set(
-            tree,
-            &format!("{interface}/qkdi_type"),
-            &format!("{TYPES}:DV-QKD"),
-        )?;
-        set(
-            tree,
-            &format!("{interface}/qkdi_capabilities/role_support"),
-            role(c.end),
-        )?;
+        set(tree, &at(interface::TYPE), &identity("DV-QKD"))?;
+        set(tree, &at(interface::ROLE_SUPPORT), role(c.end))?;
         let status = match condition.state {
             LinkState::Down if link.settings().admin == LinkState::Down => "DISABLED",
             _ => "ENABLED",
         };
-        set(
-            tree,
-            &format!("{interface}/qkdi_status"),
-            &format!("{TYPES}:{status}"),
-        )?;
-        set(
-            tree,
-            &format!("{interface}/qkdni-etsi-ids:link-name"),
-            &c.id,
-        )?;
+        set(tree, &at(interface::STATUS), &identity(status))?;
+        set(tree, &at(interface::LINK_NAME), &c.id)?;
     }
     let node = node_uuid(agent).to_string();
     for app in agent.applications.list() {
-        let base = format!("{NODE}/qkd_applications/qkd_app[app_id='{}']", app.id);
-        set(tree, &format!("{base}/app_status"), &format!("{TYPES}:ON"))?;
-        set(
-            tree,
-            &format!("{base}/app_type"),
-            &format!("{TYPES}:CLIENT"),
-        )?;
-        set(tree, &format!("{base}/server_app_id"), &app.master)?;
+        let entry = model::application_entry(&app.id);
+        let at = |leaf: &str| format!("{entry}/{leaf}");
+        set(tree, &at(application::STATUS), &identity("ON"))?;
+        set(tree, &at(application::TYPE), &identity("CLIENT"))?;
+        set(tree, &at(application::SERVER), &app.master)?;
         for slave in &app.slaves {
-            set(tree, &format!("{base}/client_app_id"), slave)?;
+            set(tree, &at(application::CLIENT), slave)?;
         }
-        set(tree, &format!("{base}/creation_time"), &app.created)?;
-        set(tree, &format!("{base}/local_qkdn_id"), &node)?;
+        set(tree, &at(application::CREATION_TIME), &app.created)?;
+        set(tree, &at(application::LOCAL_NODE), &node)?;
         if let Some(remote) = remote_node(agent, &app.slaves[0]) {
-            set(tree, &format!("{base}/remote_qkdn_id"), &remote.to_string())?;
+            set(tree, &at(application::REMOTE_NODE), &remote.to_string())?;
         }
     }
     Ok(())

@@ -25,12 +25,24 @@ use super::events::Event;
 use crate::netconf::server::{now_rfc3339, Notification};
 use crate::quantum::{LinkCondition, LinkState};
 
-const MODULE: &str = "etsi-qkd-sdn-node";
-const NS: &str = "urn:etsi:qkd:yang:etsi-qkd-node";
-const TYPES: &str = "etsi-qkd-node-types";
+use crate::model::etsi_node::{
+    alarm, application_disconnected, application_new, event, identity, link_down, link_overloaded,
+    link_perf_update, perf_update_qber, MODULE, NAMESPACE,
+};
+use crate::model::notification_name;
 
-fn notification(name: &str, leaves: &[(&str, String)]) -> Result<Notification, yang2::Error> {
-    Notification::from_leaves(MODULE, NS, name, leaves, now_rfc3339())
+/// The notification of group `parent` with `leaves`.
+fn notification(
+    parent: &'static str,
+    leaves: &[(&str, String)],
+) -> Result<Notification, yang2::Error> {
+    Notification::from_leaves(
+        MODULE,
+        NAMESPACE,
+        notification_name(parent),
+        leaves,
+        now_rfc3339(),
+    )
 }
 
 /// The ETSI notifications of one agent event.
@@ -49,12 +61,12 @@ pub fn notifications(agent: &Agent, event: &Event) -> Result<Vec<Notification>, 
             let status = link_status(*state).to_owned();
             match state {
                 LinkState::Up => out.push(notification(
-                    "event",
+                    event::PARENT,
                     &[
-                        ("link/qkdl_id", id),
-                        ("link/qkdl_status", status),
-                        ("link/message", format!("link {link} produces key again")),
-                        ("link/severity", format!("{TYPES}:MINOR")),
+                        (event::LINK_ID, id),
+                        (event::LINK_STATUS, status),
+                        (event::MESSAGE, format!("link {link} produces key again")),
+                        (event::SEVERITY, identity("MINOR")),
                     ],
                 )?),
                 LinkState::Down | LinkState::Degraded => {
@@ -64,19 +76,19 @@ pub fn notifications(agent: &Agent, event: &Event) -> Result<Vec<Notification>, 
                         format!("link {link}: QBER above the BB84 threshold")
                     };
                     out.push(notification(
-                        "sdqkdn_link_down",
+                        link_down::PARENT,
                         &[
-                            ("qkd_link/qkdl_id", id.clone()),
-                            ("qkd_link/reason", reason.clone()),
+                            (link_down::LINK_ID, id.clone()),
+                            (link_down::REASON, reason.clone()),
                         ],
                     )?);
                     out.push(notification(
-                        "alarm",
+                        alarm::PARENT,
                         &[
-                            ("link/qkdl_id", id),
-                            ("link/qkdl_status", status),
-                            ("link/message", reason),
-                            ("link/severity", format!("{TYPES}:MAJOR")),
+                            (alarm::LINK_ID, id),
+                            (alarm::LINK_STATUS, status),
+                            (alarm::MESSAGE, reason),
+                            (alarm::SEVERITY, identity("MAJOR")),
                         ],
                     )?);
                 }
@@ -86,31 +98,31 @@ pub fn notifications(agent: &Agent, event: &Event) -> Result<Vec<Notification>, 
             if let (Some(id), Some(runtime)) = (link_id(link), agent.link(link)) {
                 let c = runtime.condition();
                 out.push(notification(
-                    "sdqkdn_link_overloaded",
+                    link_overloaded::PARENT,
                     &[
-                        ("qkd_link/qkdl_id", id),
-                        ("qkd_link/performance/skr", skr(c.state, c.rate_bps)),
+                        (link_overloaded::LINK_ID, id),
+                        (link_overloaded::SKR, skr(c.state, c.rate_bps)),
                     ],
                 )?);
             }
         }
         Event::ApplicationNew(app) => {
             let mut leaves = vec![
-                ("qkd_application/app_type", format!("{TYPES}:CLIENT")),
-                ("qkd_application/server_app_id", app.master.clone()),
+                (application_new::TYPE, identity("CLIENT")),
+                (application_new::SERVER, app.master.clone()),
             ];
             for slave in &app.slaves {
-                leaves.push(("qkd_application/client_app_id", slave.clone()));
+                leaves.push((application_new::CLIENT, slave.clone()));
             }
             leaves.push((
-                "qkd_application/local_qkdn_id",
+                application_new::LOCAL_NODE,
                 super::etsi_node::node_uuid(agent).to_string(),
             ));
-            out.push(notification("sdqkdn_application_new", &leaves)?);
+            out.push(notification(application_new::PARENT, &leaves)?);
         }
         Event::ApplicationGone(app) => out.push(notification(
-            "sdqkdn_application_disconnected",
-            &[("qkd_application/app_id", app.id.to_string())],
+            application_disconnected::PARENT,
+            &[(application_disconnected::ID, app.id.to_string())],
         )?),
         Event::RelayFailure { .. } | Event::Security(_) => {}
     }
@@ -126,18 +138,21 @@ pub fn perf_update(
     let Some(config) = agent.link_config(link) else {
         return Ok(None);
     };
-    let qber_path = format!("qkd_link/performance/phys_perf[perf_type='{TYPES}:QBER']/value");
+    let qber_at = perf_update_qber();
     let mut leaves = vec![
-        ("qkd_link/qkdl_id", link_uuid(agent, config).to_string()),
         (
-            "qkd_link/performance/skr",
+            link_perf_update::LINK_ID,
+            link_uuid(agent, config).to_string(),
+        ),
+        (
+            link_perf_update::SKR,
             skr(condition.state, condition.rate_bps),
         ),
     ];
     if let Some(qber) = condition.qber {
-        leaves.push((qber_path.as_str(), qber_value(qber)));
+        leaves.push((qber_at.as_str(), qber_value(qber)));
     }
-    notification("sdqkdn_link_perf_update", &leaves).map(Some)
+    notification(link_perf_update::PARENT, &leaves).map(Some)
 }
 
 /// Whether the change from `old` to `new` is one a controller should hear of: another

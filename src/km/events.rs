@@ -6,6 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::agent::Agent;
+use crate::model::km::{
+    self as model, link_state_value as state_name, link_status_change, low_key_alarm,
+    relay_failure, security_event,
+};
+use crate::model::km_notifications::{AUTH_FAILURE, FAULT, KEY_EXHAUSTED};
+use crate::model::notification_name;
 use crate::netconf::server::{now_rfc3339, Notification};
 use crate::quantum::LinkState;
 
@@ -40,32 +46,25 @@ pub enum Event {
     ApplicationGone(super::applications::Application),
 }
 
-fn state_name(state: LinkState) -> &'static str {
-    match state {
-        LinkState::Up => "up",
-        LinkState::Down => "down",
-        LinkState::Degraded => "degraded",
-    }
-}
-
-const KM_NS: &str = "urn:qkdni:yang:qkdni-km";
-
 impl Event {
     /// The event as a `qkdni-km` YANG notification, if it has one (the ETSI GS QKD 015
     /// notifications of an event are [`super::etsi_notify::notifications`]).
     pub fn to_notification(&self) -> Result<Option<Notification>, yang2::Error> {
-        let (name, leaves): (&str, Vec<(&str, String)>) = match self {
+        let (parent, leaves): (&'static str, Vec<(&str, String)>) = match self {
             Event::ApplicationNew(_) | Event::ApplicationGone(_) => return Ok(None),
             Event::LinkState {
                 link,
                 state,
                 previous,
             } => (
-                "link-status-change",
+                link_status_change::PARENT,
                 vec![
-                    ("link-id", link.clone()),
-                    ("oper-state", state_name(*state).into()),
-                    ("previous-state", state_name(*previous).into()),
+                    (link_status_change::LINK_ID, link.clone()),
+                    (link_status_change::OPER_STATE, state_name(*state).into()),
+                    (
+                        link_status_change::PREVIOUS_STATE,
+                        state_name(*previous).into(),
+                    ),
                 ],
             ),
             Event::LowKey {
@@ -73,11 +72,14 @@ impl Event {
                 own_blocks,
                 threshold_percent,
             } => (
-                "low-key-alarm",
+                low_key_alarm::PARENT,
                 vec![
-                    ("link-id", link.clone()),
-                    ("own-blocks", own_blocks.to_string()),
-                    ("threshold-percent", threshold_percent.to_string()),
+                    (low_key_alarm::LINK_ID, link.clone()),
+                    (low_key_alarm::OWN_BLOCKS, own_blocks.to_string()),
+                    (
+                        low_key_alarm::THRESHOLD_PERCENT,
+                        threshold_percent.to_string(),
+                    ),
                 ],
             ),
             Event::RelayFailure {
@@ -86,14 +88,14 @@ impl Event {
                 reason,
                 exhausted,
             } => (
-                "relay-failure",
+                relay_failure::PARENT,
                 vec![
-                    ("relay-id", relay_id.to_string()),
-                    ("destination", destination.clone()),
-                    ("reason", reason.clone()),
+                    (relay_failure::RELAY_ID, relay_id.to_string()),
+                    (relay_failure::DESTINATION, destination.clone()),
+                    (relay_failure::REASON, reason.clone()),
                     (
-                        "cause",
-                        if *exhausted { "key-exhausted" } else { "fault" }.to_owned(),
+                        relay_failure::CAUSE,
+                        if *exhausted { KEY_EXHAUSTED } else { FAULT }.to_owned(),
                     ),
                 ],
             ),
@@ -105,19 +107,35 @@ impl Event {
                 failures_for_user,
                 delay_ms,
             }) => (
-                "security-event",
+                security_event::PARENT,
                 vec![
-                    ("kind", "auth-failure".into()),
-                    ("user", user.clone()),
-                    ("source", source.to_string()),
-                    ("method", (*method).into()),
-                    ("failures-from-source", failures_from_source.to_string()),
-                    ("failures-for-user", failures_for_user.to_string()),
-                    ("delay", delay_ms.min(&u64::from(u32::MAX)).to_string()),
+                    (security_event::KIND, AUTH_FAILURE.into()),
+                    (security_event::USER, user.clone()),
+                    (security_event::SOURCE, source.to_string()),
+                    (security_event::METHOD, (*method).into()),
+                    (
+                        security_event::FAILURES_FROM_SOURCE,
+                        failures_from_source.to_string(),
+                    ),
+                    (
+                        security_event::FAILURES_FOR_USER,
+                        failures_for_user.to_string(),
+                    ),
+                    (
+                        security_event::DELAY,
+                        delay_ms.min(&u64::from(u32::MAX)).to_string(),
+                    ),
                 ],
             ),
         };
-        Notification::from_leaves("qkdni-km", KM_NS, name, &leaves, now_rfc3339()).map(Some)
+        Notification::from_leaves(
+            model::MODULE,
+            model::NAMESPACE,
+            notification_name(parent),
+            &leaves,
+            now_rfc3339(),
+        )
+        .map(Some)
     }
 }
 

@@ -16,9 +16,12 @@ use crate::netconf::{ErrorTag, RpcError};
 use crate::quantum::link_model::LinkParams;
 use crate::quantum::{LinkState, RateSpec};
 
-use super::etsi_node::{self, NODE};
-
-const KM: &str = "/etsi-qkd-sdn-node:qkd_node/qkdni-km:key-manager";
+use super::etsi_node;
+use crate::model::etsi_node::{self as etsi, link as etsi_link, node, LINK, NODE};
+use crate::model::km::{
+    self as model, etsi014, key_manager, link, link_state, link_state_value as state_name, route,
+    sae, KEY_MANAGER as KM,
+};
 
 /// The agent behind its NETCONF server.
 pub struct Northbound {
@@ -66,23 +69,27 @@ impl Northbound {
 fn link_path(agent: &Agent, name: &str) -> String {
     match agent.link_config(name) {
         Some(c) => etsi_node::link_path(&etsi_node::link_uuid(agent, c)),
-        None => format!(
-            "{NODE}/qkd_links/qkd_link[qkdni-etsi-ids:link-name={}]",
-            crate::netconf::xml::quote(name)
-        ),
-    }
-}
-
-fn state_name(state: LinkState) -> &'static str {
-    match state {
-        LinkState::Up => "up",
-        LinkState::Down => "down",
-        LinkState::Degraded => "degraded",
+        None => etsi::link_entry_named(name),
     }
 }
 
 fn number<T: std::str::FromStr>(tree: &DataTree<'static>, path: &str) -> Option<T> {
     value(tree, path).and_then(|v| v.parse().ok())
+}
+
+/// The number at `{entry}/{leaf}`, else the default the YANG module gives the leaf at
+/// `{schema}/{leaf}`.
+fn number_or_default<T: std::str::FromStr>(
+    tree: &DataTree<'static>,
+    entry: &str,
+    schema: &str,
+    leaf: &str,
+) -> T {
+    number(tree, &format!("{entry}/{leaf}")).unwrap_or_else(|| {
+        crate::model::default_of(&format!("{schema}/{leaf}"))
+            .parse()
+            .unwrap_or_else(|_| panic!("the YANG default of {schema}/{leaf} is a number"))
+    })
 }
 
 /// What a configuration tree asks of the agent.
@@ -95,19 +102,17 @@ struct Desired {
 /// link with that `qkdl_id`, else the `qkdl_id` itself (a link the agent does not have).
 fn read_desired(agent: &Agent, tree: &DataTree<'static>) -> Result<Desired, RpcError> {
     let mut links = BTreeMap::new();
-    let set = tree
-        .find_xpath(&format!("{NODE}/qkd_links/qkd_link"))
-        .map_err(RpcError::from)?;
+    let set = tree.find_xpath(LINK).map_err(RpcError::from)?;
     for node in set {
         let Some(uuid) = node
-            .find_path("qkdl_id")
+            .find_path(etsi_link::ID)
             .ok()
             .and_then(|n| n.value_canonical())
         else {
             continue;
         };
-        let base = format!("{NODE}/qkd_links/qkd_link[qkdl_id='{uuid}']");
-        let named = value(tree, &format!("{base}/qkdni-etsi-ids:link-name"));
+        let base = etsi::link_entry(&uuid);
+        let named = value(tree, &format!("{base}/{}", etsi_link::LINK_NAME));
         let known = etsi_node::link_name(agent, &uuid);
         let id = match (named, known) {
             (Some(named), Some(known)) if named != known => {
@@ -115,53 +120,53 @@ fn read_desired(agent: &Agent, tree: &DataTree<'static>) -> Result<Desired, RpcE
                     ErrorTag::InvalidValue,
                     format!("qkdl_id {uuid} is link {known}, not {named}"),
                 )
-                .path(format!("{base}/qkdni-etsi-ids:link-name")))
+                .path(format!("{base}/{}", etsi_link::LINK_NAME)))
             }
             (_, Some(known)) => known,
             (Some(named), None) => named,
             (None, None) => uuid,
         };
-        let Some(peer) = value(tree, &format!("{base}/qkdni-km:peer-node")) else {
+        let Some(peer) = value(tree, &format!("{base}/{}", link::PEER_NODE)) else {
             continue; // a virtual link: not managed by the quantum layer of this agent
         };
-        let peer_kma = value(tree, &format!("{base}/qkdni-km:peer-kma")).unwrap_or_default();
-        let end = match value(tree, &format!("{base}/qkdni-km:end")).as_deref() {
+        let peer_kma = value(tree, &format!("{base}/{}", link::PEER_KMA)).unwrap_or_default();
+        let end = match value(tree, &format!("{base}/{}", link::END)).as_deref() {
             Some("tx") => LinkEnd::Tx,
             _ => LinkEnd::Rx,
         };
-        let admin = match value(tree, &format!("{base}/qkdni-km:admin-state")).as_deref() {
-            Some("down") => LinkState::Down,
-            Some("degraded") => LinkState::Degraded,
-            _ => LinkState::Up,
-        };
-        let enabled = value(tree, &format!("{base}/qkdl_enable")).as_deref() != Some("false");
-        let rate = match number::<f64>(tree, &format!("{base}/qkdni-km:rate-bps")) {
+        let admin = value(tree, &format!("{base}/{}", link::ADMIN_STATE))
+            .and_then(|v| link_state(&v))
+            .unwrap_or_else(|| {
+                link_state(&crate::model::default_of(&format!(
+                    "{LINK}/{}",
+                    link::ADMIN_STATE
+                )))
+                .expect("the default admin-state is a link state")
+            });
+        let enabled =
+            value(tree, &format!("{base}/{}", etsi_link::ENABLE)).as_deref() != Some("false");
+        let rate = match number::<f64>(tree, &format!("{base}/{}", link::RATE_BPS)) {
             Some(rate_bps) => RateSpec::Fixed { rate_bps },
             None => {
-                let m = |leaf: &str, default: f64| {
-                    number::<f64>(tree, &format!("{base}/qkdni-km:link-model/{leaf}"))
-                        .unwrap_or(default)
-                };
-                let d = LinkParams::default();
+                let m = |leaf: &str| number_or_default::<f64>(tree, &base, LINK, leaf);
                 RateSpec::Model(LinkParams {
-                    length_km: m("length-km", d.length_km),
-                    attenuation_db_per_km: m("attenuation-db-per-km", d.attenuation_db_per_km),
-                    detector_efficiency: m("detector-efficiency", d.detector_efficiency),
-                    dark_count_prob: m("dark-count-prob", d.dark_count_prob),
-                    misalignment: m("misalignment", d.misalignment),
-                    ec_efficiency: m("ec-efficiency", d.ec_efficiency),
-                    pulse_rate_hz: m("pulse-rate-hz", d.pulse_rate_hz),
+                    length_km: m(link::LENGTH_KM),
+                    attenuation_db_per_km: m(link::ATTENUATION_DB_PER_KM),
+                    detector_efficiency: m(link::DETECTOR_EFFICIENCY),
+                    dark_count_prob: m(link::DARK_COUNT_PROB),
+                    misalignment: m(link::MISALIGNMENT),
+                    ec_efficiency: m(link::EC_EFFICIENCY),
+                    pulse_rate_hz: m(link::PULSE_RATE_HZ),
                 })
             }
         };
         if let RateSpec::Model(params) = &rate {
             params.validate().map_err(|e| {
                 RpcError::application(ErrorTag::InvalidValue, format!("link {id}: {e}"))
-                    .path(format!("{base}/qkdni-km:link-model"))
+                    .path(format!("{base}/{}", link::LINK_MODEL))
             })?;
         }
-        let capacity_blocks =
-            number(tree, &format!("{base}/qkdni-km:capacity-blocks")).unwrap_or(16_384);
+        let capacity_blocks = number_or_default(tree, &base, LINK, link::CAPACITY_BLOCKS);
         let settings = LinkSettings {
             rate,
             admin: if enabled { admin } else { LinkState::Down },
@@ -171,57 +176,56 @@ fn read_desired(agent: &Agent, tree: &DataTree<'static>) -> Result<Desired, RpcE
     }
     let mut saes = BTreeMap::new();
     let mut foreign_saes = BTreeMap::new();
-    for node in tree
-        .find_xpath(&format!("{KM}/saes/sae"))
-        .map_err(RpcError::from)?
-    {
+    for node in tree.find_xpath(model::SAE).map_err(RpcError::from)? {
         let field = |name: &str| node.find_path(name).ok().and_then(|n| n.value_canonical());
-        if let (Some(id), Some(at)) = (field("sae-id"), field("node")) {
-            if let Some(domain) = field("domain") {
+        if let (Some(id), Some(at)) = (field(sae::ID), field(sae::NODE)) {
+            if let Some(domain) = field(sae::DOMAIN) {
                 foreign_saes.insert(id.clone(), domain);
             }
             saes.insert(id, at);
         }
     }
     let mut routes = BTreeMap::new();
-    for node in tree
-        .find_xpath(&format!("{KM}/relay-routes/route"))
-        .map_err(RpcError::from)?
-    {
+    for node in tree.find_xpath(model::ROUTE).map_err(RpcError::from)? {
         let dest = node
-            .find_path("destination")
+            .find_path(route::DESTINATION)
             .ok()
             .and_then(|n| n.value_canonical());
         let field = |node: &yang2::data::DataNodeRef<'_, '_>, name: &str| {
             node.find_path(name).ok().and_then(|n| n.value_canonical())
         };
         let weight = |node: &yang2::data::DataNodeRef<'_, '_>| {
-            field(node, "weight")
+            field(node, route::WEIGHT)
                 .and_then(|w| w.parse().ok())
-                .unwrap_or(1)
+                .unwrap_or_else(|| {
+                    crate::model::default_of(&format!("{}/{}", model::ROUTE, route::WEIGHT))
+                        .parse()
+                        .expect("the default weight is a number")
+                })
         };
-        if let (Some(dest), Some(hop)) = (dest, field(&node, "next-hop")) {
+        if let (Some(dest), Some(hop)) = (dest, field(&node, route::NEXT_HOP)) {
             let mut hops = vec![(hop, weight(&node))];
-            for alternate in node.children().filter(|c| c.schema().name() == "alternate") {
-                if let Some(hop) = field(&alternate, "next-hop") {
+            for alternate in node
+                .children()
+                .filter(|c| c.schema().name() == route::ALTERNATE)
+            {
+                if let Some(hop) = field(&alternate, route::NEXT_HOP) {
                     hops.push((hop, weight(&alternate)));
                 }
             }
             routes.insert(dest, hops);
         }
     }
-    let d = Etsi014Limits::default();
-    let e =
-        |leaf: &str, default: u32| number(tree, &format!("{KM}/etsi014/{leaf}")).unwrap_or(default);
+    let e = |leaf: &str| number_or_default(tree, model::ETSI014, model::ETSI014, leaf);
     let etsi014 = Etsi014Limits {
-        key_size: e("key-size", d.key_size),
-        max_key_per_request: e("max-key-per-request", d.max_key_per_request),
-        max_key_size: e("max-key-size", d.max_key_size),
-        min_key_size: e("min-key-size", d.min_key_size),
-        max_sae_id_count: e("max-sae-id-count", d.max_sae_id_count),
+        key_size: e(etsi014::KEY_SIZE),
+        max_key_per_request: e(etsi014::MAX_KEY_PER_REQUEST),
+        max_key_size: e(etsi014::MAX_KEY_SIZE),
+        min_key_size: e(etsi014::MIN_KEY_SIZE),
+        max_sae_id_count: e(etsi014::MAX_SAE_ID_COUNT),
     };
     let low_key_threshold_percent =
-        number(tree, &format!("{KM}/low-key-threshold-percent")).unwrap_or(10);
+        number_or_default(tree, KM, KM, key_manager::LOW_KEY_THRESHOLD_PERCENT);
     Ok(Desired {
         settings: Settings {
             saes,
@@ -244,66 +248,69 @@ impl Application for Northbound {
                 let c = &link.config;
                 let base = link_path(agent, &c.id);
                 let s = link.settings();
-                set(&mut tree, &format!("{base}/qkdni-km:peer-node"), &c.peer)?;
-                set(&mut tree, &format!("{base}/qkdni-km:peer-kma"), &c.peer_kma)?;
+                set(&mut tree, &format!("{base}/{}", link::PEER_NODE), &c.peer)?;
                 set(
                     &mut tree,
-                    &format!("{base}/qkdni-km:end"),
+                    &format!("{base}/{}", link::PEER_KMA),
+                    &c.peer_kma,
+                )?;
+                set(
+                    &mut tree,
+                    &format!("{base}/{}", link::END),
                     if c.end == LinkEnd::Tx { "tx" } else { "rx" },
                 )?;
                 set(
                     &mut tree,
-                    &format!("{base}/qkdni-km:admin-state"),
+                    &format!("{base}/{}", link::ADMIN_STATE),
                     state_name(s.admin),
                 )?;
                 match &s.rate {
                     RateSpec::Fixed { rate_bps } => set(
                         &mut tree,
-                        &format!("{base}/qkdni-km:rate-bps"),
+                        &format!("{base}/{}", link::RATE_BPS),
                         &format!("{rate_bps:.3}"),
                     )?,
                     RateSpec::Model(p) => {
-                        let m = format!("{base}/qkdni-km:link-model");
                         set(
                             &mut tree,
-                            &format!("{m}/length-km"),
+                            &format!("{base}/{}", link::LENGTH_KM),
                             &decimal(p.length_km, 3),
                         )?;
                         set(
                             &mut tree,
-                            &format!("{m}/attenuation-db-per-km"),
+                            &format!("{base}/{}", link::ATTENUATION_DB_PER_KM),
                             &decimal(p.attenuation_db_per_km, 4),
                         )?;
                         set(
                             &mut tree,
-                            &format!("{m}/detector-efficiency"),
+                            &format!("{base}/{}", link::DETECTOR_EFFICIENCY),
                             &decimal(p.detector_efficiency, 6),
                         )?;
                         set(
                             &mut tree,
-                            &format!("{m}/dark-count-prob"),
+                            &format!("{base}/{}", link::DARK_COUNT_PROB),
                             &decimal(p.dark_count_prob, 12),
                         )?;
                         set(
                             &mut tree,
-                            &format!("{m}/misalignment"),
+                            &format!("{base}/{}", link::MISALIGNMENT),
                             &decimal(p.misalignment, 6),
                         )?;
                         set(
                             &mut tree,
-                            &format!("{m}/ec-efficiency"),
+                            &format!("{base}/{}", link::EC_EFFICIENCY),
                             &decimal(p.ec_efficiency, 4),
                         )?;
                         set(
                             &mut tree,
-                            &format!("{m}/pulse-rate-hz"),
+                            &format!("{base}/{}", link::PULSE_RATE_HZ),
                             &format!("{}", p.pulse_rate_hz as u64),
                         )?;
                     }
                 }
                 set(
                     &mut tree,
-                    &format!("{base}/qkdni-km:capacity-blocks"),
+                    &format!("{base}/{}", link::CAPACITY_BLOCKS),
                     &s.capacity_blocks.to_string(),
                 )?;
             }
@@ -311,57 +318,52 @@ impl Application for Northbound {
             for (sae, node) in &settings.saes {
                 set(
                     &mut tree,
-                    &format!(
-                        "{KM}/saes/sae[sae-id={}]/node",
-                        crate::netconf::xml::quote(sae)
-                    ),
+                    &format!("{}/{}", model::sae_entry(sae), sae::NODE),
                     node,
                 )?;
             }
             for (dest, hops) in &settings.routes {
-                let route = format!(
-                    "{KM}/relay-routes/route[destination={}]",
-                    crate::netconf::xml::quote(dest)
-                );
+                let route = model::route_entry(dest);
                 for (i, (hop, weight)) in hops.iter().enumerate() {
                     let at = if i == 0 {
                         route.clone()
                     } else {
-                        format!(
-                            "{route}/alternate[next-hop={}]",
-                            crate::netconf::xml::quote(hop)
-                        )
+                        model::alternate_entry(&route, hop)
                     };
                     if i == 0 {
-                        set(&mut tree, &format!("{at}/next-hop"), hop)?;
+                        set(&mut tree, &format!("{at}/{}", route::NEXT_HOP), hop)?;
                     }
-                    set(&mut tree, &format!("{at}/weight"), &weight.to_string())?;
+                    set(
+                        &mut tree,
+                        &format!("{at}/{}", route::WEIGHT),
+                        &weight.to_string(),
+                    )?;
                 }
             }
             let l = &settings.etsi014;
             set(
                 &mut tree,
-                &format!("{KM}/etsi014/key-size"),
+                &model::etsi014_leaf(etsi014::KEY_SIZE),
                 &l.key_size.to_string(),
             )?;
             set(
                 &mut tree,
-                &format!("{KM}/etsi014/max-key-per-request"),
+                &model::etsi014_leaf(etsi014::MAX_KEY_PER_REQUEST),
                 &l.max_key_per_request.to_string(),
             )?;
             set(
                 &mut tree,
-                &format!("{KM}/etsi014/max-key-size"),
+                &model::etsi014_leaf(etsi014::MAX_KEY_SIZE),
                 &l.max_key_size.to_string(),
             )?;
             set(
                 &mut tree,
-                &format!("{KM}/etsi014/min-key-size"),
+                &model::etsi014_leaf(etsi014::MIN_KEY_SIZE),
                 &l.min_key_size.to_string(),
             )?;
             set(
                 &mut tree,
-                &format!("{KM}/etsi014/max-sae-id-count"),
+                &model::etsi014_leaf(etsi014::MAX_SAE_ID_COUNT),
                 &l.max_sae_id_count.to_string(),
             )?;
             crate::netconf::datastore::to_xml(&tree)
@@ -376,21 +378,21 @@ impl Application for Northbound {
         let desired = read_desired(&self.agent, new)?;
         // prepare: every check before any change
         let uuid = etsi_node::node_uuid(&self.agent).to_string();
-        let node = value(new, &format!("{NODE}/qkdn_id"));
-        if node.as_deref().is_some_and(|n| n != uuid) {
+        let node_id = value(new, &format!("{NODE}/{}", node::QKDN_ID));
+        if node_id.as_deref().is_some_and(|n| n != uuid) {
             return Err(RpcError::application(
                 ErrorTag::InvalidValue,
                 format!("this node is {} ({uuid})", self.agent.config.node),
             )
-            .path(format!("{NODE}/qkdn_id")));
+            .path(format!("{NODE}/{}", node::QKDN_ID)));
         }
-        let name = value(new, &format!("{NODE}/qkdni-etsi-ids:node-name"));
+        let name = value(new, &format!("{NODE}/{}", node::NODE_NAME));
         if name.as_deref().is_some_and(|n| n != self.agent.config.node) {
             return Err(RpcError::application(
                 ErrorTag::InvalidValue,
                 format!("this node is {}", self.agent.config.node),
             )
-            .path(format!("{NODE}/qkdni-etsi-ids:node-name")));
+            .path(format!("{NODE}/{}", node::NODE_NAME)));
         }
         for link in self.agent.links() {
             let c = &link.config;
@@ -439,15 +441,12 @@ impl Application for Northbound {
                     ErrorTag::InvalidValue,
                     format!("next hop {hop} of {dest} is not a link peer"),
                 )
-                .path(format!(
-                    "{KM}/relay-routes/route[destination={}]",
-                    crate::netconf::xml::quote(dest)
-                )));
+                .path(model::route_entry(dest)));
             }
         }
         if let Some(problem) = desired.settings.etsi014.beyond_relay_limits() {
             return Err(RpcError::application(ErrorTag::InvalidValue, problem)
-                .path(format!("{KM}/etsi014")));
+                .path(model::ETSI014.to_owned()));
         }
         // apply
         let here = &self.agent.config.node;
@@ -488,37 +487,44 @@ impl Application for Northbound {
             let pending = agent.store.pending(&c.id).map_err(store_err)?;
             set(
                 &mut tree,
-                &format!("{base}/qkdni-km:oper-state"),
+                &format!("{base}/{}", link::OPER_STATE),
                 state_name(condition.state),
             )?;
             if let Some(qber) = condition.qber {
                 set(
                     &mut tree,
-                    &format!("{base}/qkdni-km:qber"),
+                    &format!("{base}/{}", link::QBER),
                     &decimal(qber, 6),
                 )?;
             }
             set(
                 &mut tree,
-                &format!("{base}/qkdni-km:secret-key-rate-bps"),
+                &format!("{base}/{}", link::SECRET_KEY_RATE_BPS),
                 &format!("{:.3}", condition.rate_bps),
             )?;
-            let pool = format!("{base}/qkdni-km:key-pool");
-            set(&mut tree, &format!("{pool}/own-blocks"), &own.to_string())?;
-            set(&mut tree, &format!("{pool}/peer-blocks"), &peer.to_string())?;
             set(
                 &mut tree,
-                &format!("{pool}/pending-blocks"),
+                &format!("{base}/{}", link::OWN_BLOCKS),
+                &own.to_string(),
+            )?;
+            set(
+                &mut tree,
+                &format!("{base}/{}", link::PEER_BLOCKS),
+                &peer.to_string(),
+            )?;
+            set(
+                &mut tree,
+                &format!("{base}/{}", link::PENDING_BLOCKS),
                 &pending.to_string(),
             )?;
             set(
                 &mut tree,
-                &format!("{pool}/capacity-blocks"),
+                &format!("{base}/{}", link::POOL_CAPACITY_BLOCKS),
                 &condition.capacity_blocks.to_string(),
             )?;
             set(
                 &mut tree,
-                &format!("{pool}/consumed-blocks"),
+                &format!("{base}/{}", link::CONSUMED_BLOCKS),
                 &link
                     .consumed_blocks
                     .load(std::sync::atomic::Ordering::Relaxed)
@@ -528,14 +534,14 @@ impl Application for Northbound {
                 100.0 * (own + peer + pending) as f64 / condition.capacity_blocks.max(1) as f64;
             set(
                 &mut tree,
-                &format!("{pool}/fill-percent"),
+                &format!("{base}/{}", link::FILL_PERCENT),
                 &format!("{:.2}", fill.min(100.0)),
             )?;
         }
         let counters = &agent.counters;
         set(
             &mut tree,
-            &format!("{KM}/etsi014/keys-supplied"),
+            &model::etsi014_leaf(etsi014::KEYS_SUPPLIED),
             &counters
                 .keys_supplied
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -543,7 +549,7 @@ impl Application for Northbound {
         )?;
         set(
             &mut tree,
-            &format!("{KM}/etsi014/keys-delivered"),
+            &model::etsi014_leaf(etsi014::KEYS_DELIVERED),
             &counters
                 .keys_delivered
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -552,16 +558,16 @@ impl Application for Northbound {
         let waiting = agent.store.deliveries_waiting().map_err(store_err)?;
         set(
             &mut tree,
-            &format!("{KM}/etsi014/deliveries-waiting"),
+            &model::etsi014_leaf(etsi014::DELIVERIES_WAITING),
             &waiting.to_string(),
         )?;
         for (leaf, counter) in [
-            ("keys-expired", &counters.keys_expired),
-            ("requests-shed", &counters.requests_shed),
+            (etsi014::KEYS_EXPIRED, &counters.keys_expired),
+            (etsi014::REQUESTS_SHED, &counters.requests_shed),
         ] {
             set(
                 &mut tree,
-                &format!("{KM}/etsi014/{leaf}"),
+                &model::etsi014_leaf(leaf),
                 &counter
                     .load(std::sync::atomic::Ordering::Relaxed)
                     .to_string(),
@@ -573,17 +579,14 @@ impl Application for Northbound {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         for ((master, slave), used) in pairs {
-            let base = format!(
-                "{KM}/etsi014/pair[master-sae={}][slave-sae={}]",
-                crate::netconf::xml::quote(&master),
-                crate::netconf::xml::quote(&slave)
-            );
+            let base = model::pair_entry(&master, &slave);
+            let leaf = |path: &str| format!("{base}/{}", model::local(path));
             set(
                 &mut tree,
-                &format!("{base}/requests"),
+                &leaf(etsi014::PAIR_REQUESTS),
                 &used.requests.to_string(),
             )?;
-            set(&mut tree, &format!("{base}/keys"), &used.keys.to_string())?;
+            set(&mut tree, &leaf(etsi014::PAIR_KEYS), &used.keys.to_string())?;
         }
         Ok(tree)
     }

@@ -7,103 +7,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use uuid::Uuid;
-
 use super::events::{self, Refs, SecurityCounters};
 use super::messages::KeyManagementReport;
 use super::Manager;
 use crate::netconf::client::ClientOptions;
 
-/// A `qkdni-km` notification.
-#[derive(Debug, Clone, PartialEq)]
-pub enum KmNotification {
-    /// `link-status-change`.
-    LinkStatus {
-        link: String,
-        state: String,
-        previous: String,
-    },
-    /// `low-key-alarm`.
-    LowKey { link: String, own_blocks: u64 },
-    /// `relay-failure`.
-    RelayFailure(RelayFailure),
-    /// `security-event` of kind `auth-failure`: a failed NETCONF login.
-    AuthFailure {
-        user: String,
-        source: String,
-        failures_from_source: u64,
-    },
-}
-
-/// A relay failure reported by a KM.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RelayFailure {
-    /// The KM node that reported it.
-    pub node: String,
-    /// The relay operation (absent or unreadable: `None`).
-    pub relay_id: Option<Uuid>,
-    /// The node the keys were relayed to.
-    pub destination: String,
-    /// Why, as the KM put it.
-    pub reason: String,
-    /// The KM's cause `key-exhausted`: a link on the route holds too little key for now,
-    /// which no reroute mends.
-    pub exhausted: bool,
-}
-
-impl RelayFailure {
-    /// Whether the KM reported a failed message authentication (a security event).
-    pub fn is_authentication_failure(&self) -> bool {
-        self.reason.to_ascii_lowercase().contains("authentication")
-    }
-}
-
-/// Reads a notification of KM `node` (the `<notification>` XML); `None` for other
-/// notifications and unreadable ones.
-pub fn parse_notification(node: &str, xml: &str) -> Option<KmNotification> {
-    let doc = crate::netconf::limits::parse(xml).ok()?;
-    let event = doc
-        .root_element()
-        .children()
-        .find(|c| c.is_element() && c.tag_name().name() != "eventTime")?;
-    let field = |name: &str| {
-        event
-            .children()
-            .find(|c| c.is_element() && c.tag_name().name() == name)
-            .and_then(|c| c.text())
-            .map(|t| t.trim().to_owned())
-    };
-    match event.tag_name().name() {
-        "link-status-change" => Some(KmNotification::LinkStatus {
-            link: field("link-id")?,
-            state: field("oper-state")?,
-            previous: field("previous-state").unwrap_or_default(),
-        }),
-        "low-key-alarm" => Some(KmNotification::LowKey {
-            link: field("link-id")?,
-            own_blocks: field("own-blocks")
-                .and_then(|b| b.parse().ok())
-                .unwrap_or(0),
-        }),
-        "relay-failure" => Some(KmNotification::RelayFailure(RelayFailure {
-            node: node.to_owned(),
-            relay_id: field("relay-id").and_then(|id| Uuid::parse_str(&id).ok()),
-            destination: field("destination")?,
-            reason: field("reason").unwrap_or_default(),
-            exhausted: field("cause").as_deref() == Some("key-exhausted"),
-        })),
-        "security-event" if field("kind").as_deref() == Some("auth-failure") => {
-            Some(KmNotification::AuthFailure {
-                user: field("user").unwrap_or_default(),
-                source: field("source").unwrap_or_default(),
-                failures_from_source: field("failures-from-source")
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0),
-            })
-        }
-        _ => None,
-    }
-}
+pub use crate::model::km_notifications::{parse_notification, KmNotification, RelayFailure};
 
 /// The KMLM of one domain.
 pub struct Kmlm {
@@ -251,6 +160,7 @@ impl Kmlm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     fn wrap(inner: &str) -> String {
         format!(

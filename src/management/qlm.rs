@@ -11,8 +11,7 @@ use crate::control::topology::AgentView;
 use crate::netconf::client::ClientOptions;
 use crate::netconf::pool::Pool;
 
-/// The `<get>` the QLM sends.
-const GET_NODE: &str = "<get><filter type=\"subtree\"><qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"/></filter></get>";
+use crate::model::etsi_node::GET_NODE;
 
 /// The QLM of one domain.
 pub struct Qlm {

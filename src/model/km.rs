@@ -1,0 +1,331 @@
+//! `qkdni-km`: qkdni's additions to the ETSI node model. A link's settings and live state,
+//! the key manager (relay routes, SAEs, ETSI GS QKD 014 limits and counters), the edit a
+//! controller installs and the notifications a KM agent sends.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use super::km_data::{ForeignSae, WeightedHop};
+use super::{schema_group, Group};
+use crate::netconf::client::text;
+use crate::quantum::LinkState;
+
+/// The module's XML namespace.
+pub const NAMESPACE: &str = "urn:qkdni:yang:qkdni-km";
+/// The module's name (notifications are sent under it).
+pub const MODULE: &str = "qkdni-km";
+
+schema_group! {
+    /// qkdni's leaves of a link entry ([`super::etsi_node::LINK`]).
+    pub mod link under super::super::etsi_node::LINK;
+    PEER_NODE = "qkdni-km:peer-node";
+    PEER_KMA = "qkdni-km:peer-kma";
+    END = "qkdni-km:end";
+    ADMIN_STATE = "qkdni-km:admin-state";
+    RATE_BPS = "qkdni-km:rate-bps";
+    LINK_MODEL = "qkdni-km:link-model";
+    LENGTH_KM = "qkdni-km:link-model/length-km";
+    ATTENUATION_DB_PER_KM = "qkdni-km:link-model/attenuation-db-per-km";
+    DETECTOR_EFFICIENCY = "qkdni-km:link-model/detector-efficiency";
+    DARK_COUNT_PROB = "qkdni-km:link-model/dark-count-prob";
+    MISALIGNMENT = "qkdni-km:link-model/misalignment";
+    EC_EFFICIENCY = "qkdni-km:link-model/ec-efficiency";
+    PULSE_RATE_HZ = "qkdni-km:link-model/pulse-rate-hz";
+    CAPACITY_BLOCKS = "qkdni-km:capacity-blocks";
+    OPER_STATE = "qkdni-km:oper-state";
+    QBER = "qkdni-km:qber";
+    SECRET_KEY_RATE_BPS = "qkdni-km:secret-key-rate-bps";
+    OWN_BLOCKS = "qkdni-km:key-pool/own-blocks";
+    PEER_BLOCKS = "qkdni-km:key-pool/peer-blocks";
+    PENDING_BLOCKS = "qkdni-km:key-pool/pending-blocks";
+    POOL_CAPACITY_BLOCKS = "qkdni-km:key-pool/capacity-blocks";
+    CONSUMED_BLOCKS = "qkdni-km:key-pool/consumed-blocks";
+    FILL_PERCENT = "qkdni-km:key-pool/fill-percent";
+}
+
+/// The key manager container.
+pub const KEY_MANAGER: &str = "/etsi-qkd-sdn-node:qkd_node/qkdni-km:key-manager";
+
+schema_group! {
+    /// Leaves of the key manager.
+    pub mod key_manager under super::KEY_MANAGER;
+    LOW_KEY_THRESHOLD_PERCENT = "low-key-threshold-percent";
+    RELAY_ROUTES = "relay-routes";
+    SAES = "saes";
+    ETSI014 = "etsi014";
+}
+
+/// The relay route entries.
+pub const ROUTE: &str = "/etsi-qkd-sdn-node:qkd_node/qkdni-km:key-manager/relay-routes/route";
+
+schema_group! {
+    /// Leaves of a relay route entry.
+    pub mod route under super::ROUTE;
+    DESTINATION = "destination";
+    NEXT_HOP = "next-hop";
+    WEIGHT = "weight";
+    ALTERNATE = "alternate";
+    ALTERNATE_NEXT_HOP = "alternate/next-hop";
+    ALTERNATE_WEIGHT = "alternate/weight";
+}
+
+/// The entry of the relay route to `destination`.
+pub fn route_entry(destination: &str) -> String {
+    format!("{ROUTE}[{}={}]", route::DESTINATION, quote(destination))
+}
+
+/// The entry of an alternate next hop `hop` of the route at `route_entry`.
+pub fn alternate_entry(route_entry: &str, hop: &str) -> String {
+    format!(
+        "{route_entry}/{}[next-hop={}]",
+        route::ALTERNATE,
+        quote(hop)
+    )
+}
+
+/// The SAE entries.
+pub const SAE: &str = "/etsi-qkd-sdn-node:qkd_node/qkdni-km:key-manager/saes/sae";
+
+schema_group! {
+    /// Leaves of an SAE entry.
+    pub mod sae under super::SAE;
+    ID = "sae-id";
+    NODE = "node";
+    DOMAIN = "domain";
+}
+
+/// The entry of SAE `id`.
+pub fn sae_entry(id: &str) -> String {
+    format!("{SAE}[{}={}]", sae::ID, quote(id))
+}
+
+/// The ETSI GS QKD 014 container.
+pub const ETSI014: &str = "/etsi-qkd-sdn-node:qkd_node/qkdni-km:key-manager/etsi014";
+
+schema_group! {
+    /// Leaves of the ETSI GS QKD 014 container.
+    pub mod etsi014 under super::ETSI014;
+    KEY_SIZE = "key-size";
+    MAX_KEY_PER_REQUEST = "max-key-per-request";
+    MAX_KEY_SIZE = "max-key-size";
+    MIN_KEY_SIZE = "min-key-size";
+    MAX_SAE_ID_COUNT = "max-sae-id-count";
+    KEYS_SUPPLIED = "keys-supplied";
+    KEYS_DELIVERED = "keys-delivered";
+    DELIVERIES_WAITING = "deliveries-waiting";
+    KEYS_EXPIRED = "keys-expired";
+    REQUESTS_SHED = "requests-shed";
+    PAIR = "pair";
+    PAIR_MASTER = "pair/master-sae";
+    PAIR_SLAVE = "pair/slave-sae";
+    PAIR_REQUESTS = "pair/requests";
+    PAIR_KEYS = "pair/keys";
+}
+
+/// The entry of the (master, slave) pair's counters.
+pub fn pair_entry(master: &str, slave: &str) -> String {
+    format!(
+        "{ETSI014}/{}[master-sae={}][slave-sae={}]",
+        etsi014::PAIR,
+        quote(master),
+        quote(slave)
+    )
+}
+
+/// The schema path of a leaf of the ETSI 014 container (for its default).
+pub fn etsi014_leaf(leaf: &str) -> String {
+    format!("{ETSI014}/{leaf}")
+}
+
+/// A `link-state` value (admin-state, oper-state, notifications).
+pub fn link_state_value(state: LinkState) -> &'static str {
+    match state {
+        LinkState::Up => "up",
+        LinkState::Down => "down",
+        LinkState::Degraded => "degraded",
+    }
+}
+
+/// The state a `link-state` value names (`None` for another value).
+pub fn link_state(value: &str) -> Option<LinkState> {
+    Some(match value {
+        "up" => LinkState::Up,
+        "down" => LinkState::Down,
+        "degraded" => LinkState::Degraded,
+        _ => return None,
+    })
+}
+
+/// The last step of a relative path (an XML element's local name).
+pub fn local(path: &str) -> &str {
+    let step = path.rsplit('/').next().unwrap_or(path);
+    step.split_once(':').map_or(step, |(_, name)| name)
+}
+
+fn quote(value: &str) -> String {
+    crate::netconf::xml::quote(value)
+}
+
+/// The `<edit-config>` (candidate) that installs relay route and foreign SAE changes on a
+/// KM: `Some` replaces an entry, `None` removes it.
+pub fn relay_edit(
+    routes: &BTreeMap<String, Option<Vec<WeightedHop>>>,
+    foreign_saes: &BTreeMap<String, Option<ForeignSae>>,
+) -> String {
+    let (dest, next, weight) = (route::DESTINATION, route::NEXT_HOP, route::WEIGHT);
+    let mut xml = String::new();
+    for (destination, hops) in routes {
+        let destination = text(destination);
+        match hops.as_deref() {
+            Some([primary, alternates @ ..]) => {
+                let _ = write!(
+                    xml,
+                    "<route nc:operation=\"replace\"><{dest}>{destination}</{dest}><{next}>{}</{next}><{weight}>{}</{weight}>",
+                    text(&primary.node),
+                    primary.weight.max(1)
+                );
+                for alternate in alternates {
+                    let _ = write!(
+                        xml,
+                        "<{a}><{next}>{}</{next}><{weight}>{}</{weight}></{a}>",
+                        text(&alternate.node),
+                        alternate.weight.max(1),
+                        a = route::ALTERNATE,
+                    );
+                }
+                xml.push_str("</route>");
+            }
+            _ => {
+                let _ = write!(
+                    xml,
+                    "<route nc:operation=\"remove\"><{dest}>{destination}</{dest}></route>"
+                );
+            }
+        }
+    }
+    let routes = xml;
+    let (id, node, domain) = (sae::ID, sae::NODE, sae::DOMAIN);
+    let mut saes = String::new();
+    for (sae, entry) in foreign_saes {
+        let sae = text(sae);
+        let _ = match entry {
+            Some(entry) => write!(
+                saes,
+                "<sae nc:operation=\"replace\"><{id}>{sae}</{id}><{node}>{}</{node}><{domain}>{}</{domain}></sae>",
+                text(&entry.node),
+                text(&entry.domain)
+            ),
+            None => write!(saes, "<sae nc:operation=\"remove\"><{id}>{sae}</{id}></sae>"),
+        };
+    }
+    format!(
+        "<edit-config><target><candidate/></target><config xmlns:nc=\"urn:ietf:params:xml:ns:netconf:base:1.0\"><qkd_node xmlns=\"{}\"><key-manager xmlns=\"{NAMESPACE}\"><relay-routes>{routes}</relay-routes><saes>{saes}</saes></key-manager></qkd_node></config></edit-config>",
+        super::etsi_node::NAMESPACE
+    )
+}
+
+/// The configuration (for `<edit-config>` on running) that sets the administrative state
+/// of the link whose `qkdl_id` is `id` to `state` (`up`, `down` or `degraded`).
+pub fn admin_state_config(id: &impl std::fmt::Display, state: &str) -> String {
+    format!(
+        "<qkd_node xmlns=\"{}\"><qkd_links><qkd_link><qkdl_id>{id}</qkdl_id><{a} xmlns=\"{NAMESPACE}\">{}</{a}></qkd_link></qkd_links></qkd_node>",
+        super::etsi_node::NAMESPACE,
+        text(state),
+        a = local(link::ADMIN_STATE),
+    )
+}
+
+schema_group! {
+    /// `link-status-change`.
+    pub mod link_status_change under "/qkdni-km:link-status-change";
+    LINK_ID = "link-id";
+    OPER_STATE = "oper-state";
+    PREVIOUS_STATE = "previous-state";
+}
+
+schema_group! {
+    /// `low-key-alarm`.
+    pub mod low_key_alarm under "/qkdni-km:low-key-alarm";
+    LINK_ID = "link-id";
+    OWN_BLOCKS = "own-blocks";
+    THRESHOLD_PERCENT = "threshold-percent";
+}
+
+schema_group! {
+    /// `relay-failure`.
+    pub mod relay_failure under "/qkdni-km:relay-failure";
+    RELAY_ID = "relay-id";
+    DESTINATION = "destination";
+    REASON = "reason";
+    CAUSE = "cause";
+}
+
+schema_group! {
+    /// `security-event`.
+    pub mod security_event under "/qkdni-km:security-event";
+    KIND = "kind";
+    USER = "user";
+    SOURCE = "source";
+    METHOD = "method";
+    FAILURES_FROM_SOURCE = "failures-from-source";
+    FAILURES_FOR_USER = "failures-for-user";
+    DELAY = "delay";
+}
+
+/// Every group of this module.
+pub const GROUPS: &[Group] = &[
+    link::GROUP,
+    key_manager::GROUP,
+    route::GROUP,
+    sae::GROUP,
+    etsi014::GROUP,
+    link_status_change::GROUP,
+    low_key_alarm::GROUP,
+    relay_failure::GROUP,
+    security_event::GROUP,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_edit_names_the_model_nodes() {
+        let routes = BTreeMap::from([
+            (
+                "a3".to_owned(),
+                Some(vec![
+                    WeightedHop {
+                        node: "a2".into(),
+                        weight: 3,
+                    },
+                    WeightedHop {
+                        node: "a4".into(),
+                        weight: 0,
+                    },
+                ]),
+            ),
+            ("a9".to_owned(), None),
+        ]);
+        let saes = BTreeMap::from([(
+            "sb1".to_owned(),
+            Some(ForeignSae {
+                node: "b1".into(),
+                domain: "B".into(),
+            }),
+        )]);
+        let edit = relay_edit(&routes, &saes);
+        assert!(edit.contains("<route nc:operation=\"replace\"><destination>a3</destination><next-hop>a2</next-hop><weight>3</weight><alternate><next-hop>a4</next-hop><weight>1</weight></alternate></route>"));
+        assert!(
+            edit.contains("<route nc:operation=\"remove\"><destination>a9</destination></route>")
+        );
+        assert!(edit.contains("<sae nc:operation=\"replace\"><sae-id>sb1</sae-id><node>b1</node><domain>B</domain></sae>"));
+    }
+
+    #[test]
+    fn local_names() {
+        assert_eq!(local(link::OWN_BLOCKS), "own-blocks");
+        assert_eq!(local(link::ADMIN_STATE), "admin-state");
+        assert_eq!(local(route::DESTINATION), "destination");
+    }
+}
