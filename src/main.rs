@@ -164,7 +164,7 @@ fn main() -> anyhow::Result<()> {
                 let mut watchers = controller.spawn_watchers();
                 let mut listening = Vec::new();
                 if let Some(netconf) = controller.config.netconf.clone() {
-                    let operator = qkdni::control::operator::Operator::new(controller.clone());
+                    let operator = qkdni::control::northbound::Operator::new(controller.clone());
                     let listen = netconf.listen;
                     let server = qkdni::netconf::server::NetconfServer::new(
                         netconf,
@@ -185,7 +185,7 @@ fn main() -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("binding {rest_listen}"))?;
                 listening.push(rest_listen);
-                let rest = tokio::spawn(qkdni::control::northbound::serve_on(
+                let rest = tokio::spawn(qkdni::control::rest::serve_on(
                     controller.clone(),
                     rest_listener,
                 ));

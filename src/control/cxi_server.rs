@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::controller::Controller;
 use super::cxi::{Outcome, PrepareRequest, StatusReport, VoteKind, CXI_VERSION};
-use super::northbound::Problem;
+use super::rest::Problem;
 use crate::tls::PeerIdentity;
 
 /// The Cxi routes.

@@ -22,10 +22,10 @@
 //!   shared with it, status sharing;
 //! - [`peers`] — the peer domains as known from Cxi (abstract topology, status), and the
 //!   push of this domain's abstract topology;
-//! - [`interworking_yang`] — the `interworking` subtree of the controller's YANG model;
 //! - [`segments`] — the receiving domain's segments of the peer's sessions, QCLM diagnoses;
-//! - [`northbound`] — the REST API for orchestrators (OpenAPI);
-//! - [`operator`] — the controller under NETCONF for operators (`qkdni-controller` model).
+//! - [`rest`] — the REST API for orchestrators (OpenAPI);
+//! - [`northbound`] — the controller under NETCONF for operators (`qkdni-controller` model:
+//!   configuration, state, notifications).
 
 pub mod config;
 pub mod controller;
@@ -36,14 +36,13 @@ pub mod error;
 mod expiry;
 pub mod instance;
 pub mod interworking;
-mod interworking_yang;
 mod jobs;
 mod messages;
 pub mod metrics;
 pub mod northbound;
-pub mod operator;
 pub mod peers;
 mod reroute;
+pub mod rest;
 mod routes;
 mod segments;
 pub mod sessions;

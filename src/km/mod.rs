@@ -11,14 +11,13 @@
 //! - [`expiry`] — erasing keys their slave SAE did not fetch in time;
 //! - [`limits`] — limits against load and abuse (listeners, admission, undelivered keys);
 //! - [`metrics`] — Prometheus metrics of links, the ETSI 014 API and relays;
+//! - [`northbound`] — the agent under NETCONF (configuration, state, notifications);
 //! - [`agent`] — the daemon that ties them together.
 
 pub mod admission;
 pub mod agent;
 pub mod applications;
 pub mod config;
-pub mod etsi_node;
-pub mod etsi_notify;
 pub mod events;
 pub mod expiry;
 pub mod kma;

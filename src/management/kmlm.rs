@@ -248,7 +248,9 @@ mod tests {
                 delay_ms: 2000,
             },
         );
-        let notification = event.to_notification().unwrap().unwrap();
+        let notification = crate::km::northbound::notification::own(&event)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             parse_notification("a1", &wrap(&notification.xml)),
             Some(KmNotification::AuthFailure {

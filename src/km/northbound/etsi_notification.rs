@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use super::agent::Agent;
 use super::etsi_node::{link_status, link_uuid, qber_value, skr};
-use super::events::Event;
+use crate::km::agent::Agent;
+use crate::km::events::Event;
 use crate::netconf::server::{now_rfc3339, Notification};
 use crate::quantum::{LinkCondition, LinkState};
 

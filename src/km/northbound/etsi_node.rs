@@ -7,8 +7,8 @@
 use uuid::Uuid;
 use yang2::data::DataTree;
 
-use super::agent::Agent;
-use super::config::{LinkConfig, LinkEnd};
+use crate::km::agent::Agent;
+use crate::km::config::{LinkConfig, LinkEnd};
 use crate::netconf::datastore::set_leaf as set;
 use crate::netconf::RpcError;
 use crate::quantum::LinkState;

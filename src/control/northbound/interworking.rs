@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 use yang2::data::{Data, DataTree};
 
-use super::config::ControllerConfig;
-use super::controller::Controller;
-use super::sessions::{InterworkingRole, Session, SessionState};
+use crate::control::config::ControllerConfig;
+use crate::control::controller::Controller;
+use crate::control::sessions::{InterworkingRole, Session, SessionState};
 use crate::model::controller::{
     self as model, interworking, interworking_session as iws, leaf, peer, INTERWORKING as BASE,
 };

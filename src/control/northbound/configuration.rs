@@ -1,0 +1,115 @@
+//! The controller's configuration under NETCONF: route policy, poll interval and on-demand
+//! idle time (changed at run time), agents and the interworking subtree (fixed while it runs).
+
+use std::collections::BTreeMap;
+
+use yang2::data::{Data, DataTree};
+
+use super::interworking;
+use crate::control::controller::Controller;
+use crate::model::controller::{self as model, agent, root, ROOT};
+use crate::netconf::datastore::{leaf as value, set_leaf as set};
+use crate::netconf::{ErrorTag, RpcError};
+
+/// node -> (host, port) of every configured agent.
+fn agents(tree: &DataTree<'static>) -> Result<BTreeMap<String, (String, String)>, RpcError> {
+    let mut out = BTreeMap::new();
+    for node in tree.find_xpath(model::AGENT)? {
+        let field = |name: &str| node.find_path(name).ok().and_then(|n| n.value_canonical());
+        if let (Some(id), Some(host), Some(port)) = (
+            field(agent::NODE),
+            field(agent::NETCONF_HOST),
+            field(agent::NETCONF_PORT),
+        ) {
+            out.insert(id, (host, port));
+        }
+    }
+    Ok(out)
+}
+
+/// The configuration the controller starts with (XML), from its configuration file.
+pub(super) fn initial(controller: &Controller) -> String {
+    let build = || -> Result<String, RpcError> {
+        let mut tree = crate::yang::empty();
+        let config = &controller.config;
+        set(
+            &mut tree,
+            &format!("{ROOT}/{}", root::POLICY),
+            &config.policy,
+        )?;
+        set(
+            &mut tree,
+            &format!("{ROOT}/{}", root::POLL_SECONDS),
+            &config.poll_seconds.max(1).to_string(),
+        )?;
+        set(
+            &mut tree,
+            &format!("{ROOT}/{}", root::ON_DEMAND_IDLE_SECONDS),
+            &config.on_demand_idle_seconds.to_string(),
+        )?;
+        for agent in &config.agents {
+            let base = model::agent_entry(&agent.node);
+            set(
+                &mut tree,
+                &format!("{base}/{}", agent::NETCONF_HOST),
+                &agent.netconf.ip().to_string(),
+            )?;
+            set(
+                &mut tree,
+                &format!("{base}/{}", agent::NETCONF_PORT),
+                &agent.netconf.port().to_string(),
+            )?;
+            set(
+                &mut tree,
+                &format!("{base}/{}", agent::ROLE),
+                agent.role.name(),
+            )?;
+        }
+        interworking::configuration(&mut tree, config)?;
+        crate::netconf::datastore::to_xml(&tree)
+    };
+    build().unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot express the controller configuration in YANG");
+        String::new()
+    })
+}
+
+/// Checks a new, schema-valid running configuration whole, then applies it.
+pub(super) fn apply(controller: &Controller, new: &DataTree<'static>) -> Result<(), RpcError> {
+    let configured: BTreeMap<String, (String, String)> = controller
+        .config
+        .agents
+        .iter()
+        .map(|a| {
+            (
+                a.node.clone(),
+                (a.netconf.ip().to_string(), a.netconf.port().to_string()),
+            )
+        })
+        .collect();
+    if agents(new)? != configured {
+        return Err(RpcError::application(
+            ErrorTag::OperationNotSupported,
+            "the agents of a running controller are fixed: change the configuration file and restart",
+        )
+        .path(format!("{ROOT}/{}", root::AGENTS)));
+    }
+    interworking::check(new, &controller.config)?;
+    let policy =
+        value(new, &format!("{ROOT}/{}", root::POLICY)).unwrap_or_else(|| "key-aware".into());
+    let poll = value(new, &format!("{ROOT}/{}", root::POLL_SECONDS))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    controller.set_policy(&policy).map_err(|e| {
+        RpcError::application(ErrorTag::InvalidValue, e.to_string())
+            .path(format!("{ROOT}/{}", root::POLICY))
+    })?;
+    controller.set_poll_seconds(poll);
+    if let Some(idle) =
+        value(new, &format!("{ROOT}/{}", root::ON_DEMAND_IDLE_SECONDS)).and_then(|v| v.parse().ok())
+    {
+        controller.set_on_demand_idle_seconds(idle);
+    }
+    tracing::info!(%policy, poll_seconds = poll, "controller configuration applied");
+    Ok(())
+}
