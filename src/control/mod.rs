@@ -25,6 +25,7 @@
 //! - [`interworking_yang`] — the `interworking` subtree of the controller's YANG model;
 //! - [`segments`] — the receiving domain's segments of the peer's sessions, QCLM diagnoses;
 //! - [`northbound`] — the REST API for orchestrators (OpenAPI);
+//! - [`dashboard`] — the live web dashboard (HTTPS, on the REST listener, one-time logins);
 //! - [`operator`] — the controller under NETCONF for operators (`qkdni-controller` model).
 
 pub mod config;
@@ -32,6 +33,7 @@ pub mod controller;
 mod creation;
 pub mod cxi;
 pub mod cxi_server;
+pub mod dashboard;
 pub mod error;
 mod expiry;
 pub mod instance;
