@@ -33,7 +33,9 @@ pub fn run(topology: Option<&Path>, dir: Option<&Path>, hold: bool) -> anyhow::R
         let endpoints = runner::up(&topology, &dir, &exe).await?;
         dashboards(&endpoints).await?;
         if hold {
-            wait_for_enter("== press Enter to start the scenario").await;
+            wait_for_enter("== open a dashboard, then press Enter to start the scenario").await;
+        } else {
+            println!("   (--hold keeps the testbed up for the dashboards, before and after the scenario)");
         }
         let result = scenario(&topology, &endpoints, &dir).await;
         if hold {
@@ -62,13 +64,13 @@ async fn dashboards(endpoints: &Endpoints) -> anyhow::Result<()> {
             .call(reqwest::Method::POST, "/api/v1/dashboard/logins", None)
             .await?;
         println!(
-            "   dashboard of QKDN {domain}: {}{}\n     one-time login (open it once in a browser trusting {}; valid {} s): {}{}",
+            "   dashboard of QKDN {domain}: {}{}\n     one-time login: {}{} (once, within {} s; the CA: {})",
             c.rest,
             login["dashboard_path"].as_str().unwrap_or_default(),
-            endpoints.ca_cert.display(),
-            login["expires_in_seconds"],
             c.rest,
-            login["login_path"].as_str().unwrap_or_default()
+            login["login_path"].as_str().unwrap_or_default(),
+            login["expires_in_seconds"],
+            endpoints.ca_cert.display(),
         );
     }
     Ok(())

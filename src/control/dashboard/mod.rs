@@ -22,6 +22,7 @@ pub mod stream;
 
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -211,9 +212,17 @@ struct LoginQuery {
 }
 
 /// Spends a one-time token: sets the session cookie and opens the dashboard.
-async fn login(State(d): State<Arc<Dashboard>>, Query(query): Query<LoginQuery>) -> Response {
-    let Some(session) = query.token.as_deref().and_then(|t| d.logins.redeem(t)) else {
+async fn login(
+    State(d): State<Arc<Dashboard>>,
+    query: Result<Query<LoginQuery>, QueryRejection>,
+    request: Request,
+) -> Response {
+    let token = query.ok().and_then(|Query(q)| q.token);
+    let Some(session) = token.as_deref().and_then(|t| d.logins.redeem(t)) else {
         tracing::warn!("dashboard login refused: unknown, expired or spent token");
+        if !wants_html(&request) {
+            return unauthorized();
+        }
         return login_hint(
             "This login link is unknown, expired or already used: ask for a new one.",
         );
@@ -253,4 +262,54 @@ async fn snapshot(State(d): State<Arc<Dashboard>>) -> Json<Snapshot> {
 /// The live stream.
 async fn live(State(d): State<Arc<Dashboard>>, Extension(viewer): Extension<Viewer>) -> Response {
     stream::stream(d.controller.clone(), viewer.0).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    fn request(headers: &[(&str, &str)]) -> Request {
+        let mut builder = axum::http::Request::builder().uri("/dashboard/");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let r = request(&[("cookie", "a=1; qkdni_dashboard=abc; b=2")]);
+        assert_eq!(session_cookie(&r), Some("abc"));
+        let r = request(&[("cookie", "a=1"), ("cookie", "qkdni_dashboard=xyz")]);
+        assert_eq!(session_cookie(&r), Some("xyz"));
+        assert_eq!(session_cookie(&request(&[("cookie", "qkdni=abc")])), None);
+        assert_eq!(session_cookie(&request(&[])), None);
+    }
+
+    #[test]
+    fn browsers_asking_for_a_page_are_told_how_to_log_in() {
+        assert!(wants_html(&request(&[("accept", "text/html,*/*")])));
+        assert!(!wants_html(&request(&[("accept", "application/json")])));
+        let page = login_hint("spent");
+        assert_eq!(page.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(page.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    }
+
+    #[test]
+    fn the_page_loads_only_embedded_assets() {
+        for asset in [
+            INDEX_HTML,
+            LOGIN_HTML,
+            DASHBOARD_JS,
+            LAYOUT_JS,
+            DASHBOARD_CSS,
+        ] {
+            assert!(!asset.contains("http://") || asset.contains("http://www.w3.org/2000/svg"));
+            assert!(!asset.contains("https://"));
+        }
+        for src in ["dashboard.css", "layout.js", "dashboard.js"] {
+            assert!(INDEX_HTML.contains(src), "{src}");
+        }
+    }
 }
