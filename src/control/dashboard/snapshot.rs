@@ -101,6 +101,8 @@ pub struct Crossing {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeerView {
     pub domain: String,
+    /// Whether the peer has shared its abstract topology yet.
+    pub shared: bool,
     pub reachable: Option<bool>,
     pub last_contact: Option<String>,
     pub border_nodes: Vec<String>,
@@ -198,16 +200,19 @@ impl Snapshot {
     }
 }
 
-/// The peer domain whose border node `node` is (`?` when none has said so yet).
+/// The peer domain whose border node `node` is: the one whose abstract topology names it,
+/// else the only peer domain there is (before its topology arrived), else `?`.
 fn domain_of(peers: &BTreeMap<String, PeerDomain>, node: &str) -> String {
-    peers
-        .iter()
-        .find(|(_, p)| {
-            p.topology
-                .as_ref()
-                .is_some_and(|t| t.border_nodes.iter().any(|b| b.node == node))
-        })
-        .map_or_else(|| "?".to_owned(), |(d, _)| d.clone())
+    let named = peers.iter().find(|(_, p)| {
+        p.topology
+            .as_ref()
+            .is_some_and(|t| t.border_nodes.iter().any(|b| b.node == node))
+    });
+    match (named, peers.len()) {
+        (Some((domain, _)), _) => domain.clone(),
+        (None, 1) => peers.keys().next().cloned().unwrap_or_default(),
+        (None, _) => "?".to_owned(),
+    }
 }
 
 fn session(s: &Session, agreeing: bool) -> SessionView {
@@ -272,6 +277,7 @@ fn peer(domain: &str, p: &PeerDomain) -> PeerView {
     }
     PeerView {
         domain: domain.to_owned(),
+        shared: p.topology.is_some(),
         reachable: p.reachable,
         last_contact: p.last_contact.clone(),
         border_nodes,

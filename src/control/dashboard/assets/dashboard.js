@@ -81,7 +81,8 @@ function drawMap(snapshot) {
   for (const g of regions) {
     regionLayer.append(el("rect", { class: "region peer", x: g.x, y: g.y, width: g.width, height: g.height, rx: 8 }));
     const peer = snapshot.peers.find((p) => p.domain === g.domain);
-    const reach = peer && peer.reachable === false ? " (controller unreachable)" : "";
+    const reach = peer && peer.reachable === false ? " (controller unreachable)"
+      : peer && !peer.shared ? " (not shared yet)" : "";
     regionLayer.append(el("svg-text", { class: "region-label", x: g.x + 12, y: g.y + 20 },
       "QKDN " + g.domain + ": abstract topology" + reach));
   }
@@ -223,7 +224,9 @@ function eventItem(e, fresh) {
 
 function drawEvents() {
   const newest = state.events.slice(-200).reverse();
-  document.getElementById("events").replaceChildren(...newest.map((e) => eventItem(e, false)));
+  const items = newest.map((e) => eventItem(e, false));
+  if (items.length === 0) items.push(el("li", { class: "none" }, "none since the controller started"));
+  document.getElementById("events").replaceChildren(...items);
 }
 
 function render() {
@@ -261,6 +264,7 @@ function connect() {
     state.events.push(e);
     if (state.events.length > 500) state.events.splice(0, state.events.length - 500);
     const list = document.getElementById("events");
+    list.querySelectorAll("li.none").forEach((li) => li.remove());
     list.prepend(eventItem(e, true));
     while (list.children.length > 200) list.lastChild.remove();
   });

@@ -75,7 +75,7 @@ const QkdniLayout = (() => {
         const m = move.get(id), p = at.get(id);
         const len = Math.max(Math.hypot(m.x, m.y), 0.01);
         p.x = Math.min(x1, Math.max(x0, p.x + (m.x / len) * Math.min(len, temperature)));
-        p.y = Math.min(H - PAD, Math.max(PAD, p.y + (m.y / len) * Math.min(len, temperature)));
+        p.y = Math.min(H - PAD - 20, Math.max(PAD + 10, p.y + (m.y / len) * Math.min(len, temperature)));
       }
       temperature *= 0.985;
     }
@@ -89,7 +89,7 @@ const QkdniLayout = (() => {
     const gateways = snapshot.nodes.filter((n) => n.role === "gateway").map((n) => n.id);
     const pinned = new Set(domains.size > 0 ? gateways : []);
     if (pinned.size > 0) spread(pinned, split - 60, PAD, H - PAD, at);
-    force(snapshot, PAD + 10, pinned.size > 0 ? split - 140 : split, pinned, at);
+    force(snapshot, PAD + 40, pinned.size > 0 ? split - 140 : split - 40, pinned, at);
     const regions = [];
     const band = (H - 20) / Math.max(domains.size, 1);
     [...domains.keys()].sort().forEach((domain, i) => {
