@@ -190,6 +190,7 @@ async fn rest_only(State(d): State<Arc<Dashboard>>, request: Request, next: Next
 /// Issues a one-time login link to the dashboard, valid once for 10 minutes.
 #[utoipa::path(post, path = "/api/v1/dashboard/logins",
     responses((status = 201, description = "A one-time login", body = DashboardLogin), Unauthorized))]
+#[tracing::instrument(name = "dashboard-login-issue", skip_all)]
 pub(super) async fn create_login(
     State(d): State<Arc<Dashboard>>,
 ) -> (StatusCode, Json<DashboardLogin>) {
@@ -212,6 +213,7 @@ struct LoginQuery {
 }
 
 /// Spends a one-time token: sets the session cookie and opens the dashboard.
+#[tracing::instrument(name = "dashboard-login", skip_all)]
 async fn login(
     State(d): State<Arc<Dashboard>>,
     query: Result<Query<LoginQuery>, QueryRejection>,
@@ -240,6 +242,7 @@ async fn login(
 }
 
 /// Ends the browser session.
+#[tracing::instrument(name = "dashboard-logout", skip_all)]
 async fn logout(State(d): State<Arc<Dashboard>>, request: Request) -> Response {
     if let Some(session) = session_cookie(&request) {
         d.logins.end_session(session);

@@ -322,3 +322,56 @@ fn alarms(
     }
     alarms
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::cxi::{AbstractTopology, BorderNode, BorderReach, SaeReach, CXI_VERSION};
+
+    fn peer_b() -> PeerDomain {
+        let reach = |sae: &str, node: &str| SaeReach {
+            sae: sae.into(),
+            node: node.into(),
+            via: vec![BorderReach {
+                border_node: "gb1".into(),
+                hops: Some(2),
+                rate_bps: Some(1000.0),
+            }],
+        };
+        PeerDomain {
+            topology: Some(AbstractTopology {
+                version: CXI_VERSION,
+                domain: "B".into(),
+                border_nodes: vec![BorderNode {
+                    node: "gb1".into(),
+                    qx_links: Vec::new(),
+                }],
+                reachability: vec![reach("sae-b1-1", "b1"), reach("sae-b1-2", "b1")],
+            }),
+            reachable: Some(false),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_peer_shows_its_border_and_the_nodes_of_its_saes() {
+        let view = peer("B", &peer_b());
+        assert!(view.shared);
+        assert_eq!(view.border_nodes, ["gb1"]);
+        assert_eq!(view.nodes.len(), 1, "two SAEs on one node");
+        assert_eq!(view.nodes[0].saes, ["sae-b1-1", "sae-b1-2"]);
+        assert_eq!(view.nodes[0].via[0].hops, Some(2));
+        let alarms = alarms(&[], &[], &[], &[view]);
+        assert_eq!(alarms[0].kind, "peer-unreachable");
+    }
+
+    #[test]
+    fn a_qx_link_end_belongs_to_the_peer_that_names_it_or_the_only_one() {
+        let mut peers = BTreeMap::from([("B".to_owned(), peer_b())]);
+        assert_eq!(domain_of(&peers, "gb1"), "B");
+        assert_eq!(domain_of(&peers, "gb2"), "B", "the only peer");
+        peers.insert("C".into(), PeerDomain::default());
+        assert_eq!(domain_of(&peers, "gb1"), "B");
+        assert_eq!(domain_of(&peers, "gc1"), "?");
+    }
+}
