@@ -44,6 +44,8 @@ pub enum CtlCommand {
     Routes,
     /// Recent controller events.
     Events,
+    /// The live web dashboard's URL and a one-time login link (valid once, for 10 minutes).
+    Dashboard,
     /// Key supply sessions.
     Sessions {
         #[command(subcommand)]
@@ -211,6 +213,20 @@ pub fn run(target: Target, command: CtlCommand) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join("\n")
             })),
+            CtlCommand::Dashboard => {
+                let mut login = api.call(Method::POST, "/api/v1/dashboard/logins", None).await?;
+                let url = |path: &Value| format!("{}{}", api.base, path.as_str().unwrap_or_default());
+                login["dashboard_url"] = Value::String(url(&login["dashboard_path"]));
+                login["login_url"] = Value::String(url(&login["login_path"]));
+                (login, Box::new(|v: &Value| {
+                    format!(
+                        "dashboard: {}\none-time login (valid once, {} s): {}",
+                        v["dashboard_url"].as_str().unwrap_or_default(),
+                        v["expires_in_seconds"],
+                        v["login_url"].as_str().unwrap_or_default()
+                    )
+                }))
+            }
             CtlCommand::Sessions { action } => match action {
                 SessionAction::List => (api.call(Method::GET, "/api/v1/sessions", None).await?, Box::new(|v: &Value| {
                     v.as_array().into_iter().flatten().map(session_line).collect::<Vec<_>>().join("\n")

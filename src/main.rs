@@ -78,6 +78,10 @@ enum Command {
         /// Keep the testbed directory here instead of a temporary one.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Wait for Enter before the scenario (time to open the dashboards) and keep the
+        /// testbed up after it until Enter again.
+        #[arg(long)]
+        hold: bool,
     },
     /// Benchmarks (`bench routing`: route policies on a random topology; prints JSON).
     Bench {
@@ -245,9 +249,13 @@ fn main() -> anyhow::Result<()> {
             init_tracing(cli.log_format);
             testbed::cli::run(command)?;
         }
-        Command::Demo { topology, dir } => {
+        Command::Demo {
+            topology,
+            dir,
+            hold,
+        } => {
             init_tracing(cli.log_format);
-            testbed::demo::run(topology.as_deref(), dir.as_deref())?;
+            testbed::demo::run(topology.as_deref(), dir.as_deref(), hold)?;
         }
         Command::Bench { command } => qkdni::bench_routing::run(command)?,
     }

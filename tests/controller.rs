@@ -1,10 +1,12 @@
 //! Integration tests of the QKDN controller over real processes: the controller, five KM
 //! agents, NETCONF southbound, ETSI 014 key delivery over controller-installed routes,
-//! rerouting, crashes and restarts, and the REST API.
+//! rerouting, crashes and restarts, the REST API and the live dashboard in a browser.
 
 mod common;
 #[path = "concurrency/mod.rs"]
 mod concurrency;
+#[path = "dashboard/mod.rs"]
+mod dashboard;
 #[path = "interworking/mod.rs"]
 mod interworking;
 #[path = "metrics/mod.rs"]

@@ -24,6 +24,7 @@
 //!   push of this domain's abstract topology;
 //! - [`segments`] — the receiving domain's segments of the peer's sessions, QCLM diagnoses;
 //! - [`rest`] — the REST API for orchestrators (OpenAPI);
+//! - [`dashboard`] — the live web dashboard (HTTPS, on the REST listener, one-time logins);
 //! - [`northbound`] — the controller under NETCONF for operators (`qkdni-controller` model:
 //!   configuration, state, notifications).
 
@@ -32,6 +33,7 @@ pub mod controller;
 mod creation;
 pub mod cxi;
 pub mod cxi_server;
+pub mod dashboard;
 pub mod error;
 mod expiry;
 pub mod instance;

@@ -68,14 +68,14 @@ pub struct CreateSession {
     headers(("WWW-Authenticate" = String, description = "`Bearer`"))
 )]
 #[allow(dead_code)]
-struct Unauthorized(Problem);
+pub(super) struct Unauthorized(Problem);
 
 /// The API's OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "qkdni controller northbound API", description = "Topology, links, key supply sessions, relay routes and events of one QKDN."),
-    paths(topology, links, list_sessions, create_session, get_session, delete_session, routes, events, diagnosis),
-    components(schemas(Problem, Diagnosis, Decision, Interworking, InterworkingRole, ForeignSae, CreateSession, Session, SessionEvent, SessionPath, SessionState, Topology, NodeState, WeightedHop, LinkState, ControllerEvent)),
+    paths(topology, links, list_sessions, create_session, get_session, delete_session, routes, events, diagnosis, super::dashboard::create_login),
+    components(schemas(Problem, super::dashboard::DashboardLogin, Diagnosis, Decision, Interworking, InterworkingRole, ForeignSae, CreateSession, Session, SessionEvent, SessionPath, SessionState, Topology, NodeState, WeightedHop, LinkState, ControllerEvent)),
     modifiers(&Security, &FixedArrays)
 )]
 pub struct ApiDoc;
@@ -141,7 +141,8 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/ck/v1/interworking-routes", post(interworking_route))
         .merge(api)
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such resource") })
-        .with_state(controller)
+        .with_state(controller.clone())
+        .merge(super::dashboard::router(controller))
 }
 
 async fn authenticate(
@@ -149,6 +150,16 @@ async fn authenticate(
     request: Request,
     next: Next,
 ) -> Response {
+    if rest_credentials(&controller, &request).is_some() {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
+}
+
+/// Who the request's REST credentials name (`bearer token` or the certificate's name), if
+/// they are accepted: a configured bearer token or client certificate name.
+pub(super) fn rest_credentials(controller: &Controller, request: &Request) -> Option<String> {
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -161,26 +172,30 @@ async fn authenticate(
             .iter()
             .any(|k| constant_eq(k, t))
     });
-    let by_cert = request
+    if by_token {
+        return Some("bearer token".to_owned());
+    }
+    request
         .extensions()
         .get::<PeerIdentity>()
         .and_then(|p| p.0.as_deref())
-        .is_some_and(|name| controller.config.client_names.iter().any(|n| n == name));
-    if by_token || by_cert {
-        next.run(request).await
-    } else {
-        let mut response = Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token or client certificate is required",
-        )
-        .into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        response
-    }
+        .filter(|name| controller.config.client_names.iter().any(|n| n == name))
+        .map(str::to_owned)
+}
+
+/// The REST API's answer to missing or refused credentials: 401, a problem, `WWW-Authenticate`.
+pub(super) fn unauthorized() -> Response {
+    let mut response = Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid bearer token or client certificate is required",
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 /// The domain: nodes, links with live state, SAE locations.

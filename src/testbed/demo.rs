@@ -12,8 +12,9 @@ use crate::etsi014::{self, KeyRequest};
 use crate::quantum::LinkState;
 use crate::tls;
 
-/// Runs the demo on `topology` (default: the embedded two-domain testbed with gateway nodes).
-pub fn run(topology: Option<&Path>, dir: Option<&Path>) -> anyhow::Result<()> {
+/// Runs the demo on `topology` (default: the embedded two-domain testbed with gateway nodes);
+/// with `hold`, waits for Enter before the scenario and after it.
+pub fn run(topology: Option<&Path>, dir: Option<&Path>, hold: bool) -> anyhow::Result<()> {
     let text = match topology {
         Some(path) => std::fs::read_to_string(path)?,
         None => super::TWO_DOMAIN_GWN.to_owned(),
@@ -30,7 +31,17 @@ pub fn run(topology: Option<&Path>, dir: Option<&Path>) -> anyhow::Result<()> {
     );
     let result = runtime.block_on(async {
         let endpoints = runner::up(&topology, &dir, &exe).await?;
-        scenario(&topology, &endpoints, &dir).await
+        dashboards(&endpoints).await?;
+        if hold {
+            wait_for_enter("== open a dashboard, then press Enter to start the scenario").await;
+        } else {
+            println!("   (--hold keeps the testbed up for the dashboards, before and after the scenario)");
+        }
+        let result = scenario(&topology, &endpoints, &dir).await;
+        if hold {
+            wait_for_enter("== the testbed stays up: press Enter to take it down").await;
+        }
+        result
     });
     runner::down(&dir)?;
     println!("== testbed down");
@@ -38,6 +49,41 @@ pub fn run(topology: Option<&Path>, dir: Option<&Path>) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&temp);
     }
     result
+}
+
+/// Prints each controller's dashboard URL and a one-time login link for it.
+async fn dashboards(endpoints: &Endpoints) -> anyhow::Result<()> {
+    for (domain, d) in &endpoints.domains {
+        let Some(c) = &d.controller else { continue };
+        let orchestrator = Orchestrator {
+            http: tls::https_client(&endpoints.operator_tls_at(&c.name), Duration::from_secs(30))?,
+            rest: c.rest.clone(),
+            token: c.token.clone(),
+        };
+        let login = orchestrator
+            .call(reqwest::Method::POST, "/api/v1/dashboard/logins", None)
+            .await?;
+        println!(
+            "   dashboard of QKDN {domain}: {}{}\n     one-time login: {}{} (once, within {} s; the CA: {})",
+            c.rest,
+            login["dashboard_path"].as_str().unwrap_or_default(),
+            c.rest,
+            login["login_path"].as_str().unwrap_or_default(),
+            login["expires_in_seconds"],
+            endpoints.ca_cert.display(),
+        );
+    }
+    Ok(())
+}
+
+/// Prints `prompt` and waits for a line on standard input (or its end).
+async fn wait_for_enter(prompt: &str) {
+    use tokio::io::AsyncBufReadExt;
+    println!("{prompt}");
+    let mut line = String::new();
+    let _ = tokio::io::BufReader::new(tokio::io::stdin())
+        .read_line(&mut line)
+        .await;
 }
 
 pub(super) fn client(endpoints: &Endpoints, sae: &str) -> anyhow::Result<etsi014::Client> {

@@ -97,6 +97,10 @@ pub struct ControllerEndpoint {
     pub rest: String,
     /// Operators' NETCONF over SSH address (`host:port`).
     pub netconf: String,
+    /// The live web dashboard (`https://host:port/dashboard/`, the REST API's credentials or
+    /// a one-time login link: `qkdni ctl dashboard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<String>,
     /// Cxi base URL (peer controllers only), when the domain interworks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cxi: Option<String>,

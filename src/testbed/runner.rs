@@ -670,6 +670,7 @@ fn write_control(
         name,
         rest: format!("https://{}", addrs.rest),
         netconf: addrs.netconf.to_string(),
+        dashboard: Some(format!("https://{}/dashboard/", addrs.rest)),
         cxi: (!peers.is_empty()).then(|| format!("https://{}", addrs.cxi)),
         metrics: Some(format!("http://{}/metrics", addrs.metrics)),
         token: token.clone(),
