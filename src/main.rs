@@ -193,7 +193,7 @@ fn main() -> anyhow::Result<()> {
                     controller.clone(),
                     rest_listener,
                 ));
-                let mut cxi = tokio::spawn(qkdni::control::cxi_server::serve(controller.clone()));
+                let mut cxi = tokio::spawn(qkdni::control::cxi::server::serve(controller.clone()));
                 if let Some(iw) = &controller.config.interworking {
                     // the Cxi server binds its listener itself: wait until it accepts
                     let accepting = qkdni::readiness::wait_accepting(

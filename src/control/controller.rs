@@ -13,12 +13,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use super::ck::southbound::Southbound;
 use super::config::ControllerConfig;
 use super::cxi::{aborted, refusal, PrepareRequest, StatusReport, TransactionResult, Vote};
 pub use super::error::ControlError;
 use super::messages::{Input, View};
 use super::sessions::{Session, SessionPath, SessionStore};
-use super::southbound::Southbound;
 use super::topology::{AgentView, Topology};
 use crate::model::km_notifications::KmNotification;
 use crate::netconf::server::now_rfc3339;
@@ -62,7 +62,7 @@ pub struct Controller {
     pub(super) inputs: mpsc::Sender<Input>,
     pub(super) view: watch::Receiver<Arc<View>>,
     /// What this controller knows of its peer domains.
-    pub(super) peer_domains: super::peers::PeerDomains,
+    pub(super) peer_domains: super::cxi::peers::PeerDomains,
     /// Prometheus metrics.
     pub metrics: super::metrics::ControlMetrics,
 }

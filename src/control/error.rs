@@ -4,8 +4,8 @@
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::ck::southbound::SouthboundError;
 use super::cxi::CxiError;
-use super::southbound::SouthboundError;
 
 /// Where an answer of the instance goes.
 pub type Reply<T> = oneshot::Sender<Result<T, ControlError>>;

@@ -21,13 +21,13 @@ use uuid::Uuid;
 
 use qkdni_route_policy::Catalog;
 
+use super::ck::southbound::{RouteChanges, Southbound, SouthboundError};
 use super::config::ControllerConfig;
 use super::controller::Controller;
 use super::error::{ControlError, Reply};
 pub use super::messages::View;
 use super::messages::{Agreement, Input, Job, Then};
 use super::sessions::{Session, SessionStore};
-use super::southbound::{RouteChanges, Southbound, SouthboundError};
 use super::state::State;
 use super::topology::Topology;
 

@@ -6,10 +6,10 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::ck::southbound::SouthboundError;
 use super::cxi::{PrepareRequest, StatusReport, TransactionResult, Vote};
 use super::error::{ControlError, Reply};
 use super::sessions::{Interworking, Session, SessionPath};
-use super::southbound::SouthboundError;
 use super::topology::{AgentView, Topology};
 
 /// What readers see: the state as of the last input.

@@ -2,7 +2,6 @@
 //!
 //! - [`config`] — the controller's configuration;
 //! - [`topology`] — the domain as the controller sees it, live from the agents;
-//! - [`southbound`] — reading agents and installing relay routes over NETCONF, all or none;
 //! - [`sessions`] — key supply sessions and their durable store;
 //! - [`controller`] — the controller's handle: reads from the published view, changes as
 //!   inputs to the instance, events;
@@ -16,38 +15,30 @@
 //! - [`metrics`] — Prometheus metrics of sessions, installs, reroutes and Cxi;
 //! - [`reroute`] — rerouting on faults and key rate shortfalls;
 //! - [`routes`] — the relay route tables the KMs should hold, and the difference to what they hold;
-//! - [`cxi`] — Cxi messages between the controllers of two QKDNs, and their client;
-//! - [`cxi_server`] — the Cxi server (peer controllers only);
-//! - [`interworking`] — route agreement (two-phase) with the peer, the abstract topology
-//!   shared with it, status sharing;
-//! - [`peers`] — the peer domains as known from Cxi (abstract topology, status), and the
-//!   push of this domain's abstract topology;
-//! - [`segments`] — the receiving domain's segments of the peer's sessions, QCLM diagnoses;
+//! - [`cxi`] — Cxi, between the controllers of two QKDNs: messages and client, server,
+//!   the coordinator's agreement, the receiving domain's segments, the peers' state;
+//! - [`ck`] — Ck, between the controller and its KMs: NETCONF southbound, KMs' route requests;
 //! - [`rest`] — the REST API for orchestrators (OpenAPI);
 //! - [`dashboard`] — the live web dashboard (HTTPS, on the REST listener, one-time logins);
 //! - [`northbound`] — the controller under NETCONF for operators (`qkdni-controller` model:
 //!   configuration, state, notifications).
 
+pub mod ck;
 pub mod config;
 pub mod controller;
 mod creation;
 pub mod cxi;
-pub mod cxi_server;
 pub mod dashboard;
 pub mod error;
 mod expiry;
 pub mod instance;
-pub mod interworking;
 mod jobs;
 mod messages;
 pub mod metrics;
 pub mod northbound;
-pub mod peers;
 mod reroute;
 pub mod rest;
 mod routes;
-mod segments;
 pub mod sessions;
-pub mod southbound;
 mod state;
 pub mod topology;

@@ -8,9 +8,9 @@ use std::time::Instant;
 use tracing::info_span;
 use uuid::Uuid;
 
+use super::cxi::coordinator::{is_segment, REPORT_AGAIN};
 use super::error::ControlError;
 use super::instance::Instance;
-use super::interworking::{is_segment, REPORT_AGAIN};
 use super::messages::Agreement;
 use super::messages::{Job, Then};
 use super::sessions::{

@@ -138,7 +138,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
             "/health",
             get(|| async { Json(serde_json::json!({"ready": true})) }),
         )
-        .route("/ck/v1/interworking-routes", post(interworking_route))
+        .merge(super::ck::server::router())
         .merge(api)
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such resource") })
         .with_state(controller.clone())
@@ -398,57 +398,6 @@ async fn diagnosis(
                 Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })?;
     Ok((StatusCode::ACCEPTED, Json(Decision { decision })))
-}
-
-/// A KM's request for an interworking route (Ck).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteRequest {
-    master_sae: String,
-    slave_sae: String,
-}
-
-/// Procedure 1: a KM of this domain (its certificate names it) asks for the route of keys
-/// from its SAE to an SAE of another QKDN; answered once the route is installed.
-async fn interworking_route(
-    State(c): State<Arc<Controller>>,
-    identity: Option<Extension<PeerIdentity>>,
-    body: axum::body::Bytes,
-) -> Result<Json<Session>, Problem> {
-    let km = identity
-        .and_then(|Extension(p)| p.0)
-        .filter(|name| c.config.agents.iter().any(|a| &a.node == name))
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a KM certificate of this domain is required",
-            )
-        })?;
-    // parsed once the caller is known
-    let request: RouteRequest = serde_json::from_slice(&body).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            format!("malformed route request: {e}"),
-        )
-    })?;
-    // to completion even if the KM gives up waiting: routes are never left half-agreed
-    let session = tokio::spawn(async move {
-        c.interworking_route(&km, &request.master_sae, &request.slave_sae)
-            .await
-    })
-    .await
-    .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-    .map_err(|e| match e {
-        ControlError::UnknownSae(sae) => Problem::new(
-            StatusCode::NOT_FOUND,
-            "unknown-sae",
-            format!("no domain knows SAE {sae}"),
-        ),
-        other => Problem::from(other),
-    })?;
-    Ok(Json(session))
 }
 
 /// Serves the API until the task is dropped.

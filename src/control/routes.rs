@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
 
+use super::ck::southbound::RouteChanges;
 use super::instance::Instance;
 use super::messages::Then;
 use super::sessions::{InterworkingRole, Session, SessionState};
-use super::southbound::RouteChanges;
 use super::state::State;
 use super::topology::{AgentView, ForeignSae, NodeState, WeightedHop};
 

@@ -29,7 +29,7 @@ pub struct InterworkingState {
     /// meanwhile (applied once the commit is done).
     pub committing: BTreeMap<Uuid, Option<(String, oneshot::Sender<TransactionResult>)>>,
     /// Segments whose fault was reported to the coordinator, and when (reported again after
-    /// [`super::interworking::REPORT_AGAIN`] until it reroutes them).
+    /// [`super::cxi::coordinator::REPORT_AGAIN`] until it reroutes them).
     pub notified: BTreeMap<Uuid, Instant>,
 }
 

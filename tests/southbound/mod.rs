@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use qkdni::control::ck::southbound::{RouteChanges, Southbound, SouthboundError};
 use qkdni::control::config::SouthboundLogin;
-use qkdni::control::southbound::{RouteChanges, Southbound, SouthboundError};
 use qkdni::control::topology::WeightedHop;
 use qkdni::netconf::client::ClientError;
 use qkdni::netconf::known_hosts::HostKeyError;

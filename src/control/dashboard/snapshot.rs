@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::super::config::NodeRole;
 use super::super::controller::Controller;
-use super::super::peers::PeerDomain;
+use super::super::cxi::peers::PeerDomain;
 use super::super::sessions::{InterworkingRole, Session, SessionState};
 
 /// The whole picture.

@@ -12,7 +12,7 @@
 //!
 //! This file holds what runs outside the instance (agreements, the abstract topology the
 //! peer reads, reports to the peer); the receiving domain's handlers are in
-//! [`super::segments`].
+//! [`crate::control::cxi::segments`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -20,16 +20,16 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::config::NodeRole;
-use super::controller::Controller;
-use super::cxi::{
+use crate::control::config::NodeRole;
+use crate::control::controller::Controller;
+use crate::control::cxi::peers::{differs, PeerDomain};
+use crate::control::cxi::{
     AbstractTopology, BorderNode, BorderReach, CxiClient, Outcome, PrepareRequest, QxLinkState,
     SaeReach, StatusKind, StatusReport, TransactionResult, VoteKind, CXI_VERSION,
 };
-use super::error::ControlError;
-use super::peers::{differs, PeerDomain};
-use super::sessions::{Interworking, InterworkingRole, Session, SessionPath};
-use super::topology::Topology;
+use crate::control::error::ControlError;
+use crate::control::sessions::{Interworking, InterworkingRole, Session, SessionPath};
+use crate::control::topology::Topology;
 
 /// How often the abstract topology is sent again although it did not change (a restarted
 /// peer learns it).
@@ -46,7 +46,7 @@ pub fn is_segment(session: &Session) -> bool {
 }
 
 /// A Qx link seen from this domain.
-pub(super) struct Qx {
+pub(in crate::control) struct Qx {
     pub id: String,
     pub local: String,
     pub peer: String,
@@ -64,7 +64,7 @@ impl Controller {
             .collect()
     }
 
-    pub(super) fn qx_links(&self, topology: &Topology) -> Vec<Qx> {
+    pub(in crate::control) fn qx_links(&self, topology: &Topology) -> Vec<Qx> {
         let gateways = self.gateways();
         topology
             .links
@@ -89,7 +89,7 @@ impl Controller {
             .collect()
     }
 
-    pub(super) fn peer(&self, domain: &str) -> Option<&CxiClient> {
+    pub(in crate::control) fn peer(&self, domain: &str) -> Option<&CxiClient> {
         self.peers.iter().find(|p| p.peer.domain == domain)
     }
 
@@ -208,7 +208,7 @@ impl Controller {
     /// Agrees a route for interworking session `session` (this domain is its origin) with
     /// the peer: returns this domain's paths (to the peer GWN across the Qx link) once the
     /// peer has committed its segment.
-    pub(super) async fn route_interworking(
+    pub(in crate::control) async fn route_interworking(
         &self,
         topology: &Topology,
         session: &Session,
@@ -375,7 +375,7 @@ impl Controller {
     }
 
     /// Asks the peer to undo transaction `transaction` (best effort, logged).
-    pub(super) async fn abort_at_peer(&self, domain: &str, transaction: Uuid) {
+    pub(in crate::control) async fn abort_at_peer(&self, domain: &str, transaction: Uuid) {
         if let Some(client) = self.peer(domain) {
             let result = client.abort(transaction).await;
             self.event_in(
@@ -389,7 +389,7 @@ impl Controller {
     }
 
     /// Tells the peer that a session ended here.
-    pub(super) async fn end_interworking(&self, session: &Session) {
+    pub(in crate::control) async fn end_interworking(&self, session: &Session) {
         let Some(iw) = &session.interworking else {
             return;
         };
@@ -403,7 +403,7 @@ impl Controller {
     }
 
     /// Reports a fault on segment `segment` to the coordinating domain (in the background).
-    pub(super) fn report_segment_fault(&self, segment: &Session, trigger: &str) {
+    pub(in crate::control) fn report_segment_fault(&self, segment: &Session, trigger: &str) {
         let Some(iw) = &segment.interworking else {
             return;
         };
@@ -443,7 +443,7 @@ impl Controller {
 
     /// Sends every peer the complete list of this domain's interworking sessions with it, so
     /// that it drops left-over segments (called now and then).
-    pub(super) async fn share_session_lists(&self) {
+    pub(in crate::control) async fn share_session_lists(&self) {
         let lists: Vec<(CxiClient, Vec<Uuid>)> = {
             let view = self.view();
             self.peers
@@ -488,12 +488,12 @@ impl Controller {
     }
 
     /// Records an exchange with peer `domain`'s controller.
-    pub(super) fn peer_contact(&self, domain: &str, ok: bool) {
+    pub(in crate::control) fn peer_contact(&self, domain: &str, ok: bool) {
         self.peer_domains.contact(domain, ok);
     }
 
     /// Keeps peer `domain`'s abstract topology; tells operators when it changed.
-    pub(super) fn peer_topology(&self, domain: &str, topology: AbstractTopology) {
+    pub(in crate::control) fn peer_topology(&self, domain: &str, topology: AbstractTopology) {
         let qx: Vec<String> = topology
             .border_nodes
             .iter()
@@ -513,7 +513,7 @@ impl Controller {
 
     /// Pushes this domain's abstract topology to every peer when it changes (and every
     /// [`PUSH_AGAIN`]); runs until the controller stops.
-    pub(super) async fn push_abstract_topology(self: Arc<Self>) {
+    pub(in crate::control) async fn push_abstract_topology(self: Arc<Self>) {
         if self.peers.is_empty() {
             return;
         }

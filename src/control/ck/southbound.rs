@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 
-use super::topology::{AgentView, ForeignSae, WeightedHop};
+use crate::control::topology::{AgentView, ForeignSae, WeightedHop};
 
-use super::config::SouthboundLogin;
+use crate::control::config::SouthboundLogin;
 use crate::netconf::client::{ClientError, ClientOptions, NetconfClient};
 use crate::netconf::pool::Pool;
 

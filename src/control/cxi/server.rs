@@ -13,9 +13,9 @@ use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use super::controller::Controller;
-use super::cxi::{Outcome, PrepareRequest, StatusReport, VoteKind, CXI_VERSION};
-use super::rest::Problem;
+use crate::control::controller::Controller;
+use crate::control::cxi::{Outcome, PrepareRequest, StatusReport, VoteKind, CXI_VERSION};
+use crate::control::rest::Problem;
 use crate::tls::PeerIdentity;
 
 /// The Cxi routes.
@@ -30,7 +30,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
             get(|| async {
                 (
                     [(axum::http::header::CONTENT_TYPE, "application/json")],
-                    super::cxi::schemas_json(),
+                    crate::control::cxi::schemas_json(),
                 )
             }),
         )

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::cxi::AbstractTopology;
-use super::sessions::RATE_HYSTERESIS;
+use crate::control::cxi::AbstractTopology;
+use crate::control::sessions::RATE_HYSTERESIS;
 use crate::netconf::server::now_rfc3339;
 
 /// What this controller knows of one peer domain.
@@ -74,7 +74,7 @@ impl PeerDomains {
 /// hysteresis margin.
 pub fn differs(a: &AbstractTopology, b: &AbstractTopology) -> bool {
     let rate = |x: f64, y: f64| (x - y).abs() > RATE_HYSTERESIS * x.abs().max(y.abs());
-    fn qx(t: &AbstractTopology) -> Vec<(&String, &super::cxi::QxLinkState)> {
+    fn qx(t: &AbstractTopology) -> Vec<(&String, &crate::control::cxi::QxLinkState)> {
         t.border_nodes
             .iter()
             .flat_map(|n| n.qx_links.iter().map(move |q| (&n.node, q)))

@@ -14,6 +14,18 @@
 //! Every body carries `version` (1); unknown fields, other versions and callers other than the
 //! configured peer controller are refused with RFC 9457 problem details. The schemas are in
 //! `schemas/cxi/v1/openapi.json` (generated from these types; a test keeps them equal).
+//!
+//! - [`server`] — the Cxi server (peer controllers only);
+//! - [`coordinator`] — the coordinating domain's part: route agreement (two-phase) with the
+//!   peer, the abstract topology shared with it, status sharing;
+//! - [`segments`] — the receiving domain's segments of the peer's sessions, QCLM diagnoses;
+//! - [`peers`] — the peer domains as known from Cxi (abstract topology, status), and the
+//!   push of this domain's abstract topology.
+
+pub mod coordinator;
+pub mod peers;
+pub mod segments;
+pub mod server;
 
 use std::time::Duration;
 
@@ -21,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::config::CxiPeer;
+use crate::control::config::CxiPeer;
 use crate::tls::{self, TlsFiles};
 
 /// The Cxi message version this controller speaks.

@@ -9,17 +9,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::cxi::{
+use crate::control::cxi::{
     aborted, refusal, Outcome, PrepareRequest, StatusKind, StatusReport, TransactionResult, Vote,
     VoteKind, CXI_VERSION,
 };
-use super::error::ControlError;
-use super::instance::Instance;
-use super::messages::{Job, Then};
-use super::sessions::{
+use crate::control::error::ControlError;
+use crate::control::instance::Instance;
+use crate::control::messages::{Job, Then};
+use crate::control::sessions::{
     Interworking, InterworkingRole, Session, SessionEvent, SessionPath, SessionState,
 };
-use super::state::State;
+use crate::control::state::State;
 use crate::netconf::server::now_rfc3339;
 
 /// How long a committed segment is safe from a session list that does not name it yet.
@@ -38,7 +38,7 @@ fn segment_of(s: &Session, from: &str) -> bool {
 
 impl Instance {
     /// Cxi phase 1 at the receiving domain: compute and hold the segment, and vote.
-    pub(super) fn peer_prepare(&mut self, from: &str, request: PrepareRequest) -> Vote {
+    pub(in crate::control) fn peer_prepare(&mut self, from: &str, request: PrepareRequest) -> Vote {
         let now = Instant::now();
         self.state
             .interworking
@@ -171,7 +171,7 @@ impl Instance {
     }
 
     /// Cxi phase 2 at the receiving domain: put the prepared segment in place for install.
-    pub(super) fn start_peer_commit(
+    pub(in crate::control) fn start_peer_commit(
         &mut self,
         from: &str,
         transaction: Uuid,
@@ -207,7 +207,7 @@ impl Instance {
     }
 
     /// The segment is installed (committed), or put back as it was (aborted).
-    pub(super) fn finish_peer_commit(
+    pub(in crate::control) fn finish_peer_commit(
         &mut self,
         transaction: Uuid,
         segment: Session,
@@ -263,7 +263,7 @@ impl Instance {
     }
 
     /// Drops a prepared segment, or undoes a committed one.
-    pub(super) fn start_peer_abort(
+    pub(in crate::control) fn start_peer_abort(
         &mut self,
         from: &str,
         transaction: Uuid,
@@ -336,7 +336,7 @@ impl Instance {
     }
 
     /// The coordinating domain ended a session: removes its segment here.
-    pub(super) fn remove_segment(&mut self, from: &str, id: Uuid) -> bool {
+    pub(in crate::control) fn remove_segment(&mut self, from: &str, id: Uuid) -> bool {
         if !self
             .state
             .sessions
@@ -358,7 +358,12 @@ impl Instance {
 
     /// Status shared by peer `from`: a segment fault makes the sessions rerouted (agreed
     /// with the peer); a session list drops left-over segments.
-    pub(super) fn peer_status(&mut self, from: String, report: StatusReport, at: Instant) {
+    pub(in crate::control) fn peer_status(
+        &mut self,
+        from: String,
+        report: StatusReport,
+        at: Instant,
+    ) {
         if report.kind == StatusKind::Sessions {
             self.push(Job::DropLeftOver {
                 from,
@@ -389,7 +394,11 @@ impl Instance {
 
     /// Removes the segments of `from`'s sessions that its complete list `live` does not name
     /// (and that were not committed moments ago).
-    pub(super) fn drop_left_over_segments(&mut self, from: &str, live: &[Uuid]) -> Option<Then> {
+    pub(in crate::control) fn drop_left_over_segments(
+        &mut self,
+        from: &str,
+        live: &[Uuid],
+    ) -> Option<Then> {
         let stale: Vec<Uuid> = self
             .state
             .sessions
@@ -422,7 +431,7 @@ impl Instance {
 
     /// QCLM's diagnosis of an interworking relay failure (procedure 3): the sessions toward
     /// `destination` are re-agreed (origin) or reported to the coordinator (segment).
-    pub(super) fn diagnosis(
+    pub(in crate::control) fn diagnosis(
         &mut self,
         destination: Option<&str>,
         detail: &str,
