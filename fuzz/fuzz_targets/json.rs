@@ -33,13 +33,13 @@ fuzz_target!(|data: &[u8]| {
                 7 => read::<qkdni::control::cxi::TransactionResult>(body),
                 8 => read::<qkdni::control::cxi::AbstractTopology>(body),
                 9 => {
-                    let _ = qkdni::management::messages::parse::<
-                        qkdni::management::messages::FaultReport,
+                    let _ = qkdni::management::mxi::messages::parse::<
+                        qkdni::management::mxi::messages::FaultReport,
                     >(body);
                 }
                 _ => {
-                    let _ = qkdni::management::messages::parse::<
-                        qkdni::management::messages::ReportPack,
+                    let _ = qkdni::management::mxi::messages::parse::<
+                        qkdni::management::mxi::messages::ReportPack,
                     >(body);
                 }
             })

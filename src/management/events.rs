@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::messages::SecurityReport;
+use super::mxi::messages::SecurityReport;
 use crate::netconf::server::now_rfc3339;
 
 /// Most events kept.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::events::{self, Refs, SecurityCounters};
-use super::messages::KeyManagementReport;
+use super::mxi::messages::KeyManagementReport;
 use super::Manager;
 use crate::netconf::client::ClientOptions;
 

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::config::ManagerConfig;
 use super::events::{self, EventLog, Refs};
-use super::messages::FaultType;
+use super::mxi::messages::FaultType;
 use crate::tls::TlsError;
 
 /// Longest controller answer kept in an event.

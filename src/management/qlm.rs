@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use futures::future::join_all;
 
-use super::messages::{LinkPerformance, QuantumLayerReport};
+use super::mxi::messages::{LinkPerformance, QuantumLayerReport};
 use crate::control::topology::AgentView;
 use crate::netconf::client::ClientOptions;
 use crate::netconf::pool::Pool;

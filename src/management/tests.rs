@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use super::config::{ControllerLink, ManagerConfig, PeerManager};
 use super::events::{self, ManagerEvent};
 use super::kmlm::RelayFailure;
-use super::messages::{self, FaultReport, ReportPack};
+use super::mxi::messages::{self, FaultReport, ReportPack};
 use super::Manager;
 use crate::control::config::SouthboundLogin;
 use crate::pki::{Authority, Role};

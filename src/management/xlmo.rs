@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::config::ManagerConfig;
 use super::events::{self, Refs};
 use super::kmlm::RelayFailure;
-use super::messages::{
+use super::mxi::messages::{
     FaultReport, FaultReportKind, FaultType, MxiMessage, PerformanceReport, ReportPack,
     ReportPackKind, MXI_VERSION,
 };

@@ -1,18 +1,8 @@
-//! Mxi, the reference point between the QKDN managers of two domains (Y.3818 6.1): an
-//! HTTPS server and client with mutual TLS.
-//!
-//! The server accepts requests only from the configured peer manager, i.e. a client whose
-//! certificate the peer domain's CA issued to `peer.manager_name` (identity
-//! `manager_name@domain`); anyone else gets `403`. Resources:
-//! - `POST /mxi/v1/faults`: an interworking fault report ([`FaultReport`]) → `202`;
-//! - `POST /mxi/v1/reports`: a report pack ([`ReportPack`]) → `202`;
-//! - `GET /mxi/v1/versions`: `{"versions":[1]}`.
-//!
-//! Malformed bodies and unsupported versions get `400`; every error is an RFC 9457 problem.
+//! The Mxi server: the configured peer manager only; every message checked before it is
+//! handed to the XLMO.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
@@ -23,14 +13,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 
-use super::config::{ConfigError, ManagerConfig};
-use super::events::{self, Refs, SecurityCounters};
 use super::messages::{
     parse, FaultReport, MessageError, MxiMessage, ReportPack, Versions, SUPPORTED_VERSIONS,
 };
-use super::{ManagementError, Manager};
+use crate::management::events::{self, Refs, SecurityCounters};
+use crate::management::{ManagementError, Manager};
 use crate::problem::Problem;
-use crate::tls::{foreign_identity, PeerIdentity, TlsFiles};
+use crate::tls::{foreign_identity, PeerIdentity};
 
 /// The Mxi routes.
 pub fn router(manager: Arc<Manager>) -> Router {
@@ -159,77 +148,4 @@ async fn versions() -> Json<Versions> {
     Json(Versions {
         versions: SUPPORTED_VERSIONS.to_vec(),
     })
-}
-
-/// Why a message did not reach the peer manager.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("peer manager unreachable: {0}")]
-    Unreachable(#[from] reqwest::Error),
-    #[error("peer manager refused the message (HTTP {status}): {detail}")]
-    Refused { status: u16, detail: String },
-}
-
-/// The Mxi client of this manager toward the peer manager. It presents this manager's
-/// certificate and trusts only the peer domain's CA for the server.
-pub struct MxiClient {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl MxiClient {
-    /// The client of `config` (its peer CA must be configured).
-    pub fn new(config: &ManagerConfig) -> Result<Self, ManagementError> {
-        let peer_ca = config.peer_ca().ok_or_else(|| {
-            ConfigError::Invalid(format!("no CA of the peer domain {}", config.peer.domain))
-        })?;
-        let files = TlsFiles {
-            cert: config.tls.cert.clone(),
-            key: config.tls.key.clone(),
-            ca: vec![peer_ca.to_path_buf()],
-            peer_cas: Vec::new(),
-        };
-        Ok(Self {
-            http: crate::tls::https_client(&files, Duration::from_secs(10))?,
-            base: config.peer.mxi.trim_end_matches('/').to_owned(),
-        })
-    }
-
-    /// Posts a message to the peer manager.
-    pub async fn send<T: MxiMessage>(&self, message: &T) -> Result<(), SendError> {
-        let response = self
-            .http
-            .post(format!("{}{}", self.base, T::PATH))
-            .json(message)
-            .send()
-            .await?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body = response.text().await.unwrap_or_default();
-        let detail = serde_json::from_str::<Problem>(&body)
-            .map(|p| p.detail)
-            .unwrap_or(body);
-        Err(SendError::Refused {
-            status: status.as_u16(),
-            detail,
-        })
-    }
-
-    /// The peer's supported Mxi versions.
-    pub async fn versions(&self) -> Result<Versions, SendError> {
-        let response = self
-            .http
-            .get(format!("{}/mxi/v1/versions", self.base))
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            return Err(SendError::Refused {
-                status: response.status().as_u16(),
-                detail: response.text().await.unwrap_or_default(),
-            });
-        }
-        Ok(response.json().await?)
-    }
 }
