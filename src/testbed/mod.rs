@@ -16,12 +16,14 @@
 //! - [`netns`] — `--netns` testbeds: a network namespace per node, a veth pair per link;
 //! - [`cli`] — the `qkdni testbed` subcommands;
 //! - [`demo`] — the end-to-end demonstration (two domains interworking through gateway
-//!   nodes by default; one domain with `--topology testbed/single-domain.toml`).
+//!   nodes by default; one domain with `--topology testbed/single-domain.toml`); `demo_steps`
+//!   — what both of its scenarios do (the orchestrator's calls, key deliveries).
 
 pub mod cli;
 mod configs;
 pub mod demo;
 mod demo_interworking;
+mod demo_steps;
 pub mod endpoints;
 pub mod error;
 pub mod host_keys;
