@@ -17,7 +17,9 @@ use serde_json::json;
 
 use super::agent::Agent;
 use super::config::{LinkConfig, LinkEnd};
-use super::relay::{self, RelayEnvelope, RelayError};
+use super::relay;
+use super::relay::error::RelayError;
+use super::relay::messages::RelayEnvelope;
 use super::reserve::{self, ReserveRequest};
 use crate::quantum::emulated::{self, Frame, ReceiveError, SyncRequest, SyncResponse};
 use crate::quantum::{LinkCondition, LinkState};
@@ -140,7 +142,7 @@ async fn relay_hop(
         Ok(envelope) => envelope,
         Err(refusal) => return refusal.into_response(),
     };
-    match relay::receive(&agent, &sender, envelope).await {
+    match relay::receive::receive(&agent, &sender, envelope).await {
         Ok(ack) => Json(ack).into_response(),
         Err(error) => {
             tracing::warn!(%error, "relay hop failed");

@@ -11,7 +11,8 @@
 //! - [`expiry`] — erasing keys their slave SAE did not fetch in time;
 //! - [`limits`] — limits against load and abuse (listeners, admission, undelivered keys);
 //! - [`metrics`] — Prometheus metrics of links, the ETSI 014 API and relays;
-//! - [`agent`] — the daemon that ties them together.
+//! - [`agent`] — the agent's shared state, which every part above holds;
+//! - [`instance`] — the daemon's start, which ties them together.
 
 pub mod admission;
 pub mod agent;
@@ -21,6 +22,7 @@ pub mod etsi_node;
 pub mod etsi_notify;
 pub mod events;
 pub mod expiry;
+pub mod instance;
 pub mod kma;
 pub mod ksa;
 pub mod kxi;
