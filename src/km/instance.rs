@@ -32,7 +32,7 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
                 peer_kma: link.config.peer_kma.clone(),
                 client: agent.client_for(&link.config).clone(),
             });
-            tasks.push(module.start(agent.store.clone(), link.watch(), signal));
+            tasks.push(module.start(Arc::new(agent.store.clone()), link.watch(), signal));
         } else {
             tasks.push(tokio::spawn(watch_transmitter(
                 agent.clone(),

@@ -197,7 +197,7 @@ async fn qchannel_sync(
                 return Ok(None);
             }
             *epoch = request.epoch;
-            emulated::receive_sync(s, &link, &request).map(Some)
+            Ok(Some(emulated::receive_sync(s, &link, &request)))
         })
         .await;
     let result = match result {
@@ -205,12 +205,12 @@ async fn qchannel_sync(
             tracing::warn!("stale quantum channel sync refused");
             return problem(StatusCode::CONFLICT, "a newer session exists");
         }
-        Ok(Some(next)) => Ok(next),
-        Err(error) => Err(error),
+        Ok(Some(synced)) => synced.map_err(|error| error.to_string()),
+        Err(error) => Err(error.to_string()),
     };
     match result {
         Ok(agreed_next_seq) => Json(SyncResponse { agreed_next_seq }).into_response(),
-        Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, error),
     }
 }
 

@@ -1,10 +1,12 @@
 //! Blocks arriving from the quantum layer: numbered in sequence, pending at the receiver
-//! until the transmitter confirms them, resynchronised after a fault.
+//! until the transmitter confirms them, resynchronised after a fault. The store is the
+//! quantum layer's [`KeySink`].
 
 use redb::ReadableTable;
 use zeroize::Zeroizing;
 
 use super::{Block, KeyStore, StoreError, Txn, BLOCKS, NEXT_SEQ, PENDING, PENDING_COUNT, RX, TX};
+use crate::quantum::sink::{KeySink, SinkError};
 
 /// The owner of block `index` of a frame whose first `tx_owned` blocks are the
 /// transmitter's.
@@ -154,6 +156,65 @@ impl Txn {
         self.commit_pending(link, agreed)?;
         self.txn.open_table(NEXT_SEQ)?.insert(link, agreed)?;
         Ok(agreed)
+    }
+}
+
+impl From<StoreError> for SinkError {
+    fn from(e: StoreError) -> Self {
+        SinkError(Box::new(e))
+    }
+}
+
+/// What a QKD module of the quantum layer does with the store.
+impl KeySink for KeyStore {
+    fn stored(&self, link: &str, owner: u8) -> Result<usize, SinkError> {
+        Ok(KeyStore::stored(self, link, owner)?)
+    }
+
+    fn next_seq(&self, link: &str) -> Result<u64, SinkError> {
+        Ok(KeyStore::next_seq(self, link)?)
+    }
+
+    fn store_blocks(
+        &self,
+        link: &str,
+        first_seq: u64,
+        blocks: &[Block],
+        tx_owned: usize,
+    ) -> Result<(), SinkError> {
+        Ok(self.write(|txn| txn.store_blocks(link, first_seq, blocks, tx_owned))?)
+    }
+
+    fn resync(&self, link: &str, peer_next: u64) -> Result<u64, SinkError> {
+        Ok(self.write(|txn| txn.resync(link, peer_next))?)
+    }
+
+    fn receive_frame(
+        &self,
+        link: &str,
+        first_seq: u64,
+        commit_upto: u64,
+        blocks: &[Block],
+        tx_owned: usize,
+    ) -> Result<(), SinkError> {
+        self.write(|txn| {
+            // every frame, empty or not, continues the sequence: a stale or forged frame cannot
+            // confirm blocks the transmitter never stored
+            let expected = txn.link_next_seq(link)?;
+            if first_seq != expected {
+                return Err(StoreError::OutOfSequence {
+                    link: link.into(),
+                    expected,
+                    got: first_seq,
+                });
+            }
+            txn.commit_pending(link, commit_upto)?;
+            if !blocks.is_empty() {
+                txn.store_pending(link, first_seq, blocks, tx_owned)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 }
 

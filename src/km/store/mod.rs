@@ -28,7 +28,6 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use uuid::Uuid;
-use zeroize::Zeroizing;
 
 mod arrival;
 mod deliveries;
@@ -39,16 +38,9 @@ pub use deliveries::{now_ms as deliveries_now_ms, Delivery, DeliveryTerms};
 pub use reservation::Reservation;
 use reservation::ReservedSets;
 
-/// Size of one link key block in bytes (256 bits: also one Poly1305 one-time key).
-pub const BLOCK_BYTES: usize = 32;
+/// The block, its size and the owner indices are the quantum layer's, which hands blocks in.
+pub use crate::quantum::sink::{Block, BLOCK_BYTES, RX, TX};
 
-/// One link key block, wiped from memory when dropped.
-pub type Block = Zeroizing<[u8; BLOCK_BYTES]>;
-
-/// Owner index of blocks owned by the link's transmitter end.
-pub const TX: u8 = 0;
-/// Owner index of blocks owned by the link's receiver end.
-pub const RX: u8 = 1;
 /// Index under which [`COUNTS`] keeps a link's number of pending blocks.
 const PENDING_COUNT: u8 = 2;
 
@@ -268,6 +260,7 @@ impl Txn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zeroize::Zeroizing;
 
     pub(super) fn blocks(n: usize, fill: u8) -> Vec<Block> {
         (0..n)
