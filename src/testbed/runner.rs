@@ -1,5 +1,5 @@
 //! Bringing a testbed up and down: certificates, agent configurations, processes; the
-//! operations on a running testbed ([`super::operate`]) are re-exported here.
+//! operations on a running testbed (`operate.rs`) are re-exported here.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -10,7 +10,8 @@
 //! path: nothing is consumed.
 //!
 //! Reservations live in memory ([`crate::km::store::Reservation`]): a KM that crashes returns
-//! them to its pool, and a hold that no relay claims is dropped after [`HOLD_FOR`].
+//! them to its pool, and a hold that no relay claims is dropped after
+//! [`HOLD_FOR`](plan::HOLD_FOR).
 
 pub mod plan;
 
