@@ -111,6 +111,9 @@ impl HttpLimits {
     }
 }
 
+/// Seconds a caller answered 503 should wait before asking again (`Retry-After`).
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
 /// Format of the errors a listener answers itself (limits, unknown paths).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorStyle {
@@ -138,10 +141,9 @@ impl ErrorStyle {
                 .into_response(),
         };
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(crate::km::ksa::RETRY_AFTER_SECONDS),
-            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
         if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::PAYLOAD_TOO_LARGE {
             // the rest of the body is not read: the connection cannot carry another request

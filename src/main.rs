@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use qkdni::km::agent::Agent;
 use qkdni::km::config::KmConfig;
+use qkdni::km::instance;
 use qkdni::quantum::link_model::LinkParams;
 use qkdni::testbed;
 
@@ -153,7 +154,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let agent = Agent::new(config)?;
-                agent.run().await
+                instance::run(agent).await
             })?;
         }
         Command::Controller { config } => {
@@ -222,7 +223,7 @@ fn main() -> anyhow::Result<()> {
                     }));
                 }
                 qkdni::readiness::notify(&listening)?;
-                qkdni::km::agent::shutdown_signal().await;
+                qkdni::km::instance::shutdown_signal().await;
                 tracing::info!("controller stopping");
                 rest.abort();
                 cxi.abort();
@@ -240,7 +241,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(qkdni::management::run(
                 config,
-                qkdni::km::agent::shutdown_signal(),
+                qkdni::km::instance::shutdown_signal(),
             ))?;
         }
         Command::Ctl { target, command } => qkdni::ctl::run(target, command)?,

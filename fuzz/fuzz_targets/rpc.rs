@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use qkdni::netconf::server::{Application, NetconfConfig, NetconfServer, Notification};
-use qkdni::netconf::session::SessionState;
+use qkdni::netconf::rpc::SessionState;
 use qkdni::netconf::RpcError;
 use qkdni::yang::Tree;
 use tokio::sync::broadcast;

@@ -1,19 +1,13 @@
 //! Admission control of the ETSI GS QKD 014 API: at most so many requests in progress per KM
 //! and per SAE; any request beyond is answered at once with 503, `Retry-After` and the
 //! standard's error body, instead of queueing (issue 15: 1 000-3 000 concurrent clients made
-//! a KM queue for seconds, with hundreds of threads).
+//! a KM queue for seconds, with hundreds of threads). This file counts and refuses; the ETSI
+//! 014 router's middleware ([`super::ksa`]) answers.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-
-use super::agent::Agent;
 use super::limits::KmLimits;
-use crate::tls::PeerIdentity;
 
 /// ETSI 014 requests in progress, in total and per SAE.
 pub struct RequestAdmission {
@@ -83,55 +77,6 @@ impl RequestAdmission {
             held: self.held.clone(),
             sae: sae.to_owned(),
         })
-    }
-}
-
-/// The middleware of the ETSI 014 router.
-pub async fn admit(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
-    let sae = request
-        .extensions()
-        .get::<PeerIdentity>()
-        .and_then(|identity| identity.0.clone())
-        .unwrap_or_default();
-    let call = match request.uri().path().rsplit('/').next() {
-        Some("status") => "status",
-        Some("enc_keys") => "enc_keys",
-        Some("dec_keys") => "dec_keys",
-        _ => "other",
-    };
-    let started = std::time::Instant::now();
-    match agent.admission.enter(&sae) {
-        Ok(permit) => {
-            let response = next.run(request).await;
-            drop(permit);
-            agent.metrics.etsi014_request(
-                call,
-                &sae,
-                response.status().as_u16(),
-                started.elapsed().as_secs_f64(),
-            );
-            response
-        }
-        Err(refusal) => {
-            agent.counters.requests_shed.fetch_add(1, Ordering::Relaxed);
-            let (message, detail) = match refusal {
-                Refusal::Km(max) => (
-                    "the KME is handling its maximum of requests",
-                    serde_json::json!({ "max_concurrent_requests": max }),
-                ),
-                Refusal::Sae(max) => (
-                    "the SAE has its maximum of requests in progress",
-                    serde_json::json!({ "max_concurrent_requests_per_sae": max }),
-                ),
-            };
-            tracing::debug!(%sae, ?refusal, "ETSI 014 request shed");
-            agent
-                .metrics
-                .etsi014_request(call, &sae, 503, started.elapsed().as_secs_f64());
-            super::ksa::Etsi014Error::unavailable(message)
-                .detail(detail)
-                .into_response()
-        }
     }
 }
 

@@ -1,17 +1,17 @@
-//! The KM agent daemon: one per QKD node.
+//! The shared state of a KM agent (one per QKD node): its links, settings, counters and the
+//! state of each reference point; every part of the KM holds it. The daemon's start is
+//! [`super::instance`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::config::{Etsi014Limits, KmConfig, LinkConfig, LinkEnd};
+use super::config::{Etsi014Limits, KmConfig, LinkConfig};
 use super::store::{KeyStore, StoreError};
-use crate::quantum::emulated::EmulatedTransmitter;
-use crate::quantum::{LinkCondition, LinkState, QkdModule, RateSpec};
+use crate::quantum::{LinkCondition, LinkState, RateSpec};
 use crate::tls::{self, TlsError};
 
 /// Errors that stop the agent.
@@ -78,6 +78,11 @@ impl LinkRuntime {
     /// The link's current settings.
     pub fn settings(&self) -> LinkSettings {
         self.settings.lock().expect("link settings").clone()
+    }
+
+    /// When the peer transmitter was last heard (receiver end), and whether it ever was.
+    pub fn heard(&self) -> (tokio::time::Instant, bool) {
+        *self.heard.lock().expect("heard")
     }
 }
 
@@ -152,9 +157,9 @@ pub struct Agent {
     pub metrics: super::metrics::KmMetrics,
     events: tokio::sync::broadcast::Sender<super::events::Event>,
     /// Kxi-1/Kxi-2 state of a gateway node.
-    pub kxi: super::kxi::KxiState,
+    pub kxi: super::kxi::state::KxiState,
     /// Relays this KM reserved its part of the path for, waiting for their keys.
-    pub holds: super::reserve::Holds,
+    pub holds: super::reserve::plan::Holds,
     /// ETSI 014 requests in progress, for admission control.
     pub admission: super::admission::RequestAdmission,
     /// Key streams served to this node's SAEs (ETSI GS QKD 015 applications).
@@ -393,169 +398,8 @@ impl Agent {
         let _ = self.events.send(event);
     }
 
-    /// Every link's figures for the metrics: rate, QBER, state, pool fill.
-    fn link_figures(&self) -> Vec<super::metrics::LinkFigure> {
-        self.links()
-            .map(|link| {
-                let c = &link.config;
-                let condition = link.condition();
-                let held = [c.end.owner(), 1 - c.end.owner()]
-                    .into_iter()
-                    .filter_map(|owner| self.store.available(&c.id, owner).ok())
-                    .sum::<usize>()
-                    + self.store.pending(&c.id).unwrap_or(0);
-                super::metrics::LinkFigure {
-                    link: c.id.clone(),
-                    peer: c.peer.clone(),
-                    rate_bps: condition.rate_bps,
-                    qber: condition.qber,
-                    state: condition.state,
-                    fill_ratio: held as f64 / condition.capacity_blocks.max(1) as f64,
-                }
-            })
-            .collect()
-    }
-
     /// Subscribes to the agent's events.
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<super::events::Event> {
         self.events.subscribe()
-    }
-
-    /// Serves the agent until the process is asked to stop.
-    pub async fn run(self: Arc<Self>) -> Result<(), AgentError> {
-        let server_tls = tls::server_config(&self.config.tls)?;
-        let issuers = tls::Issuers::load(&self.config.tls)?;
-        let etsi = bind(self.config.etsi014_listen).await?;
-        let kma = bind(self.config.kma_listen).await?;
-        let mut listening = vec![self.config.etsi014_listen, self.config.kma_listen];
-        let mut tasks = Vec::new();
-        for link in self.links.values() {
-            let agent = self.clone();
-            let id = link.config.id.clone();
-            let signal: crate::quantum::SignalReport = Arc::new(move |present| {
-                agent.set_signal(&id, present);
-            });
-            if link.config.end == LinkEnd::Tx {
-                let module: Box<dyn QkdModule> = Box::new(EmulatedTransmitter {
-                    link: link.config.id.clone(),
-                    peer_kma: link.config.peer_kma.clone(),
-                    client: self.client_for(&link.config).clone(),
-                });
-                tasks.push(module.start(self.store.clone(), link.control.subscribe(), signal));
-            } else {
-                tasks.push(tokio::spawn(watch_transmitter(
-                    self.clone(),
-                    link.config.id.clone(),
-                    signal,
-                )));
-            }
-        }
-        let limits = &self.config.limits;
-        let mut caps = vec![
-            (
-                "etsi014",
-                limits.etsi014_listener.connections.max_connections,
-            ),
-            ("kma", limits.kma_listener.connections.max_connections),
-        ];
-        if let Some(netconf) = &self.config.netconf {
-            // connections logging in, and one per session
-            caps.push((
-                "netconf",
-                netconf.limits.connections.max_connections + netconf.limits.max_sessions,
-            ));
-        }
-        crate::conn_limit::check_fd_budget(&caps);
-        tasks.push(tokio::spawn(crate::https::serve(
-            etsi,
-            server_tls.clone(),
-            issuers.clone(),
-            super::ksa::router(self.clone()),
-            limits.etsi014_listener.clone(),
-            crate::https::ErrorStyle::Etsi014,
-        )));
-        // the KMA's own errors are `{"message": ...}` bodies: the ETSI shape fits them
-        tasks.push(tokio::spawn(crate::https::serve(
-            kma,
-            server_tls,
-            issuers,
-            super::kma::router(self.clone()).merge(super::kxi::router(self.clone())),
-            limits.kma_listener.clone(),
-            crate::https::ErrorStyle::Etsi014,
-        )));
-        tasks.push(tokio::spawn(super::expiry::sweep(self.clone())));
-        tasks.push(tokio::spawn(super::events::watch_key_levels(self.clone())));
-        if let Some(netconf) = self.config.netconf.clone() {
-            let northbound = Arc::new(super::northbound::Northbound::new(self.clone()));
-            let server = crate::netconf::server::NetconfServer::new(netconf, northbound)?;
-            let listener = TcpListener::bind(server_listen(&server))
-                .await
-                .map_err(|source| AgentError::Bind {
-                    addr: server_listen(&server),
-                    source,
-                })?;
-            listening.push(server_listen(&server));
-            tasks.push(server.start_on(listener)?);
-        }
-        if let Some(addr) = self.config.metrics_listen {
-            let listener = bind(addr).await?;
-            let agent = self.clone();
-            let exposition =
-                super::metrics::exposition(&self.metrics, Box::new(move || agent.link_figures()));
-            listening.push(addr);
-            tasks.push(tokio::spawn(async move {
-                if let Err(error) = crate::metrics::serve(listener, Arc::new(exposition)).await {
-                    tracing::error!(%error, "metrics listener failed");
-                }
-            }));
-        }
-        tracing::info!(node = %self.config.node, etsi014 = %self.config.etsi014_listen, kma = %self.config.kma_listen, "KM agent ready");
-        // every listener is bound and served: whoever started the agent may use it
-        crate::readiness::notify(&listening)?;
-        shutdown_signal().await;
-        tracing::info!(node = %self.config.node, "KM agent stopping");
-        for task in tasks {
-            task.abort();
-        }
-        Ok(())
-    }
-}
-
-/// Receiver end of a link: loss of signal when the peer transmitter has not been heard for
-/// [`LOSS_OF_SIGNAL_AFTER`](crate::quantum::emulated::LOSS_OF_SIGNAL_AFTER).
-async fn watch_transmitter(agent: Arc<Agent>, id: String, signal: crate::quantum::SignalReport) {
-    let mut present = true;
-    let mut ticker = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        ticker.tick().await;
-        let Some(link) = agent.link(&id) else {
-            return;
-        };
-        let (heard, ever) = *link.heard.lock().expect("heard");
-        let now_present = crate::quantum::emulated::signal_present(heard, ever);
-        if now_present != present {
-            present = now_present;
-            signal(present);
-        }
-    }
-}
-
-fn server_listen(server: &crate::netconf::server::NetconfServer) -> std::net::SocketAddr {
-    server.listen()
-}
-
-async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AgentError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AgentError::Bind { addr, source })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

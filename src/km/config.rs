@@ -157,7 +157,7 @@ pub struct Etsi014Limits {
 impl Etsi014Limits {
     /// Why these limits would let a request exceed what one relay message carries.
     pub fn beyond_relay_limits(&self) -> Option<String> {
-        use super::relay::{MAX_KEYS_PER_MESSAGE, MAX_RELAY_KEY_BITS};
+        use super::relay::messages::{MAX_KEYS_PER_MESSAGE, MAX_RELAY_KEY_BITS};
         if self.max_key_size > MAX_RELAY_KEY_BITS {
             return Some(format!(
                 "etsi014.max_key_size must be at most {MAX_RELAY_KEY_BITS}"

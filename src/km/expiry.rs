@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::agent::Agent;
-use super::relay::RelayError;
+use super::relay::error::RelayError;
 use super::store::{deliveries_now_ms, DeliveryTerms, StoreError};
 
 /// Keys erased per transaction of the sweep.

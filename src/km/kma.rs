@@ -17,7 +17,9 @@ use serde_json::json;
 
 use super::agent::Agent;
 use super::config::{LinkConfig, LinkEnd};
-use super::relay::{self, RelayEnvelope, RelayError};
+use super::relay;
+use super::relay::error::RelayError;
+use super::relay::messages::RelayEnvelope;
 use super::reserve::{self, ReserveRequest};
 use crate::quantum::emulated::{self, Frame, ReceiveError, SyncRequest, SyncResponse};
 use crate::quantum::{LinkCondition, LinkState};
@@ -140,7 +142,7 @@ async fn relay_hop(
         Ok(envelope) => envelope,
         Err(refusal) => return refusal.into_response(),
     };
-    match relay::receive(&agent, &sender, envelope).await {
+    match relay::receive::receive(&agent, &sender, envelope).await {
         Ok(ack) => Json(ack).into_response(),
         Err(error) => {
             tracing::warn!(%error, "relay hop failed");
@@ -195,7 +197,7 @@ async fn qchannel_sync(
                 return Ok(None);
             }
             *epoch = request.epoch;
-            emulated::receive_sync(s, &link, &request).map(Some)
+            Ok(Some(emulated::receive_sync(s, &link, &request)))
         })
         .await;
     let result = match result {
@@ -203,12 +205,12 @@ async fn qchannel_sync(
             tracing::warn!("stale quantum channel sync refused");
             return problem(StatusCode::CONFLICT, "a newer session exists");
         }
-        Ok(Some(next)) => Ok(next),
-        Err(error) => Err(error),
+        Ok(Some(synced)) => synced.map_err(|error| error.to_string()),
+        Err(error) => Err(error.to_string()),
     };
     match result {
         Ok(agreed_next_seq) => Json(SyncResponse { agreed_next_seq }).into_response(),
-        Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, error),
     }
 }
 

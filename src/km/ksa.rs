@@ -5,11 +5,13 @@
 //! `Retry-After`, also from [`super::admission`]), 404 and 405 from the router, 408, 413, 414
 //! and 431 from the listener ([`crate::https`]); a request that fails changes nothing.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -17,11 +19,14 @@ use base64::Engine;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::admission::Refusal;
 use super::agent::Agent;
 use super::otp;
-use super::relay::{self, RelayError};
+use super::relay::error::RelayError;
+use super::relay::send::supply;
 use super::store::StoreError;
 use crate::etsi014::{ErrorBody, Key, KeyContainer, KeyIds, KeyRequest, Status};
+use crate::https::RETRY_AFTER_SECONDS;
 use crate::tls::PeerIdentity;
 use tracing::Instrument;
 
@@ -61,9 +66,6 @@ impl Etsi014Error {
     }
 }
 
-/// Seconds a caller answered 503 should wait before asking again (`Retry-After`).
-pub const RETRY_AFTER_SECONDS: u32 = 1;
-
 impl IntoResponse for Etsi014Error {
     fn into_response(self) -> Response {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
@@ -99,11 +101,58 @@ pub fn router(agent: Arc<Agent>) -> Router {
                 "method not allowed on this path",
             )
         })
-        .layer(axum::middleware::from_fn_with_state(
-            agent.clone(),
-            super::admission::admit,
-        ))
+        .layer(axum::middleware::from_fn_with_state(agent.clone(), admit))
         .with_state(agent)
+}
+
+/// The middleware of the ETSI 014 router: admission control ([`super::admission`]), and
+/// the metrics of every request.
+async fn admit(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
+    let sae = request
+        .extensions()
+        .get::<PeerIdentity>()
+        .and_then(|identity| identity.0.clone())
+        .unwrap_or_default();
+    let call = match request.uri().path().rsplit('/').next() {
+        Some("status") => "status",
+        Some("enc_keys") => "enc_keys",
+        Some("dec_keys") => "dec_keys",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    match agent.admission.enter(&sae) {
+        Ok(permit) => {
+            let response = next.run(request).await;
+            drop(permit);
+            agent.metrics.etsi014_request(
+                call,
+                &sae,
+                response.status().as_u16(),
+                started.elapsed().as_secs_f64(),
+            );
+            response
+        }
+        Err(refusal) => {
+            agent.counters.requests_shed.fetch_add(1, Ordering::Relaxed);
+            let (message, detail) = match refusal {
+                Refusal::Km(max) => (
+                    "the KME is handling its maximum of requests",
+                    serde_json::json!({ "max_concurrent_requests": max }),
+                ),
+                Refusal::Sae(max) => (
+                    "the SAE has its maximum of requests in progress",
+                    serde_json::json!({ "max_concurrent_requests_per_sae": max }),
+                ),
+            };
+            tracing::debug!(%sae, ?refusal, "ETSI 014 request shed");
+            agent
+                .metrics
+                .etsi014_request(call, &sae, 503, started.elapsed().as_secs_f64());
+            Etsi014Error::unavailable(message)
+                .detail(detail)
+                .into_response()
+        }
+    }
 }
 
 /// The SAE ID in a request path, refused with an ETSI `Error` body when it is not UTF-8.
@@ -349,7 +398,7 @@ async fn enc_keys(
             limits.max_sae_id_count
         )));
     }
-    let issued = relay::supply(&agent, &master, &slaves, number, size)
+    let issued = supply(&agent, &master, &slaves, number, size)
         .await
         .map_err(|e| match e {
             RelayError::Rejected(m) => Etsi014Error::bad_request(m),

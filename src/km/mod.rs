@@ -12,7 +12,8 @@
 //! - [`limits`] — limits against load and abuse (listeners, admission, undelivered keys);
 //! - [`metrics`] — Prometheus metrics of links, the ETSI 014 API and relays;
 //! - [`northbound`] — the agent under NETCONF (configuration, state, notifications);
-//! - [`agent`] — the daemon that ties them together.
+//! - [`agent`] — the agent's shared state, which every part above holds;
+//! - [`instance`] — the daemon's start, which ties them together.
 
 pub mod admission;
 pub mod agent;
@@ -20,6 +21,7 @@ pub mod applications;
 pub mod config;
 pub mod events;
 pub mod expiry;
+pub mod instance;
 pub mod kma;
 pub mod ksa;
 pub mod kxi;

@@ -6,11 +6,13 @@
 //! - [`xml`] — reading and writing the XML of messages, subtree filters;
 //! - [`error`] — `rpc-error`;
 //! - [`datastore`] — running and candidate datastores on libyang trees, the edit engine;
-//! - [`server`] — the SSH server, users and access groups, shared datastores;
+//! - [`server`] — users and access groups, the state every session shares (datastores,
+//!   sessions, the pending confirmed commit);
 //! - [`session`] — one NETCONF session (hello, RPC loop, notifications, idle timeout);
-//! - [`ssh`] — SSH connections: admission, login deadline, authentication;
+//! - [`ssh`] — starting a server: SSH connections, admission, login deadline,
+//!   authentication;
 //! - [`throttle`] — slowing down password guessing;
-//! - [`rpc`] — the protocol operations;
+//! - [`rpc`] — the protocol operations (a file each for reading, editing, locks, commits);
 //! - [`client`] — an async client on the same framing;
 //! - [`known_hosts`] — the SSH host keys clients accept (OpenSSH `known_hosts`);
 //! - [`pool`] — one reused client session per agent.

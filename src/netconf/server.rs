@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 
 use russh::keys::ssh_key::PublicKey;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use yang2::data::DataTree;
 
@@ -423,40 +422,31 @@ impl NetconfServer {
                 session = id,
                 "session ended before confirming its commit: rolling back"
             );
-            super::rpc::rollback_confirmed(self, &mut stores);
+            rollback_confirmed(self, &mut stores);
         }
     }
+}
 
-    /// Serves NETCONF over SSH until the task is dropped.
-    pub async fn serve(self: Arc<Self>) -> Result<(), ServerError> {
-        let listener = TcpListener::bind(self.config.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: self.config.listen,
-                source,
-            })?;
-        self.serve_on(listener).await
+/// Restores the running datastore saved by a pending confirmed commit.
+pub(crate) fn rollback_confirmed(server: &NetconfServer, stores: &mut Stores) {
+    let Some(pending) = stores.confirmed.take() else {
+        return;
+    };
+    if let Err(error) = server.app.apply(&stores.running, &pending.rollback) {
+        tracing::error!(%error, "the application refused the rollback configuration");
     }
-
-    /// Serves NETCONF over SSH on a bound listener.
-    pub async fn serve_on(self: Arc<Self>, listener: TcpListener) -> Result<(), ServerError> {
-        let ssh = super::ssh::config(&self)?;
-        super::ssh::serve_with(self, listener, ssh).await
+    if server.persist(&pending.rollback) {
+        server.clear_rollback_point();
     }
-
-    /// Loads the host key, then serves on `listener` in a task: once this returns `Ok`, the
-    /// server answers on the listener (what a daemon needs before it reports readiness).
-    pub fn start_on(
-        self: Arc<Self>,
-        listener: TcpListener,
-    ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
-        let ssh = super::ssh::config(&self)?;
-        Ok(tokio::spawn(async move {
-            if let Err(error) = super::ssh::serve_with(self, listener, ssh).await {
-                tracing::error!(%error, "NETCONF server stopped");
-            }
-        }))
+    match datastore::duplicate(&pending.rollback) {
+        Ok(copy) => {
+            stores.candidate = copy;
+            stores.candidate_modified = false;
+        }
+        Err(error) => tracing::error!(%error, "cannot copy the rollback configuration"),
     }
+    stores.running = pending.rollback;
+    tracing::info!("running configuration rolled back");
 }
 
 /// Where the rollback point of a confirmed commit is kept, beside the running file.

@@ -11,19 +11,10 @@ use tracing::Instrument;
 
 use super::error::{ErrorTag, ErrorType, RpcError};
 use super::framing::{Framing, FramingError, NetconfCodec};
-use super::rpc::{self, Outcome};
+use super::rpc::{self, Outcome, SessionState};
 use super::server::{NetconfServer, Notification};
 use super::xml::{NS_BASE, NS_NOTIFICATION};
 use super::{BASE_1_0, BASE_1_1};
-
-/// State of one session seen by the operations.
-pub struct SessionState {
-    pub id: u32,
-    pub user: String,
-    /// Subscribed notification kinds (namespace, name); `None`: all. `Some` only after
-    /// `create-subscription`.
-    pub subscription: Option<Option<Vec<(String, String)>>>,
-}
 
 /// Runs a session over an SSH channel until it closes; `registered` is its id and kill
 /// switch from `NetconfServer::register_session`.

@@ -36,6 +36,40 @@ enum Login {
     Started,
 }
 
+/// How a server is started: over SSH, on its own listener or on one bound already.
+impl NetconfServer {
+    /// Serves NETCONF over SSH until the task is dropped.
+    pub async fn serve(self: Arc<Self>) -> Result<(), ServerError> {
+        let listener = TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: self.config.listen,
+                source,
+            })?;
+        self.serve_on(listener).await
+    }
+
+    /// Serves NETCONF over SSH on a bound listener.
+    pub async fn serve_on(self: Arc<Self>, listener: TcpListener) -> Result<(), ServerError> {
+        let ssh = config(&self)?;
+        serve_with(self, listener, ssh).await
+    }
+
+    /// Loads the host key, then serves on `listener` in a task: once this returns `Ok`, the
+    /// server answers on the listener (what a daemon needs before it reports readiness).
+    pub fn start_on(
+        self: Arc<Self>,
+        listener: TcpListener,
+    ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+        let ssh = config(&self)?;
+        Ok(tokio::spawn(async move {
+            if let Err(error) = serve_with(self, listener, ssh).await {
+                tracing::error!(%error, "NETCONF server stopped");
+            }
+        }))
+    }
+}
+
 /// The SSH server configuration, with the host key (created if missing).
 pub(crate) fn config(server: &NetconfServer) -> Result<Arc<russh::server::Config>, ServerError> {
     let key = load_or_create_host_key(&server.config.host_key)?;

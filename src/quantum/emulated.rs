@@ -12,10 +12,11 @@
 //! 3. the next frame (or an empty one) carries `commit_upto`, and the receiver makes its
 //!    pending blocks usable.
 //!
-//! After any error or restart the two ends [`resync`](crate::km::store::Txn::resync): each
+//! After any error or restart the two ends [`resync`](super::sink::KeySink::resync): each
 //! drops what the other does not have. A block is usable at one end only once both ends have
 //! it, so nothing either end hands out is missing at the other.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -25,8 +26,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use zeroize::{Zeroize, Zeroizing};
 
+use super::sink::{Block, KeySink, SinkError, BLOCK_BYTES, RX, TX};
 use super::{LinkCondition, LinkState, QkdModule, SignalReport};
-use crate::km::store::{Block, KeyStore, StoreError, BLOCK_BYTES, RX, TX};
 
 /// Interval between frames of the emulated quantum channel.
 pub const FRAME_INTERVAL: Duration = Duration::from_millis(200);
@@ -82,7 +83,7 @@ pub struct Frame {
     #[serde(default)]
     pub epoch: u64,
     /// How many of the frame's blocks, from the first, the transmitter end owns; the others
-    /// are the receiver end's (see [`crate::km::store`]).
+    /// are the receiver end's (see [`super::sink`]).
     pub tx_owned: usize,
 }
 
@@ -132,15 +133,15 @@ fn encode_blocks(blocks: &[Block]) -> String {
 
 /// Receiver side of a sync: agree on the block number to continue from.
 pub fn receive_sync(
-    store: &KeyStore,
+    sink: &dyn KeySink,
     link: &str,
     request: &SyncRequest,
-) -> Result<u64, StoreError> {
-    store.write(|txn| txn.resync(link, request.next_seq))
+) -> Result<u64, SinkError> {
+    sink.resync(link, request.next_seq)
 }
 
 /// Receiver side of a frame: confirm what the transmitter stored, keep the new blocks pending.
-pub fn receive_frame(store: &KeyStore, link: &str, frame: &Frame) -> Result<u64, ReceiveError> {
+pub fn receive_frame(sink: &dyn KeySink, link: &str, frame: &Frame) -> Result<u64, ReceiveError> {
     let blocks = decode_blocks(&frame.blocks).ok_or(ReceiveError::Malformed)?;
     let next = frame
         .first_seq
@@ -149,23 +150,15 @@ pub fn receive_frame(store: &KeyStore, link: &str, frame: &Frame) -> Result<u64,
     if frame.commit_upto > frame.first_seq || frame.tx_owned > blocks.len() {
         return Err(ReceiveError::Malformed);
     }
-    store.write(|txn| {
-        // every frame, empty or not, continues the sequence: a stale or forged frame cannot
-        // confirm blocks the transmitter never stored
-        let expected = txn.link_next_seq(link)?;
-        if frame.first_seq != expected {
-            return Err(StoreError::OutOfSequence {
-                link: link.into(),
-                expected,
-                got: frame.first_seq,
-            });
-        }
-        txn.commit_pending(link, frame.commit_upto)?;
-        if !blocks.is_empty() {
-            txn.store_pending(link, frame.first_seq, &blocks, frame.tx_owned)?;
-        }
-        Ok(())
-    })?;
+    // every frame, empty or not, continues the sequence (checked by the sink): a stale or
+    // forged frame cannot confirm blocks the transmitter never stored
+    sink.receive_frame(
+        link,
+        frame.first_seq,
+        frame.commit_upto,
+        &blocks,
+        frame.tx_owned,
+    )?;
     Ok(next)
 }
 
@@ -177,7 +170,7 @@ pub enum ReceiveError {
     #[error("frame of an old session")]
     OldSession,
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] SinkError),
 }
 
 /// The transmitter module of an emulated link.
@@ -197,12 +190,12 @@ impl QkdModule for EmulatedTransmitter {
 
     fn start(
         self: Box<Self>,
-        store: KeyStore,
+        sink: Arc<dyn KeySink>,
         control: watch::Receiver<LinkCondition>,
         signal: SignalReport,
     ) -> tokio::task::JoinHandle<()> {
         let span = tracing::info_span!("qkd_module", link = %self.link, end = "tx");
-        tokio::spawn(self.run(store, control, signal).instrument(span))
+        tokio::spawn(self.run(sink, control, signal).instrument(span))
     }
 }
 
@@ -223,7 +216,7 @@ impl EmulatedTransmitter {
 
     async fn run(
         self,
-        store: KeyStore,
+        sink: Arc<dyn KeySink>,
         control: watch::Receiver<LinkCondition>,
         signal: SignalReport,
     ) {
@@ -257,7 +250,7 @@ impl EmulatedTransmitter {
                 bits_owed += condition.rate_bps * elapsed;
             }
             session = match self
-                .step(&store, session, &mut bits_owed, condition.capacity_blocks)
+                .step(&sink, session, &mut bits_owed, condition.capacity_blocks)
                 .await
             {
                 Ok(next) => next,
@@ -272,7 +265,7 @@ impl EmulatedTransmitter {
 
     async fn step(
         &self,
-        store: &KeyStore,
+        sink: &Arc<dyn KeySink>,
         session: Session,
         bits_owed: &mut f64,
         capacity_blocks: usize,
@@ -284,14 +277,15 @@ impl EmulatedTransmitter {
                 epoch,
             } => (next_seq, unconfirmed, epoch),
             Session::NeedsSync => {
-                let (next_seq, epoch) = self.sync(store).await?;
+                let (next_seq, epoch) = self.sync(sink).await?;
                 (next_seq, false, epoch)
             }
         };
         let link = self.link.clone();
-        let (tx_held, rx_held) = store
-            .run(move |s| Ok((s.stored(&link, TX)?, s.stored(&link, RX)?)))
-            .await?;
+        let (tx_held, rx_held) = blocking(sink, move |s| {
+            Ok((s.stored(&link, TX)?, s.stored(&link, RX)?))
+        })
+        .await?;
         // a full pool pauses generation, like a real module whose key buffer is full
         let room = capacity_blocks.saturating_sub(tx_held + rx_held);
         let due = (*bits_owed / (BLOCK_BYTES * 8) as f64).floor() as usize;
@@ -330,9 +324,10 @@ impl EmulatedTransmitter {
         }
         if !blocks.is_empty() {
             let link = self.link.clone();
-            store
-                .run(move |s| s.write(|txn| txn.store_blocks(&link, next_seq, &blocks, tx_owned)))
-                .await?;
+            blocking(sink, move |s| {
+                s.store_blocks(&link, next_seq, &blocks, tx_owned)
+            })
+            .await?;
         }
         Ok(Session::Synced {
             next_seq: next_seq + count as u64,
@@ -351,9 +346,9 @@ impl EmulatedTransmitter {
             .is_ok_and(|r| r.status().is_success())
     }
 
-    async fn sync(&self, store: &KeyStore) -> Result<(u64, u64), TransmitError> {
+    async fn sync(&self, sink: &Arc<dyn KeySink>) -> Result<(u64, u64), TransmitError> {
         let link = self.link.clone();
-        let own_next = store.run(move |s| s.next_seq(&link)).await?;
+        let own_next = blocking(sink, move |s| s.next_seq(&link)).await?;
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -371,12 +366,21 @@ impl EmulatedTransmitter {
         }
         let agreed = response.json::<SyncResponse>().await?.agreed_next_seq;
         let link = self.link.clone();
-        let next = store
-            .run(move |s| s.write(|txn| txn.resync(&link, agreed)))
-            .await?;
+        let next = blocking(sink, move |s| s.resync(&link, agreed)).await?;
         tracing::info!(link = %self.link, next_seq = next, "quantum channel synchronised");
         Ok((next, epoch))
     }
+}
+
+/// Runs a blocking operation of the sink off the async executor.
+async fn blocking<T: Send + 'static>(
+    sink: &Arc<dyn KeySink>,
+    f: impl FnOnce(&dyn KeySink) -> Result<T, SinkError> + Send + 'static,
+) -> Result<T, SinkError> {
+    let sink = sink.clone();
+    tokio::task::spawn_blocking(move || f(&*sink))
+        .await
+        .map_err(|e| SinkError(format!("store task: {e}").into()))?
 }
 
 /// Why a frame could not be sent.
@@ -387,7 +391,7 @@ pub enum TransmitError {
     #[error("peer refused with HTTP {0}")]
     Refused(u16),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] SinkError),
 }
 
 #[cfg(test)]

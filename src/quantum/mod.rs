@@ -2,16 +2,18 @@
 //!
 //! qkdni has no quantum hardware: [`emulated`] provides QKD module pairs that behave like real
 //! links (finite key rate from [`link_model`], identical blocks at both ends, faults). A real
-//! module is plugged in by implementing [`QkdModule`].
+//! module is plugged in by implementing [`QkdModule`]; it puts its key into a [`KeySink`]
+//! ([`sink`]), which the key manager implements.
 
 pub mod emulated;
 pub mod link_model;
+pub mod sink;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::km::store::KeyStore;
 use link_model::{LinkParams, BB84_QBER_LIMIT};
+use sink::KeySink;
 
 /// Operational state of a QKD link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +89,7 @@ impl RateSpec {
 /// quantum and classical channels work, `false` on loss of signal (a cut fibre, a dead peer).
 pub type SignalReport = std::sync::Arc<dyn Fn(bool) + Send + Sync>;
 
-/// A QKD module feeding one link's key pool in the key manager's store.
+/// A QKD module feeding one link's key pool in the key manager's store (its [`KeySink`]).
 ///
 /// Implementations deliver key blocks with the same numbers and bytes to the KMs at both
 /// ends of the link, follow the link state published on `control`, and report loss and
@@ -98,7 +100,7 @@ pub trait QkdModule: Send + 'static {
     /// Starts the module; it runs until the returned task is aborted.
     fn start(
         self: Box<Self>,
-        store: KeyStore,
+        sink: std::sync::Arc<dyn KeySink>,
         control: watch::Receiver<LinkCondition>,
         signal: SignalReport,
     ) -> tokio::task::JoinHandle<()>;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use super::demo::{client, deliver, route_of, Orchestrator};
+use super::demo_steps::{client, deliver, route_of, Orchestrator};
 use super::endpoints::Endpoints;
 use super::runner;
 use super::topology::Topology;

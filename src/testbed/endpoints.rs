@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::error::EndpointsError;
 use crate::tls::TlsFiles;
 
 /// Everything a client needs to use a testbed.
@@ -179,25 +180,6 @@ pub struct LinkEndpoint {
     /// For a Qx link between two domains' gateway nodes: the second node's domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_domain: Option<String>,
-}
-
-/// Errors reading endpoints.
-#[derive(Debug, thiserror::Error)]
-pub enum EndpointsError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parsing {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("unknown SAE {0}")]
-    UnknownSae(String),
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Endpoints {

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::runner::TestbedError;
+use super::error::TestbedError;
 use crate::netconf::known_hosts;
 use crate::netconf::ssh::load_or_create_host_key;
 

@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use super::runner::TestbedError;
+use super::error::TestbedError;
 use super::topology::Topology;
 use crate::quantum::LinkState;
 

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::endpoints::Endpoints;
-use super::runner::TestbedError;
+use super::error::TestbedError;
 use crate::readiness;
 use crate::tls;
 

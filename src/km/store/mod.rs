@@ -18,28 +18,29 @@
 //! size. A [`Reservation`] sets blocks aside in memory (a relay that first makes sure the
 //! whole path can serve it); nothing else may take them until it is consumed or dropped,
 //! and a crash simply returns them to the pool.
+//!
+//! Beside this file: `arrival` (blocks from the quantum layer), `reservation`, `peer_blocks`
+//! (the peer's blocks, by number) and `deliveries` (keys awaiting their slave SAE).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use uuid::Uuid;
-use zeroize::Zeroizing;
 
+mod arrival;
 mod deliveries;
+mod peer_blocks;
+mod reservation;
+pub use arrival::frame_owner;
 pub use deliveries::{now_ms as deliveries_now_ms, Delivery, DeliveryTerms};
+pub use reservation::Reservation;
+use reservation::ReservedSets;
 
-/// Size of one link key block in bytes (256 bits: also one Poly1305 one-time key).
-pub const BLOCK_BYTES: usize = 32;
+/// The block, its size and the owner indices are the quantum layer's, which hands blocks in.
+pub use crate::quantum::sink::{Block, BLOCK_BYTES, RX, TX};
 
-/// One link key block, wiped from memory when dropped.
-pub type Block = Zeroizing<[u8; BLOCK_BYTES]>;
-
-/// Owner index of blocks owned by the link's transmitter end.
-pub const TX: u8 = 0;
-/// Owner index of blocks owned by the link's receiver end.
-pub const RX: u8 = 1;
 /// Index under which [`COUNTS`] keeps a link's number of pending blocks.
 const PENDING_COUNT: u8 = 2;
 
@@ -107,19 +108,6 @@ db_err!(
     redb::CommitError
 );
 
-/// The owner of block `index` of a frame whose first `tx_owned` blocks are the
-/// transmitter's.
-pub fn frame_owner(index: usize, tx_owned: usize) -> u8 {
-    if index < tx_owned {
-        TX
-    } else {
-        RX
-    }
-}
-
-/// Block numbers set aside in memory, per (link, owner).
-type ReservedSets = Arc<Mutex<HashMap<(String, u8), HashSet<u64>>>>;
-
 /// The durable store of one KM.
 #[derive(Clone)]
 pub struct KeyStore {
@@ -127,51 +115,6 @@ pub struct KeyStore {
     reserved: ReservedSets,
     /// Woken when blocks become usable or reserved blocks are released.
     arrived: Arc<tokio::sync::Notify>,
-}
-
-/// Own blocks of one link set aside for one use: no other reservation gets them. Consumed
-/// with [`Txn::take_reserved`]; dropping the reservation releases them (consumed or not).
-pub struct Reservation {
-    reserved: ReservedSets,
-    arrived: Arc<tokio::sync::Notify>,
-    link: String,
-    owner: u8,
-    seqs: Vec<u64>,
-}
-
-impl Reservation {
-    /// The link whose blocks are reserved.
-    pub fn link(&self) -> &str {
-        &self.link
-    }
-
-    /// Number of blocks reserved.
-    pub fn len(&self) -> usize {
-        self.seqs.len()
-    }
-
-    /// Whether nothing is reserved.
-    pub fn is_empty(&self) -> bool {
-        self.seqs.is_empty()
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        let mut sets = self.reserved.lock().expect("reservations");
-        let key = (std::mem::take(&mut self.link), self.owner);
-        if let Some(set) = sets.get_mut(&key) {
-            for seq in &self.seqs {
-                set.remove(seq);
-            }
-            if set.is_empty() {
-                sets.remove(&key);
-            }
-        }
-        drop(sets);
-        // blocks not consumed are back for whoever waits
-        self.arrived.notify_waiters();
-    }
 }
 
 /// One write transaction: everything in it happens, or nothing.
@@ -278,122 +221,6 @@ impl KeyStore {
     pub fn pending(&self, link: &str) -> Result<usize, StoreError> {
         self.count(link, PENDING_COUNT)
     }
-
-    /// Sets aside `n` usable blocks of `link` owned by `owner`, oldest first.
-    pub fn reserve(&self, link: &str, owner: u8, n: usize) -> Result<Reservation, StoreError> {
-        let exhausted = |available| StoreError::Exhausted {
-            link: link.into(),
-            wanted: n,
-            available,
-        };
-        let mut sets = self.reserved.lock().expect("reservations");
-        let key = (link.to_owned(), owner);
-        let held = sets.get(&key).map_or(0, HashSet::len);
-        let unreserved = self.count(link, owner)?.saturating_sub(held);
-        if unreserved < n {
-            return Err(exhausted(unreserved));
-        }
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(BLOCKS)?;
-        let set = sets.entry(key).or_default();
-        let mut seqs = Vec::with_capacity(n);
-        for entry in table.range((link, owner, 0)..=(link, owner, u64::MAX))? {
-            if seqs.len() == n {
-                break;
-            }
-            let seq = entry?.0.value().2;
-            if !set.contains(&seq) {
-                seqs.push(seq);
-            }
-        }
-        if seqs.len() < n {
-            return Err(exhausted(seqs.len()));
-        }
-        set.extend(&seqs);
-        Ok(Reservation {
-            reserved: self.reserved.clone(),
-            arrived: self.arrived.clone(),
-            link: link.to_owned(),
-            owner,
-            seqs,
-        })
-    }
-
-    /// Like [`reserve`](Self::reserve), waiting up to `wait` for the link to bring enough
-    /// blocks (requests queue for key instead of failing while a link is momentarily empty).
-    pub async fn reserve_within(
-        &self,
-        link: &str,
-        owner: u8,
-        n: usize,
-        wait: std::time::Duration,
-    ) -> Result<Reservation, StoreError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // registered before trying, so blocks arriving meanwhile wake this waiter
-            let notified = self.arrived.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let id = link.to_owned();
-            match self.run(move |s| s.reserve(&id, owner, n)).await {
-                Err(StoreError::Exhausted { .. }) if tokio::time::Instant::now() < deadline => {
-                    let _ = tokio::time::timeout_at(deadline, notified).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// The next block number expected on `link`.
-    pub fn next_seq(&self, link: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(NEXT_SEQ)?;
-        Ok(table.get(link)?.map(|v| v.value()).unwrap_or(0))
-    }
-
-    /// Reads the peer's blocks `seqs` of `link` without consuming them (to verify a message
-    /// before acting on it). `own` is this end's owner index: referenced blocks must be
-    /// the peer's.
-    pub fn peek_peer_blocks(
-        &self,
-        link: &str,
-        own: u8,
-        seqs: &[u64],
-    ) -> Result<Vec<Block>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(BLOCKS)?;
-        let pending = txn.open_table(PENDING)?;
-        let peer = 1 - own;
-        seqs.iter()
-            .map(|&seq| {
-                if let Some(value) = table.get((link, peer, seq))? {
-                    return Ok(Zeroizing::new(value.value()));
-                }
-                // a pending block the peer references is one the peer has stored
-                if let Some(value) = pending.get((link, seq))? {
-                    let (owner, block) = value.value();
-                    if owner == peer {
-                        return Ok(Zeroizing::new(block));
-                    }
-                    return Err(StoreError::WrongOwner {
-                        link: link.into(),
-                        seq,
-                    });
-                }
-                Err(if table.get((link, own, seq))?.is_some() {
-                    StoreError::WrongOwner {
-                        link: link.into(),
-                        seq,
-                    }
-                } else {
-                    StoreError::MissingBlock {
-                        link: link.into(),
-                        seq,
-                    }
-                })
-            })
-            .collect()
-    }
 }
 
 impl Txn {
@@ -428,234 +255,14 @@ impl Txn {
         }
         Ok(())
     }
-
-    /// Removes and returns the reserved blocks (the reservation still has to be dropped,
-    /// after the transaction, to release its marks).
-    pub fn take_reserved(
-        &mut self,
-        reservation: &Reservation,
-    ) -> Result<Vec<(u64, Block)>, StoreError> {
-        let link = reservation.link.as_str();
-        let mut taken = Vec::with_capacity(reservation.seqs.len());
-        {
-            let mut table = self.txn.open_table(BLOCKS)?;
-            for &seq in &reservation.seqs {
-                let Some(value) = table.remove((link, reservation.owner, seq))? else {
-                    return Err(StoreError::MissingBlock {
-                        link: link.into(),
-                        seq,
-                    });
-                };
-                taken.push((seq, Zeroizing::new(value.value())));
-            }
-        }
-        self.add_count(link, reservation.owner, -(taken.len() as i64))?;
-        Ok(taken)
-    }
-
-    /// Removes one of the peer's blocks, usable or pending; whether it was there.
-    fn remove_peer_block(&mut self, link: &str, peer: u8, seq: u64) -> Result<bool, StoreError> {
-        if self
-            .txn
-            .open_table(BLOCKS)?
-            .remove((link, peer, seq))?
-            .is_some()
-        {
-            self.add_count(link, peer, -1)?;
-            return Ok(true);
-        }
-        let mut pending = self.txn.open_table(PENDING)?;
-        let owner = pending.get((link, seq))?.map(|v| v.value().0);
-        if owner == Some(peer) {
-            pending.remove((link, seq))?;
-            drop(pending);
-            self.add_count(link, PENDING_COUNT, -1)?;
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    /// Removes the peer's blocks `seqs` of `link` (they were referenced by the peer, which
-    /// removed its copies). Pending blocks count: the peer only references blocks it stored.
-    pub fn remove_peer_blocks(
-        &mut self,
-        link: &str,
-        own: u8,
-        seqs: &[u64],
-    ) -> Result<(), StoreError> {
-        for &seq in seqs {
-            if !self.remove_peer_block(link, 1 - own, seq)? {
-                let own_block = self
-                    .txn
-                    .open_table(BLOCKS)?
-                    .get((link, own, seq))?
-                    .is_some();
-                return Err(if own_block {
-                    StoreError::WrongOwner {
-                        link: link.into(),
-                        seq,
-                    }
-                } else {
-                    StoreError::MissingBlock {
-                        link: link.into(),
-                        seq,
-                    }
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes whichever of the peer's blocks `seqs` of `link` are still here (the blocks of
-    /// an authenticated relay this end refused: the peer removed its copies).
-    pub fn discard_peer_blocks(
-        &mut self,
-        link: &str,
-        own: u8,
-        seqs: &[u64],
-    ) -> Result<(), StoreError> {
-        for &seq in seqs {
-            self.remove_peer_block(link, 1 - own, seq)?;
-        }
-        Ok(())
-    }
-
-    /// The next block number of `link` within this transaction.
-    pub fn link_next_seq(&self, link: &str) -> Result<u64, StoreError> {
-        let table = self.txn.open_table(NEXT_SEQ)?;
-        let value = table.get(link)?.map(|v| v.value()).unwrap_or(0);
-        Ok(value)
-    }
-
-    fn check_sequence(&self, link: &str, first_seq: u64) -> Result<(), StoreError> {
-        let expected = self.link_next_seq(link)?;
-        if expected != first_seq {
-            return Err(StoreError::OutOfSequence {
-                link: link.into(),
-                expected,
-                got: first_seq,
-            });
-        }
-        Ok(())
-    }
-
-    /// Stores blocks as usable (transmitter end, after the receiver confirmed them); the
-    /// first `tx_owned` are the transmitter's, the others the receiver's.
-    pub fn store_blocks(
-        &mut self,
-        link: &str,
-        first_seq: u64,
-        blocks: &[Block],
-        tx_owned: usize,
-    ) -> Result<(), StoreError> {
-        self.check_sequence(link, first_seq)?;
-        {
-            let mut table = self.txn.open_table(BLOCKS)?;
-            for (i, block) in blocks.iter().enumerate() {
-                table.insert(
-                    (link, frame_owner(i, tx_owned), first_seq + i as u64),
-                    **block,
-                )?;
-            }
-        }
-        let tx = tx_owned.min(blocks.len());
-        self.added |= !blocks.is_empty();
-        self.add_count(link, TX, tx as i64)?;
-        self.add_count(link, RX, (blocks.len() - tx) as i64)?;
-        self.txn
-            .open_table(NEXT_SEQ)?
-            .insert(link, first_seq + blocks.len() as u64)?;
-        Ok(())
-    }
-
-    /// Stores blocks as pending (receiver end, until the transmitter confirms them); the
-    /// first `tx_owned` are the transmitter's, the others the receiver's.
-    pub fn store_pending(
-        &mut self,
-        link: &str,
-        first_seq: u64,
-        blocks: &[Block],
-        tx_owned: usize,
-    ) -> Result<(), StoreError> {
-        self.check_sequence(link, first_seq)?;
-        {
-            let mut table = self.txn.open_table(PENDING)?;
-            for (i, block) in blocks.iter().enumerate() {
-                table.insert(
-                    (link, first_seq + i as u64),
-                    (frame_owner(i, tx_owned), **block),
-                )?;
-            }
-        }
-        self.add_count(link, PENDING_COUNT, blocks.len() as i64)?;
-        self.txn
-            .open_table(NEXT_SEQ)?
-            .insert(link, first_seq + blocks.len() as u64)?;
-        Ok(())
-    }
-
-    /// Makes pending blocks numbered below `upto` usable.
-    pub fn commit_pending(&mut self, link: &str, upto: u64) -> Result<(), StoreError> {
-        let ready: Vec<(u64, u8, Block)> = {
-            let pending = self.txn.open_table(PENDING)?;
-            pending
-                .range((link, 0)..(link, upto))?
-                .map(|entry| {
-                    entry.map(|(k, v)| {
-                        let (owner, block) = v.value();
-                        (k.value().1, owner, Zeroizing::new(block))
-                    })
-                })
-                .collect::<Result<_, _>>()?
-        };
-        if ready.is_empty() {
-            return Ok(());
-        }
-        let mut per_owner = [0i64; 2];
-        {
-            let mut pending = self.txn.open_table(PENDING)?;
-            let mut blocks = self.txn.open_table(BLOCKS)?;
-            for (seq, owner, block) in &ready {
-                blocks.insert((link, *owner, *seq), **block)?;
-                pending.remove((link, *seq))?;
-                per_owner[usize::from(*owner).min(1)] += 1;
-            }
-        }
-        self.added = true;
-        self.add_count(link, PENDING_COUNT, -(ready.len() as i64))?;
-        self.add_count(link, TX, per_owner[0])?;
-        self.add_count(link, RX, per_owner[1])?;
-        Ok(())
-    }
-
-    /// Resynchronises `link` with the peer that has generated up to `peer_next` (exclusive):
-    /// drops what only this end has, confirms pending blocks both ends have, and returns the
-    /// agreed next block number.
-    pub fn resync(&mut self, link: &str, peer_next: u64) -> Result<u64, StoreError> {
-        let own_next = self.link_next_seq(link)?;
-        let agreed = own_next.min(peer_next);
-        {
-            let mut pending = self.txn.open_table(PENDING)?;
-            pending.retain_in((link, agreed)..=(link, u64::MAX), |_, _| false)?;
-            let mut blocks = self.txn.open_table(BLOCKS)?;
-            for owner in [TX, RX] {
-                blocks.retain_in((link, owner, agreed)..=(link, owner, u64::MAX), |_, _| {
-                    false
-                })?;
-            }
-        }
-        self.recount(link)?;
-        self.commit_pending(link, agreed)?;
-        self.txn.open_table(NEXT_SEQ)?.insert(link, agreed)?;
-        Ok(agreed)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zeroize::Zeroizing;
 
-    fn blocks(n: usize, fill: u8) -> Vec<Block> {
+    pub(super) fn blocks(n: usize, fill: u8) -> Vec<Block> {
         (0..n)
             .map(|i| Zeroizing::new([fill.wrapping_add(i as u8); BLOCK_BYTES]))
             .collect()
@@ -687,14 +294,19 @@ mod tests {
     }
 
     /// Takes `n` own blocks the way every consumer does: reserve, take, drop.
-    fn take(store: &KeyStore, link: &str, owner: u8, n: usize) -> Result<Vec<u64>, StoreError> {
+    pub(super) fn take(
+        store: &KeyStore,
+        link: &str,
+        owner: u8,
+        n: usize,
+    ) -> Result<Vec<u64>, StoreError> {
         let reservation = store.reserve(link, owner, n)?;
         let taken = store.write(|t| t.take_reserved(&reservation))?;
         Ok(taken.into_iter().map(|(seq, _)| seq).collect())
     }
 
     /// The counts kept in transactions equal a recount of the tables.
-    fn assert_counts(store: &KeyStore, link: &str) {
+    pub(super) fn assert_counts(store: &KeyStore, link: &str) {
         let txn = store.db.begin_read().unwrap();
         let blocks = txn.open_table(BLOCKS).unwrap();
         let pending = txn.open_table(PENDING).unwrap();
@@ -725,88 +337,6 @@ mod tests {
         // the failed attempt changed nothing
         assert_eq!(store.available("l", RX).unwrap(), 1);
         assert_counts(&store, "l");
-    }
-
-    #[test]
-    fn reserved_blocks_go_to_one_user_and_return_when_unused() {
-        let (_dir, store) = store();
-        store
-            .write(|t| t.store_blocks("l", 0, &blocks(4, 0), 4))
-            .unwrap();
-        let first = store.reserve("l", TX, 3).unwrap();
-        assert_eq!(store.available("l", TX).unwrap(), 1);
-        assert!(store.reserve("l", TX, 2).is_err());
-        let second = store.reserve("l", TX, 1).unwrap();
-        drop(first); // never consumed: back in the pool
-        assert_eq!(store.available("l", TX).unwrap(), 3);
-        let taken = store.write(|t| t.take_reserved(&second)).unwrap();
-        assert_eq!(taken[0].0, 3);
-        drop(second);
-        assert_eq!(store.available("l", TX).unwrap(), 3);
-        // a reservation whose blocks were consumed otherwise cannot take them again
-        let stale = store.reserve("l", TX, 1).unwrap();
-        store.write(|t| t.take_reserved(&stale)).unwrap();
-        assert!(store.write(|t| t.take_reserved(&stale)).is_err());
-        assert_counts(&store, "l");
-    }
-
-    #[test]
-    fn peer_blocks_are_referenced_by_number_only_once() {
-        let (_dir, store) = store();
-        store
-            .write(|t| t.store_blocks("l", 0, &blocks(4, 7), 2))
-            .unwrap();
-        // this end is the transmitter: blocks 2 and 3 are the receiver's
-        let peeked = store.peek_peer_blocks("l", TX, &[2, 3]).unwrap();
-        assert_eq!(peeked[0][0], 9);
-        assert!(matches!(
-            store.peek_peer_blocks("l", TX, &[1]).unwrap_err(),
-            StoreError::WrongOwner { .. }
-        ));
-        store
-            .write(|t| t.remove_peer_blocks("l", TX, &[2, 3]))
-            .unwrap();
-        assert!(store
-            .write(|t| t.remove_peer_blocks("l", TX, &[2]))
-            .is_err());
-        assert!(matches!(
-            store
-                .write(|t| t.remove_peer_blocks("l", TX, &[0]))
-                .unwrap_err(),
-            StoreError::WrongOwner { .. }
-        ));
-        assert_counts(&store, "l");
-    }
-
-    #[test]
-    fn pending_blocks_wait_for_confirmation_and_resync_agrees() {
-        let (_dir, store) = store();
-        store
-            .write(|t| t.store_pending("l", 0, &blocks(4, 0), 2))
-            .unwrap();
-        assert_eq!(store.available("l", TX).unwrap(), 0);
-        // the transmitter may already reference its block that is still pending here
-        assert_eq!(store.peek_peer_blocks("l", RX, &[0]).unwrap().len(), 1);
-        assert!(store.peek_peer_blocks("l", RX, &[3]).is_err());
-        store.write(|t| t.commit_pending("l", 2)).unwrap();
-        assert_eq!(store.available("l", TX).unwrap(), 2);
-        assert_eq!(store.available("l", RX).unwrap(), 0);
-        store
-            .write(|t| t.store_pending("l", 4, &blocks(2, 0), 0))
-            .unwrap();
-        // the transmitter only kept blocks up to 3: 2 and 3 are confirmed, 4 and 5 dropped
-        let agreed = store.write(|t| t.resync("l", 4)).unwrap();
-        assert_eq!(agreed, 4);
-        assert_eq!(store.pending("l").unwrap(), 0);
-        assert_eq!(store.next_seq("l").unwrap(), 4);
-        assert_eq!(store.available("l", RX).unwrap(), 2);
-        assert_counts(&store, "l");
-        assert!(matches!(
-            store
-                .write(|t| t.store_pending("l", 7, &blocks(1, 0), 0))
-                .unwrap_err(),
-            StoreError::OutOfSequence { expected: 4, .. }
-        ));
     }
 
     #[test]

@@ -10,24 +10,24 @@
 //! path: nothing is consumed.
 //!
 //! Reservations live in memory ([`crate::km::store::Reservation`]): a KM that crashes returns
-//! them to its pool, and a hold that no relay claims is dropped after [`HOLD_FOR`].
+//! them to its pool, and a hold that no relay claims is dropped after
+//! [`HOLD_FOR`](plan::HOLD_FOR).
 
-use std::collections::HashMap;
-use std::ops::Range;
-use std::sync::{Arc, Mutex};
+pub mod plan;
+
+use plan::{Hop, Part, Plan};
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::agent::Agent;
-use super::config::LinkConfig;
 use super::otp;
-use super::relay::{RelayError, MAX_KEYS_PER_MESSAGE, MAX_RELAY_KEY_BITS, RELAY_VERSION};
-use super::store::Reservation;
+use super::relay::error::RelayError;
+use super::relay::messages::{MAX_KEYS_PER_MESSAGE, MAX_RELAY_KEY_BITS, RELAY_VERSION};
 
-/// How long a hop keeps the blocks it reserved for a relay that has not arrived.
-pub const HOLD_FOR: Duration = Duration::from_secs(10);
 /// How long a KM waits for its next hop to answer a reservation (covers the waits of the
 /// hops behind it).
 pub const RESERVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,77 +56,6 @@ pub struct ReserveRequest {
     pub keys: usize,
     /// Hops the relay may still take after the receiver.
     pub hops_left: u8,
-}
-
-/// The routing part of a relay, the same on every hop.
-#[derive(Debug, Clone)]
-pub struct Hop {
-    pub relay_id: Uuid,
-    pub origin_km: String,
-    pub dest_km: String,
-    pub master_sae: String,
-    pub slave_saes: Vec<String>,
-    pub key_size: u32,
-    pub hops_left: u8,
-}
-
-/// One next hop of a planned relay: the keys (by position) it carries and the blocks set
-/// aside for them (pads and the MAC block).
-pub struct Part {
-    pub link: LinkConfig,
-    pub keys: Range<usize>,
-    pub reservation: Reservation,
-}
-
-/// What this KM will do with one relay: its next hops, with their blocks reserved and the
-/// rest of their paths confirmed.
-pub struct Plan {
-    pub parts: Vec<Part>,
-}
-
-impl Plan {
-    fn keys(&self) -> usize {
-        self.parts.iter().map(|p| p.keys.len()).sum()
-    }
-}
-
-/// Plans of relays this KM reserved for on behalf of a previous hop, waiting for the relay.
-#[derive(Default)]
-pub struct Holds {
-    plans: Mutex<HashMap<Uuid, (tokio::time::Instant, Plan)>>,
-}
-
-impl Holds {
-    fn sweep(plans: &mut HashMap<Uuid, (tokio::time::Instant, Plan)>) {
-        let now = tokio::time::Instant::now();
-        plans.retain(|_, (until, _)| *until > now);
-    }
-
-    fn hold(&self, relay_id: Uuid, plan: Plan) {
-        let mut plans = self.plans.lock().expect("holds");
-        Self::sweep(&mut plans);
-        plans.insert(relay_id, (tokio::time::Instant::now() + HOLD_FOR, plan));
-    }
-
-    /// The plan held for `relay_id`, if it is still held and carries `keys` keys.
-    pub fn take(&self, relay_id: Uuid, keys: usize) -> Option<Plan> {
-        let mut plans = self.plans.lock().expect("holds");
-        Self::sweep(&mut plans);
-        let (_, plan) = plans.remove(&relay_id)?;
-        (plan.keys() == keys).then_some(plan)
-    }
-
-    /// Number of relays held (for tests and state reports).
-    pub fn len(&self) -> usize {
-        let mut plans = self.plans.lock().expect("holds");
-        Self::sweep(&mut plans);
-        plans.len()
-    }
-
-    /// Whether no relay is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Splits `n` keys over next hops in proportion to `weights` (largest remainder).
