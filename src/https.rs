@@ -331,6 +331,38 @@ async fn bounded(
     }
 }
 
+/// Serves `router` over HTTPS on `listener` under `limits` until the task is dropped.
+/// Clients stay anonymous (their [`PeerIdentity`] is empty): for APIs authenticated
+/// otherwise (bearer tokens).
+pub async fn serve_https(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    router: Router,
+    limits: HttpLimits,
+) {
+    serve_https_with(listener, config, Issuers::default(), router, limits).await
+}
+
+/// [`serve_https`] for a server that trusts other QKDNs' CAs (`issuers`), with RFC 9457
+/// problems for the listener's own errors.
+pub async fn serve_https_with(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    issuers: Issuers,
+    router: Router,
+    limits: HttpLimits,
+) {
+    serve(
+        listener,
+        config,
+        issuers,
+        router,
+        limits,
+        ErrorStyle::Problem,
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,11 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::Router;
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::net::TcpListener;
 
 /// Errors while loading TLS material.
 #[derive(Debug, thiserror::Error)]
@@ -197,18 +195,6 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     cn.as_str().ok().map(str::to_owned)
 }
 
-/// Serves `router` over HTTPS on `listener` under `limits` until the task is dropped.
-/// Clients stay anonymous (their [`PeerIdentity`] is empty): for APIs authenticated
-/// otherwise (bearer tokens).
-pub async fn serve_https(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-    router: Router,
-    limits: crate::https::HttpLimits,
-) {
-    serve_https_with(listener, config, Issuers::default(), router, limits).await
-}
-
 /// Verifiers of this domain's CAs and of each other QKDN's CA, to tell whose certificate a
 /// client presented: the domain is the one whose trust anchors the chain verifies against,
 /// never a name in the certificate (an intermediate CA under another domain's root cannot
@@ -252,26 +238,6 @@ impl Issuers {
             None => cn,
         })
     }
-}
-
-/// [`serve_https`] for a server that trusts other QKDNs' CAs (`issuers`), with RFC 9457
-/// problems for the listener's own errors.
-pub async fn serve_https_with(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-    issuers: Issuers,
-    router: Router,
-    limits: crate::https::HttpLimits,
-) {
-    crate::https::serve(
-        listener,
-        config,
-        issuers,
-        router,
-        limits,
-        crate::https::ErrorStyle::Problem,
-    )
-    .await
 }
 
 #[cfg(test)]

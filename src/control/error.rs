@@ -66,3 +66,27 @@ fn copy(error: &ControlError) -> ControlError {
         other => ControlError::NoRoute(other.to_string()),
     }
 }
+
+/// The HTTP problem of a controller error (REST API, Ck).
+impl From<ControlError> for crate::problem::Problem {
+    fn from(error: ControlError) -> Self {
+        let (status, kind) = match &error {
+            ControlError::UnknownSae(_) => {
+                (axum::http::StatusCode::UNPROCESSABLE_ENTITY, "unknown-sae")
+            }
+            ControlError::UnknownSession(_) => {
+                (axum::http::StatusCode::NOT_FOUND, "unknown-session")
+            }
+            ControlError::Invalid(_) => (axum::http::StatusCode::BAD_REQUEST, "invalid-request"),
+            ControlError::NoRoute(_) => (axum::http::StatusCode::CONFLICT, "no-route"),
+            ControlError::Install(_) => (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "install-failed",
+            ),
+            ControlError::Store(_) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "store"),
+            ControlError::Cxi(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "peer-domain"),
+            ControlError::Stopped => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+        };
+        crate::problem::Problem::new(status, kind, error.to_string())
+    }
+}

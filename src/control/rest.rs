@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::middleware::{self};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
@@ -21,26 +20,11 @@ use super::sessions::{
     Interworking, InterworkingRole, Session, SessionEvent, SessionPath, SessionState,
 };
 use super::topology::{ForeignSae, LinkState, NodeState, Topology, WeightedHop};
-use crate::problem::constant_eq;
-use crate::tls::PeerIdentity;
 
 pub use crate::problem::{Problem, PROBLEM_JSON};
 
-impl From<ControlError> for Problem {
-    fn from(error: ControlError) -> Self {
-        let (status, kind) = match &error {
-            ControlError::UnknownSae(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown-sae"),
-            ControlError::UnknownSession(_) => (StatusCode::NOT_FOUND, "unknown-session"),
-            ControlError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
-            ControlError::NoRoute(_) => (StatusCode::CONFLICT, "no-route"),
-            ControlError::Install(_) => (StatusCode::SERVICE_UNAVAILABLE, "install-failed"),
-            ControlError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
-            ControlError::Cxi(_) => (StatusCode::SERVICE_UNAVAILABLE, "peer-domain"),
-            ControlError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
-        };
-        Problem::new(status, kind, error.to_string())
-    }
-}
+use super::credentials::{authenticate, Unauthorized};
+use crate::tls::PeerIdentity;
 
 /// Request to create a key supply session. The two SAEs must differ (400 otherwise) and be
 /// known to the domain (422 otherwise).
@@ -59,16 +43,6 @@ pub struct CreateSession {
     #[schema(minimum = 0.0)]
     pub rate_bps: f64,
 }
-
-/// Missing or invalid credentials (no accepted bearer token or client certificate).
-#[derive(utoipa::IntoResponses)]
-#[response(
-    status = 401,
-    content_type = PROBLEM_JSON,
-    headers(("WWW-Authenticate" = String, description = "`Bearer`"))
-)]
-#[allow(dead_code)]
-pub(super) struct Unauthorized(Problem);
 
 /// The API's OpenAPI document.
 #[derive(OpenApi)]
@@ -143,59 +117,6 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such resource") })
         .with_state(controller.clone())
         .merge(super::dashboard::router(controller))
-}
-
-async fn authenticate(
-    State(controller): State<Arc<Controller>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if rest_credentials(&controller, &request).is_some() {
-        next.run(request).await
-    } else {
-        unauthorized()
-    }
-}
-
-/// Who the request's REST credentials name (`bearer token` or the certificate's name), if
-/// they are accepted: a configured bearer token or client certificate name.
-pub(super) fn rest_credentials(controller: &Controller, request: &Request) -> Option<String> {
-    let bearer = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let by_token = bearer.is_some_and(|t| {
-        controller
-            .config
-            .bearer_tokens
-            .iter()
-            .any(|k| constant_eq(k, t))
-    });
-    if by_token {
-        return Some("bearer token".to_owned());
-    }
-    request
-        .extensions()
-        .get::<PeerIdentity>()
-        .and_then(|p| p.0.as_deref())
-        .filter(|name| controller.config.client_names.iter().any(|n| n == name))
-        .map(str::to_owned)
-}
-
-/// The REST API's answer to missing or refused credentials: 401, a problem, `WWW-Authenticate`.
-pub(super) fn unauthorized() -> Response {
-    let mut response = Problem::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "a valid bearer token or client certificate is required",
-    )
-    .into_response();
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
-    );
-    response
 }
 
 /// The domain: nodes, links with live state, SAE locations.
@@ -417,6 +338,6 @@ pub async fn serve_on(
     let issuers =
         crate::tls::Issuers::load(&controller.config.tls).map_err(std::io::Error::other)?;
     let limits = controller.config.limits.rest_listener.clone();
-    crate::tls::serve_https_with(listener, config, issuers, router(controller), limits).await;
+    crate::https::serve_https_with(listener, config, issuers, router(controller), limits).await;
     Ok(())
 }

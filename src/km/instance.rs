@@ -75,7 +75,9 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
         crate::https::ErrorStyle::Etsi014,
     )));
     tasks.push(tokio::spawn(super::expiry::sweep(agent.clone())));
-    tasks.push(tokio::spawn(super::events::watch_key_levels(agent.clone())));
+    tasks.push(tokio::spawn(super::key_alarm::watch_key_levels(
+        agent.clone(),
+    )));
     if let Some(netconf) = agent.config.netconf.clone() {
         let northbound = Arc::new(super::northbound::Northbound::new(agent.clone()));
         let server = crate::netconf::server::NetconfServer::new(netconf, northbound)?;

@@ -22,6 +22,7 @@ pub mod config;
 pub mod events;
 pub mod expiry;
 pub mod instance;
+pub mod key_alarm;
 pub mod kma;
 pub mod ksa;
 pub mod kxi;

@@ -42,7 +42,7 @@ pub async fn serve(manager: Arc<Manager>, listener: TcpListener) -> Result<(), M
     let config = crate::tls::server_config(&manager.config.tls)?;
     tracing::info!(rest = %listener.local_addr()?, "manager REST API ready");
     let limits = manager.config.limits.rest_listener.clone();
-    crate::tls::serve_https(listener, config, router(manager), limits).await;
+    crate::https::serve_https(listener, config, router(manager), limits).await;
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 //! - [`etsi_node`] — the ETSI GS QKD 015 node model the KM agents serve;
 //! - [`km`] — qkdni's KM additions: link settings and state, key manager, notifications;
 //! - [`km_data`] — a KM's `<get>` reply read by controllers and managers;
+//! - [`km_edit`] — the relay routes and foreign SAEs a controller installs on a KM;
 //! - [`km_notifications`] — a KM's notifications read by managers;
 //! - [`controller`] — the controller's own model.
 
@@ -21,6 +22,7 @@ pub mod controller;
 pub mod etsi_node;
 pub mod km;
 pub mod km_data;
+pub mod km_edit;
 pub mod km_notifications;
 
 /// A schema node and the paths relative to it that the code uses.

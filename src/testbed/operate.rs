@@ -93,16 +93,10 @@ pub async fn set_link_state(dir: &Path, link: &str, state: LinkState) -> Result<
         })?;
         netns::set_link(&net, link, state)?;
     }
-    let value = match state {
-        LinkState::Up => "up",
-        LinkState::Down => "down",
-        LinkState::Degraded => "degraded",
-    };
     // the link's ETSI GS QKD 015 qkdl_id, the same at both ends (crate::etsi015)
     let id = crate::etsi015::link_id(&entry.domain, entry.peer_domain.as_deref(), link);
-    let config = format!(
-        "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><qkd_links><qkd_link><qkdl_id>{id}</qkdl_id><admin-state xmlns=\"urn:qkdni:yang:qkdni-km\">{value}</admin-state></qkd_link></qkd_links></qkd_node>"
-    );
+    let config =
+        crate::model::km::admin_state_config(&id, crate::model::km::link_state_value(state));
     for node in &entry.nodes {
         let session = netconf(&endpoints, node).await?;
         // a controller installing routes holds the running lock for a moment: wait for it

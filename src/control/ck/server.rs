@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::controller::Controller;
 use crate::control::error::ControlError;
-use crate::control::rest::Problem;
 use crate::control::sessions::Session;
+use crate::problem::Problem;
 use crate::tls::PeerIdentity;
 
 /// The Ck routes (the controller's REST listener serves them; callers are KMs).

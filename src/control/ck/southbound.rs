@@ -221,7 +221,7 @@ impl Southbound {
         self.call(node, session, "<discard-changes/>").await?;
         self.call(node, session, "<lock><target><candidate/></target></lock>")
             .await?;
-        let edit = crate::model::km::relay_edit(&changes.routes, &changes.foreign_saes);
+        let edit = crate::model::km_edit::relay_edit(&changes.routes, &changes.foreign_saes);
         self.call(node, session, &edit).await?;
         self.call(
             node,

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::control::controller::Controller;
 use crate::control::cxi::{Outcome, PrepareRequest, StatusReport, VoteKind, CXI_VERSION};
-use crate::control::rest::Problem;
+use crate::problem::Problem;
 use crate::tls::PeerIdentity;
 
 /// The Cxi routes.
@@ -257,6 +257,6 @@ pub async fn serve(controller: Arc<Controller>) -> Result<(), std::io::Error> {
     let listener = tokio::net::TcpListener::bind(iw.cxi_listen).await?;
     tracing::info!(cxi = %iw.cxi_listen, "Cxi server ready");
     let limits = controller.config.limits.peer_listener.clone();
-    crate::tls::serve_https_with(listener, config, issuers, router(controller), limits).await;
+    crate::https::serve_https_with(listener, config, issuers, router(controller), limits).await;
     Ok(())
 }

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::controller::Controller;
-use super::rest::{rest_credentials, unauthorized, Unauthorized};
+use super::credentials::{rest_credentials, unauthorized, Unauthorized};
 use logins::{Logins, SESSION_LIFETIME, TOKEN_LIFETIME};
 use snapshot::Snapshot;
 

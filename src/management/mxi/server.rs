@@ -42,7 +42,7 @@ pub async fn serve(manager: Arc<Manager>, listener: TcpListener) -> Result<(), M
     let issuers = crate::tls::Issuers::load(&manager.config.tls)?;
     tracing::info!(mxi = %listener.local_addr()?, "Mxi server ready");
     let limits = manager.config.limits.peer_listener.clone();
-    crate::tls::serve_https_with(listener, config, issuers, router(manager), limits).await;
+    crate::https::serve_https_with(listener, config, issuers, router(manager), limits).await;
     Ok(())
 }
 
