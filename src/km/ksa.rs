@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::admission::Refusal;
 use super::agent::Agent;
+use super::ck::RouteAnswer;
 use super::otp;
 use super::relay::error::RelayError;
 use super::relay::send::supply;
@@ -28,7 +29,6 @@ use super::store::StoreError;
 use crate::etsi014::{ErrorBody, Key, KeyContainer, KeyIds, KeyRequest, Status};
 use crate::https::RETRY_AFTER_SECONDS;
 use crate::tls::PeerIdentity;
-use tracing::Instrument;
 
 /// An ETSI GS QKD 014 error answer.
 #[derive(Debug)]
@@ -199,39 +199,16 @@ async fn resolve_peer_sae(agent: &Agent, caller: &str, other: &str) -> Result<St
     let Some(controller) = agent.config.controller.as_deref() else {
         return peer_sae(agent, caller, other);
     };
-    let span =
-        tracing::info_span!("relay", master = %caller, slave = %other, step = "interworking-route");
-    let answer = agent
-        .peers
-        .post(format!("{controller}/ck/v1/interworking-routes"))
-        .timeout(std::time::Duration::from_secs(30))
-        .json(&json!({ "master_sae": caller, "slave_sae": other }))
-        .send()
-        .instrument(span.clone())
-        .await;
-    match answer {
-        Ok(r) if r.status().is_success() => {
-            tracing::info!(parent: &span, "interworking route installed by the controller");
-            peer_sae(agent, caller, other)
-        }
-        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
-            Err(Etsi014Error::bad_request(format!("unknown SAE {other}")))
-        }
-        Ok(r) => {
-            let status = r.status();
-            let detail = r.text().await.unwrap_or_default();
-            tracing::warn!(parent: &span, %status, %detail, "no interworking route");
-            Err(
-                Etsi014Error::unavailable(format!("no interworking route to SAE {other}"))
-                    .detail(json!({ "controller_status": status.as_u16() })),
-            )
-        }
-        Err(error) => {
-            tracing::warn!(parent: &span, %error, "controller unreachable");
-            Err(Etsi014Error::unavailable(
-                "the domain controller is unreachable",
-            ))
-        }
+    match super::ck::request_route(agent, controller, caller, other).await {
+        RouteAnswer::Installed => peer_sae(agent, caller, other),
+        RouteAnswer::UnknownSae => Err(Etsi014Error::bad_request(format!("unknown SAE {other}"))),
+        RouteAnswer::Refused { status } => Err(Etsi014Error::unavailable(format!(
+            "no interworking route to SAE {other}"
+        ))
+        .detail(json!({ "controller_status": status }))),
+        RouteAnswer::Unreachable => Err(Etsi014Error::unavailable(
+            "the domain controller is unreachable",
+        )),
     }
 }
 

@@ -18,6 +18,7 @@
 pub mod admission;
 pub mod agent;
 pub mod applications;
+pub mod ck;
 pub mod config;
 pub mod events;
 pub mod expiry;
