@@ -18,7 +18,7 @@
 //! - [`cxi`] — Cxi, between the controllers of two QKDNs: messages and client, server,
 //!   the coordinator's agreement, the receiving domain's segments, the peers' state;
 //! - [`ck`] — Ck, between the controller and its KMs: NETCONF southbound, KMs' route requests;
-//! - [`rest`] — the REST API for orchestrators (OpenAPI); [`credentials`] who may use it;
+//! - [`rest`] — the REST API for orchestrators (OpenAPI); `credentials` who may use it;
 //! - [`dashboard`] — the live web dashboard (HTTPS, on the REST listener, one-time logins);
 //! - [`northbound`] — the controller under NETCONF for operators (`qkdni-controller` model:
 //!   configuration, state, notifications).

@@ -1,6 +1,6 @@
 //! The shared state of a KM agent (one per QKD node): its links, settings, counters and the
 //! state of each reference point; every part of the KM holds it. The daemon's start is
-//! [`super::instance`].
+//! [`crate::km::instance`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::config::{Etsi014Limits, KmConfig, LinkConfig};
-use super::store::{KeyStore, StoreError};
+use crate::km::config::{Etsi014Limits, KmConfig, LinkConfig};
+use crate::km::store::{KeyStore, StoreError};
 use crate::quantum::{LinkCondition, LinkState, RateSpec};
 use crate::tls::{self, TlsError};
 
@@ -154,16 +154,16 @@ pub struct Agent {
     settings: RwLock<Settings>,
     pub counters: Counters,
     /// Prometheus metrics (requests, keys, relays; links at each scrape).
-    pub metrics: super::metrics::KmMetrics,
-    events: tokio::sync::broadcast::Sender<super::events::Event>,
+    pub metrics: crate::km::metrics::KmMetrics,
+    events: tokio::sync::broadcast::Sender<crate::km::events::Event>,
     /// Kxi-1/Kxi-2 state of a gateway node.
-    pub kxi: super::kxi::state::KxiState,
+    pub kxi: crate::km::kxi::state::KxiState,
     /// Relays this KM reserved its part of the path for, waiting for their keys.
-    pub holds: super::reserve::plan::Holds,
+    pub holds: crate::km::kma::reserve::plan::Holds,
     /// ETSI 014 requests in progress, for admission control.
-    pub admission: super::admission::RequestAdmission,
+    pub admission: crate::km::ksa::admission::RequestAdmission,
     /// Key streams served to this node's SAEs (ETSI GS QKD 015 applications).
-    pub applications: super::applications::Applications,
+    pub applications: crate::km::ksa::applications::Applications,
 }
 
 impl Agent {
@@ -226,11 +226,11 @@ impl Agent {
             foreign,
             links,
             counters: Counters::default(),
-            metrics: super::metrics::KmMetrics::new(),
+            metrics: crate::km::metrics::KmMetrics::new(),
             events,
             kxi: Default::default(),
             holds: Default::default(),
-            admission: super::admission::RequestAdmission::new(&config.limits),
+            admission: crate::km::ksa::admission::RequestAdmission::new(&config.limits),
             applications: Default::default(),
             config,
         }))
@@ -301,7 +301,7 @@ impl Agent {
         drop(guard);
         if previous.state != condition.state {
             tracing::info!(link = id, from = ?previous.state, to = ?condition.state, "link state changed");
-            self.emit(super::events::Event::LinkState {
+            self.emit(crate::km::events::Event::LinkState {
                 link: id.to_owned(),
                 state: condition.state,
                 previous: previous.state,
@@ -394,12 +394,12 @@ impl Agent {
     }
 
     /// Publishes an event (notifications, logs).
-    pub fn emit(&self, event: super::events::Event) {
+    pub fn emit(&self, event: crate::km::events::Event) {
         let _ = self.events.send(event);
     }
 
     /// Subscribes to the agent's events.
-    pub fn events(&self) -> tokio::sync::broadcast::Receiver<super::events::Event> {
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<crate::km::events::Event> {
         self.events.subscribe()
     }
 }

@@ -6,7 +6,7 @@
 use serde_json::json;
 use tracing::Instrument;
 
-use super::agent::Agent;
+use crate::km::agent::Agent;
 
 /// How long a route request may take (agreement with a peer domain included).
 const ROUTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -51,7 +51,7 @@ pub struct KmConfig {
     pub controller: Option<String>,
     /// Limits against load and abuse (listeners, ETSI 014 admission, undelivered keys).
     #[serde(default)]
-    pub limits: super::limits::KmLimits,
+    pub limits: crate::km::limits::KmLimits,
     /// Address of the Prometheus metrics listener (plain HTTP: a management network or the
     /// loopback), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,13 +69,13 @@ pub enum LinkEnd {
 }
 
 impl LinkEnd {
-    /// The owner index of the blocks this end allocates ([`TX`](super::store::TX) or
-    /// [`RX`](super::store::RX)); the transmitter module decides, block by block, which end
+    /// The owner index of the blocks this end allocates ([`TX`](crate::km::store::TX) or
+    /// [`RX`](crate::km::store::RX)); the transmitter module decides, block by block, which end
     /// owns it.
     pub fn owner(self) -> u8 {
         match self {
-            LinkEnd::Tx => super::store::TX,
-            LinkEnd::Rx => super::store::RX,
+            LinkEnd::Tx => crate::km::store::TX,
+            LinkEnd::Rx => crate::km::store::RX,
         }
     }
 }
@@ -157,7 +157,7 @@ pub struct Etsi014Limits {
 impl Etsi014Limits {
     /// Why these limits would let a request exceed what one relay message carries.
     pub fn beyond_relay_limits(&self) -> Option<String> {
-        use super::relay::messages::{MAX_KEYS_PER_MESSAGE, MAX_RELAY_KEY_BITS};
+        use crate::km::kma::relay::messages::{MAX_KEYS_PER_MESSAGE, MAX_RELAY_KEY_BITS};
         if self.max_key_size > MAX_RELAY_KEY_BITS {
             return Some(format!(
                 "etsi014.max_key_size must be at most {MAX_RELAY_KEY_BITS}"

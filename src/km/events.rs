@@ -1,6 +1,6 @@
 //! Events of a KM agent (link state changes, low key, relay failures, security events,
 //! applications), published to NETCONF subscribers as notifications
-//! ([`super::northbound::notification`]).
+//! ([`crate::km::northbound::notification`]).
 
 use crate::quantum::LinkState;
 
@@ -30,7 +30,7 @@ pub enum Event {
     /// A security-relevant event of the KM's management interface.
     Security(crate::netconf::server::SecurityEvent),
     /// An application (ETSI GS QKD 015 sense) obtained its first keys from this KM.
-    ApplicationNew(super::applications::Application),
+    ApplicationNew(crate::km::ksa::applications::Application),
     /// An application is gone: its master SAE is no longer registered at this node.
-    ApplicationGone(super::applications::Application),
+    ApplicationGone(crate::km::ksa::applications::Application),
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use super::agent::{Agent, AgentError};
-use super::config::LinkEnd;
+use crate::km::agent::{Agent, AgentError};
+use crate::km::config::LinkEnd;
 use crate::quantum::emulated::EmulatedTransmitter;
 use crate::quantum::QkdModule;
 use crate::tls;
@@ -61,7 +61,7 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
         etsi,
         server_tls.clone(),
         issuers.clone(),
-        super::ksa::router(agent.clone()),
+        crate::km::ksa::router(agent.clone()),
         limits.etsi014_listener.clone(),
         crate::https::ErrorStyle::Etsi014,
     )));
@@ -70,16 +70,16 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
         kma,
         server_tls,
         issuers,
-        super::kma::router(agent.clone()).merge(super::kxi::server::router(agent.clone())),
+        crate::km::kma::router(agent.clone()).merge(crate::km::kxi::server::router(agent.clone())),
         limits.kma_listener.clone(),
         crate::https::ErrorStyle::Etsi014,
     )));
-    tasks.push(tokio::spawn(super::expiry::sweep(agent.clone())));
-    tasks.push(tokio::spawn(super::key_alarm::watch_key_levels(
+    tasks.push(tokio::spawn(crate::km::ksa::expiry::sweep(agent.clone())));
+    tasks.push(tokio::spawn(crate::km::key_alarm::watch_key_levels(
         agent.clone(),
     )));
     if let Some(netconf) = agent.config.netconf.clone() {
-        let northbound = Arc::new(super::northbound::Northbound::new(agent.clone()));
+        let northbound = Arc::new(crate::km::northbound::Northbound::new(agent.clone()));
         let server = crate::netconf::server::NetconfServer::new(netconf, northbound)?;
         let listener = TcpListener::bind(server_listen(&server))
             .await
@@ -94,7 +94,7 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
         let listener = bind(addr).await?;
         let of = agent.clone();
         let exposition =
-            super::metrics::exposition(&agent.metrics, Box::new(move || link_figures(&of)));
+            crate::km::metrics::exposition(&agent.metrics, Box::new(move || link_figures(&of)));
         listening.push(addr);
         tasks.push(tokio::spawn(async move {
             if let Err(error) = crate::metrics::serve(listener, Arc::new(exposition)).await {
@@ -114,7 +114,7 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
 }
 
 /// Every link's figures for the metrics: rate, QBER, state, pool fill.
-fn link_figures(agent: &Agent) -> Vec<super::metrics::LinkFigure> {
+fn link_figures(agent: &Agent) -> Vec<crate::km::metrics::LinkFigure> {
     agent
         .links()
         .map(|link| {
@@ -125,7 +125,7 @@ fn link_figures(agent: &Agent) -> Vec<super::metrics::LinkFigure> {
                 .filter_map(|owner| agent.store.available(&c.id, owner).ok())
                 .sum::<usize>()
                 + agent.store.pending(&c.id).unwrap_or(0);
-            super::metrics::LinkFigure {
+            crate::km::metrics::LinkFigure {
                 link: c.id.clone(),
                 peer: c.peer.clone(),
                 rate_bps: condition.rate_bps,

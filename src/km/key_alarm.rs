@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::agent::Agent;
-use super::events::Event;
+use crate::km::agent::Agent;
+use crate::km::events::Event;
 
 /// Raises a low-key alarm when a link's usable blocks at this end fall below the threshold
 /// (once per crossing), checking every second.

@@ -158,7 +158,7 @@ schema_group! {
 }
 
 schema_group! {
-    /// `sdqkdn_link_perf_update` (its QBER at [`qber_value`]`("qkd_link/performance")`).
+    /// `sdqkdn_link_perf_update` (its QBER at [`perf_update_qber`]).
     pub mod link_perf_update under "/etsi-qkd-sdn-node:sdqkdn_link_perf_update";
     LINK_ID = "qkd_link/qkdl_id";
     SKR = "qkd_link/performance/skr";

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::km::relay::messages::{RelayBody, RelayedKey};
+use crate::km::kma::relay::messages::{RelayBody, RelayedKey};
 
 /// The header carrying the one-time MAC of a Kxi-1 request body.
 pub const AUTH_HEADER: &str = "kxi-authentication";

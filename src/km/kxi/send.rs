@@ -13,9 +13,9 @@ use super::messages::{
 use super::state::Awaiting;
 use crate::km::agent::Agent;
 use crate::km::config::LinkConfig;
-use crate::km::otp;
-use crate::km::relay::error::RelayError;
-use crate::km::relay::messages::{b64, RelayAck, RelayBody};
+use crate::km::kma::otp;
+use crate::km::kma::relay::error::RelayError;
+use crate::km::kma::relay::messages::{b64, RelayAck, RelayBody};
 use crate::km::store::Block;
 
 /// How long a GWN waits for the peer's acknowledgement before asking over Kxi-2 (with the

@@ -17,9 +17,9 @@ use super::messages::{
     AckExtension, AckStatus, ExtKeysAck, ExtKeysRequest, RelayStatus, VoidRequest, AUTH_HEADER,
 };
 use crate::km::agent::Agent;
-use crate::km::relay::error::RelayError;
-use crate::km::relay::messages::RelayEnvelope;
-use crate::km::relay::receive::{act, verify};
+use crate::km::kma::relay::error::RelayError;
+use crate::km::kma::relay::messages::RelayEnvelope;
+use crate::km::kma::relay::receive::{act, verify};
 use crate::tls::PeerIdentity;
 
 /// The Kxi-1 and Kxi-2 routes of a GWN's KMA server.

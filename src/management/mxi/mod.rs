@@ -4,8 +4,8 @@
 //! The server accepts requests only from the configured peer manager, i.e. a client whose
 //! certificate the peer domain's CA issued to `peer.manager_name` (identity
 //! `manager_name@domain`); anyone else gets `403`. Resources:
-//! - `POST /mxi/v1/faults`: an interworking fault report ([`FaultReport`]) → `202`;
-//! - `POST /mxi/v1/reports`: a report pack ([`ReportPack`]) → `202`;
+//! - `POST /mxi/v1/faults`: an interworking fault report ([`messages::FaultReport`]) → `202`;
+//! - `POST /mxi/v1/reports`: a report pack ([`messages::ReportPack`]) → `202`;
 //! - `GET /mxi/v1/versions`: `{"versions":[1]}`.
 //!
 //! Malformed bodies and unsupported versions get `400`; every error is an RFC 9457 problem.

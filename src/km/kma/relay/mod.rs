@@ -5,7 +5,7 @@
 //! re-encrypts the keys with a one-time pad from its own link. Every hop message is
 //! authenticated with a one-time MAC keyed by one more link block, on top of mutual TLS.
 //! Before anything is consumed, the whole path reserves the blocks it needs
-//! ([`super::reserve`]), so a relay that cannot arrive costs no link key. Blocks are removed
+//! ([`crate::km::kma::reserve`]), so a relay that cannot arrive costs no link key. Blocks are removed
 //! from the store before anything is sent, so no block is used twice, whatever fails
 //! afterwards. The destination KM stores the keys for the slave SAEs before it
 //! acknowledges; the master SAE gets its keys only after that acknowledgement.

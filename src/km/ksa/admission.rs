@@ -2,12 +2,12 @@
 //! and per SAE; any request beyond is answered at once with 503, `Retry-After` and the
 //! standard's error body, instead of queueing (issue 15: 1 000-3 000 concurrent clients made
 //! a KM queue for seconds, with hundreds of threads). This file counts and refuses; the ETSI
-//! 014 router's middleware ([`super::ksa`]) answers.
+//! 014 router's middleware ([`crate::km::ksa`]) answers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::limits::KmLimits;
+use crate::km::limits::KmLimits;
 
 /// ETSI 014 requests in progress, in total and per SAE.
 pub struct RequestAdmission {

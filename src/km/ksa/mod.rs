@@ -2,8 +2,16 @@
 //!
 //! The calling SAE is the common name of its client certificate; it must be an SAE served by
 //! this KM. Every error is an ETSI `Error` body: 400, 401 or 503 from the handlers (503 with
-//! `Retry-After`, also from [`super::admission`]), 404 and 405 from the router, 408, 413, 414
+//! `Retry-After`, also from [`crate::km::ksa::admission`]), 404 and 405 from the router, 408, 413, 414
 //! and 431 from the listener ([`crate::https`]); a request that fails changes nothing.
+//!
+//! - [`admission`] — admission control (503 beyond the caps);
+//! - [`applications`] — the applications (ETSI GS QKD 015 sense) learned from key requests;
+//! - [`expiry`] — erasing keys their slave SAE did not fetch in time.
+
+pub mod admission;
+pub mod applications;
+pub mod expiry;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,15 +27,15 @@ use base64::Engine;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::admission::Refusal;
-use super::agent::Agent;
-use super::ck::RouteAnswer;
-use super::otp;
-use super::relay::error::RelayError;
-use super::relay::send::supply;
-use super::store::StoreError;
 use crate::etsi014::{ErrorBody, Key, KeyContainer, KeyIds, KeyRequest, Status};
 use crate::https::RETRY_AFTER_SECONDS;
+use crate::km::agent::Agent;
+use crate::km::ck::RouteAnswer;
+use crate::km::kma::otp;
+use crate::km::kma::relay::error::RelayError;
+use crate::km::kma::relay::send::supply;
+use crate::km::ksa::admission::Refusal;
+use crate::km::store::StoreError;
 use crate::tls::PeerIdentity;
 
 /// An ETSI GS QKD 014 error answer.
@@ -105,7 +113,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
-/// The middleware of the ETSI 014 router: admission control ([`super::admission`]), and
+/// The middleware of the ETSI 014 router: admission control ([`crate::km::ksa::admission`]), and
 /// the metrics of every request.
 async fn admit(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
     let sae = request
@@ -199,7 +207,7 @@ async fn resolve_peer_sae(agent: &Agent, caller: &str, other: &str) -> Result<St
     let Some(controller) = agent.config.controller.as_deref() else {
         return peer_sae(agent, caller, other);
     };
-    match super::ck::request_route(agent, controller, caller, other).await {
+    match crate::km::ck::request_route(agent, controller, caller, other).await {
         RouteAnswer::Installed => peer_sae(agent, caller, other),
         RouteAnswer::UnknownSae => Err(Etsi014Error::bad_request(format!("unknown SAE {other}"))),
         RouteAnswer::Refused { status } => Err(Etsi014Error::unavailable(format!(
@@ -393,7 +401,7 @@ async fn enc_keys(
         .applications
         .note(&agent.config.domain, &master, &slaves)
     {
-        agent.emit(super::events::Event::ApplicationNew(app));
+        agent.emit(crate::km::events::Event::ApplicationNew(app));
     }
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Json(KeyContainer {
@@ -476,7 +484,7 @@ async fn dec_keys(
         .store
         .run({
             let (slave, master) = (slave.clone(), master.clone());
-            let now = super::store::deliveries_now_ms();
+            let now = crate::km::store::deliveries_now_ms();
             let window = agent.config.limits.refetch_window_seconds;
             let until = now.saturating_add(window.saturating_mul(1000));
             move |s| s.write(|txn| txn.take_deliveries(&slave, &master, &key_ids, now, until))

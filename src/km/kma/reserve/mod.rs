@@ -23,10 +23,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::agent::Agent;
-use super::otp;
-use super::relay::error::RelayError;
-use super::relay::messages::{MAX_KEYS_PER_MESSAGE, MAX_RELAY_KEY_BITS, RELAY_VERSION};
+use crate::km::agent::Agent;
+use crate::km::kma::otp;
+use crate::km::kma::relay::error::RelayError;
+use crate::km::kma::relay::messages::{MAX_KEYS_PER_MESSAGE, MAX_RELAY_KEY_BITS, RELAY_VERSION};
 
 /// How long a KM waits for its next hop to answer a reservation (covers the waits of the
 /// hops behind it).
@@ -210,7 +210,7 @@ pub async fn receive(
         if request.slave_saes.iter().any(|s| !agent.is_local_sae(s)) {
             return reject("a slave SAE is not served by the destination KM");
         }
-        return super::expiry::check_room(
+        return crate::km::ksa::expiry::check_room(
             agent,
             &request.slave_saes,
             &request.master_sae,

@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::agent::Agent;
-use super::relay::error::RelayError;
-use super::store::{deliveries_now_ms, DeliveryTerms, StoreError};
+use crate::km::agent::Agent;
+use crate::km::kma::relay::error::RelayError;
+use crate::km::store::{deliveries_now_ms, DeliveryTerms, StoreError};
 
 /// Keys erased per transaction of the sweep.
 const BATCH: usize = 4096;

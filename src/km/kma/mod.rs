@@ -3,6 +3,14 @@
 //! agent through NETCONF.
 //!
 //! Peer KMs and operators are told apart by their certificate's common name.
+//!
+//! - [`relay`] — hop-by-hop key relay (sending and receiving);
+//! - [`reserve`] — path reservation, so a relay that cannot arrive spends no link key;
+//! - [`otp`] — the one-time pad and MAC of relayed keys.
+
+pub mod otp;
+pub mod relay;
+pub mod reserve;
 
 use std::sync::Arc;
 
@@ -15,15 +23,14 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::agent::Agent;
-use super::config::{LinkConfig, LinkEnd};
-use super::relay;
-use super::relay::error::RelayError;
-use super::relay::messages::RelayEnvelope;
-use super::reserve::{self, ReserveRequest};
+use crate::km::agent::Agent;
+use crate::km::config::{LinkConfig, LinkEnd};
+use crate::km::kma::relay::error::RelayError;
+use crate::km::kma::relay::messages::RelayEnvelope;
 use crate::quantum::emulated::{self, Frame, ReceiveError, SyncRequest, SyncResponse};
 use crate::quantum::{LinkCondition, LinkState};
 use crate::tls::PeerIdentity;
+use reserve::ReserveRequest;
 use tracing::Instrument;
 
 /// The KMA routes of a KM.

@@ -24,7 +24,7 @@ pub enum RelayError {
     },
     #[error(transparent)]
     Store(StoreError),
-    /// Too many keys already wait for a slave SAE (see [`crate::km::expiry`]).
+    /// Too many keys already wait for a slave SAE (see [`crate::km::ksa::expiry`]).
     #[error("{BACKLOG}: {0}")]
     Backlog(String),
 }

@@ -16,8 +16,8 @@ use super::messages::{
 use super::send::send_split;
 use crate::km::agent::Agent;
 use crate::km::config::LinkConfig;
-use crate::km::otp;
-use crate::km::reserve::{self, plan::Hop};
+use crate::km::kma::otp;
+use crate::km::kma::reserve::{self, plan::Hop};
 use crate::km::store::Block;
 
 /// Handles a hop message from peer KM `sender`: verifies it, then delivers the keys (this KM
@@ -212,7 +212,7 @@ async fn act_on_relay(
         let (slaves, master) = (body.slave_saes.clone(), body.master_sae.clone());
         let consumed_count = consumed[0].2.len();
         let entries: Vec<(Uuid, Zeroizing<Vec<u8>>)> = key_ids.iter().copied().zip(keys).collect();
-        let terms = crate::km::expiry::terms(agent);
+        let terms = crate::km::ksa::expiry::terms(agent);
         agent
             .store
             .run(move |s| {

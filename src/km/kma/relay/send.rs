@@ -14,12 +14,12 @@ use super::messages::{
     b64, RelayAck, RelayBody, RelayEnvelope, RelayedKey, MAX_HOPS, RELAY_VERSION,
 };
 use crate::km::agent::Agent;
-use crate::km::kxi::send::send_ext_keys;
-use crate::km::otp;
-use crate::km::reserve::{
+use crate::km::kma::otp;
+use crate::km::kma::reserve::{
     self,
     plan::{Hop, Part, Plan},
 };
+use crate::km::kxi::send::send_ext_keys;
 use crate::km::store::Block;
 
 /// A key issued to a master SAE.
@@ -49,7 +49,7 @@ pub async fn supply(
     }
     let local = groups.remove(&agent.config.node);
     if let Some(local) = &local {
-        crate::km::expiry::check_room(agent, local, master, number as usize).await?;
+        crate::km::ksa::expiry::check_room(agent, local, master, number as usize).await?;
     }
     let key_ids: Vec<Uuid> = (0..number).map(|_| Uuid::new_v4()).collect();
     // every path is reserved before any key is made: a relay that cannot arrive costs nothing
@@ -107,7 +107,7 @@ pub async fn supply(
         let entries: Vec<(Uuid, Zeroizing<Vec<u8>>)> =
             key_ids.iter().copied().zip(keys.iter().cloned()).collect();
         let master = master.to_owned();
-        let terms = crate::km::expiry::terms(agent);
+        let terms = crate::km::ksa::expiry::terms(agent);
         agent
             .store
             .run(move |s| s.write(|txn| txn.insert_deliveries(&local, &master, &entries, terms)))

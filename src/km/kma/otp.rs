@@ -7,7 +7,7 @@ use poly1305::Poly1305;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use super::store::{Block, BLOCK_BYTES};
+use crate::km::store::{Block, BLOCK_BYTES};
 
 /// Tag length of the one-time MAC in bytes.
 pub const TAG_BYTES: usize = 16;
