@@ -223,7 +223,7 @@ fn main() -> anyhow::Result<()> {
                     }));
                 }
                 qkdni::readiness::notify(&listening)?;
-                qkdni::km::instance::shutdown_signal().await;
+                qkdni::readiness::shutdown_signal().await;
                 tracing::info!("controller stopping");
                 rest.abort();
                 cxi.abort();
@@ -241,7 +241,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(qkdni::management::run(
                 config,
-                qkdni::km::instance::shutdown_signal(),
+                qkdni::readiness::shutdown_signal(),
             ))?;
         }
         Command::Ctl { target, command } => qkdni::ctl::run(target, command)?,

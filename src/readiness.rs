@@ -2,7 +2,8 @@
 //! what it needs to answer on them is loaded), it writes the addresses it listens on to the
 //! file named by [`ENV`], atomically (a temporary file renamed into place). The testbed
 //! starts KM agents, controllers and managers with it and returns only when the file names
-//! every port of the process: readiness the daemon states, not a guess by sleeping.
+//! every port of the process: readiness the daemon states, not a guess by sleeping. The
+//! other end of a daemon's life, [`shutdown_signal`], is here too.
 //!
 //! File format: the daemon's process id on the first line, then one listening address
 //! (`ip:port`) a line.
@@ -113,6 +114,16 @@ pub fn read(path: &Path) -> Result<Option<Ready>, ReadinessError> {
         })
         .collect::<Result<_, _>>()?;
     Ok(Some(Ready { pid, listening }))
+}
+
+/// Resolves on SIGINT or SIGTERM: every daemon stops on either.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
     tracing::info!(node = %agent.config.node, etsi014 = %agent.config.etsi014_listen, kma = %agent.config.kma_listen, "KM agent ready");
     // every listener is bound and served: whoever started the agent may use it
     crate::readiness::notify(&listening)?;
-    shutdown_signal().await;
+    crate::readiness::shutdown_signal().await;
     tracing::info!(node = %agent.config.node, "KM agent stopping");
     for task in tasks {
         task.abort();
@@ -164,14 +164,4 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AgentError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| AgentError::Bind { addr, source })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -175,7 +175,11 @@ impl Southbound {
         // 3. confirm
         let confirmed = join_all(steps.iter().map(|(node, s)| async move {
             let result = self.call(node, s, "<commit/>").await;
-            self.release(node, s).await;
+            match result {
+                // committed: the candidate holds no change of ours, only the locks remain
+                Ok(_) => self.unlock(node, s).await,
+                Err(_) => self.release(node, s).await,
+            }
             result
         }))
         .await;
@@ -235,14 +239,18 @@ impl Southbound {
     /// Drops the candidate change and the locks (errors ignored: best effort clean-up).
     async fn release(&self, node: &str, session: &Arc<NetconfClient>) {
         let _ = self.call(node, session, "<discard-changes/>").await;
-        for target in ["candidate", "running"] {
-            let _ = self
-                .call(
-                    node,
-                    session,
-                    &format!("<unlock><target><{target}/></target></unlock>"),
-                )
-                .await;
-        }
+        self.unlock(node, session).await;
+    }
+
+    /// Releases both locks, the two requests in flight together on the session (the agent
+    /// answers them in order; errors ignored: best effort).
+    async fn unlock(&self, node: &str, session: &Arc<NetconfClient>) {
+        let unlock = |target: &str| format!("<unlock><target><{target}/></target></unlock>");
+        let (candidate, running) = (unlock("candidate"), unlock("running"));
+        let _ = futures::future::join(
+            self.call(node, session, &candidate),
+            self.call(node, session, &running),
+        )
+        .await;
     }
 }
