@@ -145,21 +145,33 @@ impl Topology {
 mod tests {
     use super::*;
 
+    fn view(node: &str, peer: &str, up: bool, rate_bps: f64) -> AgentView {
+        AgentView {
+            node: node.into(),
+            links: vec![LinkView {
+                id: "a1-a2".into(),
+                peer: peer.into(),
+                up,
+                rate_bps,
+                own_blocks: 12,
+                capacity_blocks: 64,
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// A link is up when both ends say so, at the lower of the two ends' rates.
     #[test]
-    fn agent_data_is_read() {
-        let xml = r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>7eec982d-9ca7-59e0-b252-c124f3522b41</qkdn_id><node-name xmlns="urn:qkdni:yang:qkdni-etsi-ids">a1</node-name><qkd_links><qkd_link><qkdl_id>bccd9e3d-7cf3-5be0-97c1-ae02f598e71f</qkdl_id><link-name xmlns="urn:qkdni:yang:qkdni-etsi-ids">a1-a2</link-name><peer-node xmlns="urn:qkdni:yang:qkdni-km">a2</peer-node><oper-state xmlns="urn:qkdni:yang:qkdni-km">up</oper-state><secret-key-rate-bps xmlns="urn:qkdni:yang:qkdni-km">1000.000</secret-key-rate-bps><key-pool xmlns="urn:qkdni:yang:qkdni-km"><own-blocks>12</own-blocks><capacity-blocks>64</capacity-blocks></key-pool></qkd_link></qkd_links><key-manager xmlns="urn:qkdni:yang:qkdni-km"><saes><sae><sae-id>s1</sae-id><node>a1</node></sae></saes><relay-routes><route><destination>a3</destination><next-hop>a2</next-hop></route></relay-routes><etsi014><keys-supplied>3</keys-supplied><pair><master-sae>s1</master-sae><slave-sae>s3</slave-sae><requests>2</requests><keys>3</keys></pair></etsi014></key-manager></qkd_node>"#;
-        let view = AgentView::parse(xml).unwrap();
-        assert_eq!(view.node, "a1");
-        assert_eq!(view.links[0].own_blocks, 12);
-        assert!(view.links[0].up);
-        assert_eq!(view.saes["s1"], "a1");
-        assert_eq!(view.routes["a3"][0].node, "a2");
-        assert_eq!(view.pair_requests[&("s1".into(), "s3".into())], 2);
+    fn both_ends_make_a_link() {
         let mut topo = Topology::default();
-        topo.update(&view);
-        assert_eq!(
-            topo.links["a1-a2"].nodes,
-            ["a1".to_string(), "a2".to_string()]
-        );
+        topo.update(&view("a1", "a2", true, 1000.0));
+        let link = &topo.links["a1-a2"];
+        assert_eq!(link.nodes, ["a1".to_string(), "a2".to_string()]);
+        assert!(link.up);
+        topo.update(&view("a2", "a1", false, 800.0));
+        let link = &topo.links["a1-a2"];
+        assert!(!link.up);
+        assert_eq!(link.rate_bps, 800.0);
+        assert_eq!(link.own_blocks["a2"], 12);
     }
 }
