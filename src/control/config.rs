@@ -107,16 +107,26 @@ fn default_interworking_rate() -> f64 {
     1000.0
 }
 
+/// The default the `qkdni-controller` module gives the leaf `leaf` of the controller.
+fn yang_default(leaf: &str) -> String {
+    use crate::model::controller::ROOT;
+    crate::model::default_of(&format!("{ROOT}/{leaf}"))
+}
+
 fn default_policy() -> String {
-    "key-aware".into()
+    yang_default(crate::model::controller::root::POLICY)
 }
 
 fn default_poll() -> u64 {
-    2
+    yang_default(crate::model::controller::root::POLL_SECONDS)
+        .parse()
+        .expect("the YANG default of poll-seconds is a number")
 }
 
 fn default_on_demand_idle() -> u64 {
-    600
+    yang_default(crate::model::controller::root::ON_DEMAND_IDLE_SECONDS)
+        .parse()
+        .expect("the YANG default of on-demand-idle-seconds is a number")
 }
 
 /// One KM agent.

@@ -136,13 +136,14 @@ impl Instance {
             .find(|s| s.master_sae == master && s.slave_sae == slave)
         {
             // one session per pair: an unroutable one is retried by the controller itself
-            let _ = reply.send(match session.state {
+            let answer = match session.state {
                 SessionState::Active => Ok(session.clone()),
                 SessionState::Unroutable => Err(ControlError::NoRoute(format!(
                     "session {} waits for a route",
                     session.id
                 ))),
-            });
+            };
+            self.answer(reply, answer);
             return;
         }
         let by = Requester::Km(km);

@@ -57,6 +57,9 @@ pub(super) struct Instance {
     pub(super) creating: BTreeMap<(String, String), Vec<Reply<Session>>>,
     /// When each SAE pair last asked for keys (on-demand sessions expire without use).
     pub(super) usage: super::state::PairUse,
+    /// Answers to send once the view that shows their effect is published: whoever is told
+    /// a change is done reads it at once.
+    answers: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 /// Opens the store, reads every agent, starts the instance with the stored sessions and
@@ -154,6 +157,7 @@ pub(super) fn spawn(
         creating: BTreeMap::new(),
         shown: BTreeMap::new(),
         usage: Default::default(),
+        answers: Vec::new(),
     };
     tokio::spawn(instance.run(inputs, publish));
 }
@@ -164,7 +168,21 @@ impl Instance {
             self.handle(input);
             self.pump();
             publish.send_replace(Arc::new(self.view()));
+            for answer in self.answers.drain(..) {
+                answer();
+            }
         }
+    }
+
+    /// Sends `value` on `reply` once the view after this input is published.
+    pub(super) fn answer<T: Send + 'static>(
+        &mut self,
+        reply: tokio::sync::oneshot::Sender<T>,
+        value: T,
+    ) {
+        self.answers.push(Box::new(move || {
+            let _ = reply.send(value);
+        }));
     }
 
     fn view(&self) -> View {

@@ -66,7 +66,7 @@ impl Instance {
             } => self.start_peer_abort(&from, transaction, reply),
             Job::PeerDelete { from, id, reply } => {
                 let deleted = self.remove_segment(&from, id);
-                let _ = reply.send(deleted);
+                self.answer(reply, deleted);
                 deleted.then_some(Then::Nothing)
             }
             Job::DropLeftOver { from, live } => self.drop_left_over_segments(&from, &live),
@@ -126,7 +126,7 @@ impl Instance {
                             peer.as_ref().map(|(_, t)| *t),
                         );
                         for reply in replies {
-                            let _ = reply.send(Ok(session.clone()));
+                            self.answer(reply, Ok(session.clone()));
                         }
                     }
                     Err(error) => {
@@ -142,7 +142,7 @@ impl Instance {
                 if let Err(error) = result {
                     tracing::warn!(%error, "removing the routes of a deleted session failed; retried on the next change");
                 }
-                let _ = reply.send(Ok(()));
+                self.answer(reply, Ok(()));
             }
             Then::Rerouted {
                 changed,
@@ -161,16 +161,15 @@ impl Instance {
                 previous,
                 reply,
             } => {
-                let _ = reply.send(self.finish_peer_commit(transaction, segment, previous, result));
+                let committed = self.finish_peer_commit(transaction, segment, previous, result);
+                self.answer(reply, committed);
             }
-            Then::Flushed(reply) => {
-                let _ = reply.send(());
-            }
+            Then::Flushed(reply) => self.answer(reply, ()),
             Then::PeerAborted { transaction, reply } => {
                 if let Err(error) = result {
                     tracing::warn!(%error, "undoing a segment failed; retried later");
                 }
-                let _ = reply.send(aborted(transaction, None));
+                self.answer(reply, aborted(transaction, None));
             }
         }
     }

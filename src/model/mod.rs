@@ -193,6 +193,14 @@ mod tests {
     #[test]
     fn defaults_come_from_the_modules() {
         assert_eq!(default_of(&km::etsi014_leaf(km::etsi014::KEY_SIZE)), "256");
+        assert_eq!(
+            default_of(&format!(
+                "{}/{}",
+                controller::ROOT,
+                controller::root::POLL_SECONDS
+            )),
+            "2"
+        );
         let limits = crate::km::config::Etsi014Limits::default();
         assert_eq!((limits.key_size, limits.max_sae_id_count), (256, 4));
     }

@@ -95,19 +95,21 @@ pub(super) fn apply(controller: &Controller, new: &DataTree<'static>) -> Result<
         .path(format!("{ROOT}/{}", root::AGENTS)));
     }
     interworking::check(new, &controller.config)?;
-    let policy =
-        value(new, &format!("{ROOT}/{}", root::POLICY)).unwrap_or_else(|| "key-aware".into());
-    let poll = value(new, &format!("{ROOT}/{}", root::POLL_SECONDS))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+    // absent leaves take the module's defaults
+    let leaf = |name: &str| {
+        let path = format!("{ROOT}/{name}");
+        value(new, &path).unwrap_or_else(|| crate::model::default_of(&path))
+    };
+    let policy = leaf(root::POLICY);
+    let poll = leaf(root::POLL_SECONDS)
+        .parse()
+        .map_err(|_| RpcError::application(ErrorTag::InvalidValue, "poll-seconds is a number"))?;
     controller.set_policy(&policy).map_err(|e| {
         RpcError::application(ErrorTag::InvalidValue, e.to_string())
             .path(format!("{ROOT}/{}", root::POLICY))
     })?;
     controller.set_poll_seconds(poll);
-    if let Some(idle) =
-        value(new, &format!("{ROOT}/{}", root::ON_DEMAND_IDLE_SECONDS)).and_then(|v| v.parse().ok())
-    {
+    if let Ok(idle) = leaf(root::ON_DEMAND_IDLE_SECONDS).parse() {
         controller.set_on_demand_idle_seconds(idle);
     }
     tracing::info!(%policy, poll_seconds = poll, "controller configuration applied");
