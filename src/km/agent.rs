@@ -185,6 +185,7 @@ impl Agent {
         let links = config
             .links
             .iter()
+            .filter(|link| link.kind.is_qkd())
             .map(|link| {
                 let settings = LinkSettings {
                     rate: link.rate_spec(),
@@ -245,14 +246,26 @@ impl Agent {
         }
     }
 
-    /// The configuration of link `id`.
+    /// The configuration of link `id`: a QKD link or a transfer link.
     pub fn link_config(&self, id: &str) -> Option<&LinkConfig> {
-        self.links.get(id).map(|l| &l.config)
+        match self.links.get(id) {
+            Some(l) => Some(&l.config),
+            None => self.transfer_links().find(|l| l.id == id),
+        }
     }
 
-    /// Every link, by id.
+    /// Every QKD link, by id.
     pub fn links(&self) -> impl Iterator<Item = &LinkRuntime> {
         self.links.values()
+    }
+
+    /// The transfer links of an interworking node's KM (Kxi-1' to the KM of the other QKDN
+    /// in the same node).
+    pub fn transfer_links(&self) -> impl Iterator<Item = &LinkConfig> {
+        self.config
+            .links
+            .iter()
+            .filter(|l| l.kind == crate::km::config::LinkKind::Transfer)
     }
 
     /// Link `id`'s run-time state.

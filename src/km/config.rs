@@ -101,10 +101,35 @@ pub struct LinkConfig {
     /// Size of the link's key pool in 256-bit blocks (both ends' shares together).
     #[serde(default = "default_capacity")]
     pub capacity_blocks: usize,
-    /// For a Qx link between gateway nodes (Y.3818 6.1): the QKDN of the peer GWN. Key
-    /// relay over it speaks Kxi-1 (the ETSI GS QKD 020 shape) instead of the domain's relay.
+    /// For a Qx link between gateway nodes (Y.3818 6.1) or a transfer link inside an
+    /// interworking node (6.2): the QKDN of the peer KM. Key relay over it speaks Kxi-1 /
+    /// Kxi-1' (ETSI GS QKD 020) instead of the domain's relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_domain: Option<String>,
+    /// A QKD link (the default) or an IWN's transfer link.
+    #[serde(default, skip_serializing_if = "LinkKind::is_qkd")]
+    pub kind: LinkKind,
+}
+
+/// What joins a KM to a peer KM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkKind {
+    /// A QKD link: a pair of (emulated) QKD modules filling a shared key pool; keys cross
+    /// it one-time padded.
+    #[default]
+    Qkd,
+    /// The transfer link of an interworking node (Y.3818 6.2): KM-A and KM-B of the same
+    /// trusted node, with no QKD link between them; keys are transferred over Kxi-1' (ETSI
+    /// GS QKD 020, mutual TLS) and no key pool, quantum module, rate or end applies.
+    Transfer,
+}
+
+impl LinkKind {
+    /// Whether this is a QKD link.
+    pub fn is_qkd(&self) -> bool {
+        *self == LinkKind::Qkd
+    }
 }
 
 /// The YANG default of a link's `capacity-blocks`.
@@ -227,6 +252,12 @@ impl KmConfig {
             }
             if link.peer == self.node {
                 return invalid(format!("link {} loops to this node", link.id));
+            }
+            if link.kind == LinkKind::Transfer && link.peer_domain.is_none() {
+                return invalid(format!(
+                    "transfer link {}: the peer KM is of another QKDN (peer_domain)",
+                    link.id
+                ));
             }
             if link.capacity_blocks < 2 {
                 return invalid(format!("link {}: capacity_blocks must be >= 2", link.id));

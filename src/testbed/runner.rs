@@ -266,6 +266,7 @@ pub async fn up_with(
                         model: link.model,
                         capacity_blocks: link.capacity_blocks.unwrap_or(16_384),
                         peer_domain,
+                        kind: Default::default(),
                     })
                 })
                 .collect();

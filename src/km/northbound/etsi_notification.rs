@@ -124,7 +124,7 @@ pub fn notifications(agent: &Agent, event: &Event) -> Result<Vec<Notification>, 
             application_disconnected::PARENT,
             &[(application_disconnected::ID, app.id.to_string())],
         )?),
-        Event::RelayFailure { .. } | Event::Security(_) => {}
+        Event::RelayFailure { .. } | Event::Security(_) | Event::KeyTransfer(_) => {}
     }
     Ok(out)
 }

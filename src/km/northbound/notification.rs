@@ -52,6 +52,8 @@ pub(super) fn start(agent: Arc<Agent>) -> broadcast::Sender<Notification> {
 pub fn own(event: &Event) -> Result<Option<Notification>, yang2::Error> {
     let (parent, leaves): (&'static str, Vec<(&str, String)>) = match event {
         Event::ApplicationNew(_) | Event::ApplicationGone(_) => return Ok(None),
+        // TODO(iwn): the key-transfer notification
+        Event::KeyTransfer(_) => return Ok(None),
         Event::LinkState {
             link,
             state,
