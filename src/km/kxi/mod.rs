@@ -16,7 +16,13 @@
 //! - [`send`] — a relay sent to the peer GWN, acknowledged or settled over Kxi-2;
 //! - [`server`] — the routes a GWN serves to its peers.
 
+pub mod ext_keys;
 pub mod messages;
+pub mod problem;
+pub mod recovery;
+#[cfg(test)]
+mod schema_tests;
 pub mod send;
 pub mod server;
 pub mod state;
+pub mod transfer;

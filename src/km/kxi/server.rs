@@ -1,29 +1,33 @@
-//! The Kxi-1 and Kxi-2 routes a GWN serves to its peer GWNs.
+//! The Kxi-1 / Kxi-1' routes (ETSI GS QKD 020) and the Kxi-2 / Kxi-2' routes a KM serves to
+//! the peer KMs of other QKDNs (across a Qx link or an IWN's transfer link).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::json;
-use tracing::Instrument;
 use uuid::Uuid;
 
+use super::ext_keys::{ack_for, ext_keys, post_acks};
 use super::messages::{
-    AckExtension, AckStatus, ExtKeysAck, ExtKeysRequest, RelayStatus, VoidRequest, AUTH_HEADER,
+    extension_error, member, sae_ids_error, AckContainer, AckExtension, AckStatus, RelayStatus,
+    VersionContainer, VoidContainer, EXT_ACK, MAX_ITEMS, MAX_URL,
 };
+use super::problem::{Kind, Problem};
 use crate::km::agent::Agent;
-use crate::km::kma::relay::error::RelayError;
-use crate::km::kma::relay::messages::RelayEnvelope;
-use crate::km::kma::relay::receive::{act, verify};
+use crate::km::config::LinkConfig;
 use crate::tls::PeerIdentity;
 
-/// The Kxi-1 and Kxi-2 routes of a GWN's KMA server.
+/// The Kxi routes of a KM's KMA server. Also starts the settlement of transfers left
+/// unsettled by an earlier run and the retry of pending voids ([`super::recovery`]).
 pub fn router(agent: Arc<Agent>) -> Router {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::spawn(super::recovery::run(agent.clone()));
+    }
     Router::new()
         .route("/kmapi/versions", get(versions))
         .route("/kmapi/v1/ext_keys", post(ext_keys))
@@ -33,172 +37,44 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
-fn problem(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "message": message.into() }))).into_response()
-}
-
-/// The caller if it is the peer GWN of some Qx link of this node.
-fn qx_peer(agent: &Agent, identity: &PeerIdentity) -> Result<String, Box<Response>> {
+/// The caller and the Kxi links (Qx or transfer) it is the peer of.
+pub(super) fn kxi_peer(
+    agent: &Agent,
+    identity: &PeerIdentity,
+) -> Result<(String, Vec<LinkConfig>), Problem> {
     let Some(caller) = identity.0.clone() else {
-        return Err(Box::new(problem(
-            StatusCode::UNAUTHORIZED,
+        return Err(Problem::new(
+            Kind::Unauthorized,
+            "certificate",
             "a KM certificate is required",
-        )));
+        ));
     };
-    if agent
-        .links()
-        .any(|l| l.config.peer_domain.is_some() && l.config.peer_identity() == caller)
-    {
-        Ok(caller)
-    } else {
-        tracing::warn!(%caller, "Kxi request from a party that is no peer GWN");
-        Err(Box::new(problem(
-            StatusCode::FORBIDDEN,
-            "not a peer gateway node",
-        )))
+    let links: Vec<LinkConfig> = agent
+        .config
+        .links
+        .iter()
+        .filter(|l| l.peer_domain.is_some() && l.peer_identity() == caller)
+        .cloned()
+        .collect();
+    if links.is_empty() {
+        tracing::warn!(%caller, "Kxi request from a party that is no peer GWN or IWN KM");
+        return Err(Problem::new(
+            Kind::Unauthorized,
+            "not_a_peer",
+            "not the peer KM of a Qx or transfer link",
+        ));
     }
+    Ok((caller, links))
 }
 
-async fn versions() -> Json<serde_json::Value> {
-    Json(json!({ "versions": [{ "version": "1", "url": "/kmapi/v1" }] }))
-}
-
-fn parse_auth(headers: &HeaderMap) -> Option<(u64, String)> {
-    let value = headers.get(AUTH_HEADER)?.to_str().ok()?;
-    let mut block = None;
-    let mut tag = None;
-    for part in value.split(',') {
-        let (name, v) = part.trim().split_once('=')?;
-        match name {
-            "block" => block = v.parse().ok(),
-            // the tag is Base64 and may end with '='
-            "tag" => tag = Some(part.trim()["tag=".len()..].to_owned()),
-            _ => return None,
-        }
-    }
-    Some((block?, tag?))
-}
-
-async fn ext_keys(
+async fn versions(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
-    headers: HeaderMap,
-    body: Bytes,
 ) -> Response {
-    let sender = match qx_peer(&agent, &identity) {
-        Ok(sender) => sender,
-        Err(response) => return *response,
-    };
-    let Some((mac_seq, tag)) = parse_auth(&headers) else {
-        tracing::warn!(%sender, "ext_keys without authentication");
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            "Kxi-Authentication header missing or malformed",
-        );
-    };
-    let Ok(text) = String::from_utf8(body.to_vec()) else {
-        return problem(StatusCode::BAD_REQUEST, "the body is not UTF-8");
-    };
-    let request: ExtKeysRequest = match serde_json::from_str(&text) {
-        Ok(request) => request,
-        Err(error) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                format!("malformed ext_keys request: {error}"),
-            )
-        }
-    };
-    let relay_id = request.extension.relay_id;
-    let span = tracing::info_span!("relay", %relay_id, origin = %request.extension.origin_km, dest = %request.extension.dest_km, from = %sender, via = "kxi-1");
-    let relay_body = request.to_relay_body();
-    let envelope = RelayEnvelope {
-        body: text,
-        mac_seq,
-        tag,
-    };
-    let verified = match verify(&agent, &sender, &envelope, &relay_body, true)
-        .instrument(span.clone())
-        .await
-    {
-        Ok(verified) => verified,
-        Err(RelayError::Rejected(message)) if message.contains("authentication") => {
-            return problem(StatusCode::UNAUTHORIZED, message)
-        }
-        Err(RelayError::Rejected(message)) => return problem(StatusCode::BAD_REQUEST, message),
-        Err(error) => return problem(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
-    };
-    // the acknowledgement goes back to the peer GWN, over the link's own client
-    let callback = agent.client_for(verified.link()).clone();
-    if !request
-        .ack_callback_url
-        .starts_with(&format!("{}/", verified.link().peer_kma))
-    {
-        tracing::warn!(parent: &span, callback = %request.ack_callback_url, "ack callback outside the peer GWN");
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "ack_callback_url must be on the peer GWN's KMA",
-        );
+    match kxi_peer(&agent, &identity) {
+        Ok(_) => Json(VersionContainer::ours()).into_response(),
+        Err(problem) => problem.into_response(),
     }
-    let key_ids: Vec<Uuid> = request.key_ids.iter().map(|k| k.key_id).collect();
-    agent.kxi.remember(relay_id, &sender, key_ids.clone());
-    let task_agent = agent.clone();
-    tokio::spawn(
-        async move {
-            let agent = task_agent;
-            let outcome = act(&agent, &sender, verified, relay_body).await;
-            let (status, delivered, hops, message) = match &outcome {
-                Ok(ack) => (RelayStatus::Relayed, ack.delivered, ack.hops, None),
-                Err(error) => (RelayStatus::Failed, 0, 0, Some(error.to_string())),
-            };
-            let exhausted = outcome.as_ref().is_err_and(RelayError::is_exhaustion);
-            if !agent.kxi.settle(relay_id, status) {
-                tracing::warn!("relay voided while in progress");
-            }
-            if let Some(message) = &message {
-                tracing::warn!(%message, "interworking relay failed");
-                agent.emit(crate::km::events::Event::RelayFailure {
-                    relay_id,
-                    destination: request.extension.dest_km.clone(),
-                    reason: message.clone(),
-                    exhausted,
-                });
-            }
-            let ack = ExtKeysAck {
-                key_ids,
-                ack_status: if status == RelayStatus::Relayed {
-                    AckStatus::Relayed
-                } else {
-                    AckStatus::Failed
-                },
-                message,
-                extension: AckExtension {
-                    relay_id,
-                    link: request.extension.link.clone(),
-                    delivered,
-                    hops,
-                },
-            };
-            for attempt in 0..3u64 {
-                match callback
-                    .post(&request.ack_callback_url)
-                    .json(&ack)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => return,
-                    Ok(r) => tracing::warn!(status = %r.status(), "ack callback refused"),
-                    Err(error) => tracing::warn!(%error, "ack callback failed"),
-                }
-                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
-            }
-        }
-        .instrument(span),
-    );
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "relay_id": relay_id, "status": "accepted" })),
-    )
-        .into_response()
 }
 
 async fn ext_keys_ack(
@@ -206,34 +82,89 @@ async fn ext_keys_ack(
     Extension(identity): Extension<PeerIdentity>,
     body: Bytes,
 ) -> Response {
-    let sender = match qx_peer(&agent, &identity) {
-        Ok(sender) => sender,
-        Err(response) => return *response,
+    let (sender, _) = match kxi_peer(&agent, &identity) {
+        Ok(found) => found,
+        Err(problem) => return problem.into_response(),
+    };
+    let not_understood = |text: String| {
+        Problem::new(Kind::AckNotUnderstood, "ack_not_understood", text).into_response()
     };
     // parsed once the caller is known
-    let ack: ExtKeysAck = match serde_json::from_slice(&body) {
+    let acks: Vec<AckContainer> = match serde_json::from_slice(&body) {
         Ok(parsed) => parsed,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, format!("malformed body: {e}")),
+        Err(e) => return not_understood(e.to_string()),
     };
-    if agent
-        .link_config(&ack.extension.link)
-        .is_none_or(|l| l.peer_identity() != sender)
-    {
-        tracing::warn!(%sender, link = %ack.extension.link, "acknowledgement for a link the sender is not on");
-        return problem(StatusCode::FORBIDDEN, "not the peer of that link");
+    if acks.is_empty() || acks.len() > MAX_ITEMS {
+        return not_understood("1 to 1024 ack containers".into());
     }
-    let key = (ack.extension.relay_id, ack.extension.link.clone());
-    let waiting = agent.kxi.awaiting.lock().expect("kxi").remove(&key);
-    match waiting {
-        Some(tx) => {
-            let _ = tx.send(ack);
-            Json(json!({ "status": "ok" })).into_response()
+    for ack in &acks {
+        if ack.key_id_container.is_empty() || ack.key_id_container.len() > MAX_ITEMS {
+            return not_understood("1 to 1024 key ids in each container".into());
         }
-        None => problem(
-            StatusCode::NOT_FOUND,
-            "no ext_keys request awaits this acknowledgement",
-        ),
+        if ack
+            .message
+            .as_ref()
+            .is_some_and(|m| m.chars().count() > super::messages::MAX_MESSAGE)
+        {
+            return not_understood("message longer than 4096 characters".into());
+        }
+        if let Some(error) = ack.extension.as_ref().and_then(extension_error) {
+            return not_understood(error);
+        }
     }
+    let mut unmatched = 0;
+    for ack in acks {
+        let named: Option<AckExtension> =
+            member(ack.extension.as_ref(), EXT_ACK).unwrap_or_default();
+        let named = named.map(|e| (e.relay_id, e.link));
+        if !agent.kxi.deliver_ack(&sender, named, ack) {
+            unmatched += 1;
+        }
+    }
+    if unmatched > 0 {
+        tracing::warn!(%sender, unmatched, "acknowledgements nobody awaits");
+        return Problem::new(
+            Kind::AckNotUnderstood,
+            "not_awaited",
+            format!("{unmatched} ack containers match no ext_keys request awaiting one"),
+        )
+        .into_response();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The checks of ETSI GS QKD 020 on a `void_container`.
+fn check_void(container: &VoidContainer) -> Result<(), Problem> {
+    let not_understood =
+        |detail: &str, text: &str| Err(Problem::new(Kind::VoidRequestNotUnderstood, detail, text));
+    if container.key_ids.is_empty() && container.all_confirmation != Some(true) {
+        return Err(Problem::new(
+            Kind::NoKeyIdsOrConfirmation,
+            "no_all_confirmation",
+            "key_ids is empty and all_confirmation is not true",
+        ));
+    }
+    if container.key_ids.len() > MAX_ITEMS {
+        return not_understood("too_many_key_ids", "at most 1024 key ids");
+    }
+    if let Some(details) = sae_ids_error(&container.initiator_sae_id, &container.target_sae_ids) {
+        return Err(
+            Problem::with_status(Kind::VoidRequestNotUnderstood, StatusCode::BAD_REQUEST)
+                .details(details),
+        );
+    }
+    if let Some(error) = container.extension.as_ref().and_then(extension_error) {
+        return not_understood("invalid_extension", &error);
+    }
+    if let Some(url) = &container.ack_callback_url {
+        if url.len() > MAX_URL || !url.starts_with("https://") {
+            return not_understood(
+                "invalid_ack_callback_url",
+                "an https:// URL of at most 1024 characters",
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn ext_keys_void(
@@ -241,78 +172,173 @@ async fn ext_keys_void(
     Extension(identity): Extension<PeerIdentity>,
     body: Bytes,
 ) -> Response {
-    let sender = match qx_peer(&agent, &identity) {
-        Ok(sender) => sender,
-        Err(response) => return *response,
+    let (sender, links) = match kxi_peer(&agent, &identity) {
+        Ok(found) => found,
+        Err(problem) => return problem.into_response(),
     };
     // parsed once the caller is known
-    let request: VoidRequest = match serde_json::from_slice(&body) {
+    let container: VoidContainer = match serde_json::from_slice(&body) {
         Ok(parsed) => parsed,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, format!("malformed body: {e}")),
+        Err(e) => {
+            return Problem::new(
+                Kind::VoidRequestNotUnderstood,
+                "malformed_body",
+                e.to_string(),
+            )
+            .into_response()
+        }
     };
-    if request.key_ids.is_empty() && !request.all_confirmation {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "voiding every key needs all_confirmation=true",
-        );
+    if let Err(problem) = check_void(&container) {
+        return problem.into_response();
     }
-    let mut voided = Vec::new();
-    let mut already = Vec::new();
+    let callback = match &container.ack_callback_url {
+        None => None,
+        Some(url) => match links
+            .iter()
+            .find(|l| url.starts_with(&format!("{}/", l.peer_kma)))
+        {
+            Some(link) => Some((agent.client_for(link).clone(), url.clone())),
+            None => {
+                return Problem::new(
+                    Kind::VoidRequestNotUnderstood,
+                    "invalid_ack_callback_url",
+                    "ack_callback_url must be on the peer KM's KMA",
+                )
+                .into_response()
+            }
+        },
+    };
+    let acks = match void_keys(&agent, &sender, &container).await {
+        Ok(acks) => acks,
+        Err(problem) => return problem.into_response(),
+    };
+    match callback {
+        None => Json(acks).into_response(),
+        Some((client, url)) => {
+            tokio::spawn(async move { post_acks(&client, &url, &acks).await });
+            StatusCode::ACCEPTED.into_response()
+        }
+    }
+}
+
+/// Voids the keys `container` names that `sender` sent: Qx relays in progress here, and
+/// transfers over a transfer link ([`super::transfer::void`]). One ack container per outcome.
+async fn void_keys(
+    agent: &Arc<Agent>,
+    sender: &str,
+    container: &VoidContainer,
+) -> Result<Vec<AckContainer>, Problem> {
+    let all = container.all_confirmation == Some(true) && container.key_ids.is_empty();
+    let mut outcome: Vec<(Uuid, AckStatus)> = Vec::new();
     {
         let mut guard = agent.kxi.received.lock().expect("kxi");
         for received in guard.0.values_mut().filter(|r| r.sender == sender) {
-            let named = request.all_confirmation
-                || received.key_ids.iter().any(|k| request.key_ids.contains(k));
+            let named = all
+                || received
+                    .key_ids
+                    .iter()
+                    .any(|k| container.key_ids.contains(k));
             if !named {
                 continue;
             }
-            if received.status == RelayStatus::InProgress {
-                received.status = RelayStatus::Voided;
-                voided.extend(received.key_ids.iter().copied());
-            } else {
-                already.extend(received.key_ids.iter().copied());
-            }
+            let status = match received.status {
+                RelayStatus::InProgress | RelayStatus::Voided | RelayStatus::Failed => {
+                    received.status = RelayStatus::Voided;
+                    AckStatus::Voided
+                }
+                // a GWN's relayed keys are with the slave SAEs' KM: they stay
+                _ => AckStatus::FailedToVoid,
+            };
+            outcome.extend(received.key_ids.iter().map(|k| (*k, status)));
         }
     }
-    tracing::info!(
-        voided = voided.len(),
-        settled = already.len(),
-        "ext_keys void"
-    );
-    Json(json!({ "voided": voided, "already_settled": already })).into_response()
+    outcome.extend(super::transfer::void(agent, sender, container).await?);
+    let mut acks = Vec::new();
+    for status in [
+        AckStatus::Voided,
+        AckStatus::FailedToVoid,
+        AckStatus::KeyNotPresent,
+    ] {
+        let mut ids: Vec<Uuid> = outcome
+            .iter()
+            .filter(|(_, s)| *s == status)
+            .map(|(k, _)| *k)
+            .collect();
+        if status == AckStatus::KeyNotPresent {
+            ids.extend(
+                container
+                    .key_ids
+                    .iter()
+                    .filter(|k| !outcome.iter().any(|(o, _)| o == *k)),
+            );
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(MAX_ITEMS) {
+            acks.push(ack_for(
+                chunk,
+                &container.initiator_sae_id,
+                &container.target_sae_ids,
+                status,
+                None,
+                None,
+            ));
+        }
+    }
+    tracing::info!(acks = acks.len(), "ext_keys void");
+    Ok(acks)
 }
 
+/// Kxi-2 / Kxi-2': where a relay or transfer from the caller stands, and its key ids.
 async fn relay_status(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
     Path(relay_id): Path<Uuid>,
 ) -> Response {
-    let sender = match qx_peer(&agent, &identity) {
-        Ok(sender) => sender,
-        Err(response) => return *response,
+    let (sender, _) = match kxi_peer(&agent, &identity) {
+        Ok(found) => found,
+        Err(problem) => return problem.into_response(),
     };
-    let status = agent.kxi.status(relay_id, &sender);
-    Json(json!({ "relay_id": relay_id, "status": status })).into_response()
+    let (mut status, mut key_ids) = agent.kxi.status(relay_id, &sender);
+    if status == RelayStatus::Unknown {
+        match super::transfer::status(&agent, &sender, relay_id).await {
+            Ok(Some(found)) => (status, key_ids) = found,
+            Ok(None) => {}
+            Err(problem) => return problem.into_response(),
+        }
+    }
+    Json(json!({ "relay_id": relay_id, "status": status, "key_ids": key_ids })).into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn void(key_ids: Vec<Uuid>, all: Option<bool>) -> VoidContainer {
+        VoidContainer {
+            key_ids,
+            initiator_sae_id: "sae-a".into(),
+            target_sae_ids: vec!["sae-b".into()],
+            ack_callback_url: None,
+            extension: None,
+            all_confirmation: all,
+        }
+    }
+
     #[test]
-    fn authentication_header_is_parsed() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            AUTH_HEADER,
-            "block=42, tag=q83vEjRWeJASNFZ4kBI0Vg==".parse().unwrap(),
-        );
-        assert_eq!(
-            parse_auth(&headers),
-            Some((42, "q83vEjRWeJASNFZ4kBI0Vg==".to_owned()))
-        );
-        headers.insert(AUTH_HEADER, "block=x, tag=abc".parse().unwrap());
-        assert_eq!(parse_auth(&headers), None);
-        headers.insert(AUTH_HEADER, "tag=abc".parse().unwrap());
-        assert_eq!(parse_auth(&headers), None);
+    fn an_empty_void_needs_all_confirmation() {
+        let problem = check_void(&void(vec![], None)).unwrap_err();
+        assert_eq!(problem.status, 400);
+        assert!(problem.type_uri.ends_with("/no-key-ids-or-confirmation"));
+        assert!(problem.details.contains_key("no_all_confirmation"));
+        assert!(check_void(&void(vec![], Some(false))).is_err());
+        assert!(check_void(&void(vec![], Some(true))).is_ok());
+        assert!(check_void(&void(vec![Uuid::nil()], None)).is_ok());
+        let mut bad = void(vec![Uuid::nil()], None);
+        bad.initiator_sae_id = "with space".into();
+        assert!(check_void(&bad)
+            .unwrap_err()
+            .type_uri
+            .ends_with("/void-request-not-understood"));
     }
 }

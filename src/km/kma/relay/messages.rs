@@ -39,6 +39,14 @@ pub struct RelayBody {
     pub key_size: u32,
     pub hops_left: u8,
     pub keys: Vec<RelayedKey>,
+    /// ETSI GS QKD 020 `extension_optional` members that came with the keys over Kxi-1:
+    /// passed on unchanged to the next Kxi hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension_optional: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The interworking node's KM that brought the keys into this QKDN over a transfer
+    /// link: the destination KM lets it (and only it, through the previous hop) withdraw them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iwn_km: Option<String>,
 }
 
 /// One key on one hop.

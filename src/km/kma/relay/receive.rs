@@ -243,6 +243,8 @@ async fn act_on_relay(
         slave_saes: body.slave_saes,
         key_size: body.key_size,
         hops_left: body.hops_left - 1,
+        extension_optional: body.extension_optional,
+        iwn_km: body.iwn_km,
     };
     // the path was reserved before the relay started; a relay that comes without (or after
     // its hold expired) reserves the rest of its path now

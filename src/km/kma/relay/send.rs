@@ -63,6 +63,8 @@ pub async fn supply(
             slave_saes: group,
             key_size: size,
             hops_left: MAX_HOPS,
+            extension_optional: None,
+            iwn_km: None,
         };
         let span = tracing::info_span!("relay", relay_id = %hop.relay_id, origin = %hop.origin_km, dest = %hop.dest_km, keys = number, step = "reserve");
         let plan = reserve::prepare(agent, &hop, number as usize, None)
@@ -252,6 +254,8 @@ async fn send_hop(
         key_size: hop.key_size,
         hops_left: hop.hops_left,
         keys: relayed,
+        extension_optional: hop.extension_optional,
+        iwn_km: hop.iwn_km,
     };
     if link.peer_domain.is_some() {
         let ack = send_ext_keys(agent, link, &body, mac_seq, &mac_key).await?;

@@ -229,6 +229,8 @@ pub async fn receive(
         slave_saes: request.slave_saes,
         key_size: request.key_size,
         hops_left: request.hops_left - 1,
+        extension_optional: None,
+        iwn_km: None,
     };
     let plan = prepare(agent, &hop, request.keys, Some(sender)).await?;
     agent.holds.hold(hop.relay_id, plan);

@@ -24,6 +24,11 @@ pub struct Hop {
     pub slave_saes: Vec<String>,
     pub key_size: u32,
     pub hops_left: u8,
+    /// ETSI GS QKD 020 `extension_optional` members carried with the keys.
+    pub extension_optional: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The IWN KM that brought the keys into this QKDN (see
+    /// [`RelayBody::iwn_km`](crate::km::kma::relay::messages::RelayBody::iwn_km)).
+    pub iwn_km: Option<String>,
 }
 
 /// One next hop of a planned relay: the keys (by position) it carries and the blocks set
