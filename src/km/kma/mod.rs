@@ -6,11 +6,13 @@
 //!
 //! - [`relay`] — hop-by-hop key relay (sending and receiving);
 //! - [`reserve`] — path reservation, so a relay that cannot arrive spends no link key;
-//! - [`otp`] — the one-time pad and MAC of relayed keys.
+//! - [`otp`] — the one-time pad and MAC of relayed keys;
+//! - [`withdraw`] — keys of a voided interworking transfer taken back from the slave SAEs.
 
 pub mod otp;
 pub mod relay;
 pub mod reserve;
+pub mod withdraw;
 
 use std::sync::Arc;
 
@@ -38,6 +40,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/kma/v1/relay", post(relay_hop))
         .route("/kma/v1/reserve", post(reserve_path))
+        .route("/kma/v1/withdraw", post(withdraw_keys))
         .route("/qchannel/v1/links/{link}/sync", post(qchannel_sync))
         .route("/qchannel/v1/links/{link}/frames", post(qchannel_frame))
         .route(
@@ -155,6 +158,32 @@ async fn relay_hop(
             tracing::warn!(%error, "relay hop failed");
             problem(relay_status(&error), error.to_string())
         }
+    }
+}
+
+/// The IWN KM of a voided transfer (through the hops after it) takes its keys back.
+async fn withdraw_keys(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+    body: Bytes,
+) -> Response {
+    let Some(sender) = identity.0.clone() else {
+        return problem(StatusCode::UNAUTHORIZED, "a KM certificate is required");
+    };
+    let request: withdraw::WithdrawRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let span = tracing::info_span!("transfer", relay_id = %request.relay_id, dest = %request.dest_km, from = %sender, step = "withdraw");
+    match withdraw::receive(&agent, &sender, request)
+        .instrument(span)
+        .await
+    {
+        Ok(answer) => Json(answer).into_response(),
+        Err((status, message)) => problem(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            message,
+        ),
     }
 }
 

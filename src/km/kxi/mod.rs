@@ -19,10 +19,10 @@
 pub mod ext_keys;
 pub mod messages;
 pub mod problem;
-pub mod recovery;
 #[cfg(test)]
 mod schema_tests;
 pub mod send;
 pub mod server;
+pub mod settle;
 pub mod state;
 pub mod transfer;

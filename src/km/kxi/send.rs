@@ -86,15 +86,15 @@ pub async fn send_ext_keys(
     let key_ids: Vec<Uuid> = body.keys.iter().map(|k| k.key_id).collect();
     let auth = format!("block={mac_seq}, tag={tag}");
     match exchange(agent, link, body.relay_id, &key_ids, bytes, Some(auth)).await? {
-        Some(ack) => accepted(link, body, &key_ids, ack),
+        Some(ack) => accepted(link, body.relay_id, &key_ids, ack),
         None => settle_without_ack(agent, link, body, &key_ids).await,
     }
 }
 
-/// Checks an acknowledgement of the keys `key_ids` of `body`.
+/// Checks an acknowledgement of the keys `key_ids` of relay `relay_id`.
 pub(super) fn accepted(
     link: &LinkConfig,
-    body: &RelayBody,
+    relay_id: Uuid,
     key_ids: &[Uuid],
     ack: AckContainer,
 ) -> Result<RelayAck, RelayError> {
@@ -110,7 +110,7 @@ pub(super) fn accepted(
             .is_none_or(|e| e.delivered == key_ids.len());
     match ack.ack_status {
         AckStatus::Relayed if complete => Ok(RelayAck {
-            relay_id: body.relay_id,
+            relay_id,
             delivered: key_ids.len(),
             hops: extension.map_or(1, |e| e.hops).saturating_add(1),
         }),

@@ -23,10 +23,11 @@ use crate::km::config::LinkConfig;
 use crate::tls::PeerIdentity;
 
 /// The Kxi routes of a KM's KMA server. Also starts the settlement of transfers left
-/// unsettled by an earlier run and the retry of pending voids ([`super::recovery`]).
+/// unsettled by an earlier run and the retry of pending voids ([`super::settle::run`]).
 pub fn router(agent: Arc<Agent>) -> Router {
     if tokio::runtime::Handle::try_current().is_ok() {
-        tokio::spawn(super::recovery::run(agent.clone()));
+        let started = crate::km::store::deliveries_now_ms();
+        tokio::spawn(super::settle::run(agent.clone(), started));
     }
     Router::new()
         .route("/kmapi/versions", get(versions))

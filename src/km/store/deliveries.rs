@@ -323,6 +323,24 @@ impl Txn {
         Ok(out)
     }
 
+    /// Withdraws key `key_id` from `slave_sae` (a voided transfer): removed when it waits,
+    /// [`Withdrawn::Fetched`] when the SAE already has it.
+    pub fn withdraw_delivery(
+        &mut self,
+        slave_sae: &str,
+        key_id: Uuid,
+    ) -> Result<super::Withdrawn, StoreError> {
+        let mut tables = Tables::open(&self.txn)?;
+        let id = key_id.as_u128();
+        if tables.remove(id, slave_sae)?.is_some() {
+            return Ok(super::Withdrawn::Removed);
+        }
+        if tables.fetched.get((id, slave_sae))?.is_some() {
+            return Ok(super::Withdrawn::Fetched);
+        }
+        Ok(super::Withdrawn::Absent)
+    }
+
     /// Erases up to `max` keys whose deadline is at or before `now_ms`; returns how many.
     pub fn expire_deliveries(&mut self, now_ms: u64, max: usize) -> Result<usize, StoreError> {
         let mut tables = Tables::open(&self.txn)?;

@@ -20,7 +20,8 @@
 //! and a crash simply returns them to the pool.
 //!
 //! Beside this file: `arrival` (blocks from the quantum layer), `reservation`, `peer_blocks`
-//! (the peer's blocks, by number) and `deliveries` (keys awaiting their slave SAE).
+//! (the peer's blocks, by number), `deliveries` (keys awaiting their slave SAE) and
+//! `transfers` (key transfers of an interworking node, and who may withdraw their keys).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -33,10 +34,12 @@ mod arrival;
 mod deliveries;
 mod peer_blocks;
 mod reservation;
+mod transfers;
 pub use arrival::frame_owner;
 pub use deliveries::{now_ms as deliveries_now_ms, Delivery, DeliveryTerms};
 pub use reservation::Reservation;
 use reservation::ReservedSets;
+pub use transfers::{Phase, Side, TransferRecord, Withdrawable, Withdrawn};
 
 /// The block, its size and the owner indices are the quantum layer's, which hands blocks in.
 pub use crate::quantum::sink::{Block, BLOCK_BYTES, RX, TX};

@@ -195,6 +195,23 @@ async fn act_on_relay(
         });
     }
     let consumed = vec![(link.id.clone(), owner, seqs)];
+    deliver_or_forward(agent, sender, link, consumed, body, keys)
+        .await
+        .map(|(ack, _)| ack)
+}
+
+/// Delivers (this KM is the destination) or forwards keys that came over `link` from
+/// `sender`, removing the incoming blocks `consumed` with the first effect; returns the
+/// acknowledgement and the links of the next hops the keys took (none when delivered).
+pub(crate) async fn deliver_or_forward(
+    agent: &Arc<Agent>,
+    sender: &str,
+    link: &LinkConfig,
+    consumed: Vec<(String, u8, Vec<u64>)>,
+    body: RelayBody,
+    keys: Vec<Zeroizing<Vec<u8>>>,
+) -> Result<(RelayAck, Vec<String>), RelayError> {
+    let reject = |m: &str| Err(RelayError::Rejected(m.to_owned()));
     let key_ids: Vec<Uuid> = body.keys.iter().map(|k| k.key_id).collect();
     if agent.sae_node(&body.master_sae).as_deref() != Some(body.origin_km.as_str()) {
         return reject("the master SAE is not served by the origin KM");
@@ -210,7 +227,12 @@ async fn act_on_relay(
             return reject("a slave SAE is not served by the destination KM");
         }
         let (slaves, master) = (body.slave_saes.clone(), body.master_sae.clone());
-        let consumed_count = consumed[0].2.len();
+        let consumed_count: usize = consumed.iter().map(|c| c.2.len()).sum();
+        // keys brought in by an IWN may be withdrawn (voided transfer) through this hop
+        let withdrawable = body
+            .iwn_km
+            .as_ref()
+            .map(|_| (body.relay_id, sender.to_owned(), key_ids.clone()));
         let entries: Vec<(Uuid, Zeroizing<Vec<u8>>)> = key_ids.iter().copied().zip(keys).collect();
         let terms = crate::km::ksa::expiry::terms(agent);
         agent
@@ -220,17 +242,23 @@ async fn act_on_relay(
                     for (link, owner, seqs) in &consumed {
                         txn.remove_peer_blocks(link, *owner, seqs)?;
                     }
-                    txn.insert_deliveries(&slaves, &master, &entries, terms)
+                    txn.insert_deliveries(&slaves, &master, &entries, terms)?;
+                    if let Some((relay, previous, ids)) = &withdrawable {
+                        let now = crate::km::store::deliveries_now_ms();
+                        txn.put_withdrawable(*relay, previous, ids, &slaves, now)?;
+                    }
+                    Ok(())
                 })
             })
             .await?;
         agent.count_consumed(&link.id, consumed_count);
         tracing::info!(keys = key_ids.len(), "keys delivered to destination KM");
-        return Ok(RelayAck {
+        let ack = RelayAck {
             relay_id: body.relay_id,
             delivered: key_ids.len(),
             hops: 1,
-        });
+        };
+        return Ok((ack, Vec::new()));
     }
     if body.hops_left == 0 {
         return reject("hop limit reached");
@@ -252,10 +280,12 @@ async fn act_on_relay(
         Some(plan) => plan,
         None => reserve::prepare(agent, &hop, key_ids.len(), Some(sender)).await?,
     };
+    let next_links: Vec<String> = plan.parts.iter().map(|p| p.link.id.clone()).collect();
     let (_, ack) = send_split(agent, hop, &key_ids, Some(&keys), consumed, plan).await?;
     tracing::info!("keys forwarded");
-    Ok(RelayAck {
+    let ack = RelayAck {
         hops: ack.hops.saturating_add(1),
         ..ack
-    })
+    };
+    Ok((ack, next_links))
 }

@@ -202,6 +202,11 @@ async fn send_hop(
         link, reservation, ..
     } = part;
     let link = &link;
+    if !link.kind.is_qkd() {
+        // Kxi-1' over an IWN's transfer link: no pads, nothing reserved
+        drop(reservation);
+        return crate::km::kxi::transfer::send(agent, link, hop, key_ids, keys, consumed_in).await;
+    }
     let wanted = reservation.len();
     if wanted != key_ids.len() * per_key + 1 {
         return Err(RelayError::Rejected(

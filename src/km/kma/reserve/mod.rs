@@ -118,9 +118,16 @@ pub async fn prepare(
         } else {
             ORIGIN_WAIT
         };
+        // a transfer link has no key pool: nothing to reserve on it (the IWN's other KM
+        // still reserves the rest of the path)
+        let blocks = if link.kind.is_qkd() {
+            count * per_key + 1
+        } else {
+            0
+        };
         let reservation = agent
             .store
-            .reserve_within(&link.id, link.end.owner(), count * per_key + 1, wait)
+            .reserve_within(&link.id, link.end.owner(), blocks, wait)
             .await?;
         parts.push(Part {
             link,
