@@ -20,6 +20,7 @@ use super::sessions::{
     Interworking, InterworkingRole, Session, SessionEvent, SessionPath, SessionState,
 };
 use super::topology::{ForeignSae, LinkState, NodeState, Topology, WeightedHop};
+use super::transfers::TransferRecord;
 
 pub use crate::problem::{Problem, PROBLEM_JSON};
 
@@ -48,8 +49,8 @@ pub struct CreateSession {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "qkdni controller northbound API", description = "Topology, links, key supply sessions, relay routes and events of one QKDN."),
-    paths(topology, links, list_sessions, create_session, get_session, delete_session, routes, events, diagnosis, super::dashboard::create_login),
-    components(schemas(Problem, super::dashboard::DashboardLogin, Diagnosis, Decision, Interworking, InterworkingRole, ForeignSae, CreateSession, Session, SessionEvent, SessionPath, SessionState, Topology, NodeState, WeightedHop, LinkState, ControllerEvent)),
+    paths(topology, links, list_sessions, create_session, get_session, delete_session, routes, events, transfers, diagnosis, super::dashboard::create_login),
+    components(schemas(Problem, super::dashboard::DashboardLogin, Diagnosis, Decision, Interworking, InterworkingRole, ForeignSae, CreateSession, Session, SessionEvent, SessionPath, SessionState, Topology, NodeState, WeightedHop, LinkState, ControllerEvent, TransferRecord)),
     modifiers(&Security, &FixedArrays)
 )]
 pub struct ApiDoc;
@@ -101,6 +102,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
         )
         .route("/api/v1/routes", get(routes))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/transfers", get(transfers))
         .route("/api/v1/diagnoses", post(diagnosis))
         .layer(middleware::from_fn_with_state(
             controller.clone(),
@@ -253,6 +255,14 @@ async fn events(
     _: Option<Extension<PeerIdentity>>,
 ) -> Json<Vec<ControllerEvent>> {
     Json(c.events())
+}
+
+/// Transfer key life-cycle records: the key transfers through interworking nodes that this
+/// domain's IWN KMs reported (Y.3818 9.2, procedure 1), kept until the keys expire.
+#[utoipa::path(get, path = "/api/v1/transfers",
+    responses((status = 200, description = "The records, oldest first", body = Vec<TransferRecord>), Unauthorized))]
+async fn transfers(State(c): State<Arc<Controller>>) -> Json<Vec<TransferRecord>> {
+    Json(c.transfers.records())
 }
 
 /// A QCLM's diagnosis of a fault (Y.3818 9.1, procedure 3).

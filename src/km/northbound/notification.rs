@@ -199,6 +199,7 @@ pub fn own(event: &Event) -> Result<Option<Notification>, yang2::Error> {
 mod tests {
     use super::*;
     use crate::km::events::{KeyTransfer, TransferRole, TransferState};
+    use crate::model::km_notifications::{parse_notification, KmNotification};
 
     #[test]
     fn a_key_transfer_names_every_key_and_slave_and_no_key_material() {
@@ -223,5 +224,39 @@ mod tests {
         assert!(xml.contains("<slave-sae>sae-b1-2</slave-sae>"), "{xml}");
         assert!(xml.contains("<role>receiver</role>"), "{xml}");
         assert!(xml.contains("<time>2026-"), "{xml}");
+        // what controllers and managers read back
+        let wrapped = format!(
+            r#"<notification xmlns="urn:ietf:params:xml:ns:netconf:notification:1.0"><eventTime>{}</eventTime>{xml}</notification>"#,
+            notification.event_time
+        );
+        let Some(KmNotification::KeyTransfer(report)) = parse_notification("iwn1-b", &wrapped)
+        else {
+            panic!("not read back: {wrapped}");
+        };
+        assert_eq!(report.key_ids, ids);
+        assert_eq!(report.slave_saes, ["sae-b1-1", "sae-b1-2"]);
+        assert_eq!(
+            (report.role.as_str(), report.state.as_str()),
+            ("receiver", "transferred")
+        );
+        assert_eq!(report.key_size, 256);
+    }
+
+    #[test]
+    fn link_status_notifications_are_read_back() {
+        let event = Event::LinkState {
+            link: "a1-a2".into(),
+            state: crate::quantum::LinkState::Down,
+            previous: crate::quantum::LinkState::Up,
+        };
+        let n = own(&event).unwrap().unwrap();
+        let wrapped = format!(
+            r#"<notification xmlns="urn:ietf:params:xml:ns:netconf:notification:1.0"><eventTime>{}</eventTime>{}</notification>"#,
+            n.event_time, n.xml
+        );
+        assert!(matches!(
+            parse_notification("a1", &wrapped),
+            Some(KmNotification::LinkStatus { link, state, .. }) if link == "a1-a2" && state == "down"
+        ));
     }
 }
