@@ -10,7 +10,8 @@ use super::configs::{
     ControlAddresses, DomainPki,
 };
 use super::endpoints::{
-    Credentials, DomainEndpoints, Endpoints, LinkEndpoint, NetconfLogin, NodeEndpoint, SaeEndpoint,
+    Credentials, DomainEndpoints, Endpoints, IwnEndpoint, IwnKm, LinkEndpoint, NetconfLogin,
+    NodeEndpoint, SaeEndpoint,
 };
 use super::error::io;
 use super::host_keys;
@@ -138,6 +139,7 @@ pub async fn up_with(
         domains: BTreeMap::new(),
         saes: BTreeMap::new(),
         links: BTreeMap::new(),
+        iwns: BTreeMap::new(),
         netns: net.clone(),
     };
     // every address first: Qx links and Cxi/Mxi peers point across domains
@@ -416,6 +418,35 @@ pub async fn up_with(
                 peer_domain: Some(domain_of(&link.nodes[1])),
             },
         );
+    }
+    for iwn in &topology.iwns {
+        let km = |node: &String| {
+            let domain = domain_of(node);
+            let n = &endpoints.domains[&domain].nodes[node];
+            IwnKm {
+                node: node.clone(),
+                etsi014: n.etsi014.clone(),
+                kma: n.kma.clone(),
+                netconf: n.netconf.clone(),
+                domain,
+            }
+        };
+        let hosted = |pick: &dyn Fn(&DomainEndpoints) -> Option<String>| {
+            endpoints
+                .domains
+                .iter()
+                .filter(|_| iwn.control)
+                .filter_map(|(d, e)| pick(e).map(|url| (d.clone(), url)))
+                .collect()
+        };
+        let entry = IwnEndpoint {
+            kms: [km(&iwn.nodes[0]), km(&iwn.nodes[1])],
+            transfer_link: iwn.transfer_link(),
+            hosts_control: iwn.control,
+            controllers: hosted(&|e| e.controller.as_ref().map(|c| c.rest.clone())),
+            managers: hosted(&|e| e.manager.as_ref().map(|m| m.rest.clone())),
+        };
+        endpoints.iwns.insert(iwn.name.clone(), entry);
     }
     // endpoints.json is written before start so that start_node can find the nodes; a
     // testbed is only "up" once every node answers.

@@ -318,6 +318,44 @@ mod tests {
     }
 
     #[test]
+    fn the_iwn_topology_has_two_iwns_between_two_domains_of_at_least_five_kms() {
+        let topology = Topology::parse(crate::testbed::TWO_DOMAIN_IWN).unwrap();
+        assert_eq!(topology.iwns.len(), 2);
+        assert!(topology.qx_links.is_empty());
+        for domain in &topology.domains {
+            let own = domain
+                .nodes
+                .iter()
+                .filter(|n| topology.iwn_of(&n.name).is_none())
+                .count();
+            assert!(own >= 5, "{}", domain.name);
+        }
+        for iwn in &topology.iwns {
+            let domains: Vec<&str> = iwn
+                .nodes
+                .iter()
+                .map(|n| topology.domain_of(n).unwrap().name.as_str())
+                .collect();
+            assert_eq!(domains, ["A", "B"]);
+            assert_eq!(topology.iwn_of(&iwn.nodes[1]).unwrap().1, iwn.nodes[0]);
+        }
+        assert_eq!(topology.iwns.iter().filter(|i| i.control).count(), 1);
+    }
+
+    #[test]
+    fn an_iwn_joins_two_domains_and_no_node_twice() {
+        let base = "name='t'\n[[domains]]\nname='A'\n[[domains.nodes]]\nname='a'\n[[domains.nodes]]\nname='a2'\n[[domains]]\nname='B'\n[[domains.nodes]]\nname='b'\n";
+        let ok = format!("{base}[[iwns]]\nname='i'\nnodes=['a','b']\n");
+        assert!(Topology::parse(&ok).is_ok());
+        let same = format!("{base}[[iwns]]\nname='i'\nnodes=['a','a2']\n");
+        assert!(Topology::parse(&same).is_err());
+        let twice = format!("{ok}[[iwns]]\nname='j'\nnodes=['a2','b']\n");
+        assert!(Topology::parse(&twice).is_err());
+        let unknown = format!("{base}[[iwns]]\nname='i'\nnodes=['a','z']\n");
+        assert!(Topology::parse(&unknown).is_err());
+    }
+
+    #[test]
     fn duplicate_nodes_and_foreign_links_are_rejected() {
         let dup = "name='t'\n[[domains]]\nname='A'\n[[domains.nodes]]\nname='a'\n[[domains.nodes]]\nname='a'\n";
         assert!(Topology::parse(dup).is_err());
