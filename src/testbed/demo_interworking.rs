@@ -182,23 +182,9 @@ pub(super) async fn scenario(
     deliver(&alice, &bob, master, slave, 4).await?;
 
     // the fault: the Qx link, or the QKD link into the active IWN's KM-A
-    let cut = match iwn {
-        Some(iwn) => {
-            let into = path
-                .iter()
-                .position(|n| *n == iwn.nodes[0])
-                .filter(|at| *at > 0)
-                .map(|at| [path[at - 1].clone(), path[at].clone()])
-                .context("the route does not enter the IWN over a QKD link")?;
-            a_domain
-                .links
-                .iter()
-                .find(|l| l.nodes.contains(&into[0]) && l.nodes.contains(&into[1]))
-                .map(|l| l.id.clone())
-                .context("no QKD link into the IWN")?
-        }
-        None => border.clone(),
-    };
+    let cut = topology
+        .border_fault(&border, &path)
+        .context("the route does not enter the IWN over a QKD link")?;
     let (skip_a, skip_b) = (events(&a).await?.len(), events(&b).await?.len());
     println!(
         "== fault: {} {cut} down (on the route {} -> ...)",

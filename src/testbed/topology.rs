@@ -238,6 +238,23 @@ impl Topology {
         })
     }
 
+    /// The link whose fault moves an interworking route off `border` (the border link an
+    /// interworking session crosses, `path` its route in the master's domain): the Qx link
+    /// itself, or for an IWN's transfer link (which has no fault of its own) the QKD link by
+    /// which `path` enters the IWN's KM.
+    pub fn border_fault(&self, border: &str, path: &[String]) -> Option<String> {
+        let Some(iwn) = self.iwns.iter().find(|i| i.transfer_link() == border) else {
+            return Some(border.to_owned());
+        };
+        let at = path.iter().position(|n| iwn.nodes.contains(n))?;
+        let before = path.get(at.checked_sub(1)?)?;
+        self.domains
+            .iter()
+            .flat_map(|d| &d.links)
+            .find(|l| l.nodes.contains(before) && l.nodes.contains(&path[at]))
+            .map(|l| l.id.clone())
+    }
+
     /// The domain of node `node`.
     pub fn domain_of(&self, node: &str) -> Option<&Domain> {
         self.domains
@@ -340,6 +357,12 @@ mod tests {
             assert_eq!(topology.iwn_of(&iwn.nodes[1]).unwrap().1, iwn.nodes[0]);
         }
         assert_eq!(topology.iwns.iter().filter(|i| i.control).count(), 1);
+        let path = ["a1", "a2", "iwn1-a"].map(String::from);
+        assert_eq!(
+            topology.border_fault("iwn1-kxi1p", &path).as_deref(),
+            Some("a2-iwn1-a")
+        );
+        assert_eq!(topology.border_fault("qx1", &path).as_deref(), Some("qx1"));
     }
 
     #[test]
