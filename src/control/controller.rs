@@ -472,6 +472,44 @@ impl Controller {
 }
 
 impl Controller {
+    /// Controls key generation on QKD link `link` of this domain (Y.3818 9.2, procedure 2):
+    /// pauses it (`enabled` false) or resumes it at both ends, through the KMs' NETCONF model;
+    /// the KMs report the new link state and routes follow it.
+    pub async fn set_generation(&self, link: &str, enabled: bool) -> Result<(), ControlError> {
+        let view = self.view();
+        let state = view
+            .topology
+            .links
+            .get(link)
+            .filter(|l| l.nodes.iter().all(|n| view.topology.nodes.contains_key(n)))
+            .ok_or_else(|| ControlError::Invalid(format!("no QKD link {link} in this domain")))?;
+        let id = crate::etsi015::link_id(&self.config.domain, None, link);
+        let results = futures::future::join_all(
+            state
+                .nodes
+                .iter()
+                .map(|node| self.southbound.set_generation(node, &id, enabled)),
+        )
+        .await;
+        let done = if enabled { "resumed" } else { "paused" };
+        let outcome = results.into_iter().collect::<Result<Vec<()>, _>>();
+        match &outcome {
+            Ok(_) => self.event(
+                "key-generation",
+                format!("key generation on {link} {done} at both ends"),
+                None,
+                None,
+            ),
+            Err(error) => self.event(
+                "key-generation-failed",
+                format!("key generation on {link} not {done}: {error}"),
+                None,
+                None,
+            ),
+        }
+        outcome.map(|_| ()).map_err(ControlError::Install)
+    }
+
     /// Keeps the life-cycle metadata an IWN KM reported of a key transfer, as an event too.
     fn transfer_reported(&self, report: crate::model::km_notifications::KeyTransferReport) {
         let _span =
