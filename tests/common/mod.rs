@@ -91,6 +91,16 @@ impl Bed {
         bed
     }
 
+    /// A testbed of the topology `text` (TOML) with its controllers.
+    pub fn up_text_controlled(text: &str) -> Self {
+        let file =
+            std::env::temp_dir().join(format!("qkdni-topology-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&file, text).unwrap();
+        let bed = Self::up_path(&file, &[]);
+        let _ = std::fs::remove_file(&file);
+        bed
+    }
+
     fn up_with(topology_file: &str, flags: &[&str]) -> Self {
         Self::up_path(&topology(topology_file), flags)
     }
