@@ -37,10 +37,13 @@ pub struct TransferRecord {
     pub time: String,
 }
 
+/// The records by relay id, each with when it was last recorded, and their order.
+type Records = (BTreeMap<Uuid, (TransferRecord, Instant)>, VecDeque<Uuid>);
+
 /// The records, newest last, each dropped once its keys have expired.
 pub struct TransferLog {
     keep: Duration,
-    records: Mutex<(BTreeMap<Uuid, (TransferRecord, Instant)>, VecDeque<Uuid>)>,
+    records: Mutex<Records>,
 }
 
 impl TransferLog {
