@@ -131,3 +131,32 @@ async fn over_cxi_from_outside_the_iwns_the_same_agreement_holds() {
     assert!(bed.endpoints.iwns["iwn1"].controllers.is_empty());
     agree_then_move_to_the_other_iwn(&bed).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_an_iwn_km_dies_both_controllers_move_to_the_other_iwn() {
+    let bed = Bed::up(TOPOLOGY);
+    let session = bed.create_session("sae-a1-1", "sae-b1-1").await;
+    assert_eq!(session["interworking"]["qx_link"], "iwn1-kxi1p");
+    for (victim, domain) in [("iwn1-b", "B"), ("iwn2-a", "A")] {
+        let (skip_a, skip_b) = (events(&bed, "A").await.len(), events(&bed, "B").await.len());
+        bed.cli(&["node", "stop", victim, "--kill"]);
+        let reroute = wait_event(&bed, "A", skip_a, "reroute", |e| kind(e, "reroute")).await;
+        let transaction = reroute["transaction"].as_str().expect("a Cxi transaction");
+        wait_event(&bed, "B", skip_b, "commit of the same transaction", |e| {
+            kind(e, "interworking-commit") && e["transaction"] == transaction
+        })
+        .await;
+        let moved = origin_session(&bed).await;
+        let expected = if victim == "iwn1-b" {
+            "iwn2-kxi1p"
+        } else {
+            "iwn1-kxi1p"
+        };
+        assert_eq!(
+            moved["interworking"]["qx_link"], expected,
+            "after {victim} ({domain}) died: {moved:#}"
+        );
+        // the IWN KM comes back; the next fault takes the other IWN down
+        bed.cli(&["node", "start", victim]);
+    }
+}
