@@ -319,8 +319,8 @@ impl Bed {
     }
 
     /// `number` 256-bit keys from `master` to `slave` over ETSI 014: the same IDs and bytes
-    /// at both ends, and the same again when the slave asks twice.
-    pub async fn deliver(&self, master: &str, slave: &str, number: u32) {
+    /// at both ends, and the same again when the slave asks twice. Returns the key IDs.
+    pub async fn deliver(&self, master: &str, slave: &str, number: u32) -> Vec<String> {
         let request = etsi014::KeyRequest {
             number: Some(number),
             size: Some(256),
@@ -352,5 +352,6 @@ impl Bed {
             (&again.keys[0].key_ID, &again.keys[0].key),
             (&keys.keys[0].key_ID, &keys.keys[0].key)
         );
+        ids
     }
 }
