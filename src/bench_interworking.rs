@@ -1,12 +1,13 @@
-//! `qkdni bench interworking`: on the embedded two-domain testbed
-//! ([`crate::testbed::TWO_DOMAIN_GWN`]) brought up on this machine, times
+//! `qkdni bench interworking`: on a two-domain testbed brought up on this machine (the
+//! embedded [`crate::testbed::TWO_DOMAIN_GWN`], or `--topology`, e.g.
+//! `testbed/two-domain-iwn.toml` with interworking nodes), times
 //!
 //! 1. key delivery from SAE `sae-a1-1` (domain A) to `sae-b1-1` (domain B): the first
 //!    `enc_keys`, for which the KM asks controller A for a route that A agrees with B over
 //!    Cxi, then `--requests` requests of `--keys` 256-bit keys, each with the slave's
 //!    `dec_keys`;
-//! 2. `--faults` faults of the Qx link in use (taken down over NETCONF, as `qkdni testbed
-//!    link down` does): the wall time from just before that call until A lists a new
+//! 2. `--faults` faults of the Qx link in use, or with IWNs of the QKD link into the IWN in
+//!    use (taken down over NETCONF, as `qkdni testbed link down` does): the wall time from just before that call until A lists a new
 //!    `reroute` whose Cxi transaction B lists as `interworking-commit` (both polled every
 //!    5 ms), and A's own `duration_ms` (KM notification to both domains installed). After
 //!    each fault one round trip checks that keys still flow, then the link comes back up;
@@ -63,6 +64,10 @@ pub struct InterworkingArgs {
     /// Keep the testbed directory (configurations, logs) here instead of a temporary one.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Topology file (default: the embedded two-domain GWN testbed); its first domain must
+    /// serve `sae-a1-1` and `sae-a1-2`, its second `sae-b1-1` and `sae-b1-2`.
+    #[arg(long)]
+    pub topology: Option<PathBuf>,
 }
 
 /// Brings the testbed up, measures, brings it down (also on error); returns the report.
@@ -70,7 +75,13 @@ pub fn run(args: &InterworkingArgs) -> anyhow::Result<Report> {
     if args.requests == 0 || args.keys == 0 {
         bail!("--requests and --keys must be at least 1");
     }
-    let topology = Topology::parse(crate::testbed::TWO_DOMAIN_GWN)?;
+    let text = match &args.topology {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => crate::testbed::TWO_DOMAIN_GWN.to_owned(),
+    };
+    let topology = Topology::parse(&text)?;
     let temp = std::env::temp_dir().join(format!("qkdni-bench-iw-{}", std::process::id()));
     let dir = args.dir.clone().unwrap_or_else(|| temp.clone());
     let exe = std::env::current_exe()?;
@@ -78,7 +89,7 @@ pub fn run(args: &InterworkingArgs) -> anyhow::Result<Report> {
     eprintln!("testbed {} coming up in {}", topology.name, dir.display());
     let result = runtime.block_on(async {
         let endpoints = runner::up(&topology, &dir, &exe).await?;
-        measure(args, &endpoints, &dir).await
+        measure(args, &topology, &endpoints, &dir).await
     });
     let down = runner::down(&dir);
     eprintln!("testbed down");
@@ -231,6 +242,7 @@ impl Saes {
 
 async fn measure(
     args: &InterworkingArgs,
+    topology: &Topology,
     endpoints: &Endpoints,
     dir: &Path,
 ) -> anyhow::Result<Report> {
@@ -246,10 +258,19 @@ async fn measure(
     };
     let a = Controller::new(endpoints, "A")?;
     let b = Controller::new(endpoints, "B")?;
-    // the first route (across qx1): its hops must hold key before timing
-    let path = ["a1", "a2", "ga1", "gb1", "b2", "b1"].map(String::from);
+    // every QKD link holds key before timing (the first route is not known yet)
     let blocks = (4 * args.keys as usize).clamp(64, 512);
-    runner::wait_path_keys(endpoints, &path, blocks, Duration::from_secs(60)).await?;
+    for link in topology
+        .domains
+        .iter()
+        .flat_map(|d| &d.links)
+        .chain(&topology.qx_links)
+    {
+        let [x, y] = &link.nodes;
+        for hop in [[x.clone(), y.clone()], [y.clone(), x.clone()]] {
+            runner::wait_path_keys(endpoints, &hop, blocks, Duration::from_secs(60)).await?;
+        }
+    }
 
     // 1. key delivery
     let (first_request_ms, _) = saes.round_trip().await.context("first request")?;
@@ -273,7 +294,10 @@ async fn measure(
     // 2. faults of the active Qx link
     let (mut agreed, mut controller, mut failures) = (Vec::new(), Vec::new(), 0usize);
     for i in 1..=args.faults {
-        let qx = qx_of(&a.session("origin").await?);
+        let origin = a.session("origin").await?;
+        let qx = topology
+            .border_fault(&qx_of(&origin), &route(&origin))
+            .with_context(|| format!("fault {i}: no link to cut on {}", qx_of(&origin)))?;
         let seen: HashSet<String> = a.events().await?.iter().map(Value::to_string).collect();
         let started = Instant::now();
         let cut = async { Ok(runner::set_link_state(dir, &qx, LinkState::Down).await?) };

@@ -151,14 +151,24 @@ pub enum NodeRole {
     Km,
     /// A gateway node at the border, linked to a GWN of another QKDN (Y.3818 6.1).
     Gateway,
+    /// This domain's KM in an interworking node, whose transfer link leads to the KM of
+    /// another QKDN in the same trusted node (Y.3818 6.2).
+    Iwn,
 }
 
 impl NodeRole {
+    /// Whether the node is at the border (a GWN or an IWN's KM): its links to another
+    /// QKDN carry interworking keys.
+    pub fn is_border(self) -> bool {
+        matches!(self, NodeRole::Gateway | NodeRole::Iwn)
+    }
+
     /// The role's YANG name.
     pub fn name(self) -> &'static str {
         match self {
             NodeRole::Km => "km",
             NodeRole::Gateway => "gateway",
+            NodeRole::Iwn => "iwn",
         }
     }
 }

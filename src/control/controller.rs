@@ -65,6 +65,8 @@ pub struct Controller {
     pub(super) peer_domains: super::cxi::peers::PeerDomains,
     /// Prometheus metrics.
     pub metrics: super::metrics::ControlMetrics,
+    /// Transfer key life-cycle records reported by this domain's IWN KMs.
+    pub transfers: super::transfers::TransferLog,
 }
 
 impl Controller {
@@ -449,10 +451,19 @@ impl Controller {
         let who = format!("agent {node}");
         crate::netconf::client::follow_notifications(addr, options, &who, |message| {
             let controller = self.clone();
+            let node = node.clone();
             async move {
                 let received = Instant::now();
-                if let Some((link, up)) = parse_link_status(&message) {
-                    controller.link_changed(&link, up, received).await;
+                match crate::model::km_notifications::parse_notification(&node, &message) {
+                    Some(KmNotification::LinkStatus { link, state, .. }) => {
+                        controller
+                            .link_changed(&link, state == "up", received)
+                            .await;
+                    }
+                    Some(KmNotification::KeyTransfer(report)) => {
+                        controller.transfer_reported(report)
+                    }
+                    _ => {}
                 }
             }
         })
@@ -460,22 +471,65 @@ impl Controller {
     }
 }
 
-/// The link and its new state from a `link-status-change` notification.
-fn parse_link_status(message: &str) -> Option<(String, bool)> {
-    match crate::model::km_notifications::parse_notification("", message)? {
-        KmNotification::LinkStatus { link, state, .. } => Some((link, state == "up")),
-        _ => None,
+impl Controller {
+    /// Controls key generation on QKD link `link` of this domain (Y.3818 9.2, procedure 2):
+    /// pauses it (`enabled` false) or resumes it at both ends, through the KMs' NETCONF model;
+    /// the KMs report the new link state and routes follow it.
+    pub async fn set_generation(&self, link: &str, enabled: bool) -> Result<(), ControlError> {
+        let view = self.view();
+        let state = view
+            .topology
+            .links
+            .get(link)
+            .filter(|l| l.nodes.iter().all(|n| view.topology.nodes.contains_key(n)))
+            .ok_or_else(|| ControlError::Invalid(format!("no QKD link {link} in this domain")))?;
+        let id = crate::etsi015::link_id(&self.config.domain, None, link);
+        let results = futures::future::join_all(
+            state
+                .nodes
+                .iter()
+                .map(|node| self.southbound.set_generation(node, &id, enabled)),
+        )
+        .await;
+        let done = if enabled { "resumed" } else { "paused" };
+        let outcome = results.into_iter().collect::<Result<Vec<()>, _>>();
+        match &outcome {
+            Ok(_) => self.event(
+                "key-generation",
+                format!("key generation on {link} {done} at both ends"),
+                None,
+                None,
+            ),
+            Err(error) => self.event(
+                "key-generation-failed",
+                format!("key generation on {link} not {done}: {error}"),
+                None,
+                None,
+            ),
+        }
+        outcome.map(|_| ()).map_err(ControlError::Install)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn link_status_notifications_are_read() {
-        let n = r#"<notification xmlns="urn:ietf:params:xml:ns:netconf:notification:1.0"><eventTime>2026-01-01T00:00:00Z</eventTime><link-status-change xmlns="urn:qkdni:yang:qkdni-km"><link-id>a1-a2</link-id><oper-state>down</oper-state><previous-state>up</previous-state></link-status-change></notification>"#;
-        assert_eq!(parse_link_status(n), Some(("a1-a2".into(), false)));
-        assert_eq!(parse_link_status("<notification/>"), None);
+    /// Keeps the life-cycle metadata an IWN KM reported of a key transfer, as an event too.
+    fn transfer_reported(&self, report: crate::model::km_notifications::KeyTransferReport) {
+        let _span =
+            tracing::info_span!("transfer", relay_id = %report.relay_id, node = %report.node)
+                .entered();
+        self.event(
+            "key-transfer",
+            format!(
+                "{} {} {} key(s) of {} for {} over {} ({})",
+                report.node,
+                report.state,
+                report.key_ids.len(),
+                report.master_sae,
+                report.slave_saes.join(", "),
+                report.link,
+                report.role
+            ),
+            None,
+            None,
+        );
+        self.transfers.record(report);
     }
 }

@@ -115,6 +115,9 @@ pub async fn start(
         view,
         peer_domains: Default::default(),
         metrics: Default::default(),
+        transfers: super::transfers::TransferLog::new(std::time::Duration::from_secs(
+            crate::km::limits::KmLimits::default().undelivered_key_ttl_seconds,
+        )),
     });
     spawn(controller.clone(), sessions, received, publish);
     let started = Instant::now();

@@ -18,6 +18,7 @@
 //! - [`cxi`] — Cxi, between the controllers of two QKDNs: messages and client, server,
 //!   the coordinator's agreement, the receiving domain's segments, the peers' state;
 //! - [`ck`] — Ck, between the controller and its KMs: NETCONF southbound, KMs' route requests;
+//! - [`transfers`] — transfer key life-cycle records from the IWN KMs (Y.3818 9.2);
 //! - [`rest`] — the REST API for orchestrators (OpenAPI); `credentials` who may use it;
 //! - [`dashboard`] — the live web dashboard (HTTPS, on the REST listener, one-time logins);
 //! - [`northbound`] — the controller under NETCONF for operators (`qkdni-controller` model:
@@ -43,3 +44,4 @@ mod routes;
 pub mod sessions;
 mod state;
 pub mod topology;
+pub mod transfers;

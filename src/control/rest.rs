@@ -20,6 +20,7 @@ use super::sessions::{
     Interworking, InterworkingRole, Session, SessionEvent, SessionPath, SessionState,
 };
 use super::topology::{ForeignSae, LinkState, NodeState, Topology, WeightedHop};
+use super::transfers::TransferRecord;
 
 pub use crate::problem::{Problem, PROBLEM_JSON};
 
@@ -48,8 +49,8 @@ pub struct CreateSession {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "qkdni controller northbound API", description = "Topology, links, key supply sessions, relay routes and events of one QKDN."),
-    paths(topology, links, list_sessions, create_session, get_session, delete_session, routes, events, diagnosis, super::dashboard::create_login),
-    components(schemas(Problem, super::dashboard::DashboardLogin, Diagnosis, Decision, Interworking, InterworkingRole, ForeignSae, CreateSession, Session, SessionEvent, SessionPath, SessionState, Topology, NodeState, WeightedHop, LinkState, ControllerEvent)),
+    paths(topology, links, list_sessions, create_session, get_session, delete_session, routes, events, transfers, set_generation, diagnosis, super::dashboard::create_login),
+    components(schemas(Problem, super::dashboard::DashboardLogin, Diagnosis, Decision, Interworking, InterworkingRole, ForeignSae, CreateSession, Session, SessionEvent, SessionPath, SessionState, Topology, NodeState, WeightedHop, LinkState, ControllerEvent, TransferRecord, Generation)),
     modifiers(&Security, &FixedArrays)
 )]
 pub struct ApiDoc;
@@ -101,6 +102,11 @@ pub fn router(controller: Arc<Controller>) -> Router {
         )
         .route("/api/v1/routes", get(routes))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/transfers", get(transfers))
+        .route(
+            "/api/v1/links/{id}/generation",
+            axum::routing::put(set_generation),
+        )
         .route("/api/v1/diagnoses", post(diagnosis))
         .layer(middleware::from_fn_with_state(
             controller.clone(),
@@ -253,6 +259,49 @@ async fn events(
     _: Option<Extension<PeerIdentity>>,
 ) -> Json<Vec<ControllerEvent>> {
     Json(c.events())
+}
+
+/// Key generation of a QKD link: running or paused.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"enabled": false}))]
+pub struct Generation {
+    /// `false` pauses the link's QKD modules (`qkdl_enable` at both ends), `true` resumes.
+    pub enabled: bool,
+}
+
+/// Pauses or resumes key generation on a QKD link of the domain (Y.3818 9.2, procedure 2:
+/// the controller controls key generation through the KMs' NETCONF model).
+#[utoipa::path(put, path = "/api/v1/links/{id}/generation", params(("id" = String, Path, description = "link id")),
+    request_body = Generation,
+    responses(
+        (status = 204, description = "Done at both ends"),
+        Unauthorized,
+        (status = 400, description = "Malformed body, or no such QKD link in the domain", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "Request body too large", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, description = "Request body not `application/json`", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "A KM did not take the change", body = Problem, content_type = PROBLEM_JSON)))]
+async fn set_generation(
+    State(c): State<Arc<Controller>>,
+    Path(id): Path<String>,
+    body: Result<Json<Generation>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode, Problem> {
+    let generation = json_body(body)?;
+    // run to completion even if the client goes away
+    tokio::spawn(async move { c.set_generation(&id, generation.enabled).await })
+        .await
+        .map_err(|e| {
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Transfer key life-cycle records: the key transfers through interworking nodes that this
+/// domain's IWN KMs reported (Y.3818 9.2, procedure 1), kept until the keys expire.
+#[utoipa::path(get, path = "/api/v1/transfers",
+    responses((status = 200, description = "The records, oldest first", body = Vec<TransferRecord>), Unauthorized))]
+async fn transfers(State(c): State<Arc<Controller>>) -> Json<Vec<TransferRecord>> {
+    Json(c.transfers.records())
 }
 
 /// A QCLM's diagnosis of a fault (Y.3818 9.1, procedure 3).

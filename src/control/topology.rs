@@ -155,6 +155,7 @@ mod tests {
                 rate_bps,
                 own_blocks: 12,
                 capacity_blocks: 64,
+                transfer: false,
             }],
             ..Default::default()
         }

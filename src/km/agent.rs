@@ -119,6 +119,8 @@ pub struct Counters {
     /// Get key requests served and keys supplied per (master SAE, slave SAE) pair: what
     /// tells the controller that a pair's on-demand route is still in use.
     pub pairs: Mutex<BTreeMap<(String, String), PairUse>>,
+    /// Keys sent and received over each transfer link (an IWN's KM).
+    transfers: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 /// Use of one (master SAE, slave SAE) pair at the master's KM.
@@ -129,6 +131,26 @@ pub struct PairUse {
 }
 
 impl Counters {
+    /// Keys sent and received over transfer link `link`.
+    pub fn transferred(&self, link: &str) -> (u64, u64) {
+        let transfers = self.transfers.lock().unwrap_or_else(|p| p.into_inner());
+        transfers.get(link).copied().unwrap_or_default()
+    }
+
+    fn count_transfer(&self, transfer: &crate::km::events::KeyTransfer) {
+        use crate::km::events::{TransferRole, TransferState};
+        if transfer.state != TransferState::Transferred {
+            return;
+        }
+        let mut transfers = self.transfers.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = transfers.entry(transfer.link.clone()).or_default();
+        let keys = transfer.key_ids.len() as u64;
+        match transfer.role {
+            TransferRole::Sender => entry.0 += keys,
+            TransferRole::Receiver => entry.1 += keys,
+        }
+    }
+
     /// Counts a Get key request of `master` served with `keys` keys for each of `slaves`.
     pub fn supplied(&self, master: &str, slaves: &[String], keys: u64) {
         self.keys_supplied.fetch_add(keys, Ordering::Relaxed);
@@ -408,6 +430,9 @@ impl Agent {
 
     /// Publishes an event (notifications, logs).
     pub fn emit(&self, event: crate::km::events::Event) {
+        if let crate::km::events::Event::KeyTransfer(transfer) = &event {
+            self.counters.count_transfer(transfer);
+        }
         let _ = self.events.send(event);
     }
 

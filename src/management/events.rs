@@ -20,6 +20,8 @@ pub const KMLM_RELAY_FAILURE: &str = "kmlm-relay-failure";
 pub const KMLM_LINK_STATUS: &str = "kmlm-link-status";
 /// The KMLM saw a `low-key-alarm` notification.
 pub const KMLM_LOW_KEY: &str = "kmlm-low-key";
+/// The KMLM saw a `key-transfer` notification of an IWN's KM (Y.3818 9.2).
+pub const KMLM_KEY_TRANSFER: &str = "kmlm-key-transfer";
 /// The KMLM saw a `security-event` notification (a failed NETCONF login at a KM).
 pub const KMLM_SECURITY_EVENT: &str = "kmlm-security-event";
 /// The XLMO sent an interworking fault report to the peer XLMO.

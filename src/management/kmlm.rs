@@ -114,6 +114,26 @@ impl Kmlm {
                     Refs::default(),
                 );
             }
+            KmNotification::KeyTransfer(transfer) => {
+                // a failed transfer also fails its relay: the relay-failure notification of
+                // the same relay id takes it to the XLMO
+                manager.events.record(
+                    events::KMLM_KEY_TRANSFER,
+                    format!(
+                        "{node}: {} key(s) {} over {} ({}, {} -> {})",
+                        transfer.key_ids.len(),
+                        transfer.state,
+                        transfer.link,
+                        transfer.role,
+                        transfer.master_sae,
+                        transfer.slave_saes.join(", ")
+                    ),
+                    Refs {
+                        relay_id: Some(transfer.relay_id),
+                        message: None,
+                    },
+                );
+            }
             KmNotification::RelayFailure(failure) => {
                 kmlm.relay_failures.fetch_add(1, Ordering::Relaxed);
                 let interworking = !manager.config.is_own_node(&failure.destination);

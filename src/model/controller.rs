@@ -214,6 +214,29 @@ pub fn interworking_session_entry(id: &impl std::fmt::Display) -> String {
     )
 }
 
+/// The transfer key life-cycle records.
+pub const KEY_TRANSFER: &str = "/qkdni-controller:controller/interworking/key-transfer";
+
+schema_group! {
+    /// Leaves of a key transfer record.
+    pub mod key_transfer under super::KEY_TRANSFER;
+    RELAY_ID = "relay-id";
+    NODE = "node";
+    LINK = "link";
+    ROLE = "role";
+    STATE = "state";
+    MASTER_SAE = "master-sae";
+    SLAVE_SAE = "slave-sae";
+    KEY_SIZE = "key-size";
+    KEY_ID = "key-id";
+    TIME = "time";
+}
+
+/// The record of the transfer in relay `id`.
+pub fn key_transfer_entry(id: &impl std::fmt::Display) -> String {
+    format!("{KEY_TRANSFER}[{}='{id}']", key_transfer::RELAY_ID)
+}
+
 schema_group! {
     /// `controller-event`.
     pub mod controller_event under "/qkdni-controller:controller-event";
@@ -234,5 +257,6 @@ pub const GROUPS: &[Group] = &[
     interworking::GROUP,
     peer::GROUP,
     interworking_session::GROUP,
+    key_transfer::GROUP,
     controller_event::GROUP,
 ];

@@ -194,3 +194,12 @@ pub const GROUPS: &[Group] = &[
     application_new::GROUP,
     application_disconnected::GROUP,
 ];
+
+/// The configuration (for `<edit-config>` on running) that enables or disables key
+/// generation on the link whose `qkdl_id` is `id` (`qkdl_enable`).
+pub fn enable_config(id: &impl std::fmt::Display, enabled: bool) -> String {
+    format!(
+        "<qkd_node xmlns=\"{NAMESPACE}\"><qkd_links><qkd_link><qkdl_id>{id}</qkdl_id><{e}>{enabled}</{e}></qkd_link></qkd_links></qkd_node>",
+        e = link::ENABLE,
+    )
+}

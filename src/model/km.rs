@@ -49,6 +49,28 @@ schema_group! {
     RELAY_ROUTES = "relay-routes";
     SAES = "saes";
     ETSI014 = "etsi014";
+    TRANSFER_LINKS = "transfer-links";
+}
+
+/// The transfer link entries of an IWN's KM.
+pub const TRANSFER_LINK: &str =
+    "/etsi-qkd-sdn-node:qkd_node/qkdni-km:key-manager/transfer-links/transfer-link";
+
+schema_group! {
+    /// Leaves of a transfer link entry.
+    pub mod transfer_link under super::TRANSFER_LINK;
+    ID = "link-id";
+    PEER_NODE = "peer-node";
+    PEER_DOMAIN = "peer-domain";
+    PEER_KMA = "peer-kma";
+    OPER_STATE = "oper-state";
+    KEYS_SENT = "keys-sent";
+    KEYS_RECEIVED = "keys-received";
+}
+
+/// The entry of transfer link `id`.
+pub fn transfer_link_entry(id: &str) -> String {
+    format!("{TRANSFER_LINK}[{}={}]", transfer_link::ID, quote(id))
 }
 
 /// The relay route entries.
@@ -199,6 +221,20 @@ schema_group! {
 }
 
 schema_group! {
+    /// `key-transfer`.
+    pub mod key_transfer under "/qkdni-km:key-transfer";
+    RELAY_ID = "relay-id";
+    LINK_ID = "link-id";
+    ROLE = "role";
+    STATE = "state";
+    MASTER_SAE = "master-sae";
+    SLAVE_SAE = "slave-sae";
+    KEY_SIZE = "key-size";
+    KEY_ID = "key-id";
+    TIME = "time";
+}
+
+schema_group! {
     /// `security-event`.
     pub mod security_event under "/qkdni-km:security-event";
     KIND = "kind";
@@ -220,7 +256,9 @@ pub const GROUPS: &[Group] = &[
     link_status_change::GROUP,
     low_key_alarm::GROUP,
     relay_failure::GROUP,
+    key_transfer::GROUP,
     security_event::GROUP,
+    transfer_link::GROUP,
 ];
 
 #[cfg(test)]

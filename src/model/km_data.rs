@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::etsi_node::{self, link as etsi_link, node};
-use super::km::{etsi014, key_manager, link, route, sae};
+use super::km::{etsi014, key_manager, link, route, sae, transfer_link};
 use super::{xml_at, xml_child, xml_text as text};
 
 /// What one agent reports (its NETCONF `qkd_node` data, config and state).
@@ -50,6 +50,9 @@ pub struct LinkView {
     /// Blocks this end may allocate.
     pub own_blocks: u64,
     pub capacity_blocks: u64,
+    /// An interworking node's transfer link (no QKD link: no rate, no pool).
+    #[serde(default)]
+    pub transfer: bool,
 }
 
 /// The last step of an absolute schema path, as a relative step from its parent.
@@ -105,11 +108,33 @@ impl AgentView {
                 rate_bps: number(entry, link::SECRET_KEY_RATE_BPS).unwrap_or(0.0),
                 own_blocks: number(entry, link::OWN_BLOCKS).unwrap_or(0.0) as u64,
                 capacity_blocks: number(entry, link::POOL_CAPACITY_BLOCKS).unwrap_or(0.0) as u64,
+                transfer: false,
             });
         }
         let Some(km) = xml_child(qkd_node, step(super::km::KEY_MANAGER)) else {
             return Ok(view);
         };
+        let transfers = format!(
+            "{}/{}",
+            key_manager::TRANSFER_LINKS,
+            step(super::km::TRANSFER_LINK)
+        );
+        for entry in entries(km, &transfers) {
+            if let (Some(id), Some(peer)) = (
+                text(entry, transfer_link::ID),
+                text(entry, transfer_link::PEER_NODE),
+            ) {
+                view.links.push(LinkView {
+                    id,
+                    peer,
+                    up: text(entry, transfer_link::OPER_STATE).as_deref() == Some("up"),
+                    rate_bps: 0.0,
+                    own_blocks: 0,
+                    capacity_blocks: 0,
+                    transfer: true,
+                });
+            }
+        }
         let saes = format!("{}/{}", key_manager::SAES, step(super::km::SAE));
         for entry in entries(km, &saes) {
             if let (Some(id), Some(at)) = (text(entry, sae::ID), text(entry, sae::NODE)) {
@@ -171,7 +196,7 @@ mod tests {
 
     #[test]
     fn agent_data_is_read() {
-        let xml = r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>7eec982d-9ca7-59e0-b252-c124f3522b41</qkdn_id><node-name xmlns="urn:qkdni:yang:qkdni-etsi-ids">a1</node-name><qkd_links><qkd_link><qkdl_id>bccd9e3d-7cf3-5be0-97c1-ae02f598e71f</qkdl_id><link-name xmlns="urn:qkdni:yang:qkdni-etsi-ids">a1-a2</link-name><peer-node xmlns="urn:qkdni:yang:qkdni-km">a2</peer-node><oper-state xmlns="urn:qkdni:yang:qkdni-km">up</oper-state><secret-key-rate-bps xmlns="urn:qkdni:yang:qkdni-km">1000.000</secret-key-rate-bps><key-pool xmlns="urn:qkdni:yang:qkdni-km"><own-blocks>12</own-blocks><capacity-blocks>64</capacity-blocks></key-pool></qkd_link></qkd_links><key-manager xmlns="urn:qkdni:yang:qkdni-km"><saes><sae><sae-id>s1</sae-id><node>a1</node></sae><sae><sae-id>sb1</sae-id><node>b1</node><domain>B</domain></sae></saes><relay-routes><route><destination>a3</destination><next-hop>a2</next-hop><alternate><next-hop>a4</next-hop><weight>2</weight></alternate></route></relay-routes><etsi014><keys-supplied>3</keys-supplied><pair><master-sae>s1</master-sae><slave-sae>s3</slave-sae><requests>2</requests><keys>3</keys></pair></etsi014></key-manager></qkd_node>"#;
+        let xml = r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><qkdn_id>7eec982d-9ca7-59e0-b252-c124f3522b41</qkdn_id><node-name xmlns="urn:qkdni:yang:qkdni-etsi-ids">a1</node-name><qkd_links><qkd_link><qkdl_id>bccd9e3d-7cf3-5be0-97c1-ae02f598e71f</qkdl_id><link-name xmlns="urn:qkdni:yang:qkdni-etsi-ids">a1-a2</link-name><peer-node xmlns="urn:qkdni:yang:qkdni-km">a2</peer-node><oper-state xmlns="urn:qkdni:yang:qkdni-km">up</oper-state><secret-key-rate-bps xmlns="urn:qkdni:yang:qkdni-km">1000.000</secret-key-rate-bps><key-pool xmlns="urn:qkdni:yang:qkdni-km"><own-blocks>12</own-blocks><capacity-blocks>64</capacity-blocks></key-pool></qkd_link></qkd_links><key-manager xmlns="urn:qkdni:yang:qkdni-km"><saes><sae><sae-id>s1</sae-id><node>a1</node></sae><sae><sae-id>sb1</sae-id><node>b1</node><domain>B</domain></sae></saes><transfer-links><transfer-link><link-id>iwn1-kxi1p</link-id><peer-node>iwn1-b</peer-node><peer-domain>B</peer-domain><oper-state>up</oper-state></transfer-link></transfer-links><relay-routes><route><destination>a3</destination><next-hop>a2</next-hop><alternate><next-hop>a4</next-hop><weight>2</weight></alternate></route></relay-routes><etsi014><keys-supplied>3</keys-supplied><pair><master-sae>s1</master-sae><slave-sae>s3</slave-sae><requests>2</requests><keys>3</keys></pair></etsi014></key-manager></qkd_node>"#;
         let view = AgentView::parse(xml).unwrap();
         assert_eq!(view.node, "a1");
         assert_eq!(view.links[0].id, "a1-a2");
@@ -179,6 +204,13 @@ mod tests {
         assert_eq!(view.links[0].capacity_blocks, 64);
         assert_eq!(view.links[0].rate_bps, 1000.0);
         assert!(view.links[0].up);
+        assert!(!view.links[0].transfer);
+        let transfer = &view.links[1];
+        assert_eq!(
+            (transfer.id.as_str(), transfer.peer.as_str()),
+            ("iwn1-kxi1p", "iwn1-b")
+        );
+        assert!(transfer.transfer && transfer.up);
         assert_eq!(view.saes["s1"], "a1");
         assert_eq!(view.foreign_saes["sb1"].domain, "B");
         assert_eq!(view.routes["a3"][0].node, "a2");

@@ -1,9 +1,11 @@
 //! A KM agent's `qkdni-km` notifications as managers and controllers read them
-//! (`link-status-change`, `low-key-alarm`, `relay-failure`, `security-event`).
+//! (`link-status-change`, `low-key-alarm`, `relay-failure`, `key-transfer`, `security-event`).
 
 use uuid::Uuid;
 
-use super::km::{self, link_status_change, low_key_alarm, relay_failure, security_event};
+use super::km::{
+    self, key_transfer, link_status_change, low_key_alarm, relay_failure, security_event,
+};
 use super::{notification_name, xml_text};
 
 /// `relay-failure`'s `cause` when a link on the route holds too little key.
@@ -26,12 +28,33 @@ pub enum KmNotification {
     LowKey { link: String, own_blocks: u64 },
     /// `relay-failure`.
     RelayFailure(RelayFailure),
+    /// `key-transfer`: the metadata for transfer key life-cycle management of an IWN's KM.
+    KeyTransfer(KeyTransferReport),
     /// `security-event` of kind `auth-failure`: a failed NETCONF login.
     AuthFailure {
         user: String,
         source: String,
         failures_from_source: u64,
     },
+}
+
+/// Metadata of one key transfer as an IWN's KM reported it (never key material).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyTransferReport {
+    /// The KM node that reported it.
+    pub node: String,
+    pub relay_id: Uuid,
+    pub link: String,
+    /// `sender` or `receiver`.
+    pub role: String,
+    /// `transferred`, `voided` or `failed`.
+    pub state: String,
+    pub master_sae: String,
+    pub slave_saes: Vec<String>,
+    pub key_size: u32,
+    pub key_ids: Vec<Uuid>,
+    /// When the KM recorded the state (RFC 3339).
+    pub time: String,
 }
 
 /// A relay failure reported by a KM.
@@ -93,6 +116,30 @@ pub fn parse_notification(node: &str, xml: &str) -> Option<KmNotification> {
             destination: field(n::DESTINATION)?,
             reason: field(n::REASON).unwrap_or_default(),
             exhausted: field(n::CAUSE).as_deref() == Some(KEY_EXHAUSTED),
+        }))
+    } else if name == notification_name(key_transfer::PARENT) {
+        use key_transfer as n;
+        let all = |name: &str| -> Vec<String> {
+            event
+                .children()
+                .filter(|c| c.is_element() && c.tag_name().name() == name)
+                .filter_map(|c| c.text().map(str::to_owned))
+                .collect()
+        };
+        Some(KmNotification::KeyTransfer(KeyTransferReport {
+            node: node.to_owned(),
+            relay_id: Uuid::parse_str(&field(n::RELAY_ID)?).ok()?,
+            link: field(n::LINK_ID)?,
+            role: field(n::ROLE)?,
+            state: field(n::STATE)?,
+            master_sae: field(n::MASTER_SAE).unwrap_or_default(),
+            slave_saes: all(n::SLAVE_SAE),
+            key_size: field(n::KEY_SIZE).and_then(|s| s.parse().ok()).unwrap_or(0),
+            key_ids: all(n::KEY_ID)
+                .iter()
+                .filter_map(|id| Uuid::parse_str(id).ok())
+                .collect(),
+            time: field(n::TIME).unwrap_or_default(),
         }))
     } else if name == notification_name(security_event::PARENT)
         && field(security_event::KIND).as_deref() == Some(AUTH_FAILURE)

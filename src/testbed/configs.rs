@@ -72,6 +72,7 @@ pub(super) fn write_toml<T: Serialize>(
 pub(super) fn write_control(
     dir: &Path,
     domain: &super::topology::Domain,
+    iwn_nodes: &[&str],
     dpki: &DomainPki,
     addrs: &ControlAddresses,
     addresses: &BTreeMap<String, (SocketAddr, SocketAddr, SocketAddr, SocketAddr)>,
@@ -112,6 +113,8 @@ pub(super) fn write_control(
                 netconf: addresses[&n.name].2,
                 role: if n.gateway {
                     NodeRole::Gateway
+                } else if iwn_nodes.contains(&n.name.as_str()) {
+                    NodeRole::Iwn
                 } else {
                     NodeRole::Km
                 },

@@ -1,6 +1,8 @@
-//! The two-domain part of the demonstration (Y.3818 9.1): keys from an application in QKDN A
-//! to one in QKDN B through gateway nodes, a fault on the route, the reroute both
-//! controllers agree on over Cxi, and delivery going on.
+//! The two-domain part of the demonstration (Y.3818 9.1 and 9.2): keys from an application in
+//! QKDN A to one in QKDN B through gateway nodes (hop-by-hop relay over a Qx link) or through
+//! an interworking node (key transfer KM-A -> KM-B over Kxi-1'), a fault on the route (the Qx
+//! link, or the QKD link into the active IWN), the new route both controllers agree on over
+//! Cxi, and delivery going on.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -106,6 +108,20 @@ pub(super) async fn scenario(
             link.id, link.nodes[0], link.nodes[1]
         );
     }
+    for iwn in &topology.iwns {
+        println!(
+            "   interworking node {}: KM-A {} and KM-B {} (separate processes, transfer link {}, no QKD link between them){}",
+            iwn.name,
+            iwn.nodes[0],
+            iwn.nodes[1],
+            iwn.transfer_link(),
+            if iwn.control {
+                "; hosts both controllers and managers (Cxi', Mxi')"
+            } else {
+                ""
+            }
+        );
+    }
     let (a_domain, b_domain) = (&topology.domains[0], &topology.domains[1]);
     let master = a_domain
         .nodes
@@ -149,23 +165,38 @@ pub(super) async fn scenario(
     print_events(&a_domain.name, &events(&a).await?, &transaction);
     print_events(&b_domain.name, &events(&b).await?, &transaction);
     let path = route_of(&session);
-    println!(
-        "== keys relayed hop by hop across the domains (Kxi-1 in the ETSI GS QKD 020 shape over Qx link {})",
-        session["interworking"]["qx_link"].as_str().unwrap_or_default()
-    );
-    deliver(&alice, &bob, master, slave, 4).await?;
-
-    let qx = session["interworking"]["qx_link"]
+    let border = session["interworking"]["qx_link"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    let iwn = topology.iwns.iter().find(|i| i.transfer_link() == border);
+    match iwn {
+        Some(iwn) => println!(
+            "== keys relayed inside QKDN {} to KM-A {} of interworking node {}, transferred to KM-B {} over Kxi-1' (ETSI GS QKD 020 V1.1.1), relayed on in QKDN {}",
+            a_domain.name, iwn.nodes[0], iwn.name, iwn.nodes[1], b_domain.name
+        ),
+        None => println!(
+            "== keys relayed hop by hop across the domains (Kxi-1, ETSI GS QKD 020 V1.1.1, over Qx link {border})"
+        ),
+    }
+    deliver(&alice, &bob, master, slave, 4).await?;
+
+    // the fault: the Qx link, or the QKD link into the active IWN's KM-A
+    let cut = topology
+        .border_fault(&border, &path)
+        .context("the route does not enter the IWN over a QKD link")?;
     let (skip_a, skip_b) = (events(&a).await?.len(), events(&b).await?.len());
     println!(
-        "== fault: Qx link {qx} down (on the route {} -> ...)",
+        "== fault: {} {cut} down (on the route {} -> ...)",
+        if iwn.is_some() {
+            "the QKD link into the interworking node,"
+        } else {
+            "Qx link"
+        },
         path.join(" -> ")
     );
     let cut_at = Instant::now();
-    runner::set_link_state(dir, &qx, LinkState::Down).await?;
+    runner::set_link_state(dir, &cut, LinkState::Down).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let (reroute, agreed) = loop {
         let a_events = events(&a).await?;
@@ -202,8 +233,11 @@ pub(super) async fn scenario(
     let path = route_of(&session);
     runner::wait_path_keys(endpoints, &path, 16, Duration::from_secs(30)).await?;
     println!(
-        "== key delivery continues over {} and on in QKDN {}",
+        "== key delivery continues over {} (border: {}) and on in QKDN {}",
         path.join(" -> "),
+        session["interworking"]["qx_link"]
+            .as_str()
+            .unwrap_or_default(),
         b_domain.name
     );
     deliver(&alice, &bob, master, slave, 4).await?;
@@ -227,7 +261,7 @@ pub(super) async fn scenario(
             );
         }
     }
-    println!("== repair: Qx link {qx} up");
-    runner::set_link_state(dir, &qx, LinkState::Up).await?;
+    println!("== repair: link {cut} up");
+    runner::set_link_state(dir, &cut, LinkState::Up).await?;
     Ok(())
 }

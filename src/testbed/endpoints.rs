@@ -30,6 +30,9 @@ pub struct Endpoints {
     pub domains: BTreeMap<String, DomainEndpoints>,
     pub saes: BTreeMap<String, SaeEndpoint>,
     pub links: BTreeMap<String, LinkEndpoint>,
+    /// Interworking nodes (Y.3818 6.2), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub iwns: BTreeMap<String, IwnEndpoint>,
     /// A `--netns` testbed's namespaces, addresses and link interfaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<super::netns::Netns>,
@@ -169,6 +172,35 @@ pub struct SaeEndpoint {
     pub domain: String,
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// An interworking node: its two KMs and, where it hosts them, both domains' controllers
+/// and managers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IwnEndpoint {
+    /// KM-A (sends keys of its QKDN's master SAEs) and KM-B.
+    pub kms: [IwnKm; 2],
+    /// The transfer link between them (Kxi-1').
+    pub transfer_link: String,
+    /// Whether the IWN hosts both controllers and managers: they talk over Cxi' and Mxi'
+    /// (else over Cxi and Mxi, from elsewhere).
+    pub hosts_control: bool,
+    /// Hosted controllers' REST APIs, by domain.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub controllers: BTreeMap<String, String>,
+    /// Hosted managers' REST APIs, by domain.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub managers: BTreeMap<String, String>,
+}
+
+/// One KM of an interworking node (its services are under `domains.<domain>.nodes.<node>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IwnKm {
+    pub node: String,
+    pub domain: String,
+    pub etsi014: String,
+    pub kma: String,
+    pub netconf: String,
 }
 
 /// One QKD link.

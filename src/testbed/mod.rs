@@ -40,3 +40,6 @@ pub const SINGLE_DOMAIN: &str = include_str!("../../testbed/single-domain.toml")
 
 /// The default two-domain topology (gateway nodes, two Qx links), embedded for the demo.
 pub const TWO_DOMAIN_GWN: &str = include_str!("../../testbed/two-domain-gwn.toml");
+
+/// The two-domain topology with interworking nodes (two IWNs, no Qx link).
+pub const TWO_DOMAIN_IWN: &str = include_str!("../../testbed/two-domain-iwn.toml");

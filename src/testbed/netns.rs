@@ -242,7 +242,7 @@ pub fn plan(topology: &Topology) -> Result<Netns, TestbedError> {
         .ok_or_else(|| failed("no free 198.18.0.0/15 block for a --netns testbed".into()))?;
     let id = slot_id(slot);
     let block = BASE + slot * 256;
-    let nodes = nodes
+    let mut nodes: BTreeMap<String, NodeNet> = nodes
         .iter()
         .enumerate()
         .map(|(i, name)| {
@@ -262,6 +262,14 @@ pub fn plan(topology: &Topology) -> Result<Netns, TestbedError> {
             )
         })
         .collect();
+    // an interworking node's two KMs run in one namespace, on one address (their ports differ)
+    for iwn in &topology.iwns {
+        let mut shared = nodes[&iwn.nodes[0]].clone();
+        shared.namespace = format!("qkdni-{id}-{}", iwn.name);
+        for node in &iwn.nodes {
+            nodes.insert(node.clone(), shared.clone());
+        }
+    }
     let links = topology
         .domains
         .iter()
@@ -298,7 +306,7 @@ pub fn plan(topology: &Topology) -> Result<Netns, TestbedError> {
 /// Creates the namespaces, the management veths and a veth pair per link of `net`.
 pub fn create(net: &Netns) -> Result<(), TestbedError> {
     let root = net.root_address.to_string();
-    for node in net.nodes.values() {
+    for node in distinct(net) {
         let ns = node.namespace.as_str();
         let own = node.address.to_string();
         ip(&["netns", "add", ns])?;
@@ -386,19 +394,27 @@ pub fn create(net: &Netns) -> Result<(), TestbedError> {
     Ok(())
 }
 
+/// The namespaces of `net`, each once (an IWN's two KMs share one).
+fn distinct(net: &Netns) -> impl Iterator<Item = &NodeNet> {
+    let mut seen = std::collections::BTreeSet::new();
+    net.nodes
+        .values()
+        .filter(move |n| seen.insert(n.namespace.clone()))
+}
+
 /// Deletes what [`create`] made (whatever of it exists): the root ends of the management
 /// veths, then the namespaces (and with them the links' veths).
 pub fn destroy(net: &Netns) -> Result<(), TestbedError> {
     let in_use = InUse::read()?;
     let mut errors = Vec::new();
-    for node in net.nodes.values() {
+    for node in distinct(net) {
         if in_use.interfaces.contains(&node.root_interface) {
             if let Err(e) = ip(&["link", "del", &node.root_interface]) {
                 errors.push(e.to_string());
             }
         }
     }
-    for node in net.nodes.values() {
+    for node in distinct(net) {
         if in_use.namespaces.contains(&node.namespace) {
             if let Err(e) = ip(&["netns", "del", &node.namespace]) {
                 errors.push(e.to_string());

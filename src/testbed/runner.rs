@@ -10,7 +10,8 @@ use super::configs::{
     ControlAddresses, DomainPki,
 };
 use super::endpoints::{
-    Credentials, DomainEndpoints, Endpoints, LinkEndpoint, NetconfLogin, NodeEndpoint, SaeEndpoint,
+    Credentials, DomainEndpoints, Endpoints, IwnEndpoint, IwnKm, LinkEndpoint, NetconfLogin,
+    NodeEndpoint, SaeEndpoint,
 };
 use super::error::io;
 use super::host_keys;
@@ -19,7 +20,7 @@ use super::ports::{startup_lock, Ports};
 use super::process::{spawn_node, stop_pid, wait_ready};
 use super::records::{network_path, remove_network, Processes};
 use super::topology::Topology;
-use crate::km::config::{Etsi014Limits, KmConfig, LinkConfig, LinkEnd};
+use crate::km::config::{Etsi014Limits, KmConfig, LinkConfig, LinkEnd, LinkKind};
 use crate::netconf::server::NetconfConfig;
 use crate::pki::{Authority, Role};
 use crate::tls::{self, TlsFiles};
@@ -138,6 +139,7 @@ pub async fn up_with(
         domains: BTreeMap::new(),
         saes: BTreeMap::new(),
         links: BTreeMap::new(),
+        iwns: BTreeMap::new(),
         netns: net.clone(),
     };
     // every address first: Qx links and Cxi/Mxi peers point across domains
@@ -177,10 +179,15 @@ pub async fn up_with(
             .map(|d| d.name.clone())
             .unwrap_or_default()
     };
-    // the domains each domain interworks with (over Qx links)
+    // the domains each domain interworks with (over Qx links or through IWNs)
     let mut neighbours: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-    for link in &topology.qx_links {
-        let (a, b) = (domain_of(&link.nodes[0]), domain_of(&link.nodes[1]));
+    let borders = topology
+        .qx_links
+        .iter()
+        .map(|l| &l.nodes)
+        .chain(topology.iwns.iter().map(|i| &i.nodes));
+    for nodes in borders {
+        let (a, b) = (domain_of(&nodes[0]), domain_of(&nodes[1]));
         neighbours.entry(a.clone()).or_default().insert(b.clone());
         neighbours.entry(b).or_default().insert(a);
     }
@@ -237,7 +244,7 @@ pub async fn up_with(
             let host_key = node_dir.join("ssh_host_ed25519_key");
             host_keys::provision(&known_hosts, &host_key, netconf)?;
             let mut qx_peers = std::collections::BTreeSet::new();
-            let links = domain
+            let mut links: Vec<LinkConfig> = domain
                 .links
                 .iter()
                 .chain(&topology.qx_links)
@@ -270,6 +277,26 @@ pub async fn up_with(
                     })
                 })
                 .collect();
+            // KM-A and KM-B of an IWN: the transfer link to the other (Kxi-1')
+            if let Some((iwn, other)) = topology.iwn_of(&node.name) {
+                let peer_domain = domain_of(other);
+                qx_peers.insert(peer_domain.clone());
+                links.push(LinkConfig {
+                    id: iwn.transfer_link(),
+                    peer: other.to_owned(),
+                    peer_kma: format!("https://{}", addresses[other].1),
+                    end: if iwn.nodes[0] == node.name {
+                        LinkEnd::Tx
+                    } else {
+                        LinkEnd::Rx
+                    },
+                    rate_bps: None,
+                    model: None,
+                    capacity_blocks: 2,
+                    peer_domain: Some(peer_domain),
+                    kind: LinkKind::Transfer,
+                });
+            }
             let config = KmConfig {
                 node: node.name.clone(),
                 domain: domain.name.clone(),
@@ -346,9 +373,15 @@ pub async fn up_with(
                     .get(&domain.name)
                     .map(|n| n.iter().filter(|d| control.contains_key(*d)).collect())
                     .unwrap_or_default();
+                let iwn_nodes: Vec<&str> = topology
+                    .iwns
+                    .iter()
+                    .flat_map(|i| i.nodes.iter().map(String::as_str))
+                    .collect();
                 let (controller, manager) = write_control(
                     dir,
                     domain,
+                    &iwn_nodes,
                     dpki,
                     addrs,
                     &addresses,
@@ -385,6 +418,35 @@ pub async fn up_with(
                 peer_domain: Some(domain_of(&link.nodes[1])),
             },
         );
+    }
+    for iwn in &topology.iwns {
+        let km = |node: &String| {
+            let domain = domain_of(node);
+            let n = &endpoints.domains[&domain].nodes[node];
+            IwnKm {
+                node: node.clone(),
+                etsi014: n.etsi014.clone(),
+                kma: n.kma.clone(),
+                netconf: n.netconf.clone(),
+                domain,
+            }
+        };
+        let hosted = |pick: &dyn Fn(&DomainEndpoints) -> Option<String>| {
+            endpoints
+                .domains
+                .iter()
+                .filter(|_| iwn.control)
+                .filter_map(|(d, e)| pick(e).map(|url| (d.clone(), url)))
+                .collect()
+        };
+        let entry = IwnEndpoint {
+            kms: [km(&iwn.nodes[0]), km(&iwn.nodes[1])],
+            transfer_link: iwn.transfer_link(),
+            hosts_control: iwn.control,
+            controllers: hosted(&|e| e.controller.as_ref().map(|c| c.rest.clone())),
+            managers: hosted(&|e| e.manager.as_ref().map(|m| m.rest.clone())),
+        };
+        endpoints.iwns.insert(iwn.name.clone(), entry);
     }
     // endpoints.json is written before start so that start_node can find the nodes; a
     // testbed is only "up" once every node answers.

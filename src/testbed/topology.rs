@@ -30,6 +30,9 @@ pub struct Topology {
     /// transmitter module.
     #[serde(default)]
     pub qx_links: Vec<Link>,
+    /// Interworking nodes between two domains (Y.3818 6.2).
+    #[serde(default)]
+    pub iwns: Vec<Iwn>,
     /// Limits of every KM agent (`[km_limits]`; defaults when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub km_limits: Option<crate::km::limits::KmLimits>,
@@ -62,6 +65,35 @@ pub struct Node {
     /// A gateway node (GWN) at the domain's border.
     #[serde(default)]
     pub gateway: bool,
+}
+
+/// An interworking node (Y.3818 6.2): a trusted node outside both QKDNs hosting a KM of
+/// each (KM-A and KM-B, separate processes, each a node of its domain with QKD links into
+/// it), joined by a transfer link (Kxi-1', ETSI GS QKD 020) and no QKD link.
+///
+/// ```toml
+/// [[iwns]]
+/// name = "iwn1"
+/// nodes = ["iwn1-a", "iwn1-b"]   # KM-A (a node of one domain) and KM-B (of the other)
+/// control = true                 # hosts both domains' controllers and managers (Cxi', Mxi')
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Iwn {
+    pub name: String,
+    /// KM-A and KM-B: the first sends keys (its QKDN's master SAEs), the second receives.
+    pub nodes: [String; 2],
+    /// Whether the IWN hosts both domains' controllers and managers (they talk over Cxi'
+    /// and Mxi'); otherwise they run elsewhere (Cxi, Mxi). At most one IWN hosts them.
+    #[serde(default)]
+    pub control: bool,
+}
+
+impl Iwn {
+    /// The id of the IWN's transfer link.
+    pub fn transfer_link(&self) -> String {
+        format!("{}-kxi1p", self.name)
+    }
 }
 
 /// One QKD link.
@@ -163,7 +195,64 @@ impl Topology {
                 return invalid(format!("Qx link {} joins two nodes of domain {a}", link.id));
             }
         }
+        let mut in_iwn = BTreeSet::new();
+        let mut iwn_names = BTreeSet::new();
+        for iwn in &self.iwns {
+            if !iwn_names.insert(iwn.name.as_str()) || names.contains(&iwn.name) {
+                return invalid(format!("IWN {} named twice", iwn.name));
+            }
+            if !links.insert(iwn.transfer_link()) {
+                return invalid(format!("link {} defined twice", iwn.transfer_link()));
+            }
+            let mut domains = Vec::new();
+            for node in &iwn.nodes {
+                let Some(domain) = self.domain_of(node) else {
+                    return invalid(format!("IWN {}: no node {node}", iwn.name));
+                };
+                if gateways.contains_key(node.as_str()) {
+                    return invalid(format!("IWN {}: {node} is a gateway node", iwn.name));
+                }
+                if !in_iwn.insert(node.as_str()) {
+                    return invalid(format!("node {node} is in two IWNs"));
+                }
+                domains.push(domain.name.as_str());
+            }
+            if domains[0] == domains[1] {
+                return invalid(format!(
+                    "IWN {}: KM-A and KM-B must be of two QKDNs, both are of {}",
+                    iwn.name, domains[0]
+                ));
+            }
+        }
+        if self.iwns.iter().filter(|i| i.control).count() > 1 {
+            return invalid("at most one IWN hosts the controllers".into());
+        }
         Ok(())
+    }
+
+    /// The IWN whose KM `node` is, and the other KM of that IWN.
+    pub fn iwn_of(&self, node: &str) -> Option<(&Iwn, &str)> {
+        self.iwns.iter().find_map(|iwn| {
+            let at = iwn.nodes.iter().position(|n| n == node)?;
+            Some((iwn, iwn.nodes[1 - at].as_str()))
+        })
+    }
+
+    /// The link whose fault moves an interworking route off `border` (the border link an
+    /// interworking session crosses, `path` its route in the master's domain): the Qx link
+    /// itself, or for an IWN's transfer link (which has no fault of its own) the QKD link by
+    /// which `path` enters the IWN's KM.
+    pub fn border_fault(&self, border: &str, path: &[String]) -> Option<String> {
+        let Some(iwn) = self.iwns.iter().find(|i| i.transfer_link() == border) else {
+            return Some(border.to_owned());
+        };
+        let at = path.iter().position(|n| iwn.nodes.contains(n))?;
+        let before = path.get(at.checked_sub(1)?)?;
+        self.domains
+            .iter()
+            .flat_map(|d| &d.links)
+            .find(|l| l.nodes.contains(before) && l.nodes.contains(&path[at]))
+            .map(|l| l.id.clone())
     }
 
     /// The domain of node `node`.
@@ -243,6 +332,50 @@ mod tests {
             let routed = routes.get(&node.name).map_or(0, |r| r.len());
             assert_eq!(adjacent + routed, domain.nodes.len() - 1, "{}", node.name);
         }
+    }
+
+    #[test]
+    fn the_iwn_topology_has_two_iwns_between_two_domains_of_at_least_five_kms() {
+        let topology = Topology::parse(crate::testbed::TWO_DOMAIN_IWN).unwrap();
+        assert_eq!(topology.iwns.len(), 2);
+        assert!(topology.qx_links.is_empty());
+        for domain in &topology.domains {
+            let own = domain
+                .nodes
+                .iter()
+                .filter(|n| topology.iwn_of(&n.name).is_none())
+                .count();
+            assert!(own >= 5, "{}", domain.name);
+        }
+        for iwn in &topology.iwns {
+            let domains: Vec<&str> = iwn
+                .nodes
+                .iter()
+                .map(|n| topology.domain_of(n).unwrap().name.as_str())
+                .collect();
+            assert_eq!(domains, ["A", "B"]);
+            assert_eq!(topology.iwn_of(&iwn.nodes[1]).unwrap().1, iwn.nodes[0]);
+        }
+        assert_eq!(topology.iwns.iter().filter(|i| i.control).count(), 1);
+        let path = ["a1", "a2", "iwn1-a"].map(String::from);
+        assert_eq!(
+            topology.border_fault("iwn1-kxi1p", &path).as_deref(),
+            Some("a2-iwn1-a")
+        );
+        assert_eq!(topology.border_fault("qx1", &path).as_deref(), Some("qx1"));
+    }
+
+    #[test]
+    fn an_iwn_joins_two_domains_and_no_node_twice() {
+        let base = "name='t'\n[[domains]]\nname='A'\n[[domains.nodes]]\nname='a'\n[[domains.nodes]]\nname='a2'\n[[domains]]\nname='B'\n[[domains.nodes]]\nname='b'\n";
+        let ok = format!("{base}[[iwns]]\nname='i'\nnodes=['a','b']\n");
+        assert!(Topology::parse(&ok).is_ok());
+        let same = format!("{base}[[iwns]]\nname='i'\nnodes=['a','a2']\n");
+        assert!(Topology::parse(&same).is_err());
+        let twice = format!("{ok}[[iwns]]\nname='j'\nnodes=['a2','b']\n");
+        assert!(Topology::parse(&twice).is_err());
+        let unknown = format!("{base}[[iwns]]\nname='i'\nnodes=['a','z']\n");
+        assert!(Topology::parse(&unknown).is_err());
     }
 
     #[test]

@@ -91,6 +91,16 @@ impl Bed {
         bed
     }
 
+    /// A testbed of the topology `text` (TOML) with its controllers.
+    pub fn up_text_controlled(text: &str) -> Self {
+        let file =
+            std::env::temp_dir().join(format!("qkdni-topology-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&file, text).unwrap();
+        let bed = Self::up_path(&file, &[]);
+        let _ = std::fs::remove_file(&file);
+        bed
+    }
+
     fn up_with(topology_file: &str, flags: &[&str]) -> Self {
         Self::up_path(&topology(topology_file), flags)
     }
@@ -309,8 +319,8 @@ impl Bed {
     }
 
     /// `number` 256-bit keys from `master` to `slave` over ETSI 014: the same IDs and bytes
-    /// at both ends, and the same again when the slave asks twice.
-    pub async fn deliver(&self, master: &str, slave: &str, number: u32) {
+    /// at both ends, and the same again when the slave asks twice. Returns the key IDs.
+    pub async fn deliver(&self, master: &str, slave: &str, number: u32) -> Vec<String> {
         let request = etsi014::KeyRequest {
             number: Some(number),
             size: Some(256),
@@ -342,5 +352,6 @@ impl Bed {
             (&again.keys[0].key_ID, &again.keys[0].key),
             (&keys.keys[0].key_ID, &keys.keys[0].key)
         );
+        ids
     }
 }

@@ -9,6 +9,8 @@ use serde_json::Value;
 use super::common::Bed;
 use super::request;
 
+mod iwn;
+
 const TOPOLOGY: &str = "two-domain-gwn.toml";
 
 /// The events of `domain`'s controller.

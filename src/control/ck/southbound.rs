@@ -111,6 +111,21 @@ impl Southbound {
         })
     }
 
+    /// Enables or pauses key generation on link `link_id` (its `qkdl_id`) at agent `node`:
+    /// `qkdl_enable` in the running datastore, the standard's switch of a QKD link.
+    pub async fn set_generation(
+        &self,
+        node: &str,
+        link_id: &uuid::Uuid,
+        enabled: bool,
+    ) -> Result<(), SouthboundError> {
+        let config = crate::model::etsi_node::enable_config(link_id, enabled);
+        let edit = format!(
+            "<edit-config><target><running/></target><config>{config}</config></edit-config>"
+        );
+        self.rpc(node, &edit).await.map(|_| ())
+    }
+
     /// Where and how to follow an agent's notifications (a session of their own).
     pub fn notification_source(&self, node: &str) -> Option<(SocketAddr, ClientOptions)> {
         Some((*self.agents.get(node)?, self.pool.options().clone()))

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::control::config::NodeRole;
 use crate::control::controller::Controller;
 use crate::control::cxi::peers::{differs, PeerDomain};
 use crate::control::cxi::{
@@ -59,7 +58,7 @@ impl Controller {
         self.config
             .agents
             .iter()
-            .filter(|a| a.role == NodeRole::Gateway)
+            .filter(|a| a.role.is_border())
             .map(|a| a.node.clone())
             .collect()
     }

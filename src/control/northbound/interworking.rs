@@ -208,5 +208,30 @@ pub fn state(
             if agreeing { "true" } else { "false" },
         )?;
     }
+    for record in controller.transfers.records() {
+        use crate::model::controller::key_transfer as kt;
+        let base = model::key_transfer_entry(&record.relay_id);
+        let at = |leaf: &str| format!("{base}/{leaf}");
+        set(tree, &at(kt::NODE), &record.node)?;
+        set(tree, &at(kt::LINK), &record.link)?;
+        set(tree, &at(kt::ROLE), &record.role)?;
+        set(tree, &at(kt::STATE), &record.state)?;
+        set(tree, &at(kt::MASTER_SAE), &record.master_sae)?;
+        set(tree, &at(kt::KEY_SIZE), &record.key_size.to_string())?;
+        if !record.time.is_empty() {
+            set(tree, &at(kt::TIME), &record.time)?;
+        }
+        for slave in &record.slave_saes {
+            let quoted = crate::netconf::xml::quote(slave);
+            set(tree, &format!("{}[.={quoted}]", at(kt::SLAVE_SAE)), slave)?;
+        }
+        for id in &record.key_ids {
+            set(
+                tree,
+                &format!("{}[.='{id}']", at(kt::KEY_ID)),
+                &id.to_string(),
+            )?;
+        }
+    }
     Ok(())
 }

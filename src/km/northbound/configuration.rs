@@ -170,6 +170,7 @@ pub(super) fn initial(agent: &Agent) -> String {
     let build = || -> Result<String, RpcError> {
         let mut tree = crate::yang::empty();
         etsi_node::write_config(&mut tree, agent)?;
+        super::transfer::write_config(&mut tree, agent)?;
         for link in agent.links() {
             let c = &link.config;
             let base = link_path(agent, &c.id);
@@ -346,6 +347,7 @@ pub(super) fn apply(agent: &Agent, new: &DataTree<'static>) -> Result<(), RpcErr
             _ => {}
         }
     }
+    super::transfer::check(agent, new)?;
     if let Some(extra) = desired.links.keys().find(|id| agent.link(id).is_none()) {
         return Err(RpcError::application(
             ErrorTag::OperationNotSupported,

@@ -6,7 +6,8 @@
 //! - [`state`] — links, key pools, ETSI GS QKD 014 counters;
 //! - [`notification`] — the agent's events as `qkdni-km` notifications, and
 //!   [`etsi_notification`] the ETSI GS QKD 015 ones;
-//! - [`etsi_node`] — the node as ETSI GS QKD 015 models it.
+//! - [`etsi_node`] — the node as ETSI GS QKD 015 models it;
+//! - [`transfer`] — the transfer links of a KM in an interworking node.
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ pub mod etsi_node;
 pub mod etsi_notification;
 pub mod notification;
 pub mod state;
+pub mod transfer;
 
 /// The agent behind its NETCONF server.
 pub struct Northbound {

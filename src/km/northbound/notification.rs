@@ -48,12 +48,67 @@ pub(super) fn start(agent: Arc<Agent>) -> broadcast::Sender<Notification> {
     notifications
 }
 
+/// `key-transfer`: the metadata for transfer key life-cycle management.
+fn key_transfer(t: &crate::km::events::KeyTransfer) -> Result<Notification, yang2::Error> {
+    use crate::km::events::{TransferRole, TransferState};
+    use crate::model::km::key_transfer as leaf;
+    let mut leaves: Vec<(String, String)> = vec![
+        (leaf::RELAY_ID.into(), t.relay_id.to_string()),
+        (leaf::LINK_ID.into(), t.link.clone()),
+        (
+            leaf::ROLE.into(),
+            match t.role {
+                TransferRole::Sender => "sender",
+                TransferRole::Receiver => "receiver",
+            }
+            .into(),
+        ),
+        (
+            leaf::STATE.into(),
+            match t.state {
+                TransferState::Transferred => "transferred",
+                TransferState::Voided => "voided",
+                TransferState::Failed => "failed",
+            }
+            .into(),
+        ),
+        (leaf::MASTER_SAE.into(), t.master_sae.clone()),
+        (leaf::KEY_SIZE.into(), t.key_size.to_string()),
+        (
+            leaf::TIME.into(),
+            crate::netconf::server::rfc3339_ms(t.at_ms),
+        ),
+    ];
+    // leaf-list entries, one instance each
+    let quoted = |v: &str| crate::netconf::xml::quote(v);
+    for slave in &t.slave_saes {
+        leaves.push((
+            format!("{}[.={}]", leaf::SLAVE_SAE, quoted(slave)),
+            slave.clone(),
+        ));
+    }
+    for id in &t.key_ids {
+        let id = id.to_string();
+        leaves.push((format!("{}[.={}]", leaf::KEY_ID, quoted(&id)), id));
+    }
+    let leaves: Vec<(&str, String)> = leaves
+        .iter()
+        .map(|(p, v)| (p.as_str(), v.clone()))
+        .collect();
+    Notification::from_leaves(
+        model::MODULE,
+        model::NAMESPACE,
+        notification_name(leaf::PARENT),
+        &leaves,
+        now_rfc3339(),
+    )
+}
+
 /// The event as a `qkdni-km` notification, if it has one.
 pub fn own(event: &Event) -> Result<Option<Notification>, yang2::Error> {
     let (parent, leaves): (&'static str, Vec<(&str, String)>) = match event {
         Event::ApplicationNew(_) | Event::ApplicationGone(_) => return Ok(None),
-        // TODO(iwn): the key-transfer notification
-        Event::KeyTransfer(_) => return Ok(None),
+        Event::KeyTransfer(transfer) => return key_transfer(transfer).map(Some),
         Event::LinkState {
             link,
             state,
@@ -138,4 +193,70 @@ pub fn own(event: &Event) -> Result<Option<Notification>, yang2::Error> {
         now_rfc3339(),
     )
     .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::km::events::{KeyTransfer, TransferRole, TransferState};
+    use crate::model::km_notifications::{parse_notification, KmNotification};
+
+    #[test]
+    fn a_key_transfer_names_every_key_and_slave_and_no_key_material() {
+        let ids = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
+        let event = Event::KeyTransfer(KeyTransfer {
+            relay_id: uuid::Uuid::new_v4(),
+            link: "iwn1-kxi1p".into(),
+            role: TransferRole::Receiver,
+            key_ids: ids.to_vec(),
+            key_size: 256,
+            master_sae: "sae-a1-1".into(),
+            slave_saes: vec!["sae-b1-1".into(), "sae-b1-2".into()],
+            state: TransferState::Transferred,
+            at_ms: 1_796_000_000_123,
+        });
+        let notification = own(&event).unwrap().unwrap();
+        assert_eq!(notification.kind.1, "key-transfer");
+        let xml = &notification.xml;
+        for id in ids {
+            assert!(xml.contains(&format!("<key-id>{id}</key-id>")), "{xml}");
+        }
+        assert!(xml.contains("<slave-sae>sae-b1-2</slave-sae>"), "{xml}");
+        assert!(xml.contains("<role>receiver</role>"), "{xml}");
+        assert!(xml.contains("<time>2026-"), "{xml}");
+        // what controllers and managers read back
+        let wrapped = format!(
+            r#"<notification xmlns="urn:ietf:params:xml:ns:netconf:notification:1.0"><eventTime>{}</eventTime>{xml}</notification>"#,
+            notification.event_time
+        );
+        let Some(KmNotification::KeyTransfer(report)) = parse_notification("iwn1-b", &wrapped)
+        else {
+            panic!("not read back: {wrapped}");
+        };
+        assert_eq!(report.key_ids, ids);
+        assert_eq!(report.slave_saes, ["sae-b1-1", "sae-b1-2"]);
+        assert_eq!(
+            (report.role.as_str(), report.state.as_str()),
+            ("receiver", "transferred")
+        );
+        assert_eq!(report.key_size, 256);
+    }
+
+    #[test]
+    fn link_status_notifications_are_read_back() {
+        let event = Event::LinkState {
+            link: "a1-a2".into(),
+            state: crate::quantum::LinkState::Down,
+            previous: crate::quantum::LinkState::Up,
+        };
+        let n = own(&event).unwrap().unwrap();
+        let wrapped = format!(
+            r#"<notification xmlns="urn:ietf:params:xml:ns:netconf:notification:1.0"><eventTime>{}</eventTime>{}</notification>"#,
+            n.event_time, n.xml
+        );
+        assert!(matches!(
+            parse_notification("a1", &wrapped),
+            Some(KmNotification::LinkStatus { link, state, .. }) if link == "a1-a2" && state == "down"
+        ));
+    }
 }

@@ -139,7 +139,7 @@ function drawMap(snapshot) {
     if (!p) return;
     const g = el("g", { class: ["node", kind, ...classes, r.shownNodes.has(id) ? "on-route" : ""].filter(Boolean).join(" "),
       "data-node": id, transform: `translate(${p.x.toFixed(1)},${p.y.toFixed(1)})` });
-    g.append(kind.includes("gateway")
+    g.append(kind.includes("gateway") || kind.includes("iwn")
       ? el("rect", { x: -19, y: -19, width: 38, height: 38, rx: 4, transform: "rotate(45)" })
       : el("circle", { r: 20 }));
     g.append(el("svg-text", {}, id));
