@@ -9,6 +9,8 @@ mod concurrency;
 mod dashboard;
 #[path = "interworking/mod.rs"]
 mod interworking;
+#[path = "iwn/mod.rs"]
+mod iwn;
 #[path = "metrics/mod.rs"]
 mod metrics;
 #[path = "southbound/mod.rs"]
@@ -38,7 +40,7 @@ async fn get(bed: &Bed, path: &str) -> Value {
 
 /// Keys from sae-a1-1 to sae-a5-1, identical at both ends.
 async fn deliver(bed: &Bed, number: u32) {
-    bed.deliver("sae-a1-1", "sae-a5-1", number).await
+    bed.deliver("sae-a1-1", "sae-a5-1", number).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

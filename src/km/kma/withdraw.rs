@@ -87,7 +87,10 @@ pub async fn receive(
         let (relay, caller, ids) = (request.relay_id, sender.to_owned(), request.key_ids);
         let outcome = agent
             .store
-            .run(move |s| s.write(|t| t.withdraw(relay, &caller, &ids)))
+            .run(move |s| {
+                let now = crate::km::store::deliveries_now_ms();
+                s.write(|t| t.withdraw(relay, &caller, &ids, now))
+            })
             .await
             .map_err(|e| (500, e.to_string()))?;
         return match outcome {

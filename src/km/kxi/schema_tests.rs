@@ -186,3 +186,43 @@ fn every_problem_is_a_problem_details_body() {
         assert_valid("problem_details", &super::ext_keys::relay_problem(error));
     }
 }
+
+#[test]
+fn kxi_1_prime_transfers_are_ext_key_containers_of_plain_keys() {
+    use crate::km::kma::reserve::plan::Hop;
+    use base64::Engine;
+    let hop = Hop {
+        relay_id: Uuid::new_v4(),
+        origin_km: "a1".into(),
+        dest_km: "b1".into(),
+        master_sae: "sae-a1-1".into(),
+        slave_saes: vec!["sae-b1-1".into()],
+        key_size: 264,
+        hops_left: 28,
+        extension_optional: Some(extension_of("E99_vendor_trace", "t-1")),
+        iwn_km: None,
+    };
+    let ids = [Uuid::new_v4(), Uuid::new_v4()];
+    let keys = [
+        zeroize::Zeroizing::new(vec![1u8; 33]),
+        zeroize::Zeroizing::new(vec![2u8; 33]),
+    ];
+    let container = super::transfer::transfer_container(
+        "https://127.0.0.1:8443/kmapi/v1/ext_keys/ack".into(),
+        &link(LinkKind::Transfer),
+        &hop,
+        &ids,
+        &keys,
+    );
+    assert_valid("ext_key_container", &container);
+    // the keys themselves, and the optional extensions passed on unchanged
+    let value = crate::km::kma::relay::messages::b64()
+        .decode(&container.keys[1].value)
+        .unwrap();
+    assert_eq!(value, vec![2u8; 33]);
+    assert_eq!(container.extension_optional, hop.extension_optional);
+    let relay: RelayExtension = member(container.extension_mandatory.as_ref(), EXT_RELAY)
+        .unwrap()
+        .unwrap();
+    assert_eq!((relay.key_size, relay.hops_left), (264, 28));
+}

@@ -315,7 +315,9 @@ pub(super) async fn receive(
         .store
         .run(move |s| {
             s.write(|t| {
-                if t.transfer_exists(Side::Received, stored.relay_id)? {
+                if t.transfer_exists(Side::Received, stored.relay_id)?
+                    || t.transfer_key_seen(Side::Received, &stored.key_ids)?
+                {
                     return Ok(false);
                 }
                 t.put_transfer(Side::Received, &stored)?;
@@ -326,7 +328,10 @@ pub(super) async fn receive(
         .map_err(|e| relay_problem(&RelayError::from(e)))?;
     if !fresh {
         // the same keys never cross twice
-        return Err(missing("duplicate_relay", relay_id.to_string()));
+        return Err(missing(
+            "duplicate_key_id",
+            format!("relay {relay_id} or one of its key ids came before"),
+        ));
     }
     let body = RelayBody {
         version: relay.version,

@@ -76,6 +76,8 @@ pub enum StoreError {
         expected: u64,
         got: u64,
     },
+    #[error("relay {0} was voided: its keys are refused")]
+    Voided(Uuid),
     #[error("key {0} is already held for this SAE")]
     DuplicateKey(Uuid),
     #[error("key {0} is not known")]

@@ -90,6 +90,10 @@ pub struct Withdrawable {
     pub key_ids: Vec<Uuid>,
     pub slave_saes: Vec<String>,
     pub at_ms: u64,
+    /// Withdrawn before any of its keys arrived: keys of this relay arriving later are
+    /// refused.
+    #[serde(default)]
+    pub voided: bool,
 }
 
 /// What became of one key withdrawn from a slave SAE.
@@ -132,6 +136,18 @@ impl Txn {
         let table = self.txn.open_table(side.table())?;
         let found = table.get(relay_id.as_u128())?.is_some();
         Ok(found)
+    }
+
+    /// Whether a transfer of `side` already carried one of `key_ids`.
+    pub fn transfer_key_seen(&mut self, side: Side, key_ids: &[Uuid]) -> Result<bool, StoreError> {
+        let table = self.txn.open_table(side.table())?;
+        for entry in table.iter()? {
+            let record: TransferRecord = decode(entry?.1.value())?;
+            if record.key_ids.iter().any(|k| key_ids.contains(k)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Moves transfer `relay_id` to `phase` at `at_ms`, if it exists and `allowed` lets it
@@ -177,8 +193,12 @@ impl Txn {
                 key_ids: Vec::new(),
                 slave_saes: slave_saes.to_vec(),
                 at_ms,
+                voided: false,
             },
         };
+        if entry.voided {
+            return Err(StoreError::Voided(relay_id));
+        }
         if !entry.previous_hops.iter().any(|h| h == previous_hop) {
             entry.previous_hops.push(previous_hop.to_owned());
         }
@@ -193,21 +213,44 @@ impl Txn {
     }
 
     /// Withdraws the keys of relay `relay_id` named in `key_ids` from their slave SAEs, when
-    /// `caller` is one of the hops they came from; `None` when it may not.
+    /// `caller` is one of the hops they came from; `None` when it may not. A relay none of
+    /// whose keys arrived yet is marked voided (its keys are refused if they come later):
+    /// every key is then [`Withdrawn::Absent`].
     pub fn withdraw(
         &mut self,
         relay_id: Uuid,
         caller: &str,
         key_ids: &[Uuid],
+        now_ms: u64,
     ) -> Result<Option<Vec<(Uuid, Withdrawn)>>, StoreError> {
-        let entry = {
+        let found = {
             let table = self.txn.open_table(WITHDRAWABLE)?;
             let found = table.get(relay_id.as_u128())?;
             match found {
-                Some(v) => decode::<Withdrawable>(v.value())?,
-                None => return Ok(None),
+                Some(v) => Some(decode::<Withdrawable>(v.value())?),
+                None => None,
             }
         };
+        let Some(entry) = found else {
+            let tombstone = Withdrawable {
+                previous_hops: Vec::new(),
+                key_ids: Vec::new(),
+                slave_saes: Vec::new(),
+                at_ms: now_ms,
+                voided: true,
+            };
+            let bytes = encode(&tombstone)?;
+            let mut table = self.txn.open_table(WITHDRAWABLE)?;
+            table.insert(relay_id.as_u128(), bytes.as_slice())?;
+            return Ok(Some(
+                key_ids.iter().map(|k| (*k, Withdrawn::Absent)).collect(),
+            ));
+        };
+        if entry.voided {
+            return Ok(Some(
+                key_ids.iter().map(|k| (*k, Withdrawn::Absent)).collect(),
+            ));
+        }
         if !entry.previous_hops.iter().any(|h| h == caller) {
             return Ok(None);
         }
@@ -306,6 +349,13 @@ mod tests {
         let (dir, store) = store();
         let r = record(Phase::InFlight);
         store.write(|t| t.put_transfer(Side::Sent, &r)).unwrap();
+        let seen = |ids: &[Uuid]| {
+            store
+                .write(|t| t.transfer_key_seen(Side::Sent, ids))
+                .unwrap()
+        };
+        assert!(seen(&[Uuid::new_v4(), r.key_ids[1]]));
+        assert!(!seen(&[Uuid::new_v4()]));
         assert_eq!(store.transfer(Side::Received, r.relay_id).unwrap(), None);
         drop(store);
         // a crash: the store is opened again
@@ -392,17 +442,11 @@ mod tests {
             .write(|t| t.take_deliveries("sae-b", "sae-a", &[b], 10, 1_000))
             .unwrap();
         assert_eq!(
-            store.write(|t| t.withdraw(relay, "b9", &[a])).unwrap(),
-            None
-        );
-        assert_eq!(
-            store
-                .write(|t| t.withdraw(Uuid::new_v4(), "b2", &[a]))
-                .unwrap(),
+            store.write(|t| t.withdraw(relay, "b9", &[a], 5)).unwrap(),
             None
         );
         let outcome = store
-            .write(|t| t.withdraw(relay, "b2", &[a, b, c]))
+            .write(|t| t.withdraw(relay, "b2", &[a, b, c], 5))
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -414,9 +458,19 @@ mod tests {
             .write(|t| t.take_deliveries("sae-b", "sae-a", &[a], 20, 1_000))
             .is_err());
         let again = store
-            .write(|t| t.withdraw(relay, "b2", &[a]))
+            .write(|t| t.withdraw(relay, "b2", &[a], 5))
             .unwrap()
             .unwrap();
         assert_eq!(again, vec![(a, Withdrawn::Absent)]);
+    }
+
+    #[test]
+    fn keys_withdrawn_before_they_arrive_are_refused_when_they_do() {
+        let (_dir, store) = store();
+        let (relay, a) = (Uuid::new_v4(), Uuid::new_v4());
+        let outcome = store.write(|t| t.withdraw(relay, "b2", &[a], 5)).unwrap();
+        assert_eq!(outcome, Some(vec![(a, Withdrawn::Absent)]));
+        let late = store.write(|t| t.put_withdrawable(relay, "b2", &[a], &["s".into()], 6));
+        assert!(matches!(late, Err(StoreError::Voided(r)) if r == relay));
     }
 }
