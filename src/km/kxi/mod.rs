@@ -24,5 +24,7 @@ mod schema_tests;
 pub mod send;
 pub mod server;
 pub mod settle;
+#[cfg(test)]
+mod settle_tests;
 pub mod state;
 pub mod transfer;

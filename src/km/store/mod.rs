@@ -262,6 +262,12 @@ impl Txn {
     }
 }
 
+/// A directory removed when dropped, for tests of other modules that need a store.
+#[cfg(test)]
+pub fn test_dir() -> tests::tempdir::Dir {
+    tests::tempdir::Dir::new()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
