@@ -372,7 +372,13 @@ pub(super) async fn receive(
                 (AckStatus::Relayed, None, Some(extension))
             }
             Err(error) => {
-                record.phase = Phase::Failed;
+                // a next hop that broke off (rather than refused) may have delivered: the
+                // keys are withdrawn from the destination in the background
+                record.phase = if forward_may_have_landed(error) {
+                    Phase::VoidPending
+                } else {
+                    Phase::Failed
+                };
                 (AckStatus::Failed, Some(error.to_string()), None)
             }
         };
@@ -386,8 +392,14 @@ pub(super) async fn receive(
         {
             tracing::error!(%error, "cannot record the transfer's outcome");
         }
-        if let Some(message) = &message {
+        if let (Some(message), Err(error)) = (&message, &result) {
             tracing::warn!(%message, "transfer failed");
+            agent.emit(crate::km::events::Event::RelayFailure {
+                relay_id,
+                destination: record.dest_km.clone(),
+                reason: message.clone(),
+                exhausted: error.is_exhaustion(),
+            });
         } else {
             tracing::info!("keys transferred into this QKDN");
         }
@@ -402,4 +414,40 @@ pub(super) async fn receive(
         )
     };
     Ok((span, Box::pin(outcome)))
+}
+
+/// Whether a forward that failed with `error` may still have left keys at the destination
+/// (a next hop unreachable or failing mid-way, as opposed to refusing up front).
+fn forward_may_have_landed(error: &RelayError) -> bool {
+    match error {
+        RelayError::Unreachable { .. } => true,
+        RelayError::Peer { status, .. } => *status >= 500 && !error.is_exhaustion(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_forward_broken_off_mid_way_is_withdrawn() {
+        let peer = |status: u16, message: &str| RelayError::Peer {
+            node: "b2".into(),
+            status,
+            message: message.into(),
+        };
+        assert!(forward_may_have_landed(&peer(
+            502,
+            "next hop b1 unreachable"
+        )));
+        assert!(forward_may_have_landed(&peer(504, "timeout")));
+        assert!(!forward_may_have_landed(&peer(
+            503,
+            "not enough key material: l"
+        )));
+        assert!(!forward_may_have_landed(&peer(403, "refused")));
+        assert!(!forward_may_have_landed(&RelayError::Rejected("x".into())));
+        assert!(!forward_may_have_landed(&RelayError::NoRoute("b1".into())));
+    }
 }
