@@ -199,59 +199,53 @@ async fn the_transfer_link_speaks_etsi_020_to_plain_bodies_and_voids_withdraw_ke
     assert!(bed.log("iwn1-b").contains("transfer"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_km_b_killed_during_transfers_leaves_each_key_at_both_ends_or_at_neither() {
-    let bed = Bed::up(TOPOLOGY);
-    bed.wait_path(PATH, 64).await;
-    bed.deliver("sae-a1-1", "sae-b1-1", 1).await;
-    let base = waiting(&bed, "b1").await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut requesters = Vec::new();
-    for worker in 0..4u32 {
-        let master = bed.client("sae-a1-1");
-        let stop = stop.clone();
-        requesters.push(tokio::spawn(async move {
-            let mut got = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let request = qkdni::etsi014::KeyRequest {
-                    number: Some(1 + worker % 3),
-                    size: Some(256),
-                    ..Default::default()
-                };
-                match master.enc_keys("sae-b1-1", &request).await {
-                    Ok(keys) => {
-                        got.extend(keys.keys.iter().map(|k| (k.key_ID.clone(), k.key.clone())))
+type Keys = Vec<(String, String)>;
+
+/// Four SAE clients asking for keys from sae-a1-1 to sae-b1-1 until `stop`: the keys the
+/// master got.
+fn stream_keys(
+    bed: &Bed,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Keys>> {
+    (0..4u32)
+        .map(|worker| {
+            let master = bed.client("sae-a1-1");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let request = qkdni::etsi014::KeyRequest {
+                        number: Some(1 + worker % 3),
+                        size: Some(256),
+                        ..Default::default()
+                    };
+                    match master.enc_keys("sae-b1-1", &request).await {
+                        Ok(keys) => {
+                            got.extend(keys.keys.iter().map(|k| (k.key_ID.clone(), k.key.clone())))
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
-            }
-            got
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    bed.cli(&["node", "stop", "iwn1-b", "--kill"]);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    bed.cli(&["node", "start", "iwn1-b"]);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut delivered = Vec::new();
-    for requester in requesters {
-        delivered.extend(requester.await.unwrap());
-    }
+                got
+            })
+        })
+        .collect()
+}
+
+/// Once every transfer is settled (voids retried until KM-B answers), b1 holds exactly the
+/// keys the master got (`base` before), and they are the same bytes.
+async fn assert_each_key_at_both_ends_or_neither(bed: &Bed, base: u64, delivered: &Keys) {
     assert!(!delivered.is_empty(), "keys flowed around the crash");
-    // once every transfer is settled (voids retried until KM-B answers), b1 holds exactly
-    // the keys the master got
     let settled = tokio::time::timeout(Duration::from_secs(40), async {
         loop {
-            let now = waiting(&bed, "b1").await;
-            if now == base + delivered.len() as u64 {
-                return now;
+            if waiting(bed, "b1").await == base + delivered.len() as u64 {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     })
     .await;
-    let now = waiting(&bed, "b1").await;
+    let now = waiting(bed, "b1").await;
     assert!(
         settled.is_ok(),
         "b1 holds {} keys, the master got {}",
@@ -266,4 +260,61 @@ async fn a_km_b_killed_during_transfers_leaves_each_key_at_both_ends_or_at_neith
             assert_eq!((&k.key_ID, &k.key), (id, bytes));
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_km_b_killed_during_transfers_leaves_each_key_at_both_ends_or_at_neither() {
+    let bed = Bed::up(TOPOLOGY);
+    bed.wait_path(PATH, 64).await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 1).await;
+    let base = waiting(&bed, "b1").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let requesters = stream_keys(&bed, &stop);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    bed.cli(&["node", "stop", "iwn1-b", "--kill"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    bed.cli(&["node", "start", "iwn1-b"]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut delivered = Vec::new();
+    for requester in requesters {
+        delivered.extend(requester.await.unwrap());
+    }
+    assert_each_key_at_both_ends_or_neither(&bed, base, &delivered).await;
+}
+
+/// KM-B killed while its forwards into B hang (its next hop b2 frozen): the transfers it
+/// took in but never acknowledged are voided at KM-A and withdrawn from b1 after restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_km_b_killed_between_transfer_and_acknowledgement_leaves_no_key_at_one_end() {
+    use nix::sys::signal::{kill, Signal};
+    let bed = Bed::up(TOPOLOGY);
+    bed.wait_path(PATH, 64).await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 1).await;
+    let base = waiting(&bed, "b1").await;
+    let processes: Value =
+        serde_json::from_str(&std::fs::read_to_string(bed.dir.join("processes.json")).unwrap())
+            .unwrap();
+    let b2 = nix::unistd::Pid::from_raw(processes["nodes"]["b2"].as_i64().unwrap() as i32);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let requesters = stream_keys(&bed, &stop);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    kill(b2, Signal::SIGSTOP).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    bed.cli(&["node", "stop", "iwn1-b", "--kill"]);
+    kill(b2, Signal::SIGCONT).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bed.cli(&["node", "start", "iwn1-b"]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut delivered = Vec::new();
+    for requester in requesters {
+        delivered.extend(requester.await.unwrap());
+    }
+    assert_each_key_at_both_ends_or_neither(&bed, base, &delivered).await;
+    // the restarted KM-B found transfers it had taken in and never acknowledged
+    assert!(
+        bed.log("iwn1-b").contains("cut off by a restart"),
+        "no transfer was caught between transfer and acknowledgement"
+    );
 }
