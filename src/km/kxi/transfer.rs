@@ -243,26 +243,39 @@ fn derive_relay(
     })
 }
 
+/// The keys of `container`, decoded; their Base64 text in it is wiped.
+fn decode_keys(container: &mut ExtKeyContainer) -> Result<Vec<Zeroizing<Vec<u8>>>, Problem> {
+    let mut keys = Vec::with_capacity(container.keys.len());
+    let mut malformed = false;
+    for key in &mut container.keys {
+        match b64().decode(&key.value) {
+            Ok(value) => keys.push(Zeroizing::new(value)),
+            Err(_) => malformed = true,
+        }
+        key.value.zeroize();
+    }
+    if malformed || keys.is_empty() {
+        return Err(Problem::new(
+            Kind::MissingParameters,
+            "invalid_value",
+            "value is not Base64",
+        ));
+    }
+    Ok(keys)
+}
+
 /// Checks keys offered over transfer link `link` by its peer `sender` (KM-B) and where they
 /// go, records the transfer, and returns what delivers or forwards them.
 pub(super) async fn receive(
     agent: &Arc<Agent>,
     sender: &str,
     link: &LinkConfig,
-    container: ExtKeyContainer,
+    mut container: ExtKeyContainer,
     relay: Option<RelayExtension>,
 ) -> Result<(tracing::Span, Outcome), Problem> {
+    let keys = decode_keys(&mut container)?;
     let missing = |detail: &str, text: String| Problem::new(Kind::MissingParameters, detail, text);
     let routing = |detail: &str, text: String| Problem::new(Kind::KeyRoutingError, detail, text);
-    let mut keys = Vec::with_capacity(container.keys.len());
-    for key in &container.keys {
-        let value = Zeroizing::new(
-            b64()
-                .decode(&key.value)
-                .map_err(|_| missing("invalid_value", "value is not Base64".into()))?,
-        );
-        keys.push(value);
-    }
     let key_bytes = keys[0].len();
     let relay = match relay {
         Some(relay) => relay,
