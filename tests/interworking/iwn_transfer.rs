@@ -86,9 +86,11 @@ async fn keys_cross_an_iwn_and_both_controllers_keep_the_same_life_cycle_record(
     assert_eq!(sent["node"], "iwn1-a");
     assert_eq!(received["node"], "iwn1-b");
     // the same record in controller B's YANG state
-    let netconf = bed
-        .controller_netconf("B", &bed.endpoints.netconf_readonly_user)
-        .await;
+    let viewer = bed.endpoints.domains["B"]
+        .netconf_readonly_user
+        .clone()
+        .expect("B's read-only NETCONF login");
+    let netconf = bed.controller_netconf("B", &viewer).await;
     let state = netconf
         .get(Some(
             "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><interworking><key-transfer/></interworking></controller>",

@@ -10,6 +10,7 @@ use super::common::Bed;
 use super::request;
 
 mod iwn;
+mod iwn_transfer;
 
 const TOPOLOGY: &str = "two-domain-gwn.toml";
 
