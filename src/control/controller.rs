@@ -482,7 +482,7 @@ impl Controller {
             .links
             .get(link)
             .filter(|l| l.nodes.iter().all(|n| view.topology.nodes.contains_key(n)))
-            .ok_or_else(|| ControlError::Invalid(format!("no QKD link {link} in this domain")))?;
+            .ok_or_else(|| ControlError::UnknownLink(link.to_owned()))?;
         let id = crate::etsi015::link_id(&self.config.domain, None, link);
         let results = futures::future::join_all(
             state

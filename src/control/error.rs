@@ -17,6 +17,8 @@ pub enum ControlError {
     UnknownSae(String),
     #[error("unknown session {0}")]
     UnknownSession(Uuid),
+    #[error("no QKD link {0} in this domain")]
+    UnknownLink(String),
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("no route: {0}")]
@@ -48,6 +50,7 @@ fn copy(error: &ControlError) -> ControlError {
     match error {
         ControlError::UnknownSae(s) => ControlError::UnknownSae(s.clone()),
         ControlError::UnknownSession(id) => ControlError::UnknownSession(*id),
+        ControlError::UnknownLink(l) => ControlError::UnknownLink(l.clone()),
         ControlError::Invalid(s) => ControlError::Invalid(s.clone()),
         ControlError::Cxi(CxiError::Refused {
             domain,
@@ -77,6 +80,7 @@ impl From<ControlError> for crate::problem::Problem {
             ControlError::UnknownSession(_) => {
                 (axum::http::StatusCode::NOT_FOUND, "unknown-session")
             }
+            ControlError::UnknownLink(_) => (axum::http::StatusCode::NOT_FOUND, "unknown-link"),
             ControlError::Invalid(_) => (axum::http::StatusCode::BAD_REQUEST, "invalid-request"),
             ControlError::NoRoute(_) => (axum::http::StatusCode::CONFLICT, "no-route"),
             ControlError::Install(_) => (

@@ -277,7 +277,8 @@ pub struct Generation {
     responses(
         (status = 204, description = "Done at both ends"),
         Unauthorized,
-        (status = 400, description = "Malformed body, or no such QKD link in the domain", body = Problem, content_type = PROBLEM_JSON),
+        (status = 400, description = "Malformed body", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such QKD link in the domain", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, description = "Request body too large", body = Problem, content_type = PROBLEM_JSON),
         (status = 415, description = "Request body not `application/json`", body = Problem, content_type = PROBLEM_JSON),
         (status = 503, description = "A KM did not take the change", body = Problem, content_type = PROBLEM_JSON)))]

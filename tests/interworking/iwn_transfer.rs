@@ -98,7 +98,10 @@ async fn keys_cross_an_iwn_and_both_controllers_keep_the_same_life_cycle_record(
         .await
         .unwrap();
     let relay = received["relay_id"].as_str().unwrap();
-    assert!(state.contains(&format!("<relay-id>{relay}</relay-id>")), "{state}");
+    assert!(
+        state.contains(&format!("<relay-id>{relay}</relay-id>")),
+        "{state}"
+    );
     for id in &ids {
         assert!(state.contains(&format!("<key-id>{id}</key-id>")), "{state}");
     }
@@ -163,7 +166,10 @@ async fn requests_beyond_the_key_on_the_route_are_refused_whole() {
         .await
         .unwrap();
     assert!(
-        waiting.contains(&format!("<deliveries-waiting>{}</deliveries-waiting>", delivered.len())),
+        waiting.contains(&format!(
+            "<deliveries-waiting>{}</deliveries-waiting>",
+            delivered.len()
+        )),
         "{} delivered: {waiting}",
         delivered.len()
     );
