@@ -75,4 +75,7 @@ pub enum TransferState {
     Voided,
     /// The transfer failed; nothing was released.
     Failed,
+    /// The keys were to be voided, but a slave SAE had already fetched some (`failed to
+    /// void`): an inconsistency operators must hear of.
+    FailedToVoid,
 }

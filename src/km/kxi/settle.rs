@@ -36,7 +36,8 @@ pub(super) fn emit_transfer(
         Phase::Relayed => TransferState::Transferred,
         Phase::Voided => TransferState::Voided,
         Phase::InFlight => return,
-        Phase::Failed | Phase::VoidPending | Phase::FailedToVoid => TransferState::Failed,
+        Phase::Failed | Phase::VoidPending => TransferState::Failed,
+        Phase::FailedToVoid => TransferState::FailedToVoid,
     };
     if phase == Phase::FailedToVoid {
         tracing::error!(relay_id = %record.relay_id, "voided transfer whose keys a slave SAE already fetched: failed to void");

@@ -69,6 +69,7 @@ fn key_transfer(t: &crate::km::events::KeyTransfer) -> Result<Notification, yang
                 TransferState::Transferred => "transferred",
                 TransferState::Voided => "voided",
                 TransferState::Failed => "failed",
+                TransferState::FailedToVoid => "failed-to-void",
             }
             .into(),
         ),
