@@ -87,7 +87,7 @@ async fn wait_for_enter(prompt: &str) {
 }
 
 async fn scenario(topology: &Topology, endpoints: &Endpoints, dir: &Path) -> anyhow::Result<()> {
-    if topology.domains.len() > 1 && !topology.qx_links.is_empty() {
+    if topology.domains.len() > 1 && !(topology.qx_links.is_empty() && topology.iwns.is_empty()) {
         return super::demo_interworking::scenario(topology, endpoints, dir).await;
     }
     let domain = &topology.domains[0];

@@ -81,24 +81,54 @@ fn print_events(domain: &str, events: &[Value], transaction: &str) {
     }
 }
 
+/// Prints the controller's transfer key life-cycle records (Y.3818 9.2, procedure 1).
+async fn transfer_records(o: &Orchestrator, domain: &str) -> anyhow::Result<()> {
+    // the IWN KMs' notifications reach their controllers right after the keys
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let records = loop {
+        let records = o
+            .call(reqwest::Method::GET, "/api/v1/transfers", None)
+            .await?;
+        let records = records.as_array().cloned().unwrap_or_default();
+        if !records.is_empty() || Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for r in records.iter().rev().take(1) {
+        println!(
+            "   controller-{domain} keeps the transfer's life-cycle record: {} {} key(s) of {} bits for {}, {} by {}, relay {}",
+            r["state"].as_str().unwrap_or_default(),
+            r["key_ids"].as_array().map_or(0, Vec::len),
+            r["key_size"],
+            r["slave_saes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
+            r["role"].as_str().unwrap_or_default(),
+            r["node"].as_str().unwrap_or_default(),
+            r["relay_id"].as_str().unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
 pub(super) async fn scenario(
     topology: &Topology,
     endpoints: &Endpoints,
     dir: &Path,
 ) -> anyhow::Result<()> {
     for domain in &topology.domains {
-        let gateways: Vec<&str> = domain
+        let border: Vec<String> = domain
             .nodes
             .iter()
-            .filter(|n| n.gateway)
-            .map(|n| n.name.as_str())
+            .filter_map(|n| match topology.iwn_of(&n.name) {
+                Some((iwn, _)) => Some(format!("{} (in {})", n.name, iwn.name)),
+                None => n.gateway.then(|| format!("{} (gateway)", n.name)),
+            })
             .collect();
         println!(
-            "   QKDN {}: {} KM nodes ({} gateway nodes: {}), {} QKD links, its own CA, controller and manager",
+            "   QKDN {}: {} KM nodes (border: {}), {} QKD links, its own CA, controller and manager",
             domain.name,
             domain.nodes.len(),
-            gateways.len(),
-            gateways.join(", "),
+            border.join(", "),
             domain.links.len()
         );
     }
@@ -155,7 +185,12 @@ pub(super) async fn scenario(
         "== {master} (QKDN {}) asks its KME for keys shared with {slave} (QKDN {})",
         a_domain.name, b_domain.name
     );
-    println!("   its KM does not know {slave}: it asks controller-{} for an interworking route, which agrees it with controller-{} over Cxi", a_domain.name, b_domain.name);
+    let cxi = if topology.iwns.iter().any(|i| i.control) {
+        "Cxi' (both controllers run in an IWN)"
+    } else {
+        "Cxi"
+    };
+    println!("   its KM does not know {slave}: it asks controller-{} for an interworking route, which agrees it with controller-{} over {cxi}", a_domain.name, b_domain.name);
     first_keys(&alice, slave).await?;
     let session = origin_session(&a).await?;
     let transaction = session["interworking"]["transaction"]
@@ -180,6 +215,10 @@ pub(super) async fn scenario(
         ),
     }
     deliver(&alice, &bob, master, slave, 4).await?;
+    if iwn.is_some() {
+        transfer_records(&a, &a_domain.name).await?;
+        transfer_records(&b, &b_domain.name).await?;
+    }
 
     // the fault: the Qx link, or the QKD link into the active IWN's KM-A
     let cut = topology
