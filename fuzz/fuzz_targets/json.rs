@@ -25,9 +25,9 @@ fuzz_target!(|data: &[u8]| {
             .spawn_scoped(scope, || match kind % 11 {
                 0 => read::<qkdni::etsi014::KeyRequest>(body),
                 1 => read::<qkdni::etsi014::KeyIds>(body),
-                2 => read::<qkdni::km::kxi::messages::ExtKeysRequest>(body),
-                3 => read::<qkdni::km::kxi::messages::ExtKeysAck>(body),
-                4 => read::<qkdni::km::kxi::messages::VoidRequest>(body),
+                2 => read::<qkdni::km::kxi::messages::ExtKeyContainer>(body),
+                3 => read::<Vec<qkdni::km::kxi::messages::AckContainer>>(body),
+                4 => read::<qkdni::km::kxi::messages::VoidContainer>(body),
                 5 => read::<qkdni::control::cxi::PrepareRequest>(body),
                 6 => read::<qkdni::control::cxi::StatusReport>(body),
                 7 => read::<qkdni::control::cxi::TransactionResult>(body),
