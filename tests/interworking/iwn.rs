@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use super::{events, kind, origin_session, wait_event};
+use super::{events, kind, origin_session, wait_event, wait_manager_event};
 use crate::common::Bed;
 
 const TOPOLOGY: &str = "two-domain-iwn.toml";
@@ -159,4 +159,49 @@ async fn when_an_iwn_km_dies_both_controllers_move_to_the_other_iwn() {
         // the IWN KM comes back; the next fault takes the other IWN down
         bed.cli(&["node", "start", victim]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_failure_goes_through_both_managers_and_transfer_moves_to_the_other_iwn() {
+    let bed = Bed::up(TOPOLOGY);
+    bed.wait_path(&["a1", "a2", "iwn1-a", "iwn1-b", "b2", "b1"], 32)
+        .await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 2).await;
+    assert_eq!(
+        origin_session(&bed).await["interworking"]["qx_link"],
+        "iwn1-kxi1p"
+    );
+    // KM-B of the IWN in use crashes: the next transfer over Kxi-1' fails
+    bed.cli(&["node", "stop", "iwn1-b", "--kill"]);
+    let skip_a = events(&bed, "A").await.len();
+    let failed = bed
+        .client("sae-a1-1")
+        .enc_keys("sae-b1-1", &crate::request(1))
+        .await;
+    assert!(failed.is_err(), "no transfer through a dead KM-B");
+    // procedure 9.2-3: KMLM-A -> XLMO-A -> (Mxi') -> XLMO-B, one relay id in both domains;
+    // both QCLMs decide
+    let reported = wait_manager_event(&bed, "A", "kmlm-relay-failure").await;
+    let relay_id = reported["relay_id"].clone();
+    assert!(!relay_id.is_null(), "{reported:#}");
+    wait_manager_event(&bed, "A", "xlmo-fault-sent").await;
+    let received = wait_manager_event(&bed, "B", "xlmo-fault-received").await;
+    assert_eq!(received["relay_id"], relay_id, "the same failure at B");
+    wait_manager_event(&bed, "A", "qclm-decision").await;
+    wait_manager_event(&bed, "B", "qclm-decision").await;
+    // and key transfer goes on through iwn2, both controllers agreeing
+    let reroute = wait_event(&bed, "A", skip_a, "reroute", |e| kind(e, "reroute")).await;
+    let transaction = reroute["transaction"].as_str().unwrap().to_owned();
+    wait_event(&bed, "B", 0, "commit", |e| {
+        kind(e, "interworking-commit") && e["transaction"] == transaction.as_str()
+    })
+    .await;
+    let session = origin_session(&bed).await;
+    assert_eq!(session["interworking"]["qx_link"], "iwn2-kxi1p");
+    bed.wait_path(
+        &["a1", "a3", "a5", "iwn2-a", "iwn2-b", "b3", "b5", "b1"],
+        16,
+    )
+    .await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 2).await;
 }

@@ -167,3 +167,32 @@ async fn netns_testbed_relays_over_veths_and_cuts_links_at_the_network_level() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iwn_runs_its_two_kms_in_one_namespace_and_transfers_keys_there() {
+    if skipped() {
+        return;
+    }
+    let bed = Bed::up_netns("two-domain-iwn.toml");
+    let net = bed
+        .endpoints
+        .netns
+        .clone()
+        .expect("netns in endpoints.json");
+    let (km_a, km_b) = (&net.nodes["iwn1-a"], &net.nodes["iwn1-b"]);
+    assert_eq!(km_a.namespace, km_b.namespace);
+    assert!(km_a.namespace.ends_with("-iwn1"), "{}", km_a.namespace);
+    assert!(namespaces().contains(&km_a.namespace));
+    // KM-A reaches KM-B inside the IWN; a node of A has no way to KM-B
+    let km_b_kma = bed.endpoints.node("iwn1-b").unwrap().kma.clone();
+    assert!(connects(&net, "iwn1-a", &km_b_kma));
+    assert!(!connects(&net, "a1", &km_b_kma), "a1 has no link to iwn1-b");
+    bed.wait_path(&["a1", "a2", "iwn1-a", "iwn1-b", "b2", "b1"], 32)
+        .await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 4).await;
+    bed.cli(&["down"]);
+    assert!(
+        !namespaces().contains(&km_a.namespace),
+        "the IWN's namespace is deleted"
+    );
+}
