@@ -303,6 +303,13 @@ impl Endpoints {
         self.netconf_logins(domain).0
     }
 
+    /// Where the controllers and managers run in a `--netns` testbed: the namespace of the IWN
+    /// that hosts them, if any (else the root namespace).
+    fn control_namespace(&self) -> Option<String> {
+        let hub = self.netns.as_ref()?.hub.as_ref()?;
+        Some(hub.namespace.clone())
+    }
+
     /// The controller of `domain`.
     pub fn controller(&self, domain: &str) -> Option<&ControllerEndpoint> {
         self.domains.get(domain).and_then(|d| d.controller.as_ref())
@@ -344,7 +351,7 @@ impl Endpoints {
                         .into_iter()
                         .chain(c.cxi.as_deref()),
                 ),
-                netns: None,
+                netns: self.control_namespace(),
             });
         }
         self.domains
@@ -357,7 +364,7 @@ impl Endpoints {
                 log: m.log.clone(),
                 health: format!("{}/api/v1/health", m.rest),
                 listens: addresses([m.rest.as_str(), m.mxi.as_str()]),
-                netns: None,
+                netns: self.control_namespace(),
             })
     }
 

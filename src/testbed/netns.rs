@@ -15,7 +15,13 @@
 //!   addressed `<node> peer <root>`, where the root address is `198.18.x.1`. Controllers and
 //!   managers listen on the root address; the CLI, tests, controllers and managers reach every
 //!   node's services over its `mgmt0`. A node reaches the root address over it, never another
-//!   node (no node namespace has a route to a node address but over a link veth).
+//!   node (no node namespace has a route to a node address but over a link veth);
+//! - an interworking node's two KMs share one namespace (`qkdni-<id>-<iwn>`) and address; an
+//!   IWN that hosts the controllers and managers is the management *hub*: they run in its
+//!   namespace, which holds the root address and the far ends of every other node's `mgmt0`,
+//!   and forwards between them and its own veth to the root namespace (root side
+//!   `198.18.x.255`), so the CLI and tests still reach every node; nodes get a route to the
+//!   root side only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -37,6 +43,19 @@ pub struct Netns {
     pub root_address: Ipv4Addr,
     pub nodes: BTreeMap<String, NodeNet>,
     pub links: BTreeMap<String, LinkNet>,
+    /// An interworking node that hosts the controllers and managers: they run in its
+    /// namespace, which holds the root address and the management veths of every other node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<Hub>,
+}
+
+/// The namespace of an IWN hosting the control layer (Cxi', Mxi'): the management hub.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hub {
+    pub namespace: String,
+    /// The root namespace's own address, on its veth to the hub (the root reaches every node
+    /// through the hub, which forwards).
+    pub root_side_address: Ipv4Addr,
 }
 
 /// One node's namespace.
@@ -295,36 +314,123 @@ pub fn plan(topology: &Topology) -> Result<Netns, TestbedError> {
             )
         })
         .collect();
+    let hub = topology.iwns.iter().find(|i| i.control).map(|iwn| Hub {
+        namespace: nodes[&iwn.nodes[0]].namespace.clone(),
+        root_side_address: Ipv4Addr::from(block + 255),
+    });
     Ok(Netns {
         id,
         root_address: Ipv4Addr::from(block + 1),
         nodes,
         links,
+        hub,
     })
+}
+
+/// `ip` arguments that add a management veth: `near` here, `mgmt0` in `namespace`.
+fn management_veth<'a>(near: &'a str, namespace: &'a str) -> [&'a str; 10] {
+    [
+        "link",
+        "add",
+        near,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        MGMT_INTERFACE,
+        "netns",
+        namespace,
+    ]
+}
+
+/// `ip netns exec <namespace> sysctl -qw <setting>`.
+fn sysctl_in(namespace: &str, setting: &str) -> Result<(), TestbedError> {
+    let output = Command::new("ip")
+        .args(["netns", "exec", namespace, "sysctl", "-qw", setting])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| failed(format!("running sysctl in {namespace}: {e}")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(failed(format!(
+            "sysctl {setting} in {namespace}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+/// The hub's link to the root namespace: the root's end holds the root-side address and a
+/// route to the testbed's /24 through the hub, which forwards to the nodes' management veths.
+fn create_hub(net: &Netns, hub: &Hub, node: &NodeNet) -> Result<(), TestbedError> {
+    let (root, root_side) = (
+        net.root_address.to_string(),
+        hub.root_side_address.to_string(),
+    );
+    let ns = hub.namespace.as_str();
+    ip(&management_veth(&node.root_interface, ns))?;
+    ip(&[
+        "addr",
+        "add",
+        &format!("{root_side}/32"),
+        "peer",
+        &format!("{root}/32"),
+        "dev",
+        &node.root_interface,
+    ])?;
+    ip(&["link", "set", &node.root_interface, "up"])?;
+    ip_in(
+        ns,
+        &[
+            "addr",
+            "add",
+            &format!("{root}/32"),
+            "peer",
+            &format!("{root_side}/32"),
+            "dev",
+            MGMT_INTERFACE,
+        ],
+    )?;
+    ip_in(ns, &["link", "set", MGMT_INTERFACE, "up"])?;
+    let block = Ipv4Addr::from(u32::from(net.root_address) & !0xff);
+    ip(&[
+        "route",
+        "add",
+        &format!("{block}/24"),
+        "via",
+        &root,
+        "dev",
+        &node.root_interface,
+    ])?;
+    sysctl_in(ns, "net.ipv4.ip_forward=1")
 }
 
 /// Creates the namespaces, the management veths and a veth pair per link of `net`.
 pub fn create(net: &Netns) -> Result<(), TestbedError> {
     let root = net.root_address.to_string();
-    for node in distinct(net) {
+    let hub = net.hub.as_ref();
+    // the hub first: the other nodes' management veths end in it
+    let mut namespaces: Vec<&NodeNet> = distinct(net).collect();
+    namespaces.sort_by_key(|n| hub.is_none_or(|h| h.namespace != n.namespace));
+    for node in namespaces {
         let ns = node.namespace.as_str();
         let own = node.address.to_string();
         ip(&["netns", "add", ns])?;
         ip_in(ns, &["link", "set", "lo", "up"])?;
         ip_in(ns, &["addr", "add", &format!("{own}/32"), "dev", "lo"])?;
-        ip(&[
-            "link",
-            "add",
-            &node.root_interface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            MGMT_INTERFACE,
-            "netns",
-            ns,
-        ])?;
-        ip(&[
+        if let Some(hub) = hub {
+            if hub.namespace == ns {
+                create_hub(net, hub, node)?;
+                continue;
+            }
+        }
+        // the management veth: its far end in the root namespace, or in the hub
+        let far = |args: &[&str]| match hub {
+            Some(hub) => ip_in(&hub.namespace, args),
+            None => ip(args),
+        };
+        far(&management_veth(&node.root_interface, ns))?;
+        far(&[
             "addr",
             "add",
             &format!("{root}/32"),
@@ -333,7 +439,7 @@ pub fn create(net: &Netns) -> Result<(), TestbedError> {
             "dev",
             &node.root_interface,
         ])?;
-        ip(&["link", "set", &node.root_interface, "up"])?;
+        far(&["link", "set", &node.root_interface, "up"])?;
         ip_in(
             ns,
             &[
@@ -347,6 +453,22 @@ pub fn create(net: &Netns) -> Result<(), TestbedError> {
             ],
         )?;
         ip_in(ns, &["link", "set", MGMT_INTERFACE, "up"])?;
+        if let Some(hub) = hub {
+            // the root namespace (CLI, tests) through the hub
+            let root_side = format!("{}/32", hub.root_side_address);
+            ip_in(
+                ns,
+                &[
+                    "route",
+                    "add",
+                    &root_side,
+                    "via",
+                    &root,
+                    "dev",
+                    MGMT_INTERFACE,
+                ],
+            )?;
+        }
     }
     for (id, link) in &net.links {
         let ends = link

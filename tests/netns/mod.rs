@@ -187,12 +187,54 @@ async fn an_iwn_runs_its_two_kms_in_one_namespace_and_transfers_keys_there() {
     let km_b_kma = bed.endpoints.node("iwn1-b").unwrap().kma.clone();
     assert!(connects(&net, "iwn1-a", &km_b_kma));
     assert!(!connects(&net, "a1", &km_b_kma), "a1 has no link to iwn1-b");
+    // iwn1 hosts both controllers and managers: they run in its namespace (Cxi', Mxi'), which
+    // is the management hub; the root namespace reaches every node through it
+    let hub = net.hub.clone().expect("iwn1 is the management hub");
+    assert_eq!(hub.namespace, km_a.namespace);
+    for (name, pid) in qkdni::testbed::runner::process_ids(&bed.dir) {
+        let output = Command::new("ip")
+            .args(["netns", "identify", &pid.to_string()])
+            .output()
+            .unwrap();
+        let at = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        if name.starts_with("controller-") || name.starts_with("manager-") {
+            assert_eq!(at, hub.namespace, "{name} runs in the IWN");
+        }
+    }
+    let controller_b = bed.endpoints.controller("B").unwrap().rest.clone();
+    assert!(
+        connects(&net, "b1", &controller_b),
+        "a node reaches its controller"
+    );
+    assert!(
+        !connects(&net, "a1", &km_b_kma),
+        "still no way from a1 to iwn1-b"
+    );
     bed.wait_path(&["a1", "a2", "iwn1-a", "iwn1-b", "b2", "b1"], 32)
         .await;
     bed.deliver("sae-a1-1", "sae-b1-1", 4).await;
+    // a fault inside A is still rerouted by controller A from the IWN: transfer moves to iwn2
+    bed.cli(&["link", "down", "a2-iwn1-a"]);
+    let moved = tokio::time::timeout(Duration::from_secs(30), async {
+        while qx_link(&bed).await.as_deref() != Some("iwn2-kxi1p") {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(moved.is_ok(), "transfer did not move to iwn2");
+    bed.wait_path(
+        &["a1", "a3", "a5", "iwn2-a", "iwn2-b", "b3", "b5", "b1"],
+        16,
+    )
+    .await;
+    bed.deliver("sae-a1-1", "sae-b1-1", 2).await;
     bed.cli(&["down"]);
     assert!(
         !namespaces().contains(&km_a.namespace),
         "the IWN's namespace is deleted"
+    );
+    assert!(
+        !root_interfaces().contains(&format!(" {}@", km_a.root_interface)),
+        "the hub's veth to the root namespace is deleted"
     );
 }
