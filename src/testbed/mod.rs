@@ -13,7 +13,8 @@
 //!   levels;
 //! - `process` — starting processes and waiting until they serve every port (readiness);
 //! - [`error`] — errors of testbed operations;
-//! - [`netns`] — `--netns` testbeds: a network namespace per node, a veth pair per link;
+//! - [`netns`] — `--netns` testbeds: a network namespace per node, a veth pair per link
+//!   (`ip_commands.rs`: the ip commands, the hub of an IWN hosting the control layer);
 //! - [`cli`] — the `qkdni testbed` subcommands;
 //! - [`demo`] — the end-to-end demonstration (two domains interworking through gateway
 //!   nodes by default; one domain with `--topology testbed/single-domain.toml`); `demo_steps`
@@ -27,6 +28,7 @@ mod demo_steps;
 pub mod endpoints;
 pub mod error;
 pub mod host_keys;
+mod ip_commands;
 pub mod netns;
 mod operate;
 mod ports;

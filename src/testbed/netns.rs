@@ -30,6 +30,8 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 
 use super::error::TestbedError;
+pub use super::ip_commands::MGMT_INTERFACE;
+use super::ip_commands::{failed, ip, ip_in, management_veth};
 use super::topology::Topology;
 use crate::quantum::LinkState;
 
@@ -78,42 +80,11 @@ pub struct LinkNet {
     pub nodes: [String; 2],
 }
 
-/// Name of the management interface inside every node namespace.
-pub const MGMT_INTERFACE: &str = "mgmt0";
-
 /// Testbed slots: /24 blocks of 198.18.0.0/15.
 const SLOTS: u32 = 512;
 const BASE: u32 = u32::from_be_bytes([198, 18, 0, 0]);
 /// Longest interface name (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
-
-fn failed(message: String) -> TestbedError {
-    TestbedError::Operation(message)
-}
-
-/// Runs `ip <args>`; its stderr is the error.
-fn ip(args: &[&str]) -> Result<String, TestbedError> {
-    let output = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| failed(format!("running ip {}: {e}", args.join(" "))))?;
-    if !output.status.success() {
-        return Err(failed(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// `ip -n <namespace> <args>`.
-fn ip_in(namespace: &str, args: &[&str]) -> Result<String, TestbedError> {
-    let mut all = vec!["-n", namespace];
-    all.extend_from_slice(args);
-    ip(&all)
-}
 
 /// Whether this process may build network namespaces: CAP_NET_ADMIN (and CAP_SYS_ADMIN, which
 /// `ip netns add` needs for its mounts) and the `ip` command.
@@ -327,84 +298,6 @@ pub fn plan(topology: &Topology) -> Result<Netns, TestbedError> {
     })
 }
 
-/// `ip` arguments that add a management veth: `near` here, `mgmt0` in `namespace`.
-fn management_veth<'a>(near: &'a str, namespace: &'a str) -> [&'a str; 10] {
-    [
-        "link",
-        "add",
-        near,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        MGMT_INTERFACE,
-        "netns",
-        namespace,
-    ]
-}
-
-/// `ip netns exec <namespace> sysctl -qw <setting>`.
-fn sysctl_in(namespace: &str, setting: &str) -> Result<(), TestbedError> {
-    let output = Command::new("ip")
-        .args(["netns", "exec", namespace, "sysctl", "-qw", setting])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| failed(format!("running sysctl in {namespace}: {e}")))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(failed(format!(
-            "sysctl {setting} in {namespace}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
-}
-
-/// The hub's link to the root namespace: the root's end holds the root-side address and a
-/// route to the testbed's /24 through the hub, which forwards to the nodes' management veths.
-fn create_hub(net: &Netns, hub: &Hub, node: &NodeNet) -> Result<(), TestbedError> {
-    let (root, root_side) = (
-        net.root_address.to_string(),
-        hub.root_side_address.to_string(),
-    );
-    let ns = hub.namespace.as_str();
-    ip(&management_veth(&node.root_interface, ns))?;
-    ip(&[
-        "addr",
-        "add",
-        &format!("{root_side}/32"),
-        "peer",
-        &format!("{root}/32"),
-        "dev",
-        &node.root_interface,
-    ])?;
-    ip(&["link", "set", &node.root_interface, "up"])?;
-    ip_in(
-        ns,
-        &[
-            "addr",
-            "add",
-            &format!("{root}/32"),
-            "peer",
-            &format!("{root_side}/32"),
-            "dev",
-            MGMT_INTERFACE,
-        ],
-    )?;
-    ip_in(ns, &["link", "set", MGMT_INTERFACE, "up"])?;
-    let block = Ipv4Addr::from(u32::from(net.root_address) & !0xff);
-    ip(&[
-        "route",
-        "add",
-        &format!("{block}/24"),
-        "via",
-        &root,
-        "dev",
-        &node.root_interface,
-    ])?;
-    sysctl_in(ns, "net.ipv4.ip_forward=1")
-}
-
 /// Creates the namespaces, the management veths and a veth pair per link of `net`.
 pub fn create(net: &Netns) -> Result<(), TestbedError> {
     let root = net.root_address.to_string();
@@ -420,7 +313,12 @@ pub fn create(net: &Netns) -> Result<(), TestbedError> {
         ip_in(ns, &["addr", "add", &format!("{own}/32"), "dev", "lo"])?;
         if let Some(hub) = hub {
             if hub.namespace == ns {
-                create_hub(net, hub, node)?;
+                super::ip_commands::create_hub(
+                    &hub.namespace,
+                    &node.root_interface,
+                    net.root_address,
+                    hub.root_side_address,
+                )?;
                 continue;
             }
         }
