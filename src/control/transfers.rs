@@ -6,36 +6,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::model::km_notifications::KeyTransferReport;
+/// One key transfer as this domain's IWN KM reported it.
+pub use crate::model::km_notifications::KeyTransferReport as TransferRecord;
 
 /// Most records kept (the oldest go first).
 const MOST: usize = 10_000;
-
-/// One key transfer as this domain's IWN KM reported it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct TransferRecord {
-    /// The relay the keys travel in (the same id in both domains).
-    pub relay_id: Uuid,
-    /// The IWN KM of this domain that reported it.
-    pub node: String,
-    /// The transfer link.
-    pub link: String,
-    /// `sender` (this domain holds the master SAE) or `receiver`.
-    pub role: String,
-    /// `transferred`, `voided` or `failed`.
-    pub state: String,
-    pub master_sae: String,
-    pub slave_saes: Vec<String>,
-    /// Key size in bits.
-    pub key_size: u32,
-    pub key_ids: Vec<Uuid>,
-    /// When the KM recorded the state (RFC 3339).
-    pub time: String,
-}
 
 /// The records by relay id, each with when it was last recorded, and their order.
 type Records = (BTreeMap<Uuid, (TransferRecord, Instant)>, VecDeque<Uuid>);
@@ -56,19 +33,7 @@ impl TransferLog {
     }
 
     /// Records (or updates) what a KM reported.
-    pub fn record(&self, report: KeyTransferReport) {
-        let record = TransferRecord {
-            relay_id: report.relay_id,
-            node: report.node,
-            link: report.link,
-            role: report.role,
-            state: report.state,
-            master_sae: report.master_sae,
-            slave_saes: report.slave_saes,
-            key_size: report.key_size,
-            key_ids: report.key_ids,
-            time: report.time,
-        };
+    pub fn record(&self, record: TransferRecord) {
         let mut guard = self.records.lock().unwrap_or_else(|p| p.into_inner());
         let (map, order) = &mut *guard;
         if map
@@ -108,8 +73,8 @@ impl TransferLog {
 mod tests {
     use super::*;
 
-    fn report(state: &str) -> KeyTransferReport {
-        KeyTransferReport {
+    fn report(state: &str) -> TransferRecord {
+        TransferRecord {
             node: "iwn1-a".into(),
             relay_id: Uuid::from_u128(7),
             link: "iwn1-kxi1p".into(),
@@ -121,6 +86,18 @@ mod tests {
             key_ids: vec![Uuid::from_u128(1)],
             time: "2026-12-06T10:00:00Z".into(),
         }
+    }
+
+    #[test]
+    fn the_api_documents_the_record_as_transfer_record() {
+        use utoipa::OpenApi;
+        let doc = crate::control::rest::ApiDoc::openapi();
+        let schemas = &doc.components.expect("components").schemas;
+        assert!(
+            schemas.contains_key("TransferRecord"),
+            "{:?}",
+            schemas.keys()
+        );
     }
 
     #[test]

@@ -38,19 +38,24 @@ pub enum KmNotification {
     },
 }
 
-/// Metadata of one key transfer as an IWN's KM reported it (never key material).
-#[derive(Debug, Clone, PartialEq)]
+/// Metadata of one key transfer as an IWN's KM reported it (never key material); the
+/// controllers keep it as their transfer key life-cycle record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = TransferRecord)]
 pub struct KeyTransferReport {
-    /// The KM node that reported it.
-    pub node: String,
+    /// The relay the keys travel in (the same id in both domains).
     pub relay_id: Uuid,
+    /// The IWN KM that reported it.
+    pub node: String,
+    /// The transfer link.
     pub link: String,
-    /// `sender` or `receiver`.
+    /// `sender` (its domain holds the master SAE) or `receiver`.
     pub role: String,
-    /// `transferred`, `voided` or `failed`.
+    /// `transferred`, `voided`, `failed` or `failed-to-void`.
     pub state: String,
     pub master_sae: String,
     pub slave_saes: Vec<String>,
+    /// Key size in bits.
     pub key_size: u32,
     pub key_ids: Vec<Uuid>,
     /// When the KM recorded the state (RFC 3339).
