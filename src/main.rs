@@ -154,6 +154,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let agent = Agent::new(config)?;
+                qkdni::km::local_control::attach(&agent, qkdni_routing::CATALOG)?;
                 instance::run(agent).await
             })?;
         }

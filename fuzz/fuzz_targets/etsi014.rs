@@ -60,6 +60,7 @@ fn fixture() -> &'static (tokio::runtime::Runtime, axum::Router) {
             controller: None,
             limits: Default::default(),
             metrics_listen: None,
+            local_control: None,
         };
         let router = runtime.block_on(async {
             let agent: Arc<Agent> = Agent::new(config).unwrap();

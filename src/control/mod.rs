@@ -35,6 +35,7 @@ pub mod error;
 mod expiry;
 pub mod instance;
 mod jobs;
+pub mod link_state;
 mod messages;
 pub mod metrics;
 pub mod northbound;

@@ -35,6 +35,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Readiness(#[from] crate::readiness::ReadinessError),
+    #[error("local control: {0}")]
+    LocalControl(String),
 }
 
 /// What operators set on a link at run time.
@@ -186,6 +188,8 @@ pub struct Agent {
     pub admission: crate::km::ksa::admission::RequestAdmission,
     /// Key streams served to this node's SAEs (ETSI GS QKD 015 applications).
     pub applications: crate::km::ksa::applications::Applications,
+    /// The node's local controller in a distributed QKDN (link-state routing), once attached.
+    local_control: std::sync::OnceLock<Arc<crate::control::link_state::LinkState>>,
 }
 
 impl Agent {
@@ -255,6 +259,7 @@ impl Agent {
             holds: Default::default(),
             admission: crate::km::ksa::admission::RequestAdmission::new(&config.limits),
             applications: Default::default(),
+            local_control: std::sync::OnceLock::new(),
             config,
         }))
     }
@@ -375,14 +380,27 @@ impl Agent {
         self.settings.read().expect("settings").etsi014.clone()
     }
 
-    /// The node whose KM serves SAE `sae`.
+    /// The node whose KM serves SAE `sae`: configured, or advertised in a distributed
+    /// QKDN's link-state database.
     pub fn sae_node(&self, sae: &str) -> Option<String> {
-        self.settings
+        let configured = self
+            .settings
             .read()
             .expect("settings")
             .saes
             .get(sae)
-            .cloned()
+            .cloned();
+        configured.or_else(|| self.local_control()?.sae_node(sae))
+    }
+
+    /// The node's local controller (distributed control), if it runs one.
+    pub fn local_control(&self) -> Option<&Arc<crate::control::link_state::LinkState>> {
+        self.local_control.get()
+    }
+
+    /// Attaches the node's local controller (once).
+    pub fn attach_local_control(&self, control: Arc<crate::control::link_state::LinkState>) {
+        let _ = self.local_control.set(control);
     }
 
     /// Whether `sae` is served by this KM.
@@ -412,10 +430,16 @@ impl Agent {
     }
 
     /// The links of every next hop towards node `dest` with their weights: a configured
-    /// route (primary first), or the direct link.
+    /// route (primary first), the route computed by the node's local controller (distributed
+    /// control; a configured route, like a router's static route, takes precedence), or the
+    /// direct link.
     pub fn next_hops(&self, dest: &str) -> Vec<(LinkConfig, u32)> {
         let settings = self.settings.read().expect("settings");
-        match settings.routes.get(dest) {
+        let computed = match settings.routes.contains_key(dest) {
+            true => None,
+            false => self.local_control().and_then(|c| c.next_hops(dest)),
+        };
+        match settings.routes.get(dest).or(computed.as_ref()) {
             Some(hops) => hops
                 .iter()
                 .filter_map(|(hop, weight)| self.config.link_to(hop).map(|l| (l.clone(), *weight)))

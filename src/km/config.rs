@@ -56,6 +56,23 @@ pub struct KmConfig {
     /// loopback), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Distributed control (Y.3818 clause 8): the node runs link-state routing with its
+    /// neighbours instead of taking routes from a central controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_control: Option<LocalControlConfig>,
+}
+
+/// The local controller of a node in a distributed QKDN.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalControlConfig {
+    /// The route policy (a name of the controller plugins' catalog, e.g. `fewest-hops`).
+    #[serde(default = "default_policy")]
+    pub policy: String,
+}
+
+fn default_policy() -> String {
+    "fewest-hops".into()
 }
 
 /// Which end of a QKD link this node is.

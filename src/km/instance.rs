@@ -75,6 +75,7 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
         crate::https::ErrorStyle::Etsi014,
     )));
     tasks.push(tokio::spawn(crate::km::ksa::expiry::sweep(agent.clone())));
+    tasks.push(tokio::spawn(crate::km::local_control::run(agent.clone())));
     tasks.push(tokio::spawn(crate::km::key_alarm::watch_key_levels(
         agent.clone(),
     )));

@@ -9,6 +9,7 @@
 //! - [`kxi`] — a gateway node's interworking reference points Kxi-1 (ETSI GS QKD 020 shape)
 //!   and Kxi-2;
 //! - [`ck`] — the KM's requests to its domain's controller;
+//! - [`local_control`] — a distributed QKDN's local controller in the KM (link-state routing);
 //! - [`northbound`] — the agent under NETCONF (configuration, state, notifications);
 //!
 //! and what they share:
@@ -31,6 +32,7 @@ pub mod kma;
 pub mod ksa;
 pub mod kxi;
 pub mod limits;
+pub mod local_control;
 pub mod metrics;
 pub mod northbound;
 pub mod store;

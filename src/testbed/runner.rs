@@ -20,7 +20,7 @@ use super::ports::{startup_lock, Ports};
 use super::process::{spawn_node, stop_pid, wait_ready};
 use super::records::{network_path, remove_network, Processes};
 use super::topology::Topology;
-use crate::km::config::{Etsi014Limits, KmConfig, LinkConfig, LinkEnd, LinkKind};
+use crate::km::config::{Etsi014Limits, KmConfig, LinkConfig, LinkEnd, LinkKind, LocalControlConfig};
 use crate::netconf::server::NetconfConfig;
 use crate::pki::{Authority, Role};
 use crate::tls::{self, TlsFiles};
@@ -217,8 +217,9 @@ pub async fn up_with(
                 },
             )
         };
-        // with a controller, relay routes are the controller's to install
-        let routes = if domain.controller {
+        // with a controller, relay routes are the controller's to install; in a distributed
+        // domain, every node's local controller computes its own
+        let routes = if domain.controller || domain.distributed {
             BTreeMap::new()
         } else {
             domain.shortest_routes()
@@ -312,7 +313,12 @@ pub async fn up_with(
                 operators: vec!["operator".into()],
                 etsi014: Etsi014Limits::default(),
                 links,
-                saes: saes.clone(),
+                // a distributed domain's nodes learn the others' SAEs from their link state
+                saes: saes
+                    .iter()
+                    .filter(|(_, n)| !domain.distributed || **n == node.name)
+                    .map(|(s, n)| (s.clone(), n.clone()))
+                    .collect(),
                 routes: routes.get(&node.name).cloned().unwrap_or_default(),
                 netconf: Some(NetconfConfig {
                     listen: netconf,
@@ -327,6 +333,9 @@ pub async fn up_with(
                     .map(|c| format!("https://{}", c.rest)),
                 limits: topology.km_limits.clone().unwrap_or_default(),
                 metrics_listen: Some(metrics),
+                local_control: domain.distributed.then(|| LocalControlConfig {
+                    policy: "fewest-hops".into(),
+                }),
             };
             let config_path = node_dir.join("km.toml");
             write_toml(&config_path, &config, "agent config")?;

@@ -50,6 +50,10 @@ pub struct Domain {
     /// the testbed configures fewest-hop static routes in every KM.
     #[serde(default)]
     pub controller: bool,
+    /// Distributed control (Y.3818 clause 8): no controller; every node's KM runs a local
+    /// controller (link-state routing with its neighbours). Excludes `controller`.
+    #[serde(default)]
+    pub distributed: bool,
     pub nodes: Vec<Node>,
     #[serde(default)]
     pub links: Vec<Link>,
@@ -148,6 +152,20 @@ impl Topology {
         // certificates identify SAEs and KMs by name: the two must never meet
         if let Some(name) = names.intersection(&saes).next() {
             return invalid(format!("{name} names both a node and an SAE"));
+        }
+        for domain in &self.domains {
+            if domain.controller && domain.distributed {
+                return invalid(format!(
+                    "domain {} is either centralized (controller) or distributed",
+                    domain.name
+                ));
+            }
+            if domain.distributed && domain.nodes.iter().any(|n| n.gateway) {
+                return invalid(format!(
+                    "domain {}: gateway nodes of a distributed domain are not supported yet",
+                    domain.name
+                ));
+            }
         }
         for domain in &self.domains {
             let own: BTreeSet<&str> = domain.nodes.iter().map(|n| n.name.as_str()).collect();

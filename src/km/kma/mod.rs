@@ -41,6 +41,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/kma/v1/relay", post(relay_hop))
         .route("/kma/v1/reserve", post(reserve_path))
         .route("/kma/v1/withdraw", post(withdraw_keys))
+        .route("/kma/v1/link-state", post(link_state_flood))
         .route("/qchannel/v1/links/{link}/sync", post(qchannel_sync))
         .route("/qchannel/v1/links/{link}/frames", post(qchannel_frame))
         .route(
@@ -98,6 +99,35 @@ fn operator(agent: &Agent, identity: &PeerIdentity) -> Result<(), Problem> {
             "operator certificate required".into(),
         )),
     }
+}
+
+/// A neighbour floods link-state advertisements (distributed control): only the KM at the
+/// other end of one of this KM's QKD links inside the domain is heard.
+async fn link_state_flood(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+    body: Bytes,
+) -> Response {
+    let Some(control) = agent.local_control() else {
+        return problem(StatusCode::NOT_FOUND, "this node runs no local controller");
+    };
+    let Some(sender) = identity.0.clone() else {
+        return problem(StatusCode::UNAUTHORIZED, "a KM certificate is required");
+    };
+    let neighbour = agent
+        .links()
+        .map(|l| &l.config)
+        .find(|c| c.peer_domain.is_none() && c.peer_identity() == sender)
+        .map(|c| c.peer.clone());
+    let Some(neighbour) = neighbour else {
+        tracing::warn!(caller = %sender, "link-state flood from a KM that is no link peer");
+        return problem(StatusCode::FORBIDDEN, "not the peer of any link of this node");
+    };
+    let flood: crate::control::link_state::Flood = match parse(&body) {
+        Ok(flood) => flood,
+        Err(refusal) => return refusal.into_response(),
+    };
+    Json(control.receive(&neighbour, flood)).into_response()
 }
 
 /// The status of a failed relay or reservation.

@@ -1,0 +1,415 @@
+//! The link-state protocol of one node: originating its own advertisement, flooding, the
+//! database exchange with a neighbour whose link comes up, aging, and the routes recomputed
+//! on every change. Transport-agnostic: the KM floods over its KMA server (mutual TLS,
+//! [`crate::km::local_control`]); the benchmark over channels.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use qkdni_route_policy::{Catalog, RoutePolicy};
+use tokio::sync::watch;
+
+use super::database::{Database, Entry, Verdict};
+use super::lsa::{now_ms, Flood, Lsa, LsaLink, REFRESH_MS};
+use super::routes;
+use crate::km::agent::NextHops;
+
+/// How a node sends a flood to a neighbour and gets its answer.
+pub trait Transport: Send + Sync + 'static {
+    fn send(&self, neighbour: &str, flood: Flood) -> BoxFuture<'static, Result<Flood, String>>;
+}
+
+/// Figures of the protocol at one node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// Floods sent to neighbours, and their JSON bytes.
+    pub floods_sent: u64,
+    pub bytes_sent: u64,
+    /// Floods received from neighbours.
+    pub floods_received: u64,
+    /// Floods a neighbour did not take (unreachable, refused).
+    pub floods_failed: u64,
+    /// Own advertisements originated.
+    pub originated: u64,
+    /// Route computations, and when the last one ran (Unix ms).
+    pub route_runs: u64,
+    pub last_route_run_ms: u64,
+}
+
+use serde::Serialize;
+
+/// What this node knows of its own links.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Local {
+    pub links: Vec<LsaLink>,
+    pub saes: Vec<String>,
+}
+
+struct Inner {
+    db: Database,
+    /// Neighbours over links that are up, and whether a database exchange with them is due.
+    neighbours: BTreeMap<String, bool>,
+    policy: Box<dyn RoutePolicy>,
+    routes: BTreeMap<String, NextHops>,
+    saes: BTreeMap<String, String>,
+    local: Option<Local>,
+    last_seq: u64,
+    stats: Stats,
+}
+
+/// The link-state routing of one node of a distributed QKDN.
+pub struct LinkState {
+    own: String,
+    catalog: Catalog,
+    transport: Arc<dyn Transport>,
+    inner: Mutex<Inner>,
+    /// Bumped on every change of the database or the routes.
+    changes: watch::Sender<u64>,
+}
+
+impl LinkState {
+    /// The protocol of node `own`, routing with `policy` (a name of `catalog`).
+    pub fn new(
+        own: &str,
+        catalog: Catalog,
+        policy: &str,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Arc<Self>, String> {
+        let policy = catalog.policy(policy)?;
+        Ok(Arc::new(Self {
+            own: own.to_owned(),
+            catalog,
+            transport,
+            inner: Mutex::new(Inner {
+                db: Database::default(),
+                neighbours: BTreeMap::new(),
+                policy,
+                routes: BTreeMap::new(),
+                saes: BTreeMap::new(),
+                local: None,
+                last_seq: 0,
+                stats: Stats::default(),
+            }),
+            changes: watch::channel(0).0,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This node's name.
+    pub fn own(&self) -> &str {
+        &self.own
+    }
+
+    /// Takes this node's current links and SAEs: neighbours whose link came up get a
+    /// database exchange; a material change or a due refresh originates a new advertisement
+    /// and floods it; too old advertisements are dropped. Call it on every change of a link
+    /// and about once a second.
+    pub fn update(self: &Arc<Self>, local: Local) {
+        let now = now_ms();
+        let mut sends: Vec<(String, Flood)> = Vec::new();
+        {
+            let mut inner = self.lock();
+            let up: BTreeSet<String> = local
+                .links
+                .iter()
+                .filter(|l| l.up)
+                .map(|l| l.peer.clone())
+                .collect();
+            inner.neighbours.retain(|n, _| up.contains(n));
+            for n in &up {
+                inner.neighbours.entry(n.clone()).or_insert(true);
+            }
+            let mut changed = !inner.db.purge(&self.own, now).is_empty();
+            let due = match (&inner.local, inner.db.get(&self.own)) {
+                (Some(last), Some(entry)) => {
+                    last.links.len() != local.links.len()
+                        || lsa_of(&self.own, 0, now, &local)
+                            .differs_materially(&lsa_of(&self.own, 0, now, last))
+                        || now.saturating_sub(entry.lsa.originated_ms) >= REFRESH_MS
+                }
+                _ => true,
+            };
+            if due {
+                let seq = now.max(inner.last_seq + 1);
+                inner.last_seq = seq;
+                let lsa = lsa_of(&self.own, seq, now, &local);
+                inner.db.consider(lsa.clone(), None, now);
+                inner.stats.originated += 1;
+                changed = true;
+                for n in inner.neighbours.keys() {
+                    sends.push((
+                        n.clone(),
+                        Flood {
+                            lsas: vec![lsa.clone()],
+                            exchange: false,
+                        },
+                    ));
+                }
+            }
+            inner.local = Some(local);
+            let exchanges: Vec<String> = inner
+                .neighbours
+                .iter()
+                .filter(|(_, due)| **due)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in exchanges {
+                inner.neighbours.insert(n.clone(), false);
+                sends.retain(|(to, _)| to != &n);
+                sends.push((
+                    n,
+                    Flood {
+                        lsas: inner.db.lsas(),
+                        exchange: true,
+                    },
+                ));
+            }
+            if changed {
+                self.recompute(&mut inner);
+            }
+        }
+        for (to, flood) in sends {
+            self.send(to, flood);
+        }
+    }
+
+    /// Takes a flood from neighbour `from` and returns the answer: the advertisements this
+    /// node holds newer (or, for a database exchange, also those `from` lacks). What is new
+    /// here is flooded on to the other neighbours.
+    pub fn receive(self: &Arc<Self>, from: &str, flood: Flood) -> Flood {
+        let now = now_ms();
+        let mut answer = Vec::new();
+        let mut onward = Vec::new();
+        let mut own_stale = false;
+        {
+            let mut inner = self.lock();
+            inner.stats.floods_received += 1;
+            let sent: BTreeSet<String> = flood.lsas.iter().map(|l| l.origin.clone()).collect();
+            for lsa in flood.lsas {
+                if lsa.origin == self.own {
+                    // an advertisement of ours from before a restart, newer than the one
+                    // held: originate past it
+                    let held = inner.db.get(&self.own).map_or(0, |e| e.lsa.seq);
+                    if lsa.seq > held {
+                        inner.last_seq = inner.last_seq.max(lsa.seq);
+                        own_stale = true;
+                    } else if lsa.seq < held {
+                        answer.extend(inner.db.get(&self.own).map(|e| e.lsa.clone()));
+                    }
+                    continue;
+                }
+                match inner.db.consider(lsa.clone(), Some(from), now) {
+                    Verdict::Installed => onward.push(lsa),
+                    Verdict::Older(newer) => answer.push(*newer),
+                    Verdict::Known | Verdict::Expired => {}
+                }
+            }
+            if flood.exchange {
+                for entry in inner.db.entries() {
+                    if !sent.contains(&entry.lsa.origin) {
+                        answer.push(entry.lsa.clone());
+                    }
+                }
+                // the neighbour has our database now: no exchange due with it
+                if let Some(due) = inner.neighbours.get_mut(from) {
+                    *due = false;
+                }
+            }
+            if !onward.is_empty() {
+                self.recompute(&mut inner);
+            }
+        }
+        if own_stale {
+            if let Some(local) = self.lock().local.clone() {
+                self.force_originate(local);
+            }
+        }
+        self.flood_onward(Some(from), onward);
+        Flood {
+            lsas: answer,
+            exchange: false,
+        }
+    }
+
+    fn force_originate(self: &Arc<Self>, local: Local) {
+        {
+            let mut inner = self.lock();
+            // forget the own entry so that `update` originates
+            inner.local = None;
+        }
+        self.update(local);
+    }
+
+    /// Floods `lsas` to every neighbour but `except`.
+    fn flood_onward(self: &Arc<Self>, except: Option<&str>, lsas: Vec<Lsa>) {
+        if lsas.is_empty() {
+            return;
+        }
+        let neighbours: Vec<String> = self
+            .lock()
+            .neighbours
+            .keys()
+            .filter(|n| Some(n.as_str()) != except)
+            .cloned()
+            .collect();
+        for n in neighbours {
+            self.send(
+                n,
+                Flood {
+                    lsas: lsas.clone(),
+                    exchange: false,
+                },
+            );
+        }
+    }
+
+    fn send(self: &Arc<Self>, to: String, flood: Flood) {
+        let bytes = serde_json::to_vec(&flood).map_or(0, |b| b.len() as u64);
+        {
+            let mut inner = self.lock();
+            inner.stats.floods_sent += 1;
+            inner.stats.bytes_sent += bytes;
+        }
+        let exchange = flood.exchange;
+        let sending = self.transport.send(&to, flood);
+        let this = self.clone();
+        tokio::spawn(async move {
+            match sending.await {
+                Ok(answer) => {
+                    if !answer.lsas.is_empty() {
+                        this.take_answer(&to, answer.lsas);
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(neighbour = %to, %error, "flood not taken");
+                    let mut inner = this.lock();
+                    inner.stats.floods_failed += 1;
+                    // resynchronize with it as soon as its link is (still) up
+                    if let Some(due) = inner.neighbours.get_mut(&to) {
+                        *due = true;
+                    }
+                    let _ = exchange;
+                }
+            }
+        });
+    }
+
+    /// Installs what a neighbour answered with and floods the new ones on.
+    fn take_answer(self: &Arc<Self>, from: &str, lsas: Vec<Lsa>) {
+        let now = now_ms();
+        let mut onward = Vec::new();
+        let mut own_stale = false;
+        {
+            let mut inner = self.lock();
+            for lsa in lsas {
+                if lsa.origin == self.own {
+                    let held = inner.db.get(&self.own).map_or(0, |e| e.lsa.seq);
+                    if lsa.seq > held {
+                        inner.last_seq = inner.last_seq.max(lsa.seq);
+                        own_stale = true;
+                    }
+                    continue;
+                }
+                if inner.db.consider(lsa.clone(), Some(from), now) == Verdict::Installed {
+                    onward.push(lsa);
+                }
+            }
+            if !onward.is_empty() {
+                self.recompute(&mut inner);
+            }
+        }
+        if own_stale {
+            if let Some(local) = self.lock().local.clone() {
+                self.force_originate(local);
+            }
+        }
+        self.flood_onward(Some(from), onward);
+    }
+
+    fn recompute(&self, inner: &mut Inner) {
+        let net = inner.db.network();
+        inner.routes = routes::compute(&self.own, &net, inner.policy.as_ref());
+        inner.saes = inner.db.saes();
+        inner.stats.route_runs += 1;
+        inner.stats.last_route_run_ms = now_ms();
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The next hops toward every reachable node.
+    pub fn routes(&self) -> BTreeMap<String, NextHops> {
+        self.lock().routes.clone()
+    }
+
+    /// The next hops toward `dest`, if it is reachable.
+    pub fn next_hops(&self, dest: &str) -> Option<NextHops> {
+        self.lock().routes.get(dest).cloned()
+    }
+
+    /// The node serving `sae`, as advertised.
+    pub fn sae_node(&self, sae: &str) -> Option<String> {
+        self.lock().saes.get(sae).cloned()
+    }
+
+    /// Every SAE advertised and its node.
+    pub fn saes(&self) -> BTreeMap<String, String> {
+        self.lock().saes.clone()
+    }
+
+    /// The database, by origin.
+    pub fn database(&self) -> Vec<Entry> {
+        self.lock().db.entries().cloned().collect()
+    }
+
+    /// (origin, seq) of every advertisement held.
+    pub fn digest(&self) -> Vec<(String, u64)> {
+        self.lock().db.digest()
+    }
+
+    /// Neighbours over up links.
+    pub fn neighbours(&self) -> Vec<String> {
+        self.lock().neighbours.keys().cloned().collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.lock().stats.clone()
+    }
+
+    /// The route policy's name.
+    pub fn policy(&self) -> &'static str {
+        self.lock().policy.name()
+    }
+
+    /// Routes with policy `name` from now on (recomputed at once).
+    pub fn set_policy(&self, name: &str) -> Result<(), String> {
+        let policy = self.catalog.policy(name)?;
+        let mut inner = self.lock();
+        if inner.policy.name() != policy.name() {
+            inner.policy = policy;
+            self.recompute(&mut inner);
+        }
+        Ok(())
+    }
+
+    /// Follows changes of the database and routes.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+fn lsa_of(own: &str, seq: u64, now: u64, local: &Local) -> Lsa {
+    let mut links = local.links.clone();
+    links.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut saes = local.saes.clone();
+    saes.sort();
+    Lsa {
+        origin: own.to_owned(),
+        seq,
+        originated_ms: now,
+        links,
+        saes,
+    }
+}

@@ -1,0 +1,83 @@
+//! Relay next hops from the link-state database: every node runs the domain's route policy
+//! (the same plugins as a central controller) from itself to every other node and keeps the
+//! first hop of each path the policy returns.
+
+use std::collections::BTreeMap;
+
+use qkdni_route_policy::{Demand, KeyNetwork, PreparedNetwork, RoutePolicy};
+
+use crate::km::agent::NextHops;
+
+/// Key rate asked of the policy for a destination: one 256-bit key per second. Policies that
+/// weigh capacity (key-aware, multipath) then prefer links with key; all avoid down links.
+const DEMAND_BPS: f64 = 256.0;
+
+/// The next hops of `own` toward every node the policy can route to in `net`, primary first
+/// with the share of the demand it carries as weight; destinations without a route are
+/// left out.
+pub fn compute(own: &str, net: &KeyNetwork, policy: &dyn RoutePolicy) -> BTreeMap<String, NextHops> {
+    let mut routes = BTreeMap::new();
+    if !net.nodes.iter().any(|n| n == own) {
+        return routes;
+    }
+    let prepared = match PreparedNetwork::new(net) {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            tracing::warn!(%error, "link-state database does not make a network");
+            return routes;
+        }
+    };
+    for dst in net.nodes.iter().filter(|n| n.as_str() != own) {
+        let demand = Demand::new(own, dst.clone(), DEMAND_BPS, 0.0);
+        let Ok(plan) = policy.route_prepared(&prepared, &demand) else {
+            continue;
+        };
+        let mut hops: NextHops = Vec::new();
+        for path in &plan.paths {
+            let Some(hop) = path.nodes.get(1) else {
+                continue;
+            };
+            let weight = (path.share_bps.max(1.0)).round() as u32;
+            match hops.iter_mut().find(|(h, _)| h == hop) {
+                Some((_, w)) => *w = w.saturating_add(weight),
+                None => hops.push((hop.clone(), weight.max(1))),
+            }
+        }
+        if !hops.is_empty() {
+            routes.insert(dst.clone(), hops);
+        }
+    }
+    routes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qkdni_route_policy::Link;
+
+    fn ring(down: &[&str]) -> KeyNetwork {
+        let mut net = KeyNetwork::new();
+        for n in ["a", "b", "c", "d"] {
+            net.add_node(n);
+        }
+        for (id, a, b) in [("ab", "a", "b"), ("bc", "b", "c"), ("cd", "c", "d"), ("da", "d", "a")] {
+            let mut link = Link::new(id, a, b, 1000.0);
+            link.up = !down.contains(&id);
+            net.add_link(link);
+        }
+        net
+    }
+
+    #[test]
+    fn next_hops_follow_the_policy_and_avoid_down_links() {
+        let policy = qkdni_routing::FewestHops;
+        let routes = compute("a", &ring(&[]), &policy);
+        assert_eq!(routes["b"], vec![("b".to_string(), 256)]);
+        assert_eq!(routes["d"], vec![("d".to_string(), 256)]);
+        let routes = compute("a", &ring(&["ab"]), &policy);
+        assert_eq!(routes["b"][0].0, "d");
+        assert_eq!(routes["c"][0].0, "d");
+        let routes = compute("a", &ring(&["ab", "da"]), &policy);
+        assert!(routes.is_empty());
+    }
+}
