@@ -2,6 +2,8 @@
 //! and real on-disk stores: ETSI GS QKD 014 key supply, key relay, faults and crashes.
 
 mod common;
+#[path = "distributed/mod.rs"]
+mod distributed;
 #[path = "limits/mod.rs"]
 mod limits;
 #[path = "netns/mod.rs"]

@@ -20,7 +20,9 @@ use super::ports::{startup_lock, Ports};
 use super::process::{spawn_node, stop_pid, wait_ready};
 use super::records::{network_path, remove_network, Processes};
 use super::topology::Topology;
-use crate::km::config::{Etsi014Limits, KmConfig, LinkConfig, LinkEnd, LinkKind, LocalControlConfig};
+use crate::km::config::{
+    Etsi014Limits, KmConfig, LinkConfig, LinkEnd, LinkKind, LocalControlConfig,
+};
 use crate::netconf::server::NetconfConfig;
 use crate::pki::{Authority, Role};
 use crate::tls::{self, TlsFiles};

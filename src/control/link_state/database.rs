@@ -181,13 +181,22 @@ mod tests {
     #[test]
     fn newer_replaces_older_and_older_is_answered_with_the_newer() {
         let mut db = Database::default();
-        assert_eq!(db.consider(lsa("a", 10, &[]), Some("b"), 10), Verdict::Installed);
-        assert_eq!(db.consider(lsa("a", 10, &[]), Some("c"), 11), Verdict::Known);
+        assert_eq!(
+            db.consider(lsa("a", 10, &[]), Some("b"), 10),
+            Verdict::Installed
+        );
+        assert_eq!(
+            db.consider(lsa("a", 10, &[]), Some("c"), 11),
+            Verdict::Known
+        );
         assert_eq!(
             db.consider(lsa("a", 9, &[]), Some("c"), 11),
             Verdict::Older(Box::new(lsa("a", 10, &[])))
         );
-        assert_eq!(db.consider(lsa("a", 12, &[]), Some("c"), 12), Verdict::Installed);
+        assert_eq!(
+            db.consider(lsa("a", 12, &[]), Some("c"), 12),
+            Verdict::Installed
+        );
         assert_eq!(db.get("a").unwrap().from.as_deref(), Some("c"));
         assert_eq!(db.get("a").unwrap().installed_ms, 12);
     }
@@ -195,7 +204,11 @@ mod tests {
     #[test]
     fn a_link_counts_only_when_both_ends_advertise_it() {
         let mut db = Database::default();
-        db.consider(lsa("a", 1, &[("ab", "b", true), ("ac", "c", true)]), None, 1);
+        db.consider(
+            lsa("a", 1, &[("ab", "b", true), ("ac", "c", true)]),
+            None,
+            1,
+        );
         db.consider(lsa("b", 1, &[("ab", "a", true)]), None, 1);
         db.consider(lsa("c", 1, &[("ac", "a", false)]), None, 1);
         let net = db.network();

@@ -15,7 +15,11 @@ const DEMAND_BPS: f64 = 256.0;
 /// The next hops of `own` toward every node the policy can route to in `net`, primary first
 /// with the share of the demand it carries as weight; destinations without a route are
 /// left out.
-pub fn compute(own: &str, net: &KeyNetwork, policy: &dyn RoutePolicy) -> BTreeMap<String, NextHops> {
+pub fn compute(
+    own: &str,
+    net: &KeyNetwork,
+    policy: &dyn RoutePolicy,
+) -> BTreeMap<String, NextHops> {
     let mut routes = BTreeMap::new();
     if !net.nodes.iter().any(|n| n == own) {
         return routes;
@@ -60,7 +64,12 @@ mod tests {
         for n in ["a", "b", "c", "d"] {
             net.add_node(n);
         }
-        for (id, a, b) in [("ab", "a", "b"), ("bc", "b", "c"), ("cd", "c", "d"), ("da", "d", "a")] {
+        for (id, a, b) in [
+            ("ab", "a", "b"),
+            ("bc", "b", "c"),
+            ("cd", "c", "d"),
+            ("da", "d", "a"),
+        ] {
             let mut link = Link::new(id, a, b, 1000.0);
             link.up = !down.contains(&id);
             net.add_link(link);

@@ -15,10 +15,18 @@ fn grid(w: usize, h: usize) -> Vec<(String, String, String)> {
     for y in 0..h {
         for x in 0..w {
             if x + 1 < w {
-                links.push((format!("{}~{}", name(x, y), name(x + 1, y)), name(x, y), name(x + 1, y)));
+                links.push((
+                    format!("{}~{}", name(x, y), name(x + 1, y)),
+                    name(x, y),
+                    name(x + 1, y),
+                ));
             }
             if y + 1 < h {
-                links.push((format!("{}~{}", name(x, y), name(x, y + 1)), name(x, y), name(x, y + 1)));
+                links.push((
+                    format!("{}~{}", name(x, y), name(x, y + 1)),
+                    name(x, y),
+                    name(x, y + 1),
+                ));
             }
         }
     }
@@ -36,7 +44,12 @@ impl Domain {
         let mesh = Arc::new(Mesh::default());
         let nodes = locals(&links, &[])
             .keys()
-            .map(|n| (n.clone(), mesh.node(n, qkdni_routing::CATALOG, "fewest-hops")))
+            .map(|n| {
+                (
+                    n.clone(),
+                    mesh.node(n, qkdni_routing::CATALOG, "fewest-hops"),
+                )
+            })
             .collect();
         Self { mesh, nodes, links }
     }
@@ -136,7 +149,9 @@ async fn a_restarted_node_catches_up_and_outranks_its_old_advertisement() {
     let old_seq = old.iter().find(|(o, _)| o == "n1-0").unwrap().1;
     // n1-0 restarts with an empty database
     let mut domain = domain;
-    let fresh = domain.mesh.node("n1-0", qkdni_routing::CATALOG, "fewest-hops");
+    let fresh = domain
+        .mesh
+        .node("n1-0", qkdni_routing::CATALOG, "fewest-hops");
     domain.nodes.insert("n1-0".into(), fresh.clone());
     domain.update(&[], &[]);
     let digest = domain.converged(&[], &[]).await;

@@ -121,7 +121,10 @@ async fn link_state_flood(
         .map(|c| c.peer.clone());
     let Some(neighbour) = neighbour else {
         tracing::warn!(caller = %sender, "link-state flood from a KM that is no link peer");
-        return problem(StatusCode::FORBIDDEN, "not the peer of any link of this node");
+        return problem(
+            StatusCode::FORBIDDEN,
+            "not the peer of any link of this node",
+        );
     };
     let flood: crate::control::link_state::Flood = match parse(&body) {
         Ok(flood) => flood,
