@@ -61,6 +61,7 @@ fn fixture() -> &'static (tokio::runtime::Runtime, axum::Router) {
             limits: Default::default(),
             metrics_listen: None,
             local_control: None,
+            interworking: None,
         };
         let router = runtime.block_on(async {
             let agent: Arc<Agent> = Agent::new(config).unwrap();

@@ -15,6 +15,8 @@
 //! - [`metrics`] — Prometheus metrics of sessions, installs, reroutes and Cxi;
 //! - [`reroute`] — rerouting on faults and key rate shortfalls;
 //! - [`routes`] — the relay route tables the KMs should hold, and the difference to what they hold;
+//! - [`link_state`] — distributed control: the link-state routing of a node of a distributed
+//!   QKDN; [`gateway`] — the interworking function its gateway nodes carry;
 //! - [`cxi`] — Cxi, between the controllers of two QKDNs: messages and client, server,
 //!   the coordinator's agreement, the receiving domain's segments, the peers' state;
 //! - [`ck`] — Ck, between the controller and its KMs: NETCONF southbound, KMs' route requests;
@@ -33,6 +35,7 @@ pub mod cxi;
 pub mod dashboard;
 pub mod error;
 mod expiry;
+pub mod gateway;
 pub mod instance;
 mod jobs;
 pub mod link_state;

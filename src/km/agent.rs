@@ -190,6 +190,8 @@ pub struct Agent {
     pub applications: crate::km::ksa::applications::Applications,
     /// The node's local controller in a distributed QKDN (link-state routing), once attached.
     local_control: std::sync::OnceLock<Arc<crate::control::link_state::LinkState>>,
+    /// A distributed QKDN's gateway node: its interworking function, once attached.
+    gateway: std::sync::OnceLock<Arc<crate::control::gateway::Gateway>>,
 }
 
 impl Agent {
@@ -260,6 +262,7 @@ impl Agent {
             admission: crate::km::ksa::admission::RequestAdmission::new(&config.limits),
             applications: Default::default(),
             local_control: std::sync::OnceLock::new(),
+            gateway: std::sync::OnceLock::new(),
             config,
         }))
     }
@@ -390,7 +393,40 @@ impl Agent {
             .saes
             .get(sae)
             .cloned();
-        configured.or_else(|| self.local_control()?.sae_node(sae))
+        configured
+            .or_else(|| self.gateway()?.sae_node(sae))
+            .or_else(|| self.local_control()?.sae_node(sae))
+    }
+
+    /// Waits up to `timeout` until `holds` holds, as the node's link state learns more (a
+    /// distributed QKDN); at once without local control. Returns whether it holds.
+    pub async fn learned(&self, timeout: Duration, holds: impl Fn(&Self) -> bool) -> bool {
+        let Some(control) = self.local_control() else {
+            return holds(self);
+        };
+        let mut changes = control.changes();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if holds(self) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .map_or(true, |r| r.is_err())
+            {
+                return holds(self);
+            }
+        }
+    }
+
+    /// The interworking function of a distributed QKDN's gateway node, if this is one.
+    pub fn gateway(&self) -> Option<&Arc<crate::control::gateway::Gateway>> {
+        self.gateway.get()
+    }
+
+    /// Attaches the gateway node's interworking function (once).
+    pub fn attach_gateway(&self, gateway: Arc<crate::control::gateway::Gateway>) {
+        let _ = self.gateway.set(gateway);
     }
 
     /// The node's local controller (distributed control), if it runs one.
@@ -410,14 +446,19 @@ impl Agent {
             && !settings.foreign_saes.contains_key(sae)
     }
 
-    /// The QKDN of `sae` when it is registered as another QKDN's SAE.
+    /// The QKDN of `sae` when it is registered as another QKDN's SAE, or advertised as one
+    /// by a gateway node of a distributed QKDN.
     pub fn sae_domain(&self, sae: &str) -> Option<String> {
-        self.settings
+        let configured = self
+            .settings
             .read()
             .expect("settings")
             .foreign_saes
             .get(sae)
-            .cloned()
+            .cloned();
+        configured
+            .or_else(|| self.gateway()?.sae_domain(sae))
+            .or_else(|| self.local_control()?.sae_domain(sae))
     }
 
     /// The link of the first hop towards node `dest`: the primary next hop of a configured
@@ -437,7 +478,10 @@ impl Agent {
         let settings = self.settings.read().expect("settings");
         let computed = match settings.routes.contains_key(dest) {
             true => None,
-            false => self.local_control().and_then(|c| c.next_hops(dest)),
+            false => self
+                .gateway()
+                .and_then(|g| g.route(dest))
+                .or_else(|| self.local_control().and_then(|c| c.next_hops(dest))),
         };
         match settings.routes.get(dest).or(computed.as_ref()) {
             Some(hops) => hops

@@ -60,6 +60,10 @@ pub struct KmConfig {
     /// neighbours instead of taking routes from a central controller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_control: Option<LocalControlConfig>,
+    /// A distributed QKDN's speaker (a gateway node): speaks Cxi with the peer QKDNs for the
+    /// domain (Y.3818 clause 8, GWN model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interworking: Option<crate::control::gateway::SpeakerConfig>,
 }
 
 /// The local controller of a node in a distributed QKDN.
@@ -69,6 +73,9 @@ pub struct LocalControlConfig {
     /// The route policy (a name of the controller plugins' catalog, e.g. `fewest-hops`).
     #[serde(default = "default_policy")]
     pub policy: String,
+    /// The URL the node's KMA server is advertised at (default `https://<kma_listen>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kma_url: Option<String>,
 }
 
 fn default_policy() -> String {

@@ -76,6 +76,14 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
     )));
     tasks.push(tokio::spawn(crate::km::ksa::expiry::sweep(agent.clone())));
     tasks.push(tokio::spawn(crate::km::local_control::run(agent.clone())));
+    if let Some(speaker) = &agent.config.interworking {
+        let listener = bind(speaker.cxi_listen).await?;
+        listening.push(speaker.cxi_listen);
+        tasks.push(tokio::spawn(crate::km::local_control::speak(
+            agent.clone(),
+            listener,
+        )));
+    }
     tasks.push(tokio::spawn(crate::km::key_alarm::watch_key_levels(
         agent.clone(),
     )));

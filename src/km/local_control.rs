@@ -9,6 +9,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use qkdni_route_policy::Catalog;
 
+use crate::control::gateway::Gateway;
+use crate::control::link_state::lsa::{External, QxAdvert};
 use crate::control::link_state::{Flood, LinkState, Local, LsaLink, Transport};
 use crate::km::agent::{Agent, AgentError};
 use crate::quantum::LinkState as QkdLinkState;
@@ -65,7 +67,38 @@ pub fn attach(agent: &Arc<Agent>, catalog: Catalog) -> Result<(), AgentError> {
     let control = LinkState::new(&agent.config.node, catalog, &config.policy, transport)
         .map_err(AgentError::LocalControl)?;
     agent.attach_local_control(control);
+    // a gateway node carries the domain's interworking function
+    let gateway_node = agent.links().any(|l| l.config.peer_domain.is_some());
+    if gateway_node || agent.config.interworking.is_some() {
+        let gateway = Gateway::new(agent, agent.config.interworking.clone())
+            .map_err(|e| AgentError::LocalControl(e.to_string()))?;
+        agent.attach_gateway(Arc::new(gateway));
+    }
     Ok(())
+}
+
+/// Serves Cxi for the domain on the speaker and follows its Qx links, until dropped.
+pub async fn speak(agent: Arc<Agent>, listener: tokio::net::TcpListener) {
+    let Some(gateway) = agent.gateway().cloned() else {
+        return;
+    };
+    let (Ok(config), Ok(issuers)) = (
+        crate::tls::server_config(&agent.config.tls),
+        crate::tls::Issuers::load(&agent.config.tls),
+    ) else {
+        tracing::error!("Cxi server: TLS material not usable");
+        return;
+    };
+    tokio::spawn(gateway.clone().watch_faults());
+    let router = crate::control::cxi::server::router_for(gateway, None);
+    crate::https::serve_https_with(
+        listener,
+        config,
+        issuers,
+        router,
+        agent.config.limits.kma_listener.clone(),
+    )
+    .await;
 }
 
 /// What the node advertises: its links inside the domain, as they are now, and its SAEs.
@@ -96,7 +129,79 @@ pub fn local_view(agent: &Agent) -> Local {
         .filter(|(_, node)| **node == agent.config.node)
         .map(|(sae, _)| sae.clone())
         .collect();
-    Local { links, saes }
+    let qx_links = agent
+        .links()
+        .filter_map(|l| {
+            let peer_domain = l.config.peer_domain.clone()?;
+            let condition = l.condition();
+            Some(QxAdvert {
+                id: l.config.id.clone(),
+                peer_node: l.config.peer.clone(),
+                peer_domain,
+                up: condition.state == QkdLinkState::Up,
+                key_rate_bps: condition.rate_bps,
+            })
+        })
+        .collect();
+    Local {
+        links,
+        saes,
+        kma: advertised_kma(agent),
+        qx_links,
+        externals: externals(agent),
+        speaks_for: agent
+            .gateway()
+            .and_then(|g| g.speaker.as_ref())
+            .map(|s| s.config.peers.iter().map(|p| p.domain.clone()).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// The URL other nodes reach this KM's KMA server at.
+fn advertised_kma(agent: &Agent) -> String {
+    match agent
+        .config
+        .local_control
+        .as_ref()
+        .and_then(|c| c.kma_url.clone())
+    {
+        Some(url) => url,
+        None => format!("https://{}", agent.config.kma_listen),
+    }
+}
+
+/// Other QKDNs' SAEs whose keys cross this node's Qx or transfer links: registered here
+/// with a route whose next hop is across the border.
+fn externals(agent: &Agent) -> Vec<External> {
+    let settings = agent.settings();
+    let placed = agent.gateway().map(|g| g.placed()).unwrap_or_default();
+    let placed = placed.into_iter().map(|(_, e)| External {
+        sae: e.sae,
+        node: e.node,
+        domain: e.domain,
+    });
+    settings
+        .foreign_saes
+        .iter()
+        .filter_map(|(sae, domain)| {
+            let node = settings.saes.get(sae)?;
+            let hop = settings
+                .routes
+                .get(node)
+                .and_then(|hops| hops.first().map(|(h, _)| h.clone()))
+                .unwrap_or_else(|| node.clone());
+            let across = agent
+                .config
+                .link_to(&hop)
+                .is_some_and(|l| l.peer_domain.is_some());
+            across.then(|| External {
+                sae: sae.clone(),
+                node: node.clone(),
+                domain: domain.clone(),
+            })
+        })
+        .chain(placed)
+        .collect()
 }
 
 /// Feeds the local controller: at once on every change of a link's condition, and every

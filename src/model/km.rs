@@ -50,6 +50,7 @@ schema_group! {
     SAES = "saes";
     ETSI014 = "etsi014";
     TRANSFER_LINKS = "transfer-links";
+    LOCAL_CONTROL = "local-control";
 }
 
 /// The transfer link entries of an IWN's KM.
@@ -71,6 +72,108 @@ schema_group! {
 /// The entry of transfer link `id`.
 pub fn transfer_link_entry(id: &str) -> String {
     format!("{TRANSFER_LINK}[{}={}]", transfer_link::ID, quote(id))
+}
+
+/// The local controller of a node in a distributed QKDN.
+pub const LOCAL_CONTROL: &str = "/etsi-qkd-sdn-node:qkd_node/qkdni-km:key-manager/local-control";
+
+schema_group! {
+    /// Leaves of the local controller: its route policy, neighbours and figures.
+    pub mod local_control under super::LOCAL_CONTROL;
+    POLICY = "policy";
+    NEIGHBOUR = "neighbour";
+    LINK_STATE_DATABASE = "link-state-database";
+    ROUTES = "routes";
+    FLOODS_SENT = "statistics/floods-sent";
+    FLOODS_RECEIVED = "statistics/floods-received";
+    FLOODS_FAILED = "statistics/floods-failed";
+    BYTES_SENT = "statistics/bytes-sent";
+    ORIGINATED = "statistics/originated";
+    ROUTE_RUNS = "statistics/route-runs";
+    LAST_ROUTE_RUN = "statistics/last-route-run";
+}
+
+/// The entry of neighbour `node` of the local controller.
+pub fn neighbour_entry(node: &str) -> String {
+    format!(
+        "{LOCAL_CONTROL}/{}[.={}]",
+        local_control::NEIGHBOUR,
+        quote(node)
+    )
+}
+
+/// The advertisements of the local controller's link-state database.
+pub const ADVERTISEMENT: &str = "/etsi-qkd-sdn-node:qkd_node/qkdni-km:key-manager/local-control/link-state-database/advertisement";
+
+schema_group! {
+    /// Leaves of an advertisement of the link-state database.
+    pub mod advertisement under super::ADVERTISEMENT;
+    ORIGIN = "origin";
+    SEQUENCE = "sequence";
+    ORIGINATED = "originated";
+    INSTALLED = "installed";
+    AGE = "age";
+    RECEIVED_FROM = "received-from";
+    LINK = "link";
+    LINK_ID = "link/link-id";
+    LINK_PEER_NODE = "link/peer-node";
+    LINK_UP = "link/up";
+    LINK_KEY_RATE = "link/key-rate";
+    LINK_AVAILABLE_BITS = "link/available-bits";
+    LINK_QBER = "link/qber";
+    SAE = "sae";
+}
+
+/// The advertisement of `origin`.
+pub fn advertisement_entry(origin: &str) -> String {
+    format!(
+        "{ADVERTISEMENT}[{}={}]",
+        advertisement::ORIGIN,
+        quote(origin)
+    )
+}
+
+/// The entry of link `id` in the advertisement at `advertisement_entry`.
+pub fn advertised_link_entry(advertisement_entry: &str, id: &str) -> String {
+    format!(
+        "{advertisement_entry}/{}[{}={}]",
+        advertisement::LINK,
+        local(advertisement::LINK_ID),
+        quote(id)
+    )
+}
+
+/// The entry of SAE `sae` in the advertisement at `advertisement_entry`.
+pub fn advertised_sae_entry(advertisement_entry: &str, sae: &str) -> String {
+    format!(
+        "{advertisement_entry}/{}[.={}]",
+        advertisement::SAE,
+        quote(sae)
+    )
+}
+
+/// The routes the local controller computed.
+pub const COMPUTED_ROUTE: &str =
+    "/etsi-qkd-sdn-node:qkd_node/qkdni-km:key-manager/local-control/routes/route";
+
+schema_group! {
+    /// Leaves of a computed route (the shape of a relay route entry, [`super::route`]).
+    pub mod computed_route under super::COMPUTED_ROUTE;
+    DESTINATION = "destination";
+    NEXT_HOP = "next-hop";
+    WEIGHT = "weight";
+    ALTERNATE = "alternate";
+    ALTERNATE_NEXT_HOP = "alternate/next-hop";
+    ALTERNATE_WEIGHT = "alternate/weight";
+}
+
+/// The entry of the computed route to `destination`.
+pub fn computed_route_entry(destination: &str) -> String {
+    format!(
+        "{COMPUTED_ROUTE}[{}={}]",
+        computed_route::DESTINATION,
+        quote(destination)
+    )
 }
 
 /// The relay route entries.
@@ -195,6 +298,18 @@ pub fn admin_state_config(id: &impl std::fmt::Display, state: &str) -> String {
     )
 }
 
+/// The configuration (for `<edit-config>`) that sets the route policy of a node's local
+/// controller to `policy`.
+pub fn local_control_policy_config(policy: &str) -> String {
+    format!(
+        "<qkd_node xmlns=\"{}\"><key-manager xmlns=\"{NAMESPACE}\"><{l}><{p}>{}</{p}></{l}></key-manager></qkd_node>",
+        super::etsi_node::NAMESPACE,
+        text(policy),
+        l = local(key_manager::LOCAL_CONTROL),
+        p = local_control::POLICY,
+    )
+}
+
 schema_group! {
     /// `link-status-change`.
     pub mod link_status_change under "/qkdni-km:link-status-change";
@@ -259,6 +374,9 @@ pub const GROUPS: &[Group] = &[
     key_transfer::GROUP,
     security_event::GROUP,
     transfer_link::GROUP,
+    local_control::GROUP,
+    advertisement::GROUP,
+    computed_route::GROUP,
 ];
 
 #[cfg(test)]
@@ -270,5 +388,21 @@ mod tests {
         assert_eq!(local(link::OWN_BLOCKS), "own-blocks");
         assert_eq!(local(link::ADMIN_STATE), "admin-state");
         assert_eq!(local(route::DESTINATION), "destination");
+    }
+
+    #[test]
+    fn a_policy_edit_sets_the_policy_leaf() {
+        let tree =
+            crate::netconf::datastore::parse_config(&local_control_policy_config("key-aware"))
+                .unwrap();
+        let policy = format!("{LOCAL_CONTROL}/{}", local_control::POLICY);
+        assert_eq!(
+            crate::netconf::datastore::leaf(&tree, &policy).as_deref(),
+            Some("key-aware")
+        );
+        assert_eq!(
+            advertised_link_entry(&advertisement_entry("a1"), "a1-a2"),
+            format!("{ADVERTISEMENT}[origin='a1']/link[link-id='a1-a2']")
+        );
     }
 }

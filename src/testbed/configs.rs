@@ -78,6 +78,7 @@ pub(super) fn write_control(
     addresses: &BTreeMap<String, (SocketAddr, SocketAddr, SocketAddr, SocketAddr)>,
     peers: &[&String],
     control: &BTreeMap<String, ControlAddresses>,
+    cxi_of: &BTreeMap<String, (String, String)>,
     peer_cas: Vec<tls::PeerCa>,
     (netconf_user, netconf_readonly_user): (&NetconfLogin, &NetconfLogin),
     ips: &[IpAddr],
@@ -143,10 +144,13 @@ pub(super) fn write_control(
             cxi_listen: addrs.cxi,
             peers: peers
                 .iter()
-                .map(|p| CxiPeer {
-                    domain: (*p).clone(),
-                    url: format!("https://{}", control[*p].cxi),
-                    controller: format!("controller-{p}"),
+                .filter_map(|p| {
+                    let (url, name) = cxi_of.get(*p)?;
+                    Some(CxiPeer {
+                        domain: (*p).clone(),
+                        url: url.clone(),
+                        controller: name.clone(),
+                    })
                 })
                 .collect(),
             expose: ExposePolicy::default(),
@@ -172,7 +176,12 @@ pub(super) fn write_control(
     };
     // the manager of an interworking domain: KMLM, QLM, XLMO, QCLM; Mxi toward the first
     // peer domain
-    let Some(peer) = peers.first().map(|p| (*p).clone()) else {
+    // (a distributed peer domain has no manager yet: no Mxi, no manager here either)
+    let Some(peer) = peers
+        .first()
+        .map(|p| (*p).clone())
+        .filter(|p| control.contains_key(p))
+    else {
         return Ok((controller, None));
     };
     let mname = format!("manager-{}", domain.name);

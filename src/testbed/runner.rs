@@ -175,6 +175,30 @@ pub async fn up_with(
             );
         }
     }
+    // a distributed domain's Cxi is spoken by its first gateway node (the speaker)
+    let mut speakers: BTreeMap<String, (String, std::net::SocketAddr)> = BTreeMap::new();
+    for domain in topology.domains.iter().filter(|d| d.distributed) {
+        if let Some(gw) = domain.nodes.iter().find(|n| n.gateway) {
+            let ip = node_ip(&gw.name);
+            speakers.insert(
+                domain.name.clone(),
+                (gw.name.clone(), at(ports.take()?, ip)),
+            );
+        }
+    }
+    // how each domain's Cxi is reached: (URL, the name its certificate carries)
+    let mut cxi_of: BTreeMap<String, (String, String)> = control
+        .iter()
+        .map(|(d, a)| {
+            (
+                d.clone(),
+                (format!("https://{}", a.cxi), format!("controller-{d}")),
+            )
+        })
+        .collect();
+    for (d, (node, addr)) in &speakers {
+        cxi_of.insert(d.clone(), (format!("https://{addr}"), node.clone()));
+    }
     let domain_of = |node: &str| {
         topology
             .domain_of(node)
@@ -337,7 +361,29 @@ pub async fn up_with(
                 metrics_listen: Some(metrics),
                 local_control: domain.distributed.then(|| LocalControlConfig {
                     policy: "fewest-hops".into(),
+                    kma_url: None,
                 }),
+                interworking: speakers
+                    .get(&domain.name)
+                    .filter(|(speaker, _)| speaker == &node.name)
+                    .map(|(_, listen)| crate::control::gateway::SpeakerConfig {
+                        cxi_listen: *listen,
+                        peers: neighbours
+                            .get(&domain.name)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|p| {
+                                let (url, name) = cxi_of.get(p)?;
+                                Some(crate::control::config::CxiPeer {
+                                    domain: p.clone(),
+                                    url: url.clone(),
+                                    controller: name.clone(),
+                                })
+                            })
+                            .collect(),
+                        expose: Default::default(),
+                        default_rate_bps: 1000.0,
+                    }),
             };
             let config_path = node_dir.join("km.toml");
             write_toml(&config_path, &config, "agent config")?;
@@ -382,7 +428,7 @@ pub async fn up_with(
             Some(addrs) => {
                 let peers: Vec<&String> = neighbours
                     .get(&domain.name)
-                    .map(|n| n.iter().filter(|d| control.contains_key(*d)).collect())
+                    .map(|n| n.iter().filter(|d| cxi_of.contains_key(*d)).collect())
                     .unwrap_or_default();
                 let iwn_nodes: Vec<&str> = topology
                     .iwns
@@ -398,6 +444,7 @@ pub async fn up_with(
                     &addresses,
                     &peers,
                     &control,
+                    &cxi_of,
                     peer_cas(&mut peers.iter().copied()),
                     (&netconf_user, &netconf_readonly_user),
                     &control_ips,

@@ -160,9 +160,10 @@ impl Topology {
                     domain.name
                 ));
             }
-            if domain.distributed && domain.nodes.iter().any(|n| n.gateway) {
+            let in_iwn = |n: &Node| self.iwns.iter().any(|i| i.nodes.contains(&n.name));
+            if domain.distributed && domain.nodes.iter().any(in_iwn) {
                 return invalid(format!(
-                    "domain {}: gateway nodes of a distributed domain are not supported yet",
+                    "domain {}: interworking nodes of a distributed domain are not supported yet",
                     domain.name
                 ));
             }

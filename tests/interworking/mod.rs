@@ -11,6 +11,7 @@ use super::request;
 
 mod iwn;
 mod iwn_transfer;
+mod distributed;
 
 const TOPOLOGY: &str = "two-domain-gwn.toml";
 

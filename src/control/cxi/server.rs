@@ -1,6 +1,8 @@
-//! The Cxi server of a controller: answers the configured peer controllers only (their
-//! certificate, issued by their domain's CA, names them), checks every message's version and
-//! shape before anything changes, and logs what it refuses.
+//! The Cxi server: answers the configured peer controllers only (their certificate, issued
+//! by their domain's CA, names them), checks every message's version and shape before
+//! anything changes, and logs what it refuses. It serves any [`CxiEndpoint`]: a centralized
+//! domain's controller, or the interworking function a distributed domain's gateway node
+//! carries ([`crate::control::gateway`]).
 
 use std::sync::Arc;
 
@@ -13,14 +15,89 @@ use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use futures::future::BoxFuture;
+
 use crate::control::controller::Controller;
-use crate::control::cxi::{Outcome, PrepareRequest, StatusReport, VoteKind, CXI_VERSION};
+use crate::control::cxi::{
+    AbstractTopology, Outcome, PrepareRequest, StatusReport, TransactionResult, Vote, VoteKind,
+    CXI_VERSION,
+};
 use crate::problem::Problem;
 use crate::tls::PeerIdentity;
 
-/// The Cxi routes.
+/// What answers Cxi for a domain: the controller of a centralized QKDN, or a gateway node of
+/// a distributed one. The server checks callers and messages; the endpoint decides.
+pub trait CxiEndpoint: Send + Sync + 'static {
+    /// The peer domain whose controller (or gateway) presents certificate name `identity`,
+    /// noting the contact.
+    fn peer_domain(&self, identity: &str) -> Option<String>;
+    /// Records a refused request (event `cxi-rejected`).
+    fn rejected(&self, detail: String);
+    /// What the domain's exposure policy shares.
+    fn abstract_topology(&self) -> AbstractTopology;
+    /// Phase 1 at the receiving domain.
+    fn prepare(self: Arc<Self>, from: String, request: PrepareRequest) -> BoxFuture<'static, Vote>;
+    /// Phase 2: install the prepared segment.
+    fn commit(self: Arc<Self>, from: String, id: Uuid) -> BoxFuture<'static, TransactionResult>;
+    /// Drop a prepared segment, or undo a committed one.
+    fn abort(self: Arc<Self>, from: String, id: Uuid) -> BoxFuture<'static, TransactionResult>;
+    /// Status shared by the peer.
+    fn status(self: Arc<Self>, from: String, report: StatusReport) -> BoxFuture<'static, ()>;
+    /// The peer ended a session: its segment goes. False when there is none.
+    fn delete_session(self: Arc<Self>, from: String, id: Uuid) -> BoxFuture<'static, bool>;
+}
+
+impl CxiEndpoint for Controller {
+    fn peer_domain(&self, identity: &str) -> Option<String> {
+        let found = self
+            .peer_by_identity(identity)
+            .map(|p| p.peer.domain.clone());
+        if let Some(domain) = &found {
+            self.peer_contact(domain, true);
+        }
+        found
+    }
+
+    fn rejected(&self, detail: String) {
+        self.event("cxi-rejected", detail, None, None);
+    }
+
+    fn abstract_topology(&self) -> AbstractTopology {
+        Controller::abstract_topology(self)
+    }
+
+    fn prepare(self: Arc<Self>, from: String, request: PrepareRequest) -> BoxFuture<'static, Vote> {
+        Box::pin(async move { self.cxi_prepare(&from, request).await })
+    }
+
+    fn commit(self: Arc<Self>, from: String, id: Uuid) -> BoxFuture<'static, TransactionResult> {
+        Box::pin(async move { self.cxi_commit(&from, id).await })
+    }
+
+    fn abort(self: Arc<Self>, from: String, id: Uuid) -> BoxFuture<'static, TransactionResult> {
+        Box::pin(async move { self.cxi_abort(&from, id).await })
+    }
+
+    fn status(self: Arc<Self>, from: String, report: StatusReport) -> BoxFuture<'static, ()> {
+        Box::pin(async move { self.cxi_status(&from, report).await })
+    }
+
+    fn delete_session(self: Arc<Self>, from: String, id: Uuid) -> BoxFuture<'static, bool> {
+        Box::pin(async move { self.cxi_delete_session(&from, id).await })
+    }
+}
+
+type Endpoint = Arc<dyn CxiEndpoint>;
+
+/// The Cxi routes of a controller.
 pub fn router(controller: Arc<Controller>) -> Router {
-    Router::new()
+    let counters = controller.metrics.cxi.clone();
+    router_for(controller, Some(counters))
+}
+
+/// The Cxi routes of `endpoint`, counted in `counters` if given.
+pub fn router_for(endpoint: Endpoint, counters: Option<crate::metrics::Counters>) -> Router {
+    let routes = Router::new()
         .route(
             "/cxi/versions",
             get(|| async { Json(serde_json::json!({ "versions": [CXI_VERSION] })) }),
@@ -39,37 +116,31 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/cxi/v1/transactions/{id}/commit", post(commit))
         .route("/cxi/v1/transactions/{id}/abort", post(abort))
         .route("/cxi/v1/status", post(status))
-        .route("/cxi/v1/sessions/{id}", delete(delete_session))
-        .route_layer(axum::middleware::from_fn_with_state(
-            controller.metrics.cxi.clone(),
+        .route("/cxi/v1/sessions/{id}", delete(delete_session));
+    let routes = match counters {
+        Some(counters) => routes.route_layer(axum::middleware::from_fn_with_state(
+            counters,
             crate::metrics::count_requests,
-        ))
+        )),
+        None => routes,
+    };
+    routes
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such resource") })
-        .with_state(controller)
+        .with_state(endpoint)
 }
 
 /// The calling peer's domain, or a logged refusal.
-fn peer(c: &Controller, identity: &PeerIdentity, what: &str) -> Result<String, Problem> {
-    let found = identity
-        .0
-        .as_deref()
-        .and_then(|name| c.peer_by_identity(name))
-        .map(|p| p.peer.domain.clone());
-    if let Some(domain) = &found {
-        c.peer_contact(domain, true);
-    }
+fn peer(c: &Endpoint, identity: &PeerIdentity, what: &str) -> Result<String, Problem> {
+    let found = identity.0.as_deref().and_then(|name| c.peer_domain(name));
     found.ok_or_else(|| {
         let who = identity
             .0
             .clone()
             .unwrap_or_else(|| "an anonymous client".into());
         tracing::warn!(caller = %who, what, "Cxi request refused: not a peer controller");
-        c.event(
-            "cxi-rejected",
-            format!("{what} from {who}: not a configured peer controller"),
-            None,
-            None,
-        );
+        c.rejected(format!(
+            "{what} from {who}: not a configured peer controller"
+        ));
         Problem::new(
             StatusCode::FORBIDDEN,
             "not-a-peer",
@@ -80,14 +151,14 @@ fn peer(c: &Controller, identity: &PeerIdentity, what: &str) -> Result<String, P
 
 /// Parses a message body, refusing malformed ones and other versions.
 fn message<T: DeserializeOwned>(
-    c: &Controller,
+    c: &Endpoint,
     from: &str,
     body: &[u8],
     version: impl Fn(&T) -> u32,
 ) -> Result<T, Problem> {
     let refuse = |detail: String| {
         tracing::warn!(%from, %detail, "malformed Cxi message");
-        c.event("cxi-rejected", format!("from {from}: {detail}"), None, None);
+        c.rejected(format!("from {from}: {detail}"));
         Problem::new(StatusCode::BAD_REQUEST, "malformed-message", detail)
     };
     let parsed: T = serde_json::from_slice(body).map_err(|e| refuse(e.to_string()))?;
@@ -101,7 +172,7 @@ fn message<T: DeserializeOwned>(
 }
 
 async fn abstract_topology(
-    State(c): State<Arc<Controller>>,
+    State(c): State<Endpoint>,
     Extension(identity): Extension<PeerIdentity>,
 ) -> Response {
     if let Err(refused) = peer(&c, &identity, "abstract topology") {
@@ -111,7 +182,7 @@ async fn abstract_topology(
 }
 
 async fn prepare(
-    State(c): State<Arc<Controller>>,
+    State(c): State<Endpoint>,
     Extension(identity): Extension<PeerIdentity>,
     body: Bytes,
 ) -> Response {
@@ -123,7 +194,7 @@ async fn prepare(
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
     };
-    let vote = match tokio::spawn(async move { c.cxi_prepare(&from, request).await }).await {
+    let vote = match tokio::spawn(c.prepare(from, request)).await {
         Ok(vote) => vote,
         Err(error) => return internal(error),
     };
@@ -136,7 +207,7 @@ async fn prepare(
 
 /// The calling peer's domain and the UUID in the path (a transaction or a session).
 fn peer_and_id(
-    c: &Controller,
+    c: &Endpoint,
     identity: &PeerIdentity,
     what: &str,
     id: &str,
@@ -155,7 +226,7 @@ fn transaction_id(id: &str) -> Result<Uuid, Problem> {
 }
 
 async fn commit(
-    State(c): State<Arc<Controller>>,
+    State(c): State<Endpoint>,
     Extension(identity): Extension<PeerIdentity>,
     Path(id): Path<String>,
 ) -> Response {
@@ -164,7 +235,7 @@ async fn commit(
         Err(refused) => return refused.into_response(),
     };
     // to completion even if the peer gives up waiting: never half-installed
-    let result = match tokio::spawn(async move { c.cxi_commit(&from, id).await }).await {
+    let result = match tokio::spawn(c.commit(from, id)).await {
         Ok(result) => result,
         Err(error) => return internal(error),
     };
@@ -176,7 +247,7 @@ async fn commit(
 }
 
 async fn abort(
-    State(c): State<Arc<Controller>>,
+    State(c): State<Endpoint>,
     Extension(identity): Extension<PeerIdentity>,
     Path(id): Path<String>,
 ) -> Response {
@@ -184,14 +255,14 @@ async fn abort(
         Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };
-    match tokio::spawn(async move { c.cxi_abort(&from, id).await }).await {
+    match tokio::spawn(c.abort(from, id)).await {
         Ok(result) => Json(result).into_response(),
         Err(error) => internal(error),
     }
 }
 
 async fn status(
-    State(c): State<Arc<Controller>>,
+    State(c): State<Endpoint>,
     Extension(identity): Extension<PeerIdentity>,
     body: Bytes,
 ) -> Response {
@@ -211,7 +282,7 @@ async fn status(
         )
         .into_response();
     }
-    c.cxi_status(&from, report).await;
+    c.status(from, report).await;
     (
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "status": "accepted" })),
@@ -220,7 +291,7 @@ async fn status(
 }
 
 async fn delete_session(
-    State(c): State<Arc<Controller>>,
+    State(c): State<Endpoint>,
     Extension(identity): Extension<PeerIdentity>,
     Path(id): Path<String>,
 ) -> Response {
@@ -228,7 +299,7 @@ async fn delete_session(
         Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };
-    let deleted = tokio::spawn(async move { c.cxi_delete_session(&from, id).await }).await;
+    let deleted = tokio::spawn(c.delete_session(from, id)).await;
     if deleted.unwrap_or(false) {
         StatusCode::NO_CONTENT.into_response()
     } else {

@@ -139,6 +139,21 @@ impl Database {
         net
     }
 
+    /// Other QKDNs' SAEs advertised by gateway nodes: SAE -> (its node, its domain, the
+    /// gateways advertising it).
+    pub fn externals(&self) -> BTreeMap<String, (String, String, Vec<String>)> {
+        let mut out: BTreeMap<String, (String, String, Vec<String>)> = BTreeMap::new();
+        for e in self.entries.values() {
+            for x in &e.lsa.externals {
+                let entry = out
+                    .entry(x.sae.clone())
+                    .or_insert_with(|| (x.node.clone(), x.domain.clone(), Vec::new()));
+                entry.2.push(e.lsa.origin.clone());
+            }
+        }
+        out
+    }
+
     /// SAE -> the node whose KM serves it, as advertised.
     pub fn saes(&self) -> BTreeMap<String, String> {
         self.entries
@@ -175,6 +190,10 @@ mod tests {
                 })
                 .collect(),
             saes: vec![format!("sae-{origin}")],
+            kma: String::new(),
+            qx_links: Vec::new(),
+            externals: Vec::new(),
+            speaks_for: Vec::new(),
         }
     }
 

@@ -11,7 +11,7 @@ use qkdni_route_policy::{Catalog, RoutePolicy};
 use tokio::sync::watch;
 
 use super::database::{Database, Entry, Verdict};
-use super::lsa::{now_ms, Flood, Lsa, LsaLink, REFRESH_MS};
+use super::lsa::{now_ms, External, Flood, Lsa, LsaLink, QxAdvert, REFRESH_MS};
 use super::routes;
 use crate::km::agent::NextHops;
 
@@ -39,11 +39,29 @@ pub struct Stats {
 
 use serde::Serialize;
 
+/// Another QKDN's SAE as the domain's link state shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Foreign {
+    /// The node (in `domain`) whose KM serves it.
+    pub node: String,
+    pub domain: String,
+    /// The gateway node of this domain the keys cross.
+    pub gateway: String,
+}
+
 /// What this node knows of its own links.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Local {
     pub links: Vec<LsaLink>,
     pub saes: Vec<String>,
+    /// Base URL of this node's KMA server.
+    pub kma: String,
+    /// A gateway node's Qx links.
+    pub qx_links: Vec<QxAdvert>,
+    /// Other QKDNs' SAEs reachable through this gateway node.
+    pub externals: Vec<External>,
+    /// The peer QKDNs this node speaks Cxi with for the domain.
+    pub speaks_for: Vec<String>,
 }
 
 struct Inner {
@@ -53,6 +71,10 @@ struct Inner {
     policy: Box<dyn RoutePolicy>,
     routes: BTreeMap<String, NextHops>,
     saes: BTreeMap<String, String>,
+    /// Other QKDNs' SAEs reachable through a gateway: SAE -> (node, domain, gateway).
+    foreign: BTreeMap<String, Foreign>,
+    /// Hops of the primary path toward every reachable node.
+    hops: BTreeMap<String, u32>,
     local: Option<Local>,
     last_seq: u64,
     stats: Stats,
@@ -87,6 +109,8 @@ impl LinkState {
                 policy,
                 routes: BTreeMap::new(),
                 saes: BTreeMap::new(),
+                foreign: BTreeMap::new(),
+                hops: BTreeMap::new(),
                 local: None,
                 last_seq: 0,
                 stats: Stats::default(),
@@ -332,8 +356,43 @@ impl LinkState {
 
     fn recompute(&self, inner: &mut Inner) {
         let net = inner.db.network();
-        inner.routes = routes::compute(&self.own, &net, inner.policy.as_ref());
-        inner.saes = inner.db.saes();
+        let (mut routes, hops) = routes::compute(&self.own, &net, inner.policy.as_ref());
+        let mut saes = inner.db.saes();
+        // another QKDN's SAE: through the nearest gateway advertising it (fewest hops, then
+        // name); none when this node is one of them (its own interworking route applies)
+        let mut foreign = BTreeMap::new();
+        for (sae, (node, domain, gateways)) in inner.db.externals() {
+            let gateway = if gateways.iter().any(|g| g == &self.own) {
+                Some(self.own.clone())
+            } else {
+                gateways
+                    .iter()
+                    .filter(|g| routes.contains_key(*g))
+                    .min_by_key(|g| (hops.get(*g).copied().unwrap_or(u32::MAX), (*g).clone()))
+                    .cloned()
+            };
+            let Some(gateway) = gateway else {
+                continue;
+            };
+            if gateway != self.own {
+                if let Some(route) = routes.get(&gateway).cloned() {
+                    routes.entry(node.clone()).or_insert(route);
+                }
+            }
+            saes.entry(sae.clone()).or_insert_with(|| node.clone());
+            foreign.insert(
+                sae,
+                Foreign {
+                    node,
+                    domain,
+                    gateway,
+                },
+            );
+        }
+        inner.routes = routes;
+        inner.saes = saes;
+        inner.foreign = foreign;
+        inner.hops = hops;
         inner.stats.route_runs += 1;
         inner.stats.last_route_run_ms = now_ms();
         self.changes.send_modify(|n| *n += 1);
@@ -344,6 +403,14 @@ impl LinkState {
         self.lock().routes.clone()
     }
 
+    /// Hops of the primary path toward `dest` (0 for this node).
+    pub fn hops_to(&self, dest: &str) -> Option<u32> {
+        if dest == self.own {
+            return Some(0);
+        }
+        self.lock().hops.get(dest).copied()
+    }
+
     /// The next hops toward `dest`, if it is reachable.
     pub fn next_hops(&self, dest: &str) -> Option<NextHops> {
         self.lock().routes.get(dest).cloned()
@@ -352,6 +419,81 @@ impl LinkState {
     /// The node serving `sae`, as advertised.
     pub fn sae_node(&self, sae: &str) -> Option<String> {
         self.lock().saes.get(sae).cloned()
+    }
+
+    /// The QKDN of `sae` when it is another QKDN's SAE reachable through a gateway.
+    pub fn sae_domain(&self, sae: &str) -> Option<String> {
+        self.lock().foreign.get(sae).map(|f| f.domain.clone())
+    }
+
+    /// Other QKDNs' SAEs reachable through the domain's gateways.
+    pub fn foreign(&self) -> BTreeMap<String, Foreign> {
+        self.lock().foreign.clone()
+    }
+
+    /// The KMA base URL node `node` advertises.
+    pub fn kma_of(&self, node: &str) -> Option<String> {
+        self.lock()
+            .db
+            .get(node)
+            .map(|e| e.lsa.kma.clone())
+            .filter(|k| !k.is_empty())
+    }
+
+    /// The domain as the database describes it.
+    pub fn network(&self) -> qkdni_route_policy::KeyNetwork {
+        self.lock().db.network()
+    }
+
+    /// The node speaking Cxi for the domain (nearest first) and its KMA URL.
+    pub fn speaker(&self) -> Option<(String, String)> {
+        let inner = self.lock();
+        inner
+            .db
+            .entries()
+            .filter(|e| !e.lsa.speaks_for.is_empty() && !e.lsa.kma.is_empty())
+            .filter(|e| e.lsa.origin == self.own || inner.routes.contains_key(&e.lsa.origin))
+            .min_by_key(|e| {
+                let hops = match e.lsa.origin == self.own {
+                    true => 0,
+                    false => inner.hops.get(&e.lsa.origin).copied().unwrap_or(u32::MAX),
+                };
+                (hops, e.lsa.origin.clone())
+            })
+            .map(|e| (e.lsa.origin.clone(), e.lsa.kma.clone()))
+    }
+
+    /// Whether node `node` speaks Cxi for the domain.
+    pub fn is_speaker(&self, node: &str) -> bool {
+        self.lock()
+            .db
+            .get(node)
+            .is_some_and(|e| !e.lsa.speaks_for.is_empty())
+    }
+
+    /// The gateway nodes with a Qx link to `domain` (up or not), nearest first.
+    pub fn gateways_to(&self, domain: &str) -> Vec<(String, Vec<QxAdvert>)> {
+        let inner = self.lock();
+        let hops = |n: &str| match n == self.own {
+            true => 0,
+            false => inner.hops.get(n).copied().unwrap_or(u32::MAX),
+        };
+        let mut out: Vec<(String, Vec<QxAdvert>)> = inner
+            .db
+            .entries()
+            .filter_map(|e| {
+                let qx: Vec<QxAdvert> = e
+                    .lsa
+                    .qx_links
+                    .iter()
+                    .filter(|q| q.peer_domain == domain)
+                    .cloned()
+                    .collect();
+                (!qx.is_empty()).then(|| (e.lsa.origin.clone(), qx))
+            })
+            .collect();
+        out.sort_by_key(|(n, _)| (hops(n), n.clone()));
+        out
     }
 
     /// Every SAE advertised and its node.
@@ -405,11 +547,19 @@ fn lsa_of(own: &str, seq: u64, now: u64, local: &Local) -> Lsa {
     links.sort_by(|a, b| a.id.cmp(&b.id));
     let mut saes = local.saes.clone();
     saes.sort();
+    let mut qx_links = local.qx_links.clone();
+    qx_links.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut externals = local.externals.clone();
+    externals.sort();
     Lsa {
         origin: own.to_owned(),
         seq,
         originated_ms: now,
         links,
         saes,
+        kma: local.kma.clone(),
+        qx_links,
+        externals,
+        speaks_for: local.speaks_for.clone(),
     }
 }

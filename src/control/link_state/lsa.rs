@@ -21,6 +21,41 @@ pub struct Lsa {
     pub links: Vec<LsaLink>,
     /// The SAEs the origin's KM serves.
     pub saes: Vec<String>,
+    /// Base URL of the origin's KMA server (how other nodes of the domain reach it, e.g. to
+    /// ask a gateway node for an interworking route).
+    #[serde(default)]
+    pub kma: String,
+    /// A gateway node's Qx links to other QKDNs (Y.3818 6.1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qx_links: Vec<QxAdvert>,
+    /// Other QKDNs' SAEs reachable through the origin (a gateway node), as a border router
+    /// redistributes external routes: their interworking sessions run through it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub externals: Vec<External>,
+    /// The peer QKDNs the origin speaks Cxi with for the domain (the domain's speaker, a
+    /// gateway node): where the domain's nodes ask for interworking routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub speaks_for: Vec<String>,
+}
+
+/// A Qx link of a gateway node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QxAdvert {
+    pub id: String,
+    /// The gateway node at the other end, in `peer_domain`.
+    pub peer_node: String,
+    pub peer_domain: String,
+    pub up: bool,
+    pub key_rate_bps: f64,
+}
+
+/// An SAE of another QKDN reachable through the advertising gateway node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct External {
+    pub sae: String,
+    /// The node (in `domain`) whose KM serves it: the relay's destination or origin.
+    pub node: String,
+    pub domain: String,
 }
 
 /// A QKD link as its end reports it.
@@ -74,7 +109,18 @@ impl Lsa {
     /// link added, removed, up or down, its rate changed by a tenth, its stored key by a
     /// quarter, or its QBER by a hundredth; another SAE set.
     pub fn differs_materially(&self, other: &Lsa) -> bool {
-        if self.saes != other.saes || self.links.len() != other.links.len() {
+        if self.saes != other.saes
+            || self.links.len() != other.links.len()
+            || self.externals != other.externals
+            || self.speaks_for != other.speaks_for
+            || self.kma != other.kma
+            || self.qx_links.len() != other.qx_links.len()
+            || self
+                .qx_links
+                .iter()
+                .zip(&other.qx_links)
+                .any(|(a, b)| a.id != b.id || a.up != b.up)
+        {
             return true;
         }
         self.links.iter().zip(&other.links).any(|(a, b)| {

@@ -86,8 +86,8 @@ pub fn locals(links: &[(String, String, String)], down: &[&str]) -> BTreeMap<Str
             locals
                 .entry(end.clone())
                 .or_insert_with(|| Local {
-                    links: Vec::new(),
                     saes: vec![format!("sae-{end}")],
+                    ..Local::default()
                 })
                 .links
                 .push(LsaLink {

@@ -13,22 +13,23 @@ use crate::km::agent::NextHops;
 const DEMAND_BPS: f64 = 256.0;
 
 /// The next hops of `own` toward every node the policy can route to in `net`, primary first
-/// with the share of the demand it carries as weight; destinations without a route are
-/// left out.
+/// with the share of the demand it carries as weight, and the hop count of the primary path;
+/// destinations without a route are left out.
 pub fn compute(
     own: &str,
     net: &KeyNetwork,
     policy: &dyn RoutePolicy,
-) -> BTreeMap<String, NextHops> {
+) -> (BTreeMap<String, NextHops>, BTreeMap<String, u32>) {
     let mut routes = BTreeMap::new();
+    let mut counts = BTreeMap::new();
     if !net.nodes.iter().any(|n| n == own) {
-        return routes;
+        return (routes, counts);
     }
     let prepared = match PreparedNetwork::new(net) {
         Ok(prepared) => prepared,
         Err(error) => {
             tracing::warn!(%error, "link-state database does not make a network");
-            return routes;
+            return (routes, counts);
         }
     };
     for dst in net.nodes.iter().filter(|n| n.as_str() != own) {
@@ -48,10 +49,46 @@ pub fn compute(
             }
         }
         if !hops.is_empty() {
+            if let Some(first) = plan.paths.first() {
+                counts.insert(dst.clone(), first.links.len() as u32);
+            }
             routes.insert(dst.clone(), hops);
         }
     }
-    routes
+    (routes, counts)
+}
+
+/// Fewest hops from `a` to `b` over up links of `net` (breadth-first), if connected.
+pub fn hops_between(net: &KeyNetwork, a: &str, b: &str) -> Option<u32> {
+    if a == b {
+        return net.nodes.iter().any(|n| n == a).then_some(0);
+    }
+    let mut seen = std::collections::BTreeSet::from([a.to_owned()]);
+    let mut frontier = vec![a.to_owned()];
+    let mut hops = 0;
+    while !frontier.is_empty() {
+        hops += 1;
+        let mut next = Vec::new();
+        for node in &frontier {
+            for link in net.links.iter().filter(|l| l.up) {
+                let other = if &link.a == node {
+                    &link.b
+                } else if &link.b == node {
+                    &link.a
+                } else {
+                    continue;
+                };
+                if other == b {
+                    return Some(hops);
+                }
+                if seen.insert(other.clone()) {
+                    next.push(other.clone());
+                }
+            }
+        }
+        frontier = next;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -80,13 +117,16 @@ mod tests {
     #[test]
     fn next_hops_follow_the_policy_and_avoid_down_links() {
         let policy = qkdni_routing::FewestHops;
-        let routes = compute("a", &ring(&[]), &policy);
+        let (routes, hops) = compute("a", &ring(&[]), &policy);
+        assert_eq!(hops["c"], 2);
         assert_eq!(routes["b"], vec![("b".to_string(), 256)]);
         assert_eq!(routes["d"], vec![("d".to_string(), 256)]);
-        let routes = compute("a", &ring(&["ab"]), &policy);
+        let (routes, _) = compute("a", &ring(&["ab"]), &policy);
         assert_eq!(routes["b"][0].0, "d");
         assert_eq!(routes["c"][0].0, "d");
-        let routes = compute("a", &ring(&["ab", "da"]), &policy);
+        assert_eq!(hops_between(&ring(&["ab"]), "a", "b"), Some(3));
+        let (routes, _) = compute("a", &ring(&["ab", "da"]), &policy);
+        assert_eq!(hops_between(&ring(&["ab", "da"]), "a", "c"), None);
         assert!(routes.is_empty());
     }
 }

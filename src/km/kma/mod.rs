@@ -7,8 +7,11 @@
 //! - [`relay`] — hop-by-hop key relay (sending and receiving);
 //! - [`reserve`] — path reservation, so a relay that cannot arrive spends no link key;
 //! - [`otp`] — the one-time pad and MAC of relayed keys;
+//! - [`interworking`] — a distributed QKDN's interworking: route requests to the domain's
+//!   speaker, border crossings placed on gateway nodes;
 //! - [`withdraw`] — keys of a voided interworking transfer taken back from the slave SAEs.
 
+pub mod interworking;
 pub mod otp;
 pub mod relay;
 pub mod reserve;
@@ -50,6 +53,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .route("/admin/v1/health", get(health))
         .route("/admin/v1/links", get(links))
+        .merge(interworking::router())
         .with_state(agent)
 }
 

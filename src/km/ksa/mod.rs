@@ -204,11 +204,24 @@ async fn resolve_peer_sae(agent: &Agent, caller: &str, other: &str) -> Result<St
     if other == caller || routed {
         return peer_sae(agent, caller, other);
     }
-    let Some(controller) = agent.config.controller.as_deref() else {
+    // a distributed QKDN asks its speaker (a gateway node) instead of a controller
+    let speaker = agent
+        .local_control()
+        .and_then(|c| c.speaker())
+        .map(|(_, kma)| kma);
+    let Some(controller) = agent.config.controller.clone().or(speaker) else {
         return peer_sae(agent, caller, other);
     };
-    match crate::km::ck::request_route(agent, controller, caller, other).await {
-        RouteAnswer::Installed => peer_sae(agent, caller, other),
+    match crate::km::ck::request_route(agent, &controller, caller, other).await {
+        RouteAnswer::Installed => {
+            // the crossing reaches this node's link state by flooding
+            agent
+                .learned(std::time::Duration::from_secs(5), |a| {
+                    a.sae_node(other).is_some_and(|n| a.next_hop(&n).is_some())
+                })
+                .await;
+            peer_sae(agent, caller, other)
+        }
         RouteAnswer::UnknownSae => Err(Etsi014Error::bad_request(format!("unknown SAE {other}"))),
         RouteAnswer::Refused { status } => Err(Etsi014Error::unavailable(format!(
             "no interworking route to SAE {other}"

@@ -171,6 +171,7 @@ pub(super) fn initial(agent: &Agent) -> String {
         let mut tree = crate::yang::empty();
         etsi_node::write_config(&mut tree, agent)?;
         super::transfer::write_config(&mut tree, agent)?;
+        super::local_control::write_config(&mut tree, agent)?;
         for link in agent.links() {
             let c = &link.config;
             let base = link_path(agent, &c.id);
@@ -348,6 +349,7 @@ pub(super) fn apply(agent: &Agent, new: &DataTree<'static>) -> Result<(), RpcErr
         }
     }
     super::transfer::check(agent, new)?;
+    let policy = super::local_control::check(agent, new)?;
     if let Some(extra) = desired.links.keys().find(|id| agent.link(id).is_none()) {
         return Err(RpcError::application(
             ErrorTag::OperationNotSupported,
@@ -374,7 +376,8 @@ pub(super) fn apply(agent: &Agent, new: &DataTree<'static>) -> Result<(), RpcErr
             RpcError::application(ErrorTag::InvalidValue, problem).path(model::ETSI014.to_owned())
         );
     }
-    // apply
+    // apply: the route policy first, the one step that may still refuse (changing nothing)
+    super::local_control::apply(agent, policy.as_deref())?;
     let here = &agent.config.node;
     let registered = |sae: &str| desired.settings.saes.get(sae) == Some(here);
     let gone = agent.applications.retain(registered);

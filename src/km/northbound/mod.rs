@@ -7,7 +7,9 @@
 //! - [`notification`] — the agent's events as `qkdni-km` notifications, and
 //!   [`etsi_notification`] the ETSI GS QKD 015 ones;
 //! - [`etsi_node`] — the node as ETSI GS QKD 015 models it;
-//! - [`transfer`] — the transfer links of a KM in an interworking node.
+//! - [`transfer`] — the transfer links of a KM in an interworking node;
+//! - [`local_control`] — the local controller of a node in a distributed QKDN: its route
+//!   policy, link-state database and computed routes.
 
 use std::sync::Arc;
 
@@ -24,6 +26,7 @@ use crate::netconf::RpcError;
 pub mod configuration;
 pub mod etsi_node;
 pub mod etsi_notification;
+pub mod local_control;
 pub mod notification;
 pub mod state;
 pub mod transfer;

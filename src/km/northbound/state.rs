@@ -17,6 +17,7 @@ pub(super) fn state(agent: &Agent) -> Result<DataTree<'static>, RpcError> {
     let mut tree = crate::yang::empty();
     etsi_node::write_state(&mut tree, agent)?;
     super::transfer::write_state(&mut tree, agent)?;
+    super::local_control::write_state(&mut tree, agent)?;
     let store_err = |e: StoreError| RpcError::application(ErrorTag::OperationFailed, e.to_string());
     for link in agent.links() {
         let c = &link.config;

@@ -207,7 +207,15 @@ pub async fn receive(
     if request.keys == 0 || request.keys > MAX_KEYS_PER_MESSAGE {
         return reject("bad number of keys");
     }
-    if agent.sae_node(&request.master_sae).as_deref() != Some(request.origin_km.as_str()) {
+    // in a distributed QKDN, a new interworking session's SAE may reach this node's link
+    // state a moment after the reservation: wait for it briefly
+    let (master, origin) = (request.master_sae.clone(), request.origin_km.clone());
+    let served = agent
+        .learned(Duration::from_secs(2), |a| {
+            a.sae_node(&master).as_deref() == Some(origin.as_str())
+        })
+        .await;
+    if !served {
         return reject("the master SAE is not served by the origin KM");
     }
     if link.peer_domain.is_some() && agent.sae_domain(&request.master_sae) != link.peer_domain {
