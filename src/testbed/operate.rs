@@ -136,6 +136,28 @@ pub async fn link_reports(
         .map_err(|e| TestbedError::Operation(format!("node {node}: {e}")))
 }
 
+/// The interworking view of gateway node `node` of a distributed QKDN (crossings placed on
+/// it; on the domain's speaker, the sessions it agreed).
+pub async fn interworking_report(
+    endpoints: &Endpoints,
+    node: &str,
+) -> Result<serde_json::Value, TestbedError> {
+    let entry = endpoints.node(node).ok_or_else(|| TestbedError::Unknown {
+        kind: "node",
+        name: node.into(),
+    })?;
+    let client = tls::https_client(&endpoints.operator_tls_at(node), Duration::from_secs(5))?;
+    let response = client
+        .get(format!("{}/admin/v1/interworking", entry.kma))
+        .send()
+        .await
+        .map_err(|e| TestbedError::Operation(format!("node {node}: {e}")))?;
+    response
+        .json()
+        .await
+        .map_err(|e| TestbedError::Operation(format!("node {node}: {e}")))
+}
+
 /// Waits until every hop of `path` (a list of adjacent nodes) holds at least `blocks` blocks
 /// that the sending end may use.
 pub async fn wait_path_keys(

@@ -29,7 +29,8 @@ use crate::tls::{self, TlsFiles};
 
 pub use super::error::TestbedError;
 pub use super::operate::{
-    is_running, link_reports, netconf, set_link_state, start_node, stop_node, wait_path_keys,
+    interworking_report, is_running, link_reports, netconf, set_link_state, start_node, stop_node,
+    wait_path_keys,
 };
 pub use super::records::process_ids;
 

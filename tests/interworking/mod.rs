@@ -11,7 +11,7 @@ use super::request;
 
 mod iwn;
 mod iwn_transfer;
-mod distributed;
+mod matrix;
 
 const TOPOLOGY: &str = "two-domain-gwn.toml";
 

@@ -53,6 +53,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .route("/admin/v1/health", get(health))
         .route("/admin/v1/links", get(links))
+        .route("/admin/v1/interworking", get(interworking_view))
         .merge(interworking::router())
         .with_state(agent)
 }
@@ -356,6 +357,34 @@ pub struct LinkReport {
     /// Blocks of this link this end consumed (relay, key supply) since the agent started.
     #[serde(default)]
     pub consumed_blocks: u64,
+}
+
+/// A distributed QKDN's gateway node as operators see it: the crossings placed on it and,
+/// on the domain's speaker, the interworking sessions it agreed.
+async fn interworking_view(
+    State(agent): State<Arc<Agent>>,
+    Extension(identity): Extension<PeerIdentity>,
+) -> Response {
+    if let Err(problem) = operator(&agent, &identity) {
+        return problem.into_response();
+    }
+    let Some(gateway) = agent.gateway() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "this node is no gateway node of a distributed QKDN",
+        );
+    };
+    let crossings: Vec<serde_json::Value> = gateway
+        .placed()
+        .into_iter()
+        .map(|(session, entry)| json!({ "session": session, "entry": entry }))
+        .collect();
+    Json(json!({
+        "speaker": gateway.speaker.is_some(),
+        "sessions": gateway.speaker.as_ref().map(|s| s.sessions()).unwrap_or_default(),
+        "crossings": crossings,
+    }))
+    .into_response()
 }
 
 async fn links(
