@@ -15,6 +15,10 @@ use crate::control::link_state::{Flood, LinkState, Local, LsaLink, Transport};
 use crate::km::agent::{Agent, AgentError};
 use crate::quantum::LinkState as QkdLinkState;
 
+/// The key rate advertised for an interworking node's transfer link (keys pass it as fast as
+/// the KMs hand them over: the QKD links on either side bound the rate).
+const TRANSFER_RATE_BPS: f64 = 1e9;
+
 /// How long a neighbour may take to answer a flood.
 const FLOOD_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -68,7 +72,8 @@ pub fn attach(agent: &Arc<Agent>, catalog: Catalog) -> Result<(), AgentError> {
         .map_err(AgentError::LocalControl)?;
     agent.attach_local_control(control);
     // a gateway node carries the domain's interworking function
-    let gateway_node = agent.links().any(|l| l.config.peer_domain.is_some());
+    // (a Qx link, or an interworking node's transfer link)
+    let gateway_node = agent.config.links.iter().any(|l| l.peer_domain.is_some());
     if gateway_node || agent.config.interworking.is_some() {
         let gateway = Gateway::new(agent, agent.config.interworking.clone())
             .map_err(|e| AgentError::LocalControl(e.to_string()))?;
@@ -142,6 +147,16 @@ pub fn local_view(agent: &Agent) -> Local {
                 key_rate_bps: condition.rate_bps,
             })
         })
+        .chain(agent.transfer_links().filter_map(|l| {
+            // an interworking node's transfer link: no QKD module, no rate limit of its own
+            Some(QxAdvert {
+                id: l.id.clone(),
+                peer_node: l.peer.clone(),
+                peer_domain: l.peer_domain.clone()?,
+                up: true,
+                key_rate_bps: TRANSFER_RATE_BPS,
+            })
+        }))
         .collect();
     Local {
         links,

@@ -179,7 +179,7 @@ pub async fn up_with(
     // a distributed domain's Cxi is spoken by its first gateway node (the speaker)
     let mut speakers: BTreeMap<String, (String, std::net::SocketAddr)> = BTreeMap::new();
     for domain in topology.domains.iter().filter(|d| d.distributed) {
-        if let Some(gw) = domain.nodes.iter().find(|n| n.gateway) {
+        if let Some(gw) = domain.speaker(&topology.iwns) {
             let ip = node_ip(&gw.name);
             speakers.insert(
                 domain.name.clone(),

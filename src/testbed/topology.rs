@@ -69,6 +69,10 @@ pub struct Node {
     /// A gateway node (GWN) at the domain's border.
     #[serde(default)]
     pub gateway: bool,
+    /// In a distributed domain: the border node (gateway node or IWN KM) that speaks Cxi for
+    /// the domain (default: the first border node listed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub speaker: bool,
 }
 
 /// An interworking node (Y.3818 6.2): a trusted node outside both QKDNs hosting a KM of
@@ -160,10 +164,11 @@ impl Topology {
                     domain.name
                 ));
             }
-            let in_iwn = |n: &Node| self.iwns.iter().any(|i| i.nodes.contains(&n.name));
-            if domain.distributed && domain.nodes.iter().any(in_iwn) {
+            let border = |n: &Node| n.gateway || self.iwns.iter().any(|i| i.nodes.contains(&n.name));
+            let speakers: Vec<&Node> = domain.nodes.iter().filter(|n| n.speaker).collect();
+            if speakers.len() > 1 || speakers.iter().any(|n| !domain.distributed || !border(n)) {
                 return invalid(format!(
-                    "domain {}: interworking nodes of a distributed domain are not supported yet",
+                    "domain {}: one speaker at most, a border node of a distributed domain",
                     domain.name
                 ));
             }
@@ -283,6 +288,19 @@ impl Topology {
 }
 
 impl Domain {
+    /// A distributed domain's speaker: the border node marked so, or the first border node
+    /// (gateway node or IWN KM).
+    pub fn speaker<'a>(&'a self, iwns: &[Iwn]) -> Option<&'a Node> {
+        let border = |n: &&Node| n.gateway || iwns.iter().any(|i| i.nodes.contains(&n.name));
+        if !self.distributed {
+            return None;
+        }
+        self.nodes
+            .iter()
+            .find(|n| n.speaker)
+            .or_else(|| self.nodes.iter().find(border))
+    }
+
     /// Fewest-hop relay routes of every node: node -> (destination -> next hop). Ties go to
     /// the neighbour whose name sorts first, so routes are reproducible.
     pub fn shortest_routes(&self) -> BTreeMap<String, BTreeMap<String, String>> {

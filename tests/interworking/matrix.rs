@@ -1,12 +1,12 @@
-//! The configuration matrix (Y.3818 clause 8): the same workload on every interworking
-//! configuration the testbed has: GWN between two centralized QKDNs, a distributed and a
-//! centralized one, two distributed ones. A distributed domain has no controller: its nodes
-//! route by link state and its gateway node (ga1, gb1) speaks Cxi for it.
+//! The configuration matrix (Y.3818 clause 8): the same workload on all six interworking
+//! configurations: GWN or IWN, between two centralized QKDNs, a distributed and a centralized
+//! one, two distributed ones. A distributed domain has no controller: its nodes route by link
+//! state and one border node (ga1, gb1; iwn2-a, iwn2-b) speaks Cxi for it.
 //!
 //! Steps: (1) ETSI 014 round trips A -> B and B -> A; (2) a fault inside each domain,
-//! routed around, keys flowing again; (3) a fault on the Qx link in use, the crossing moved
-//! with both domains agreeing; (4) the peer's control plane away: a new route is refused and
-//! nothing is half-agreed on either side; back, it is agreed.
+//! routed around, keys flowing again; (3) a fault at the border in use (the Qx link; the link
+//! into the IWN on B's side), the crossing moved with both domains agreeing; (4) the peer's
+//! control plane away: a new route is refused and nothing is half-agreed; back, it is agreed.
 
 use std::time::{Duration, Instant};
 
@@ -47,13 +47,70 @@ async fn deliver_eventually(bed: &Bed, master: &str, slave: &str) {
     }
 }
 
+/// One configuration: its topology and what the workload uses in it.
+struct Shape {
+    topology: &'static str,
+    a: Control,
+    b: Control,
+    /// Two paths from a1 to b1, one over each border.
+    paths: [&'static [&'static str]; 2],
+    /// The speakers of A and B when distributed.
+    speakers: [&'static str; 2],
+    /// The link to cut to take the border of a session down, by its Qx or transfer link.
+    border_fault: fn(&str) -> String,
+    /// Another pair of SAEs (step 4) and their path.
+    second: (&'static str, &'static str, &'static [&'static str]),
+}
+
+const GWN_PATHS: [&[&str]; 2] = [
+    &["a1", "a2", "ga1", "gb1", "b2", "b1"],
+    &["a1", "a3", "ga2", "gb2", "b3", "b1"],
+];
+const IWN_PATHS: [&[&str]; 2] = [
+    &["a1", "a2", "iwn1-a", "iwn1-b", "b2", "b1"],
+    &["a1", "a3", "a5", "iwn2-a", "iwn2-b", "b3", "b5", "b1"],
+];
+
+fn gwn(topology: &'static str, a: Control, b: Control) -> Shape {
+    Shape {
+        topology,
+        a,
+        b,
+        paths: GWN_PATHS,
+        speakers: ["ga1", "gb1"],
+        border_fault: |qx| qx.to_owned(),
+        second: ("sae-a4-1", "sae-b4-1", &["a4", "ga1", "gb1", "b2", "b4"]),
+    }
+}
+
+fn iwn(topology: &'static str, a: Control, b: Control) -> Shape {
+    Shape {
+        topology,
+        a,
+        b,
+        paths: IWN_PATHS,
+        speakers: ["iwn2-a", "iwn2-b"],
+        // the transfer link joins two processes of one trusted node: B's link into it fails
+        border_fault: |transfer| match transfer {
+            "iwn1-kxi1p" => "iwn1-b-b2".to_owned(),
+            _ => "iwn2-b-b3".to_owned(),
+        },
+        second: (
+            "sae-a5-1",
+            "sae-b5-1",
+            &["a5", "iwn2-a", "iwn2-b", "b3", "b5"],
+        ),
+    }
+}
+
 /// A domain's interworking sessions of `role` (origin, segment): the controller's, or its
 /// speaker's.
-async fn sessions(bed: &Bed, domain: &str, control: Control, role: &str) -> Vec<Value> {
+async fn sessions(bed: &Bed, shape: &Shape, domain: &str, role: &str) -> Vec<Value> {
+    let control = if domain == "A" { shape.a } else { shape.b };
     let all = match control {
         Centralized => bed.controller_get(domain, "/api/v1/sessions").await,
         Distributed => {
-            let speaker = if domain == "A" { "ga1" } else { "gb1" };
+            let speaker = shape.speakers[usize::from(domain != "A")];
             qkdni::testbed::runner::interworking_report(&bed.endpoints, speaker)
                 .await
                 .unwrap()["sessions"]
@@ -80,24 +137,23 @@ fn qx_of(session: &Value) -> String {
 }
 
 /// The Qx link each side holds for the session between sae-a1-1 and sae-b1-1 (A origin).
-async fn agreed_qx(bed: &Bed, a: Control, b: Control) -> (Option<String>, Option<String>) {
+async fn agreed_qx(bed: &Bed, shape: &Shape) -> (Option<String>, Option<String>) {
     let of = |s: &[Value]| {
         s.iter()
             .find(|s| s["master_sae"] == "sae-a1-1" && s["slave_sae"] == "sae-b1-1")
             .map(qx_of)
     };
     (
-        of(&sessions(bed, "A", a, "origin").await),
-        of(&sessions(bed, "B", b, "segment").await),
+        of(&sessions(bed, shape, "A", "origin").await),
+        of(&sessions(bed, shape, "B", "segment").await),
     )
 }
 
 /// Stops (or starts again) domain `domain`'s control plane: its controller, or its speaker.
-fn control_plane(bed: &Bed, domain: &str, control: Control, up: bool) {
-    let process = match (control, domain) {
-        (Centralized, d) => format!("controller-{d}"),
-        (Distributed, "A") => "ga1".into(),
-        (Distributed, _) => "gb1".into(),
+fn control_plane(bed: &Bed, shape: &Shape, up: bool) {
+    let process = match shape.b {
+        Centralized => "controller-B".to_owned(),
+        Distributed => shape.speakers[1].to_owned(),
     };
     match up {
         true => bed.cli(&["node", "start", &process]),
@@ -117,14 +173,17 @@ where
     }
 }
 
-async fn workload(topology: &str, a: Control, b: Control) {
+async fn workload(shape: &Shape) {
+    let topology = shape.topology;
     let bed = Bed::up(topology);
-    super::wait_both_paths(&bed, 64).await;
+    for path in shape.paths {
+        bed.wait_path(path, 64).await;
+    }
 
     // (1) round trips both ways
     deliver_eventually(&bed, "sae-a1-1", "sae-b1-1").await;
     deliver_eventually(&bed, "sae-b1-1", "sae-a1-1").await;
-    let (qa, qb) = agreed_qx(&bed, a, b).await;
+    let (qa, qb) = agreed_qx(&bed, shape).await;
     assert!(qa.is_some() && qa == qb, "{topology}: A {qa:?}, B {qb:?}");
 
     // (2) a fault inside each domain on the way from a1 and to b1
@@ -133,49 +192,56 @@ async fn workload(topology: &str, a: Control, b: Control) {
         deliver_eventually(&bed, "sae-a1-1", "sae-b1-1").await;
         bed.cli(&["link", "up", link]);
     }
-    wait_until("both sides on one Qx link", || async {
-        let (qa, qb) = agreed_qx(&bed, a, b).await;
+    wait_until("both sides on one border", || async {
+        let (qa, qb) = agreed_qx(&bed, shape).await;
         qa.is_some() && qa == qb
     })
     .await;
 
-    // (3) the Qx link in use goes down: both sides agree on the other one
-    let (qx, _) = agreed_qx(&bed, a, b).await;
+    // (3) the border in use fails: both sides agree on the other one
+    let (qx, _) = agreed_qx(&bed, shape).await;
     let qx = qx.unwrap();
-    bed.cli(&["link", "down", &qx]);
-    wait_until("agreement on the other Qx link", || async {
-        let (qa, qb) = agreed_qx(&bed, a, b).await;
+    let cut = (shape.border_fault)(&qx);
+    bed.cli(&["link", "down", &cut]);
+    wait_until("agreement on the other border", || async {
+        let (qa, qb) = agreed_qx(&bed, shape).await;
         qa.as_ref().is_some_and(|q| q != &qx) && qa == qb
     })
     .await;
     deliver_eventually(&bed, "sae-a1-1", "sae-b1-1").await;
-    bed.cli(&["link", "up", &qx]);
+    bed.cli(&["link", "up", &cut]);
 
     // (4) B's control plane away: a new session is refused, nothing half-agreed in A
-    bed.wait_path(&["a4", "ga1", "gb1", "b2", "b4"], 16).await;
-    control_plane(&bed, "B", b, false);
-    let refused = bed
-        .client("sae-a4-1")
-        .enc_keys("sae-b4-1", &request(1))
-        .await;
+    let (master, slave, path) = shape.second;
+    bed.wait_path(path, 16).await;
+    control_plane(&bed, shape, false);
+    let refused = bed.client(master).enc_keys(slave, &request(1)).await;
     assert!(
         refused.is_err(),
         "{topology}: keys without B's control plane"
     );
-    let half = sessions(&bed, "A", a, "origin")
+    let half = sessions(&bed, shape, "A", "origin")
         .await
         .into_iter()
-        .filter(|s| s["slave_sae"] == "sae-b4-1")
+        .filter(|s| s["slave_sae"] == slave)
         .filter(|s| s["state"] != "unroutable" && s["state"] != "pending")
         .count();
     assert_eq!(half, 0, "{topology}: a route agreed with nobody");
-    control_plane(&bed, "B", b, true);
-    deliver_eventually(&bed, "sae-a4-1", "sae-b4-1").await;
+    control_plane(&bed, shape, true);
+    deliver_eventually(&bed, master, slave).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_workload_runs_on_every_gwn_configuration() {
-    workload("two-domain-gwn.toml", Centralized, Centralized).await;
-    workload("gwn-distributed-centralized.toml", Distributed, Centralized).await;
-    workload("gwn-distributed-distributed.toml", Distributed, Distributed).await;
+async fn the_workload_runs_on_every_configuration() {
+    for shape in [
+        gwn("two-domain-gwn.toml", Centralized, Centralized),
+        gwn("gwn-distributed-centralized.toml", Distributed, Centralized),
+        gwn("gwn-distributed-distributed.toml", Distributed, Distributed),
+        iwn("two-domain-iwn.toml", Centralized, Centralized),
+        iwn("iwn-distributed-centralized.toml", Distributed, Centralized),
+        iwn("iwn-distributed-distributed.toml", Distributed, Distributed),
+    ] {
+        workload(&shape).await;
+        eprintln!("{}: every step passed", shape.topology);
+    }
 }

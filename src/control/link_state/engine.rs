@@ -478,9 +478,12 @@ impl LinkState {
             true => 0,
             false => inner.hops.get(n).copied().unwrap_or(u32::MAX),
         };
+        // only border nodes this node can reach: a dead or cut-off one keeps advertising
+        // its Qx links until its advertisement ages out
         let mut out: Vec<(String, Vec<QxAdvert>)> = inner
             .db
             .entries()
+            .filter(|e| e.lsa.origin == self.own || inner.routes.contains_key(&e.lsa.origin))
             .filter_map(|e| {
                 let qx: Vec<QxAdvert> = e
                     .lsa
