@@ -194,6 +194,7 @@ fn externals(agent: &Agent) -> Vec<External> {
         sae: e.sae,
         node: e.node,
         domain: e.domain,
+        outbound: e.outbound,
     });
     settings
         .foreign_saes
@@ -213,6 +214,7 @@ fn externals(agent: &Agent) -> Vec<External> {
                 sae: sae.clone(),
                 node: node.clone(),
                 domain: domain.clone(),
+                outbound: true,
             })
         })
         .chain(placed)

@@ -79,11 +79,179 @@ pub(super) fn write_control(
     peers: &[&String],
     control: &BTreeMap<String, ControlAddresses>,
     cxi_of: &BTreeMap<String, (String, String)>,
+    speaker: Option<(&str, &str)>,
     peer_cas: Vec<tls::PeerCa>,
     (netconf_user, netconf_readonly_user): (&NetconfLogin, &NetconfLogin),
     ips: &[IpAddr],
     known_hosts: &Path,
-) -> Result<(ControllerEndpoint, Option<ManagerEndpoint>), TestbedError> {
+) -> Result<(Option<ControllerEndpoint>, Option<ManagerEndpoint>), TestbedError> {
+    let pki = dir.join("pki");
+    // a distributed domain has no controller: its manager's QCLM asks the domain's speaker
+    let (controller, link) = match speaker {
+        Some((url, token)) => (
+            None,
+            ControllerLink {
+                url: url.to_owned(),
+                token: token.to_owned(),
+                ca: dpki.ca_cert.clone(),
+            },
+        ),
+        None => {
+            let (controller, token) = write_controller(
+                dir,
+                domain,
+                iwn_nodes,
+                dpki,
+                addrs,
+                addresses,
+                peers,
+                cxi_of,
+                peer_cas.clone(),
+                (netconf_user, netconf_readonly_user),
+                ips,
+                known_hosts,
+            )?;
+            let link = ControllerLink {
+                url: format!("https://{}", addrs.rest),
+                token,
+                ca: dpki.ca_cert.clone(),
+            };
+            (Some(controller), link)
+        }
+    };
+    // the manager of an interworking domain: KMLM, QLM, XLMO, QCLM; Mxi toward the first
+    // peer domain
+    let Some(peer) = peers
+        .first()
+        .map(|p| (*p).clone())
+        .filter(|p| control.contains_key(p))
+    else {
+        return Ok((controller, None));
+    };
+    let mname = format!("manager-{}", domain.name);
+    let mdir = dir.join("managers").join(&domain.name);
+    std::fs::create_dir_all(&mdir).map_err(io("creating manager directory"))?;
+    let mpaths = dpki
+        .ca
+        .issue_to_with_ips(&pki, &mname, &mname, Role::Node, ips)?;
+    let mtoken = random_password();
+    let mconfig = ManagerConfig {
+        domain: domain.name.clone(),
+        nodes: domain.nodes.iter().map(|n| n.name.clone()).collect(),
+        rest_listen: addrs.manager_rest,
+        mxi_listen: addrs.mxi,
+        bearer_tokens: vec![mtoken.clone()],
+        report_seconds: 5,
+        diagnosis_holddown_seconds: 5,
+        tls: TlsFiles {
+            cert: mpaths.cert,
+            key: mpaths.key,
+            ca: vec![dpki.ca_cert.clone()],
+            peer_cas,
+        },
+        agents: domain
+            .nodes
+            .iter()
+            .map(|n| ManagedAgent {
+                node: n.name.clone(),
+                netconf: addresses[&n.name].2,
+            })
+            .collect(),
+        southbound: SouthboundLogin {
+            username: netconf_user.username.clone(),
+            password: netconf_user.password.clone(),
+            known_hosts: known_hosts.to_path_buf(),
+        },
+        controller: Some(link),
+        peer: PeerManager {
+            manager_name: format!("manager-{peer}"),
+            mxi: format!("https://{}", control[&peer].mxi),
+            domain: peer,
+        },
+        limits: Default::default(),
+        metrics_listen: Some(addrs.manager_metrics),
+    };
+    let mconfig_path = mdir.join("manager.toml");
+    write_toml(&mconfig_path, &mconfig, "manager config")?;
+    let manager = ManagerEndpoint {
+        name: mname,
+        rest: format!("https://{}", addrs.manager_rest),
+        mxi: format!("https://{}", addrs.mxi),
+        metrics: Some(format!("http://{}/metrics", addrs.manager_metrics)),
+        token: mtoken,
+        config: mconfig_path,
+        log: dir
+            .join("logs")
+            .join(format!("manager-{}.log", domain.name)),
+    };
+    Ok((controller, Some(manager)))
+}
+
+/// `<DIR>/prometheus.yml`: a Prometheus configuration that scrapes every daemon's metrics,
+/// labelled with its domain and role (JSON, which YAML readers take as it is).
+pub(super) fn write_prometheus(dir: &Path, endpoints: &Endpoints) -> Result<(), TestbedError> {
+    let mut groups = Vec::new();
+    for (name, domain) in &endpoints.domains {
+        let mut group = |role: &str, urls: Vec<&Option<String>>| {
+            let targets: Vec<String> = urls
+                .into_iter()
+                .flatten()
+                .filter_map(|u| {
+                    let host = u.strip_prefix("http://")?.strip_suffix("/metrics")?;
+                    Some(host.to_owned())
+                })
+                .collect();
+            if !targets.is_empty() {
+                groups.push(serde_json::json!({
+                    "targets": targets,
+                    "labels": {"domain": name, "role": role},
+                }));
+            }
+        };
+        group("km", domain.nodes.values().map(|n| &n.metrics).collect());
+        group(
+            "controller",
+            domain.controller.iter().map(|c| &c.metrics).collect(),
+        );
+        group(
+            "manager",
+            domain.manager.iter().map(|m| &m.metrics).collect(),
+        );
+    }
+    let config = serde_json::json!({
+        "global": {"scrape_interval": "5s"},
+        "scrape_configs": [{
+            "job_name": "qkdni",
+            "metrics_path": "/metrics",
+            "static_configs": groups,
+        }],
+    });
+    let text = serde_json::to_string_pretty(&config).expect("serializable");
+    std::fs::write(dir.join("prometheus.yml"), text).map_err(io("writing prometheus.yml"))
+}
+
+pub(super) fn write_endpoints(dir: &Path, endpoints: &Endpoints) -> Result<(), TestbedError> {
+    let text = serde_json::to_string_pretty(endpoints).expect("serializable");
+    std::fs::write(Endpoints::path(dir), text).map_err(io("writing endpoints.json"))
+}
+
+/// Writes the configuration of a centralized domain's controller; returns its endpoint and
+/// the orchestrators' bearer token.
+#[allow(clippy::too_many_arguments)]
+fn write_controller(
+    dir: &Path,
+    domain: &super::topology::Domain,
+    iwn_nodes: &[&str],
+    dpki: &DomainPki,
+    addrs: &ControlAddresses,
+    addresses: &BTreeMap<String, (SocketAddr, SocketAddr, SocketAddr, SocketAddr)>,
+    peers: &[&String],
+    cxi_of: &BTreeMap<String, (String, String)>,
+    peer_cas: Vec<tls::PeerCa>,
+    (netconf_user, netconf_readonly_user): (&NetconfLogin, &NetconfLogin),
+    ips: &[IpAddr],
+    known_hosts: &Path,
+) -> Result<(ControllerEndpoint, String), TestbedError> {
     let pki = dir.join("pki");
     let name = format!("controller-{}", domain.name);
     let cdir = dir.join("controllers").join(&domain.name);
@@ -174,123 +342,5 @@ pub(super) fn write_control(
             .join("logs")
             .join(format!("controller-{}.log", domain.name)),
     };
-    // the manager of an interworking domain: KMLM, QLM, XLMO, QCLM; Mxi toward the first
-    // peer domain
-    // (a distributed peer domain has no manager yet: no Mxi, no manager here either)
-    let Some(peer) = peers
-        .first()
-        .map(|p| (*p).clone())
-        .filter(|p| control.contains_key(p))
-    else {
-        return Ok((controller, None));
-    };
-    let mname = format!("manager-{}", domain.name);
-    let mdir = dir.join("managers").join(&domain.name);
-    std::fs::create_dir_all(&mdir).map_err(io("creating manager directory"))?;
-    let mpaths = dpki
-        .ca
-        .issue_to_with_ips(&pki, &mname, &mname, Role::Node, ips)?;
-    let mtoken = random_password();
-    let mconfig = ManagerConfig {
-        domain: domain.name.clone(),
-        nodes: domain.nodes.iter().map(|n| n.name.clone()).collect(),
-        rest_listen: addrs.manager_rest,
-        mxi_listen: addrs.mxi,
-        bearer_tokens: vec![mtoken.clone()],
-        report_seconds: 5,
-        diagnosis_holddown_seconds: 5,
-        tls: TlsFiles {
-            cert: mpaths.cert,
-            key: mpaths.key,
-            ca: vec![dpki.ca_cert.clone()],
-            peer_cas,
-        },
-        agents: domain
-            .nodes
-            .iter()
-            .map(|n| ManagedAgent {
-                node: n.name.clone(),
-                netconf: addresses[&n.name].2,
-            })
-            .collect(),
-        southbound: SouthboundLogin {
-            username: netconf_user.username.clone(),
-            password: netconf_user.password.clone(),
-            known_hosts: known_hosts.to_path_buf(),
-        },
-        controller: Some(ControllerLink {
-            url: format!("https://{}", addrs.rest),
-            token,
-            ca: dpki.ca_cert.clone(),
-        }),
-        peer: PeerManager {
-            manager_name: format!("manager-{peer}"),
-            mxi: format!("https://{}", control[&peer].mxi),
-            domain: peer,
-        },
-        limits: Default::default(),
-        metrics_listen: Some(addrs.manager_metrics),
-    };
-    let mconfig_path = mdir.join("manager.toml");
-    write_toml(&mconfig_path, &mconfig, "manager config")?;
-    let manager = ManagerEndpoint {
-        name: mname,
-        rest: format!("https://{}", addrs.manager_rest),
-        mxi: format!("https://{}", addrs.mxi),
-        metrics: Some(format!("http://{}/metrics", addrs.manager_metrics)),
-        token: mtoken,
-        config: mconfig_path,
-        log: dir
-            .join("logs")
-            .join(format!("manager-{}.log", domain.name)),
-    };
-    Ok((controller, Some(manager)))
-}
-
-/// `<DIR>/prometheus.yml`: a Prometheus configuration that scrapes every daemon's metrics,
-/// labelled with its domain and role (JSON, which YAML readers take as it is).
-pub(super) fn write_prometheus(dir: &Path, endpoints: &Endpoints) -> Result<(), TestbedError> {
-    let mut groups = Vec::new();
-    for (name, domain) in &endpoints.domains {
-        let mut group = |role: &str, urls: Vec<&Option<String>>| {
-            let targets: Vec<String> = urls
-                .into_iter()
-                .flatten()
-                .filter_map(|u| {
-                    let host = u.strip_prefix("http://")?.strip_suffix("/metrics")?;
-                    Some(host.to_owned())
-                })
-                .collect();
-            if !targets.is_empty() {
-                groups.push(serde_json::json!({
-                    "targets": targets,
-                    "labels": {"domain": name, "role": role},
-                }));
-            }
-        };
-        group("km", domain.nodes.values().map(|n| &n.metrics).collect());
-        group(
-            "controller",
-            domain.controller.iter().map(|c| &c.metrics).collect(),
-        );
-        group(
-            "manager",
-            domain.manager.iter().map(|m| &m.metrics).collect(),
-        );
-    }
-    let config = serde_json::json!({
-        "global": {"scrape_interval": "5s"},
-        "scrape_configs": [{
-            "job_name": "qkdni",
-            "metrics_path": "/metrics",
-            "static_configs": groups,
-        }],
-    });
-    let text = serde_json::to_string_pretty(&config).expect("serializable");
-    std::fs::write(dir.join("prometheus.yml"), text).map_err(io("writing prometheus.yml"))
-}
-
-pub(super) fn write_endpoints(dir: &Path, endpoints: &Endpoints) -> Result<(), TestbedError> {
-    let text = serde_json::to_string_pretty(endpoints).expect("serializable");
-    std::fs::write(Endpoints::path(dir), text).map_err(io("writing endpoints.json"))
+    Ok((controller, token))
 }

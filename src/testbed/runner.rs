@@ -161,7 +161,8 @@ pub async fn up_with(
                 ),
             );
         }
-        if domain.controller {
+        // a distributed domain gets the addresses too: its manager uses some of them
+        if domain.controller || domain.distributed {
             control.insert(
                 domain.name.clone(),
                 ControlAddresses {
@@ -177,19 +178,21 @@ pub async fn up_with(
         }
     }
     // a distributed domain's Cxi is spoken by its first gateway node (the speaker)
-    let mut speakers: BTreeMap<String, (String, std::net::SocketAddr)> = BTreeMap::new();
+    // (node, Cxi address, the bearer token of the domain's manager)
+    let mut speakers: BTreeMap<String, (String, std::net::SocketAddr, String)> = BTreeMap::new();
     for domain in topology.domains.iter().filter(|d| d.distributed) {
         if let Some(gw) = domain.speaker(&topology.iwns) {
             let ip = node_ip(&gw.name);
             speakers.insert(
                 domain.name.clone(),
-                (gw.name.clone(), at(ports.take()?, ip)),
+                (gw.name.clone(), at(ports.take()?, ip), random_password()),
             );
         }
     }
     // how each domain's Cxi is reached: (URL, the name its certificate carries)
     let mut cxi_of: BTreeMap<String, (String, String)> = control
         .iter()
+        .filter(|(d, _)| !speakers.contains_key(*d))
         .map(|(d, a)| {
             (
                 d.clone(),
@@ -197,7 +200,7 @@ pub async fn up_with(
             )
         })
         .collect();
-    for (d, (node, addr)) in &speakers {
+    for (d, (node, addr, _)) in &speakers {
         cxi_of.insert(d.clone(), (format!("https://{addr}"), node.clone()));
     }
     let domain_of = |node: &str| {
@@ -357,6 +360,7 @@ pub async fn up_with(
                 }),
                 controller: control
                     .get(&domain.name)
+                    .filter(|_| domain.controller)
                     .map(|c| format!("https://{}", c.rest)),
                 limits: topology.km_limits.clone().unwrap_or_default(),
                 metrics_listen: Some(metrics),
@@ -366,25 +370,28 @@ pub async fn up_with(
                 }),
                 interworking: speakers
                     .get(&domain.name)
-                    .filter(|(speaker, _)| speaker == &node.name)
-                    .map(|(_, listen)| crate::control::gateway::SpeakerConfig {
-                        cxi_listen: *listen,
-                        peers: neighbours
-                            .get(&domain.name)
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|p| {
-                                let (url, name) = cxi_of.get(p)?;
-                                Some(crate::control::config::CxiPeer {
-                                    domain: p.clone(),
-                                    url: url.clone(),
-                                    controller: name.clone(),
+                    .filter(|(speaker, _, _)| speaker == &node.name)
+                    .map(
+                        |(_, listen, token)| crate::control::gateway::SpeakerConfig {
+                            cxi_listen: *listen,
+                            peers: neighbours
+                                .get(&domain.name)
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|p| {
+                                    let (url, name) = cxi_of.get(p)?;
+                                    Some(crate::control::config::CxiPeer {
+                                        domain: p.clone(),
+                                        url: url.clone(),
+                                        controller: name.clone(),
+                                    })
                                 })
-                            })
-                            .collect(),
-                        expose: Default::default(),
-                        default_rate_bps: 1000.0,
-                    }),
+                                .collect(),
+                            expose: Default::default(),
+                            default_rate_bps: 1000.0,
+                            bearer_tokens: vec![token.clone()],
+                        },
+                    ),
             };
             let config_path = node_dir.join("km.toml");
             write_toml(&config_path, &config, "agent config")?;
@@ -446,12 +453,15 @@ pub async fn up_with(
                     &peers,
                     &control,
                     &cxi_of,
+                    speakers
+                        .get(&domain.name)
+                        .map(|(node, _, token)| (nodes[node].kma.as_str(), token.as_str())),
                     peer_cas(&mut peers.iter().copied()),
                     (&netconf_user, &netconf_readonly_user),
                     &control_ips,
                     &known_hosts,
                 )?;
-                (Some(controller), manager)
+                (controller, manager)
             }
             None => (None, None),
         };

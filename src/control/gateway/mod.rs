@@ -45,6 +45,9 @@ pub struct SpeakerConfig {
     /// Key rate (bit/s) asked for interworking sessions.
     #[serde(default = "default_rate")]
     pub default_rate_bps: f64,
+    /// Bearer tokens the domain's manager (its QCLM) presents with a diagnosis.
+    #[serde(default)]
+    pub bearer_tokens: Vec<String>,
 }
 
 fn default_rate() -> f64 {
@@ -65,6 +68,9 @@ pub struct Entry {
     pub across: String,
     /// The Qx link.
     pub link: String,
+    /// Whether keys toward `node` leave here (a session of this domain); otherwise keys of
+    /// `sae` only come in here (the peer's session).
+    pub outbound: bool,
 }
 
 /// Which end of a session this domain is.
@@ -212,7 +218,7 @@ impl Gateway {
     pub fn route(&self, dest: &str) -> Option<NextHops> {
         self.entries()
             .values()
-            .find(|e| e.node == dest)
+            .find(|e| e.node == dest && e.outbound)
             .map(|e| vec![(e.across.clone(), 1)])
     }
 

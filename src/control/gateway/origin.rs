@@ -172,6 +172,7 @@ impl Gateway {
                 domain: peer.clone(),
                 across: q.peer_node.clone(),
                 link: q.id.clone(),
+                outbound: true,
             };
             if let Err(error) = self.install(&gateway, id, Some(&entry)).await {
                 let _ = client.abort(transaction).await;
@@ -236,6 +237,64 @@ impl Gateway {
             Ok(()) => tracing::info!("interworking session rerouted"),
             Err(error) => tracing::warn!(%error, "interworking reroute failed"),
         }
+    }
+
+    /// A QCLM's diagnosis of an interworking relay failure toward node `destination` (Y.3818
+    /// 9.1 procedure 3): sessions coordinated here whose keys go there are moved off their
+    /// crossing; for the peer's sessions ending there, the peer is told of a segment fault.
+    /// Returns what was decided.
+    pub async fn diagnose(self: Arc<Self>, destination: Option<&str>, detail: &str) -> String {
+        let Some(speaker) = self.speaker.as_ref() else {
+            return "not the domain's speaker".into();
+        };
+        let nodes = self
+            .agent()
+            .and_then(|a| a.local_control().map(|c| c.saes()))
+            .unwrap_or_default();
+        let mut rerouted = Vec::new();
+        let mut reported = Vec::new();
+        for session in speaker.sessions() {
+            match session.role {
+                Role::Origin if destination.is_none_or(|d| d == session.entry.node) => {
+                    let link = session.entry.link.clone();
+                    self.clone().reroute(session.id, detail).await;
+                    let moved = speaker
+                        .state()
+                        .sessions
+                        .get(&session.id)
+                        .is_some_and(|s| s.entry.link != link);
+                    rerouted.push(format!(
+                        "{} ({})",
+                        session.id,
+                        if moved { "moved" } else { "not moved" }
+                    ));
+                }
+                Role::Segment
+                    if destination
+                        .is_none_or(|d| nodes.get(&session.slave_sae).is_some_and(|n| n == d)) =>
+                {
+                    if let Some(client) = speaker.client_of(&session.peer_domain) {
+                        let report = StatusReport {
+                            version: CXI_VERSION,
+                            domain: self.domain.clone(),
+                            kind: StatusKind::SegmentFault,
+                            sessions: vec![session.id],
+                            detail: detail.to_owned(),
+                            topology: None,
+                        };
+                        if client.status(&report).await.is_ok() {
+                            reported.push(session.id.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        format!(
+            "rerouted: [{}]; segment faults reported to the coordinator: [{}]",
+            rerouted.join(", "),
+            reported.join(", ")
+        )
     }
 
     /// Follows the domain's Qx links: sessions coordinated here whose crossing went down are

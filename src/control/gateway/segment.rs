@@ -57,6 +57,7 @@ impl Gateway {
                 domain: from.to_owned(),
                 across: r.peer_gateway.clone(),
                 link: r.qx_link.clone(),
+                outbound: false,
             },
             hops,
         ))

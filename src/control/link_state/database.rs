@@ -140,15 +140,15 @@ impl Database {
     }
 
     /// Other QKDNs' SAEs advertised by gateway nodes: SAE -> (its node, its domain, the
-    /// gateways advertising it).
-    pub fn externals(&self) -> BTreeMap<String, (String, String, Vec<String>)> {
-        let mut out: BTreeMap<String, (String, String, Vec<String>)> = BTreeMap::new();
+    /// gateways advertising it with whether keys toward the node leave through them).
+    pub fn externals(&self) -> BTreeMap<String, (String, String, Vec<(String, bool)>)> {
+        let mut out: BTreeMap<String, (String, String, Vec<(String, bool)>)> = BTreeMap::new();
         for e in self.entries.values() {
             for x in &e.lsa.externals {
                 let entry = out
                     .entry(x.sae.clone())
                     .or_insert_with(|| (x.node.clone(), x.domain.clone(), Vec::new()));
-                entry.2.push(e.lsa.origin.clone());
+                entry.2.push((e.lsa.origin.clone(), x.outbound));
             }
         }
         out

@@ -361,20 +361,31 @@ impl LinkState {
         // another QKDN's SAE: through the nearest gateway advertising it (fewest hops, then
         // name); none when this node is one of them (its own interworking route applies)
         let mut foreign = BTreeMap::new();
-        for (sae, (node, domain, gateways)) in inner.db.externals() {
-            let gateway = if gateways.iter().any(|g| g == &self.own) {
+        for (sae, (node, domain, advertisers)) in inner.db.externals() {
+            // keys toward the node leave through an outbound advertiser; an SAE that only
+            // comes in (the peer's session) is known without a route
+            let outbound: Vec<&String> = advertisers
+                .iter()
+                .filter(|(_, out)| *out)
+                .map(|(g, _)| g)
+                .collect();
+            let candidates: Vec<&String> = match outbound.is_empty() {
+                true => advertisers.iter().map(|(g, _)| g).collect(),
+                false => outbound.clone(),
+            };
+            let gateway = if candidates.iter().any(|g| **g == self.own) {
                 Some(self.own.clone())
             } else {
-                gateways
+                candidates
                     .iter()
-                    .filter(|g| routes.contains_key(*g))
-                    .min_by_key(|g| (hops.get(*g).copied().unwrap_or(u32::MAX), (*g).clone()))
-                    .cloned()
+                    .filter(|g| routes.contains_key(**g))
+                    .min_by_key(|g| (hops.get(**g).copied().unwrap_or(u32::MAX), (**g).clone()))
+                    .map(|g| (*g).clone())
             };
             let Some(gateway) = gateway else {
                 continue;
             };
-            if gateway != self.own {
+            if gateway != self.own && !outbound.is_empty() {
                 if let Some(route) = routes.get(&gateway).cloned() {
                     routes.entry(node.clone()).or_insert(route);
                 }

@@ -56,6 +56,15 @@ pub struct External {
     /// The node (in `domain`) whose KM serves it: the relay's destination or origin.
     pub node: String,
     pub domain: String,
+    /// Whether keys toward `node` leave the domain through the advertising gateway (a
+    /// session this domain originates); otherwise keys of that SAE only come in there (the
+    /// peer's session) and no route toward `node` follows from it.
+    #[serde(default = "outbound_default")]
+    pub outbound: bool,
+}
+
+fn outbound_default() -> bool {
+    true
 }
 
 /// A QKD link as its end reports it.

@@ -29,6 +29,82 @@ pub fn router() -> Router<Arc<Agent>> {
             "/kma/v1/interworking/crossings/{session}",
             put(place).delete(unplace),
         )
+        .route("/api/v1/diagnoses", post(diagnosis))
+}
+
+/// A QCLM's diagnosis, as the controller's `POST /api/v1/diagnoses` takes it.
+#[derive(Debug, Deserialize)]
+struct Diagnosis {
+    source: String,
+    kind: String,
+    #[serde(default)]
+    relay_id: Option<Uuid>,
+    #[serde(default)]
+    destination: Option<String>,
+    #[serde(default)]
+    reported_by: Option<String>,
+    #[serde(default)]
+    reason: String,
+}
+
+/// The domain's manager (its QCLM, with a bearer token of the speaker's configuration) hands
+/// the speaker a diagnosis, as it would hand a controller one (Y.3818 9.1 procedure 3).
+async fn diagnosis(
+    State(agent): State<Arc<Agent>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(gateway) = agent.gateway().filter(|g| g.speaker.is_some()).cloned() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "this node is not the domain's speaker",
+        );
+    };
+    let tokens = &gateway
+        .speaker
+        .as_ref()
+        .expect("speaker")
+        .config
+        .bearer_tokens;
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let known = presented.is_some_and(|p| {
+        tokens
+            .iter()
+            .any(|t| subtle::ConstantTimeEq::ct_eq(t.as_bytes(), p.as_bytes()).into())
+    });
+    if !known {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "a manager's bearer token is required",
+        );
+    }
+    let d: Diagnosis = match parse(&body) {
+        Ok(d) => d,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if d.kind != "interworking-relay-failure" {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!("unknown diagnosis kind {}", d.kind),
+        );
+    }
+    let detail = format!("{} from {}", d.kind, d.source);
+    tracing::info!(source = %d.source, relay_id = ?d.relay_id, destination = ?d.destination, reported_by = ?d.reported_by, reason = %d.reason, "QCLM diagnosis");
+    // to completion even if the QCLM gives up waiting
+    let destination = d.destination.clone();
+    let decided =
+        tokio::spawn(async move { gateway.diagnose(destination.as_deref(), &detail).await }).await;
+    match decided {
+        Ok(decision) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "decision": decision })),
+        )
+            .into_response(),
+        Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
 }
 
 /// The calling KM of this domain, known to the link state.
