@@ -16,6 +16,16 @@
 //!    `sae-b1-2` -> `sae-a1-2` at B): the time of each creation (route agreed with the peer
 //!    and installed in both domains); both sessions are deleted after each round.
 //!
+//! A domain with distributed control (`distributed = true`: no controller; its *speaker*, a
+//! border node, speaks Cxi for it) is read through its speaker's admin view (`GET
+//! /admin/v1/interworking`, operator certificate) instead: its nodes' link-state databases
+//! must be complete before timing starts; a fault is timed from just before the link-down
+//! call until both sides hold the new crossing (A's origin session and B's segment on the same
+//! other Qx link, in the speaker's view or the controller's sessions, both polled every
+//! 10 ms), there is no controller measure of it, keys after it are retried (up to 20 s) while
+//! the nodes learn the crossing from the link state, and step 3 (a controller API for
+//! orchestrators) is skipped.
+//!
 //! Prints one JSON object on stdout; progress goes to stderr.
 
 use std::collections::HashSet;
@@ -31,7 +41,7 @@ use crate::etsi014::{self, KeyRequest};
 use crate::quantum::LinkState;
 use crate::testbed::endpoints::Endpoints;
 use crate::testbed::runner;
-use crate::testbed::topology::Topology;
+use crate::testbed::topology::{Domain, Topology};
 
 /// The master SAE, in domain A.
 const MASTER: &str = "sae-a1-1";
@@ -41,6 +51,8 @@ const SLAVE: &str = "sae-b1-1";
 const KEY_BITS: u32 = 256;
 /// Interval between two polls of the controllers' events.
 const POLL: Duration = Duration::from_millis(5);
+/// Interval between two polls of the sessions' crossings, with a distributed domain.
+const POLL_CROSSING: Duration = Duration::from_millis(10);
 /// Longest wait for an agreed route after a fault.
 const AGREE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a link comes back up, so that both controllers see it up before the next fault.
@@ -107,6 +119,8 @@ pub fn run(args: &InterworkingArgs) -> anyhow::Result<Report> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub testbed: String,
+    /// Each domain's control: `centralized` or `distributed`.
+    pub control: std::collections::BTreeMap<String, String>,
     pub requests: usize,
     pub keys_per_request: u32,
     /// The first `enc_keys`, which agrees the interworking route.
@@ -115,12 +129,21 @@ pub struct Report {
     /// `enc_keys` at the master's KME then `dec_keys` at the slave's.
     pub round_trip_ms: Stats,
     pub faults: usize,
-    /// From just before the link-down call to the agreed route listed by both controllers.
+    /// How [`Report::fault_to_agreed_ms`] is measured.
+    pub fault_measure: String,
+    /// From just before the link-down call to the agreed route listed by both controllers
+    /// (with a distributed domain: to the new crossing held by both sides).
     pub fault_to_agreed_ms: Stats,
-    /// Controller A's own measure of each reroute (`duration_ms` of its event).
+    /// Controller A's own measure of each reroute (`duration_ms` of its event; none when A
+    /// is distributed).
     pub controller_reroute_ms: Stats,
-    /// Round trips that failed right after a reroute.
+    /// Round trips that failed right after a reroute (with a distributed domain: that still
+    /// failed 20 s after it).
     pub delivery_failures_after_fault: usize,
+    /// With a distributed domain, round trips after a reroute retried while its nodes
+    /// learned the new crossing.
+    pub delivery_retries_after_fault: usize,
+    /// Rounds run (0 with a distributed domain: no controller API to create sessions at).
     pub opposite_rounds: usize,
     /// Each creation of a round of opposite-direction sessions created at once.
     pub opposite_setup_ms: Stats,
@@ -214,6 +237,138 @@ impl Controller {
     }
 }
 
+/// A distributed domain's speaker (a border node), read over its KMA's admin API.
+struct Speaker {
+    node: String,
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Speaker {
+    fn new(endpoints: &Endpoints, topology: &Topology, domain: &Domain) -> anyhow::Result<Self> {
+        let node = domain
+            .speaker(&topology.iwns)
+            .with_context(|| format!("distributed domain {} has no border node", domain.name))?
+            .name
+            .clone();
+        let kma = &endpoints.node(&node).context("the speaker's endpoint")?.kma;
+        let tls = endpoints.operator_tls_at(&node);
+        Ok(Self {
+            http: crate::tls::https_client(&tls, Duration::from_secs(10))?,
+            url: format!("{kma}/admin/v1/interworking"),
+            node,
+        })
+    }
+
+    /// The session between [`MASTER`] and [`SLAVE`] in which this domain plays `role`.
+    async fn session(&self, role: &str) -> anyhow::Result<Option<Value>> {
+        let response = self.http.get(&self.url).send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET {}: speaker {} answered {status}", self.url, self.node);
+        }
+        let view: Value = response.json().await?;
+        Ok((view["sessions"].as_array().into_iter().flatten())
+            .find(|s| s["role"] == role && s["master_sae"] == MASTER && s["slave_sae"] == SLAVE)
+            .cloned())
+    }
+}
+
+/// What answers for a domain's control plane: its controller, or (distributed) its speaker.
+enum Side {
+    Controller(Controller),
+    Speaker(Speaker),
+}
+
+impl Side {
+    fn new(endpoints: &Endpoints, topology: &Topology, domain: &Domain) -> anyhow::Result<Self> {
+        Ok(match domain.distributed {
+            true => Side::Speaker(Speaker::new(endpoints, topology, domain)?),
+            false => Side::Controller(Controller::new(endpoints, &domain.name)?),
+        })
+    }
+
+    fn controller(&self) -> Option<&Controller> {
+        match self {
+            Side::Controller(c) => Some(c),
+            Side::Speaker(_) => None,
+        }
+    }
+
+    /// The Qx link of the session between [`MASTER`] and [`SLAVE`] in which this domain
+    /// plays `role`, as its controller or speaker holds it.
+    async fn crossing(&self, role: &str) -> anyhow::Result<Option<String>> {
+        let text = |v: &Value| v.as_str().map(str::to_owned);
+        Ok(match self {
+            Side::Controller(c) => {
+                let sessions: Vec<Value> =
+                    serde_json::from_value(c.get("/api/v1/sessions").await?)?;
+                (sessions.iter())
+                    .find(|s| {
+                        s["interworking"]["role"] == role
+                            && s["master_sae"] == MASTER
+                            && s["slave_sae"] == SLAVE
+                    })
+                    .and_then(|s| text(&s["interworking"]["qx_link"]))
+            }
+            Side::Speaker(s) => (s.session(role).await?).and_then(|s| text(&s["entry"]["link"])),
+        })
+    }
+}
+
+/// A NETCONF subtree filter for a node's link-state database.
+const LSDB_FILTER: &str = "<qkd_node xmlns=\"urn:etsi:qkd:yang:etsi-qkd-node\"><key-manager xmlns=\"urn:qkdni:yang:qkdni-km\"><local-control><link-state-database/></local-control></key-manager></qkd_node>";
+
+/// Waits until every node of distributed `domain` holds an advertisement of every node.
+async fn wait_converged(endpoints: &Endpoints, domain: &Domain) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'retry: loop {
+        for node in &domain.nodes {
+            let nc = runner::netconf(endpoints, &node.name).await?;
+            let xml = nc.get(Some(LSDB_FILTER)).await;
+            let _ = nc.close().await;
+            let xml = xml.with_context(|| format!("{}: link-state database", node.name))?;
+            let doc = roxmltree::Document::parse(&xml)?;
+            let origins: HashSet<&str> = (doc.descendants())
+                .filter(|n| n.has_tag_name("advertisement"))
+                .filter_map(|n| n.children().find(|c| c.has_tag_name("origin"))?.text())
+                .collect();
+            if !domain
+                .nodes
+                .iter()
+                .all(|n| origins.contains(n.name.as_str()))
+            {
+                if Instant::now() > deadline {
+                    bail!(
+                        "{}: the link-state database of {} is incomplete after 60 s",
+                        domain.name,
+                        node.name
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue 'retry;
+            }
+        }
+        return Ok(());
+    }
+}
+
+/// Polls both sides every [`POLL_CROSSING`] until A's origin session and B's segment hold
+/// the same Qx link, other than `from`; returns the time since `started` (ms).
+async fn wait_crossing(a: &Side, b: &Side, from: &str, started: Instant) -> anyhow::Result<f64> {
+    loop {
+        let (x, y) = tokio::try_join!(a.crossing("origin"), b.crossing("segment"))?;
+        let now = started.elapsed();
+        if x.as_deref().is_some_and(|q| q != from) && x == y {
+            return Ok(ms(now));
+        }
+        if now > AGREE_TIMEOUT {
+            bail!("no new crossing held by both sides within {AGREE_TIMEOUT:?}: A {x:?}, B {y:?}");
+        }
+        tokio::time::sleep(POLL_CROSSING).await;
+    }
+}
+
 /// The two SAEs' ETSI 014 clients.
 struct Saes {
     master: etsi014::Client,
@@ -256,8 +411,22 @@ async fn measure(
             ..Default::default()
         },
     };
-    let a = Controller::new(endpoints, "A")?;
-    let b = Controller::new(endpoints, "B")?;
+    let (a_domain, b_domain) = (&topology.domains[0], &topology.domains[1]);
+    let (a, b) = (
+        Side::new(endpoints, topology, a_domain)?,
+        Side::new(endpoints, topology, b_domain)?,
+    );
+    let controllers = a.controller().zip(b.controller());
+    let control = (topology.domains.iter())
+        .map(|d| {
+            let kind = if d.distributed {
+                "distributed"
+            } else {
+                "centralized"
+            };
+            (d.name.clone(), kind.to_owned())
+        })
+        .collect();
     // every QKD link holds key before timing (the first route is not known yet)
     let blocks = (4 * args.keys as usize).clamp(64, 512);
     for link in topology
@@ -271,15 +440,28 @@ async fn measure(
             runner::wait_path_keys(endpoints, &hop, blocks, Duration::from_secs(60)).await?;
         }
     }
+    // ... and every node of a distributed domain knows all of it
+    for domain in topology.domains.iter().filter(|d| d.distributed) {
+        wait_converged(endpoints, domain).await?;
+    }
 
     // 1. key delivery
     let (first_request_ms, _) = saes.round_trip().await.context("first request")?;
-    let session = a.session("origin").await?;
-    eprintln!(
-        "first request: {first_request_ms:.1} ms (route agreed over Cxi: {} via {})",
-        route(&session).join(" -> "),
-        qx_of(&session)
-    );
+    match &a {
+        Side::Controller(a) => {
+            let session = a.session("origin").await?;
+            eprintln!(
+                "first request: {first_request_ms:.1} ms (route agreed over Cxi: {} via {})",
+                route(&session).join(" -> "),
+                qx_of(&session)
+            );
+        }
+        Side::Speaker(speaker) => eprintln!(
+            "first request: {first_request_ms:.1} ms (crossing agreed over Cxi by A's speaker {}: via {})",
+            speaker.node,
+            a.crossing("origin").await?.unwrap_or_else(|| "?".into())
+        ),
+    }
     let (mut enc, mut round_trip) = (Vec::new(), Vec::new());
     for i in 1..=args.requests {
         let (e, r) = saes
@@ -292,26 +474,95 @@ async fn measure(
     eprintln!("{} requests timed", args.requests);
 
     // 2. faults of the active Qx link
-    let (mut agreed, mut controller, mut failures) = (Vec::new(), Vec::new(), 0usize);
+    let fault_measure = match controllers {
+        Some(_) => format!(
+            "from just before the NETCONF link-down call until controller A lists a new reroute whose Cxi transaction controller B lists as interworking-commit (events of both polled every {} ms)",
+            POLL.as_millis()
+        ),
+        None => format!(
+            "from just before the NETCONF link-down call until A's origin session and B's segment both hold the other Qx link ({}; both polled every {} ms)",
+            [&a, &b]
+                .iter()
+                .zip(["A", "B"])
+                .map(|(side, d)| match side {
+                    Side::Controller(_) => format!("controller {d}'s sessions"),
+                    Side::Speaker(s) => format!("{d}'s speaker {} at GET /admin/v1/interworking", s.node),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            POLL_CROSSING.as_millis()
+        ),
+    };
+    let (mut agreed, mut controller, mut failures, mut retries) =
+        (Vec::new(), Vec::new(), 0usize, 0usize);
     for i in 1..=args.faults {
-        let origin = a.session("origin").await?;
-        let qx = topology
-            .border_fault(&qx_of(&origin), &route(&origin))
-            .with_context(|| format!("fault {i}: no link to cut on {}", qx_of(&origin)))?;
-        let seen: HashSet<String> = a.events().await?.iter().map(Value::to_string).collect();
-        let started = Instant::now();
-        let cut = async { Ok(runner::set_link_state(dir, &qx, LinkState::Down).await?) };
-        let ((), (elapsed, event)) = tokio::try_join!(cut, wait_agreed(&a, &b, &seen, started))
-            .with_context(|| format!("fault {i}: {qx} down"))?;
-        let duration = event["duration_ms"].as_f64().unwrap_or(f64::NAN);
+        let (qx, via, elapsed, duration, delivered, ready) = match controllers {
+            Some((a, b)) => {
+                let origin = a.session("origin").await?;
+                let qx = topology
+                    .border_fault(&qx_of(&origin), &route(&origin))
+                    .with_context(|| format!("fault {i}: no link to cut on {}", qx_of(&origin)))?;
+                let seen: HashSet<String> =
+                    a.events().await?.iter().map(Value::to_string).collect();
+                let started = Instant::now();
+                let cut = async { Ok(runner::set_link_state(dir, &qx, LinkState::Down).await?) };
+                let ((), (elapsed, event)) =
+                    tokio::try_join!(cut, wait_agreed(a, b, &seen, started))
+                        .with_context(|| format!("fault {i}: {qx} down"))?;
+                let duration = event["duration_ms"].as_f64().unwrap_or(f64::NAN);
+                controller.push(duration);
+                // keys still flow on the new route (A's part then B's segment), once its hops
+                // hold key
+                let session = a.session("origin").await?;
+                let mut path = route(&session);
+                path.extend(route(&b.session("segment").await?).into_iter().skip(1));
+                let ready =
+                    runner::wait_path_keys(endpoints, &path, 16, Duration::from_secs(20)).await;
+                let delivered = saes.round_trip().await;
+                (
+                    qx,
+                    qx_of(&session),
+                    elapsed,
+                    Some(duration),
+                    delivered,
+                    ready,
+                )
+            }
+            None => {
+                let from = a
+                    .crossing("origin")
+                    .await?
+                    .with_context(|| format!("fault {i}: no session in A"))?;
+                let qx = topology
+                    .border_fault(&from, &[])
+                    .with_context(|| format!("fault {i}: no link to cut on {from}"))?;
+                let started = Instant::now();
+                let cut = async { Ok(runner::set_link_state(dir, &qx, LinkState::Down).await?) };
+                let ((), elapsed) = tokio::try_join!(cut, wait_crossing(&a, &b, &from, started))
+                    .with_context(|| format!("fault {i}: {qx} down"))?;
+                // keys still flow over the new Qx link, once it holds key and the nodes
+                // route toward it (link state)
+                let via = a.crossing("origin").await?.unwrap_or_default();
+                let hop: Vec<String> = (topology.qx_links.iter())
+                    .find(|l| l.id == via)
+                    .map(|l| l.nodes.to_vec())
+                    .unwrap_or_default();
+                let ready =
+                    runner::wait_path_keys(endpoints, &hop, 16, Duration::from_secs(20)).await;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let delivered = loop {
+                    match saes.round_trip().await {
+                        Err(_) if Instant::now() < deadline => {
+                            retries += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        done => break done,
+                    }
+                };
+                (qx, via, elapsed, None, delivered, ready)
+            }
+        };
         agreed.push(elapsed);
-        controller.push(duration);
-        // keys still flow on the new route (A's part then B's segment), once its hops hold key
-        let session = a.session("origin").await?;
-        let mut path = route(&session);
-        path.extend(route(&b.session("segment").await?).into_iter().skip(1));
-        let ready = runner::wait_path_keys(endpoints, &path, 16, Duration::from_secs(20)).await;
-        let delivered = saes.round_trip().await;
         if let Err(error) = &delivered {
             eprintln!("fault {i}: no keys after the reroute: {error:#} (hops ready: {ready:?})");
         }
@@ -319,42 +570,50 @@ async fn measure(
         for node in ends_not_down(endpoints, &qx).await {
             eprintln!("fault {i}: {qx} is up again at {node} (its configuration was overwritten)");
         }
-        let (via, keys) = (
-            qx_of(&session),
-            if delivered.is_ok() { "ok" } else { "FAILED" },
-        );
-        eprintln!(
-            "fault {i}: {qx} down, via {via} in {elapsed:.1} ms (A: {duration:.1} ms), keys {keys}"
-        );
+        let keys = if delivered.is_ok() { "ok" } else { "FAILED" };
+        let by_a = duration.map_or(String::new(), |d| format!(" (A: {d:.1} ms)"));
+        eprintln!("fault {i}: {qx} down, via {via} in {elapsed:.1} ms{by_a}, keys {keys}");
         runner::set_link_state(dir, &qx, LinkState::Up).await?;
         tokio::time::sleep(SETTLE).await;
     }
 
     // 3. opposite-direction sessions created at the same moment
     let mut opposite = Vec::new();
-    for i in 1..=args.opposite {
-        let (x, y) = tokio::try_join!(
-            a.create("sae-a1-2", "sae-b1-2"),
-            b.create("sae-b1-2", "sae-a1-2")
-        )
-        .with_context(|| format!("opposite round {i}"))?;
-        opposite.extend([x.1, y.1]);
-        a.delete(&x.0).await?;
-        b.delete(&y.0).await?;
+    let rounds = if controllers.is_some() {
+        args.opposite
+    } else {
+        0
+    };
+    if let (Some((a, b)), true) = (controllers, rounds > 0) {
+        for i in 1..=rounds {
+            let (x, y) = tokio::try_join!(
+                a.create("sae-a1-2", "sae-b1-2"),
+                b.create("sae-b1-2", "sae-a1-2")
+            )
+            .with_context(|| format!("opposite round {i}"))?;
+            opposite.extend([x.1, y.1]);
+            a.delete(&x.0).await?;
+            b.delete(&y.0).await?;
+        }
+        eprintln!("{rounds} opposite-direction rounds timed");
+    } else if controllers.is_none() {
+        eprintln!("opposite-direction rounds skipped: a distributed domain has no controller API to create sessions at");
     }
-    eprintln!("{} opposite-direction rounds timed", args.opposite);
     Ok(Report {
         testbed: endpoints.name.clone(),
+        control,
         requests: args.requests,
         keys_per_request: args.keys,
         first_request_ms: round2(first_request_ms),
         enc_ms: Stats::of(&mut enc),
         round_trip_ms: Stats::of(&mut round_trip),
         faults: args.faults,
+        fault_measure,
         fault_to_agreed_ms: Stats::of(&mut agreed),
         controller_reroute_ms: Stats::of(&mut controller),
         delivery_failures_after_fault: failures,
-        opposite_rounds: args.opposite,
+        delivery_retries_after_fault: retries,
+        opposite_rounds: rounds,
         opposite_setup_ms: Stats::of(&mut opposite),
     })
 }

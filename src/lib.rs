@@ -14,6 +14,7 @@ pub mod bench_delivery;
 pub mod bench_flood;
 pub mod bench_idle;
 pub mod bench_interworking;
+pub mod bench_link_state;
 pub mod bench_on_demand;
 pub mod bench_routing;
 pub mod config_file;

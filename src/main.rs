@@ -87,8 +87,19 @@ enum Command {
     /// Benchmarks (`bench routing`: route policies on a random topology; prints JSON).
     Bench {
         #[command(subcommand)]
-        command: qkdni::bench_routing::BenchCommand,
+        command: BenchCommand,
     },
+}
+
+/// Benchmarks: those of [`qkdni::bench_routing::BenchCommand`] and the link-state one.
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The distributed control's link-state protocol on an in-memory domain: convergence
+    /// after link faults, flooding at rest, one flood over HTTPS; prints the figures (one
+    /// JSON object with `--json`).
+    LinkState(qkdni::bench_link_state::LinkStateArgs),
+    #[command(flatten)]
+    Other(qkdni::bench_routing::BenchCommand),
 }
 
 #[derive(clap::Args)]
@@ -259,7 +270,14 @@ fn main() -> anyhow::Result<()> {
             init_tracing(cli.log_format);
             testbed::demo::run(topology.as_deref(), dir.as_deref(), hold)?;
         }
-        Command::Bench { command } => qkdni::bench_routing::run(command)?,
+        Command::Bench {
+            command: BenchCommand::LinkState(args),
+        } => {
+            qkdni::bench_link_state::run(&args)?;
+        }
+        Command::Bench {
+            command: BenchCommand::Other(command),
+        } => qkdni::bench_routing::run(command)?,
     }
     Ok(())
 }

@@ -315,6 +315,24 @@ impl Controller {
     /// Cxi phase 1 at the receiving domain: compute and hold the segment, and vote.
     pub async fn cxi_prepare(&self, from: &str, request: PrepareRequest) -> Vote {
         let transaction = request.transaction;
+        // the segment starts at the entry gateway: read it now rather than vote on the last
+        // poll's view of it (a KM that just died would otherwise be agreed on)
+        if self.southbound.nodes().any(|n| n == &request.entry_gateway) {
+            let installs = self.view().installs;
+            let view = self
+                .southbound
+                .read(&request.entry_gateway)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = self
+                .send(Input::Polled {
+                    views: vec![(request.entry_gateway.clone(), view)],
+                    installs,
+                    started: Instant::now(),
+                    trigger: None,
+                })
+                .await;
+        }
         self.ask(|reply| Input::PeerPrepare {
             from: from.to_owned(),
             request,

@@ -31,7 +31,7 @@ pub fn run(topology: Option<&Path>, dir: Option<&Path>, hold: bool) -> anyhow::R
     );
     let result = runtime.block_on(async {
         let endpoints = runner::up(&topology, &dir, &exe).await?;
-        dashboards(&endpoints).await?;
+        dashboards(&topology, &endpoints).await?;
         if hold {
             wait_for_enter("== open a dashboard, then press Enter to start the scenario").await;
         } else {
@@ -51,9 +51,22 @@ pub fn run(topology: Option<&Path>, dir: Option<&Path>, hold: bool) -> anyhow::R
     result
 }
 
-/// Prints each controller's dashboard URL and a one-time login link for it.
-async fn dashboards(endpoints: &Endpoints) -> anyhow::Result<()> {
+/// Prints each controller's dashboard URL and a one-time login link for it; for a domain
+/// with distributed control (no controller, no dashboard), where its speaker shows what it
+/// agreed.
+async fn dashboards(topology: &Topology, endpoints: &Endpoints) -> anyhow::Result<()> {
     for (domain, d) in &endpoints.domains {
+        let speaker = topology
+            .domains
+            .iter()
+            .filter(|t| &t.name == domain)
+            .find_map(|t| t.speaker(&topology.iwns));
+        if let Some((speaker, node)) = speaker.and_then(|s| Some((s, d.nodes.get(&s.name)?))) {
+            println!(
+                "   QKDN {domain} has no controller (distributed control), so no dashboard: its speaker {} shows the sessions it agreed and the crossings on it at {}/admin/v1/interworking (operator certificate)",
+                speaker.name, node.kma
+            );
+        }
         let Some(c) = &d.controller else { continue };
         let orchestrator = Orchestrator {
             http: tls::https_client(&endpoints.operator_tls_at(&c.name), Duration::from_secs(30))?,

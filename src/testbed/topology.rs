@@ -164,7 +164,8 @@ impl Topology {
                     domain.name
                 ));
             }
-            let border = |n: &Node| n.gateway || self.iwns.iter().any(|i| i.nodes.contains(&n.name));
+            let border =
+                |n: &Node| n.gateway || self.iwns.iter().any(|i| i.nodes.contains(&n.name));
             let speakers: Vec<&Node> = domain.nodes.iter().filter(|n| n.speaker).collect();
             if speakers.len() > 1 || speakers.iter().any(|n| !domain.distributed || !border(n)) {
                 return invalid(format!(
@@ -271,12 +272,36 @@ impl Topology {
             return Some(border.to_owned());
         };
         let at = path.iter().position(|n| iwn.nodes.contains(n))?;
-        let before = path.get(at.checked_sub(1)?)?;
-        self.domains
-            .iter()
-            .flat_map(|d| &d.links)
-            .find(|l| l.nodes.contains(before) && l.nodes.contains(&path[at]))
-            .map(|l| l.id.clone())
+        let link = |a: &String, b: &String| {
+            self.domains
+                .iter()
+                .flat_map(|d| &d.links)
+                .find(|l| l.nodes.contains(a) && l.nodes.contains(b))
+                .map(|l| l.id.clone())
+        };
+        // the QKD link into KM-A, or out of KM-B when KM-A speaks Cxi for a distributed
+        // domain (cutting it would cut the domain's Cxi off: no speaker failover yet)
+        let speaks = |node: &String| {
+            self.domain_of(node)
+                .and_then(|d| d.speaker(&self.iwns))
+                .is_some_and(|s| &s.name == node)
+        };
+        let into = link(path.get(at.checked_sub(1)?)?, &path[at]);
+        let km_b = iwn.nodes.iter().find(|n| **n != path[at])?;
+        if !speaks(&path[at]) || speaks(km_b) {
+            return into;
+        }
+        // out of KM-B: toward the path's next node, or KM-B's first link
+        let out = match path.get(at + 2) {
+            Some(next) => link(km_b, next),
+            None => self
+                .domains
+                .iter()
+                .flat_map(|d| &d.links)
+                .find(|l| l.nodes.contains(km_b))
+                .map(|l| l.id.clone()),
+        };
+        out.or(into)
     }
 
     /// The domain of node `node`.

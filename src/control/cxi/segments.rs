@@ -96,6 +96,16 @@ impl Instance {
         if !link.up {
             return refuse(format!("Qx link {} is down here", link.id));
         }
+        if topology
+            .nodes
+            .get(&request.entry_gateway)
+            .is_some_and(|n| !n.reachable)
+        {
+            return refuse(format!(
+                "border node {} does not answer",
+                request.entry_gateway
+            ));
+        }
         let Some(dst) = topology.saes.get(&request.slave_sae).cloned() else {
             return refuse(format!("unknown SAE {}", request.slave_sae));
         };

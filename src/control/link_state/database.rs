@@ -31,6 +31,10 @@ pub enum Verdict {
     Expired,
 }
 
+/// Another QKDN's SAE as advertised: its node, its domain, and the gateways advertising it
+/// with whether keys toward the node leave through them.
+pub type ExternalReach = (String, String, Vec<(String, bool)>);
+
 /// The newest advertisement of every node.
 #[derive(Debug, Default, Clone)]
 pub struct Database {
@@ -141,8 +145,8 @@ impl Database {
 
     /// Other QKDNs' SAEs advertised by gateway nodes: SAE -> (its node, its domain, the
     /// gateways advertising it with whether keys toward the node leave through them).
-    pub fn externals(&self) -> BTreeMap<String, (String, String, Vec<(String, bool)>)> {
-        let mut out: BTreeMap<String, (String, String, Vec<(String, bool)>)> = BTreeMap::new();
+    pub fn externals(&self) -> BTreeMap<String, ExternalReach> {
+        let mut out: BTreeMap<String, ExternalReach> = BTreeMap::new();
         for e in self.entries.values() {
             for x in &e.lsa.externals {
                 let entry = out

@@ -18,4 +18,6 @@ pub use engine::{LinkState, Local, Stats, Transport};
 pub use lsa::{Flood, Lsa, LsaLink};
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
