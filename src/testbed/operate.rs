@@ -120,20 +120,7 @@ pub async fn link_reports(
     endpoints: &Endpoints,
     node: &str,
 ) -> Result<Vec<crate::km::kma::LinkReport>, TestbedError> {
-    let entry = endpoints.node(node).ok_or_else(|| TestbedError::Unknown {
-        kind: "node",
-        name: node.into(),
-    })?;
-    let client = tls::https_client(&endpoints.operator_tls_at(node), Duration::from_secs(5))?;
-    let response = client
-        .get(format!("{}/admin/v1/links", entry.kma))
-        .send()
-        .await
-        .map_err(|e| TestbedError::Operation(format!("node {node}: {e}")))?;
-    response
-        .json()
-        .await
-        .map_err(|e| TestbedError::Operation(format!("node {node}: {e}")))
+    admin_get(endpoints, node, "links").await
 }
 
 /// The interworking view of gateway node `node` of a distributed QKDN (crossings placed on
@@ -142,20 +129,27 @@ pub async fn interworking_report(
     endpoints: &Endpoints,
     node: &str,
 ) -> Result<serde_json::Value, TestbedError> {
+    admin_get(endpoints, node, "interworking").await
+}
+
+/// `GET /admin/v1/{what}` of `node`'s KMA as the operator.
+async fn admin_get<T: serde::de::DeserializeOwned>(
+    endpoints: &Endpoints,
+    node: &str,
+    what: &str,
+) -> Result<T, TestbedError> {
     let entry = endpoints.node(node).ok_or_else(|| TestbedError::Unknown {
         kind: "node",
         name: node.into(),
     })?;
     let client = tls::https_client(&endpoints.operator_tls_at(node), Duration::from_secs(5))?;
+    let failed = |e: reqwest::Error| TestbedError::Operation(format!("node {node}: {e}"));
     let response = client
-        .get(format!("{}/admin/v1/interworking", entry.kma))
+        .get(format!("{}/admin/v1/{what}", entry.kma))
         .send()
         .await
-        .map_err(|e| TestbedError::Operation(format!("node {node}: {e}")))?;
-    response
-        .json()
-        .await
-        .map_err(|e| TestbedError::Operation(format!("node {node}: {e}")))
+        .map_err(failed)?;
+    response.json().await.map_err(failed)
 }
 
 /// Waits until every hop of `path` (a list of adjacent nodes) holds at least `blocks` blocks

@@ -122,7 +122,9 @@ pub struct Speaker {
     pub config: SpeakerConfig,
     peers: Vec<CxiClient>,
     state: Mutex<SpeakerState>,
-    /// Serializes agreements (one transaction at a time per speaker).
+    /// Serializes the agreements this speaker coordinates (one transaction at a time). The
+    /// peer's commits and aborts never wait on it: two speakers coordinating at once would
+    /// otherwise each hold its own while waiting for the other's commit.
     agreeing: tokio::sync::Mutex<()>,
 }
 

@@ -65,13 +65,26 @@ impl Gateway {
             .sessions
             .values()
             .find(|s| s.role == Role::Origin && s.master_sae == master && s.slave_sae == slave)
-            .map(|s| s.id);
-        let id = existing.unwrap_or_else(Uuid::new_v4);
-        if existing.is_some() {
-            return Ok(());
+            .cloned();
+        match existing {
+            // agreed already: a node asks again when the crossing left its link state (the
+            // border KM restarted and forgot it): placed again, the same
+            Some(session) => {
+                self.install(&session.gateway, session.id, Some(&session.entry))
+                    .await
+            }
+            None => {
+                self.agree(
+                    Uuid::new_v4(),
+                    origin_km,
+                    master,
+                    slave,
+                    None,
+                    "new session",
+                )
+                .await
+            }
         }
-        self.agree(id, origin_km, master, slave, None, "new session")
-            .await
     }
 
     /// One agreement for session `id`: candidates over the domain's up Qx links, except
@@ -273,18 +286,9 @@ impl Gateway {
                     if destination
                         .is_none_or(|d| nodes.get(&session.slave_sae).is_some_and(|n| n == d)) =>
                 {
-                    if let Some(client) = speaker.client_of(&session.peer_domain) {
-                        let report = StatusReport {
-                            version: CXI_VERSION,
-                            domain: self.domain.clone(),
-                            kind: StatusKind::SegmentFault,
-                            sessions: vec![session.id],
-                            detail: detail.to_owned(),
-                            topology: None,
-                        };
-                        if client.status(&report).await.is_ok() {
-                            reported.push(session.id.to_string());
-                        }
+                    let taken = self.report_segment_fault(&session, detail).await;
+                    if taken {
+                        reported.push(session.id.to_string());
                     }
                 }
                 _ => {}
@@ -295,6 +299,33 @@ impl Gateway {
             rerouted.join(", "),
             reported.join(", ")
         )
+    }
+
+    /// Tells the coordinator of the peer's session `session` that its segment here failed
+    /// (it reroutes); whether it took the report.
+    async fn report_segment_fault(&self, session: &GatewaySession, detail: &str) -> bool {
+        let Some(client) = self
+            .speaker
+            .as_ref()
+            .and_then(|s| s.client_of(&session.peer_domain))
+        else {
+            return false;
+        };
+        let report = StatusReport {
+            version: CXI_VERSION,
+            domain: self.domain.clone(),
+            kind: StatusKind::SegmentFault,
+            sessions: vec![session.id],
+            detail: detail.to_owned(),
+            topology: None,
+        };
+        match client.status(&report).await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(%error, "segment fault not reported");
+                false
+            }
+        }
     }
 
     /// Follows the domain's Qx links: sessions coordinated here whose crossing went down are
@@ -325,19 +356,8 @@ impl Gateway {
                 match session.role {
                     Role::Origin => self.clone().reroute(session.id, "Qx link down").await,
                     Role::Segment if reported.insert(session.transaction) => {
-                        if let Some(client) = speaker.client_of(&session.peer_domain) {
-                            let report = StatusReport {
-                                version: CXI_VERSION,
-                                domain: self.domain.clone(),
-                                kind: StatusKind::SegmentFault,
-                                sessions: vec![session.id],
-                                detail: format!("Qx link {} down", session.entry.link),
-                                topology: None,
-                            };
-                            if let Err(error) = client.status(&report).await {
-                                tracing::warn!(%error, "segment fault not reported");
-                            }
-                        }
+                        let detail = format!("Qx link {} down", session.entry.link);
+                        self.report_segment_fault(&session, &detail).await;
                     }
                     Role::Segment => {}
                 }

@@ -67,7 +67,6 @@ impl Gateway {
         let Some(speaker) = self.speaker.as_ref() else {
             return aborted(id, Some("not the domain's speaker".into()));
         };
-        let _agreeing = speaker.agreeing.lock().await;
         let prepared = {
             let mut state = speaker.state();
             match state.prepared.remove(&id) {
@@ -124,7 +123,6 @@ impl Gateway {
         let Some(speaker) = self.speaker.as_ref() else {
             return aborted(id, None);
         };
-        let _agreeing = speaker.agreeing.lock().await;
         let undo = {
             let mut state = speaker.state();
             state.prepared.retain(|t, p| !(t == &id && p.from == from));
