@@ -271,7 +271,26 @@ impl Topology {
         let Some(iwn) = self.iwns.iter().find(|i| i.transfer_link() == border) else {
             return Some(border.to_owned());
         };
-        let at = path.iter().position(|n| iwn.nodes.contains(n))?;
+        let first_link = |km: &String| {
+            self.domains
+                .iter()
+                .flat_map(|d| &d.links)
+                .find(|l| l.nodes.contains(km))
+                .map(|l| l.id.clone())
+        };
+        let speaks = |node: &String| {
+            self.domain_of(node)
+                .and_then(|d| d.speaker(&self.iwns))
+                .is_some_and(|s| &s.name == node)
+        };
+        let Some(at) = path.iter().position(|n| iwn.nodes.contains(n)) else {
+            // no route known (a distributed side): KM-A's link, or KM-B's when KM-A speaks
+            let (km_a, km_b) = (&iwn.nodes[0], &iwn.nodes[1]);
+            return match speaks(km_a) && !speaks(km_b) {
+                true => first_link(km_b),
+                false => first_link(km_a),
+            };
+        };
         let link = |a: &String, b: &String| {
             self.domains
                 .iter()
@@ -281,11 +300,6 @@ impl Topology {
         };
         // the QKD link into KM-A, or out of KM-B when KM-A speaks Cxi for a distributed
         // domain (cutting it would cut the domain's Cxi off: no speaker failover yet)
-        let speaks = |node: &String| {
-            self.domain_of(node)
-                .and_then(|d| d.speaker(&self.iwns))
-                .is_some_and(|s| &s.name == node)
-        };
         let into = link(path.get(at.checked_sub(1)?)?, &path[at]);
         let km_b = iwn.nodes.iter().find(|n| **n != path[at])?;
         if !speaks(&path[at]) || speaks(km_b) {
@@ -294,12 +308,7 @@ impl Topology {
         // out of KM-B: toward the path's next node, or KM-B's first link
         let out = match path.get(at + 2) {
             Some(next) => link(km_b, next),
-            None => self
-                .domains
-                .iter()
-                .flat_map(|d| &d.links)
-                .find(|l| l.nodes.contains(km_b))
-                .map(|l| l.id.clone()),
+            None => first_link(km_b),
         };
         out.or(into)
     }
