@@ -205,42 +205,63 @@ impl LinkState {
     /// node holds newer (or, for a database exchange, also those `from` lacks). What is new
     /// here is flooded on to the other neighbours.
     pub fn receive(self: &Arc<Self>, from: &str, flood: Flood) -> Flood {
+        let sent: BTreeSet<String> = flood.lsas.iter().map(|l| l.origin.clone()).collect();
+        let exchange = flood.exchange;
+        let mut answer = self.install(from, flood.lsas, |inner| {
+            inner.stats.floods_received += 1;
+        });
+        if exchange {
+            let mut inner = self.lock();
+            answer.extend(
+                inner
+                    .db
+                    .entries()
+                    .filter(|e| !sent.contains(&e.lsa.origin))
+                    .map(|e| e.lsa.clone()),
+            );
+            // the neighbour has our database now: no exchange due with it
+            if let Some(due) = inner.neighbours.get_mut(from) {
+                *due = false;
+            }
+        }
+        Flood {
+            lsas: answer,
+            exchange: false,
+        }
+    }
+
+    /// Installs what neighbour `from` sent (a flood, or the answer to one of ours): the new
+    /// ones are flooded on to the other neighbours and the routes recomputed; an own
+    /// advertisement newer than the one held (from before a restart) makes this node
+    /// originate past it. Returns the newer copies held here of what `from` sent.
+    fn install(
+        self: &Arc<Self>,
+        from: &str,
+        lsas: Vec<Lsa>,
+        count: impl FnOnce(&mut Inner),
+    ) -> Vec<Lsa> {
         let now = now_ms();
-        let mut answer = Vec::new();
+        let mut newer = Vec::new();
         let mut onward = Vec::new();
         let mut own_stale = false;
         {
             let mut inner = self.lock();
-            inner.stats.floods_received += 1;
-            let sent: BTreeSet<String> = flood.lsas.iter().map(|l| l.origin.clone()).collect();
-            for lsa in flood.lsas {
+            count(&mut inner);
+            for lsa in lsas {
                 if lsa.origin == self.own {
-                    // an advertisement of ours from before a restart, newer than the one
-                    // held: originate past it
                     let held = inner.db.get(&self.own).map_or(0, |e| e.lsa.seq);
                     if lsa.seq > held {
                         inner.last_seq = inner.last_seq.max(lsa.seq);
                         own_stale = true;
                     } else if lsa.seq < held {
-                        answer.extend(inner.db.get(&self.own).map(|e| e.lsa.clone()));
+                        newer.extend(inner.db.get(&self.own).map(|e| e.lsa.clone()));
                     }
                     continue;
                 }
                 match inner.db.consider(lsa.clone(), Some(from), now) {
                     Verdict::Installed => onward.push(lsa),
-                    Verdict::Older(newer) => answer.push(*newer),
+                    Verdict::Older(held) => newer.push(*held),
                     Verdict::Known | Verdict::Expired => {}
-                }
-            }
-            if flood.exchange {
-                for entry in inner.db.entries() {
-                    if !sent.contains(&entry.lsa.origin) {
-                        answer.push(entry.lsa.clone());
-                    }
-                }
-                // the neighbour has our database now: no exchange due with it
-                if let Some(due) = inner.neighbours.get_mut(from) {
-                    *due = false;
                 }
             }
             if !onward.is_empty() {
@@ -253,10 +274,7 @@ impl LinkState {
             }
         }
         self.flood_onward(Some(from), onward);
-        Flood {
-            lsas: answer,
-            exchange: false,
-        }
+        newer
     }
 
     fn force_originate(self: &Arc<Self>, local: Local) {
@@ -298,14 +316,15 @@ impl LinkState {
             inner.stats.floods_sent += 1;
             inner.stats.bytes_sent += bytes;
         }
-        let exchange = flood.exchange;
         let sending = self.transport.send(&to, flood);
         let this = self.clone();
         tokio::spawn(async move {
             match sending.await {
                 Ok(answer) => {
                     if !answer.lsas.is_empty() {
-                        this.take_answer(&to, answer.lsas);
+                        // what the neighbour holds newer; its own newer copies are not
+                        // answered back (it has them)
+                        this.install(&to, answer.lsas, |_| {});
                     }
                 }
                 Err(error) => {
@@ -316,42 +335,9 @@ impl LinkState {
                     if let Some(due) = inner.neighbours.get_mut(&to) {
                         *due = true;
                     }
-                    let _ = exchange;
                 }
             }
         });
-    }
-
-    /// Installs what a neighbour answered with and floods the new ones on.
-    fn take_answer(self: &Arc<Self>, from: &str, lsas: Vec<Lsa>) {
-        let now = now_ms();
-        let mut onward = Vec::new();
-        let mut own_stale = false;
-        {
-            let mut inner = self.lock();
-            for lsa in lsas {
-                if lsa.origin == self.own {
-                    let held = inner.db.get(&self.own).map_or(0, |e| e.lsa.seq);
-                    if lsa.seq > held {
-                        inner.last_seq = inner.last_seq.max(lsa.seq);
-                        own_stale = true;
-                    }
-                    continue;
-                }
-                if inner.db.consider(lsa.clone(), Some(from), now) == Verdict::Installed {
-                    onward.push(lsa);
-                }
-            }
-            if !onward.is_empty() {
-                self.recompute(&mut inner);
-            }
-        }
-        if own_stale {
-            if let Some(local) = self.lock().local.clone() {
-                self.force_originate(local);
-            }
-        }
-        self.flood_onward(Some(from), onward);
     }
 
     fn recompute(&self, inner: &mut Inner) {
