@@ -59,13 +59,38 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::main]
-async fn main() {
-    let dir = std::env::temp_dir().join(format!("qkdni-bench-{}", std::process::id()));
-    let topology_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/bench-line.toml");
-    let topology = Topology::parse(&std::fs::read_to_string(topology_path).unwrap()).unwrap();
+/// What one configuration of the testbed gives.
+struct Figures {
+    local_keys: f64,
+    local_reqs: f64,
+    adjacent_keys: f64,
+    adjacent_reqs: f64,
+    single_keys: f64,
+    latency_ms: Vec<(f64, f64)>,
+    per_hop: f64,
+}
+
+/// The security functions a run switches off (Y.3818 clause 10: audit log, at-rest
+/// encryption, signed interworking messages), as `testbed/bench-line.toml` sections.
+const VARIANTS: [(&str, &str); 5] = [
+    ("all on (default)", ""),
+    ("at-rest encryption off", "[km_key_store]\nencrypt = false\n"),
+    ("audit log off", "[audit]\nenabled = false\n"),
+    ("signing off", "[nonrepudiation]\nsign = false\n"),
+    (
+        "all off",
+        "[km_key_store]\nencrypt = false\n[audit]\nenabled = false\n[nonrepudiation]\nsign = false\n",
+    ),
+];
+
+async fn measure(topology: &Topology, window: Duration) -> Figures {
+    let dir = std::env::temp_dir().join(format!(
+        "qkdni-bench-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
     let exe = Path::new(env!("CARGO_BIN_EXE_qkdni"));
-    let endpoints = runner::up(&topology, &dir, exe).await.expect("testbed up");
+    let endpoints = runner::up(topology, &dir, exe).await.expect("testbed up");
     let path: Vec<String> = ["b1", "b2", "b3", "b4", "b5"]
         .iter()
         .map(|s| s.to_string())
@@ -74,7 +99,6 @@ async fn main() {
         .await
         .expect("pools");
 
-    let window = Duration::from_secs(4);
     let (local_keys, local_reqs) = throughput(&endpoints, "sae-b1-2", 128, 4, window).await;
     let (adjacent_keys, adjacent_reqs) = throughput(&endpoints, "sae-b2-1", 128, 4, window).await;
     let (single_keys, _) = throughput(&endpoints, "sae-b2-1", 1, 4, window).await;
@@ -113,24 +137,86 @@ async fn main() {
 
     runner::down(&dir).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-
-    println!("ETSI 014 enc_keys, 256-bit keys, mTLS, 4 concurrent SAE connections:");
-    println!("  master and slave on the same KM, 128 keys/request: {local_keys:.0} keys/s ({local_reqs:.0} requests/s)");
-    println!("  slave on the adjacent KM,       128 keys/request: {adjacent_keys:.0} keys/s ({adjacent_reqs:.0} requests/s)");
-    println!("  slave on the adjacent KM,         1 key/request:  {single_keys:.0} keys/s");
-    println!("Key relay latency (one key, median of 60):");
-    for (hops, ms) in &latency_ms {
-        println!("  {hops} hop(s): {ms:.2} ms");
+    Figures {
+        local_keys,
+        local_reqs,
+        adjacent_keys,
+        adjacent_reqs,
+        single_keys,
+        latency_ms,
+        per_hop,
     }
-    println!("  per hop (least-squares slope): {per_hop:.2} ms");
+}
+
+/// `cargo bench --bench km [-- --variants]`: the figures with every security function on;
+/// with `--variants`, again with each of them off in turn and all off (same machine, same
+/// run), with the ratio of each to the run with all of them off.
+#[tokio::main]
+async fn main() {
+    let topology_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/bench-line.toml");
+    let text = std::fs::read_to_string(topology_path).unwrap();
+    let variants = std::env::args().any(|a| a == "--variants");
+    let window = Duration::from_secs(4);
+    let mut runs = Vec::new();
+    for (name, extra) in VARIANTS
+        .iter()
+        .take(if variants { VARIANTS.len() } else { 1 })
+    {
+        let topology = Topology::parse(&format!("{text}\n{extra}")).unwrap();
+        eprintln!("running: {name}");
+        let figures = measure(&topology, window).await;
+        print_figures(name, &figures);
+        runs.push((*name, figures));
+    }
+    if variants {
+        let base = &runs.last().unwrap().1;
+        println!("Ratio to all off (enc_keys keys/s higher is better; latency lower is better):");
+        for (name, f) in &runs {
+            println!(
+                "  {name:24} local {:.3}  adjacent {:.3}  1 key/req {:.3}  relay latency per hop {:.3}  4-hop latency {:.3}",
+                f.local_keys / base.local_keys,
+                f.adjacent_keys / base.adjacent_keys,
+                f.single_keys / base.single_keys,
+                f.per_hop / base.per_hop,
+                f.latency_ms[3].1 / base.latency_ms[3].1,
+            );
+        }
+    }
     println!(
         "{}",
-        serde_json::json!({
-            "enc_keys_local_keys_per_s": local_keys,
-            "enc_keys_adjacent_keys_per_s": adjacent_keys,
-            "enc_keys_adjacent_single_keys_per_s": single_keys,
-            "relay_latency_ms": latency_ms.iter().map(|(h, ms)| serde_json::json!({"hops": h, "median_ms": ms})).collect::<Vec<_>>(),
-            "relay_ms_per_hop": per_hop,
-        })
+        serde_json::Value::Array(
+            runs.iter()
+                .map(|(name, f)| serde_json::json!({
+                    "variant": name,
+                    "enc_keys_local_keys_per_s": f.local_keys,
+                    "enc_keys_adjacent_keys_per_s": f.adjacent_keys,
+                    "enc_keys_adjacent_single_keys_per_s": f.single_keys,
+                    "relay_latency_ms": f.latency_ms.iter().map(|(h, ms)| serde_json::json!({"hops": h, "median_ms": ms})).collect::<Vec<_>>(),
+                    "relay_ms_per_hop": f.per_hop,
+                }))
+                .collect()
+        )
     );
+}
+
+fn print_figures(name: &str, f: &Figures) {
+    println!("== {name}");
+    println!("ETSI 014 enc_keys, 256-bit keys, mTLS, 4 concurrent SAE connections:");
+    println!(
+        "  master and slave on the same KM, 128 keys/request: {:.0} keys/s ({:.0} requests/s)",
+        f.local_keys, f.local_reqs
+    );
+    println!(
+        "  slave on the adjacent KM,       128 keys/request: {:.0} keys/s ({:.0} requests/s)",
+        f.adjacent_keys, f.adjacent_reqs
+    );
+    println!(
+        "  slave on the adjacent KM,         1 key/request:  {:.0} keys/s",
+        f.single_keys
+    );
+    println!("Key relay latency (one key, median of 60):");
+    for (hops, ms) in &f.latency_ms {
+        println!("  {hops} hop(s): {ms:.2} ms");
+    }
+    println!("  per hop (least-squares slope): {:.2} ms", f.per_hop);
 }

@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::conn_limit::{Admission, ConnectionLimits};
+use crate::refusals::{Point, Refusals, Source};
 use crate::tls::{Issuers, PeerIdentity};
 
 /// Limits of one HTTPS listener.
@@ -155,6 +156,41 @@ impl ErrorStyle {
     }
 }
 
+/// Where a listener records its refusals (failed handshakes and refusing answers) and its
+/// handshakes' key exchange groups.
+#[derive(Clone)]
+pub struct Watch {
+    /// The daemon's refusals.
+    pub refusals: Arc<Refusals>,
+    /// The reference point of a request's path (and of handshakes: the path `""`).
+    pub point: fn(&str) -> Point,
+}
+
+impl Watch {
+    /// A listener serving one reference point.
+    pub fn of(refusals: Arc<Refusals>, point: Point) -> Self {
+        let point: fn(&str) -> Point = match point {
+            Point::Etsi014 => |_| Point::Etsi014,
+            Point::Kma => |_| Point::Kma,
+            Point::Kxi => |_| Point::Kxi,
+            Point::Cxi => |_| Point::Cxi,
+            Point::Mxi => |_| Point::Mxi,
+            Point::Rest => |_| Point::Rest,
+            Point::Netconf => |_| Point::Netconf,
+            Point::LocalControl => |_| Point::LocalControl,
+        };
+        Self { refusals, point }
+    }
+
+    /// A KM's KMA listener: KMA, and Kxi on the ETSI GS QKD 020 and Kxi-2 paths.
+    pub fn kma(refusals: Arc<Refusals>) -> Self {
+        Self {
+            refusals,
+            point: Point::of_kma_path,
+        }
+    }
+}
+
 /// Serves `router` over HTTPS on `listener` until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
@@ -163,6 +199,19 @@ pub async fn serve(
     router: Router,
     limits: HttpLimits,
     style: ErrorStyle,
+) {
+    serve_watched(listener, config, issuers, router, limits, style, None).await
+}
+
+/// [`serve`], recording refusals and handshakes in `watch`.
+pub async fn serve_watched(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    issuers: Issuers,
+    router: Router,
+    limits: HttpLimits,
+    style: ErrorStyle,
+    watch: Option<Watch>,
 ) {
     let acceptor = TlsAcceptor::from(config);
     let admission = Admission::new("https", limits.connections);
@@ -185,13 +234,18 @@ pub async fn serve(
         let router = router.clone();
         let issuers = issuers.clone();
         let limits = limits.clone();
+        let watch = watch.clone();
         tokio::spawn(async move {
-            serve_connection(acceptor, tcp, remote, issuers, router, &limits, style).await;
+            serve_connection(
+                acceptor, tcp, remote, issuers, router, &limits, style, watch,
+            )
+            .await;
             drop(admitted);
         });
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     acceptor: TlsAcceptor,
     tcp: tokio::net::TcpStream,
@@ -200,6 +254,7 @@ async fn serve_connection(
     router: Router,
     limits: &Arc<HttpLimits>,
     style: ErrorStyle,
+    watch: Option<Watch>,
 ) {
     let handshake = tokio::time::timeout(
         Duration::from_millis(limits.handshake_timeout_ms),
@@ -210,19 +265,44 @@ async fn serve_connection(
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             tracing::debug!(%remote, %error, "TLS handshake failed");
+            if let Some(watch) = &watch {
+                let reason = crate::refusals::tls_reason(&error);
+                // a probe that connects and closes is no refusal
+                if reason != "tls-closed" {
+                    watch.refusals.record(
+                        (watch.point)(""),
+                        &reason,
+                        Source::new(remote.ip(), None),
+                        &error.to_string(),
+                    );
+                }
+            }
             return;
         }
         Err(_) => {
             tracing::debug!(%remote, "TLS handshake timed out");
+            if let Some(watch) = &watch {
+                watch.refusals.record(
+                    (watch.point)(""),
+                    "tls-timeout",
+                    Source::new(remote.ip(), None),
+                    "no TLS handshake within the handshake timeout",
+                );
+            }
             return;
         }
     };
+    let connection = tls.get_ref().1;
+    let group = crate::tls::group_name(connection.negotiated_key_exchange_group());
     let identity = PeerIdentity(
-        tls.get_ref()
-            .1
+        connection
             .peer_certificates()
             .and_then(|chain| issuers.identity(chain)),
     );
+    tracing::debug!(%remote, group, peer = identity.0.as_deref().unwrap_or("-"), version = ?connection.protocol_version(), "TLS handshake");
+    if let Some(watch) = &watch {
+        watch.refusals.handshake((watch.point)(""), &group);
+    }
     let request_limits = limits.clone();
     let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(identity.clone());
@@ -231,10 +311,22 @@ async fn serve_connection(
             .insert(axum::extract::ConnectInfo(remote));
         let router = router.clone();
         let limits = request_limits.clone();
+        let watch = watch.clone();
+        let identity = identity.clone();
         async move {
-            match bounded(request, &limits, style).await {
-                Ok(request) => router.oneshot(request).await,
-                Err(refusal) => Ok(refusal),
+            let path = request.uri().path().to_owned();
+            let response = match bounded(request, &limits, style).await {
+                Ok(request) => router.oneshot(request).await?,
+                Err(refusal) => refusal,
+            };
+            match watch {
+                Some(watch) if crate::refusals::is_refusal(response.status().as_u16()) => {
+                    let point = (watch.point)(&path);
+                    Ok::<_, std::convert::Infallible>(
+                        record_refusal(&watch.refusals, point, remote, identity, response).await,
+                    )
+                }
+                _ => Ok(response),
             }
         }
     });
@@ -251,6 +343,30 @@ async fn serve_connection(
     if let Err(error) = result {
         tracing::debug!(%remote, %error, "connection ended with error");
     }
+}
+
+/// Records a refusing `response` (its reason read from its body) and returns it unchanged.
+async fn record_refusal(
+    refusals: &Refusals,
+    point: Point,
+    remote: SocketAddr,
+    identity: PeerIdentity,
+    response: Response,
+) -> Response {
+    let (parts, body) = response.into_parts();
+    // refusals are small JSON bodies; a larger one is passed on whole, its reason unread
+    let bytes = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(bytes) => bytes,
+        Err(_) => axum::body::Bytes::new(),
+    };
+    let (reason, detail) = crate::refusals::http_reason(parts.status.as_u16(), &bytes);
+    refusals.record(
+        point,
+        &reason,
+        Source::new(remote.ip(), identity.0),
+        &detail,
+    );
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// The request with its body read whole, or the answer refusing it.
@@ -352,13 +468,26 @@ pub async fn serve_https_with(
     router: Router,
     limits: HttpLimits,
 ) {
-    serve(
+    serve_https_watched(listener, config, issuers, router, limits, None).await
+}
+
+/// [`serve_https_with`], recording refusals and handshakes in `watch`.
+pub async fn serve_https_watched(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    issuers: Issuers,
+    router: Router,
+    limits: HttpLimits,
+    watch: Option<Watch>,
+) {
+    serve_watched(
         listener,
         config,
         issuers,
         router,
         limits,
         ErrorStyle::Problem,
+        watch,
     )
     .await
 }

@@ -9,6 +9,7 @@
 //! and the interface modules they share: [`etsi014`] (key delivery API data formats),
 //! [`tls`] (mutual TLS for every reference point) and [`pki`] (certificates for testbeds).
 
+pub mod audit;
 pub mod bench_chaos;
 pub mod bench_delivery;
 pub mod bench_flood;
@@ -29,10 +30,12 @@ pub mod management;
 pub mod metrics;
 pub mod model;
 pub mod netconf;
+pub mod nonrepudiation;
 pub mod pki;
 pub mod problem;
 pub mod quantum;
 pub mod readiness;
+pub mod refusals;
 pub mod testbed;
 pub mod tls;
 pub mod yang;

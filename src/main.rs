@@ -84,6 +84,12 @@ enum Command {
         #[arg(long)]
         hold: bool,
     },
+    /// A daemon's audit log: `show` its records, `verify` its hash chain (exit status 1
+    /// when broken).
+    Audit {
+        #[command(subcommand)]
+        command: qkdni::audit::cli::AuditCommand,
+    },
     /// Benchmarks (`bench routing`: route policies on a random topology; prints JSON).
     Bench {
         #[command(subcommand)]
@@ -225,7 +231,8 @@ fn main() -> anyhow::Result<()> {
                 {
                     listening.push(listener.local_addr()?);
                     let c = controller.clone();
-                    let exposition = controller.metrics.exposition(Box::new(move || c.view()));
+                    let mut exposition = controller.metrics.exposition(Box::new(move || c.view()));
+                    controller.refusals.register(&mut exposition.registry);
                     watchers.push(tokio::spawn(async move {
                         if let Err(error) =
                             qkdni::metrics::serve(listener, std::sync::Arc::new(exposition)).await
@@ -247,6 +254,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Manager { config } => {
             init_tracing(cli.log_format);
+            qkdni::yang::serve_only(qkdni::yang::MANAGER_MODULES);
             qkdni::model::check(&qkdni::model::manager_groups())?;
             raise_fd_limit();
             let config = qkdni::management::config::ManagerConfig::load(&config)?;
@@ -255,6 +263,12 @@ fn main() -> anyhow::Result<()> {
                 config,
                 qkdni::readiness::shutdown_signal(),
             ))?;
+        }
+        Command::Audit { command } => {
+            let mut out = std::io::stdout().lock();
+            if !qkdni::audit::cli::run(&command, &mut out)? {
+                std::process::exit(1);
+            }
         }
         Command::Ctl { target, command } => qkdni::ctl::run(target, command)?,
         Command::LinkModel(args) => link_model(args)?,

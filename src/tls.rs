@@ -1,4 +1,5 @@
-//! Mutual TLS for every qkdni reference point (rustls with the `ring` provider).
+//! Mutual TLS for every qkdni reference point (rustls with the `aws-lc-rs` provider, which
+//! offers and prefers the hybrid post-quantum key exchange X25519MLKEM768).
 //!
 //! Servers ask every client for a certificate signed by a trusted CA but also accept clients
 //! without one, so that the application can answer with the protocol's own error (ETSI GS QKD
@@ -67,8 +68,36 @@ pub fn foreign_identity(name: &str, domain: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity(pub Option<String>);
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// The key exchange groups every qkdni TLS client offers and server accepts, most preferred
+/// first: the hybrid post-quantum X25519MLKEM768 (ML-KEM-768 with X25519, TLS 1.3 only),
+/// then the classic groups, so that a peer without ML-KEM still connects. A rustls client
+/// sends key shares for X25519MLKEM768 and X25519 in its first hello, so neither kind of
+/// server costs a retry; a rustls server takes the first group of the client's list that
+/// it supports.
+pub static KX_GROUPS: &[&dyn rustls::crypto::SupportedKxGroup] = &[
+    rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768,
+    rustls::crypto::aws_lc_rs::kx_group::X25519,
+    rustls::crypto::aws_lc_rs::kx_group::SECP256R1,
+    rustls::crypto::aws_lc_rs::kx_group::SECP384R1,
+];
+
+/// The crypto provider of every qkdni TLS endpoint: aws-lc-rs with [`KX_GROUPS`] in that
+/// order (stated here rather than left to the provider's default, which depends on its
+/// `prefer-post-quantum` feature).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::CryptoProvider {
+        kx_groups: KX_GROUPS.to_vec(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    })
+}
+
+/// The name of a negotiated key exchange group as logs and metrics show it
+/// (`X25519MLKEM768`, `X25519`, ...).
+pub fn group_name(group: Option<&'static dyn rustls::crypto::SupportedKxGroup>) -> String {
+    match group {
+        Some(group) => format!("{:?}", group.name()),
+        None => "none".to_owned(),
+    }
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

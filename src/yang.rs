@@ -41,6 +41,11 @@ pub const MODULES: &[Module] = &[
         text: include_str!("../yang/qkdni-controller.yang"),
     },
     Module {
+        name: "qkdni-manager",
+        revision: "2026-12-08",
+        text: include_str!("../yang/qkdni-manager.yang"),
+    },
+    Module {
         name: "qkdni-km",
         revision: "2026-12-06",
         text: include_str!("../yang/qkdni-km.yang"),
@@ -72,6 +77,8 @@ pub const KM_MODULES: &[&str] = &[
 ];
 /// The modules of a controller.
 pub const CONTROLLER_MODULES: &[&str] = &["qkdni-controller"];
+/// The modules of a manager.
+pub const MANAGER_MODULES: &[&str] = &["qkdni-manager"];
 
 /// Makes this process implement only `names` (a daemon serves its own models: the
 /// controller's datastore is not an ETSI node, whose `qkd_node/qkdn_id` is mandatory).

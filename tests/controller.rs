@@ -2,9 +2,13 @@
 //! agents, NETCONF southbound, ETSI 014 key delivery over controller-installed routes,
 //! rerouting, crashes and restarts, the REST API and the live dashboard in a browser.
 
+#[path = "accounting/mod.rs"]
+mod accounting;
 mod common;
 #[path = "concurrency/mod.rs"]
 mod concurrency;
+#[path = "control_figures/mod.rs"]
+mod control_figures;
 #[path = "dashboard/mod.rs"]
 mod dashboard;
 #[path = "interworking/mod.rs"]
@@ -13,6 +17,14 @@ mod interworking;
 mod iwn;
 #[path = "metrics/mod.rs"]
 mod metrics;
+#[path = "nonrepudiation/mod.rs"]
+mod nonrepudiation;
+#[path = "pq_tls/mod.rs"]
+mod pq_tls;
+#[path = "qos_admission/mod.rs"]
+mod qos_admission;
+#[path = "refusals/mod.rs"]
+mod refusals;
 #[path = "southbound/mod.rs"]
 mod southbound;
 #[path = "supply/mod.rs"]

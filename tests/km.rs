@@ -1,6 +1,10 @@
 //! Integration tests of the key management layer over real KM processes, real mutual TLS
 //! and real on-disk stores: ETSI GS QKD 014 key supply, key relay, faults and crashes.
 
+#[path = "at_rest/mod.rs"]
+mod at_rest;
+#[path = "audit/mod.rs"]
+mod audit;
 mod common;
 #[path = "distributed/mod.rs"]
 mod distributed;
@@ -8,6 +12,8 @@ mod distributed;
 mod limits;
 #[path = "netns/mod.rs"]
 mod netns;
+#[path = "qos/mod.rs"]
+mod qos;
 
 use common::Bed;
 use qkdni::etsi014::{ClientError, KeyRequest};

@@ -6,6 +6,8 @@
 mod common;
 #[path = "etsi015/mod.rs"]
 mod etsi015;
+#[path = "manager_config/mod.rs"]
+mod manager_config;
 
 use std::time::Duration;
 

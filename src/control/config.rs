@@ -53,6 +53,21 @@ pub struct ControllerConfig {
     /// loopback), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Refusal counting and alarm thresholds (`[refusals]`: `thresholds` per reference
+    /// point in refusals per minute, `default_threshold`, `recent`).
+    #[serde(default)]
+    pub refusals: crate::refusals::RefusalConfig,
+    /// Signing of interworking messages and the evidence kept of them (`[nonrepudiation]`:
+    /// `sign`, default true; `evidence_dir`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::nonrepudiation::Settings::is_default"
+    )]
+    pub nonrepudiation: crate::nonrepudiation::Settings,
+    /// The audit log (`[audit]`: `dir`, default `<data_dir>/audit`; `segment_bytes`; `enabled`, default
+    /// true, off only to measure its cost).
+    #[serde(default, skip_serializing_if = "crate::audit::AuditConfig::is_default")]
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// The controller's interworking reference point Cxi (Y.3818 6.1).
@@ -73,7 +88,7 @@ pub struct InterworkingConfig {
 }
 
 /// A peer QKDN's controller.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CxiPeer {
     pub domain: String,
@@ -85,7 +100,7 @@ pub struct CxiPeer {
 
 /// The exposure policy: border nodes and their Qx links are always shared; the rest only
 /// when allowed. Internal links and nodes without SAEs are never shared.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExposePolicy {
     /// Share which SAEs are reachable, at which node, from which border node.

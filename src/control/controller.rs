@@ -49,8 +49,11 @@ pub struct ControllerEvent {
 pub struct Controller {
     pub config: ControllerConfig,
     pub(super) southbound: Southbound,
-    /// Clients of the peer domains' controllers (Cxi).
-    pub(super) peers: Vec<super::cxi::CxiClient>,
+    /// The Cxi peers, their clients and the exposure policy in effect (changed through
+    /// NETCONF while the controller runs).
+    pub(super) interworking_live: super::cxi::live::Live,
+    /// The QoS policy (`controller/qos`) and the guarantees held by admitted sessions.
+    pub admission: super::admission::Admission,
     pub(super) policies: Catalog,
     pub(super) policy: std::sync::RwLock<Box<dyn RoutePolicy>>,
     pub(super) poll_seconds: AtomicU64,
@@ -65,8 +68,12 @@ pub struct Controller {
     pub(super) peer_domains: super::cxi::peers::PeerDomains,
     /// Prometheus metrics.
     pub metrics: super::metrics::ControlMetrics,
+    /// Refusals at the controller's reference points (Cxi, REST, NETCONF), with sources.
+    pub refusals: Arc<crate::refusals::Refusals>,
     /// Transfer key life-cycle records reported by this domain's IWN KMs.
     pub transfers: super::transfers::TransferLog,
+    /// The durable, hash-chained audit log ([`crate::audit`]).
+    pub audit: crate::audit::AuditLog,
 }
 
 impl Controller {
@@ -131,6 +138,7 @@ impl Controller {
             duration_ms,
             transaction,
         };
+        crate::audit::hooks::controller_event(&self.audit, &event);
         let _ = self.published.send(event.clone());
         events.push_back(event);
     }

@@ -51,7 +51,7 @@ impl Instance {
         }
         if topology.saes.contains_key(&slave) {
             self.create_local(master, slave, rate_bps, &Requester::Orchestrator, reply)
-        } else if self.c.peers.is_empty() {
+        } else if self.c.peers().is_empty() {
             let _ = reply.send(Err(ControlError::UnknownSae(slave)));
         } else {
             self.create_interworking(master, slave, rate_bps, &Requester::Orchestrator, reply)
@@ -84,8 +84,20 @@ impl Instance {
                 return;
             }
         };
+        let id = Uuid::new_v4();
+        // QoS admission: the class's guarantee must fit on every link of the route
+        let class = self.c.admission.class_of(&master, &slave, None, |_| true);
+        if let Some(class) = class {
+            let links = super::admission::links_of(paths.iter().flat_map(|p| &p.links));
+            if let Err(refusal) = self.c.admission.admit(id, &class, links, topology) {
+                tracing::info!(%master, %slave, %refusal, "session not admitted");
+                self.creating.remove(&(master, slave));
+                let _ = reply.send(Err(refusal.into()));
+                return;
+            }
+        }
         let session = Session {
-            id: Uuid::new_v4(),
+            id,
             master_sae: master,
             slave_sae: slave,
             src,
@@ -153,7 +165,7 @@ impl Instance {
                 .insert((master.clone(), slave.clone()), Vec::new());
             return self.create_local(master, slave, 0.0, &by, reply);
         }
-        if self.c.peers.is_empty() {
+        if self.c.peers().is_empty() {
             let _ = reply.send(Err(ControlError::UnknownSae(slave)));
             return;
         }
@@ -222,6 +234,7 @@ impl Instance {
         let (paths, iw) = match result {
             Ok(agreed) => agreed,
             Err(error) => {
+                self.c.admission.release(session.id);
                 let key = (session.master_sae, session.slave_sae);
                 answer_all(self.creating.remove(&key).unwrap_or_default(), error);
                 return;

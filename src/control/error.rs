@@ -31,6 +31,8 @@ pub enum ControlError {
     Cxi(#[from] super::cxi::CxiError),
     #[error("the controller is stopping")]
     Stopped,
+    #[error("{0}")]
+    Admission(#[from] super::admission::AdmissionRefusal),
 }
 
 /// Sends every waiter the error (the first gets it as it is, the others a copy).
@@ -66,6 +68,7 @@ fn copy(error: &ControlError) -> ControlError {
             reason: other.to_string(),
         }),
         ControlError::Stopped => ControlError::Stopped,
+        ControlError::Admission(refusal) => ControlError::Admission(refusal.clone()),
         other => ControlError::NoRoute(other.to_string()),
     }
 }
@@ -90,6 +93,7 @@ impl From<ControlError> for crate::problem::Problem {
             ControlError::Store(_) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "store"),
             ControlError::Cxi(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "peer-domain"),
             ControlError::Stopped => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+            ControlError::Admission(_) => (axum::http::StatusCode::CONFLICT, "qos-admission"),
         };
         crate::problem::Problem::new(status, kind, error.to_string())
     }

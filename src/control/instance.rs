@@ -89,21 +89,30 @@ pub async fn start(
             .cmp(&b.history.first().map(|h| &h.time))
     });
     let poll_seconds = config.poll_seconds.max(1);
-    let peers = match &config.interworking {
-        Some(iw) => iw
-            .peers
-            .iter()
-            .map(|p| super::cxi::CxiClient::new(p.clone(), &config.tls))
-            .collect::<Result<Vec<_>, _>>()?,
-        None => Vec::new(),
-    };
+    // the Cxi signing key and evidence store, before any Cxi client or server exists
+    crate::nonrepudiation::install(
+        &config.tls,
+        &config.nonrepudiation,
+        Some(&config.data_dir.join(crate::nonrepudiation::evidence::DIR)),
+    )
+    .map_err(|e| ControlError::Invalid(format!("non-repudiation: {e}")))?;
+    let settings = super::cxi::live::InterworkingSettings::of_config(&config);
+    let peers = super::cxi::live::clients(&config, &settings, &[])?;
     let (inputs, received) = mpsc::channel(INPUT_QUEUE);
     let (publish, view) = watch::channel(Arc::new(View::default()));
     let on_demand_idle_seconds = config.on_demand_idle_seconds;
+    let audit = crate::audit::AuditLog::for_daemon(
+        &config.data_dir,
+        format!("controller {}", config.domain),
+        &config.audit,
+    )
+    .map_err(|e| ControlError::Invalid(format!("audit log: {e}")))?;
+    let refusals = Arc::new(crate::refusals::Refusals::new(config.refusals.clone()));
     let controller = Arc::new(Controller {
         config,
         southbound,
-        peers,
+        interworking_live: super::cxi::live::Live::new(settings, peers),
+        admission: Default::default(),
         policies,
         policy: std::sync::RwLock::new(policy),
         poll_seconds: AtomicU64::new(poll_seconds),
@@ -115,11 +124,14 @@ pub async fn start(
         view,
         peer_domains: Default::default(),
         metrics: Default::default(),
+        refusals,
         transfers: super::transfers::TransferLog::new(std::time::Duration::from_secs(
             crate::km::limits::KmLimits::default().undelivered_key_ttl_seconds,
         )),
+        audit,
     });
     spawn(controller.clone(), sessions, received, publish);
+    tokio::spawn(refusal_alarms(controller.clone()));
     let started = Instant::now();
     let views = controller.read_agents().await;
     controller
@@ -170,6 +182,7 @@ impl Instance {
         while let Some(input) = inputs.recv().await {
             self.handle(input);
             self.pump();
+            self.sync_admission();
             publish.send_replace(Arc::new(self.view()));
             for answer in self.answers.drain(..) {
                 answer();
@@ -405,3 +418,32 @@ impl Instance {
         tokio::spawn(async move { c.abort_at_peer(&domain, transaction).await });
     }
 }
+
+/// Turns the controller's refusal alarms into `refusal-alarm` events (and so NETCONF
+/// notifications).
+async fn refusal_alarms(controller: Arc<Controller>) {
+    let mut alarms = controller.refusals.alarms();
+    loop {
+        match alarms.recv().await {
+            Ok(alarm) => controller.event(
+                REFUSAL_ALARM,
+                format!(
+                    "{} refusals at {} within a minute (threshold {}), the last from {} ({}): {}",
+                    alarm.per_minute,
+                    alarm.point,
+                    alarm.threshold,
+                    alarm.last.source.as_deref().unwrap_or("?"),
+                    alarm.last.identity.as_deref().unwrap_or("unidentified"),
+                    alarm.last.reason
+                ),
+                None,
+                None,
+            ),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        }
+    }
+}
+
+/// The kind of the event of a refusal alarm.
+pub const REFUSAL_ALARM: &str = "refusal-alarm";

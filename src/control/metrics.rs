@@ -20,6 +20,11 @@ pub struct ControlMetrics {
     /// Cxi requests of peer controllers, by method, route and status.
     pub cxi: Counters,
     sessions: Gauges,
+    /// The last install durations and the counts, for the manager's reports
+    /// ([`super::figures`]).
+    pub recent_installs: super::figures::Recent,
+    /// The same of reroutes.
+    pub recent_reroutes: super::figures::Recent,
 }
 
 impl Default for ControlMetrics {
@@ -31,6 +36,8 @@ impl Default for ControlMetrics {
             reroute_seconds: durations(),
             cxi: Counters::default(),
             sessions: Gauges::default(),
+            recent_installs: Default::default(),
+            recent_reroutes: Default::default(),
         };
         // every outcome is a series from the start (at 0), as Prometheus advises
         for ok in [true, false] {
@@ -60,6 +67,7 @@ impl ControlMetrics {
         self.install_seconds
             .get_or_create(&outcome)
             .observe(seconds);
+        self.recent_installs.record(ok, seconds);
     }
 
     /// Counts a reroute (from the triggering report to the installed routes).
@@ -69,6 +77,7 @@ impl ControlMetrics {
         self.reroute_seconds
             .get_or_create(&outcome)
             .observe(seconds);
+        self.recent_reroutes.record(ok, seconds);
     }
 
     /// The controller's metrics for `GET /metrics`; `view` reads the published view.

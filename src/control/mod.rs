@@ -11,8 +11,10 @@
 //! - [`state`] — the state the instance owns;
 //! - [`messages`] — the instance's inputs and the view it publishes;
 //! - [`creation`] — new sessions, local or agreed with the peer;
+//! - [`admission`] — QoS classes and the admission of new sessions by their guaranteed rates;
 //! - [`expiry`] — on-demand sessions removed when their SAE pair no longer asks for keys;
 //! - [`metrics`] — Prometheus metrics of sessions, installs, reroutes and Cxi;
+//! - [`figures`] — control-layer figures and refusals for the manager's report packs;
 //! - [`reroute`] — rerouting on faults and key rate shortfalls;
 //! - [`routes`] — the relay route tables the KMs should hold, and the difference to what they hold;
 //! - [`link_state`] — distributed control: the link-state routing of a node of a distributed
@@ -26,6 +28,7 @@
 //! - [`northbound`] — the controller under NETCONF for operators (`qkdni-controller` model:
 //!   configuration, state, notifications).
 
+pub mod admission;
 pub mod ck;
 pub mod config;
 pub mod controller;
@@ -35,6 +38,7 @@ pub mod cxi;
 pub mod dashboard;
 pub mod error;
 mod expiry;
+pub mod figures;
 pub mod gateway;
 pub mod instance;
 mod jobs;

@@ -87,7 +87,8 @@ impl Instance {
             let topology = &self.state.topology;
             let result = self
                 .c
-                .route(topology, &session.src, &session.dst, session.rate_bps);
+                .route(topology, &session.src, &session.dst, session.rate_bps)
+                .and_then(|paths| self.readmit(&session, paths));
             // a plan that only answers a key rate shortfall replaces the current one when it
             // is different and clearly better; otherwise nothing changes and nothing is
             // installed (a demand the network cannot meet does not churn the KMs)

@@ -1,5 +1,5 @@
 //! The controller's northbound REST API for orchestrators (axum over HTTPS): topology, links,
-//! sessions, routes, events. The OpenAPI 3 document is generated from this code (utoipa) and
+//! sessions, routes, events, and the figures and refusals its domain's manager reports. The OpenAPI 3 document is generated from this code (utoipa) and
 //! served at `/openapi.json`; errors are RFC 9457 problem details; callers authenticate with
 //! a bearer token or a client certificate.
 
@@ -49,8 +49,8 @@ pub struct CreateSession {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "qkdni controller northbound API", description = "Topology, links, key supply sessions, relay routes and events of one QKDN."),
-    paths(topology, links, list_sessions, create_session, get_session, delete_session, routes, events, transfers, set_generation, diagnosis, super::dashboard::create_login),
-    components(schemas(Problem, super::dashboard::DashboardLogin, Diagnosis, Decision, Interworking, InterworkingRole, ForeignSae, CreateSession, Session, SessionEvent, SessionPath, SessionState, Topology, NodeState, WeightedHop, LinkState, ControllerEvent, TransferRecord, Generation)),
+    paths(topology, links, list_sessions, create_session, get_session, delete_session, routes, events, transfers, set_generation, diagnosis, super::dashboard::create_login, super::figures::reports),
+    components(schemas(Problem, super::dashboard::DashboardLogin, Diagnosis, Decision, Interworking, InterworkingRole, ForeignSae, CreateSession, Session, SessionEvent, SessionPath, SessionState, Topology, NodeState, WeightedHop, LinkState, ControllerEvent, TransferRecord, Generation, super::figures::ControllerReport, super::figures::ControlLayerReport, super::figures::DurationSummary, super::figures::PeerRoundTrips, crate::refusals::RefusalReport, crate::refusals::RefusalCount, crate::refusals::Refusal, crate::refusals::RefusalAlarm, crate::refusals::Point)),
     modifiers(&Security, &FixedArrays)
 )]
 pub struct ApiDoc;
@@ -108,6 +108,12 @@ pub fn router(controller: Arc<Controller>) -> Router {
             axum::routing::put(set_generation),
         )
         .route("/api/v1/diagnoses", post(diagnosis))
+        .route("/api/v1/reports", get(super::figures::reports))
+        // inside authentication: only authenticated callers' changes are recorded
+        .layer(middleware::from_fn_with_state(
+            controller.audit.clone(),
+            crate::audit::hooks::rest_changes,
+        ))
         .layer(middleware::from_fn_with_state(
             controller.clone(),
             authenticate,
@@ -388,6 +394,15 @@ pub async fn serve_on(
     let issuers =
         crate::tls::Issuers::load(&controller.config.tls).map_err(std::io::Error::other)?;
     let limits = controller.config.limits.rest_listener.clone();
-    crate::https::serve_https_with(listener, config, issuers, router(controller), limits).await;
+    let watch = crate::https::Watch::of(controller.refusals.clone(), crate::refusals::Point::Rest);
+    crate::https::serve_https_watched(
+        listener,
+        config,
+        issuers,
+        router(controller),
+        limits,
+        Some(watch),
+    )
+    .await;
     Ok(())
 }

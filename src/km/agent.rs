@@ -37,6 +37,10 @@ pub enum AgentError {
     Readiness(#[from] crate::readiness::ReadinessError),
     #[error("local control: {0}")]
     LocalControl(String),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Accounting(#[from] crate::km::accounting::AccountingError),
 }
 
 /// What operators set on a link at run time.
@@ -177,6 +181,8 @@ pub struct Agent {
     links: HashMap<String, LinkRuntime>,
     settings: RwLock<Settings>,
     pub counters: Counters,
+    /// Usage records per SAE and peer domain ([`crate::km::accounting`]).
+    pub accounting: crate::km::accounting::Accounting,
     /// Prometheus metrics (requests, keys, relays; links at each scrape).
     pub metrics: crate::km::metrics::KmMetrics,
     events: tokio::sync::broadcast::Sender<crate::km::events::Event>,
@@ -188,10 +194,16 @@ pub struct Agent {
     pub admission: crate::km::ksa::admission::RequestAdmission,
     /// Key streams served to this node's SAEs (ETSI GS QKD 015 applications).
     pub applications: crate::km::ksa::applications::Applications,
+    /// Refusals at the KM's reference points (ETSI 014, KMA, Kxi, NETCONF), with sources.
+    pub refusals: Arc<crate::refusals::Refusals>,
+    /// QoS classes: the order in which link key goes to requests, and quotas.
+    pub qos: Arc<crate::km::qos::Qos>,
     /// The node's local controller in a distributed QKDN (link-state routing), once attached.
     local_control: std::sync::OnceLock<Arc<crate::control::link_state::LinkState>>,
     /// A distributed QKDN's gateway node: its interworking function, once attached.
     gateway: std::sync::OnceLock<Arc<crate::control::gateway::Gateway>>,
+    /// The durable, hash-chained audit log ([`crate::audit`]).
+    pub audit: crate::audit::AuditLog,
 }
 
 impl Agent {
@@ -201,8 +213,19 @@ impl Agent {
             path: config.data_dir.clone(),
             source,
         })?;
-        let store = KeyStore::open(&config.data_dir.join("keys.redb"))?;
+        let store = KeyStore::open_with(&config.data_dir.join("keys.redb"), &config.key_store)?;
+        let accounting = crate::km::accounting::Accounting::open(
+            &config.data_dir.join("accounting.redb"),
+            config.accounting.clone(),
+        )?;
         let peers = tls::https_client(&config.tls, Duration::from_secs(10))?;
+        // the Kxi/Cxi signing key and evidence store, before any client or server exists
+        crate::nonrepudiation::install(
+            &config.tls,
+            &config.nonrepudiation,
+            Some(&config.data_dir.join(crate::nonrepudiation::evidence::DIR)),
+        )
+        .map_err(|e| AgentError::Tls(TlsError::Verifier(format!("non-repudiation: {e}"))))?;
         let mut foreign = BTreeMap::new();
         for peer in &config.tls.peer_cas {
             foreign.insert(
@@ -248,19 +271,28 @@ impl Agent {
             low_key_threshold_percent: 10,
         };
         let (events, _) = tokio::sync::broadcast::channel(1024);
+        let audit = crate::audit::AuditLog::for_daemon(
+            &config.data_dir,
+            format!("km {}/{}", config.domain, config.node),
+            &config.audit,
+        )?;
         Ok(Arc::new(Self {
+            audit,
             settings: RwLock::new(settings),
             store,
             peers,
             foreign,
             links,
             counters: Counters::default(),
+            accounting,
             metrics: crate::km::metrics::KmMetrics::new(),
             events,
             kxi: Default::default(),
             holds: Default::default(),
             admission: crate::km::ksa::admission::RequestAdmission::new(&config.limits),
             applications: Default::default(),
+            refusals: Arc::new(crate::refusals::Refusals::new(config.refusals.clone())),
+            qos: Default::default(),
             local_control: std::sync::OnceLock::new(),
             gateway: std::sync::OnceLock::new(),
             config,
@@ -500,7 +532,9 @@ impl Agent {
     pub fn emit(&self, event: crate::km::events::Event) {
         if let crate::km::events::Event::KeyTransfer(transfer) = &event {
             self.counters.count_transfer(transfer);
+            crate::km::accounting::transferred(self, transfer);
         }
+        crate::audit::hooks::km_event(&self.audit, &event);
         let _ = self.events.send(event);
     }
 

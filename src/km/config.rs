@@ -52,10 +52,32 @@ pub struct KmConfig {
     /// Limits against load and abuse (listeners, ETSI 014 admission, undelivered keys).
     #[serde(default)]
     pub limits: crate::km::limits::KmLimits,
+    /// Key material at rest (`[key_store]`: `encrypt`, default true, off only to measure its
+    /// cost; `key_file`, default `<data_dir>/store.key`).
+    #[serde(default)]
+    pub key_store: crate::km::store::AtRestConfig,
+    /// Accounting (`[accounting]`: period of the summaries).
+    #[serde(default)]
+    pub accounting: crate::km::accounting::AccountingConfig,
     /// Address of the Prometheus metrics listener (plain HTTP: a management network or the
     /// loopback), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Refusal counting and alarm thresholds (`[refusals]`: `thresholds` per reference
+    /// point in refusals per minute, `default_threshold`, `recent`).
+    #[serde(default)]
+    pub refusals: crate::refusals::RefusalConfig,
+    /// Signing of interworking messages and the evidence kept of them (`[nonrepudiation]`:
+    /// `sign`, default true; `evidence_dir`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::nonrepudiation::Settings::is_default"
+    )]
+    pub nonrepudiation: crate::nonrepudiation::Settings,
+    /// The audit log (`[audit]`: `dir`, default `<data_dir>/audit`; `segment_bytes`; `enabled`, default
+    /// true, off only to measure its cost).
+    #[serde(default, skip_serializing_if = "crate::audit::AuditConfig::is_default")]
+    pub audit: crate::audit::AuditConfig,
     /// Distributed control (Y.3818 clause 8): the node runs link-state routing with its
     /// neighbours instead of taking routes from a central controller.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -57,23 +57,29 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
         ));
     }
     crate::conn_limit::check_fd_budget(&caps);
-    tasks.push(tokio::spawn(crate::https::serve(
+    tasks.push(tokio::spawn(crate::https::serve_watched(
         etsi,
         server_tls.clone(),
         issuers.clone(),
         crate::km::ksa::router(agent.clone()),
         limits.etsi014_listener.clone(),
         crate::https::ErrorStyle::Etsi014,
+        Some(crate::https::Watch::of(
+            agent.refusals.clone(),
+            crate::refusals::Point::Etsi014,
+        )),
     )));
     // the KMA's own errors are `{"message": ...}` bodies: the ETSI shape fits them
-    tasks.push(tokio::spawn(crate::https::serve(
+    tasks.push(tokio::spawn(crate::https::serve_watched(
         kma,
         server_tls,
         issuers,
         crate::km::kma::router(agent.clone()).merge(crate::km::kxi::server::router(agent.clone())),
         limits.kma_listener.clone(),
         crate::https::ErrorStyle::Etsi014,
+        Some(crate::https::Watch::kma(agent.refusals.clone())),
     )));
+
     tasks.push(tokio::spawn(crate::km::ksa::expiry::sweep(agent.clone())));
     tasks.push(tokio::spawn(crate::km::local_control::run(agent.clone())));
     if let Some(speaker) = &agent.config.interworking {
@@ -102,8 +108,9 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
     if let Some(addr) = agent.config.metrics_listen {
         let listener = bind(addr).await?;
         let of = agent.clone();
-        let exposition =
+        let mut exposition =
             crate::km::metrics::exposition(&agent.metrics, Box::new(move || link_figures(&of)));
+        agent.refusals.register(&mut exposition.registry);
         listening.push(addr);
         tasks.push(tokio::spawn(async move {
             if let Err(error) = crate::metrics::serve(listener, Arc::new(exposition)).await {

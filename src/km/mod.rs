@@ -11,10 +11,12 @@
 //! - [`ck`] — the KM's requests to its domain's controller;
 //! - [`local_control`] — a distributed QKDN's local controller in the KM (link-state routing);
 //! - [`northbound`] — the agent under NETCONF (configuration, state, notifications);
+//! - [`qos`] — QoS classes: which request gets link key when it is scarce, and quotas;
 //!
 //! and what they share:
 //!
 //! - [`store`] — durable link key pools and keys awaiting delivery;
+//! - [`accounting`] — usage records per SAE and peer domain, summarized per period;
 //! - [`events`] — the agent's events; [`key_alarm`] — the low-key alarm;
 //! - [`limits`] — limits against load and abuse (listeners, admission, undelivered keys);
 //! - [`metrics`] — Prometheus metrics of links, the ETSI 014 API and relays;
@@ -22,6 +24,7 @@
 //! - [`agent`] — the agent's shared state, which every part above holds;
 //! - [`instance`] — the daemon's start, which ties them together.
 
+pub mod accounting;
 pub mod agent;
 pub mod ck;
 pub mod config;
@@ -35,4 +38,5 @@ pub mod limits;
 pub mod local_control;
 pub mod metrics;
 pub mod northbound;
+pub mod qos;
 pub mod store;

@@ -51,6 +51,25 @@ pub struct ManagerConfig {
     /// loopback), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Refusal counting and alarm thresholds (`[refusals]`: `thresholds` per reference
+    /// point in refusals per minute, `default_threshold`, `recent`).
+    #[serde(default)]
+    pub refusals: crate::refusals::RefusalConfig,
+    /// Signing of interworking messages and the evidence kept of them (`[nonrepudiation]`:
+    /// `sign`, default true; `evidence_dir`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::nonrepudiation::Settings::is_default"
+    )]
+    pub nonrepudiation: crate::nonrepudiation::Settings,
+    /// The audit log (`[audit]`: `dir`, default ``audit/` beside this file`; `segment_bytes`; `enabled`, default
+    /// true, off only to measure its cost).
+    #[serde(default, skip_serializing_if = "crate::audit::AuditConfig::is_default")]
+    pub audit: crate::audit::AuditConfig,
+    /// The operators' NETCONF server (`qkdni-manager` model: the domain's interworking
+    /// configuration, provisioned on the controller; report periods; the change log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netconf: Option<crate::netconf::server::NetconfConfig>,
 }
 
 fn default_report_seconds() -> u64 {
@@ -81,6 +100,28 @@ pub struct ControllerLink {
     pub token: String,
     /// CA certificate (PEM path) that certifies the controller's server.
     pub ca: PathBuf,
+    /// The link leads to the speaker KM of a distributed domain, not to a controller: it
+    /// takes the QCLM's diagnoses, and the report packs carry no control-layer figures
+    /// (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub speaker: bool,
+    /// The controller's operators' NETCONF server, where the manager provisions the
+    /// interworking configuration operators set on it (none: the manager provisions
+    /// nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netconf: Option<ControllerNetconf>,
+}
+
+/// The manager's NETCONF login on its controller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerNetconf {
+    /// Address of the controller's NETCONF server.
+    pub address: SocketAddr,
+    pub username: String,
+    pub password: String,
+    /// OpenSSH `known_hosts` file holding the controller's SSH host key.
+    pub known_hosts: PathBuf,
 }
 
 /// The peer domain's QKDN manager.
@@ -98,8 +139,18 @@ pub struct PeerManager {
 impl ManagerConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: ManagerConfig = crate::config_file::read_toml(path)?;
+        let mut config: ManagerConfig = crate::config_file::read_toml(path)?;
         config.validate()?;
+        // a manager has no data directory: its evidence lives next to its configuration
+        // ... and so does its audit log
+        if config.audit.dir.is_none() {
+            config.audit.dir = Some(path.parent().unwrap_or(Path::new(".")).join("audit"));
+        }
+        if config.nonrepudiation.evidence_dir.is_none() {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            config.nonrepudiation.evidence_dir =
+                Some(dir.join(crate::nonrepudiation::evidence::DIR));
+        }
         Ok(config)
     }
 

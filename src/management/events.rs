@@ -40,6 +40,9 @@ pub const QCLM_DIAGNOSIS: &str = "qclm-diagnosis";
 pub const QCLM_DECISION: &str = "qclm-decision";
 /// The Mxi server refused a message (unauthorized client or forged domain).
 pub const MXI_REJECTED: &str = "mxi-rejected";
+/// Refusals at a reference point went above its threshold (the manager's own, a KM's
+/// `security-event` of kind `refusal-threshold`, or the controller's `refusal-alarm`).
+pub const REFUSAL_ALARM: &str = "refusal-alarm";
 
 /// One event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,15 +70,21 @@ pub struct Refs {
     pub message: Option<Uuid>,
 }
 
-/// The bounded event log.
+/// The bounded event log; every event also goes to the manager's audit log.
 #[derive(Debug, Default)]
-pub struct EventLog(Mutex<VecDeque<ManagerEvent>>);
+pub struct EventLog(Mutex<VecDeque<ManagerEvent>>, crate::audit::AuditLog);
 
 impl EventLog {
+    /// An empty log whose events are also written to `audit`.
+    pub fn with_audit(audit: crate::audit::AuditLog) -> Self {
+        Self(Mutex::default(), audit)
+    }
+
     /// Records an event (and traces it).
     pub fn record(&self, kind: &str, detail: impl Into<String>, refs: Refs) {
         let detail = detail.into();
         tracing::info!(kind, relay_id = ?refs.relay_id, mxi_message = ?refs.message, "{detail}");
+        crate::audit::hooks::manager_event(&self.1, kind, &detail, refs.relay_id, refs.message);
         let mut events = self.0.lock().expect("events");
         if events.len() == EVENT_LOG {
             events.pop_front();
@@ -119,9 +128,24 @@ pub struct SecurityCounters {
     pub mxi_malformed: AtomicU64,
     /// Failed NETCONF logins the KMs reported (`security-event` notifications).
     pub netconf_authentication_failures: AtomicU64,
+    /// Refusals at the manager's own reference points (Mxi, REST, NETCONF) with their
+    /// sources, and its refusal alarms.
+    pub refusals: std::sync::Arc<crate::refusals::Refusals>,
+    /// What the domain's controller last reported of its refusals (Cxi, REST, NETCONF).
+    pub controller_refusals: Mutex<Option<crate::refusals::RefusalReport>>,
+    /// Refusal alarms (`security-event` of kind `refusal-threshold`) the KMs raised.
+    pub km_refusal_alarms: AtomicU64,
 }
 
 impl SecurityCounters {
+    /// Counters whose refusal alarms follow `config`.
+    pub fn with_refusals(config: &crate::refusals::RefusalConfig) -> Self {
+        Self {
+            refusals: std::sync::Arc::new(crate::refusals::Refusals::new(config.clone())),
+            ..Self::default()
+        }
+    }
+
     /// Adds one to `counter`.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
@@ -136,6 +160,13 @@ impl SecurityCounters {
             mxi_rejected: get(&self.mxi_rejected),
             mxi_malformed: get(&self.mxi_malformed),
             netconf_authentication_failures: get(&self.netconf_authentication_failures),
+            km_refusal_alarms: get(&self.km_refusal_alarms),
+            refusals: self.refusals.report(),
+            controller_refusals: self
+                .controller_refusals
+                .lock()
+                .expect("controller refusals")
+                .clone(),
         }
     }
 }

@@ -33,8 +33,16 @@ pub struct Manager {
     pub xlmo: Xlmo,
     /// QKDN control layer manager.
     pub qclm: Qclm,
+    /// The QCLM's reading of the controller's figures and refusals for the report packs.
+    pub control_layer: super::control_layer::ControlLayerReader,
     /// Prometheus metrics.
     pub metrics: ManagerMetrics,
+    /// Accounting: the KMs' usage and its reconciliation with the peer domain.
+    pub accounting: super::accounting::Accounting,
+    /// The durable, hash-chained audit log ([`crate::audit`]).
+    pub audit: crate::audit::AuditLog,
+    /// What operators configure at run time (NETCONF) and who changed what.
+    pub configuration: super::northbound::Settings,
 }
 
 /// The manager's Prometheus metrics: the Mxi messages of the peer domain's manager.
@@ -73,17 +81,36 @@ impl Manager {
         let options = config.southbound.client_options(Duration::from_secs(10))?;
         // a reading must not outlast the report period by much
         let read_timeout = Duration::from_secs(config.report_seconds.clamp(2, 10));
+        // the Mxi signing key and evidence store, before the Mxi client and server exist
+        crate::nonrepudiation::install(&config.tls, &config.nonrepudiation, None).map_err(|e| {
+            crate::config_file::ConfigError::Invalid(format!("non-repudiation: {e}"))
+        })?;
+        // a manager has no data directory: `ManagerConfig::load` puts its audit log beside
+        // the configuration file; one built in code without `audit.dir` writes none
+        let audit = match &config.audit.dir {
+            Some(dir) => crate::audit::AuditLog::for_daemon(
+                dir,
+                format!("manager {}", config.domain),
+                &config.audit,
+            )
+            .map_err(|e| crate::config_file::ConfigError::Invalid(format!("audit log: {e}")))?,
+            None => crate::audit::AuditLog::disabled(),
+        };
         let mut read_options = options.clone();
         read_options.timeout = read_timeout;
         read_options.connect_timeout = read_options.connect_timeout.min(read_timeout);
         Ok(Arc::new(Self {
             kmlm: Kmlm::new(agents.clone(), options),
+            accounting: super::accounting::Accounting::new(agents.clone(), read_options.clone()),
             qlm: Qlm::new(agents, read_options),
             xlmo: Xlmo::new(&config)?,
             qclm: Qclm::new(&config)?,
-            events: EventLog::default(),
-            security: SecurityCounters::default(),
+            control_layer: super::control_layer::ControlLayerReader::new(&config, read_timeout)?,
+            events: EventLog::with_audit(audit.clone()),
+            audit,
+            security: SecurityCounters::with_refusals(&config.refusals),
             metrics: ManagerMetrics::default(),
+            configuration: super::northbound::Settings::new(&config),
             config,
         }))
     }
@@ -92,6 +119,10 @@ impl Manager {
     pub fn spawn_tasks(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
         let mut tasks = Kmlm::spawn_watchers(self);
         tasks.push(tokio::spawn(Xlmo::report_loop(self.clone())));
+        tasks.push(tokio::spawn(refusal_alarms(self.clone())));
+        tasks.push(tokio::spawn(super::accounting::Accounting::run(
+            self.clone(),
+        )));
         tasks
     }
 }
@@ -113,11 +144,21 @@ pub async fn run(
     ];
     if let Some(metrics) = crate::metrics::bind(manager.config.metrics_listen).await? {
         listening.push(metrics.local_addr()?);
-        let exposition = Arc::new(manager.metrics.exposition());
+        let mut exposition = manager.metrics.exposition();
+        manager.security.refusals.register(&mut exposition.registry);
+        let exposition = Arc::new(exposition);
         servers.push(tokio::spawn(async move {
             crate::metrics::serve(metrics, exposition)
                 .await
                 .map_err(ManagementError::Io)
+        }));
+    }
+    if let Some((address, server)) = super::northbound::start(&manager).await? {
+        listening.push(address);
+        servers.push(tokio::spawn(async move {
+            // the server runs until aborted
+            let _ = server.await;
+            Ok(())
         }));
     }
     let tasks = manager.spawn_tasks();
@@ -143,4 +184,28 @@ pub async fn run(
         task.abort();
     }
     result
+}
+
+/// Records the manager's own refusal alarms as `refusal-alarm` events.
+async fn refusal_alarms(manager: Arc<Manager>) {
+    let mut alarms = manager.security.refusals.alarms();
+    loop {
+        match alarms.recv().await {
+            Ok(alarm) => manager.events.record(
+                super::events::REFUSAL_ALARM,
+                format!(
+                    "manager: {} refusals at {} within a minute (threshold {}), the last from {} ({}): {}",
+                    alarm.per_minute,
+                    alarm.point,
+                    alarm.threshold,
+                    alarm.last.source.as_deref().unwrap_or("?"),
+                    alarm.last.identity.as_deref().unwrap_or("unidentified"),
+                    alarm.last.reason
+                ),
+                super::events::Refs::default(),
+            ),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        }
+    }
 }

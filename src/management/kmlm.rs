@@ -114,6 +114,23 @@ impl Kmlm {
                     Refs::default(),
                 );
             }
+            KmNotification::RefusalAlarm {
+                point,
+                per_minute,
+                threshold,
+                reason,
+                source,
+                identity,
+            } => {
+                SecurityCounters::bump(&manager.security.km_refusal_alarms);
+                manager.events.record(
+                    events::REFUSAL_ALARM,
+                    format!(
+                        "{node}: {per_minute} refusals at {point} within a minute (threshold {threshold}), the last from {source} ({identity}): {reason}"
+                    ),
+                    Refs::default(),
+                );
+            }
             KmNotification::KeyTransfer(transfer) => {
                 // a failed transfer also fails its relay: the relay-failure notification of
                 // the same relay id takes it to the XLMO

@@ -8,9 +8,15 @@
 //!   packs (performance and security) with the peer domain's XLMO over [`mxi`];
 //! - [`qclm`] — QKDN control layer manager: decides on diagnoses, asking the domain's
 //!   controller to check and reroute;
+//! - [`control_layer`] — the QCLM's reading of the controller's figures and refusals for
+//!   the report packs;
 //! - [`mxi`] — the Mxi server and client (HTTPS, mutual TLS), messages in [`mxi::messages`]
 //!   (JSON Schemas in `schemas/mxi/v1/`, see [`mxi::schemas`]);
+//! - [`accounting`] — the domain's usage (read from the KMs) and its reconciliation with
+//!   the peer domain over Mxi;
 //! - [`rest`] — the manager's REST API (health, events, latest reports);
+//! - [`northbound`] — the manager's NETCONF server (`qkdni-manager`): operators configure
+//!   the domain's interworking there, and the manager provisions its controller;
 //! - [`instance`] — the manager: its roles, event log and counters, and its start;
 //! - [`events`] — the event log and security counters; [`config`] — the configuration.
 //!
@@ -21,11 +27,14 @@
 //! (`qclm-decision`). Every `report_seconds` each XLMO sends a report pack
 //! (`xlmo-reports-sent`, `xlmo-reports-received`).
 
+pub mod accounting;
 pub mod config;
+pub mod control_layer;
 pub mod events;
 pub mod instance;
 pub mod kmlm;
 pub mod mxi;
+pub mod northbound;
 pub mod qclm;
 pub mod qlm;
 pub mod rest;
@@ -51,4 +60,6 @@ pub enum ManagementError {
     HostKeys(#[from] crate::netconf::known_hosts::HostKeyError),
     #[error(transparent)]
     Readiness(#[from] crate::readiness::ReadinessError),
+    #[error("NETCONF: {0}")]
+    Netconf(#[from] crate::netconf::server::ServerError),
 }

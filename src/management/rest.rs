@@ -1,7 +1,10 @@
 //! The manager's REST API for operators and the testbed (HTTPS, bearer tokens):
 //! - `GET /api/v1/health`: `{"ready":true}` (no credentials needed);
 //! - `GET /api/v1/events`: the event log, oldest first;
-//! - `GET /api/v1/reports/latest`: the last report packs sent and received.
+//! - `GET /api/v1/reports/latest`: the last report packs sent and received;
+//! - `GET /api/v1/accounting?since=&until=&format=json|csv`: the domain's usage per period;
+//!   `GET /api/v1/accounting/reconciliation`: its reconciliation with the peer domain
+//!   ([`super::accounting`]).
 
 use std::sync::Arc;
 
@@ -23,6 +26,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
     let api = Router::new()
         .route("/api/v1/events", get(events))
         .route("/api/v1/reports/latest", get(latest_reports))
+        .merge(super::accounting::router())
         .layer(middleware::from_fn_with_state(
             manager.clone(),
             authenticate,
@@ -42,7 +46,20 @@ pub async fn serve(manager: Arc<Manager>, listener: TcpListener) -> Result<(), M
     let config = crate::tls::server_config(&manager.config.tls)?;
     tracing::info!(rest = %listener.local_addr()?, "manager REST API ready");
     let limits = manager.config.limits.rest_listener.clone();
-    crate::https::serve_https(listener, config, router(manager), limits).await;
+    let watch = crate::https::Watch::of(
+        manager.security.refusals.clone(),
+        crate::refusals::Point::Rest,
+    );
+    // clients stay anonymous: the API is authenticated by bearer tokens
+    crate::https::serve_https_watched(
+        listener,
+        config,
+        crate::tls::Issuers::default(),
+        router(manager),
+        limits,
+        Some(watch),
+    )
+    .await;
     Ok(())
 }
 

@@ -80,10 +80,13 @@ fn config(
         bearer_tokens: vec![format!("token-{name}")],
         report_seconds: 5,
         diagnosis_holddown_seconds: 5,
+        netconf: None,
         controller: Some(ControllerLink {
             url: controller,
             token: "t".into(),
             ca: tls.ca[0].clone(),
+            speaker: false,
+            netconf: None,
         }),
         tls,
         agents: Vec::new(),
@@ -99,6 +102,9 @@ fn config(
         },
         limits: Default::default(),
         metrics_listen: None,
+        refusals: Default::default(),
+        nonrepudiation: Default::default(),
+        audit: Default::default(),
     }
 }
 
@@ -182,18 +188,31 @@ async fn fault_reports_and_report_packs_cross_mxi_and_strangers_are_refused() {
 
     // a report pack from A to B
     let pack = manager_a.xlmo.send_reports(&manager_a).await.unwrap();
+    // the controller is not there: a pack without control-layer figures, not no pack
+    assert!(pack.performance.control_layer.is_none());
     wait_for(&manager_b, events::XLMO_REPORTS_RECEIVED, 1).await;
     assert_eq!(manager_b.xlmo.latest().received, Some(pack.clone()));
     assert_eq!(manager_a.xlmo.latest().sent, Some(pack));
 
     // a fault report of an unknown version from the right peer: 400
+    // (signed by A's manager, as every Mxi message must be: the checks after the signature's)
     let peer_a = crate::tls::https_client_to_peer(&tls_a, "B", Duration::from_secs(5)).unwrap();
+    let signer_a = crate::nonrepudiation::Signer::of(&tls_a).unwrap();
+    let signed_post = |path: &str, body: Vec<u8>| {
+        let cose = signer_a.sign(&body, &format!("POST {path}"), None).unwrap();
+        peer_a
+            .post(format!("{url_b}{path}"))
+            .header("content-type", "application/json")
+            .header(
+                crate::nonrepudiation::http::HEADER,
+                base64::Engine::encode(&crate::nonrepudiation::evidence::b64(), cose),
+            )
+            .body(body)
+            .send()
+    };
     let mut body = serde_json::to_value(fault_of(&manager_a)).unwrap();
     body["version"] = 2.into();
-    let response = peer_a
-        .post(format!("{url_b}/mxi/v1/faults"))
-        .json(&body)
-        .send()
+    let response = signed_post("/mxi/v1/faults", serde_json::to_vec(&body).unwrap())
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
@@ -202,13 +221,18 @@ async fn fault_reports_and_report_packs_cross_mxi_and_strangers_are_refused() {
     // a report pack claiming to be of another domain: 403
     let mut forged: ReportPack = manager_a.xlmo.pack(&manager_a).await;
     forged.domain = "C".into();
+    let response = signed_post("/mxi/v1/reports", serde_json::to_vec(&forged).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    // the same unsigned: 401
     let response = peer_a
         .post(format!("{url_b}/mxi/v1/reports"))
         .json(&forged)
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 403);
+    assert_eq!(response.status(), 401);
 
     // strangers: a third CA's certificate fails the handshake or gets 403
     let outsider = tls(&dir, &c, "manager-A", None);
@@ -261,7 +285,8 @@ async fn fault_reports_and_report_packs_cross_mxi_and_strangers_are_refused() {
         .detail
         .contains("without certificate"));
     let security = manager_b.security.report();
-    assert_eq!(security.mxi_malformed, 1);
+    // the unknown version and the unsigned report pack
+    assert_eq!(security.mxi_malformed, 2);
     assert_eq!(security.mxi_rejected, 1 + strangers.len() as u64 + 1);
     // none of those reached B's XLMO
     assert_eq!(

@@ -203,16 +203,29 @@ impl Xlmo {
 
     /// Packs the layers' performance reports and the security counts.
     pub async fn pack(&self, manager: &Manager) -> ReportPack {
+        // the QLM's reading of the agents and the controller's figures, side by side
+        let (quantum, controller) =
+            tokio::join!(manager.qlm.collect(), manager.control_layer.read());
+        let control_layer = controller.map(|report| {
+            // the security report carries the controller's refusals as last read
+            *manager
+                .security
+                .controller_refusals
+                .lock()
+                .expect("controller refusals") = Some(report.refusals);
+            report.control_layer
+        });
         ReportPack {
             version: MXI_VERSION,
             kind: ReportPackKind::ReportPack,
             id: Uuid::new_v4(),
             time: now_rfc3339(),
             domain: manager.config.domain.clone(),
-            period_seconds: manager.config.report_seconds,
+            period_seconds: manager.configuration.report_seconds(),
             performance: PerformanceReport {
-                quantum: manager.qlm.collect().await,
+                quantum,
                 key_management: manager.kmlm.report(),
+                control_layer,
             },
             security: manager.security.report(),
         }
@@ -275,14 +288,13 @@ impl Xlmo {
         self.latest.lock().expect("latest").clone()
     }
 
-    /// Sends a report pack every `report_seconds`, forever.
+    /// Sends a report pack every `report_seconds` (as operators set it at run time, see
+    /// [`crate::management::northbound`]), forever.
     pub async fn report_loop(manager: Arc<Manager>) {
-        let mut ticker =
-            tokio::time::interval(Duration::from_secs(manager.config.report_seconds.max(1)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
             let _ = manager.xlmo.send_reports(&manager).await;
+            let period = Duration::from_secs(manager.configuration.report_seconds());
+            tokio::time::sleep(period).await;
         }
     }
 }
@@ -305,8 +317,32 @@ fn summary(pack: &ReportPack) -> String {
     let quantum = &pack.performance.quantum;
     let km = &pack.performance.key_management;
     let security = &pack.security;
+    let control = match &pack.performance.control_layer {
+        Some(c) => format!(
+            "; control layer: {} route installs ({} failed), {} reroutes ({} failed), {} Cxi round trips",
+            c.route_installs.count,
+            c.route_installs.failed,
+            c.reroutes.count,
+            c.reroutes.failed,
+            c.cxi_round_trips
+                .iter()
+                .map(|p| p.round_trips.count)
+                .sum::<u64>()
+        ),
+        None => String::new(),
+    };
+    let controller_refusals = security
+        .controller_refusals
+        .as_ref()
+        .map(|r| {
+            format!(
+                ", {} controller refusals",
+                r.counts.iter().map(|c| c.count).sum::<u64>()
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "{} link ends ({} up), {} agents unreachable; {} relay failures ({} interworking), {} link changes, {} low-key alarms; security: {} relay auth failures, {} REST auth failures, {} Mxi rejected, {} Mxi malformed",
+        "{} link ends ({} up), {} agents unreachable; {} relay failures ({} interworking), {} link changes, {} low-key alarms{control}; security: {} relay auth failures, {} REST auth failures, {} Mxi rejected, {} Mxi malformed{controller_refusals}",
         quantum.links.len(),
         quantum.links.iter().filter(|l| l.up).count(),
         quantum.unreachable_agents.len(),

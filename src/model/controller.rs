@@ -126,6 +126,13 @@ schema_group! {
     EXPOSE_KEY_RATE = "expose/key-rate";
     PEER = "peer";
     SESSION = "session";
+    PROVISIONED_BY = "provisioned-by";
+    PROVISIONED_BY_OPERATOR = "provisioned-by/operator";
+    PROVISIONED_BY_CHANGE = "provisioned-by/change";
+    LAST_CHANGE_TIME = "last-change/time";
+    LAST_CHANGE_USER = "last-change/user";
+    LAST_CHANGE_OPERATOR = "last-change/operator";
+    LAST_CHANGE_SUMMARY = "last-change/summary";
 }
 
 /// The Cxi peers.
@@ -149,6 +156,10 @@ schema_group! {
     VIA_BORDER_NODE = "abstract-topology/sae/via/border-node";
     VIA_HOPS = "abstract-topology/sae/via/hops";
     VIA_RATE_BPS = "abstract-topology/sae/via/rate-bps";
+    EXPOSE = "expose";
+    EXPOSE_SAES = "expose/saes";
+    EXPOSE_KEY_RATE = "expose/key-rate";
+    QOS_CLASS = "qos-class";
 }
 
 /// The entry of peer domain `domain`.

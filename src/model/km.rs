@@ -243,6 +243,17 @@ schema_group! {
     PAIR_KEYS = "pair/keys";
 }
 
+/// The refusals container.
+pub const REFUSALS: &str = "/etsi-qkd-sdn-node:qkd_node/qkdni-km:key-manager/refusals";
+
+schema_group! {
+    /// Leaves of the refusals container.
+    pub mod refusals under super::REFUSALS;
+    ALARMS = "alarms";
+    REFUSAL = "refusal";
+    REFUSAL_COUNT = "refusal/count";
+}
+
 /// The entry of the (master, slave) pair's counters.
 pub fn pair_entry(master: &str, slave: &str) -> String {
     format!(
@@ -359,6 +370,10 @@ schema_group! {
     FAILURES_FROM_SOURCE = "failures-from-source";
     FAILURES_FOR_USER = "failures-for-user";
     DELAY = "delay";
+    REFERENCE_POINT = "reference-point";
+    REFUSALS_PER_MINUTE = "refusals-per-minute";
+    THRESHOLD = "threshold";
+    REASON = "reason";
 }
 
 /// Every group of this module.
@@ -373,6 +388,7 @@ pub const GROUPS: &[Group] = &[
     relay_failure::GROUP,
     key_transfer::GROUP,
     security_event::GROUP,
+    refusals::GROUP,
     transfer_link::GROUP,
     local_control::GROUP,
     advertisement::GROUP,

@@ -14,6 +14,8 @@ pub const KEY_EXHAUSTED: &str = "key-exhausted";
 pub const FAULT: &str = "fault";
 /// `security-event`'s `kind` of a failed NETCONF login.
 pub const AUTH_FAILURE: &str = "auth-failure";
+/// `security-event`'s `kind` of refusals above a reference point's threshold.
+pub const REFUSAL_THRESHOLD: &str = "refusal-threshold";
 
 /// A `qkdni-km` notification.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +37,18 @@ pub enum KmNotification {
         user: String,
         source: String,
         failures_from_source: u64,
+    },
+    /// `security-event` of kind `refusal-threshold`: refusals at a reference point of the
+    /// KM above its threshold.
+    RefusalAlarm {
+        /// The reference point (`etsi014`, `kma`, `kxi`, `netconf`).
+        point: String,
+        per_minute: u64,
+        threshold: u64,
+        /// Why the last one was refused, its source and identity.
+        reason: String,
+        source: String,
+        identity: String,
     },
 }
 
@@ -156,6 +170,19 @@ pub fn parse_notification(node: &str, xml: &str) -> Option<KmNotification> {
             failures_from_source: field(n::FAILURES_FROM_SOURCE)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
+        })
+    } else if name == notification_name(security_event::PARENT)
+        && field(security_event::KIND).as_deref() == Some(REFUSAL_THRESHOLD)
+    {
+        use security_event as n;
+        let number = |leaf: &str| field(leaf).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Some(KmNotification::RefusalAlarm {
+            point: field(n::REFERENCE_POINT).unwrap_or_default(),
+            per_minute: number(n::REFUSALS_PER_MINUTE),
+            threshold: number(n::THRESHOLD),
+            reason: field(n::REASON).unwrap_or_default(),
+            source: field(n::SOURCE).unwrap_or_default(),
+            identity: field(n::USER).unwrap_or_default(),
         })
     } else {
         None

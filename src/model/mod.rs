@@ -9,10 +9,12 @@
 //!
 //! - [`etsi_node`] — the ETSI GS QKD 015 node model the KM agents serve;
 //! - [`km`] — qkdni's KM additions: link settings and state, key manager, notifications;
+//! - [`km_accounting`] — a KM's accounting summaries (state data);
 //! - [`km_data`] — a KM's `<get>` reply read by controllers and managers;
 //! - [`km_edit`] — the relay routes and foreign SAEs a controller installs on a KM;
 //! - [`km_notifications`] — a KM's notifications read by managers;
-//! - [`controller`] — the controller's own model.
+//! - [`controller`] — the controller's own model;
+//! - [`manager`] — the manager's own model (interworking configuration, changes).
 
 use std::sync::OnceLock;
 
@@ -21,9 +23,12 @@ use yang2::context::Context;
 pub mod controller;
 pub mod etsi_node;
 pub mod km;
+pub mod km_accounting;
 pub mod km_data;
 pub mod km_edit;
 pub mod km_notifications;
+pub mod manager;
+pub mod qos;
 
 /// A schema node and the paths relative to it that the code uses.
 #[derive(Debug, Clone, Copy)]
@@ -88,17 +93,36 @@ pub fn check(groups: &[Group]) -> Result<(), PathError> {
 
 /// The groups a KM agent uses.
 pub fn km_agent_groups() -> Vec<Group> {
-    [etsi_node::GROUPS, km::GROUPS].concat()
+    [
+        etsi_node::GROUPS,
+        km::GROUPS,
+        km_accounting::GROUPS,
+        qos::KM_GROUPS,
+    ]
+    .concat()
 }
 
 /// The groups a controller uses (its own model, and KM data and edits).
 pub fn controller_groups() -> Vec<Group> {
-    [controller::GROUPS, km::GROUPS, etsi_node::GROUPS].concat()
+    [
+        controller::GROUPS,
+        km::GROUPS,
+        etsi_node::GROUPS,
+        qos::CONTROLLER_GROUPS,
+    ]
+    .concat()
 }
 
 /// The groups a manager uses (KM data and notifications).
 pub fn manager_groups() -> Vec<Group> {
-    [km::GROUPS, etsi_node::GROUPS].concat()
+    [
+        km::GROUPS,
+        etsi_node::GROUPS,
+        manager::GROUPS,
+        controller::GROUPS,
+        km_accounting::GROUPS,
+    ]
+    .concat()
 }
 
 /// The name of a notification from its group's parent (`/module:name`).
@@ -156,6 +180,7 @@ pub fn namespace_of(module: &str) -> Option<&'static str> {
         "qkdni-km" => km::NAMESPACE,
         "qkdni-etsi-ids" => etsi_node::IDS_NAMESPACE,
         "qkdni-controller" => controller::NAMESPACE,
+        "qkdni-manager" => manager::NAMESPACE,
         _ => return None,
     })
 }

@@ -197,6 +197,28 @@ pub trait Application: Send + Sync + 'static {
     fn security_event(&self, event: SecurityEvent) {
         let _ = event;
     }
+    /// The daemon's audit log, where every change of the running datastore is recorded
+    /// with its user and diff (none: not recorded).
+    fn audit(&self) -> Option<&crate::audit::AuditLog> {
+        None
+    }
+}
+
+tokio::task_local! {
+    /// The user of the session whose operation is being handled.
+    static CURRENT_USER: String;
+}
+
+/// The NETCONF user whose operation is being handled, for an [`Application`] that records
+/// who changed its configuration (inside [`Application::apply`]); `None` outside an
+/// operation (at start, a confirmed commit rolled back on its timeout).
+pub fn current_user() -> Option<String> {
+    CURRENT_USER.try_with(String::clone).ok()
+}
+
+/// Runs `operation` as `user`'s (see [`current_user`]).
+pub(crate) async fn as_user<F: std::future::Future>(user: String, operation: F) -> F::Output {
+    CURRENT_USER.scope(user, operation).await
 }
 
 /// A pending confirmed commit.
@@ -434,6 +456,15 @@ pub(crate) fn rollback_confirmed(server: &NetconfServer, stores: &mut Stores) {
     };
     if let Err(error) = server.app.apply(&stores.running, &pending.rollback) {
         tracing::error!(%error, "the application refused the rollback configuration");
+    } else if let Some(audit) = server.app.audit() {
+        crate::audit::hooks::netconf_edit(
+            audit,
+            crate::audit::SYSTEM,
+            Some(pending.session),
+            "confirmed-commit-rollback",
+            &stores.running,
+            &pending.rollback,
+        );
     }
     if server.persist(&pending.rollback) {
         server.clear_rollback_point();

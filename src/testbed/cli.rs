@@ -110,6 +110,21 @@ pub fn run(command: TestbedCommand) -> anyhow::Result<()> {
                         endpoints.saes.len(),
                         super::endpoints::Endpoints::path(&dir).display()
                     );
+                    for (name, domain) in &endpoints.domains {
+                        let Some(netconf) =
+                            domain.manager.as_ref().and_then(|m| m.netconf.as_ref())
+                        else {
+                            continue;
+                        };
+                        let user = domain
+                            .netconf_user
+                            .as_ref()
+                            .unwrap_or(&endpoints.netconf_user);
+                        println!(
+                            "domain {name}: manager NETCONF (interworking configuration) at {netconf}, user {} (password in endpoints.json)",
+                            user.username
+                        );
+                    }
                     if let Some(net) = &endpoints.netns {
                         println!(
                             "network namespaces qkdni-{}-<node>, nodes at {}.., root address {}",

@@ -14,7 +14,9 @@ use crate::control::config::{
     AgentConfig, ControllerConfig, CxiPeer, ExposePolicy, InterworkingConfig, NodeRole,
     SouthboundLogin,
 };
-use crate::management::config::{ControllerLink, ManagedAgent, ManagerConfig, PeerManager};
+use crate::management::config::{
+    ControllerLink, ControllerNetconf, ManagedAgent, ManagerConfig, PeerManager,
+};
 use crate::netconf::server::{Group, NetconfConfig, User};
 use crate::pki::{Authority, Role};
 use crate::tls::{self, TlsFiles};
@@ -55,6 +57,8 @@ pub(super) struct ControlAddresses {
     pub(super) mxi: SocketAddr,
     pub(super) metrics: SocketAddr,
     pub(super) manager_metrics: SocketAddr,
+    /// The manager's operators' NETCONF server.
+    pub(super) manager_netconf: SocketAddr,
 }
 
 pub(super) fn write_toml<T: Serialize>(
@@ -66,6 +70,12 @@ pub(super) fn write_toml<T: Serialize>(
         .map_err(|e| TestbedError::Operation(format!("serializing {what}: {e}")))?;
     std::fs::write(path, text).map_err(io(format!("writing {what}")))
 }
+
+/// The topology's audit and signing settings, for every daemon it writes.
+pub(super) type Security<'a> = (
+    &'a crate::audit::AuditConfig,
+    &'a crate::nonrepudiation::Settings,
+);
 
 /// Writes the configurations of a domain's controller and manager.
 #[allow(clippy::too_many_arguments)]
@@ -84,6 +94,7 @@ pub(super) fn write_control(
     (netconf_user, netconf_readonly_user): (&NetconfLogin, &NetconfLogin),
     ips: &[IpAddr],
     known_hosts: &Path,
+    security: Security<'_>,
 ) -> Result<(Option<ControllerEndpoint>, Option<ManagerEndpoint>), TestbedError> {
     let pki = dir.join("pki");
     // a distributed domain has no controller: its manager's QCLM asks the domain's speaker
@@ -94,9 +105,16 @@ pub(super) fn write_control(
                 url: url.to_owned(),
                 token: token.to_owned(),
                 ca: dpki.ca_cert.clone(),
+                speaker: true,
+                netconf: None,
             },
         ),
         None => {
+            // the manager's own login on its controller, which it provisions
+            let manager_login = NetconfLogin {
+                username: format!("manager-{}", domain.name),
+                password: random_password(),
+            };
             let (controller, token) = write_controller(
                 dir,
                 domain,
@@ -108,13 +126,22 @@ pub(super) fn write_control(
                 cxi_of,
                 peer_cas.clone(),
                 (netconf_user, netconf_readonly_user),
+                &manager_login,
                 ips,
                 known_hosts,
+                security,
             )?;
             let link = ControllerLink {
                 url: format!("https://{}", addrs.rest),
                 token,
                 ca: dpki.ca_cert.clone(),
+                speaker: false,
+                netconf: Some(ControllerNetconf {
+                    address: addrs.netconf,
+                    username: manager_login.username,
+                    password: manager_login.password,
+                    known_hosts: known_hosts.to_path_buf(),
+                }),
             };
             (Some(controller), link)
         }
@@ -170,6 +197,21 @@ pub(super) fn write_control(
         },
         limits: Default::default(),
         metrics_listen: Some(addrs.manager_metrics),
+        refusals: Default::default(),
+        nonrepudiation: security.1.clone(),
+        audit: security.0.clone(),
+        netconf: Some(NetconfConfig {
+            listen: addrs.manager_netconf,
+            host_key: {
+                let host_key = mdir.join("ssh_host_ed25519_key");
+                host_keys::provision(known_hosts, &host_key, addrs.manager_netconf)?;
+                host_key
+            },
+            users: netconf_users(netconf_user, netconf_readonly_user),
+            max_message_bytes: 4 * 1024 * 1024,
+            running_file: Some(mdir.join("running.xml")),
+            limits: Default::default(),
+        }),
     };
     let mconfig_path = mdir.join("manager.toml");
     write_toml(&mconfig_path, &mconfig, "manager config")?;
@@ -178,6 +220,7 @@ pub(super) fn write_control(
         rest: format!("https://{}", addrs.manager_rest),
         mxi: format!("https://{}", addrs.mxi),
         metrics: Some(format!("http://{}/metrics", addrs.manager_metrics)),
+        netconf: Some(addrs.manager_netconf.to_string()),
         token: mtoken,
         config: mconfig_path,
         log: dir
@@ -249,8 +292,10 @@ fn write_controller(
     cxi_of: &BTreeMap<String, (String, String)>,
     peer_cas: Vec<tls::PeerCa>,
     (netconf_user, netconf_readonly_user): (&NetconfLogin, &NetconfLogin),
+    manager_login: &NetconfLogin,
     ips: &[IpAddr],
     known_hosts: &Path,
+    (audit, nonrepudiation): Security<'_>,
 ) -> Result<(ControllerEndpoint, String), TestbedError> {
     let pki = dir.join("pki");
     let name = format!("controller-{}", domain.name);
@@ -303,7 +348,16 @@ fn write_controller(
                 host_keys::provision(known_hosts, &host_key, addrs.netconf)?;
                 host_key
             },
-            users: netconf_users(netconf_user, netconf_readonly_user),
+            users: {
+                let mut users = netconf_users(netconf_user, netconf_readonly_user);
+                users.push(User {
+                    name: manager_login.username.clone(),
+                    password: Some(manager_login.password.clone()),
+                    authorized_keys: Vec::new(),
+                    group: Group::Admin,
+                });
+                users
+            },
             max_message_bytes: 4 * 1024 * 1024,
             running_file: Some(cdir.join("data").join("running.xml")),
             limits: Default::default(),
@@ -326,6 +380,9 @@ fn write_controller(
         }),
         limits: Default::default(),
         metrics_listen: Some(addrs.metrics),
+        refusals: Default::default(),
+        nonrepudiation: nonrepudiation.clone(),
+        audit: audit.clone(),
     };
     let config_path = cdir.join("controller.toml");
     write_toml(&config_path, &config, "controller config")?;

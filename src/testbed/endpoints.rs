@@ -87,6 +87,10 @@ pub struct ManagerEndpoint {
     /// Prometheus metrics URL (plain HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// Operators' NETCONF over SSH address (`host:port`): the domain's interworking
+    /// configuration (`qkdni-manager`), with the domain's NETCONF logins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netconf: Option<String>,
     pub token: String,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -363,7 +367,11 @@ impl Endpoints {
                 config: m.config.clone(),
                 log: m.log.clone(),
                 health: format!("{}/api/v1/health", m.rest),
-                listens: addresses([m.rest.as_str(), m.mxi.as_str()]),
+                listens: addresses(
+                    [m.rest.as_str(), m.mxi.as_str()]
+                        .into_iter()
+                        .chain(m.netconf.as_deref()),
+                ),
                 netns: self.control_namespace(),
             })
     }

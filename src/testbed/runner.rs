@@ -173,6 +173,7 @@ pub async fn up_with(
                     mxi: at(ports.take()?, control_ip),
                     metrics: at(ports.take()?, control_ip),
                     manager_metrics: at(ports.take()?, control_ip),
+                    manager_netconf: at(ports.take()?, control_ip),
                 },
             );
         }
@@ -363,7 +364,12 @@ pub async fn up_with(
                     .filter(|_| domain.controller)
                     .map(|c| format!("https://{}", c.rest)),
                 limits: topology.km_limits.clone().unwrap_or_default(),
+                key_store: topology.km_key_store.clone().unwrap_or_default(),
+                accounting: topology.km_accounting.clone().unwrap_or_default(),
                 metrics_listen: Some(metrics),
+                refusals: topology.refusals.clone().unwrap_or_default(),
+                nonrepudiation: topology.nonrepudiation.clone().unwrap_or_default(),
+                audit: topology.audit.clone().unwrap_or_default(),
                 local_control: domain.distributed.then(|| LocalControlConfig {
                     policy: "fewest-hops".into(),
                     kma_url: None,
@@ -460,6 +466,10 @@ pub async fn up_with(
                     (&netconf_user, &netconf_readonly_user),
                     &control_ips,
                     &known_hosts,
+                    (
+                        &topology.audit.clone().unwrap_or_default(),
+                        &topology.nonrepudiation.clone().unwrap_or_default(),
+                    ),
                 )?;
                 (controller, manager)
             }

@@ -36,9 +36,26 @@ pub struct Topology {
     /// Limits of every KM agent (`[km_limits]`; defaults when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub km_limits: Option<crate::km::limits::KmLimits>,
+    /// Key material at rest of every KM agent (`[km_key_store]`; sealed when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub km_key_store: Option<crate::km::store::AtRestConfig>,
+    /// The audit log of every daemon (`[audit]`: `enabled`, `segment_bytes`; on when absent).
+    /// `enabled = false` exists only to measure the log's cost in benches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditConfig>,
+    /// Signed interworking messages at every daemon (`[nonrepudiation]`: `sign`; on when
+    /// absent). `sign = false` exists only to measure the cost in benches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonrepudiation: Option<crate::nonrepudiation::Settings>,
+    /// Accounting of every KM agent (`[km_accounting]`; defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub km_accounting: Option<crate::km::accounting::AccountingConfig>,
     /// Limits of every KM agent's NETCONF server (`[netconf_limits]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netconf_limits: Option<crate::netconf::server::NetconfLimits>,
+    /// Refusal alarm thresholds of every KM agent (`[refusals]`; defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusals: Option<crate::refusals::RefusalConfig>,
 }
 
 /// One QKDN.

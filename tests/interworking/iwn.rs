@@ -196,8 +196,19 @@ async fn a_transfer_failure_goes_through_both_managers_and_transfer_moves_to_the
         kind(e, "interworking-commit") && e["transaction"] == transaction.as_str()
     })
     .await;
-    let session = origin_session(&bed).await;
-    assert_eq!(session["interworking"]["qx_link"], "iwn2-kxi1p");
+    // A records the new route once its own commit is applied, which may come after B's
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let session = origin_session(&bed).await;
+        if session["interworking"]["qx_link"] == "iwn2-kxi1p" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A's session never moved to iwn2: {session:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     bed.wait_path(
         &["a1", "a3", "a5", "iwn2-a", "iwn2-b", "b3", "b5", "b1"],
         16,

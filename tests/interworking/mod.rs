@@ -80,6 +80,34 @@ fn other_qx(qx: &str) -> &'static str {
     }
 }
 
+/// `request` carrying `body` signed as the Cxi party `stem` of the testbed PKI (its
+/// certificate's key), as a peer controller signs its Cxi messages.
+fn signed_cxi(
+    request: reqwest::RequestBuilder,
+    pki: &std::path::Path,
+    stem: &str,
+    path: &str,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    let signer = qkdni::nonrepudiation::cose::Signer::load(
+        &pki.join(format!("{stem}.crt")),
+        &pki.join(format!("{stem}.key")),
+    )
+    .unwrap();
+    let bytes = serde_json::to_vec(body).unwrap();
+    let signature = signer.sign(&bytes, &format!("POST {path}"), None).unwrap();
+    request
+        .header("content-type", "application/json")
+        .header(
+            qkdni::nonrepudiation::http::HEADER,
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                &signature,
+            ),
+        )
+        .body(bytes)
+}
+
 /// The interworking session of the origin domain A.
 async fn origin_session(bed: &Bed) -> Value {
     let sessions = bed.controller_get("A", "/api/v1/sessions").await;
@@ -302,19 +330,28 @@ async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["type"], "urn:qkdni:problem:not-a-peer");
     }
-    // the peer controller itself, with a malformed or wrongly versioned message
+    // the peer controller itself, with a malformed or wrongly versioned message: signed by
+    // B (its certificate's key) it is read and refused as malformed; unsigned it is not even read
     let controller_b = client("controller-B");
+    let signed_by_b = |path: &str, body: &Value| {
+        let request = controller_b.post(format!("{cxi_a}{path}"));
+        signed_cxi(request, &pki, "controller-B", path, body).send()
+    };
     for body in [
         serde_json::json!({"version": 1, "domain": "B", "kind": "segment-fault", "detail": "x", "forged": true}),
         serde_json::json!({"version": 2, "domain": "B", "kind": "segment-fault", "detail": "x"}),
     ] {
-        let response = controller_b
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let response = signed_by_b("/cxi/v1/status", &body).await.unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let unsigned = controller_b
             .post(format!("{cxi_a}/cxi/v1/status"))
-            .json(&body)
+            .header("content-type", "application/json")
+            .body(bytes)
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 400, "{body}");
+        assert_eq!(unsigned.status(), 401, "unsigned {body}");
     }
     // the peer controller itself cannot make its SAEs or nodes take the place of A's, nor
     // take over a session of A
@@ -339,16 +376,12 @@ async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
             origin["id"].as_str().unwrap().to_owned(),
         ),
     ] {
-        let response = controller_b
-            .post(format!("{cxi_a}/cxi/v1/transactions"))
-            .json(&serde_json::json!({
-                "version": 1, "transaction": uuid::Uuid::new_v4(), "session": session,
-                "origin_domain": "B", "master_sae": master, "slave_sae": "sae-a1-2",
-                "origin_km": origin_km, "peer_gateway": "gb1", "entry_gateway": "ga1",
-                "qx_link": "qx1", "rate_bps": 0.0, "reason": "forged"}))
-            .send()
-            .await
-            .unwrap();
+        let prepare = serde_json::json!({
+            "version": 1, "transaction": uuid::Uuid::new_v4(), "session": session,
+            "origin_domain": "B", "master_sae": master, "slave_sae": "sae-a1-2",
+            "origin_km": origin_km, "peer_gateway": "gb1", "entry_gateway": "ga1",
+            "qx_link": "qx1", "rate_bps": 0.0, "reason": "forged"});
+        let response = signed_by_b("/cxi/v1/transactions", &prepare).await.unwrap();
         assert_eq!(response.status(), 409, "{what}");
         let vote: Value = response.json().await.unwrap();
         assert_eq!(vote["vote"], "refused", "{what}");
@@ -358,7 +391,8 @@ async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
         .into_iter()
         .filter(|e| kind(e, "cxi-rejected"))
         .count();
-    assert_eq!(rejected, 6, "every refusal is logged");
+    // the six refusals logged before messages were signed, and the two unsigned statuses
+    assert_eq!(rejected, 8, "every refusal is logged");
 
     // Kxi-1: an ext_keys request with a forged MAC, from the real peer GWN
     let gb1 = bed.endpoints.node("gb1").unwrap().kma.clone();
@@ -455,12 +489,10 @@ async fn forged_messages_are_refused_and_b_keeps_its_links_to_itself() {
         (serde_json::json!([origin_id]), true),
         (serde_json::json!([]), false),
     ] {
-        let response = controller_a
-            .post(format!("{cxi_b}/cxi/v1/status"))
-            .json(
-                &serde_json::json!({"version": 1, "domain": "A", "kind": "sessions",
-                "sessions": list, "detail": "test"}),
-            )
+        let status = serde_json::json!({"version": 1, "domain": "A", "kind": "sessions",
+            "sessions": list, "detail": "test"});
+        let request = controller_a.post(format!("{cxi_b}/cxi/v1/status"));
+        let response = signed_cxi(request, &pki, "controller-A", "/cxi/v1/status", &status)
             .send()
             .await
             .unwrap();
@@ -697,16 +729,18 @@ async fn each_controller_models_the_peer_domain_in_yang_and_follows_its_qx_links
     })
     .await;
     assert!(told.is_ok(), "no peer-topology-change notification");
-    // the peers and the exposure policy are read at start: an edit is refused whole
+    // the exposure policy changes at run time; a peer whose domain's CA the controller does
+    // not trust is refused whole
     let admin = bed
         .controller_netconf("B", bed.endpoints.netconf_logins("B").0)
         .await;
     let edit = "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><interworking><expose><key-rate>false</key-rate></expose></interworking></controller>";
-    match admin.edit_config("running", edit).await {
-        Err(qkdni::netconf::client::ClientError::Rpc(errors)) => assert_eq!(
-            errors[0].tag,
-            qkdni::netconf::ErrorTag::OperationNotSupported
-        ),
-        other => panic!("an exposure change was accepted: {other:?}"),
+    admin.edit_config("running", edit).await.unwrap();
+    let stranger = "<controller xmlns=\"urn:qkdni:yang:qkdni-controller\"><interworking><peer><domain>Z</domain><url>https://127.0.0.1:1</url><controller>controller-Z</controller></peer></interworking></controller>";
+    match admin.edit_config("running", stranger).await {
+        Err(qkdni::netconf::client::ClientError::Rpc(errors)) => {
+            assert_eq!(errors[0].tag, qkdni::netconf::ErrorTag::InvalidValue)
+        }
+        other => panic!("a peer of an untrusted domain was accepted: {other:?}"),
     }
 }

@@ -8,7 +8,7 @@ use crate::common::Bed;
 async fn scrape(url: &str) -> String {
     // plain HTTP; reqwest still wants a TLS configuration
     let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

@@ -88,28 +88,38 @@ impl Controller {
             .collect()
     }
 
-    pub(in crate::control) fn peer(&self, domain: &str) -> Option<&CxiClient> {
-        self.peers.iter().find(|p| p.peer.domain == domain)
+    pub(in crate::control) fn peer(&self, domain: &str) -> Option<CxiClient> {
+        self.peers()
+            .iter()
+            .find(|p| p.peer.domain == domain)
+            .cloned()
     }
 
     /// The peer controller whose `identity` (certificate name, domain-qualified) called.
-    pub fn peer_by_identity(&self, identity: &str) -> Option<&CxiClient> {
-        self.peers
+    pub fn peer_by_identity(&self, identity: &str) -> Option<CxiClient> {
+        self.peers()
             .iter()
             .find(|p| crate::tls::foreign_identity(&p.peer.controller, &p.peer.domain) == identity)
+            .cloned()
     }
 
     /// What this domain shares with its peers under its exposure policy (from the last
     /// published view: never waits).
     pub fn abstract_topology(&self) -> AbstractTopology {
+        self.abstract_topology_with(self.interworking_settings().expose)
+    }
+
+    /// What this domain shares with peer `domain` under the exposure policy toward it.
+    pub fn abstract_topology_for(&self, domain: &str) -> AbstractTopology {
+        self.abstract_topology_with(self.expose_for(domain))
+    }
+
+    fn abstract_topology_with(
+        &self,
+        expose: crate::control::config::ExposePolicy,
+    ) -> AbstractTopology {
         let view = self.view();
         let topology = &view.topology;
-        let expose = self
-            .config
-            .interworking
-            .as_ref()
-            .map(|iw| iw.expose.clone())
-            .unwrap_or_default();
         let qx = self.qx_links(topology);
         let gateways = self.gateways();
         let border_nodes = gateways
@@ -175,8 +185,8 @@ impl Controller {
         domain: Option<&str>,
     ) -> Result<(CxiClient, AbstractTopology, SaeReach), ControlError> {
         let mut unreachable = None;
-        for client in self
-            .peers
+        let peers = self.peers();
+        for client in peers
             .iter()
             .filter(|p| domain.is_none_or(|d| d == p.peer.domain))
         {
@@ -261,7 +271,30 @@ impl Controller {
             )));
         }
         let mut refusals = Vec::new();
+        // QoS admission on this domain's links (the peer admits on its own)
+        let class = self.admission.class_of(
+            &session.master_sae,
+            &session.slave_sae,
+            Some(&client.peer.domain),
+            |s| topology.saes.contains_key(s),
+        );
+        let mut not_admitted = None;
         for (_, q, paths) in candidates {
+            if let Some(class) = &class {
+                let links =
+                    crate::control::admission::links_of(paths.iter().flat_map(|p| &p.links));
+                if let Err(refusal) = self.admission.admit(session.id, class, links, topology) {
+                    self.event_in(
+                        "interworking-refused",
+                        format!("{reason}: not admitted via {}: {refusal}", q.id),
+                        Some(session.id),
+                        None,
+                        None,
+                    );
+                    not_admitted.get_or_insert(refusal);
+                    continue;
+                }
+            }
             let transaction = Uuid::new_v4();
             let request = PrepareRequest {
                 version: CXI_VERSION,
@@ -276,6 +309,7 @@ impl Controller {
                 qx_link: q.id.clone(),
                 rate_bps: session.rate_bps,
                 reason: reason.to_owned(),
+                qos_class: class.as_ref().map(|c| c.name.clone()),
             };
             let proposal = format!("{} -[{}]-> {}", q.local, q.id, q.peer);
             self.event_in(
@@ -367,10 +401,13 @@ impl Controller {
                 }
             }
         }
-        Err(ControlError::NoRoute(format!(
-            "the peer refused every gateway pair: {}",
-            refusals.join("; ")
-        )))
+        match not_admitted {
+            Some(refusal) if refusals.is_empty() => Err(refusal.into()),
+            _ => Err(ControlError::NoRoute(format!(
+                "the peer refused every gateway pair: {}",
+                refusals.join("; ")
+            ))),
+        }
     }
 
     /// Asks the peer to undo transaction `transaction` (best effort, logged).
@@ -418,7 +455,7 @@ impl Controller {
             None,
             Some(iw.transaction),
         );
-        let Some(client) = self.peer(&iw.peer_domain).cloned() else {
+        let Some(client) = self.peer(&iw.peer_domain) else {
             return;
         };
         let report = StatusReport {
@@ -445,7 +482,7 @@ impl Controller {
     pub(in crate::control) async fn share_session_lists(&self) {
         let lists: Vec<(CxiClient, Vec<Uuid>)> = {
             let view = self.view();
-            self.peers
+            self.peers()
                 .iter()
                 .map(|peer| {
                     let ids = view
@@ -482,8 +519,9 @@ impl Controller {
 impl Controller {
     /// What this controller knows of its peer domains, by domain.
     pub fn peer_domains(&self) -> BTreeMap<String, PeerDomain> {
+        let peers = self.peers();
         self.peer_domains
-            .of(self.peers.iter().map(|p| p.peer.domain.as_str()))
+            .of(peers.iter().map(|p| p.peer.domain.as_str()))
     }
 
     /// Records an exchange with peer `domain`'s controller.
@@ -510,14 +548,16 @@ impl Controller {
         }
     }
 
-    /// Pushes this domain's abstract topology to every peer when it changes (and every
-    /// [`PUSH_AGAIN`]); runs until the controller stops.
+    /// Pushes each peer the abstract topology its exposure policy allows when it changes
+    /// (the domain or the interworking settings) and every [`PUSH_AGAIN`]; runs until the
+    /// controller stops.
     pub(in crate::control) async fn push_abstract_topology(self: Arc<Self>) {
-        if self.peers.is_empty() {
+        if self.config.interworking.is_none() {
             return;
         }
         let mut views = self.view_changes();
-        let mut sent: Option<AbstractTopology> = None;
+        let mut settings = self.interworking_changes();
+        let mut sent: BTreeMap<String, AbstractTopology> = BTreeMap::new();
         let mut again = tokio::time::interval(PUSH_AGAIN);
         loop {
             let timed = tokio::select! {
@@ -527,28 +567,38 @@ impl Controller {
                     }
                     false
                 }
+                // a new exposure policy is sent whatever it changes
+                changed = settings.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    true
+                }
                 _ = again.tick() => true,
             };
-            let topology = self.abstract_topology();
-            if !timed && sent.as_ref().is_some_and(|s| !differs(s, &topology)) {
-                continue;
-            }
-            let report = StatusReport {
-                version: CXI_VERSION,
-                domain: self.config.domain.clone(),
-                kind: StatusKind::BorderChange,
-                sessions: Vec::new(),
-                detail: "abstract topology".into(),
-                topology: Some(topology.clone()),
-            };
-            for client in &self.peers {
+            let peers = self.peers();
+            sent.retain(|domain, _| peers.iter().any(|p| &p.peer.domain == domain));
+            for client in peers.iter() {
+                let domain = &client.peer.domain;
+                let topology = self.abstract_topology_for(domain);
+                if !timed && sent.get(domain).is_some_and(|s| !differs(s, &topology)) {
+                    continue;
+                }
+                let report = StatusReport {
+                    version: CXI_VERSION,
+                    domain: self.config.domain.clone(),
+                    kind: StatusKind::BorderChange,
+                    sessions: Vec::new(),
+                    detail: "abstract topology".into(),
+                    topology: Some(topology.clone()),
+                };
                 let result = client.status(&report).await;
-                self.peer_contact(&client.peer.domain, result.is_ok());
+                self.peer_contact(domain, result.is_ok());
                 if let Err(error) = result {
                     tracing::debug!(%error, "abstract topology not delivered; sent again later");
                 }
+                sent.insert(domain.clone(), topology);
             }
-            sent = Some(topology);
         }
     }
 }

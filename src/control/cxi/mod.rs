@@ -23,6 +23,7 @@
 //!   push of this domain's abstract topology.
 
 pub mod coordinator;
+pub mod live;
 pub mod peers;
 pub mod segments;
 pub mod server;
@@ -115,6 +116,10 @@ pub struct PrepareRequest {
     pub rate_bps: f64,
     /// Why (new session, fault, ...).
     pub reason: String,
+    /// The session's QoS class (one the receiving domain exposes to the coordinator);
+    /// absent from peers that predate QoS classes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_class: Option<String>,
 }
 
 /// A vote.
@@ -200,6 +205,12 @@ pub enum CxiError {
     },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The answer's signature is missing or does not hold (non-repudiation): it agrees to
+    /// nothing.
+    #[error("answer of the peer controller of {domain} not proven: {reason}")]
+    Unproven { domain: String, reason: String },
+    #[error("signing Cxi messages: {0}")]
+    Signing(#[from] crate::nonrepudiation::NrError),
 }
 
 /// A client of one peer controller.
@@ -207,6 +218,10 @@ pub enum CxiError {
 pub struct CxiClient {
     pub peer: CxiPeer,
     http: reqwest::Client,
+    /// Signs the requests, checks and keeps the signed answers.
+    signing: crate::nonrepudiation::http::ClientPoint,
+    /// Round trips to the peer, for the manager's reports ([`crate::control::figures`]).
+    round_trips: crate::control::figures::RoundTrips,
 }
 
 impl CxiClient {
@@ -215,8 +230,20 @@ impl CxiClient {
     pub fn new(peer: CxiPeer, files: &TlsFiles) -> Result<Self, CxiError> {
         Ok(Self {
             http: tls::https_client_to_peer(files, &peer.domain, Duration::from_secs(10))?,
+            signing: crate::nonrepudiation::http::ClientPoint {
+                notary: crate::nonrepudiation::for_tls(files)?,
+                point: "cxi",
+                peer: peer.domain.clone(),
+                peer_identity: tls::foreign_identity(&peer.controller, &peer.domain),
+            },
             peer,
+            round_trips: Default::default(),
         })
+    }
+
+    /// The round trips of this client (and its clones) to the peer.
+    pub fn round_trips(&self) -> &crate::control::figures::Recent {
+        &self.round_trips
     }
 
     async fn call<T: serde::de::DeserializeOwned>(
@@ -224,31 +251,7 @@ impl CxiClient {
         request: reqwest::RequestBuilder,
         accept: &[u16],
     ) -> Result<T, CxiError> {
-        let unreachable = |reason: String| CxiError::Unreachable {
-            domain: self.peer.domain.clone(),
-            reason,
-        };
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let status = response.status().as_u16();
-        // a peer's answer is read up to a bound, whatever it announces
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-        {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_ANSWER_BYTES {
-                return Err(CxiError::Refused {
-                    domain: self.peer.domain.clone(),
-                    status,
-                    detail: format!("answer larger than {MAX_ANSWER_BYTES} bytes"),
-                });
-            }
-        }
+        let (status, body) = self.exchange(request).await?;
         let text = String::from_utf8_lossy(&body).into_owned();
         if !accept.contains(&status) {
             return Err(CxiError::Refused {
@@ -262,6 +265,78 @@ impl CxiClient {
             status,
             detail: format!("malformed answer: {e}"),
         })
+    }
+
+    /// Sends a request and reads its answer (up to a bound, whatever it announces): the
+    /// signature step of every Cxi message this controller sends (`agreement`), see
+    /// [`crate::nonrepudiation::http::ClientPoint::send`].
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(u16, axum::body::Bytes), CxiError> {
+        let started = std::time::Instant::now();
+        let answer = self.exchange_untimed(request).await;
+        // an answer of any status is a round trip; none (or one not proven) is a failure
+        let answered = answer.is_ok() || matches!(answer, Err(CxiError::Refused { .. }));
+        self.round_trips
+            .record(answered, started.elapsed().as_secs_f64());
+        answer
+    }
+
+    async fn exchange_untimed(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(u16, axum::body::Bytes), CxiError> {
+        let unreachable = |reason: String| CxiError::Unreachable {
+            domain: self.peer.domain.clone(),
+            reason,
+        };
+        let request = request.build().map_err(|e| unreachable(e.to_string()))?;
+        let body = request
+            .body()
+            .and_then(|b| b.as_bytes())
+            .unwrap_or_default();
+        let Some(agreement) = agreement(request.method(), request.url().path(), body) else {
+            let mut response = self
+                .http
+                .execute(request)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let status = response.status().as_u16();
+            let mut body = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+            {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_ANSWER_BYTES {
+                    return Err(CxiError::Refused {
+                        domain: self.peer.domain.clone(),
+                        status,
+                        detail: format!("answer larger than {MAX_ANSWER_BYTES} bytes"),
+                    });
+                }
+            }
+            return Ok((status, body.into()));
+        };
+        use crate::nonrepudiation::http::ExchangeError;
+        match self.signing.send(&self.http, request, &agreement).await {
+            Ok(answer) => Ok((answer.status, answer.body)),
+            Err(ExchangeError::Unreachable(error)) => Err(unreachable(error.to_string())),
+            Err(ExchangeError::TooLarge) => Err(CxiError::Refused {
+                domain: self.peer.domain.clone(),
+                status: 200,
+                detail: format!("answer larger than {MAX_ANSWER_BYTES} bytes"),
+            }),
+            Err(ExchangeError::Signature(error)) => {
+                tracing::warn!(peer = %self.peer.domain, %error, "Cxi answer not proven");
+                Err(CxiError::Unproven {
+                    domain: self.peer.domain.clone(),
+                    reason: error.to_string(),
+                })
+            }
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -316,21 +391,18 @@ impl CxiClient {
 
     /// Ends a session at the peer.
     pub async fn delete_session(&self, session: Uuid) -> Result<(), CxiError> {
-        let response = self
-            .http
-            .delete(self.url(&format!("/cxi/v1/sessions/{session}")))
-            .send()
-            .await
-            .map_err(|e| CxiError::Unreachable {
-                domain: self.peer.domain.clone(),
-                reason: e.to_string(),
-            })?;
-        match response.status().as_u16() {
+        let (status, body) = self
+            .exchange(
+                self.http
+                    .delete(self.url(&format!("/cxi/v1/sessions/{session}"))),
+            )
+            .await?;
+        match status {
             204 | 404 => Ok(()),
             status => Err(CxiError::Refused {
                 domain: self.peer.domain.clone(),
                 status,
-                detail: response.text().await.unwrap_or_default(),
+                detail: String::from_utf8_lossy(&body).into_owned(),
             }),
         }
     }
@@ -369,6 +441,45 @@ pub fn schemas_json() -> String {
         .expect("serializable schemas");
     text.push('\n');
     text
+}
+
+/// The agreement a Cxi message belongs to (its evidence index), `None` for a request that is
+/// not signed (reads). Prepare, commit and abort: `transaction <id>`; status: `status
+/// <kind> <first session>`; the end of a session: `session <id>`.
+pub fn agreement(method: &reqwest::Method, path: &str, body: &[u8]) -> Option<String> {
+    if method == reqwest::Method::GET || method == reqwest::Method::HEAD {
+        return None;
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let field = |name: &str| {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get(name).cloned())
+    };
+    Some(match segments.as_slice() {
+        ["cxi", "v1", "transactions"] => format!(
+            "transaction {}",
+            field("transaction")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "(unreadable)".into())
+        ),
+        ["cxi", "v1", "transactions", id, _] => format!("transaction {id}"),
+        ["cxi", "v1", "sessions", id] => format!("session {id}"),
+        ["cxi", "v1", "status"] => {
+            let kind = field("kind").and_then(|v| v.as_str().map(str::to_owned));
+            let first = field("sessions").and_then(|v| {
+                v.as_array()
+                    .and_then(|a| a.first())
+                    .and_then(|s| s.as_str().map(str::to_owned))
+            });
+            format!(
+                "status {} {}",
+                kind.as_deref().unwrap_or("?"),
+                first.as_deref().unwrap_or("-")
+            )
+        }
+        _ => format!("request {path}"),
+    })
 }
 
 /// A refusing vote.

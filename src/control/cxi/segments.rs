@@ -124,6 +124,36 @@ impl Instance {
                 Err(error) => return refuse(error.to_string()),
             }
         };
+        // QoS: the class must be one the peer's agreement exposes, and fit on our links
+        let exposed = self
+            .c
+            .interworking_settings()
+            .peers
+            .into_iter()
+            .find(|(p, _)| p.domain == from)
+            .map(|(_, policy)| policy.qos_classes)
+            .unwrap_or_default();
+        let class = match crate::control::admission::peer_class(
+            &self.c.admission.policy(),
+            &exposed,
+            from,
+            request.qos_class.as_deref(),
+            &request.master_sae,
+            &request.slave_sae,
+        ) {
+            Ok(class) => class,
+            Err(refusal) => return refuse(refusal.to_string()),
+        };
+        if let Some(class) = &class {
+            let links = crate::control::admission::links_of(paths.iter().flat_map(|p| &p.links));
+            if let Err(refusal) = self
+                .c
+                .admission
+                .admit(request.session, class, links, topology)
+            {
+                return refuse(refusal.to_string());
+            }
+        }
         let hops = paths[0].links.len() as u32;
         let segment = Session {
             id: request.session,
@@ -305,6 +335,9 @@ impl Instance {
             return None;
         }
         if let Some((segment, _)) = state.interworking.prepared.remove(&transaction) {
+            if !state.sessions.contains_key(&segment.id) {
+                self.c.admission.release(segment.id);
+            }
             self.c.event_in(
                 "interworking-abort",
                 "prepared segment dropped".into(),

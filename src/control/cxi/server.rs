@@ -22,6 +22,8 @@ use crate::control::cxi::{
     AbstractTopology, Outcome, PrepareRequest, StatusReport, TransactionResult, Vote, VoteKind,
     CXI_VERSION,
 };
+use crate::nonrepudiation::http::{verify_and_sign, ServerPoint};
+use crate::nonrepudiation::{Notary, NrError};
 use crate::problem::Problem;
 use crate::tls::PeerIdentity;
 
@@ -35,6 +37,11 @@ pub trait CxiEndpoint: Send + Sync + 'static {
     fn rejected(&self, detail: String);
     /// What the domain's exposure policy shares.
     fn abstract_topology(&self) -> AbstractTopology;
+    /// What the exposure policy toward peer `domain` shares.
+    fn abstract_topology_for(&self, domain: &str) -> AbstractTopology {
+        let _ = domain;
+        self.abstract_topology()
+    }
     /// Phase 1 at the receiving domain.
     fn prepare(self: Arc<Self>, from: String, request: PrepareRequest) -> BoxFuture<'static, Vote>;
     /// Phase 2: install the prepared segment.
@@ -45,6 +52,9 @@ pub trait CxiEndpoint: Send + Sync + 'static {
     fn status(self: Arc<Self>, from: String, report: StatusReport) -> BoxFuture<'static, ()>;
     /// The peer ended a session: its segment goes. False when there is none.
     fn delete_session(self: Arc<Self>, from: String, id: Uuid) -> BoxFuture<'static, bool>;
+    /// Who signs this endpoint's answers and checks the peers' signatures
+    /// ([`crate::nonrepudiation`]).
+    fn notary(&self) -> Result<Arc<Notary>, NrError>;
 }
 
 impl CxiEndpoint for Controller {
@@ -66,6 +76,10 @@ impl CxiEndpoint for Controller {
         Controller::abstract_topology(self)
     }
 
+    fn abstract_topology_for(&self, domain: &str) -> AbstractTopology {
+        Controller::abstract_topology_for(self, domain)
+    }
+
     fn prepare(self: Arc<Self>, from: String, request: PrepareRequest) -> BoxFuture<'static, Vote> {
         Box::pin(async move { self.cxi_prepare(&from, request).await })
     }
@@ -84,6 +98,10 @@ impl CxiEndpoint for Controller {
 
     fn delete_session(self: Arc<Self>, from: String, id: Uuid) -> BoxFuture<'static, bool> {
         Box::pin(async move { self.cxi_delete_session(&from, id).await })
+    }
+
+    fn notary(&self) -> Result<Arc<Notary>, NrError> {
+        crate::nonrepudiation::for_tls(&self.config.tls)
     }
 }
 
@@ -116,7 +134,11 @@ pub fn router_for(endpoint: Endpoint, counters: Option<crate::metrics::Counters>
         .route("/cxi/v1/transactions/{id}/commit", post(commit))
         .route("/cxi/v1/transactions/{id}/abort", post(abort))
         .route("/cxi/v1/status", post(status))
-        .route("/cxi/v1/sessions/{id}", delete(delete_session));
+        .route("/cxi/v1/sessions/{id}", delete(delete_session))
+        .route_layer(axum::middleware::from_fn_with_state(
+            signing(&endpoint),
+            verify_and_sign,
+        ));
     let routes = match counters {
         Some(counters) => routes.route_layer(axum::middleware::from_fn_with_state(
             counters,
@@ -127,6 +149,28 @@ pub fn router_for(endpoint: Endpoint, counters: Option<crate::metrics::Counters>
     routes
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such resource") })
         .with_state(endpoint)
+}
+
+/// The signature step of every Cxi message ([`crate::nonrepudiation::http`]): a peer's
+/// message must be signed by the peer controller itself; its refusal is a logged
+/// `cxi-rejected` event and a problem (401, 403 for a signer other than the TLS peer).
+fn signing(endpoint: &Endpoint) -> Arc<ServerPoint> {
+    let notary = endpoint.notary().unwrap_or_else(|error| {
+        // the daemon checked its key at start; a part without one refuses every message
+        tracing::error!(%error, "Cxi: no signing key; every signed message is refused");
+        Arc::new(Notary::unusable())
+    });
+    let (peers, refusals) = (endpoint.clone(), endpoint.clone());
+    Arc::new(ServerPoint {
+        notary,
+        point: "cxi",
+        classify: crate::control::cxi::agreement,
+        peer_of: Arc::new(move |identity: &str| peers.peer_domain(identity)),
+        refuse: Arc::new(move |status, kind, detail| {
+            refusals.rejected(detail.clone());
+            Problem::new(status, kind, detail).into_response()
+        }),
+    })
 }
 
 /// The calling peer's domain, or a logged refusal.
@@ -175,10 +219,10 @@ async fn abstract_topology(
     State(c): State<Endpoint>,
     Extension(identity): Extension<PeerIdentity>,
 ) -> Response {
-    if let Err(refused) = peer(&c, &identity, "abstract topology") {
-        return refused.into_response();
+    match peer(&c, &identity, "abstract topology") {
+        Ok(domain) => Json(c.abstract_topology_for(&domain)).into_response(),
+        Err(refused) => refused.into_response(),
     }
-    Json(c.abstract_topology()).into_response()
 }
 
 async fn prepare(
@@ -328,6 +372,15 @@ pub async fn serve(controller: Arc<Controller>) -> Result<(), std::io::Error> {
     let listener = tokio::net::TcpListener::bind(iw.cxi_listen).await?;
     tracing::info!(cxi = %iw.cxi_listen, "Cxi server ready");
     let limits = controller.config.limits.peer_listener.clone();
-    crate::https::serve_https_with(listener, config, issuers, router(controller), limits).await;
+    let watch = crate::https::Watch::of(controller.refusals.clone(), crate::refusals::Point::Cxi);
+    crate::https::serve_https_watched(
+        listener,
+        config,
+        issuers,
+        router(controller),
+        limits,
+        Some(watch),
+    )
+    .await;
     Ok(())
 }

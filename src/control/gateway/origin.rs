@@ -159,6 +159,7 @@ impl Gateway {
                 qx_link: q.id.clone(),
                 rate_bps: speaker.config.default_rate_bps,
                 reason: reason.to_owned(),
+                qos_class: None,
             };
             let vote = client.prepare(&request).await?;
             if vote.vote == VoteKind::Refused {

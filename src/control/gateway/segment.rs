@@ -170,6 +170,13 @@ impl Gateway {
 }
 
 impl CxiEndpoint for Gateway {
+    fn notary(&self) -> Result<Arc<crate::nonrepudiation::Notary>, crate::nonrepudiation::NrError> {
+        let agent = self.agent.upgrade().ok_or_else(|| {
+            crate::nonrepudiation::NrError::Key("the KM agent has stopped".into())
+        })?;
+        crate::nonrepudiation::for_tls(&agent.config.tls)
+    }
+
     fn peer_domain(&self, identity: &str) -> Option<String> {
         self.speaker.as_ref()?.peers.iter().find_map(|p| {
             (foreign_identity(&p.peer.controller, &p.peer.domain) == identity)

@@ -1,5 +1,6 @@
-//! The controller's configuration under NETCONF: route policy, poll interval and on-demand
-//! idle time (changed at run time), agents and the interworking subtree (fixed while it runs).
+//! The controller's configuration under NETCONF: route policy, poll interval, on-demand
+//! idle time and the interworking subtree (changed at run time), agents (fixed while it
+//! runs).
 
 use std::collections::BTreeMap;
 
@@ -74,8 +75,20 @@ pub(super) fn initial(controller: &Controller) -> String {
     })
 }
 
-/// Checks a new, schema-valid running configuration whole, then applies it.
-pub(super) fn apply(controller: &Controller, new: &DataTree<'static>) -> Result<(), RpcError> {
+/// A change of the interworking settings that [`apply`] put in effect.
+pub(super) struct InterworkingChange {
+    /// What changed, for people.
+    pub summary: Vec<String>,
+    /// The operator on the manager the change was provisioned for, if any.
+    pub operator: Option<String>,
+}
+
+/// Checks a new, schema-valid running configuration whole, then applies it; returns the
+/// change of the interworking settings, if they changed.
+pub(super) fn apply(
+    controller: &Controller,
+    new: &DataTree<'static>,
+) -> Result<Option<InterworkingChange>, RpcError> {
     let configured: BTreeMap<String, (String, String)> = controller
         .config
         .agents
@@ -94,7 +107,9 @@ pub(super) fn apply(controller: &Controller, new: &DataTree<'static>) -> Result<
         )
         .path(format!("{ROOT}/{}", root::AGENTS)));
     }
-    interworking::check(new, &controller.config)?;
+    let (settings, operator) = interworking::settings(controller, new)?;
+    // the QoS classes, checked whole before anything is applied
+    let qos = crate::km::qos::yang::read(new, crate::model::qos::CONTROLLER_QOS)?;
     // absent leaves take the module's defaults
     let leaf = |name: &str| {
         let path = format!("{ROOT}/{name}");
@@ -112,6 +127,15 @@ pub(super) fn apply(controller: &Controller, new: &DataTree<'static>) -> Result<
     if let Ok(idle) = leaf(root::ON_DEMAND_IDLE_SECONDS).parse() {
         controller.set_on_demand_idle_seconds(idle);
     }
+    let before = controller.interworking_settings();
+    let summary = interworking::summary(&before, &settings);
+    controller.set_interworking(settings).map_err(|e| {
+        RpcError::application(ErrorTag::InvalidValue, e.to_string())
+            .path(crate::model::controller::INTERWORKING.to_owned())
+    })?;
+    if controller.admission.set_policy(qos) {
+        tracing::info!("QoS classes of session admission changed");
+    }
     tracing::info!(%policy, poll_seconds = poll, "controller configuration applied");
-    Ok(())
+    Ok((!summary.is_empty()).then_some(InterworkingChange { summary, operator }))
 }

@@ -1,15 +1,14 @@
-//! The `interworking` subtree of `qkdni-controller`: the Cxi peers and the exposure policy
-//! (configuration, fixed while the controller runs), and both QKDNs as this controller sees
-//! them (state): each peer's abstract topology, its controller's status, and the
+//! The `interworking` subtree of `qkdni-controller`: the Cxi peers and the exposure policy,
+//! per peer exposure and QoS class names (configuration, put in effect at once: see
+//! [`crate::control::cxi::live`]), and both QKDNs as this controller sees them (state): each peer's abstract topology, its controller's status, and the
 //! interworking sessions with their Cxi transaction, gateway pair and Qx link.
-
-use std::collections::BTreeSet;
 
 use uuid::Uuid;
 use yang2::data::{Data, DataTree};
 
-use crate::control::config::ControllerConfig;
+use crate::control::config::{ControllerConfig, CxiPeer, ExposePolicy};
 use crate::control::controller::Controller;
+use crate::control::cxi::live::{InterworkingSettings, PeerPolicy};
 use crate::control::sessions::{InterworkingRole, Session, SessionState};
 use crate::model::controller::{
     self as model, interworking, interworking_session as iws, leaf, peer, INTERWORKING as BASE,
@@ -48,40 +47,124 @@ pub fn configuration(
     Ok(())
 }
 
-/// Refuses an edit of the peers or the exposure policy: they are read at start.
-pub fn check(new: &DataTree<'static>, config: &ControllerConfig) -> Result<(), RpcError> {
-    let mut wanted = crate::yang::empty();
-    configuration(&mut wanted, config)?;
-    let read = |tree: &DataTree<'static>| -> Result<BTreeSet<(String, String)>, RpcError> {
-        let mut leaves = BTreeSet::new();
-        if tree.traverse().next().is_none() {
-            // libyang finds nothing in an empty tree: it refuses the query
-            return Ok(leaves);
-        }
-        for path in [
-            model::PEER.to_owned(),
-            format!("{BASE}/{}", interworking::EXPOSE),
-        ] {
-            for node in tree.find_xpath(&path)? {
-                for leaf in node.traverse() {
-                    if let Some(value) = leaf.value_canonical() {
-                        if !leaf.is_default() {
-                            leaves.insert((leaf.path(), value));
-                        }
-                    }
+/// The interworking settings of a schema-valid configuration (the module's defaults for
+/// absent leaves), checked against what the controller can do (a Cxi server, a CA of
+/// every peer's domain): the peers, the exposure policy, per peer exposure and QoS class
+/// names; and who the domain's manager provisioned them for.
+pub fn settings(
+    controller: &Controller,
+    new: &DataTree<'static>,
+) -> Result<(InterworkingSettings, Option<String>), RpcError> {
+    let text = |path: &str| crate::netconf::datastore::leaf(new, path);
+    let flag = |path: &str| text(path).map(|v| v == "true");
+    let mut settings = InterworkingSettings {
+        peers: Vec::new(),
+        expose: ExposePolicy {
+            saes: flag(&format!("{BASE}/{}", interworking::EXPOSE_SAES)).unwrap_or(true),
+            key_rate: flag(&format!("{BASE}/{}", interworking::EXPOSE_KEY_RATE)).unwrap_or(true),
+        },
+    };
+    // libyang finds nothing in an empty tree: it refuses the query
+    let peers = if new.traverse().next().is_none() {
+        Vec::new()
+    } else {
+        new.find_xpath(model::PEER)?.collect::<Vec<_>>()
+    };
+    for node in peers {
+        let field = |name: &str| node.find_path(name).ok().and_then(|n| n.value_canonical());
+        let (Some(domain), Some(url), Some(name)) = (
+            field(peer::DOMAIN),
+            field(peer::URL),
+            field(peer::CONTROLLER),
+        ) else {
+            continue;
+        };
+        let qos_classes = node
+            .find_xpath(peer::QOS_CLASS)
+            .map(|set| set.filter_map(|n| n.value_canonical()).collect())
+            .unwrap_or_default();
+        settings.peers.push((
+            CxiPeer {
+                domain,
+                url,
+                controller: name,
+            },
+            PeerPolicy {
+                saes: field(peer::EXPOSE_SAES).map(|v| v == "true"),
+                key_rate: field(peer::EXPOSE_KEY_RATE).map(|v| v == "true"),
+                qos_classes,
+            },
+        ));
+    }
+    if let Some((peer, _)) = settings
+        .peers
+        .iter()
+        .find(|(p, _)| p.domain == controller.config.domain)
+    {
+        return Err(RpcError::application(
+            ErrorTag::InvalidValue,
+            format!(
+                "{} is this controller's own domain, not a peer",
+                peer.domain
+            ),
+        )
+        .path(model::peer_entry(&peer.domain)));
+    }
+    if let Some((peer, _)) = settings
+        .peers
+        .iter()
+        .find(|(p, _)| !p.url.starts_with("https://"))
+    {
+        return Err(RpcError::application(
+            ErrorTag::InvalidValue,
+            format!("the Cxi URL of {} must be an https:// URL", peer.domain),
+        )
+        .path(format!("{}/{}", model::peer_entry(&peer.domain), peer::URL)));
+    }
+    controller.check_interworking(&settings).map_err(|e| {
+        RpcError::application(ErrorTag::InvalidValue, e.to_string()).path(BASE.to_owned())
+    })?;
+    let operator = text(&format!("{BASE}/{}", interworking::PROVISIONED_BY_OPERATOR));
+    Ok((settings, operator))
+}
+
+/// What changed between two interworking settings, for people (empty: nothing).
+pub fn summary(old: &InterworkingSettings, new: &InterworkingSettings) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.expose != new.expose {
+        out.push(format!(
+            "exposure policy: saes {} key-rate {}",
+            new.expose.saes, new.expose.key_rate
+        ));
+    }
+    for (peer, policy) in &new.peers {
+        match old.peers.iter().find(|(p, _)| p.domain == peer.domain) {
+            None => out.push(format!("peer {} added ({})", peer.domain, peer.url)),
+            Some((was, was_policy)) => {
+                if was.url != peer.url || was.controller != peer.controller {
+                    out.push(format!(
+                        "peer {}: Cxi {} ({})",
+                        peer.domain, peer.url, peer.controller
+                    ));
+                }
+                if was_policy != policy {
+                    out.push(format!(
+                        "peer {}: exposure saes {:?} key-rate {:?}, QoS classes [{}]",
+                        peer.domain,
+                        policy.saes,
+                        policy.key_rate,
+                        policy.qos_classes.join(", ")
+                    ));
                 }
             }
         }
-        Ok(leaves)
-    };
-    if read(new)? != read(&wanted)? {
-        return Err(RpcError::application(
-            ErrorTag::OperationNotSupported,
-            "the Cxi peers and the exposure policy of a running controller are fixed: change the configuration file and restart",
-        )
-        .path(BASE.to_owned()));
     }
-    Ok(())
+    for (peer, _) in &old.peers {
+        if !new.peers.iter().any(|(p, _)| p.domain == peer.domain) {
+            out.push(format!("peer {} removed", peer.domain));
+        }
+    }
+    out
 }
 
 /// Writes the peers' state and the interworking sessions.

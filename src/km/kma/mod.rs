@@ -55,11 +55,12 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/admin/v1/links", get(links))
         .route("/admin/v1/interworking", get(interworking_view))
         .merge(interworking::router())
+        .merge(crate::km::accounting::rest::router())
         .with_state(agent)
 }
 
 /// An error answer of the KMA server: status and message (JSON `{"message": ...}`).
-pub struct Problem(StatusCode, String);
+pub struct Problem(pub StatusCode, pub String);
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
@@ -96,7 +97,7 @@ fn peer_link<'a>(
     }
 }
 
-fn operator(agent: &Agent, identity: &PeerIdentity) -> Result<(), Problem> {
+pub(crate) fn operator(agent: &Agent, identity: &PeerIdentity) -> Result<(), Problem> {
     match identity.0.as_deref() {
         Some(name) if agent.config.operators.iter().any(|o| o == name) => Ok(()),
         _ => Err(Problem(

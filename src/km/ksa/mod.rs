@@ -396,10 +396,14 @@ async fn enc_keys(
             limits.max_sae_id_count
         )));
     }
+    // the keys' period stays open until they are accounted
+    let supplying = agent.accounting.begin_supply();
     let issued = supply(&agent, &master, &slaves, number, size)
         .await
         .map_err(|e| match e {
             RelayError::Rejected(m) => Etsi014Error::bad_request(m),
+            RelayError::Qos(refusal) => Etsi014Error::unavailable("keys cannot be supplied now")
+                .detail(crate::km::qos::gate::refusal_detail(&refusal)),
             other => {
                 tracing::warn!(error = %other, "key supply failed");
                 Etsi014Error::unavailable("keys cannot be supplied now")
@@ -410,6 +414,16 @@ async fn enc_keys(
         .counters
         .supplied(&master, &slaves, issued.len() as u64);
     agent.metrics.keys(&master, "master", issued.len() as u64);
+    crate::audit::hooks::keys_supplied(
+        &agent.audit,
+        &master,
+        &slaves,
+        size,
+        issued.iter().map(|k| k.key_id),
+    );
+    let ids: Vec<Uuid> = issued.iter().map(|k| k.key_id).collect();
+    crate::km::accounting::supplied(&agent, &master, &slaves, size, &ids).await;
+    drop(supplying);
     if let Some(app) = agent
         .applications
         .note(&agent.config.domain, &master, &slaves)
@@ -523,6 +537,15 @@ async fn dec_keys(
         .keys_delivered
         .fetch_add(first, std::sync::atomic::Ordering::Relaxed);
     agent.metrics.keys(&slave, "slave", first);
+    crate::audit::hooks::keys_delivered(
+        &agent.audit,
+        &slave,
+        &master,
+        taken.iter().map(|d| (d.key_id, d.key.len(), d.refetched)),
+    );
+    let ids: Vec<Uuid> = taken.iter().map(|d| d.key_id).collect();
+    let bits = taken.first().map_or(0, |d| d.key.len() as u32 * 8);
+    crate::km::accounting::delivered(&agent, &slave, &master, bits, &ids).await;
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Json(KeyContainer {
         keys: taken

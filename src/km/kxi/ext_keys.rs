@@ -228,10 +228,11 @@ async fn respond(
         return (StatusCode::OK, Json(vec![ack])).into_response();
     };
     let client = agent.client_for(link).clone();
+    let signing = ack_signing(agent, link);
     tokio::spawn(
         async move {
             let ack = outcome.await;
-            post_acks(&client, &url, &[ack]).await;
+            post_acks(&client, &url, &[ack], &signing).await;
         }
         .instrument(span),
     );
@@ -239,16 +240,67 @@ async fn respond(
 }
 
 /// Posts acknowledgements to a callback URL, retrying a little; whether it took them.
-pub(super) async fn post_acks(client: &reqwest::Client, url: &str, acks: &[AckContainer]) -> bool {
+pub(super) async fn post_acks(
+    client: &reqwest::Client,
+    url: &str,
+    acks: &[AckContainer],
+    signing: &crate::nonrepudiation::http::ClientPoint,
+) -> bool {
+    let agreement = ack_agreement(acks);
     for attempt in 0..3u64 {
-        match client.post(url).json(acks).send().await {
-            Ok(r) if r.status().is_success() => return true,
-            Ok(r) => tracing::warn!(status = %r.status(), "ack callback refused"),
+        // signed by this KM: the peer keeps the acknowledgement as evidence
+        let request = match client.post(url).json(acks).build() {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::warn!(%error, "ack callback not built");
+                return false;
+            }
+        };
+        match signing.send(client, request, &agreement).await {
+            Ok(r) if (200..300).contains(&r.status) => return true,
+            Ok(r) => tracing::warn!(status = %r.status, "ack callback refused"),
             Err(error) => tracing::warn!(%error, "ack callback failed"),
         }
         tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
     }
     false
+}
+
+/// The agreement acknowledgements belong to (their evidence index): `relay <id>` of the
+/// first that names its relay, else `keys <first key id>`.
+pub fn ack_agreement(acks: &[AckContainer]) -> String {
+    acks.iter()
+        .find_map(|ack| {
+            let named: Option<AckExtension> =
+                member(ack.extension.as_ref(), EXT_ACK).unwrap_or_default();
+            named.map(|e| format!("relay {}", e.relay_id))
+        })
+        .or_else(|| {
+            acks.first()
+                .and_then(|a| a.key_id_container.first())
+                .map(|k| format!("keys {}", k.key_id))
+        })
+        .unwrap_or_else(|| "acks".into())
+}
+
+/// The signing of acknowledgements sent to the peer of `link` ([`crate::nonrepudiation`]).
+pub(super) fn ack_signing(
+    agent: &Agent,
+    link: &LinkConfig,
+) -> crate::nonrepudiation::http::ClientPoint {
+    let notary = crate::nonrepudiation::for_tls(&agent.config.tls).unwrap_or_else(|error| {
+        tracing::error!(%error, "Kxi: no signing key; acknowledgements go unsigned");
+        Arc::new(crate::nonrepudiation::Notary::unusable())
+    });
+    crate::nonrepudiation::http::ClientPoint {
+        notary,
+        point: "kxi",
+        peer: link
+            .peer_domain
+            .clone()
+            .unwrap_or_else(|| agent.config.domain.clone()),
+        peer_identity: link.peer_identity(),
+    }
 }
 
 fn parse_auth(headers: &HeaderMap) -> Option<(u64, String)> {

@@ -35,7 +35,42 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/kmapi/v1/ext_keys/ack", post(ext_keys_ack))
         .route("/kmapi/v1/ext_keys/void", post(ext_keys_void))
         .route("/kxi2/v1/relays/{relay_id}", get(relay_status))
+        .route_layer(axum::middleware::from_fn_with_state(
+            ack_signatures(&agent),
+            crate::nonrepudiation::http::verify_and_sign,
+        ))
         .with_state(agent)
+}
+
+/// The signature step of acknowledgements ([`crate::nonrepudiation::http`]): an
+/// acknowledgement posted to this KM must be signed by the peer KM that sends it, or it is
+/// refused with the standard's `unauthorized` problem.
+fn ack_signatures(agent: &Arc<Agent>) -> Arc<crate::nonrepudiation::http::ServerPoint> {
+    let notary = crate::nonrepudiation::for_tls(&agent.config.tls).unwrap_or_else(|error| {
+        tracing::error!(%error, "Kxi: no signing key; every acknowledgement is refused");
+        Arc::new(crate::nonrepudiation::Notary::unusable())
+    });
+    let links = agent.config.links.clone();
+    Arc::new(crate::nonrepudiation::http::ServerPoint {
+        notary,
+        point: "kxi",
+        classify: |method, path, body| {
+            (method == axum::http::Method::POST && path == "/kmapi/v1/ext_keys/ack").then(|| {
+                serde_json::from_slice::<Vec<AckContainer>>(body)
+                    .map(|acks| super::ext_keys::ack_agreement(&acks))
+                    .unwrap_or_else(|_| "acks (unreadable)".into())
+            })
+        },
+        peer_of: Arc::new(move |identity: &str| {
+            links
+                .iter()
+                .find(|l| l.peer_domain.is_some() && l.peer_identity() == identity)
+                .and_then(|l| l.peer_domain.clone())
+        }),
+        refuse: Arc::new(|_status, kind, detail| {
+            Problem::new(Kind::Unauthorized, kind, detail).into_response()
+        }),
+    })
 }
 
 /// The caller and the Kxi links (Qx or transfer) it is the peer of.
@@ -198,7 +233,11 @@ async fn ext_keys_void(
             .iter()
             .find(|l| url.starts_with(&format!("{}/", l.peer_kma)))
         {
-            Some(link) => Some((agent.client_for(link).clone(), url.clone())),
+            Some(link) => Some((
+                agent.client_for(link).clone(),
+                url.clone(),
+                super::ext_keys::ack_signing(&agent, link),
+            )),
             None => {
                 return Problem::new(
                     Kind::VoidRequestNotUnderstood,
@@ -215,8 +254,8 @@ async fn ext_keys_void(
     };
     match callback {
         None => Json(acks).into_response(),
-        Some((client, url)) => {
-            tokio::spawn(async move { post_acks(&client, &url, &acks).await });
+        Some((client, url, signing)) => {
+            tokio::spawn(async move { post_acks(&client, &url, &acks, &signing).await });
             StatusCode::ACCEPTED.into_response()
         }
     }

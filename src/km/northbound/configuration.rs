@@ -172,6 +172,7 @@ pub(super) fn initial(agent: &Agent) -> String {
         etsi_node::write_config(&mut tree, agent)?;
         super::transfer::write_config(&mut tree, agent)?;
         super::local_control::write_config(&mut tree, agent)?;
+        crate::km::qos::yang::write(&mut tree, crate::model::qos::KM_QOS, &agent.qos.policy())?;
         for link in agent.links() {
             let c = &link.config;
             let base = link_path(agent, &c.id);
@@ -350,6 +351,7 @@ pub(super) fn apply(agent: &Agent, new: &DataTree<'static>) -> Result<(), RpcErr
     }
     super::transfer::check(agent, new)?;
     let policy = super::local_control::check(agent, new)?;
+    let qos = crate::km::qos::yang::read(new, crate::model::qos::KM_QOS)?;
     if let Some(extra) = desired.links.keys().find(|id| agent.link(id).is_none()) {
         return Err(RpcError::application(
             ErrorTag::OperationNotSupported,
@@ -382,6 +384,7 @@ pub(super) fn apply(agent: &Agent, new: &DataTree<'static>) -> Result<(), RpcErr
     let registered = |sae: &str| desired.settings.saes.get(sae) == Some(here);
     let gone = agent.applications.retain(registered);
     agent.set_settings(desired.settings);
+    agent.qos.set_policy(qos);
     for app in gone {
         agent.emit(Event::ApplicationGone(app));
     }

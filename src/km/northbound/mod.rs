@@ -49,6 +49,10 @@ impl Northbound {
 }
 
 impl Application for Northbound {
+    fn audit(&self) -> Option<&crate::audit::AuditLog> {
+        Some(&self.agent.audit)
+    }
+
     fn initial_config(&self) -> String {
         configuration::initial(&self.agent)
     }
@@ -66,6 +70,18 @@ impl Application for Northbound {
     }
 
     fn security_event(&self, event: SecurityEvent) {
+        let SecurityEvent::AuthFailure {
+            user,
+            source,
+            method,
+            ..
+        } = &event;
+        self.agent.refusals.record(
+            crate::refusals::Point::Netconf,
+            "authentication-failed",
+            crate::refusals::Source::new(*source, Some(user.clone())),
+            &format!("{method} login of {user} failed"),
+        );
         self.agent.emit(Event::Security(event));
     }
 }

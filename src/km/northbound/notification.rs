@@ -44,8 +44,60 @@ pub(super) fn start(agent: Arc<Agent>) -> broadcast::Sender<Notification> {
             }
         }
     });
+    let mut alarms = agent.refusals.alarms();
+    let sender = notifications.clone();
+    tokio::spawn(async move {
+        loop {
+            match alarms.recv().await {
+                Ok(alarm) => match refusal_alarm(&alarm) {
+                    Ok(n) => {
+                        let _ = sender.send(n);
+                    }
+                    Err(error) => tracing::error!(%error, "cannot build notification"),
+                },
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
     etsi_notification::watch_performance(agent, notifications.clone());
     notifications
+}
+
+/// `security-event` of kind `refusal-threshold`: refusals at a reference point above its
+/// threshold, with the source of the last one.
+pub(crate) fn refusal_alarm(
+    alarm: &crate::refusals::RefusalAlarm,
+) -> Result<Notification, yang2::Error> {
+    use security_event as leaf;
+    let mut leaves = vec![
+        (
+            leaf::KIND,
+            crate::model::km_notifications::REFUSAL_THRESHOLD.to_owned(),
+        ),
+        (leaf::REFERENCE_POINT, alarm.point.as_str().to_owned()),
+        (leaf::REFUSALS_PER_MINUTE, alarm.per_minute.to_string()),
+        (leaf::THRESHOLD, alarm.threshold.to_string()),
+        (leaf::REASON, alarm.last.reason.clone()),
+    ];
+    if let Some(source) = alarm
+        .last
+        .source
+        .as_ref()
+        .filter(|s| s.parse::<std::net::IpAddr>().is_ok())
+    {
+        leaves.push((leaf::SOURCE, source.clone()));
+    }
+    if let Some(identity) = &alarm.last.identity {
+        leaves.push((leaf::USER, identity.chars().take(64).collect()));
+    }
+    Notification::from_leaves(
+        model::MODULE,
+        model::NAMESPACE,
+        notification_name(leaf::PARENT),
+        &leaves,
+        now_rfc3339(),
+    )
 }
 
 /// `key-transfer`: the metadata for transfer key life-cycle management.

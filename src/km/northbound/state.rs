@@ -12,12 +12,42 @@ use crate::model::km::{self as model, etsi014, link, link_state_value as state_n
 use crate::netconf::datastore::set_leaf as set;
 use crate::netconf::{ErrorTag, RpcError};
 
+/// The refusals container: counts by reference point and reason, alarms.
+fn write_refusals(
+    tree: &mut DataTree<'static>,
+    report: &crate::refusals::RefusalReport,
+) -> Result<(), RpcError> {
+    use crate::model::km::refusals as leaf;
+    set(
+        tree,
+        &format!("{}/{}", model::REFUSALS, leaf::ALARMS),
+        &report.alarms.to_string(),
+    )?;
+    for count in &report.counts {
+        set(
+            tree,
+            &format!(
+                "{}/{}[reference-point={}][reason={}]/count",
+                model::REFUSALS,
+                leaf::REFUSAL,
+                crate::netconf::xml::quote(count.point.as_str()),
+                crate::netconf::xml::quote(&count.reason)
+            ),
+            &count.count.to_string(),
+        )?;
+    }
+    Ok(())
+}
+
 /// The agent's state tree.
 pub(super) fn state(agent: &Agent) -> Result<DataTree<'static>, RpcError> {
     let mut tree = crate::yang::empty();
     etsi_node::write_state(&mut tree, agent)?;
     super::transfer::write_state(&mut tree, agent)?;
     super::local_control::write_state(&mut tree, agent)?;
+    crate::km::accounting::yang::write_state(&mut tree, agent)?;
+    write_refusals(&mut tree, &agent.refusals.report())?;
+    crate::km::qos::yang::write_state(&mut tree, &agent.qos)?;
     let store_err = |e: StoreError| RpcError::application(ErrorTag::OperationFailed, e.to_string());
     for link in agent.links() {
         let c = &link.config;

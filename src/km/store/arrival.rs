@@ -2,10 +2,12 @@
 //! until the transmitter confirms them, resynchronised after a fault. The store is the
 //! quantum layer's [`KeySink`].
 
-use redb::ReadableTable;
-use zeroize::Zeroizing;
+use redb::{ReadableTable, TableHandle};
 
-use super::{Block, KeyStore, StoreError, Txn, BLOCKS, NEXT_SEQ, PENDING, PENDING_COUNT, RX, TX};
+use super::{
+    block_group, block_place, pending_group, to_block, Block, KeyStore, StoreError, Txn, BLOCKS,
+    NEXT_SEQ, PENDING, PENDING_COUNT, RX, TX,
+};
 use crate::quantum::sink::{KeySink, SinkError};
 
 /// The owner of block `index` of a frame whose first `tx_owned` blocks are the
@@ -59,11 +61,15 @@ impl Txn {
         self.check_sequence(link, first_seq)?;
         {
             let mut table = self.txn.open_table(BLOCKS)?;
+            let groups = [block_group(link, TX), block_group(link, RX)];
             for (i, block) in blocks.iter().enumerate() {
-                table.insert(
-                    (link, frame_owner(i, tx_owned), first_seq + i as u64),
-                    **block,
+                let (owner, seq) = (frame_owner(i, tx_owned), first_seq + i as u64);
+                let record = self.seal.seal(
+                    &groups[usize::from(owner).min(1)],
+                    &block_place(BLOCKS.name(), link, owner, seq),
+                    &block[..],
                 )?;
+                table.insert((link, owner, seq), record.as_slice())?;
             }
         }
         let tx = tx_owned.min(blocks.len());
@@ -88,11 +94,15 @@ impl Txn {
         self.check_sequence(link, first_seq)?;
         {
             let mut table = self.txn.open_table(PENDING)?;
+            let group = pending_group(link);
             for (i, block) in blocks.iter().enumerate() {
-                table.insert(
-                    (link, first_seq + i as u64),
-                    (frame_owner(i, tx_owned), **block),
+                let (owner, seq) = (frame_owner(i, tx_owned), first_seq + i as u64);
+                let record = self.seal.seal(
+                    &group,
+                    &block_place(PENDING.name(), link, owner, seq),
+                    &block[..],
                 )?;
+                table.insert((link, seq), (owner, record.as_slice()))?;
             }
         }
         self.add_count(link, PENDING_COUNT, blocks.len() as i64)?;
@@ -106,15 +116,18 @@ impl Txn {
     pub fn commit_pending(&mut self, link: &str, upto: u64) -> Result<(), StoreError> {
         let ready: Vec<(u64, u8, Block)> = {
             let pending = self.txn.open_table(PENDING)?;
-            pending
-                .range((link, 0)..(link, upto))?
-                .map(|entry| {
-                    entry.map(|(k, v)| {
-                        let (owner, block) = v.value();
-                        (k.value().1, owner, Zeroizing::new(block))
-                    })
-                })
-                .collect::<Result<_, _>>()?
+            let mut ready = Vec::new();
+            for entry in pending.range((link, 0)..(link, upto))? {
+                let (k, v) = entry?;
+                let seq = k.value().1;
+                let (owner, record) = v.value();
+                let bytes = self
+                    .seal
+                    .open(record, &block_place(PENDING.name(), link, owner, seq))?;
+                self.seal.release(record)?;
+                ready.push((seq, owner, to_block(&bytes, link, seq)?));
+            }
+            ready
         };
         if ready.is_empty() {
             return Ok(());
@@ -123,8 +136,15 @@ impl Txn {
         {
             let mut pending = self.txn.open_table(PENDING)?;
             let mut blocks = self.txn.open_table(BLOCKS)?;
+            let groups = [block_group(link, TX), block_group(link, RX)];
             for (seq, owner, block) in &ready {
-                blocks.insert((link, *owner, *seq), **block)?;
+                // sealed again for its new place
+                let record = self.seal.seal(
+                    &groups[usize::from(*owner).min(1)],
+                    &block_place(BLOCKS.name(), link, *owner, *seq),
+                    &block[..],
+                )?;
+                blocks.insert((link, *owner, *seq), record.as_slice())?;
                 pending.remove((link, *seq))?;
                 per_owner[usize::from(*owner).min(1)] += 1;
             }
@@ -144,12 +164,17 @@ impl Txn {
         let agreed = own_next.min(peer_next);
         {
             let mut pending = self.txn.open_table(PENDING)?;
+            for entry in pending.range((link, agreed)..=(link, u64::MAX))? {
+                self.seal.release(entry?.1.value().1)?;
+            }
             pending.retain_in((link, agreed)..=(link, u64::MAX), |_, _| false)?;
             let mut blocks = self.txn.open_table(BLOCKS)?;
             for owner in [TX, RX] {
-                blocks.retain_in((link, owner, agreed)..=(link, owner, u64::MAX), |_, _| {
-                    false
-                })?;
+                let range = (link, owner, agreed)..=(link, owner, u64::MAX);
+                for entry in blocks.range(range.clone())? {
+                    self.seal.release(entry?.1.value())?;
+                }
+                blocks.retain_in(range, |_, _| false)?;
             }
         }
         self.recount(link)?;

@@ -16,14 +16,17 @@
 //! Deadlines are wall-clock milliseconds since the Unix epoch, so that they hold across a
 //! restart. Keys stored before deadlines existed have none and wait until fetched.
 
-use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
+use redb::{
+    ReadableTable, ReadableTableMetadata, Table, TableDefinition, TableHandle, WriteTransaction,
+};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use super::{KeyStore, StoreError, Txn};
+use super::{sealing, KeyStore, Sealing, StoreError, Txn};
 
-/// Key id and slave SAE -> master SAE (u16 length, bytes) followed by the key.
-const DELIVERIES: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("deliveries");
+/// Key id and slave SAE -> master SAE (u16 length, bytes) followed by the sealed key.
+pub(super) const DELIVERIES: TableDefinition<(u128, &str), &[u8]> =
+    TableDefinition::new("sealed_deliveries");
 /// Key id and slave SAE -> deadline (ms since the epoch).
 const DEADLINES: TableDefinition<(u128, &str), u64> = TableDefinition::new("delivery_deadlines");
 /// Deadline, key id, slave SAE: the sweep's order.
@@ -32,8 +35,9 @@ const EXPIRY_QUEUE: TableDefinition<(u64, u128, &str), ()> =
 /// (slave SAE, master SAE) -> keys waiting.
 const PAIR_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("delivery_pairs");
 /// Key id and slave SAE -> end of its refetch window (ms since the epoch, 8 bytes) followed by
-/// the value it had in [`DELIVERIES`]: keys fetched once.
-const FETCHED: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("delivery_fetched");
+/// a value as in [`DELIVERIES`] (the key sealed for this table): keys fetched once.
+pub(super) const FETCHED: TableDefinition<(u128, &str), &[u8]> =
+    TableDefinition::new("sealed_delivery_fetched");
 /// End of the refetch window, key id, slave SAE: the sweep's order for fetched keys.
 const FETCHED_QUEUE: TableDefinition<(u64, u128, &str), ()> =
     TableDefinition::new("delivery_fetched_expiry");
@@ -84,6 +88,40 @@ fn master_of(value: &[u8]) -> &str {
     std::str::from_utf8(&value[2..2 + len]).unwrap_or_default()
 }
 
+/// The key record of a [`DELIVERIES`] value (after the master SAE).
+pub(super) fn record_of(value: &[u8]) -> &[u8] {
+    let len = u16::from_be_bytes([value[0], value[1]]) as usize;
+    &value[2 + len..]
+}
+
+/// The place (associated data) of key `id` for `slave` from `master` in `table`.
+pub(super) fn place(table: &str, id: u128, slave: &str, master: &str) -> Vec<u8> {
+    sealing::place(
+        table,
+        &[&id.to_be_bytes(), slave.as_bytes(), master.as_bytes()],
+    )
+}
+
+/// A [`DELIVERIES`] value: the master SAE, then the key's record.
+pub(super) fn value_of(master: &str, record: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut value = Zeroizing::new(Vec::with_capacity(2 + master.len() + record.len()));
+    value.extend_from_slice(&(master.len() as u16).to_be_bytes());
+    value.extend_from_slice(master.as_bytes());
+    value.extend_from_slice(record);
+    value
+}
+
+/// The slot group of the keys a transaction stores for slave SAEs (its own: the keys of one
+/// request are fetched together).
+pub(super) fn waiting_group(serial: u64) -> String {
+    format!("deliveries/{serial}")
+}
+
+/// The slot group of the keys a transaction fetches (they end their window together).
+pub(super) fn fetched_group(serial: u64) -> String {
+    format!("fetched/{serial}")
+}
+
 /// Milliseconds since the Unix epoch now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -122,6 +160,7 @@ type Removed = (Zeroizing<Vec<u8>>, Option<u64>);
 
 /// The delivery tables of one transaction, opened once.
 struct Tables<'t> {
+    seal: &'t mut Sealing,
     deliveries: Table<'t, (u128, &'static str), &'static [u8]>,
     deadlines: Table<'t, (u128, &'static str), u64>,
     queue: Table<'t, (u64, u128, &'static str), ()>,
@@ -131,8 +170,9 @@ struct Tables<'t> {
 }
 
 impl<'t> Tables<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+    fn open(txn: &'t WriteTransaction, seal: &'t mut Sealing) -> Result<Self, StoreError> {
         Ok(Self {
+            seal,
             deliveries: txn.open_table(DELIVERIES)?,
             deadlines: txn.open_table(DEADLINES)?,
             queue: txn.open_table(EXPIRY_QUEUE)?,
@@ -169,10 +209,12 @@ impl<'t> Tables<'t> {
         if self.deliveries.get((id, slave_sae))?.is_some() {
             return Err(StoreError::DuplicateKey(key_id));
         }
-        let mut value = Zeroizing::new(Vec::with_capacity(2 + master.len() + key.len()));
-        value.extend_from_slice(&(master.len() as u16).to_be_bytes());
-        value.extend_from_slice(master);
-        value.extend_from_slice(key);
+        let record = self.seal.seal(
+            &waiting_group(self.seal.serial),
+            &place(DELIVERIES.name(), id, slave_sae, master_sae),
+            key,
+        )?;
+        let value = value_of(master_sae, &record);
         self.deliveries.insert((id, slave_sae), value.as_slice())?;
         self.deadlines.insert((id, slave_sae), terms.expires_ms)?;
         self.queue.insert((terms.expires_ms, id, slave_sae), ())?;
@@ -197,6 +239,7 @@ impl<'t> Tables<'t> {
         else {
             return Ok(None);
         };
+        self.seal.release(record_of(&value))?;
         let deadline = self.deadlines.remove((id, slave))?.map(|d| d.value());
         if let Some(deadline) = deadline {
             self.queue.remove((deadline, id, slave))?;
@@ -236,7 +279,7 @@ impl Txn {
         key: &[u8],
         terms: DeliveryTerms,
     ) -> Result<(), StoreError> {
-        Tables::open(&self.txn)?.insert(slave_sae, master_sae, key_id, key, terms)
+        Tables::open(&self.txn, &mut self.seal)?.insert(slave_sae, master_sae, key_id, key, terms)
     }
 
     /// Records every key of `entries` for every one of `slaves` ([`Self::insert_delivery`]
@@ -248,7 +291,7 @@ impl Txn {
         entries: &[(Uuid, Zeroizing<Vec<u8>>)],
         terms: DeliveryTerms,
     ) -> Result<(), StoreError> {
-        let mut tables = Tables::open(&self.txn)?;
+        let mut tables = Tables::open(&self.txn, &mut self.seal)?;
         for slave in slaves {
             for (id, key) in entries {
                 tables.insert(slave, master_sae, *id, key, terms)?;
@@ -269,7 +312,7 @@ impl Txn {
         now_ms: u64,
         refetch_until_ms: u64,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let mut tables = Tables::open(&self.txn)?;
+        let mut tables = Tables::open(&self.txn, &mut self.seal)?;
         let mut out = Vec::with_capacity(key_ids.len());
         for &key_id in key_ids {
             let id = key_id.as_u128();
@@ -303,20 +346,31 @@ impl Txn {
             if master != master_sae {
                 return Err(StoreError::NotForThisSae(key_id));
             }
+            let table = if refetched { FETCHED } else { DELIVERIES };
+            let key = tables.seal.open(
+                record_of(&bytes),
+                &place(table.name(), id, slave_sae, master),
+            )?;
             if !refetched && refetch_until_ms > now_ms {
-                let mut kept = Zeroizing::new(Vec::with_capacity(8 + bytes.len()));
+                // sealed again for its new place
+                let record = tables.seal.seal(
+                    &fetched_group(tables.seal.serial),
+                    &place(FETCHED.name(), id, slave_sae, master),
+                    &key,
+                )?;
+                let value = value_of(master, &record);
+                let mut kept = Zeroizing::new(Vec::with_capacity(8 + value.len()));
                 kept.extend_from_slice(&refetch_until_ms.to_be_bytes());
-                kept.extend_from_slice(&bytes);
+                kept.extend_from_slice(&value);
                 tables.fetched.insert((id, slave_sae), kept.as_slice())?;
                 tables
                     .fetched_queue
                     .insert((refetch_until_ms, id, slave_sae), ())?;
             }
-            let len = master.len();
             out.push(Delivery {
                 key_id,
                 master_sae: master.to_owned(),
-                key: Zeroizing::new(bytes[2 + len..].to_vec()),
+                key,
                 refetched,
             });
         }
@@ -330,7 +384,7 @@ impl Txn {
         slave_sae: &str,
         key_id: Uuid,
     ) -> Result<super::Withdrawn, StoreError> {
-        let mut tables = Tables::open(&self.txn)?;
+        let mut tables = Tables::open(&self.txn, &mut self.seal)?;
         let id = key_id.as_u128();
         if tables.remove(id, slave_sae)?.is_some() {
             return Ok(super::Withdrawn::Removed);
@@ -343,13 +397,19 @@ impl Txn {
 
     /// Erases up to `max` keys whose deadline is at or before `now_ms`; returns how many.
     pub fn expire_deliveries(&mut self, now_ms: u64, max: usize) -> Result<usize, StoreError> {
-        let mut tables = Tables::open(&self.txn)?;
+        let mut tables = Tables::open(&self.txn, &mut self.seal)?;
         let due = up_to(&tables.queue, now_ms, max)?;
         // fetched keys at the end of their refetch window go too (not counted: delivered)
         let done = up_to(&tables.fetched_queue, now_ms, max)?;
         for (until, id, slave) in &done {
             tables.fetched_queue.remove((*until, *id, slave.as_str()))?;
-            tables.fetched.remove((*id, slave.as_str()))?;
+            let removed = tables
+                .fetched
+                .remove((*id, slave.as_str()))?
+                .map(|v| Zeroizing::new(v.value().to_vec()));
+            if let Some(value) = removed {
+                tables.seal.release(record_of(&value[8..]))?;
+            }
         }
         let mut erased = 0;
         for (deadline, id, slave) in &due {

@@ -19,26 +19,40 @@
 //! whole path can serve it); nothing else may take them until it is consumed or dropped,
 //! and a crash simply returns them to the pool.
 //!
+//! Key bytes (blocks, pending blocks, keys awaiting or fetched by their slave SAE) are sealed
+//! at rest under data keys kept in key slots outside redb, destroyed once their records are
+//! consumed, so that a consumed key cannot be recovered from the store files afterwards, even
+//! with the store key (`sealing`, `key_slots`; `forensics` is the attacker's view, for tests).
+//! Transfer records hold ids and states only.
+//!
 //! Beside this file: `arrival` (blocks from the quantum layer), `reservation`, `peer_blocks`
 //! (the peer's blocks, by number), `deliveries` (keys awaiting their slave SAE) and
 //! `transfers` (key transfers of an interworking node, and who may withdraw their keys).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use uuid::Uuid;
 
 mod arrival;
+mod compaction;
 mod deliveries;
+pub mod forensics;
+mod key_slots;
+mod migrate;
 mod peer_blocks;
 mod reservation;
+mod sealing;
 mod transfers;
 pub use arrival::frame_owner;
 pub use deliveries::{now_ms as deliveries_now_ms, Delivery, DeliveryTerms};
+pub use key_slots::slot_path;
+use key_slots::{Deltas, Rotation, Slots};
 pub use reservation::Reservation;
 use reservation::ReservedSets;
+pub use sealing::{AtRestConfig, StoreKey, STORE_KEY_FILE};
 pub use transfers::{Phase, Side, TransferRecord, Withdrawable, Withdrawn};
 
 /// The block, its size and the owner indices are the quantum layer's, which hands blocks in.
@@ -47,10 +61,10 @@ pub use crate::quantum::sink::{Block, BLOCK_BYTES, RX, TX};
 /// Index under which [`COUNTS`] keeps a link's number of pending blocks.
 const PENDING_COUNT: u8 = 2;
 
-const BLOCKS: TableDefinition<(&str, u8, u64), [u8; BLOCK_BYTES]> = TableDefinition::new("blocks");
-/// Pending blocks with their owner.
-const PENDING: TableDefinition<(&str, u64), (u8, [u8; BLOCK_BYTES])> =
-    TableDefinition::new("pending_owned");
+/// Usable blocks: (link, owner, number) -> sealed block.
+const BLOCKS: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("sealed_blocks");
+/// Pending blocks: (link, number) -> owner and sealed block.
+const PENDING: TableDefinition<(&str, u64), (u8, &[u8])> = TableDefinition::new("sealed_pending");
 /// Usable blocks per (link, owner); pending blocks per (link, [`PENDING_COUNT`]).
 const COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("counts");
 const NEXT_SEQ: TableDefinition<&str, u64> = TableDefinition::new("next_seq");
@@ -93,6 +107,12 @@ pub enum StoreError {
         waiting: u64,
         max: u64,
     },
+    /// The store key, the key slot file or a sealed record.
+    #[error("key material at rest: {0}")]
+    AtRest(String),
+    /// A record names a key slot that was destroyed (its record was consumed meanwhile).
+    #[error("key slot {slot} is destroyed")]
+    KeySlotGone { slot: u32 },
 }
 
 macro_rules! db_err {
@@ -117,6 +137,10 @@ db_err!(
 #[derive(Clone)]
 pub struct KeyStore {
     db: Arc<Database>,
+    slots: Arc<Slots>,
+    /// Held from the start of a write transaction until its key slots are settled, so that
+    /// slot counts change in commit order.
+    writing: Arc<Mutex<()>>,
     reserved: ReservedSets,
     /// Woken when blocks become usable or reserved blocks are released.
     arrived: Arc<tokio::sync::Notify>,
@@ -127,14 +151,109 @@ pub struct Txn {
     txn: WriteTransaction,
     /// Whether the transaction makes blocks usable (waiters are woken after its commit).
     added: bool,
+    seal: Sealing,
+}
+
+/// Sealing and opening of key records within one transaction.
+pub(crate) struct Sealing {
+    slots: Arc<Slots>,
+    /// Live records added (sealed) and removed per key slot, applied after the commit.
+    deltas: Deltas,
+    /// Slots this transaction removed records of (what is left in them is re-sealed).
+    consumed: BTreeSet<u32>,
+    /// This transaction's number (its deliveries get slots of their own).
+    serial: u64,
+}
+
+impl Sealing {
+    /// Seals `bytes` for `place` in `group` (records consumed together).
+    fn seal(&mut self, group: &str, place: &[u8], bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.slots.seal(group, place, bytes, &mut self.deltas)
+    }
+
+    /// Opens `record` for `place`.
+    fn open(&self, record: &[u8], place: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
+        self.slots.open(record, place)
+    }
+
+    /// Counts `record` as removed from the store.
+    fn release(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        if let Some(slot) = self.slots.release(record, &mut self.deltas)? {
+            self.consumed.insert(slot);
+        }
+        Ok(())
+    }
+
+    fn new(slots: &Arc<Slots>) -> Self {
+        Self {
+            slots: slots.clone(),
+            deltas: Deltas::new(),
+            consumed: BTreeSet::new(),
+            serial: slots.serial(),
+        }
+    }
+}
+
+/// The place (associated data) of block `seq` of `link` owned by `owner`, usable or pending.
+fn block_place(table: &str, link: &str, owner: u8, seq: u64) -> Vec<u8> {
+    sealing::place(table, &[link.as_bytes(), &[owner], &seq.to_be_bytes()])
+}
+
+/// The slot group of `link`'s usable blocks of `owner`.
+fn block_group(link: &str, owner: u8) -> String {
+    format!("blocks/{owner}/{link}")
+}
+
+/// The slot group of `link`'s pending blocks.
+fn pending_group(link: &str) -> String {
+    format!("pending/{link}")
+}
+
+/// A block of opened bytes.
+fn to_block(bytes: &[u8], link: &str, seq: u64) -> Result<Block, StoreError> {
+    let mut block = zeroize::Zeroizing::new([0u8; BLOCK_BYTES]);
+    if bytes.len() != BLOCK_BYTES {
+        return Err(StoreError::AtRest(format!(
+            "link {link}: block {seq} has {} bytes",
+            bytes.len()
+        )));
+    }
+    block.copy_from_slice(bytes);
+    Ok(block)
 }
 
 impl KeyStore {
-    /// Opens (or creates) the store at `path`, recounting its pools.
+    /// Opens (or creates) the store at `path` with at-rest encryption on and the store key
+    /// `store.key` beside it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, &AtRestConfig::default())
+    }
+
+    /// Opens (or creates) the store at `path`, recounting its pools and its key slots'
+    /// records; the store key and sealing as `at_rest` says.
+    pub fn open_with(path: &Path, at_rest: &AtRestConfig) -> Result<Self, StoreError> {
+        Self::open_rotating(path, at_rest, Rotation::default())
+    }
+
+    fn open_rotating(
+        path: &Path,
+        at_rest: &AtRestConfig,
+        rotation: Rotation,
+    ) -> Result<Self, StoreError> {
+        let store_key = StoreKey::load_or_create(&at_rest.key_path(path))?;
+        let slots = Arc::new(Slots::load(
+            &slot_path(path),
+            &store_key,
+            at_rest.encrypt,
+            rotation,
+        )?);
+        drop(store_key);
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(NEXT_SEQ)?;
+        let mut seal = Sealing::new(&slots);
+        migrate::tables(&txn, &mut seal)?;
+        slots.sync()?;
         deliveries::open(&txn)?;
         {
             // counts are kept in every transaction; recounting once at start also covers a
@@ -159,9 +278,19 @@ impl KeyStore {
                 table.insert((link.as_str(), *which), *n)?;
             }
         }
+        let counts = migrate::count_slots(&txn)?;
         txn.commit()?;
+        let orphans = slots.recount(&counts);
+        if orphans > 0 {
+            tracing::error!(
+                records = orphans,
+                "key records whose key slot is gone: they cannot be opened"
+            );
+        }
         Ok(Self {
             db: Arc::new(db),
+            slots,
+            writing: Arc::default(),
             reserved: Arc::default(),
             arrived: Arc::default(),
         })
@@ -172,13 +301,36 @@ impl KeyStore {
         &self,
         f: impl FnOnce(&mut Txn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let mut txn = Txn {
             txn: self.db.begin_write()?,
             added: false,
+            seal: Sealing::new(&self.slots),
         };
-        let value = f(&mut txn)?;
-        let added = txn.added;
-        txn.txn.commit()?;
+        // what this transaction leaves in the slots it consumed from is re-sealed, so that
+        // they are destroyed after the commit; new slots are durable before it
+        let value = match f(&mut txn).and_then(|value| {
+            txn.compact()?;
+            self.slots.sync()?;
+            Ok(value)
+        }) {
+            Ok(value) => value,
+            Err(e) => {
+                drop(txn);
+                self.slots.settle(None);
+                return Err(e);
+            }
+        };
+        let Txn {
+            txn, added, seal, ..
+        } = txn;
+        if let Err(e) = txn.commit() {
+            self.slots.settle(None);
+            return Err(e.into());
+        }
+        // after the commit: a slot whose last record this transaction removed is destroyed
+        self.slots.settle(Some(seal.deltas));
+        drop(writing);
         if added {
             self.arrived.notify_waiters();
         }

@@ -1,10 +1,11 @@
 //! The peer's blocks of a link, referenced by number: read to verify a message, removed
 //! once used, so no block serves twice.
 
-use redb::ReadableTable;
-use zeroize::Zeroizing;
+use redb::{ReadableTable, TableHandle};
 
-use super::{Block, KeyStore, StoreError, Txn, BLOCKS, PENDING, PENDING_COUNT};
+use super::{
+    block_place, to_block, Block, KeyStore, StoreError, Txn, BLOCKS, PENDING, PENDING_COUNT,
+};
 
 impl KeyStore {
     /// Reads the peer's blocks `seqs` of `link` without consuming them (to verify a message
@@ -16,20 +17,44 @@ impl KeyStore {
         own: u8,
         seqs: &[u64],
     ) -> Result<Vec<Block>, StoreError> {
+        // a record whose slot was destroyed since this read began was consumed or sealed
+        // again meanwhile: a fresh read tells which
+        let mut tries = 0;
+        loop {
+            match self.peek_once(link, own, seqs) {
+                Err(StoreError::KeySlotGone { .. }) if tries < 3 => tries += 1,
+                Err(StoreError::KeySlotGone { .. }) => {
+                    return Err(StoreError::MissingBlock {
+                        link: link.into(),
+                        seq: seqs.first().copied().unwrap_or_default(),
+                    })
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn peek_once(&self, link: &str, own: u8, seqs: &[u64]) -> Result<Vec<Block>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(BLOCKS)?;
         let pending = txn.open_table(PENDING)?;
         let peer = 1 - own;
+        let open = |record: &[u8], table: &str, seq: u64| {
+            let bytes = self
+                .slots
+                .open(record, &block_place(table, link, peer, seq))?;
+            to_block(&bytes, link, seq)
+        };
         seqs.iter()
             .map(|&seq| {
                 if let Some(value) = table.get((link, peer, seq))? {
-                    return Ok(Zeroizing::new(value.value()));
+                    return open(value.value(), BLOCKS.name(), seq);
                 }
                 // a pending block the peer references is one the peer has stored
                 if let Some(value) = pending.get((link, seq))? {
-                    let (owner, block) = value.value();
+                    let (owner, record) = value.value();
                     if owner == peer {
-                        return Ok(Zeroizing::new(block));
+                        return open(record, PENDING.name(), seq);
                     }
                     return Err(StoreError::WrongOwner {
                         link: link.into(),
@@ -55,19 +80,22 @@ impl KeyStore {
 impl Txn {
     /// Removes one of the peer's blocks, usable or pending; whether it was there.
     fn remove_peer_block(&mut self, link: &str, peer: u8, seq: u64) -> Result<bool, StoreError> {
-        if self
+        let removed = self
             .txn
             .open_table(BLOCKS)?
             .remove((link, peer, seq))?
-            .is_some()
-        {
+            .map(|v| v.value().to_vec());
+        if let Some(record) = removed {
+            self.seal.release(&record)?;
             self.add_count(link, peer, -1)?;
             return Ok(true);
         }
         let mut pending = self.txn.open_table(PENDING)?;
         let owner = pending.get((link, seq))?.map(|v| v.value().0);
         if owner == Some(peer) {
-            pending.remove((link, seq))?;
+            if let Some(v) = pending.remove((link, seq))? {
+                self.seal.release(v.value().1)?;
+            }
             drop(pending);
             self.add_count(link, PENDING_COUNT, -1)?;
             return Ok(true);

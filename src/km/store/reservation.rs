@@ -4,9 +4,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use zeroize::Zeroizing;
+use redb::TableHandle;
 
-use super::{Block, KeyStore, StoreError, Txn, BLOCKS};
+use super::{block_place, to_block, Block, KeyStore, StoreError, Txn, BLOCKS};
 
 /// Block numbers set aside in memory, per (link, owner).
 pub(super) type ReservedSets = Arc<Mutex<HashMap<(String, u8), HashSet<u64>>>>;
@@ -141,7 +141,13 @@ impl Txn {
                         seq,
                     });
                 };
-                taken.push((seq, Zeroizing::new(value.value())));
+                let record = value.value();
+                let bytes = self.seal.open(
+                    record,
+                    &block_place(BLOCKS.name(), link, reservation.owner, seq),
+                )?;
+                self.seal.release(record)?;
+                taken.push((seq, to_block(&bytes, link, seq)?));
             }
         }
         self.add_count(link, reservation.owner, -(taken.len() as i64))?;

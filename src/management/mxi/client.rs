@@ -15,6 +15,9 @@ pub enum SendError {
     Unreachable(#[from] reqwest::Error),
     #[error("peer manager refused the message (HTTP {status}): {detail}")]
     Refused { status: u16, detail: String },
+    /// The message could not be signed, or the acceptance is not signed by the peer manager.
+    #[error("peer manager's acceptance not proven: {0}")]
+    Unproven(String),
 }
 
 /// The Mxi client of this manager toward the peer manager. It presents this manager's
@@ -22,6 +25,8 @@ pub enum SendError {
 pub struct MxiClient {
     http: reqwest::Client,
     base: String,
+    /// Signs the messages, checks and keeps the signed acceptances.
+    signing: crate::nonrepudiation::http::ClientPoint,
 }
 
 impl MxiClient {
@@ -36,30 +41,79 @@ impl MxiClient {
             ca: vec![peer_ca.to_path_buf()],
             peer_cas: Vec::new(),
         };
+        let notary = crate::nonrepudiation::for_tls(&config.tls)
+            .map_err(|e| ConfigError::Invalid(format!("non-repudiation: {e}")))?;
         Ok(Self {
             http: crate::tls::https_client(&files, Duration::from_secs(10))?,
             base: config.peer.mxi.trim_end_matches('/').to_owned(),
+            signing: crate::nonrepudiation::http::ClientPoint {
+                notary,
+                point: "mxi",
+                peer: config.peer.domain.clone(),
+                peer_identity: crate::tls::foreign_identity(
+                    &config.peer.manager_name,
+                    &config.peer.domain,
+                ),
+            },
         })
     }
 
     /// Posts a message to the peer manager.
+    /// Signed ([`crate::nonrepudiation`]); the acceptance must be signed by the peer manager.
     pub async fn send<T: MxiMessage>(&self, message: &T) -> Result<(), SendError> {
-        let response = self
+        use crate::nonrepudiation::http::ExchangeError;
+        let request = self
             .http
             .post(format!("{}{}", self.base, T::PATH))
             .json(message)
-            .send()
-            .await?;
-        let status = response.status();
-        if status.is_success() {
+            .build()?;
+        let agreement = format!("{} {}", T::KIND, message.id());
+        let answer = match self.signing.send(&self.http, request, &agreement).await {
+            Ok(answer) => answer,
+            Err(ExchangeError::Unreachable(error)) => return Err(SendError::Unreachable(error)),
+            Err(error) => return Err(SendError::Unproven(error.to_string())),
+        };
+        if (200..300).contains(&answer.status) {
             return Ok(());
         }
-        let body = response.text().await.unwrap_or_default();
+        let body = String::from_utf8_lossy(&answer.body).into_owned();
         let detail = serde_json::from_str::<Problem>(&body)
             .map(|p| p.detail)
             .unwrap_or(body);
         Err(SendError::Refused {
-            status: status.as_u16(),
+            status: answer.status,
+            detail,
+        })
+    }
+
+    /// Posts a message to the peer manager and reads its answer (signed like
+    /// [`Self::send`]).
+    pub async fn exchange<T: MxiMessage, R: serde::de::DeserializeOwned>(
+        &self,
+        message: &T,
+    ) -> Result<R, SendError> {
+        use crate::nonrepudiation::http::ExchangeError;
+        let request = self
+            .http
+            .post(format!("{}{}", self.base, T::PATH))
+            .json(message)
+            .build()?;
+        let agreement = format!("{} {}", T::KIND, message.id());
+        let answer = match self.signing.send(&self.http, request, &agreement).await {
+            Ok(answer) => answer,
+            Err(ExchangeError::Unreachable(error)) => return Err(SendError::Unreachable(error)),
+            Err(error) => return Err(SendError::Unproven(error.to_string())),
+        };
+        if (200..300).contains(&answer.status) {
+            return serde_json::from_slice(&answer.body)
+                .map_err(|e| SendError::Unproven(format!("unreadable answer: {e}")));
+        }
+        let body = String::from_utf8_lossy(&answer.body).into_owned();
+        let detail = serde_json::from_str::<Problem>(&body)
+            .map(|p| p.detail)
+            .unwrap_or(body);
+        Err(SendError::Refused {
+            status: answer.status,
             detail,
         })
     }

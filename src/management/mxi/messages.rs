@@ -132,6 +132,12 @@ pub struct PerformanceReport {
     pub quantum: QuantumLayerReport,
     /// From the KMLM.
     pub key_management: KeyManagementReport,
+    /// From the QCLM: the controller's route install, reroute and Cxi round-trip figures,
+    /// as read at packing time. Absent when the domain has no controller (distributed
+    /// control: the manager talks to a speaker KM), when it could not be read, and in
+    /// packs of older managers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_layer: Option<crate::control::figures::ControlLayerReport>,
 }
 
 /// Security information of one domain: counts since its manager started.
@@ -149,6 +155,16 @@ pub struct SecurityReport {
     /// Failed NETCONF logins at the domain's KMs (absent from packs of older managers).
     #[serde(default)]
     pub netconf_authentication_failures: u64,
+    /// Refusal threshold alarms the domain's KMs raised (ETSI 014, KMA, Kxi, NETCONF).
+    #[serde(default)]
+    pub km_refusal_alarms: u64,
+    /// Refusals at the manager's reference points (Mxi, REST, NETCONF): counts by point
+    /// and reason, the recent ones with their sources, alarms.
+    #[serde(default)]
+    pub refusals: crate::refusals::RefusalReport,
+    /// The same of the domain's controller (Cxi, REST, NETCONF), as last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_refusals: Option<crate::refusals::RefusalReport>,
 }
 
 /// Performance and security reports of one domain packed by its XLMO for the other's
@@ -175,6 +191,112 @@ pub struct ReportPack {
     pub performance: PerformanceReport,
     /// Security information.
     pub security: SecurityReport,
+}
+
+/// The `kind` of a usage summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum UsageSummaryKind {
+    #[serde(rename = "usage-summary")]
+    UsageSummary,
+}
+
+/// Which way the keys of a usage entry went, seen from the sender of the summary.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum UsageDirection {
+    /// Keys supplied to a master SAE of the sender's domain for a slave SAE of the
+    /// receiver's domain.
+    Outbound,
+    /// Keys that arrived in the sender's domain for its slave SAE from a master SAE of the
+    /// receiver's domain.
+    Inbound,
+}
+
+/// The keys of one SAE pair in one direction in one period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageEntry {
+    pub direction: UsageDirection,
+    /// The master SAE (the caller of Get key).
+    pub master_sae: String,
+    /// The slave SAE.
+    pub slave_sae: String,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Their bits.
+    pub bits: u64,
+    /// SHA-256 of the keys' IDs (16 bytes each) sorted, hex.
+    #[schemars(extend("pattern" = "^[0-9a-f]{64}$"))]
+    pub key_id_digest: String,
+    /// Inbound keys the slave SAE has not fetched yet and that have not expired.
+    pub pending: u64,
+}
+
+/// A domain's usage of key supply toward and from the peer domain in one closed period,
+/// from one manager to the other (`POST /mxi/v1/usage-summaries`) for reconciliation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Mxi usage summary")]
+pub struct UsageSummary {
+    /// Mxi message format version.
+    #[schemars(extend("const" = 1))]
+    pub version: u32,
+    /// Message kind.
+    pub kind: UsageSummaryKind,
+    /// Message id.
+    pub id: Uuid,
+    /// When the summary was made (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub time: String,
+    /// The QKDN whose usage this is; must be the sender's domain.
+    pub domain: String,
+    /// Start of the period, Unix milliseconds (a multiple of the period).
+    pub period_start_ms: u64,
+    /// Length of the period, seconds (the same in both domains).
+    pub period_seconds: u64,
+    /// The keys per SAE pair and direction (pairs with no key are absent).
+    pub entries: Vec<UsageEntry>,
+}
+
+impl MxiMessage for UsageSummary {
+    const KIND: &'static str = "usage-summary";
+    const PATH: &'static str = "/mxi/v1/usage-summaries";
+    fn domain(&self) -> &str {
+        &self.domain
+    }
+    fn id(&self) -> Uuid {
+        self.id
+    }
+}
+
+/// Where the reconciliation of a period stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReconciliationState {
+    /// The period is not closed yet at the answering domain.
+    Open,
+    /// Keys of the period still wait for their slave SAE: nothing to compare yet.
+    InFlight,
+    /// Both domains agree key for key.
+    Reconciled,
+    /// The domains disagree (counts or key-ID digests): an accounting alarm.
+    Mismatch,
+}
+
+/// The answer to a usage summary: the receiver's verdict and its own summary of the same
+/// period (absent while the period is open there), so both managers reconcile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageReply {
+    /// The summary answered.
+    pub id: Uuid,
+    pub state: ReconciliationState,
+    /// What differs, for people.
+    pub mismatches: Vec<String>,
+    /// The receiver's summary of the period.
+    pub summary: Option<UsageSummary>,
 }
 
 /// A message of Mxi.
@@ -305,6 +427,7 @@ pub(crate) mod tests {
                     interworking_relay_failures: 1,
                     ..Default::default()
                 },
+                control_layer: None,
             },
             security: SecurityReport {
                 mxi_rejected: 3,
@@ -325,6 +448,69 @@ pub(crate) mod tests {
         let pack = pack();
         let json = serde_json::to_vec(&pack).unwrap();
         assert_eq!(parse::<ReportPack>(&json).unwrap(), pack);
+    }
+
+    #[test]
+    fn control_layer_figures_are_optional_and_valid_against_the_published_schema() {
+        use crate::control::figures::{ControlLayerReport, DurationSummary, PeerRoundTrips};
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/mxi/v1/report-pack.json"
+        );
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+        // a pack of an older manager (or of a distributed domain): no figures, no
+        // controller refusals
+        let old = pack();
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json["performance"].get("control_layer").is_none());
+        assert!(json["security"].get("controller_refusals").is_none());
+        assert!(validator.is_valid(&json), "{json}");
+        assert_eq!(
+            parse::<ReportPack>(&serde_json::to_vec(&json).unwrap()).unwrap(),
+            old
+        );
+        // with the controller's figures and refusals
+        let figure = DurationSummary {
+            count: 3,
+            failed: 1,
+            samples: 3,
+            mean_ms: Some(12.5),
+            p50_ms: Some(11.0),
+            p95_ms: Some(20.0),
+            max_ms: Some(20.0),
+        };
+        let refusals = crate::refusals::Refusals::default();
+        refusals.record(
+            crate::refusals::Point::Cxi,
+            "not-a-peer",
+            crate::refusals::Source::new([127, 0, 0, 1].into(), Some("sae-a1-1".into())),
+            "403 not the peer controller",
+        );
+        let mut new = pack();
+        new.performance.control_layer = Some(ControlLayerReport {
+            route_installs: figure.clone(),
+            reroutes: DurationSummary::default(),
+            cxi_round_trips: vec![PeerRoundTrips {
+                domain: "B".into(),
+                round_trips: figure,
+            }],
+        });
+        new.security.controller_refusals = Some(refusals.report());
+        let json = serde_json::to_value(&new).unwrap();
+        assert!(validator.is_valid(&json), "{json}");
+        assert_eq!(
+            parse::<ReportPack>(&serde_json::to_vec(&json).unwrap()).unwrap(),
+            new
+        );
+        // and the schema holds the figures to their form
+        let mut bad = json.clone();
+        bad["performance"]["control_layer"]["route_installs"]["count"] = (-1).into();
+        assert!(!validator.is_valid(&bad));
+        let mut bad = json;
+        bad["performance"]["control_layer"]["surprise"] = true.into();
+        assert!(!validator.is_valid(&bad));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `QKDNI_UPDATE_SCHEMAS=1 cargo test --lib management::schemas` to rewrite them (and bump
 //! the Mxi version when the change is not backward compatible).
 
-use super::messages::{FaultReport, ReportPack};
+use super::messages::{FaultReport, ReportPack, UsageReply, UsageSummary};
 
 /// Where the schemas of Mxi version 1 are published, relative to the crate root.
 pub const SCHEMA_DIR: &str = "schemas/mxi/v1";
@@ -25,6 +25,20 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
             with_id(
                 schemars::schema_for!(ReportPack),
                 "urn:qkdni:mxi:v1:report-pack",
+            ),
+        ),
+        (
+            "usage-summary.json",
+            with_id(
+                schemars::schema_for!(UsageSummary),
+                "urn:qkdni:mxi:v1:usage-summary",
+            ),
+        ),
+        (
+            "usage-reply.json",
+            with_id(
+                schemars::schema_for!(UsageReply),
+                "urn:qkdni:mxi:v1:usage-reply",
             ),
         ),
     ]

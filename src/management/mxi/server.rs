@@ -26,7 +26,12 @@ pub fn router(manager: Arc<Manager>) -> Router {
     Router::new()
         .route("/mxi/v1/faults", post(post_fault))
         .route("/mxi/v1/reports", post(post_reports))
+        .route("/mxi/v1/usage-summaries", post(post_usage))
         .route("/mxi/v1/versions", get(versions))
+        .route_layer(middleware::from_fn_with_state(
+            signing(&manager),
+            crate::nonrepudiation::http::verify_and_sign,
+        ))
         .route_layer(middleware::from_fn_with_state(
             manager.metrics.mxi.clone(),
             crate::metrics::count_requests,
@@ -42,8 +47,63 @@ pub async fn serve(manager: Arc<Manager>, listener: TcpListener) -> Result<(), M
     let issuers = crate::tls::Issuers::load(&manager.config.tls)?;
     tracing::info!(mxi = %listener.local_addr()?, "Mxi server ready");
     let limits = manager.config.limits.peer_listener.clone();
-    crate::https::serve_https_with(listener, config, issuers, router(manager), limits).await;
+    let watch = crate::https::Watch::of(
+        manager.security.refusals.clone(),
+        crate::refusals::Point::Mxi,
+    );
+    crate::https::serve_https_watched(
+        listener,
+        config,
+        issuers,
+        router(manager),
+        limits,
+        Some(watch),
+    )
+    .await;
     Ok(())
+}
+
+/// The agreement an Mxi message belongs to (its evidence index): `<kind> <id>` of the
+/// message; `None` for reads.
+pub fn agreement(method: &axum::http::Method, path: &str, body: &[u8]) -> Option<String> {
+    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        return None;
+    }
+    let value = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let field = |name: &str| {
+        value
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    Some(match (field("kind"), field("id")) {
+        (Some(kind), Some(id)) => format!("{kind} {id}"),
+        _ => format!("request {path}"),
+    })
+}
+
+/// The signature step of every Mxi message ([`crate::nonrepudiation::http`]): signed by
+/// the peer manager itself, or refused (401, 403 for another signer) and counted.
+fn signing(manager: &Arc<Manager>) -> Arc<crate::nonrepudiation::http::ServerPoint> {
+    let notary = crate::nonrepudiation::for_tls(&manager.config.tls).unwrap_or_else(|error| {
+        tracing::error!(%error, "Mxi: no signing key; every signed message is refused");
+        Arc::new(crate::nonrepudiation::Notary::unusable())
+    });
+    let peer = manager.config.peer.clone();
+    let refusals = manager.clone();
+    Arc::new(crate::nonrepudiation::http::ServerPoint {
+        notary,
+        point: "mxi",
+        classify: agreement,
+        peer_of: Arc::new(move |identity: &str| {
+            (identity == foreign_identity(&peer.manager_name, &peer.domain))
+                .then(|| peer.domain.clone())
+        }),
+        refuse: Arc::new(move |status, kind, detail| {
+            reject(&refusals, status, kind, detail).into_response()
+        }),
+    })
 }
 
 /// Refuses a request: warns, counts it and logs an `mxi-rejected` event.
@@ -142,6 +202,16 @@ async fn post_reports(
     let id = pack.id;
     manager.xlmo.peer_reports(&manager, pack);
     Ok((StatusCode::ACCEPTED, Json(Accepted { id })))
+}
+
+async fn post_usage(
+    State(manager): State<Arc<Manager>>,
+    body: Bytes,
+) -> Result<Json<super::messages::UsageReply>, Problem> {
+    let summary: super::messages::UsageSummary = accept(&manager, &body)?;
+    crate::management::accounting::peer_summary(&manager, summary)
+        .await
+        .map(Json)
 }
 
 async fn versions() -> Json<Versions> {

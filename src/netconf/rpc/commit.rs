@@ -60,7 +60,7 @@ pub(super) fn commit(
     if first_confirmed {
         server.save_rollback_point(&previous)?;
     }
-    if let Err(error) = set_running(server, &mut stores, new) {
+    if let Err(error) = set_running(server, &mut stores, new, (session, "commit")) {
         if first_confirmed {
             server.clear_rollback_point();
         }

@@ -13,11 +13,13 @@ use crate::netconf::error::{ErrorTag, RpcError};
 use crate::netconf::server::{NetconfServer, Stores};
 use crate::netconf::xml::{self, EditOp};
 
-/// Makes `new` the running datastore: validated, accepted by the application, persisted.
+/// Makes `new` the running datastore: validated, accepted by the application, persisted;
+/// recorded in the application's audit log as the operation `op` of `session`.
 pub(super) fn set_running(
     server: &NetconfServer,
     stores: &mut Stores,
     mut new: DataTree<'static>,
+    (session, op): (&SessionState, &str),
 ) -> Result<(), RpcError> {
     datastore::validate(&mut new)?;
     server.app.apply(&stores.running, &new)?;
@@ -30,6 +32,16 @@ pub(super) fn set_running(
             ErrorTag::OperationFailed,
             "the configuration could not be saved; nothing changed",
         ));
+    }
+    if let Some(audit) = server.app.audit() {
+        crate::audit::hooks::netconf_edit(
+            audit,
+            &session.user,
+            Some(session.id),
+            op,
+            &stores.running,
+            &new,
+        );
     }
     if !stores.candidate_modified {
         stores.candidate = datastore::duplicate(&new)?;
@@ -105,7 +117,7 @@ pub(super) fn edit_config(
         return ok();
     }
     match target {
-        Datastore::Running => set_running(server, &mut stores, new)?,
+        Datastore::Running => set_running(server, &mut stores, new, (session, "edit-config"))?,
         Datastore::Candidate => {
             stores.candidate = new;
             stores.candidate_modified = true;
@@ -153,7 +165,7 @@ pub(super) fn copy_config(
     let mut stores = server.stores.lock().expect("stores");
     check_not_locked(&stores, target, session.id)?;
     match target {
-        Datastore::Running => set_running(server, &mut stores, new)?,
+        Datastore::Running => set_running(server, &mut stores, new, (session, "copy-config"))?,
         Datastore::Candidate => {
             datastore::validate(&mut new)?;
             stores.candidate = new;

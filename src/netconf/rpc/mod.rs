@@ -104,7 +104,10 @@ pub async fn handle(
     };
     let name = op.tag_name().name();
     let span = tracing::debug_span!("rpc", op = name, session = session.id);
-    let result = dispatch(server, session, op).instrument(span).await;
+    let user = session.user.clone();
+    let result = crate::netconf::server::as_user(user, dispatch(server, session, op))
+        .instrument(span)
+        .await;
     match result {
         Ok(Done::Body(body)) => Outcome::Reply(reply(&attributes, &body)),
         Ok(Done::Close) => Outcome::Close(reply(&attributes, "<ok/>")),

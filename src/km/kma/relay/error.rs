@@ -27,7 +27,13 @@ pub enum RelayError {
     /// Too many keys already wait for a slave SAE (see [`crate::km::ksa::expiry`]).
     #[error("{BACKLOG}: {0}")]
     Backlog(String),
+    /// The request's QoS class may not have the key now (see [`crate::km::qos`]).
+    #[error("{QOS}: {0}")]
+    Qos(#[from] crate::km::qos::QosRefusal),
 }
+
+/// How a QoS refusal begins, also in a peer's problem body.
+const QOS: &str = "refused by QoS policy";
 
 /// How a backlog refusal begins, also in a peer's problem body.
 const BACKLOG: &str = "too many undelivered keys";
@@ -37,13 +43,17 @@ impl RelayError {
     /// too little key for now: not a route fault.
     pub fn is_exhaustion(&self) -> bool {
         match self {
-            RelayError::Exhausted(_) | RelayError::Backlog(_) => true,
+            RelayError::Exhausted(_) | RelayError::Backlog(_) | RelayError::Qos(_) => true,
             // a further hop refused with this same error (its text leads the problem body)
             RelayError::Peer {
                 status: 503,
                 message,
                 ..
-            } => message.contains("not enough key material") || message.contains(BACKLOG),
+            } => {
+                message.contains("not enough key material")
+                    || message.contains(BACKLOG)
+                    || message.contains(QOS)
+            }
             _ => false,
         }
     }

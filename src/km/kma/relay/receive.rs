@@ -252,7 +252,25 @@ pub(crate) async fn deliver_or_forward(
             })
             .await?;
         agent.count_consumed(&link.id, consumed_count);
+        crate::km::accounting::received(
+            agent,
+            &body.master_sae,
+            &body.slave_saes,
+            body.key_size,
+            &key_ids,
+        )
+        .await;
         tracing::info!(keys = key_ids.len(), "keys delivered to destination KM");
+        crate::audit::hooks::relay_arrived(
+            &agent.audit,
+            body.relay_id,
+            &body.origin_km,
+            sender,
+            &body.master_sae,
+            &body.slave_saes,
+            body.key_size,
+            &key_ids,
+        );
         let ack = RelayAck {
             relay_id: body.relay_id,
             delivered: key_ids.len(),
@@ -281,7 +299,9 @@ pub(crate) async fn deliver_or_forward(
         None => reserve::prepare(agent, &hop, key_ids.len(), Some(sender)).await?,
     };
     let next_links: Vec<String> = plan.parts.iter().map(|p| p.link.id.clone()).collect();
+    let (master, slaves, key_size) = (hop.master_sae.clone(), hop.slave_saes.clone(), hop.key_size);
     let (_, ack) = send_split(agent, hop, &key_ids, Some(&keys), consumed, plan).await?;
+    crate::km::accounting::relayed(agent, &master, &slaves, key_size, &key_ids, &next_links).await;
     tracing::info!("keys forwarded");
     let ack = RelayAck {
         hops: ack.hops.saturating_add(1),

@@ -51,7 +51,18 @@ pub async fn supply(
     if let Some(local) = &local {
         crate::km::ksa::expiry::check_room(agent, local, master, number as usize).await?;
     }
-    let key_ids: Vec<Uuid> = (0..number).map(|_| Uuid::new_v4()).collect();
+    // keys made here use no link, but their QoS class's quota holds
+    let local_turn = match &local {
+        Some(local) => {
+            let bits = u64::from(number) * u64::from(size);
+            crate::km::qos::reserve_turn(agent, None, master, local, bits, Default::default())
+                .await?
+        }
+        None => None,
+    };
+    // UUIDv7: the time of issue travels with each key ID, so every KM accounts a key in
+    // the same period (crate::km::accounting::summary)
+    let key_ids: Vec<Uuid> = (0..number).map(|_| Uuid::now_v7()).collect();
     // every path is reserved before any key is made: a relay that cannot arrive costs nothing
     let mut relays = Vec::with_capacity(groups.len());
     for (dest, group) in groups {
@@ -71,6 +82,14 @@ pub async fn supply(
             .instrument(span)
             .await
             .inspect_err(|error| relay_failed(agent, &hop, error))?;
+        crate::audit::hooks::relay_started(
+            &agent.audit,
+            hop.relay_id,
+            &hop.dest_km,
+            master,
+            &hop.slave_saes,
+            &key_ids,
+        );
         relays.push((hop, plan));
     }
     let mut keys: Option<Vec<Zeroizing<Vec<u8>>>> = None;
@@ -87,6 +106,7 @@ pub async fn supply(
             )
             .await?;
             tracing::info!(hops = ack.hops, "keys relayed");
+            crate::audit::hooks::relay_finished(&agent.audit, hop.relay_id, &hop.dest_km, ack.hops);
             agent.metrics.relay("origin", true);
             Ok::<_, RelayError>(made)
         }
@@ -110,10 +130,15 @@ pub async fn supply(
             key_ids.iter().copied().zip(keys.iter().cloned()).collect();
         let master = master.to_owned();
         let terms = crate::km::ksa::expiry::terms(agent);
+        let (slaves, owner) = (local.clone(), master.clone());
         agent
             .store
             .run(move |s| s.write(|txn| txn.insert_deliveries(&local, &master, &entries, terms)))
             .await?;
+        crate::km::accounting::received(agent, &owner, &slaves, size, &key_ids).await;
+        if let Some(turn) = local_turn {
+            turn.served();
+        }
     }
     Ok(key_ids
         .into_iter()

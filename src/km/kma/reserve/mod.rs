@@ -125,10 +125,31 @@ pub async fn prepare(
         } else {
             0
         };
+        // QoS: when classes are configured, the request waits for its class's turn on the
+        // link first (and holds its quota); its blocks are then reserved within the same wait
+        let deadline = tokio::time::Instant::now() + wait;
+        let turn = if blocks > 0 {
+            let bits = count as u64 * u64::from(hop.key_size);
+            crate::km::qos::reserve_turn(
+                agent,
+                Some(&link.id),
+                &hop.master_sae,
+                &hop.slave_saes,
+                bits,
+                wait,
+            )
+            .await?
+        } else {
+            None
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let reservation = agent
             .store
-            .reserve_within(&link.id, link.end.owner(), blocks, wait)
+            .reserve_within(&link.id, link.end.owner(), blocks, left)
             .await?;
+        if let Some(turn) = turn {
+            turn.served();
+        }
         parts.push(Part {
             link,
             keys: start..start + count,
