@@ -62,6 +62,11 @@ fn fixture() -> &'static (tokio::runtime::Runtime, axum::Router) {
             metrics_listen: None,
             local_control: None,
             interworking: None,
+            key_store: Default::default(),
+            accounting: Default::default(),
+            refusals: Default::default(),
+            nonrepudiation: Default::default(),
+            audit: Default::default(),
         };
         let router = runtime.block_on(async {
             let agent: Arc<Agent> = Agent::new(config).unwrap();

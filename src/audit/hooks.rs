@@ -5,7 +5,7 @@
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -343,4 +343,118 @@ pub async fn rest_changes(State(audit): State<AuditLog>, request: Request, next:
         json!({"method": method, "path": path, "status": response.status().as_u16()}),
     );
     response
+}
+
+// ---- reference points (Cxi, Mxi) ----
+
+/// What the audit layer of a reference point's server needs.
+pub struct PointAudit {
+    pub audit: AuditLog,
+    /// `cxi` or `mxi`: also the records' kind.
+    pub point: &'static str,
+    /// The agreement (transaction, session, message) a request belongs to.
+    pub classify: crate::nonrepudiation::http::Classify,
+}
+
+/// The `tx` of agreement `agreement` at `point`, in the form the daemon's own records use
+/// (`cxi-<transaction>`, `session-<id>`, `mxi-<message>`), or the agreement as it is.
+pub fn point_tx(point: &str, agreement: &str) -> String {
+    let (what, id) = agreement.split_once(' ').unwrap_or((agreement, ""));
+    match (point, what) {
+        ("cxi", "transaction") if Uuid::parse_str(id).is_ok() => format!("cxi-{id}"),
+        ("cxi", "session") => format!("session-{id}"),
+        ("mxi", _) if Uuid::parse_str(id).is_ok() => format!("mxi-{id}"),
+        _ => agreement.to_owned(),
+    }
+}
+
+/// Middleware of a reference point's server, outside its signature step
+/// ([`crate::nonrepudiation::http::verify_and_sign`]): records every message that may change
+/// state (not GET/HEAD/OPTIONS), refused ones included, with its caller, method, path,
+/// answer status and agreement (as `tx`). The caller is the signature-verified signer when
+/// the signature step checked one, else the TLS peer's certificate identity.
+pub async fn reference_point(
+    State(point): State<std::sync::Arc<PointAudit>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use axum::http::Method;
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) || !point.audit.is_enabled()
+    {
+        return next.run(request).await;
+    }
+    let identity = request
+        .extensions()
+        .get::<crate::tls::PeerIdentity>()
+        .and_then(|p| p.0.clone());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let (parts, body) = request.into_parts();
+    // the listener has read the body whole within its limits already
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(error) => {
+            return crate::problem::Problem::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "malformed-message",
+                error.to_string(),
+            )
+            .into_response()
+        }
+    };
+    let agreement = (point.classify)(&method, &path, &body);
+    let response = next
+        .run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await;
+    let signer = response
+        .extensions()
+        .get::<crate::nonrepudiation::http::VerifiedSigner>()
+        .map(|v| v.0.clone());
+    let who = signer
+        .clone()
+        .or_else(|| identity.clone())
+        .map(|name| cert(&name))
+        .unwrap_or_else(|| "anonymous".into());
+    let tx = agreement.as_deref().map(|a| point_tx(point.point, a));
+    point.audit.append(
+        point.point,
+        &who,
+        tx.as_deref(),
+        json!({"method": method.as_str(), "path": path, "status": response.status().as_u16(),
+               "agreement": agreement, "tls_identity": identity, "signed_by": signer}),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::point_tx;
+
+    #[test]
+    fn agreements_become_the_daemons_transaction_ids() {
+        let id = "0b5c4f0e-4a1f-4a57-9a43-2f7f3a9e1d10";
+        assert_eq!(
+            point_tx("cxi", &format!("transaction {id}")),
+            format!("cxi-{id}")
+        );
+        assert_eq!(
+            point_tx("cxi", &format!("session {id}")),
+            format!("session-{id}")
+        );
+        assert_eq!(
+            point_tx("cxi", "status segment-fault -"),
+            "status segment-fault -"
+        );
+        assert_eq!(
+            point_tx("mxi", &format!("fault-report {id}")),
+            format!("mxi-{id}")
+        );
+        assert_eq!(
+            point_tx("mxi", "request /mxi/v1/faults"),
+            "request /mxi/v1/faults"
+        );
+    }
 }

@@ -8,6 +8,16 @@
 //! transaction or session. Key material is never recorded: a key delivery is recorded by its
 //! key IDs, SAE IDs and size.
 //!
+//! **Callers at the reference points.** Every message a Cxi server (a controller, or a
+//! distributed domain's speaker) or the Mxi server (a manager) receives that may change
+//! state is recorded once, by the layer outside the signature step
+//! ([`hooks::reference_point`]): kind `cxi`/`mxi`, `who` the signature-verified signer (else
+//! the TLS peer) as `cert:<name>@<domain>`, `tx` the agreement (`cxi-<transaction>`,
+//! `session-<id>`, `mxi-<message>`), details method, path, answer status, TLS identity and
+//! signer; refused messages too. The REST APIs (controller, manager, the KM's
+//! `/admin/v1/...`) record their state-changing requests with their caller through one
+//! middleware, [`hooks::rest_changes`].
+//!
 //! - [`record`] — the record's JSON line, its hash and the check of one line;
 //! - [`log`] — the writer thread (group commit), segments, the head, restart;
 //! - [`verify`] — the walk over every segment that `qkdni audit verify` does;
@@ -95,6 +105,8 @@ pub mod kinds {
     pub const REST_CHANGE: &str = "rest-change";
     /// A Cxi agreement step (prepare, vote, commit, abort) with its transaction id.
     pub const CXI: &str = "cxi";
+    /// An Mxi message received from the peer manager, with its caller and message id.
+    pub const MXI: &str = "mxi";
     /// A manager event (faults, alarms, Mxi reports sent and received): the manager's
     /// event kind is in the details.
     pub const MANAGER_EVENT: &str = "manager-event";

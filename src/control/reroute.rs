@@ -19,6 +19,10 @@ use super::sessions::{
 use super::topology::Topology;
 use crate::netconf::server::now_rfc3339;
 
+/// How long an interworking session re-agreed only for a key rate shortfall keeps its route
+/// before a shortfall makes it agreed again (faults and broken links do at once).
+pub(super) const SHORTFALL_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Instance {
     /// Recomputes the routes of sessions that cross a down link (or have none); starts the
     /// agreement of interworking ones; `started` is when the triggering report arrived.
@@ -71,6 +75,17 @@ impl Instance {
                     // merged: looked at again once the agreement in progress ends
                     self.again.insert(id);
                     continue;
+                }
+                let shortfall_only = session.state == SessionState::Active
+                    && !broken(&self.state.topology, &session)
+                    && !self.state.interworking.suspect.contains(&id);
+                if shortfall_only {
+                    let held = &mut self.state.interworking.shortfall_agreed;
+                    held.retain(|_, at| at.elapsed() < SHORTFALL_HOLD);
+                    if held.contains_key(&id) {
+                        continue;
+                    }
+                    held.insert(id, Instant::now());
                 }
                 self.state.interworking.suspect.remove(&id);
                 self.agree(

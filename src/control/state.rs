@@ -31,6 +31,10 @@ pub struct InterworkingState {
     /// Segments whose fault was reported to the coordinator, and when (reported again after
     /// [`super::cxi::coordinator::REPORT_AGAIN`] until it reroutes them).
     pub notified: BTreeMap<Uuid, Instant>,
+    /// Sessions re-agreed with the peer only because their route fell short of their demand,
+    /// and when: not again before [`super::reroute::SHORTFALL_HOLD`] (a demand neither
+    /// domain can meet would otherwise be agreed again at every poll).
+    pub shortfall_agreed: BTreeMap<Uuid, Instant>,
 }
 
 /// The controller's state.

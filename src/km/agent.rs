@@ -41,6 +41,8 @@ pub enum AgentError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Accounting(#[from] crate::km::accounting::AccountingError),
+    #[error(transparent)]
+    QosStore(#[from] crate::km::qos::store::QosStoreError),
 }
 
 /// What operators set on a link at run time.
@@ -292,7 +294,9 @@ impl Agent {
             admission: crate::km::ksa::admission::RequestAdmission::new(&config.limits),
             applications: Default::default(),
             refusals: Arc::new(crate::refusals::Refusals::new(config.refusals.clone())),
-            qos: Default::default(),
+            qos: Arc::new(crate::km::qos::Qos::open(
+                &config.data_dir.join("qos.redb"),
+            )?),
             local_control: std::sync::OnceLock::new(),
             gateway: std::sync::OnceLock::new(),
             config,

@@ -27,6 +27,11 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/reports/latest", get(latest_reports))
         .merge(super::accounting::router())
+        // inside authentication: only authenticated callers' changes are recorded
+        .layer(middleware::from_fn_with_state(
+            manager.audit.clone(),
+            crate::audit::hooks::rest_changes,
+        ))
         .layer(middleware::from_fn_with_state(
             manager.clone(),
             authenticate,

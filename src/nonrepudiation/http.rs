@@ -48,6 +48,11 @@ pub type Classify = fn(&Method, &str, &[u8]) -> Option<String>;
 /// The peer domain of a TLS identity allowed at a reference point.
 pub type PeerOf = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// Set on the answer of a request whose signature the server step checked: the signer's
+/// identity, for the layers outside it (the audit log's [`crate::audit::hooks::reference_point`]).
+#[derive(Debug, Clone)]
+pub struct VerifiedSigner(pub String);
+
 /// The server side of a reference point.
 pub struct ServerPoint {
     pub notary: Arc<Notary>,
@@ -131,7 +136,7 @@ pub async fn verify_and_sign(
             agreement: agreement.clone(),
             peer: peer.clone(),
             direction: Direction::Received,
-            signer: verified.signer,
+            signer: verified.signer.clone(),
             msg: line,
             body: body.to_vec(),
             cose: cose.clone(),
@@ -158,6 +163,7 @@ pub async fn verify_and_sign(
     if let Some(signed) = signed {
         parts.headers.insert(HEADER, signed);
     }
+    parts.extensions.insert(VerifiedSigner(verified.signer));
     Response::from_parts(parts, Body::from(body))
 }
 

@@ -54,6 +54,30 @@ fn audit_bytes(dir: &Path) -> Vec<u8> {
     all
 }
 
+/// The first line of `qkdni audit show <dir> --kind <kind>` that `pred` accepts, waiting up
+/// to `seconds` for it (records are durable within one group commit of their event).
+async fn wait_for_record(
+    dir: &Path,
+    kind: &str,
+    seconds: u64,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let (ok, text) = audit(&["show", dir.to_str().unwrap(), "--kind", kind]);
+        assert!(ok, "{text}");
+        if let Some(line) = text.lines().find(|l| pred(l)) {
+            return line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such {kind} record in {}: {text}",
+            dir.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_run_is_audited_verified_and_tampering_is_found() {
     let bed = Bed::up("two-domain-gwn.toml");
@@ -140,6 +164,32 @@ async fn a_real_run_is_audited_verified_and_tampering_is_found() {
         "cxi",
     ]);
     assert!(text.contains("tx=cxi-"), "{text}");
+    // ... and B's controller recorded A's Cxi messages with A's identity and the transaction
+    let (domain_a, domain_b) = ("A", "B");
+    let controller_a = &bed.endpoints.controller(domain_a).unwrap().name;
+    let controller_b = &bed.endpoints.controller(domain_b).unwrap().name;
+    let who = format!(
+        "who=cert:{}",
+        qkdni::tls::foreign_identity(controller_a, domain_a)
+    );
+    let prepare = wait_for_record(&dir_of(controller_b), "cxi", 10, |l| {
+        l.contains(&who) && l.contains("tx=cxi-") && l.contains("/cxi/v1/transactions")
+    })
+    .await;
+    assert!(prepare.contains("\"status\":200"), "{prepare}");
+    // ... and B's manager A's Mxi messages with A's manager's identity and the message id
+    let manager_a = &bed.endpoints.manager(domain_a).unwrap().name;
+    let manager_b = &bed.endpoints.manager(domain_b).unwrap().name;
+    let who = format!(
+        "who=cert:{}",
+        qkdni::tls::foreign_identity(manager_a, domain_a)
+    );
+    // a report pack every 5 s: the first may have left before B's manager listened
+    let report = wait_for_record(&dir_of(manager_b), "mxi", 15, |l| {
+        l.contains(&who) && l.contains("tx=mxi-") && l.contains("/mxi/v1/reports")
+    })
+    .await;
+    assert!(report.contains("\"status\":"), "{report}");
 
     // verify passes on every daemon's log; no key is in any of them
     for (name, dir) in &dirs {

@@ -544,7 +544,7 @@ async fn controller_b_view(bed: &Bed) -> Value {
 }
 
 /// The events of `domain`'s manager.
-async fn manager_events(bed: &Bed, domain: &str) -> Vec<Value> {
+pub(crate) async fn manager_events(bed: &Bed, domain: &str) -> Vec<Value> {
     let manager = bed.endpoints.manager(domain).expect("a manager");
     let response = bed
         .anonymous_https()

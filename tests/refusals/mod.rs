@@ -9,25 +9,13 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::common::{topology, Bed};
+use crate::interworking::manager_events;
 
 /// The two-domain testbed with a KM threshold of 3 ETSI 014 refusals per minute.
 fn bed() -> Bed {
     let mut text = std::fs::read_to_string(topology("two-domain-gwn.toml")).unwrap();
     text.push_str("\n[refusals]\ndefault_threshold = 0\n[refusals.thresholds]\netsi014 = 3\n");
     Bed::up_text_controlled(&text)
-}
-
-async fn manager_events(bed: &Bed, domain: &str) -> Vec<Value> {
-    let manager = bed.endpoints.manager(domain).expect("a manager");
-    let response = bed
-        .anonymous_https()
-        .get(format!("{}/api/v1/events", manager.rest))
-        .bearer_auth(&manager.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
 }
 
 /// The first event of `kind` that `events` yields within 30 s.

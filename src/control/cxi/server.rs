@@ -55,6 +55,11 @@ pub trait CxiEndpoint: Send + Sync + 'static {
     /// Who signs this endpoint's answers and checks the peers' signatures
     /// ([`crate::nonrepudiation`]).
     fn notary(&self) -> Result<Arc<Notary>, NrError>;
+    /// The audit log every received message is recorded in, with its caller
+    /// ([`crate::audit::hooks::reference_point`]).
+    fn audit(&self) -> crate::audit::AuditLog {
+        crate::audit::AuditLog::disabled()
+    }
 }
 
 impl CxiEndpoint for Controller {
@@ -103,6 +108,10 @@ impl CxiEndpoint for Controller {
     fn notary(&self) -> Result<Arc<Notary>, NrError> {
         crate::nonrepudiation::for_tls(&self.config.tls)
     }
+
+    fn audit(&self) -> crate::audit::AuditLog {
+        self.audit.clone()
+    }
 }
 
 type Endpoint = Arc<dyn CxiEndpoint>;
@@ -138,6 +147,15 @@ pub fn router_for(endpoint: Endpoint, counters: Option<crate::metrics::Counters>
         .route_layer(axum::middleware::from_fn_with_state(
             signing(&endpoint),
             verify_and_sign,
+        ))
+        // outside the signature step: refusals are recorded too, with the TLS peer
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(crate::audit::hooks::PointAudit {
+                audit: endpoint.audit(),
+                point: "cxi",
+                classify: crate::control::cxi::agreement,
+            }),
+            crate::audit::hooks::reference_point,
         ));
     let routes = match counters {
         Some(counters) => routes.route_layer(axum::middleware::from_fn_with_state(

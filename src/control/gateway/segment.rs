@@ -177,6 +177,13 @@ impl CxiEndpoint for Gateway {
         crate::nonrepudiation::for_tls(&agent.config.tls)
     }
 
+    fn audit(&self) -> crate::audit::AuditLog {
+        self.agent
+            .upgrade()
+            .map(|agent| agent.audit.clone())
+            .unwrap_or_default()
+    }
+
     fn peer_domain(&self, identity: &str) -> Option<String> {
         self.speaker.as_ref()?.peers.iter().find_map(|p| {
             (foreign_identity(&p.peer.controller, &p.peer.domain) == identity)

@@ -51,12 +51,24 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/qchannel/v1/links/{link}/heartbeat",
             post(qchannel_heartbeat),
         )
+        .merge(interworking::router())
+        .merge(admin_router(&agent))
+        .with_state(agent)
+}
+
+/// The operators' admin API (`/admin/v1/...`): every request that may change state is
+/// recorded in the audit log with its caller's certificate identity and the answer's status
+/// ([`crate::audit::hooks::rest_changes`]).
+fn admin_router(agent: &Arc<Agent>) -> Router<Arc<Agent>> {
+    Router::new()
         .route("/admin/v1/health", get(health))
         .route("/admin/v1/links", get(links))
         .route("/admin/v1/interworking", get(interworking_view))
-        .merge(interworking::router())
         .merge(crate::km::accounting::rest::router())
-        .with_state(agent)
+        .layer(axum::middleware::from_fn_with_state(
+            agent.audit.clone(),
+            crate::audit::hooks::rest_changes,
+        ))
 }
 
 /// An error answer of the KMA server: status and message (JSON `{"message": ...}`).

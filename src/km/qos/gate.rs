@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use super::policy::{ClassSpec, QosPolicy};
 use super::quota::Ledger;
 use super::scheduler::{Next, Phase, Request, Scheduler, Unservable};
+use super::store::{QosStoreError, QuotaStore};
 
 /// Why QoS refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +80,8 @@ struct Inner {
 pub struct Qos {
     inner: Mutex<Inner>,
     epoch: Instant,
+    /// Where quota usage is kept across restarts (`None`: in memory only).
+    store: Option<QuotaStore>,
 }
 
 impl Default for Qos {
@@ -94,6 +97,7 @@ impl Default for Qos {
                 next_id: 0,
             }),
             epoch: Instant::now(),
+            store: None,
         }
     }
 }
@@ -105,6 +109,27 @@ fn unix_seconds() -> u64 {
 }
 
 impl Qos {
+    /// The QoS state of a KM whose quota usage is kept in the store at `path` (see
+    /// [`super::store`]): the usage recorded there is in force again.
+    pub fn open(path: &std::path::Path) -> Result<Self, QosStoreError> {
+        let (store, windows) = QuotaStore::open(path)?;
+        let mut qos = Self {
+            store: Some(store),
+            ..Self::default()
+        };
+        let inner = qos.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (class, period, used) in windows {
+            inner.ledger.restore(&class, period, used);
+        }
+        Ok(qos)
+    }
+
+    /// Records `class`'s window in the store (called under the lock, so in ledger order).
+    fn persist(&self, inner: &Inner, class: &str, ack: bool) -> Option<oneshot::Receiver<bool>> {
+        let store = self.store.as_ref()?;
+        store.record(class, inner.ledger.window_of(class), ack)
+    }
+
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
@@ -127,7 +152,11 @@ impl Qos {
         }
         inner.generation += 1;
         inner.links.clear(); // drops the waiters' senders: they see PolicyChanged
-        inner.ledger.retain(|c| policy.classes.contains_key(c));
+        for gone in inner.ledger.retain(|c| policy.classes.contains_key(c)) {
+            if let Some(store) = &self.store {
+                store.record(&gone, None, false);
+            }
+        }
         inner.stats.retain(|c, _| policy.classes.contains_key(c));
         inner.order = policy.classes.values().cloned().collect();
         inner.policy = Arc::new(policy);
@@ -165,13 +194,32 @@ impl Qos {
 
     /// Waits up to `wait` for the turn of a request of `bits` key bits of `class` on `link`
     /// (`None`: key made at this KM, no link: only the quota applies). `Ok(None)`: QoS is
-    /// off or the class is unknown (the policy changed), serve as usual.
+    /// off or the class is unknown (the policy changed), serve as usual. A turn that holds
+    /// quota is returned once its hold is on disk (when the usage is stored).
     pub async fn turn(
         self: &Arc<Self>,
         link: Option<&str>,
         class: &str,
         bits: u64,
         wait: Duration,
+    ) -> Result<Option<Turn>, QosRefusal> {
+        let mut written = None;
+        let turn = self.turn_held(link, class, bits, wait, &mut written).await;
+        if let Some(written) = written {
+            // a failure is logged by the writer: the key is supplied anyway (the usage in
+            // memory still holds the quota until the KM restarts)
+            let _ = written.await;
+        }
+        turn
+    }
+
+    async fn turn_held(
+        self: &Arc<Self>,
+        link: Option<&str>,
+        class: &str,
+        bits: u64,
+        wait: Duration,
+        written: &mut Option<oneshot::Receiver<bool>>,
     ) -> Result<Option<Turn>, QosRefusal> {
         let (rx, mut guard) = {
             let mut inner = self.lock();
@@ -180,7 +228,10 @@ impl Qos {
             };
             let quota = match spec.quota {
                 Some(q) => match inner.ledger.hold(class, q, bits, unix_seconds()) {
-                    Ok(period) => Some(period),
+                    Ok(period) => {
+                        *written = self.persist(&inner, class, true);
+                        Some(period)
+                    }
                     Err(over) => {
                         inner.stats.entry(class.into()).or_default().refused_quota += 1;
                         return Err(QosRefusal::Quota {
@@ -384,6 +435,7 @@ impl Drop for Turn {
             s.granted_bits += self.bits;
         } else if let Some(period) = self.quota {
             inner.ledger.release(&self.class, period, self.bits);
+            qos.persist(&inner, &self.class, false);
         }
         if self.generation != inner.generation {
             return;
@@ -504,6 +556,60 @@ mod tests {
         );
         assert_eq!(q.stats()["c"].1, 600);
         assert_eq!(q.stats()["c"].0.refused_quota, 1);
+    }
+
+    fn policy_with(classes: Vec<ClassSpec>) -> QosPolicy {
+        let mut p = QosPolicy {
+            default_class: classes.first().map(|c| c.name.clone()),
+            ..Default::default()
+        };
+        for c in classes {
+            p.classes.insert(c.name.clone(), c);
+        }
+        p.validate().unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn quota_usage_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!("qkdni-qos-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("qos.redb");
+        let mut c = class("c", 1, 0, None);
+        c.quota = Some(Quota {
+            bits: 1000,
+            period_seconds: 3600,
+        });
+        let other = class("other", 1, 0, None);
+        let w = Duration::from_secs(1);
+        {
+            let q = Arc::new(Qos::open(&path).unwrap());
+            q.set_policy(policy_with(vec![c.clone(), other.clone()]));
+            q.turn(Some("l"), "c", 600, w)
+                .await
+                .unwrap()
+                .unwrap()
+                .served();
+            // a failed request gives its hold back, on disk too
+            drop(q.turn(None, "c", 300, w).await.unwrap().unwrap());
+        }
+        let q = Arc::new(Qos::open(&path).unwrap());
+        q.set_policy(policy_with(vec![c.clone(), other.clone()]));
+        assert_eq!(q.stats()["c"].1, 600);
+        let refused = q.turn(Some("l"), "c", 600, w).await.err().unwrap();
+        assert!(
+            matches!(refused, QosRefusal::Quota { used: 600, .. }),
+            "{refused}"
+        );
+        q.turn(None, "c", 400, w).await.unwrap().unwrap().served();
+        // a class removed from the policy is forgotten on disk too
+        q.set_policy(policy_with(vec![other.clone()]));
+        drop(q);
+        let q = Arc::new(Qos::open(&path).unwrap());
+        q.set_policy(policy_with(vec![c, other]));
+        assert_eq!(q.stats()["c"].1, 0);
+        drop(q);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@
 //! - [`scheduler`] — one link's scheduler: guarantees first, then weighted deficit round
 //!   robin over token buckets (pure, property-tested);
 //! - [`quota`] — the quota windows of every class (pure, property-tested);
+//! - [`store`] — the quota usage kept on disk (`<data_dir>/qos.redb`), so quotas hold across
+//!   a KM's restart or crash;
 //! - [`gate`] — the running KM's gate: every reservation of link key waits for its turn,
 //!   every supply holds its class's quota;
 //! - [`yang`] — the policy under NETCONF (`key-manager/qos`, and the controller's
@@ -13,7 +15,10 @@
 //!
 //! Where it applies: the origin KM of an ETSI GS QKD 014 Get key (`enc_keys`, also when its
 //! route was set up on demand) and every KM a relay crosses reserve their blocks through
-//! [`reserve_turn`] (see [`crate::km::kma::reserve`]). `dec_keys` hands out keys that were
+//! [`reserve_turn`] (see [`crate::km::kma::reserve`]), on a QKD link, a Qx link (Kxi-1) or an
+//! interworking node's transfer link (Kxi-1', which has no key pool but takes its class's
+//! turn all the same); over a link into a peer domain a slave SAE of unknown domain is of
+//! that peer domain. `dec_keys` hands out keys that were
 //! scheduled and charged when their master SAE asked for them, so it is not charged again.
 //! A quota refusal is the ETSI GS QKD 014 answer for unavailable keys (503, `Retry-After`)
 //! with the reason in its details.
@@ -22,6 +27,7 @@ pub mod gate;
 pub mod policy;
 pub mod quota;
 pub mod scheduler;
+pub mod store;
 pub mod yang;
 
 pub use gate::{Qos, QosRefusal, Turn};
@@ -39,6 +45,22 @@ pub fn class_of(agent: &Agent, master: &str, slaves: &[String]) -> Option<String
     agent.qos.class_of(master, slave, |s| agent.sae_domain(s))
 }
 
+/// The class of a request of `master` for `slaves` drawing key on `link`: as
+/// [`class_of`], but a slave SAE whose domain this KM does not know, reached over a link
+/// into a peer domain (a Qx link, or an interworking node's transfer link: Kxi-1/Kxi-1'), is
+/// of that peer domain.
+fn class_on(agent: &Agent, link: Option<&str>, master: &str, slaves: &[String]) -> Option<String> {
+    let slave = slaves.first()?;
+    let peer_domain = link
+        .and_then(|l| agent.link_config(l))
+        .and_then(|l| l.peer_domain.clone());
+    agent.qos.class_of(master, slave, |s| {
+        agent
+            .sae_domain(s)
+            .or_else(|| (s == slave.as_str()).then(|| peer_domain.clone()).flatten())
+    })
+}
+
 /// Waits for the turn of a request of `master` for `slaves` drawing `bits` of key on `link`
 /// (`None`: key made here, only the quota applies). `Ok(None)`: QoS is off.
 pub async fn reserve_turn(
@@ -49,7 +71,7 @@ pub async fn reserve_turn(
     bits: u64,
     wait: Duration,
 ) -> Result<Option<Turn>, QosRefusal> {
-    let Some(class) = class_of(agent, master, slaves) else {
+    let Some(class) = class_on(agent, link, master, slaves) else {
         return Ok(None);
     };
     let qos = agent.qos.clone();

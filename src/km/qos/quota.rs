@@ -78,9 +78,29 @@ impl Ledger {
             .map_or(0, |w| w.used)
     }
 
-    /// Forgets the classes not in `keep` (after a policy change).
-    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
-        self.windows.retain(|class, _| keep(class));
+    /// Forgets the classes not in `keep` (after a policy change); returns the ones forgotten.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let gone: Vec<String> = self
+            .windows
+            .keys()
+            .filter(|class| !keep(class))
+            .cloned()
+            .collect();
+        for class in &gone {
+            self.windows.remove(class);
+        }
+        gone
+    }
+
+    /// `class`'s window as it stands: (period index, bits used), to be stored.
+    pub fn window_of(&self, class: &str) -> Option<(u64, u64)> {
+        self.windows.get(class).map(|w| (w.period, w.used))
+    }
+
+    /// Puts back a window read from the store (when the KM starts).
+    pub fn restore(&mut self, class: &str, period: u64, used: u64) {
+        self.windows
+            .insert(class.to_owned(), Window { period, used });
     }
 }
 

@@ -135,7 +135,15 @@ struct SlotFile {
     free: BTreeSet<u32>,
     /// Slots written and not yet made durable.
     dirty: bool,
+    /// When slots overwritten with zeros were last made durable (see [`Self::zero`]).
+    zeros_synced: Option<std::time::Instant>,
+    /// Slots overwritten with zeros since then.
+    zeros_pending: bool,
 }
+
+/// Longest time destroyed slots' zeros wait for a sync of their own while transactions
+/// go on (they are durable earlier with any sync of new slots).
+const ZERO_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl SlotFile {
     fn offset(slot: u32) -> u64 {
@@ -161,18 +169,32 @@ impl SlotFile {
         if self.dirty {
             self.file.sync_data().map_err(|e| self.io(e))?;
             self.dirty = false;
+            if self.zeros_pending {
+                self.zeros_pending = false;
+                self.zeros_synced = Some(std::time::Instant::now());
+            }
         }
         Ok(())
     }
 
-    /// Overwrites `slots` with zeros in place and makes that durable.
+    /// Overwrites `slots` with zeros in place: from now on no read of the file finds their
+    /// data keys. The zeros are made durable with the next sync of new slots, or here when
+    /// the last durable zeros are [`ZERO_SYNC`] old: a key request pays no sync of its own
+    /// for the slots it used up. A crash before they are durable leaves slots without
+    /// records, which the next open destroys again; an idle store's last zeros reach the
+    /// disk by the kernel's writeback.
     fn zero(&mut self, slots: &[u32]) -> Result<(), StoreError> {
         for &slot in slots {
             self.file
                 .write_all_at(&[0u8; SLOT_BYTES], Self::offset(slot))
                 .map_err(|e| self.io(e))?;
         }
-        self.file.sync_data().map_err(|e| self.io(e))?;
+        self.zeros_pending = true;
+        if self.zeros_synced.is_none_or(|at| at.elapsed() >= ZERO_SYNC) {
+            self.file.sync_data().map_err(|e| self.io(e))?;
+            self.zeros_pending = false;
+            self.zeros_synced = Some(std::time::Instant::now());
+        }
         self.free.extend(slots);
         Ok(())
     }
@@ -205,6 +227,10 @@ struct Current {
 struct State {
     live: HashMap<u32, Live>,
     current: HashMap<String, Current>,
+    /// Slots that may be destroyable without a transaction changing their records: a
+    /// current slot replaced, a slot whose destruction failed (looked at by the next
+    /// [`Slots::settle`], which so touches only these and the slots of its transaction).
+    unsettled: BTreeSet<u32>,
 }
 
 /// The key slots of one store.
@@ -302,6 +328,8 @@ impl Slots {
                 len,
                 free,
                 dirty: false,
+                zeros_synced: None,
+                zeros_pending: false,
             }),
             keys: RwLock::new(keys),
             state: Mutex::new(state),
@@ -326,6 +354,10 @@ impl Slots {
                 }
             }
         }
+        let mut state = lock(&self.state);
+        let all: Vec<u32> = state.live.keys().copied().collect();
+        state.unsettled.extend(all);
+        drop(state);
         self.settle(None);
         orphans
     }
@@ -348,6 +380,10 @@ impl Slots {
         });
         if fresh {
             let slot = self.create()?;
+            if let Some(old) = state.current.get(group) {
+                let old = old.slot;
+                state.unsettled.insert(old);
+            }
             state.live.insert(
                 slot,
                 Live {
@@ -461,6 +497,7 @@ impl Slots {
         }
         for (slot, _) in &out {
             state.current.retain(|_, c| c.slot != *slot);
+            state.unsettled.insert(*slot);
         }
         out
     }
@@ -497,19 +534,24 @@ impl Slots {
 
     /// After a transaction: applies its `deltas` when it committed, then destroys every slot
     /// no committed record needs (a group's current slot only once it was used).
+    /// Only the slots of `deltas` and the unsettled ones are looked at (O(slots touched)).
     pub fn settle(&self, deltas: Option<Deltas>) {
         let mut state = lock(&self.state);
+        let mut candidates = std::mem::take(&mut state.unsettled);
         for (slot, delta) in deltas.into_iter().flatten() {
             let live = state.live.entry(slot).or_default();
             live.records = live.records.saturating_add_signed(delta);
             live.used |= live.records > 0;
+            candidates.insert(slot);
         }
-        let current: BTreeSet<u32> = state.current.values().map(|c| c.slot).collect();
-        let gone: Vec<u32> = state
-            .live
-            .iter()
-            .filter(|(slot, live)| live.records == 0 && (live.used || !current.contains(slot)))
-            .map(|(slot, _)| *slot)
+        let gone: Vec<u32> = candidates
+            .into_iter()
+            .filter(|slot| {
+                state.live.get(slot).is_some_and(|live| {
+                    live.records == 0
+                        && (live.used || !state.current.values().any(|c| c.slot == *slot))
+                })
+            })
             .collect();
         if gone.is_empty() {
             return;
@@ -517,6 +559,7 @@ impl Slots {
         if let Err(error) = lock(&self.file).zero(&gone) {
             // kept: retried after the next transaction, or at the next open
             tracing::error!(%error, "destroying used-up key slots");
+            state.unsettled.extend(gone);
             return;
         }
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
@@ -546,8 +589,8 @@ mod tests {
     use super::super::deliveries::{self, DELIVERIES, FETCHED};
     use super::super::tests::{blocks, take, tempdir};
     use super::super::{
-        block_place, forensics, AtRestConfig, DeliveryTerms, KeyStore, StoreError, StoreKey,
-        BLOCKS, PENDING, RX, TX,
+        block_place, compaction, forensics, AtRestConfig, DeliveryTerms, KeyStore, StoreError,
+        StoreKey, BLOCKS, PENDING, RX, TX,
     };
     use super::*;
 
@@ -588,9 +631,11 @@ mod tests {
     fn check(store: &KeyStore, path: &std::path::Path) {
         let txn = store.db.begin_read().unwrap();
         let mut named = std::collections::BTreeSet::new();
+        let mut indexed = std::collections::BTreeMap::new();
         let mut opened = |record: &[u8], place: Vec<u8>| {
             if let Some(h) = Header::of(record).unwrap() {
                 named.insert(h.slot);
+                indexed.insert((h.slot, h.counter()), place.clone());
             }
             store
                 .slots
@@ -621,6 +666,18 @@ mod tests {
                 );
             }
         }
+        // the slot index names exactly the live sealed records, each at its place
+        let index: std::collections::BTreeMap<(u32, u64), Vec<u8>> = txn
+            .open_table(compaction::SLOT_RECORDS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value(), v.value().to_vec())
+            })
+            .collect();
+        assert_eq!(index, indexed, "the slot index matches the tables");
         let live = store.slots.live_slots();
         for slot in &named {
             assert!(

@@ -29,7 +29,7 @@
 //! (the peer's blocks, by number), `deliveries` (keys awaiting their slave SAE) and
 //! `transfers` (key transfers of an interworking node, and who may withdraw their keys).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -163,12 +163,20 @@ pub(crate) struct Sealing {
     consumed: BTreeSet<u32>,
     /// This transaction's number (its deliveries get slots of their own).
     serial: u64,
+    /// Changes to the slot index ([`compaction::SLOT_RECORDS`]) by this transaction, by
+    /// (slot, record number): the place of a record sealed, `None` for one released.
+    index: BTreeMap<(u32, u64), Option<Vec<u8>>>,
 }
 
 impl Sealing {
     /// Seals `bytes` for `place` in `group` (records consumed together).
     fn seal(&mut self, group: &str, place: &[u8], bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
-        self.slots.seal(group, place, bytes, &mut self.deltas)
+        let record = self.slots.seal(group, place, bytes, &mut self.deltas)?;
+        if let Some(header) = sealing::Header::of(&record)? {
+            self.index
+                .insert((header.slot, header.counter()), Some(place.to_vec()));
+        }
+        Ok(record)
     }
 
     /// Opens `record` for `place`.
@@ -180,6 +188,9 @@ impl Sealing {
     fn release(&mut self, record: &[u8]) -> Result<(), StoreError> {
         if let Some(slot) = self.slots.release(record, &mut self.deltas)? {
             self.consumed.insert(slot);
+            if let Some(header) = sealing::Header::of(record)? {
+                self.index.insert((slot, header.counter()), None);
+            }
         }
         Ok(())
     }
@@ -190,6 +201,7 @@ impl Sealing {
             deltas: Deltas::new(),
             consumed: BTreeSet::new(),
             serial: slots.serial(),
+            index: BTreeMap::new(),
         }
     }
 }
@@ -279,6 +291,8 @@ impl KeyStore {
             }
         }
         let counts = migrate::count_slots(&txn)?;
+        // the slot index is rebuilt from the tables (also for a store written before it)
+        compaction::rebuild_index(&txn)?;
         txn.commit()?;
         let orphans = slots.recount(&counts);
         if orphans > 0 {
@@ -311,6 +325,7 @@ impl KeyStore {
         // they are destroyed after the commit; new slots are durable before it
         let value = match f(&mut txn).and_then(|value| {
             txn.compact()?;
+            txn.write_index()?;
             self.slots.sync()?;
             Ok(value)
         }) {

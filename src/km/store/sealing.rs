@@ -184,6 +184,18 @@ pub(super) fn place(table: &str, parts: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// The table and identifying parts of a [`place`], or `None` when `place` is not one.
+pub(super) fn parts_of(place: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut rest = place.strip_prefix(b"qkdni-km-store/1".as_slice())?;
+    let mut out = Vec::with_capacity(4);
+    while !rest.is_empty() {
+        let len = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+        out.push(rest.get(2..2 + len)?);
+        rest = &rest[2 + len..];
+    }
+    Some(out)
+}
+
 /// The header of a sealed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Header {
@@ -204,6 +216,11 @@ impl Header {
             })),
             _ => Err(at_rest("a key record of unknown format")),
         }
+    }
+
+    /// The record's number under its data key (the counter of its nonce).
+    pub fn counter(&self) -> u64 {
+        u64::from_be_bytes(self.nonce[NONCE_LEN - 8..].try_into().expect("8 bytes"))
     }
 
     fn bytes(&self) -> [u8; HEADER_BYTES] {
@@ -333,6 +350,14 @@ mod tests {
         assert_ne!(counter_nonce(1), counter_nonce(2));
         assert!(Header::of(&plain(b"x")).unwrap().is_none());
         assert!(Header::of(&[9, 1, 2]).is_err());
+        assert_eq!(header(7).counter(), 7);
+        let at = place("t", &[b"ab", b"", &[1, 2]]);
+        assert_eq!(
+            parts_of(&at).unwrap(),
+            vec![b"t".as_slice(), b"ab", b"", &[1, 2]]
+        );
+        assert!(parts_of(&at[..at.len() - 1]).is_none());
+        assert!(parts_of(b"other").is_none());
     }
 
     #[test]

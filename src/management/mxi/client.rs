@@ -61,29 +61,7 @@ impl MxiClient {
     /// Posts a message to the peer manager.
     /// Signed ([`crate::nonrepudiation`]); the acceptance must be signed by the peer manager.
     pub async fn send<T: MxiMessage>(&self, message: &T) -> Result<(), SendError> {
-        use crate::nonrepudiation::http::ExchangeError;
-        let request = self
-            .http
-            .post(format!("{}{}", self.base, T::PATH))
-            .json(message)
-            .build()?;
-        let agreement = format!("{} {}", T::KIND, message.id());
-        let answer = match self.signing.send(&self.http, request, &agreement).await {
-            Ok(answer) => answer,
-            Err(ExchangeError::Unreachable(error)) => return Err(SendError::Unreachable(error)),
-            Err(error) => return Err(SendError::Unproven(error.to_string())),
-        };
-        if (200..300).contains(&answer.status) {
-            return Ok(());
-        }
-        let body = String::from_utf8_lossy(&answer.body).into_owned();
-        let detail = serde_json::from_str::<Problem>(&body)
-            .map(|p| p.detail)
-            .unwrap_or(body);
-        Err(SendError::Refused {
-            status: answer.status,
-            detail,
-        })
+        self.post(message).await.map(|_| ())
     }
 
     /// Posts a message to the peer manager and reads its answer (signed like
@@ -92,6 +70,13 @@ impl MxiClient {
         &self,
         message: &T,
     ) -> Result<R, SendError> {
+        let body = self.post(message).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| SendError::Unproven(format!("unreadable answer: {e}")))
+    }
+
+    /// Posts a signed message; the body of the peer's signed acceptance (2xx).
+    async fn post<T: MxiMessage>(&self, message: &T) -> Result<bytes::Bytes, SendError> {
         use crate::nonrepudiation::http::ExchangeError;
         let request = self
             .http
@@ -105,8 +90,7 @@ impl MxiClient {
             Err(error) => return Err(SendError::Unproven(error.to_string())),
         };
         if (200..300).contains(&answer.status) {
-            return serde_json::from_slice(&answer.body)
-                .map_err(|e| SendError::Unproven(format!("unreadable answer: {e}")));
+            return Ok(answer.body);
         }
         let body = String::from_utf8_lossy(&answer.body).into_owned();
         let detail = serde_json::from_str::<Problem>(&body)

@@ -32,6 +32,15 @@ pub fn router(manager: Arc<Manager>) -> Router {
             signing(&manager),
             crate::nonrepudiation::http::verify_and_sign,
         ))
+        // outside the signature step: refusals are recorded too, with the TLS peer
+        .route_layer(middleware::from_fn_with_state(
+            Arc::new(crate::audit::hooks::PointAudit {
+                audit: manager.audit.clone(),
+                point: "mxi",
+                classify: agreement,
+            }),
+            crate::audit::hooks::reference_point,
+        ))
         .route_layer(middleware::from_fn_with_state(
             manager.metrics.mxi.clone(),
             crate::metrics::count_requests,

@@ -126,22 +126,21 @@ pub async fn prepare(
             0
         };
         // QoS: when classes are configured, the request waits for its class's turn on the
-        // link first (and holds its quota); its blocks are then reserved within the same wait
+        // link first (and holds its quota); its blocks are then reserved within the same wait.
+        // A transfer link (Kxi-1' to the other QKDN's KM of an interworking node) has no
+        // pool, but its transfers take their class's turn on it all the same (the class of
+        // the session's SAE pair, or of the peer domain of its slave SAEs).
         let deadline = tokio::time::Instant::now() + wait;
-        let turn = if blocks > 0 {
-            let bits = count as u64 * u64::from(hop.key_size);
-            crate::km::qos::reserve_turn(
-                agent,
-                Some(&link.id),
-                &hop.master_sae,
-                &hop.slave_saes,
-                bits,
-                wait,
-            )
-            .await?
-        } else {
-            None
-        };
+        let bits = count as u64 * u64::from(hop.key_size);
+        let turn = crate::km::qos::reserve_turn(
+            agent,
+            Some(&link.id),
+            &hop.master_sae,
+            &hop.slave_saes,
+            bits,
+            wait,
+        )
+        .await?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let reservation = agent
             .store
