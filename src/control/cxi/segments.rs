@@ -237,7 +237,11 @@ impl Instance {
         }
         self.show_as(segment.id, previous.clone());
         self.state.put(segment.clone());
-        self.state.interworking.committing.insert(transaction, None);
+        // a session list the peer sent before this commit must not drop the segment while
+        // it is being installed
+        let iw = &mut self.state.interworking;
+        iw.committed_at.insert(segment.id, Instant::now());
+        iw.committing.insert(transaction, None);
         Some(Then::PeerCommitted {
             transaction,
             segment,
