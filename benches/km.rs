@@ -148,19 +148,31 @@ async fn measure(topology: &Topology, window: Duration) -> Figures {
     }
 }
 
-/// `cargo bench --bench km [-- --variants]`: the figures with every security function on;
+/// `cargo bench --bench km [-- --variants | --only <words>]`: the figures with every security
+/// function on;
 /// with `--variants`, again with each of them off in turn and all off (same machine, same
 /// run), with the ratio of each to the run with all of them off.
 #[tokio::main]
 async fn main() {
     let topology_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/bench-line.toml");
     let text = std::fs::read_to_string(topology_path).unwrap();
-    let variants = std::env::args().any(|a| a == "--variants");
+    let args: Vec<String> = std::env::args().collect();
+    let variants = args.iter().any(|a| a == "--variants");
+    // `--only <words>`: the one variant whose name contains them (to profile it alone)
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
     let window = Duration::from_secs(4);
     let mut runs = Vec::new();
     for (name, extra) in VARIANTS
         .iter()
-        .take(if variants { VARIANTS.len() } else { 1 })
+        .filter(|(name, _)| only.is_none_or(|o| name.contains(o.as_str())))
+        .take(if variants || only.is_some() {
+            VARIANTS.len()
+        } else {
+            1
+        })
     {
         let topology = Topology::parse(&format!("{text}\n{extra}")).unwrap();
         eprintln!("running: {name}");

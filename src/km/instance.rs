@@ -81,6 +81,7 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
     )));
 
     tasks.push(tokio::spawn(crate::km::ksa::expiry::sweep(agent.clone())));
+    tasks.push(tokio::spawn(compact_key_slots(agent.clone())));
     tasks.push(tokio::spawn(crate::km::local_control::run(agent.clone())));
     if let Some(speaker) = &agent.config.interworking {
         let listener = bind(speaker.cxi_listen).await?;
@@ -126,7 +127,25 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
     for task in tasks {
         task.abort();
     }
+    // what is left in partly consumed key slots is re-sealed now, so that no consumed key
+    // stays recoverable while the agent is down
+    if let Err(error) = agent.store.run(|s| s.compact(true)).await {
+        tracing::error!(%error, "compacting the key slots at shutdown");
+    }
     Ok(())
+}
+
+/// Re-seals what is left in partly consumed key slots once their time is up, and makes
+/// destroyed slots' zeros durable, also while no transaction runs.
+async fn compact_key_slots(agent: Arc<Agent>) {
+    let mut ticker = tokio::time::interval(crate::km::store::COMPACT_AFTER / 4);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(error) = agent.store.run(|s| s.compact(false)).await {
+            tracing::warn!(%error, "compacting the key slots");
+        }
+    }
 }
 
 /// Every link's figures for the metrics: rate, QBER, state, pool fill.

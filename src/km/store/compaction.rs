@@ -5,7 +5,10 @@
 //! are found through the slot index [`SLOT_RECORDS`] (slot, record number -> place), kept
 //! in the same transactions as the records themselves and rebuilt from the tables at open,
 //! so that compaction costs O(records of the slots consumed from), whatever the pool size;
-//! a slot re-sealed is never its group's current slot again.
+//! a slot re-sealed is never its group's current slot again. A slot consumed from waits
+//! [`super::key_slots::COMPACT_AFTER`] for the rest of its records to be consumed (they
+//! mostly are: records are consumed in the order they were sealed) before they are re-sealed,
+//! so that a stream of small requests does not re-seal a slot's records at each of them.
 
 use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use zeroize::Zeroizing;
@@ -110,6 +113,24 @@ pub(super) fn rebuild_index(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The slots some of whose records are gone (fewer live records than numbers used): the
+/// index names a slot's live records by number, numbered from 0 as they were sealed.
+pub(super) fn partly_consumed(txn: &WriteTransaction) -> Result<Vec<u32>, StoreError> {
+    let index = txn.open_table(SLOT_RECORDS)?;
+    let mut seen: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+    for entry in index.iter()? {
+        let (slot, n) = entry?.0.value();
+        let (count, top) = seen.entry(slot).or_default();
+        *count += 1;
+        *top = (*top).max(n + 1);
+    }
+    Ok(seen
+        .into_iter()
+        .filter(|(_, (count, top))| count < top)
+        .map(|(slot, _)| slot)
+        .collect())
+}
+
 impl Txn {
     /// Writes this transaction's changes of the slot index (before its commit).
     pub(super) fn write_index(&mut self) -> Result<(), StoreError> {
@@ -144,16 +165,18 @@ impl Txn {
             .collect())
     }
 
-    /// Re-seals what is left in the slots this transaction consumed from.
-    pub(super) fn compact(&mut self) -> Result<(), StoreError> {
-        if self.seal.consumed.is_empty() {
+    /// Notes the slots this transaction consumed from and left records in, then re-seals
+    /// what is left in every partly consumed slot whose time is up (in all of them with
+    /// `everything`), so that those slots are destroyed after the commit.
+    pub(super) fn compact(&mut self, everything: bool) -> Result<(), StoreError> {
+        let consumed = std::mem::take(&mut self.seal.consumed);
+        if consumed.is_empty() && !self.seal.slots.compaction_due(everything) {
             return Ok(());
         }
-        let consumed = std::mem::take(&mut self.seal.consumed);
         let slots = self
             .seal
             .slots
-            .partly_consumed(&consumed, &self.seal.deltas);
+            .due(&consumed, &self.seal.deltas, everything);
         for (slot, group) in slots {
             for (n, place) in self.records_of(slot)? {
                 let resealed = match record_at(&place) {
@@ -282,9 +305,10 @@ mod tests {
     }
 
     #[test]
-    fn a_take_reseals_the_rest_of_its_slot_only() {
+    fn the_rest_of_a_slot_is_resealed_once_its_time_is_up_and_only_it() {
         let dir = tempdir::Dir::new();
-        let store = KeyStore::open(&dir.path.join("km.redb")).unwrap();
+        let path = dir.path.join("km.redb");
+        let store = KeyStore::open(&path).unwrap();
         // ten slots of 32 blocks (the default rotation)
         for batch in 0..10u64 {
             store
@@ -293,6 +317,16 @@ mod tests {
         }
         let before = records(&store, "l", TX);
         assert_eq!(take(&store, "l", TX, 1).unwrap(), vec![0]);
+        // the slot waits for the rest of its records: nothing re-sealed yet, not due yet
+        assert_eq!(records(&store, "l", TX)[..], before[1..]);
+        assert!(!store.slots.compaction_due(false));
+        assert!(store.slots.compaction_due(true));
+        // a store reopened after a crash finds the slot partly consumed, due at once
+        drop(store);
+        let store = KeyStore::open(&path).unwrap();
+        assert!(store.slots.compaction_due(false));
+        store.compact(false).unwrap();
+        assert!(!store.slots.compaction_due(true));
         let after = records(&store, "l", TX);
         assert_eq!(after.len(), 319);
         let changed: Vec<u64> = after
@@ -311,6 +345,26 @@ mod tests {
             0
         );
         assert_eq!(index.iter().unwrap().count(), 319);
+    }
+
+    #[test]
+    fn a_slot_emptied_by_the_next_takes_is_destroyed_with_nothing_resealed() {
+        let dir = tempdir::Dir::new();
+        let store = KeyStore::open(&dir.path.join("km.redb")).unwrap();
+        for batch in 0..3u64 {
+            store
+                .write(|t| t.store_blocks("l", batch * 32, &blocks(32, batch as u8), 32))
+                .unwrap();
+        }
+        let before = records(&store, "l", TX);
+        let first = Header::of(&before[0].1).unwrap().unwrap().slot;
+        for _ in 0..4 {
+            take(&store, "l", TX, 8).unwrap();
+        }
+        // the first slot's 32 records went in four takes: nothing was re-sealed, it is gone
+        assert_eq!(records(&store, "l", TX)[..], before[32..]);
+        assert!(!store.slots.live_slots().contains(&first));
+        assert!(!store.slots.compaction_due(true));
     }
 
     /// `cargo test --release --lib compaction_cost -- --ignored --nocapture`: the time of a

@@ -52,6 +52,10 @@ pub(super) struct Rotation {
     pub records: u64,
     /// How long one slot seals new records at most.
     pub age: Duration,
+    /// How long a slot consumed from keeps its other records before they are re-sealed
+    /// elsewhere and it is destroyed (a slot's records are mostly consumed in order, so
+    /// the next requests usually empty it first and nothing is re-sealed).
+    pub compact_after: Duration,
 }
 
 impl Default for Rotation {
@@ -60,9 +64,16 @@ impl Default for Rotation {
         Self {
             records: 32,
             age: Duration::from_secs(30),
+            compact_after: COMPACT_AFTER,
         }
     }
 }
+
+/// How long a partly consumed slot waits for its other records to be consumed before they
+/// are re-sealed: with the sweep ([`Slots::due`]) every [`COMPACT_AFTER`]/4, the ciphertext
+/// of a consumed key opens for nobody (the store key's holder included) at most 1.25 s
+/// after its consumption, and the zeros of its slot are durable at most [`ZERO_SYNC`] later.
+pub const COMPACT_AFTER: Duration = Duration::from_secs(1);
 
 /// Changes of live records per slot made by one transaction.
 pub(super) type Deltas = HashMap<u32, i64>;
@@ -231,6 +242,9 @@ struct State {
     /// current slot replaced, a slot whose destruction failed (looked at by the next
     /// [`Slots::settle`], which so touches only these and the slots of its transaction).
     unsettled: BTreeSet<u32>,
+    /// Slots consumed from that still hold records, with when those are to be re-sealed
+    /// (unless consumed before).
+    partial: HashMap<u32, Instant>,
 }
 
 /// The key slots of one store.
@@ -478,12 +492,18 @@ impl Slots {
         lock(&self.file).sync()
     }
 
-    /// The slots among `consumed` that still have live records after `deltas`, with their
-    /// group; each stops being its group's current slot (its records are to be re-sealed
-    /// elsewhere, and it destroyed after the commit).
-    pub fn partly_consumed(&self, consumed: &BTreeSet<u32>, deltas: &Deltas) -> Vec<(u32, String)> {
+    /// Notes the slots among `consumed` that still have live records after `deltas` as
+    /// partly consumed (each stops being its group's current slot: its records are to be
+    /// re-sealed elsewhere unless consumed soon, and it destroyed), then returns the partly
+    /// consumed slots whose time is up (all of them with `everything`), with their group.
+    pub fn due(
+        &self,
+        consumed: &BTreeSet<u32>,
+        deltas: &Deltas,
+        everything: bool,
+    ) -> Vec<(u32, String)> {
         let mut state = lock(&self.state);
-        let mut out = Vec::new();
+        let now = Instant::now();
         for slot in consumed {
             let Some(live) = state.live.get(slot) else {
                 continue;
@@ -492,14 +512,54 @@ impl Slots {
                 .records
                 .saturating_add_signed(deltas.get(slot).copied().unwrap_or(0));
             if left > 0 {
-                out.push((*slot, live.group.clone()));
+                state.current.retain(|_, c| c.slot != *slot);
+                state
+                    .partial
+                    .entry(*slot)
+                    .or_insert(now + self.rotation.compact_after);
             }
         }
-        for (slot, _) in &out {
-            state.current.retain(|_, c| c.slot != *slot);
-            state.unsettled.insert(*slot);
+        let state = &*state;
+        let mut due: Vec<(u32, String)> = state
+            .partial
+            .iter()
+            .filter(|(_, at)| everything || **at <= now)
+            .filter_map(|(slot, _)| Some((*slot, state.live.get(slot)?.group.clone())))
+            .collect();
+        due.sort_unstable();
+        due
+    }
+
+    /// Whether a partly consumed slot's records are to be re-sealed now (any, with
+    /// `everything`).
+    pub fn compaction_due(&self, everything: bool) -> bool {
+        let now = Instant::now();
+        lock(&self.state)
+            .partial
+            .values()
+            .any(|at| everything || *at <= now)
+    }
+
+    /// Notes `slots` (found partly consumed at open) as due for compaction now.
+    pub fn partly_consumed_at_open(&self, slots: impl IntoIterator<Item = u32>) {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        for slot in slots {
+            if state.live.contains_key(&slot) {
+                state.partial.insert(slot, now);
+            }
         }
-        out
+    }
+
+    /// Makes the zeros of destroyed slots durable now, if any are not.
+    pub fn sync_zeros(&self) -> Result<(), StoreError> {
+        let mut file = lock(&self.file);
+        if file.zeros_pending {
+            file.file.sync_data().map_err(|e| file.io(e))?;
+            file.zeros_pending = false;
+            file.zeros_synced = Some(Instant::now());
+        }
+        Ok(())
     }
 
     fn key(&self, slot: u32) -> Result<Arc<DataKey>, StoreError> {
@@ -565,6 +625,7 @@ impl Slots {
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
         for slot in &gone {
             state.live.remove(slot);
+            state.partial.remove(slot);
             keys.remove(slot);
         }
         state.current.retain(|_, c| !gone.contains(&c.slot));
@@ -599,11 +660,16 @@ mod tests {
         max_per_pair: 1000,
     };
 
+    /// The store of `dir`, re-sealing what is left in a slot at once (see
+    /// [`compaction_waits_for_the_rest_of_a_slot`] for the default).
     fn open(dir: &tempdir::Dir, rotation: Rotation) -> KeyStore {
         KeyStore::open_rotating(
             &dir.path.join("km.redb"),
             &AtRestConfig::default(),
-            rotation,
+            Rotation {
+                compact_after: Duration::ZERO,
+                ..rotation
+            },
         )
         .unwrap()
     }
@@ -865,6 +931,7 @@ mod tests {
             Rotation {
                 records: 2,
                 age: Duration::from_secs(3600),
+                ..Rotation::default()
             },
         );
         store
@@ -999,7 +1066,7 @@ mod tests {
         ) {
             let dir = tempdir::Dir::new();
             let path = dir.path.join("km.redb");
-            let rotation = Rotation { records: 3, age: Duration::from_secs(3600) };
+            let rotation = Rotation { records: 3, age: Duration::from_secs(3600), ..Rotation::default() };
             let mut store = open(&dir, rotation);
             let mut fill = 0u8;
             let mut consumed: Vec<[u8; 32]> = Vec::new();

@@ -21,8 +21,9 @@
 //!
 //! Key bytes (blocks, pending blocks, keys awaiting or fetched by their slave SAE) are sealed
 //! at rest under data keys kept in key slots outside redb, destroyed once their records are
-//! consumed, so that a consumed key cannot be recovered from the store files afterwards, even
-//! with the store key (`sealing`, `key_slots`; `forensics` is the attacker's view, for tests).
+//! consumed, so that a consumed key cannot be recovered from the store files shortly after
+//! (at most [`key_slots::COMPACT_AFTER`] and a sweep; [`KeyStore::compact`]), even with the
+//! store key (`sealing`, `key_slots`; `forensics` is the attacker's view, for tests).
 //! Transfer records hold ids and states only.
 //!
 //! Beside this file: `arrival` (blocks from the quantum layer), `reservation`, `peer_blocks`
@@ -48,7 +49,7 @@ mod sealing;
 mod transfers;
 pub use arrival::frame_owner;
 pub use deliveries::{now_ms as deliveries_now_ms, Delivery, DeliveryTerms};
-pub use key_slots::slot_path;
+pub use key_slots::{slot_path, COMPACT_AFTER};
 use key_slots::{Deltas, Rotation, Slots};
 pub use reservation::Reservation;
 use reservation::ReservedSets;
@@ -293,8 +294,11 @@ impl KeyStore {
         let counts = migrate::count_slots(&txn)?;
         // the slot index is rebuilt from the tables (also for a store written before it)
         compaction::rebuild_index(&txn)?;
+        let partial = compaction::partly_consumed(&txn)?;
         txn.commit()?;
         let orphans = slots.recount(&counts);
+        // slots a crash left partly consumed are compacted at the first sweep
+        slots.partly_consumed_at_open(partial);
         if orphans > 0 {
             tracing::error!(
                 records = orphans,
@@ -315,16 +319,34 @@ impl KeyStore {
         &self,
         f: impl FnOnce(&mut Txn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.write_compacting(f, false)
+    }
+
+    /// Re-seals the records left in partly consumed key slots whose time is up (in all of
+    /// them with `everything`, as at shutdown) and destroys those slots, then makes the
+    /// zeros of destroyed slots durable; nothing when nothing is due.
+    pub fn compact(&self, everything: bool) -> Result<(), StoreError> {
+        if self.slots.compaction_due(everything) {
+            self.write_compacting(|_| Ok(()), everything)?;
+        }
+        self.slots.sync_zeros()
+    }
+
+    fn write_compacting<T>(
+        &self,
+        f: impl FnOnce(&mut Txn) -> Result<T, StoreError>,
+        everything: bool,
+    ) -> Result<T, StoreError> {
         let writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let mut txn = Txn {
             txn: self.db.begin_write()?,
             added: false,
             seal: Sealing::new(&self.slots),
         };
-        // what this transaction leaves in the slots it consumed from is re-sealed, so that
+        // what is left in slots consumed from is re-sealed once their time is up, so that
         // they are destroyed after the commit; new slots are durable before it
         let value = match f(&mut txn).and_then(|value| {
-            txn.compact()?;
+            txn.compact(everything)?;
             txn.write_index()?;
             self.slots.sync()?;
             Ok(value)
