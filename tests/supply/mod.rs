@@ -3,12 +3,16 @@
 //! with 50; a relay that cannot arrive spends no link key; a demand the network cannot meet
 //! does not make the controller reinstall routes.
 //!
-//! The three rate tests measure the supply and its flow control against the links' key
-//! rates, so they run with the security functions whose cost is per key (key store sealing,
-//! signed Kxi acknowledgements, the audit log) switched off, as `cargo bench --bench km --
-//! --variants` does for its baseline: with them on, the one-way rates on the 2-core machine
-//! fall below 0.9 of the path (the README's figures give what each costs). The other tests
-//! run with everything on.
+//! The rate tests measure the supply and its flow control against the links' key rates.
+//! Those inside a domain run with every security function on (key store sealing, the audit
+//! log, accounting). The one across the domains runs with the per-key security costs
+//! (sealing, signed Kxi acknowledgements with their evidence, the audit log) switched off, as
+//! `cargo bench --bench km -- --variants` does for its baseline: with them on, its one
+//! client cannot pull keys across six hops as fast as the links make them on the 2-core
+//! machine, so the pools never drain and the test would measure the client, not the supply
+//! (each cross-domain hop signs its acknowledgement and keeps the signed original with an
+//! fsync at both gateways; the README's figures give what each function costs). The other
+//! tests run with everything on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -19,7 +23,8 @@ use serde_json::{json, Value};
 
 use super::common::{topology, Bed};
 
-/// The topology `file` with the per-key security costs switched off (see the module docs).
+/// The topology `file` with the security functions whose cost is per key and per hop
+/// switched off (see the module docs).
 fn bed_without_per_key_costs(file: &str) -> Bed {
     let mut text = std::fs::read_to_string(topology(file)).unwrap();
     text.push_str(
@@ -194,7 +199,7 @@ fn assert_holds(load: &Load, limit_bps: f64, fraction: f64, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_way_supply_keeps_the_path_rate_after_the_pools_drain() {
-    let bed = bed_without_per_key_costs("single-domain.toml");
+    let bed = Bed::up("single-domain.toml");
     let session = bed.create_session("sae-a1-1", "sae-a5-1").await;
     let rates = link_rates(&bed, "A").await;
     let links: Vec<String> = session["links"]
@@ -232,7 +237,7 @@ async fn one_way_supply_keeps_the_path_rate_after_the_pools_drain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_clients_one_way_get_the_min_cut_with_multipath() {
-    let bed = bed_without_per_key_costs("single-domain.toml");
+    let bed = Bed::up("single-domain.toml");
     bed.set_policy("multipath").await;
     // a1 -> a4: a2-a4 and a2-a3-a4 in parallel; the cut {a2-a4, a3-a4} is the min-cut
     bed.create_session_at("sae-a1-1", "sae-a4-1", 400000.0)
