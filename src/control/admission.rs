@@ -6,9 +6,12 @@
 //! peer domain's, else the default class; a session of a peer domain uses the class its
 //! prepare names (when the peer's agreement exposes it), else the one this domain maps the
 //! peer to. A session is admitted when, on every QKD link of its route, the guaranteed rates
-//! of the sessions admitted there plus its class's guaranteed rate stay within the link's key
-//! rate (as the controller last polled it); otherwise it is refused, naming the link and the
-//! figures. A class with no guaranteed rate is always admitted.
+//! held there plus what its class's guaranteed rate puts on the link stay within the link's
+//! key rate (as the controller last polled it); otherwise it is refused, naming the link and
+//! the figures. A session puts its whole guarantee on every link of a single path; a
+//! multipath plan puts on each link the part of the guarantee its paths through that link
+//! carry (their share of the session's rate). A class with no guaranteed rate is always
+//! admitted.
 //!
 //! Reservations follow the sessions: [`Admission::sync`] (after every input of the instance)
 //! moves a reservation to its session's current route and releases those whose session has
@@ -32,10 +35,11 @@ pub const PENDING_FOR: Duration = Duration::from_secs(60);
 pub struct Reservation {
     /// Its class.
     pub class: String,
-    /// The class's guaranteed rate when it was admitted (bit/s), held on every link.
+    /// The class's guaranteed rate when it was admitted (bit/s).
     pub guaranteed_bps: u64,
-    /// The QKD links of its route (every path of its plan).
-    pub links: BTreeSet<String>,
+    /// The QKD links of its route (every path of its plan), each with the part of the
+    /// session's keys that cross it.
+    pub links: Shares,
     /// When it was admitted or last seen installed.
     pub seen: Instant,
 }
@@ -43,7 +47,8 @@ pub struct Reservation {
 /// Why a session is not admitted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AdmissionRefusal {
-    /// A link of the route cannot carry one more guarantee.
+    /// A link of the route cannot carry one more guarantee (`guaranteed_bps`: the part of
+    /// the class's guarantee the route puts on that link).
     #[error(
         "QoS admission refused on link {link}: its key rate is {rate_bps:.0} bit/s, the sessions admitted on it are guaranteed {reserved_bps} bit/s and class {class} needs {guaranteed_bps} bit/s more"
     )]
@@ -66,9 +71,33 @@ pub enum AdmissionRefusal {
     UnknownClass(String),
 }
 
-/// The links of a route plan.
-pub fn links_of<'a>(links: impl IntoIterator<Item = &'a String>) -> BTreeSet<String> {
-    links.into_iter().cloned().collect()
+/// The QKD links of a route plan, each with the part (0 to 1) of the session's keys that
+/// cross it.
+pub type Shares = BTreeMap<String, f64>;
+
+/// The links of the route plan `paths`: every link of a single path carries all of the
+/// session's keys; a link of a multipath plan carries the shares of the paths through it
+/// (equal shares when the plan gives none).
+pub fn links_of(paths: &[super::sessions::SessionPath]) -> Shares {
+    let total: f64 = paths.iter().map(|p| p.share_bps.max(0.0)).sum();
+    let mut shares = Shares::new();
+    for path in paths {
+        let part = if total > 0.0 {
+            path.share_bps.max(0.0) / total
+        } else {
+            1.0 / paths.len() as f64
+        };
+        for link in path.links.iter().collect::<BTreeSet<_>>() {
+            let share = shares.entry(link.clone()).or_insert(0.0);
+            *share = (*share + part).min(1.0);
+        }
+    }
+    shares
+}
+
+/// The part of `guaranteed_bps` a link carrying `share` of the keys holds (rounded up).
+fn part(guaranteed_bps: u64, share: f64) -> u64 {
+    (guaranteed_bps as f64 * share.clamp(0.0, 1.0)).ceil() as u64
 }
 
 /// The guaranteed rate every link carries for the reservations other than `except`'s.
@@ -81,8 +110,8 @@ pub fn reserved_per_link(
         if *id == except {
             continue;
         }
-        for link in &r.links {
-            *sums.entry(link.clone()).or_insert(0u64) += r.guaranteed_bps;
+        for (link, share) in &r.links {
+            *sums.entry(link.clone()).or_insert(0u64) += part(r.guaranteed_bps, *share);
         }
     }
     sums
@@ -95,25 +124,26 @@ pub fn check(
     table: &BTreeMap<Uuid, Reservation>,
     session: Uuid,
     class: &ClassSpec,
-    links: &BTreeSet<String>,
+    links: &Shares,
     rate_of: impl Fn(&str) -> Option<f64>,
 ) -> Result<(), AdmissionRefusal> {
     if class.guaranteed_bps == 0 {
         return Ok(());
     }
     let reserved = reserved_per_link(table, session);
-    for link in links {
+    for (link, share) in links {
         let Some(rate_bps) = rate_of(link) else {
             continue;
         };
         let reserved_bps = reserved.get(link).copied().unwrap_or(0);
-        if (reserved_bps + class.guaranteed_bps) as f64 > rate_bps {
+        let needed = part(class.guaranteed_bps, *share);
+        if (reserved_bps + needed) as f64 > rate_bps {
             return Err(AdmissionRefusal::LinkFull {
                 link: link.clone(),
                 rate_bps,
                 reserved_bps,
                 class: class.name.clone(),
-                guaranteed_bps: class.guaranteed_bps,
+                guaranteed_bps: needed,
             });
         }
     }
@@ -215,7 +245,7 @@ impl Admission {
         &self,
         session: Uuid,
         class: &ClassSpec,
-        links: &BTreeSet<String>,
+        links: &Shares,
         topology: &Topology,
     ) -> Result<(), AdmissionRefusal> {
         let table = self.table.lock().expect("admission table");
@@ -230,7 +260,7 @@ impl Admission {
         &self,
         session: Uuid,
         class: &ClassSpec,
-        links: BTreeSet<String>,
+        links: Shares,
         topology: &Topology,
     ) -> Result<(), AdmissionRefusal> {
         let mut table = self.table.lock().expect("admission table");
@@ -258,7 +288,7 @@ impl Admission {
     /// of its current route; a reservation moves to its session's route, and one whose
     /// session is gone (ended, expired, refused) is released once [`PENDING_FOR`] has passed
     /// since it was last seen (a session being installed or agreed is not live yet).
-    pub fn sync(&self, live: &BTreeMap<Uuid, BTreeSet<String>>, now: Instant) {
+    pub fn sync(&self, live: &BTreeMap<Uuid, Shares>, now: Instant) {
         let mut table = self.table.lock().expect("admission table");
         table.retain(|id, r| match live.get(id) {
             Some(links) => {
@@ -274,7 +304,7 @@ impl Admission {
 
     /// Holds `class` on `links` for a session admitted before (restored after a restart, or
     /// admitted while QoS was off) when it holds nothing yet; never refuses.
-    pub fn adopt(&self, session: Uuid, class: &ClassSpec, links: BTreeSet<String>) {
+    pub fn adopt(&self, session: Uuid, class: &ClassSpec, links: Shares) {
         self.table
             .lock()
             .expect("admission table")
@@ -370,7 +400,7 @@ impl super::instance::Instance {
             None => None,
         };
         if let Some(class) = class {
-            let links = links_of(paths.iter().flat_map(|p| &p.links));
+            let links = links_of(&paths);
             admission.check(session.id, &class, &links, &self.state.topology)?;
         }
         Ok(paths)
@@ -386,7 +416,7 @@ impl super::instance::Instance {
         let prepared = self.state.interworking.prepared.values().map(|(s, _)| s);
         let mut live = BTreeMap::new();
         for session in self.state.sessions.values().chain(prepared) {
-            let links = links_of(session.routed_paths().iter().flat_map(|p| &p.links));
+            let links = links_of(&session.routed_paths());
             if policy_on && !admission.holds(session.id) {
                 let peer = session
                     .interworking
@@ -412,8 +442,44 @@ mod tests {
     use super::*;
     use crate::km::qos::policy::tests::class;
 
-    fn links(l: &[&str]) -> BTreeSet<String> {
-        l.iter().map(|s| s.to_string()).collect()
+    /// The links of one path (all of the session's keys cross each).
+    fn links(l: &[&str]) -> Shares {
+        l.iter().map(|s| (s.to_string(), 1.0)).collect()
+    }
+
+    fn path(links: &[&str], share_bps: f64) -> crate::control::sessions::SessionPath {
+        crate::control::sessions::SessionPath {
+            nodes: Vec::new(),
+            links: links.iter().map(|s| s.to_string()).collect(),
+            share_bps,
+        }
+    }
+
+    #[test]
+    fn a_multipath_plan_holds_on_each_link_the_part_its_paths_carry() {
+        // 3/4 of the keys over l1-l3, 1/4 over l2-l3: l3 carries them all
+        let shares = links_of(&[path(&["l1", "l3"], 750.0), path(&["l2", "l3"], 250.0)]);
+        assert_eq!(shares["l1"], 0.75);
+        assert_eq!(shares["l2"], 0.25);
+        assert_eq!(shares["l3"], 1.0);
+        // a plan without shares splits evenly; a single path puts all on every link
+        assert_eq!(links_of(&[path(&["a"], 0.0), path(&["b"], 0.0)])["a"], 0.5);
+        assert_eq!(links_of(&[path(&["a", "b"], 10.0)]), links(&["a", "b"]));
+        let a = Admission::default();
+        let t = topology(&[("l1", 1500.0), ("l2", 400.0), ("l3", 2000.0)]);
+        let gold = class("gold", 10, 800, None);
+        let s1 = Uuid::new_v4();
+        a.admit(s1, &gold, shares.clone(), &t).unwrap();
+        let held = a.reserved_per_link();
+        assert_eq!((held["l1"], held["l2"], held["l3"]), (600, 200, 800));
+        // a second such session fits (exactly, on l2's 400 bit/s); a third does not, and
+        // the refusal names the first full link and the part it needed there
+        a.admit(Uuid::new_v4(), &gold, shares.clone(), &t).unwrap();
+        let refusal = a.admit(Uuid::new_v4(), &gold, shares, &t).unwrap_err();
+        assert!(matches!(
+            refusal,
+            AdmissionRefusal::LinkFull { ref link, guaranteed_bps: 600, .. } if link == "l1"
+        ));
     }
 
     fn topology(rates: &[(&str, f64)]) -> Topology {

@@ -88,7 +88,7 @@ impl Instance {
         // QoS admission: the class's guarantee must fit on every link of the route
         let class = self.c.admission.class_of(&master, &slave, None, |_| true);
         if let Some(class) = class {
-            let links = super::admission::links_of(paths.iter().flat_map(|p| &p.links));
+            let links = super::admission::links_of(&paths);
             if let Err(refusal) = self.c.admission.admit(id, &class, links, topology) {
                 tracing::info!(%master, %slave, %refusal, "session not admitted");
                 self.creating.remove(&(master, slave));

@@ -13,6 +13,29 @@ use qkdni::tls;
 
 pub const QKDNI: &str = env!("CARGO_BIN_EXE_qkdni");
 
+/// How long [`eventually`] waits.
+pub const EVENTUALLY: Duration = Duration::from_secs(30);
+
+/// Asks `probe` every `every` until it gives a value (`Ok`), for at most [`EVENTUALLY`];
+/// then fails with `what` and what the probe last saw (`Err`).
+pub async fn eventually<T, S, F, Fut>(what: &str, every: Duration, mut probe: F) -> T
+where
+    S: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, S>>,
+{
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {EVENTUALLY:?}; last seen: {seen:#?}")
+            }
+            Err(_) => tokio::time::sleep(every).await,
+        }
+    }
+}
+
 pub fn topology(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testbed")
@@ -305,6 +328,12 @@ impl Bed {
 }
 
 impl Bed {
+    /// The events of `domain`'s controller, oldest first.
+    pub async fn controller_events(&self, domain: &str) -> Vec<serde_json::Value> {
+        let events = self.controller_get(domain, "/api/v1/events").await;
+        events.as_array().cloned().unwrap_or_default()
+    }
+
     /// GET `path` on `domain`'s controller REST API (200 expected), as JSON.
     pub async fn controller_get(&self, domain: &str, path: &str) -> serde_json::Value {
         let (http, rest, token) = self.controller(domain);

@@ -41,11 +41,7 @@ async fn delete_at(bed: &Bed, domain: &str, id: &str) {
 }
 
 async fn events(bed: &Bed, domain: &str) -> Vec<Value> {
-    bed.controller_get(domain, "/api/v1/events")
-        .await
-        .as_array()
-        .unwrap()
-        .clone()
+    bed.controller_events(domain).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

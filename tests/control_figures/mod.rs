@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::common::Bed;
+use super::common::{eventually, Bed};
 
 /// The last report packs `domain`'s manager sent and received (its REST API).
 async fn latest_reports(bed: &Bed, domain: &str) -> Value {
@@ -27,23 +27,19 @@ async fn latest_reports(bed: &Bed, domain: &str) -> Value {
 /// The first pack `domain`'s manager received that satisfies `ok`, within 30 s (packs
 /// come every 5 s).
 async fn received_pack(bed: &Bed, domain: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
+    eventually(
+        &format!("manager-{domain}: a received pack with {what}"),
+        Duration::from_millis(200),
+        || async {
             let latest = latest_reports(bed, domain).await;
             if ok(&latest["received"]) {
-                return latest["received"].clone();
+                Ok(latest["received"].clone())
+            } else {
+                Err(latest)
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
-    match found {
-        Ok(pack) => pack,
-        Err(_) => panic!(
-            "manager-{domain}: no received pack with {what} within 30 s; latest: {:#}",
-            latest_reports(bed, domain).await
-        ),
-    }
+        },
+    )
+    .await
 }
 
 /// Whether `refusals` (a `RefusalReport`) holds a Cxi `not-a-peer` refusal from 127.0.0.1

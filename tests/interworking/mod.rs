@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::common::Bed;
+use super::common::{eventually, Bed};
 use super::request;
 
 mod iwn;
@@ -17,15 +17,7 @@ const TOPOLOGY: &str = "two-domain-gwn.toml";
 
 /// The events of `domain`'s controller.
 async fn events(bed: &Bed, domain: &str) -> Vec<Value> {
-    let (http, rest, token) = bed.controller(domain);
-    let response = http
-        .get(format!("{rest}/api/v1/events"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
+    bed.controller_events(domain).await
 }
 
 /// Waits until `domain`'s controller logged an event after the first `skip` that matches.
@@ -36,27 +28,18 @@ async fn wait_event(
     what: &str,
     matches: impl Fn(&Value) -> bool,
 ) -> Value {
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Some(e) = events(bed, domain)
-                .await
-                .into_iter()
-                .skip(skip)
-                .find(&matches)
-            {
-                return e;
+    eventually(
+        &format!("{domain}: {what}"),
+        Duration::from_millis(100),
+        || async {
+            let events = events(bed, domain).await;
+            match events.iter().skip(skip).find(|e| matches(e)) {
+                Some(e) => Ok(e.clone()),
+                None => Err(events),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    match found {
-        Ok(event) => event,
-        Err(_) => panic!(
-            "{domain}: no {what} within 30 s; events: {:#?}",
-            events(bed, domain).await
-        ),
-    }
+        },
+    )
+    .await
 }
 
 fn kind(e: &Value, k: &str) -> bool {

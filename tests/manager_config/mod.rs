@@ -9,7 +9,7 @@ use std::time::Duration;
 use qkdni::netconf::client::{ClientError, NetconfClient};
 use qkdni::testbed::endpoints::NetconfLogin;
 
-use crate::common::Bed;
+use crate::common::{eventually, Bed};
 
 const TOPOLOGY: &str = "two-domain-gwn.toml";
 const MANAGER_NS: &str = "urn:qkdni:yang:qkdni-manager";
@@ -67,18 +67,19 @@ async fn controller_state(bed: &Bed, domain: &str) -> String {
 
 /// Waits (up to 30 s) until `check` holds of controller `domain`'s interworking state.
 async fn wait_state(bed: &Bed, domain: &str, what: &str, check: impl Fn(&str) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let state = controller_state(bed, domain).await;
-        if check(&state) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: controller {domain} shows {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        &format!("{what}: controller {domain}"),
+        Duration::from_millis(200),
+        || async {
+            let state = controller_state(bed, domain).await;
+            if check(&state) {
+                Ok(())
+            } else {
+                Err(state)
+            }
+        },
+    )
+    .await
 }
 
 /// One key from `master` to `slave` across the domains, retried while the links fill

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::common::Bed;
+use super::common::{eventually, Bed};
 use serde_json::{json, Value};
 
 const TOPOLOGY: &str = "two-domain-gwn.toml";
@@ -44,19 +44,21 @@ fn class(name: &str, guaranteed: u64) -> String {
 
 /// Waits until `domain`'s controller has polled a key rate for every link of its domain.
 async fn wait_rates(bed: &Bed, domain: &str) -> Value {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
+    eventually(
+        &format!("{domain}: a key rate for every link"),
+        Duration::from_millis(100),
+        || async {
             let links = bed.controller_get(domain, "/api/v1/links").await;
             if links.as_array().is_some_and(|l| {
                 !l.is_empty() && l.iter().all(|l| l["rate_bps"].as_f64() > Some(0.0))
             }) {
-                return links;
+                Ok(links)
+            } else {
+                Err(links)
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+        },
+    )
     .await
-    .expect("link rates polled")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::common::{topology, Bed};
+use super::common::{eventually, topology, Bed};
 use crate::interworking::manager_events;
 
 /// The two-domain testbed with a KM threshold of 3 ETSI 014 refusals per minute.
@@ -24,16 +24,18 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Vec<Value>>,
 {
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Some(e) = events().await.into_iter().find(|e| e["kind"] == kind) {
-                return e;
+    eventually(
+        &format!("{what}: a {kind} event"),
+        Duration::from_millis(100),
+        || async {
+            let events = events().await;
+            match events.iter().find(|e| e["kind"] == kind) {
+                Some(e) => Ok(e.clone()),
+                None => Err(events),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| panic!("{what}: no {kind} event"))
+        },
+    )
+    .await
 }
 
 async fn scrape(bed: &Bed, url: &str) -> String {

@@ -281,8 +281,7 @@ impl Controller {
         let mut not_admitted = None;
         for (_, q, paths) in candidates {
             if let Some(class) = &class {
-                let links =
-                    crate::control::admission::links_of(paths.iter().flat_map(|p| &p.links));
+                let links = crate::control::admission::links_of(&paths);
                 if let Err(refusal) = self.admission.admit(session.id, class, links, topology) {
                     self.event_in(
                         "interworking-refused",

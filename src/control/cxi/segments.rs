@@ -145,7 +145,7 @@ impl Instance {
             Err(refusal) => return refuse(refusal.to_string()),
         };
         if let Some(class) = &class {
-            let links = crate::control::admission::links_of(paths.iter().flat_map(|p| &p.links));
+            let links = crate::control::admission::links_of(&paths);
             if let Err(refusal) = self
                 .c
                 .admission

@@ -172,6 +172,21 @@ pub struct Accounting {
     /// Supplies in progress: id -> when they began (Unix ms).
     in_progress: Arc<Mutex<BTreeMap<u64, u64>>>,
     next_supply: AtomicU64,
+    /// Summaries of the periods that can no longer change, so that a summary (a NETCONF
+    /// `get`, polled by the controller) reads only the records of the later periods.
+    settled: Mutex<Settled>,
+}
+
+/// Summaries of settled periods: over (ended more than a key's life and the clock slack
+/// ago, so every record of their keys is written and none is in flight) and closed.
+#[derive(Default)]
+struct Settled {
+    /// The period length they were made with.
+    period_ms: u64,
+    /// Every period starting before this (and within the window) is in `periods`; a period
+    /// without usage is absent.
+    through_ms: u64,
+    periods: BTreeMap<u64, summary::PeriodSummary>,
 }
 
 /// Writes records (a handle a blocking task can own).
@@ -264,6 +279,7 @@ impl Accounting {
             config,
             in_progress: Default::default(),
             next_supply: AtomicU64::new(0),
+            settled: Default::default(),
         })
     }
 
@@ -331,21 +347,57 @@ impl Accounting {
         &self,
         key_ttl_ms: u64,
     ) -> Result<(Vec<summary::PeriodSummary>, u64), AccountingError> {
-        let now = now_ms();
+        self.summaries_at(now_ms(), key_ttl_ms)
+    }
+
+    /// [`Self::summaries`] at `now` (Unix ms): settled periods come from the cache, the
+    /// others are summarized from their records.
+    fn summaries_at(
+        &self,
+        now: u64,
+        key_ttl_ms: u64,
+    ) -> Result<(Vec<summary::PeriodSummary>, u64), AccountingError> {
         let period = self.period_ms();
         let closed = summary::closed_before(now, self.oldest_in_progress(), period);
         let from = summary::period_of(now, period)
             .saturating_sub(period.saturating_mul(self.config.retention_periods));
-        // records of keys issued in the window come after their issue, give or take the
-        // clock difference between two domains
-        let records = self.records(from.saturating_sub(CLOCK_SLACK_MS), u64::MAX)?;
+        // periods starting before this are over since a key's life and the clock slack
+        // (nothing of theirs is still written or in flight) and closed
+        let settled_before = summary::period_of(
+            now.saturating_sub(key_ttl_ms.saturating_add(CLOCK_SLACK_MS))
+                .min(closed),
+            period,
+        )
+        .max(from);
+        let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+        if settled.period_ms != period || settled.through_ms < from {
+            *settled = Settled {
+                period_ms: period,
+                through_ms: from,
+                periods: BTreeMap::new(),
+            };
+        }
+        settled.periods = settled.periods.split_off(&from);
+        let read_from = settled.through_ms;
+        // records of keys issued from `read_from` on come after their issue, give or take
+        // the clock difference between two domains
+        let records = self.records(read_from.saturating_sub(CLOCK_SLACK_MS), u64::MAX)?;
         let window = summary::Window {
             period_ms: period,
-            from_ms: from,
+            from_ms: read_from,
             now_ms: now,
             key_ttl_ms,
         };
-        Ok((summary::summarize(&records, window), closed))
+        let fresh = summary::summarize(&records, window);
+        let mut out: Vec<summary::PeriodSummary> = settled.periods.values().cloned().collect();
+        for summary in &fresh {
+            if summary.start_ms < settled_before {
+                settled.periods.insert(summary.start_ms, summary.clone());
+            }
+        }
+        settled.through_ms = settled.through_ms.max(settled_before);
+        out.extend(fresh);
+        Ok((out, closed))
     }
 }
 
@@ -541,6 +593,64 @@ mod tests {
         assert_eq!(all[0], written[0]);
         assert_eq!(accounting.records(1_500, 2_001).unwrap().len(), 3);
         assert!(accounting.records(3_000, 2_000).unwrap().is_empty());
+        drop(accounting);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn settled_periods_come_from_the_cache_and_agree_with_the_records() {
+        let dir = std::env::temp_dir().join(format!("qkdni-acct-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = AccountingConfig {
+            period_seconds: 60,
+            retention_periods: 10,
+        };
+        let accounting = Accounting::open(&dir.join("a.redb"), config).unwrap();
+        let (period, ttl) = (60_000u64, 30_000u64);
+        let base = 1_800_000_000_000u64 - 1_800_000_000_000 % period;
+        let key_at = |ms: u64| {
+            let mut bytes = *Uuid::now_v7().as_bytes();
+            bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+            Uuid::from_bytes(bytes)
+        };
+        let uncached = |now: u64| {
+            let from = summary::period_of(now, period).saturating_sub(period * 10);
+            let records = accounting.records(0, u64::MAX).unwrap();
+            summary::summarize(
+                &records,
+                summary::Window {
+                    period_ms: period,
+                    from_ms: from,
+                    now_ms: now,
+                    key_ttl_ms: ttl,
+                },
+            )
+        };
+        // keys issued every 20 s over 20 minutes, received (some fetched 10 s later);
+        // the summaries asked for as time goes, and once after a retention's worth
+        for step in 0..60u64 {
+            let issued = base + step * 20_000;
+            let ids = vec![key_at(issued), key_at(issued + 1)];
+            let mut received = record(issued, Kind::Received);
+            received.key_ids = ids.clone();
+            accounting.write(&[received]).unwrap();
+            if step % 3 != 0 {
+                let mut delivered = record(issued + 10_000, Kind::Delivered);
+                delivered.key_ids = ids;
+                accounting.write(&[delivered]).unwrap();
+            }
+            for now in [issued + 5_000, issued + 15_000] {
+                let (cached, _) = accounting.summaries_at(now, ttl).unwrap();
+                assert_eq!(cached, uncached(now), "at step {step}");
+            }
+        }
+        let later = base + 60 * 20_000 + 11 * period;
+        assert_eq!(
+            accounting.summaries_at(later, ttl).unwrap().0,
+            uncached(later)
+        );
+        // settled periods are held: 20 minutes of them
+        assert!(accounting.settled.lock().unwrap().through_ms > base + 15 * period);
         drop(accounting);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -196,31 +196,50 @@ pub fn answer<T: Serialize>(rows: Vec<T>, format: Format, name: &str) -> Respons
     }
 }
 
+/// Answers an operator's request: its query parsed, then `read` (blocking) made into `name`
+/// rows in the asked format.
+async fn serve<T, R>(
+    agent: Arc<Agent>,
+    identity: &PeerIdentity,
+    query: Option<&str>,
+    name: &str,
+    read: impl FnOnce(&Agent, &Query) -> Result<Vec<R>, super::AccountingError> + Send + 'static,
+    rows: impl FnOnce(Vec<R>) -> Vec<T>,
+) -> Response
+where
+    T: Serialize,
+    R: Send + 'static,
+{
+    if let Err(problem) = crate::km::kma::operator(&agent, identity) {
+        return problem.into_response();
+    }
+    let query = match parse_query(query) {
+        Ok(q) => q,
+        Err(e) => return Problem(StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let format = query.format;
+    let read = tokio::task::spawn_blocking(move || read(&agent, &query)).await;
+    match read {
+        Ok(Ok(read)) => answer(rows(read), format, name),
+        Ok(Err(e)) => Problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => Problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
 async fn records(
     State(agent): State<Arc<Agent>>,
     Extension(identity): Extension<PeerIdentity>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    if let Err(problem) = crate::km::kma::operator(&agent, &identity) {
-        return problem.into_response();
-    }
-    let query = match parse_query(query.as_deref()) {
-        Ok(q) => q,
-        Err(e) => return Problem(StatusCode::BAD_REQUEST, e).into_response(),
-    };
-    let reader = agent.clone();
-    let read =
-        tokio::task::spawn_blocking(move || reader.accounting.records(query.since, query.until))
-            .await;
-    match read {
-        Ok(Ok(records)) => answer(
-            records.iter().map(ExportedRecord::from).collect(),
-            query.format,
-            "records",
-        ),
-        Ok(Err(e)) => Problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-        Err(e) => Problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    }
+    serve(
+        agent,
+        &identity,
+        query.as_deref(),
+        "records",
+        |agent, query| agent.accounting.records(query.since, query.until),
+        |records| records.iter().map(ExportedRecord::from).collect(),
+    )
+    .await
 }
 
 async fn periods(
@@ -228,30 +247,24 @@ async fn periods(
     Extension(identity): Extension<PeerIdentity>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    if let Err(problem) = crate::km::kma::operator(&agent, &identity) {
-        return problem.into_response();
-    }
-    let query = match parse_query(query.as_deref()) {
-        Ok(q) => q,
-        Err(e) => return Problem(StatusCode::BAD_REQUEST, e).into_response(),
-    };
-    let reader = agent.clone();
-    let ttl = super::key_ttl_ms(&agent);
-    let read = tokio::task::spawn_blocking(move || reader.accounting.summaries(ttl)).await;
-    match read {
-        Ok(Ok((periods, _))) => {
-            let periods: Vec<_> = periods
+    serve(
+        agent,
+        &identity,
+        query.as_deref(),
+        "usage",
+        |agent, query| {
+            let (periods, _) = agent.accounting.summaries(super::key_ttl_ms(agent))?;
+            Ok(periods
                 .into_iter()
                 .filter(|p| {
                     p.start_ms >= query.since.saturating_sub(p.end_ms - p.start_ms)
                         && p.start_ms < query.until
                 })
-                .collect();
-            answer(flatten(&periods), query.format, "usage")
-        }
-        Ok(Err(e)) => Problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-        Err(e) => Problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    }
+                .collect())
+        },
+        |periods| flatten(&periods),
+    )
+    .await
 }
 
 #[cfg(test)]

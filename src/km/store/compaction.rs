@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use super::deliveries::{self, DELIVERIES, FETCHED};
 use super::sealing::{self, Header};
-use super::{block_group, block_place, pending_group, StoreError, Txn, BLOCKS, PENDING};
+use super::{block_group, block_place, pending_group, Sealing, StoreError, Txn, BLOCKS, PENDING};
 
 /// The live sealed records of every key slot: (slot, record number under the slot's data
 /// key) -> the record's place (its associated data, which names its table and key there).
@@ -131,6 +131,20 @@ pub(super) fn partly_consumed(txn: &WriteTransaction) -> Result<Vec<u32>, StoreE
         .collect())
 }
 
+/// The record `old` at `place` sealed again under `group`'s current slot (`old` counted as
+/// gone from its slot).
+fn reseal(
+    seal: &mut Sealing,
+    old: &[u8],
+    place: &[u8],
+    group: &str,
+) -> Result<Vec<u8>, StoreError> {
+    let bytes = seal.open(old, place)?;
+    let record = seal.seal(group, place, &bytes)?;
+    seal.release(old)?;
+    Ok(record)
+}
+
 impl Txn {
     /// Writes this transaction's changes of the slot index (before its commit).
     pub(super) fn write_index(&mut self) -> Result<(), StoreError> {
@@ -220,9 +234,7 @@ impl Txn {
             Some(v) if is(v.value(), slot, n) => v.value().to_vec(),
             _ => return Ok(false),
         };
-        let bytes = self.seal.open(&old, place)?;
-        let record = self.seal.seal(&block_group(link, owner), place, &bytes)?;
-        self.seal.release(&old)?;
+        let record = reseal(&mut self.seal, &old, place, &block_group(link, owner))?;
         table.insert((link, owner, seq), record.as_slice())?;
         Ok(true)
     }
@@ -241,9 +253,7 @@ impl Txn {
             Some(v) if v.value().0 == owner && is(v.value().1, slot, n) => v.value().1.to_vec(),
             _ => return Ok(false),
         };
-        let bytes = self.seal.open(&old, place)?;
-        let record = self.seal.seal(&pending_group(link), place, &bytes)?;
-        self.seal.release(&old)?;
+        let record = reseal(&mut self.seal, &old, place, &pending_group(link))?;
         table.insert((link, seq), (owner, record.as_slice()))?;
         Ok(true)
     }
@@ -273,9 +283,7 @@ impl Txn {
         } else {
             deliveries::fetched_group(self.seal.serial)
         };
-        let bytes = self.seal.open(old, place)?;
-        let record = self.seal.seal(&group, place, &bytes)?;
-        self.seal.release(old)?;
+        let record = reseal(&mut self.seal, old, place, &group)?;
         let mut out = Zeroizing::new(value[..head].to_vec());
         out.extend_from_slice(&deliveries::value_of(master, &record));
         table.insert((id, slave), out.as_slice())?;
