@@ -5,7 +5,11 @@
 //!   COSE_Sign1 in base64url, who signed, which agreement). A record is on disk (`fdatasync`)
 //!   before the message it keeps is acted on or answered; concurrent records share one sync.
 //!   A plain file rather than redb so that `qkdni audit show|verify` can read it while the
-//!   daemon runs (redb locks its file).
+//!   daemon runs (redb locks its file). Once it holds `[nonrepudiation] segment_bytes`
+//!   (64 MiB by default) it is closed — renamed `evidence-<n>.jsonl`, `n` (20 digits) the
+//!   number of the record after its last — and a new `evidence.jsonl` begun, so that a
+//!   closed file can be archived and opening the store reads only the current one. Readers
+//!   take the closed files in order, then the current one.
 //! - `cas/own/*.pem`, `cas/<domain>/*.pem`: the CA certificates trusted when the store was
 //!   opened, copied at first use (a new certificate of a domain is added beside the old ones,
 //!   never replaces them), so that evidence can be proved from the state directory alone,
@@ -25,8 +29,41 @@ use super::NrError;
 
 /// Name of the evidence directory in a state directory.
 pub const DIR: &str = "evidence";
-/// Name of the record file.
+/// Name of the current record file.
 pub const FILE: &str = "evidence.jsonl";
+/// Default size at which the current record file is closed.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The name of a closed record file whose last record is the one before `next`.
+fn closed_name(next: u64) -> String {
+    format!("evidence-{next:020}.jsonl")
+}
+
+/// The closed record files of `dir`, in order, with the number after their last record.
+fn closed_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, NrError> {
+    let mut closed = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(closed),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let number = name
+            .strip_prefix("evidence-")
+            .and_then(|n| n.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(next) = number {
+            closed.push((next, path));
+        }
+    }
+    closed.sort();
+    Ok(closed)
+}
 
 /// Whether a daemon received a signed message or sent it (signed by itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,15 +148,16 @@ impl std::fmt::Debug for Evidence {
 impl Evidence {
     /// Opens (creating) the store in `dir` (the evidence directory itself) and copies the CA
     /// certificates `cas` into it if they are not there yet.
-    pub fn open(dir: &Path, cas: &[DomainCas]) -> Result<Self, NrError> {
+    pub fn open(dir: &Path, cas: &[DomainCas], segment_bytes: u64) -> Result<Self, NrError> {
         std::fs::create_dir_all(dir)?;
         store_cas(dir, cas)?;
         let path = dir.join(FILE);
-        let mut seq = 0u64;
+        // the current file's records follow the last closed file's
+        let mut seq = closed_files(dir)?.last().map_or(0, |(next, _)| *next);
         let mut torn = false;
         if path.exists() {
             let text = std::fs::read(&path)?;
-            seq = text.iter().filter(|b| **b == b'\n').count() as u64;
+            seq += text.iter().filter(|b| **b == b'\n').count() as u64;
             torn = !text.is_empty() && !text.ends_with(b"\n");
         }
         let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -130,9 +168,15 @@ impl Evidence {
             seq += 1;
         }
         let (tx, rx) = mpsc::channel::<Job>();
+        let current = Current {
+            size: file.metadata()?.len(),
+            file,
+            dir: dir.to_path_buf(),
+            segment_bytes: segment_bytes.max(1),
+        };
         std::thread::Builder::new()
             .name("evidence".into())
-            .spawn(move || writer(file, seq, rx))?;
+            .spawn(move || writer(current, seq, rx))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             jobs: std::sync::Mutex::new(tx),
@@ -165,8 +209,33 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Appends every record waiting, syncs once, answers each.
-fn writer(mut file: File, mut seq: u64, jobs: mpsc::Receiver<Job>) {
+/// The record file being written.
+struct Current {
+    file: File,
+    size: u64,
+    dir: PathBuf,
+    segment_bytes: u64,
+}
+
+impl Current {
+    /// Closes the current file once it holds `segment_bytes` (its records end before
+    /// `next`) and begins a new one. A crash between the rename and the new file leaves no
+    /// current file, which the next open creates.
+    fn rotate(&mut self, next: u64) -> std::io::Result<()> {
+        if self.size < self.segment_bytes {
+            return Ok(());
+        }
+        let path = self.dir.join(FILE);
+        std::fs::rename(&path, self.dir.join(closed_name(next)))?;
+        self.file = OpenOptions::new().create(true).append(true).open(&path)?;
+        File::open(&self.dir)?.sync_all()?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// Appends every record waiting, syncs once, answers each; closes the file when it is full.
+fn writer(mut current: Current, mut seq: u64, jobs: mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while let Ok(more) = jobs.try_recv() {
@@ -193,12 +262,18 @@ fn writer(mut file: File, mut seq: u64, jobs: mpsc::Receiver<Job>) {
             numbers.push(seq);
             seq += 1;
         }
-        let written = file
+        let written = current
+            .file
             .write_all(&text)
-            .and_then(|()| file.sync_data())
+            .and_then(|()| current.file.sync_data())
             .map_err(|e| e.to_string());
         if let Err(error) = &written {
             tracing::error!(%error, "evidence not written");
+        } else {
+            current.size += text.len() as u64;
+            if let Err(error) = current.rotate(seq) {
+                tracing::error!(%error, "evidence file not closed; written on");
+            }
         }
         for ((_, answer), number) in batch.into_iter().zip(numbers) {
             let _ = answer.send(written.clone().map(|()| number));
@@ -282,21 +357,29 @@ pub fn stored_trust(dir: &Path) -> Result<Trust, NrError> {
 /// One line of the record file: a record, or why it is not one.
 pub type Line = Result<Record, String>;
 
-/// Every line of the record file in `dir` (none if there is no file).
+/// Every line of the record files in `dir`, the closed ones in order then the current one
+/// (none if there is no file).
 pub fn read(dir: &Path) -> Result<Vec<Line>, NrError> {
-    let path = dir.join(FILE);
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
+    let mut files: Vec<PathBuf> = closed_files(dir)?.into_iter().map(|(_, p)| p).collect();
+    files.push(dir.join(FILE));
     let mut lines = Vec::new();
-    for (n, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let line = line?;
-        lines.push(
-            serde_json::from_slice::<Record>(&line)
-                .map_err(|e| format!("line {}: not a record: {e}", n + 1)),
-        );
+    for path in files {
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        for (n, line) in BufReader::new(file).split(b'\n').enumerate() {
+            let line = line?;
+            lines.push(serde_json::from_slice::<Record>(&line).map_err(|e| {
+                format!(
+                    "{} line {}: not a record: {e}",
+                    name.as_deref().unwrap_or(FILE),
+                    n + 1
+                )
+            }));
+        }
     }
     Ok(lines)
 }

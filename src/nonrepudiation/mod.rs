@@ -92,6 +92,9 @@ pub struct Settings {
     /// to its configuration file).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence_dir: Option<PathBuf>,
+    /// Size at which the evidence file is closed and a new one begun (the closed one keeps
+    /// its records, named by the number of the record after its last).
+    pub segment_bytes: u64,
 }
 
 impl Default for Settings {
@@ -99,6 +102,7 @@ impl Default for Settings {
         Self {
             sign: true,
             evidence_dir: None,
+            segment_bytes: evidence::SEGMENT_BYTES,
         }
     }
 }
@@ -154,7 +158,9 @@ impl Notary {
             .identity(signer.chain(), std::time::SystemTime::now())
             .map_err(|e| NrError::Key(format!("this party's own certificate: {e}")))?;
         let dir = settings.evidence_dir.as_deref().or(evidence_dir);
-        let evidence = dir.map(|d| Evidence::open(d, &cas)).transpose()?;
+        let evidence = dir
+            .map(|d| Evidence::open(d, &cas, settings.segment_bytes))
+            .transpose()?;
         Ok(Self {
             enabled: true,
             signer: Some(signer),

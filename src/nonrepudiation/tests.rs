@@ -388,6 +388,53 @@ async fn the_store_survives_reopening_and_a_torn_line() {
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
 
+#[tokio::test]
+async fn full_evidence_files_are_closed_and_read_in_order() {
+    let pki = pki("segments");
+    let files = pki.party("a", "controller-A", "A");
+    let dir = pki.dir.join("evidence");
+    // a record is about 1 KB: a new file every two or three records
+    let settings = Settings {
+        segment_bytes: 2_000,
+        ..Settings::default()
+    };
+    let keep = |notary: Notary, from: usize, to: usize| async move {
+        for n in from..to {
+            let agreement = format!("report r{n}");
+            notary
+                .sign_and_keep("mxi", &agreement, "B", "POST /mxi/v1/reports", b"{}", None)
+                .await
+                .unwrap();
+        }
+    };
+    keep(Notary::open(&files, &settings, Some(&dir)).unwrap(), 0, 7).await;
+    // reopened: numbering goes on after the closed files and the current one
+    keep(Notary::open(&files, &settings, Some(&dir)).unwrap(), 7, 10).await;
+    let closed: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("evidence-"))
+        .collect();
+    assert!(closed.len() >= 3, "{closed:?}");
+    assert!(std::fs::metadata(dir.join(evidence::FILE)).unwrap().len() < 2_000 + 2_000);
+    let lines = evidence::read(&dir).unwrap();
+    let records: Vec<&Record> = lines.iter().map(|l| l.as_ref().unwrap()).collect();
+    assert_eq!(records.len(), 10);
+    for (n, record) in records.iter().enumerate() {
+        assert_eq!(
+            (record.seq, record.agreement.clone()),
+            (n as u64, format!("report r{n}"))
+        );
+    }
+    let mut out = Vec::new();
+    assert_eq!(report::verify(&dir, &mut out).unwrap(), 0);
+    assert_eq!(
+        String::from_utf8(out).unwrap().matches("ok mxi").count(),
+        10
+    );
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
+
 #[test]
 fn signing_off_signs_and_keeps_nothing() {
     let pki = pki("off");
@@ -395,6 +442,7 @@ fn signing_off_signs_and_keeps_nothing() {
     let settings = Settings {
         sign: false,
         evidence_dir: Some(pki.dir.join("evidence")),
+        ..Settings::default()
     };
     let notary = Notary::open(&files, &settings, None).unwrap();
     assert!(!notary.enabled());
