@@ -97,7 +97,9 @@ pub async fn start(
     )
     .map_err(|e| ControlError::Invalid(format!("non-repudiation: {e}")))?;
     let settings = super::cxi::live::InterworkingSettings::of_config(&config);
-    let peers = super::cxi::live::clients(&config, &settings, &[])?;
+    let metrics = super::metrics::ControlMetrics::default();
+    let peers =
+        super::cxi::live::clients(&config, &settings, &[], &metrics.cxi_round_trip_seconds)?;
     let (inputs, received) = mpsc::channel(INPUT_QUEUE);
     let (publish, view) = watch::channel(Arc::new(View::default()));
     let on_demand_idle_seconds = config.on_demand_idle_seconds;
@@ -123,7 +125,7 @@ pub async fn start(
         inputs,
         view,
         peer_domains: Default::default(),
-        metrics: Default::default(),
+        metrics,
         refusals,
         transfers: super::transfers::TransferLog::new(std::time::Duration::from_secs(
             crate::km::limits::KmLimits::default().undelivered_key_ttl_seconds,

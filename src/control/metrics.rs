@@ -19,6 +19,9 @@ pub struct ControlMetrics {
     pub reroute_seconds: Durations,
     /// Cxi requests of peer controllers, by method, route and status.
     pub cxi: Counters,
+    /// Round trips of this controller's Cxi requests to its peers, by peer domain and
+    /// outcome (shared with the Cxi clients).
+    pub cxi_round_trip_seconds: Durations,
     sessions: Gauges,
     /// The last install durations and the counts, for the manager's reports
     /// ([`super::figures`]).
@@ -35,6 +38,7 @@ impl Default for ControlMetrics {
             reroutes: Counters::default(),
             reroute_seconds: durations(),
             cxi: Counters::default(),
+            cxi_round_trip_seconds: durations(),
             sessions: Gauges::default(),
             recent_installs: Default::default(),
             recent_reroutes: Default::default(),
@@ -107,6 +111,11 @@ impl ControlMetrics {
             "reroute_duration_seconds",
             "Time from the report that triggered a reroute to its routes installed",
             self.reroute_seconds.clone(),
+        );
+        registry.register(
+            "cxi_round_trip_duration_seconds",
+            "Time from sending a Cxi request to a peer controller to its whole answer, by peer domain and outcome (answered or not)",
+            self.cxi_round_trip_seconds.clone(),
         );
         registry.register(
             "cxi_requests",

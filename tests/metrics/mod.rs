@@ -84,6 +84,13 @@ async fn every_daemon_serves_prometheus_metrics() {
         value(&controller_a, installs).is_some_and(|n| n >= 1.0),
         "{controller_a}"
     );
+    // A asked B over Cxi (prepare, commit): its round trips are observed per peer
+    let round_trips =
+        "qkdni_controller_cxi_round_trip_duration_seconds_count{peer=\"B\",outcome=\"answered\"}";
+    assert!(
+        value(&controller_a, round_trips).is_some_and(|n| n >= 2.0),
+        "{controller_a}"
+    );
     let controller_b = scrape(&url(&e.controller("B").unwrap().metrics)).await;
     let prepared = "qkdni_controller_cxi_requests_total{method=\"POST\",route=\"/cxi/v1/transactions\",code=\"200\"}";
     assert!(

@@ -92,6 +92,7 @@ pub fn clients(
     config: &ControllerConfig,
     settings: &InterworkingSettings,
     reuse: &[CxiClient],
+    histogram: &crate::metrics::Durations,
 ) -> Result<Vec<CxiClient>, ControlError> {
     settings
         .peers
@@ -99,7 +100,9 @@ pub fn clients(
         .map(
             |(peer, _)| match reuse.iter().find(|c| same(&c.peer, peer)) {
                 Some(client) => Ok(client.clone()),
-                None => CxiClient::new(peer.clone(), &config.tls).map_err(ControlError::from),
+                None => CxiClient::new(peer.clone(), &config.tls)
+                    .map(|c| c.observed_in(histogram.clone()))
+                    .map_err(ControlError::from),
             },
         )
         .collect()
@@ -132,7 +135,13 @@ impl Controller {
                 "this controller has no Cxi server (no [interworking] in its configuration file): it cannot have peers".into(),
             ));
         }
-        clients(&self.config, settings, &self.interworking_live.current().1).map(drop)
+        clients(
+            &self.config,
+            settings,
+            &self.interworking_live.current().1,
+            &self.metrics.cxi_round_trip_seconds,
+        )
+        .map(drop)
     }
 
     /// Puts `settings` in effect at once; returns whether they changed.
@@ -143,7 +152,12 @@ impl Controller {
         if current.0 == settings {
             return Ok(false);
         }
-        let clients = clients(&self.config, &settings, &current.1)?;
+        let clients = clients(
+            &self.config,
+            &settings,
+            &current.1,
+            &self.metrics.cxi_round_trip_seconds,
+        )?;
         *current = Arc::new((settings, Arc::new(clients)));
         drop(current);
         live.changed.send_modify(|n| *n += 1);

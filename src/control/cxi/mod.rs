@@ -222,6 +222,8 @@ pub struct CxiClient {
     signing: crate::nonrepudiation::http::ClientPoint,
     /// Round trips to the peer, for the manager's reports ([`crate::control::figures`]).
     round_trips: crate::control::figures::RoundTrips,
+    /// The controller's histogram of Cxi round trips, when it exposes one.
+    histogram: Option<crate::metrics::Durations>,
 }
 
 impl CxiClient {
@@ -238,7 +240,15 @@ impl CxiClient {
             },
             peer,
             round_trips: Default::default(),
+            histogram: None,
         })
+    }
+
+    /// This client with its round trips also observed in `histogram` (labelled with the
+    /// peer domain and the outcome).
+    pub fn observed_in(mut self, histogram: crate::metrics::Durations) -> Self {
+        self.histogram = Some(histogram);
+        self
     }
 
     /// The round trips of this client (and its clones) to the peer.
@@ -278,8 +288,17 @@ impl CxiClient {
         let answer = self.exchange_untimed(request).await;
         // an answer of any status is a round trip; none (or one not proven) is a failure
         let answered = answer.is_ok() || matches!(answer, Err(CxiError::Refused { .. }));
-        self.round_trips
-            .record(answered, started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        self.round_trips.record(answered, seconds);
+        if let Some(histogram) = &self.histogram {
+            let outcome = if answered { "answered" } else { "failed" };
+            histogram
+                .get_or_create(&crate::metrics::labels([
+                    ("peer", self.peer.domain.as_str()),
+                    ("outcome", outcome),
+                ]))
+                .observe(seconds);
+        }
         answer
     }
 
