@@ -21,11 +21,19 @@ use crate::netconf::server::{Group, NetconfConfig, User};
 use crate::pki::{Authority, Role};
 use crate::tls::{self, TlsFiles};
 
+/// 16 random URL-safe characters (96 bits) that never begin with `-` or `_`: a password
+/// beginning with `-` is taken for an option by command-line clients (netconf-console2's
+/// `-p -x...` fails).
 pub(super) fn random_password() -> String {
     use base64::Engine;
-    let mut bytes = [0u8; 12];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    loop {
+        let mut bytes = [0u8; 12];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        if password.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return password;
+        }
+    }
 }
 
 /// The testbed's NETCONF users: an operator (admin) and a viewer (read-only).

@@ -681,7 +681,8 @@ def check_notifications():
 def check_netconf_console(m, workdir):
     nc = netconf_console_bin()
     host, port = hostport("a1")
-    common = [nc, "--host", host, "--port", str(port), "-u", ADMIN["username"], "-p", ADMIN["password"]]
+    # --opt=value: a value beginning with "-" is not taken for an option
+    common = [nc, f"--host={host}", f"--port={port}", f"--user={ADMIN['username']}", f"--password={ADMIN['password']}"]
 
     def run(name, *args, expect_rc=0, must=(), must_not=()):
         cmd = [*common, *args]
