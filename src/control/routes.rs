@@ -205,25 +205,51 @@ fn desired(state: &State) -> BTreeMap<String, BTreeMap<String, Vec<WeightedHop>>
 }
 
 /// The entries of other domains' SAEs every KM needs: the slave's at the master's KM of an
-/// origin session; the master's at every KM of a segment (relays are checked against it).
+/// origin session; the masters' of the segments from one KM of the peer domain at every KM
+/// of those segments (relays are checked against them). The peer relays by destination KM,
+/// so keys of one segment's master may come in over another segment's crossing from the same
+/// origin KM (the peer's route to the destination is the latest session's).
 fn desired_foreign_saes(state: &State) -> BTreeMap<String, BTreeMap<String, ForeignSae>> {
     let mut wanted: BTreeMap<String, BTreeMap<String, ForeignSae>> = BTreeMap::new();
+    // segments by their origin KM in the peer domain: their masters, and their KMs here
+    let mut from: BTreeMap<(String, String), (BTreeSet<String>, BTreeSet<String>)> =
+        BTreeMap::new();
     for session in routed(state) {
         let Some(iw) = session.interworking.as_ref() else {
             continue;
         };
-        let (sae, nodes) = match iw.role {
-            InterworkingRole::Origin => (&session.slave_sae, vec![session.src.clone()]),
-            InterworkingRole::Segment => (&session.master_sae, session.path.clone()),
+        let entry = ForeignSae {
+            node: iw.peer_km.clone(),
+            domain: iw.peer_domain.clone(),
         };
+        match iw.role {
+            InterworkingRole::Origin => {
+                wanted
+                    .entry(session.src.clone())
+                    .or_default()
+                    .insert(session.slave_sae.clone(), entry);
+            }
+            InterworkingRole::Segment => {
+                let (masters, nodes) = from
+                    .entry((iw.peer_domain.clone(), iw.peer_km.clone()))
+                    .or_default();
+                masters.insert(session.master_sae.clone());
+                nodes.extend(session.path.iter().cloned());
+            }
+        }
+    }
+    for ((domain, origin), (masters, nodes)) in from {
         for node in nodes {
-            wanted.entry(node).or_default().insert(
-                sae.clone(),
-                ForeignSae {
-                    node: iw.peer_km.clone(),
-                    domain: iw.peer_domain.clone(),
-                },
-            );
+            let entries = wanted.entry(node).or_default();
+            for master in &masters {
+                entries.insert(
+                    master.clone(),
+                    ForeignSae {
+                        node: origin.clone(),
+                        domain: domain.clone(),
+                    },
+                );
+            }
         }
     }
     wanted
@@ -300,6 +326,33 @@ mod tests {
         let saes = desired_foreign_saes(&state);
         assert!(!saes.contains_key("ga1") && !saes.contains_key("a2"));
         assert!(!desired(&state).contains_key("ga1"));
+    }
+
+    #[test]
+    fn masters_from_one_peer_km_are_known_on_every_crossing_from_it() {
+        // two sessions from b1 (two masters) cross at ga1 and at ga2: the peer relays to a1
+        // by destination, so either master's keys may come in over either crossing
+        let first = segment(&["ga1", "a2", "a1"]);
+        let mut second = segment(&["ga2", "a3", "a1"]);
+        second.id = Uuid::from_u128(8);
+        second.master_sae = "sae-b1-2".into();
+        let mut other = segment(&["ga2", "a4"]);
+        other.id = Uuid::from_u128(9);
+        other.master_sae = "sae-b4-1".into();
+        other.interworking.as_mut().unwrap().peer_km = "b4".into();
+        let mut state = state(first, Vec::new());
+        state.put(second);
+        state.put(other);
+        let saes = desired_foreign_saes(&state);
+        for node in ["ga1", "a2", "ga2", "a3", "a1"] {
+            for master in ["sae-b1-1", "sae-b1-2"] {
+                assert_eq!(saes[node][master].node, "b1", "{node} {master}");
+            }
+        }
+        // a master from another KM of the peer is known only on its own segment
+        assert_eq!(saes["ga2"]["sae-b4-1"].node, "b4");
+        assert!(!saes["ga1"].contains_key("sae-b4-1"));
+        assert!(!saes["a4"].contains_key("sae-b1-1"));
     }
 
     #[test]
