@@ -489,16 +489,8 @@ mod tests {
     use super::*;
 
     fn qos(classes: Vec<ClassSpec>) -> Arc<Qos> {
-        let mut p = QosPolicy {
-            default_class: classes.first().map(|c| c.name.clone()),
-            ..Default::default()
-        };
-        for c in classes {
-            p.classes.insert(c.name.clone(), c);
-        }
-        p.validate().unwrap();
         let q = Arc::new(Qos::default());
-        q.set_policy(p);
+        q.set_policy(policy_with(classes));
         q
     }
 
