@@ -2,133 +2,24 @@
 //! of are sealed again under another slot, so that each such slot is destroyed after the
 //! commit and the records it removed — their ciphertext left in freed redb pages — open for
 //! nobody any more. Slots are small ([`super::key_slots::Rotation`]) and a slot's records
-//! are found through the slot index [`SLOT_RECORDS`] (slot, record number -> place), kept
-//! in the same transactions as the records themselves and rebuilt from the tables at open,
-//! so that compaction costs O(records of the slots consumed from), whatever the pool size;
-//! a slot re-sealed is never its group's current slot again. A slot consumed from waits
+//! are found through the slot index ([`super::slot_index`], in memory with the slot), so that
+//! compaction costs O(records of the slots consumed from), whatever the pool size; a slot
+//! re-sealed is never its group's current slot again. A slot consumed from waits
 //! [`super::key_slots::COMPACT_AFTER`] for the rest of its records to be consumed (they
 //! mostly are: records are consumed in the order they were sealed) before they are re-sealed,
 //! so that a stream of small requests does not re-seal a slot's records at each of them.
 
-use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+use redb::{ReadableTable, TableHandle};
 use zeroize::Zeroizing;
 
 use super::deliveries::{self, DELIVERIES, FETCHED};
-use super::sealing::{self, Header};
+use super::sealing::Header;
+use super::slot_index::{DeliveryAt, Members, Run};
 use super::{block_group, block_place, pending_group, Sealing, StoreError, Txn, BLOCKS, PENDING};
 
-/// The live sealed records of every key slot: (slot, record number under the slot's data
-/// key) -> the record's place (its associated data, which names its table and key there).
-pub(super) const SLOT_RECORDS: TableDefinition<(u32, u64), &[u8]> =
-    TableDefinition::new("slot_records");
-
-/// A record of the store, as its place names it.
-enum Record<'p> {
-    Block {
-        link: &'p str,
-        owner: u8,
-        seq: u64,
-    },
-    Pending {
-        link: &'p str,
-        owner: u8,
-        seq: u64,
-    },
-    /// Waiting for its slave SAE (`head` 0) or fetched (`head` 8: the end of its refetch
-    /// window first).
-    Delivery {
-        head: usize,
-        id: u128,
-        slave: &'p str,
-        master: &'p str,
-    },
-}
-
-fn record_at(place: &[u8]) -> Option<Record<'_>> {
-    let parts = sealing::parts_of(place)?;
-    let text = |i: usize| std::str::from_utf8(parts.get(i)?).ok();
-    let seq = |i: usize| Some(u64::from_be_bytes(parts.get(i)?[..].try_into().ok()?));
-    let table = text(0)?;
-    if table == BLOCKS.name() || table == PENDING.name() {
-        let (link, owner, seq) = (text(1)?, *parts.get(2)?.first()?, seq(3)?);
-        return Some(if table == BLOCKS.name() {
-            Record::Block { link, owner, seq }
-        } else {
-            Record::Pending { link, owner, seq }
-        });
-    }
-    let head = if table == DELIVERIES.name() {
-        0
-    } else if table == FETCHED.name() {
-        8
-    } else {
-        return None;
-    };
-    Some(Record::Delivery {
-        head,
-        id: u128::from_be_bytes(parts.get(1)?[..].try_into().ok()?),
-        slave: text(2)?,
-        master: text(3)?,
-    })
-}
-
-/// Whether `record` is the one numbered `n` under `slot`.
-fn is(record: &[u8], slot: u32, n: u64) -> bool {
-    matches!(Header::of(record), Ok(Some(h)) if h.slot == slot && h.counter() == n)
-}
-
-/// Rebuilds the slot index from every table holding key records (at open).
-pub(super) fn rebuild_index(txn: &WriteTransaction) -> Result<(), StoreError> {
-    txn.delete_table(SLOT_RECORDS)?;
-    let mut index = txn.open_table(SLOT_RECORDS)?;
-    let mut add = |record: &[u8], place: &dyn Fn() -> Vec<u8>| -> Result<(), StoreError> {
-        if let Some(h) = Header::of(record)? {
-            index.insert((h.slot, h.counter()), place().as_slice())?;
-        }
-        Ok(())
-    };
-    for entry in txn.open_table(BLOCKS)?.iter()? {
-        let (k, v) = entry?;
-        let (link, owner, seq) = k.value();
-        add(v.value(), &|| block_place(BLOCKS.name(), link, owner, seq))?;
-    }
-    for entry in txn.open_table(PENDING)?.iter()? {
-        let (k, v) = entry?;
-        let (link, seq) = k.value();
-        let (owner, record) = v.value();
-        add(record, &|| block_place(PENDING.name(), link, owner, seq))?;
-    }
-    for (def, head) in [(DELIVERIES, 0), (FETCHED, 8)] {
-        for entry in txn.open_table(def)?.iter()? {
-            let (k, v) = entry?;
-            let (id, slave) = k.value();
-            let rest = &v.value()[head..];
-            let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
-            let master = std::str::from_utf8(&rest[2..2 + len]).unwrap_or_default();
-            add(deliveries::record_of(rest), &|| {
-                deliveries::place(def.name(), id, slave, master)
-            })?;
-        }
-    }
-    Ok(())
-}
-
-/// The slots some of whose records are gone (fewer live records than numbers used): the
-/// index names a slot's live records by number, numbered from 0 as they were sealed.
-pub(super) fn partly_consumed(txn: &WriteTransaction) -> Result<Vec<u32>, StoreError> {
-    let index = txn.open_table(SLOT_RECORDS)?;
-    let mut seen: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
-    for entry in index.iter()? {
-        let (slot, n) = entry?.0.value();
-        let (count, top) = seen.entry(slot).or_default();
-        *count += 1;
-        *top = (*top).max(n + 1);
-    }
-    Ok(seen
-        .into_iter()
-        .filter(|(_, (count, top))| count < top)
-        .map(|(slot, _)| slot)
-        .collect())
+/// Whether `record` is sealed under `slot`.
+fn in_slot(record: &[u8], slot: u32) -> bool {
+    matches!(Header::of(record), Ok(Some(h)) if h.slot == slot)
 }
 
 /// The record `old` at `place` sealed again under `group`'s current slot (`old` counted as
@@ -146,37 +37,14 @@ fn reseal(
 }
 
 impl Txn {
-    /// Writes this transaction's changes of the slot index (before its commit).
-    pub(super) fn write_index(&mut self) -> Result<(), StoreError> {
-        if self.seal.index.is_empty() {
-            return Ok(());
+    /// Where the live records of `slot` are: the index as committed, with this transaction's
+    /// additions.
+    fn members_of(&self, slot: u32) -> Members {
+        let mut members = self.seal.slots.members(slot).unwrap_or_default();
+        if let Some(added) = self.seal.index.get(&slot) {
+            members.extend(added.clone());
         }
-        let mut table = self.txn.open_table(SLOT_RECORDS)?;
-        for (key, place) in std::mem::take(&mut self.seal.index) {
-            match place {
-                Some(place) => table.insert(key, place.as_slice())?,
-                None => table.remove(key)?,
-            };
-        }
-        Ok(())
-    }
-
-    /// The places of the live records of `slot`: the index as committed, with this
-    /// transaction's changes.
-    fn records_of(&mut self, slot: u32) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let mut found = std::collections::BTreeMap::new();
-        let table = self.txn.open_table(SLOT_RECORDS)?;
-        for entry in table.range((slot, 0)..=(slot, u64::MAX))? {
-            let (k, v) = entry?;
-            found.insert(k.value().1, Some(v.value().to_vec()));
-        }
-        for ((_, n), place) in self.seal.index.range((slot, 0)..=(slot, u64::MAX)) {
-            found.insert(*n, place.clone());
-        }
-        Ok(found
-            .into_iter()
-            .filter_map(|(n, place)| Some((n, place?)))
-            .collect())
+        members
     }
 
     /// Notes the slots this transaction consumed from and left records in, then re-seals
@@ -192,27 +60,20 @@ impl Txn {
             .slots
             .due(&consumed, &self.seal.deltas, everything);
         for (slot, group) in slots {
-            for (n, place) in self.records_of(slot)? {
-                let resealed = match record_at(&place) {
-                    Some(Record::Block { link, owner, seq }) => {
-                        self.reseal_block(slot, n, &place, link, owner, seq)?
-                    }
-                    Some(Record::Pending { link, owner, seq }) => {
-                        self.reseal_pending(slot, n, &place, link, owner, seq)?
-                    }
-                    Some(Record::Delivery {
-                        head,
-                        id,
-                        slave,
-                        master,
-                    }) => self.reseal_delivery(slot, n, &place, head, id, slave, master)?,
-                    None => false,
-                };
-                if !resealed {
-                    // not expected: the index is kept with the records; forget the entry
-                    tracing::error!(slot, %group, "slot index names a record that is not there");
-                    self.seal.index.insert((slot, n), None);
-                }
+            let members = self.members_of(slot);
+            for ((link, owner), run) in &members.blocks {
+                self.reseal_blocks(slot, link, *owner, *run)?;
+            }
+            for (link, run) in &members.pending {
+                self.reseal_pending(slot, link, *run)?;
+            }
+            for at in &members.deliveries {
+                self.reseal_delivery(slot, at)?;
+            }
+            if self.seal.slots.records_left(slot, &self.seal.deltas) > 0 {
+                // not expected: the index names every record sealed under the slot
+                tracing::error!(slot, %group, "records of a key slot not found by its index");
+                debug_assert!(false, "slot {slot}: records not found by its index");
             }
         }
         // the slots re-sealed into take no records away: nothing more to compact
@@ -220,74 +81,82 @@ impl Txn {
         Ok(())
     }
 
-    fn reseal_block(
+    /// Re-seals the usable blocks of `link` owned by `owner` numbered in `run` that are
+    /// still sealed under `slot`.
+    fn reseal_blocks(
         &mut self,
         slot: u32,
-        n: u64,
-        place: &[u8],
         link: &str,
         owner: u8,
-        seq: u64,
-    ) -> Result<bool, StoreError> {
+        run: Run,
+    ) -> Result<(), StoreError> {
         let mut table = self.txn.open_table(BLOCKS)?;
-        let old = match table.get((link, owner, seq))? {
-            Some(v) if is(v.value(), slot, n) => v.value().to_vec(),
-            _ => return Ok(false),
-        };
-        let record = reseal(&mut self.seal, &old, place, &block_group(link, owner))?;
-        table.insert((link, owner, seq), record.as_slice())?;
-        Ok(true)
+        let found: Vec<(u64, Zeroizing<Vec<u8>>)> = table
+            .range((link, owner, run.first)..=(link, owner, run.last))?
+            .filter_map(|entry| match entry {
+                Ok((k, v)) if in_slot(v.value(), slot) => {
+                    Some(Ok((k.value().2, Zeroizing::new(v.value().to_vec()))))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, _>>()?;
+        let group = block_group(link, owner);
+        for (seq, old) in found {
+            let place = block_place(BLOCKS.name(), link, owner, seq);
+            let record = reseal(&mut self.seal, &old, &place, &group)?;
+            table.insert((link, owner, seq), record.as_slice())?;
+        }
+        Ok(())
     }
 
-    fn reseal_pending(
-        &mut self,
-        slot: u32,
-        n: u64,
-        place: &[u8],
-        link: &str,
-        owner: u8,
-        seq: u64,
-    ) -> Result<bool, StoreError> {
+    /// Re-seals the pending blocks of `link` numbered in `run` still sealed under `slot`.
+    fn reseal_pending(&mut self, slot: u32, link: &str, run: Run) -> Result<(), StoreError> {
         let mut table = self.txn.open_table(PENDING)?;
-        let old = match table.get((link, seq))? {
-            Some(v) if v.value().0 == owner && is(v.value().1, slot, n) => v.value().1.to_vec(),
-            _ => return Ok(false),
-        };
-        let record = reseal(&mut self.seal, &old, place, &pending_group(link))?;
-        table.insert((link, seq), (owner, record.as_slice()))?;
-        Ok(true)
+        let found: Vec<(u64, u8, Zeroizing<Vec<u8>>)> = table
+            .range((link, run.first)..=(link, run.last))?
+            .filter_map(|entry| match entry {
+                Ok((k, v)) if in_slot(v.value().1, slot) => {
+                    let (owner, record) = v.value();
+                    Some(Ok((k.value().1, owner, Zeroizing::new(record.to_vec()))))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, _>>()?;
+        let group = pending_group(link);
+        for (seq, owner, old) in found {
+            let place = block_place(PENDING.name(), link, owner, seq);
+            let record = reseal(&mut self.seal, &old, &place, &group)?;
+            table.insert((link, seq), (owner, record.as_slice()))?;
+        }
+        Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn reseal_delivery(
-        &mut self,
-        slot: u32,
-        n: u64,
-        place: &[u8],
-        head: usize,
-        id: u128,
-        slave: &str,
-        master: &str,
-    ) -> Result<bool, StoreError> {
+    /// Re-seals the delivery `at`, if it is still sealed under `slot`.
+    fn reseal_delivery(&mut self, slot: u32, at: &DeliveryAt) -> Result<(), StoreError> {
+        let head = at.head;
         let def = if head == 0 { DELIVERIES } else { FETCHED };
         let mut table = self.txn.open_table(def)?;
-        let value = match table.get((id, slave))? {
-            Some(v) if is(deliveries::record_of(&v.value()[head..]), slot, n) => {
+        let value = match table.get((at.id, at.slave.as_str()))? {
+            Some(v) if in_slot(deliveries::record_of(&v.value()[head..]), slot) => {
                 Zeroizing::new(v.value().to_vec())
             }
-            _ => return Ok(false),
+            _ => return Ok(()),
         };
+        let master = deliveries::master_of(&value[head..]);
+        let place = deliveries::place(def.name(), at.id, &at.slave, master);
         let old = deliveries::record_of(&value[head..]);
         let group = if head == 0 {
             deliveries::waiting_group(self.seal.serial)
         } else {
             deliveries::fetched_group(self.seal.serial)
         };
-        let record = reseal(&mut self.seal, old, place, &group)?;
+        let record = reseal(&mut self.seal, old, &place, &group)?;
         let mut out = Zeroizing::new(value[..head].to_vec());
         out.extend_from_slice(&deliveries::value_of(master, &record));
-        table.insert((id, slave), out.as_slice())?;
-        Ok(true)
+        table.insert((at.id, at.slave.as_str()), out.as_slice())?;
+        Ok(())
     }
 }
 
@@ -344,15 +213,15 @@ mod tests {
             .map(|(a, _)| a.0)
             .collect();
         assert_eq!(changed, (1..32).collect::<Vec<u64>>());
-        // the index moved with them: the first slot names nothing any more
+        // the first slot is gone with its index entry; the records re-sealed are indexed
+        // under their new slot
         let slot = Header::of(&before[0].1).unwrap().unwrap().slot;
-        let txn = store.db.begin_read().unwrap();
-        let index = txn.open_table(SLOT_RECORDS).unwrap();
-        assert_eq!(
-            index.range((slot, 0)..=(slot, u64::MAX)).unwrap().count(),
-            0
-        );
-        assert_eq!(index.iter().unwrap().count(), 319);
+        assert!(store.slots.members(slot).is_none());
+        for (seq, record) in &after[..31] {
+            let new = Header::of(record).unwrap().unwrap().slot;
+            let place = block_place(BLOCKS.name(), "l", TX, *seq);
+            assert!(store.slots.members(new).unwrap().covers(&place));
+        }
     }
 
     #[test]
@@ -399,39 +268,5 @@ mod tests {
                 started.elapsed() / takes
             );
         }
-    }
-
-    #[test]
-    fn places_name_their_records() {
-        let at = block_place(BLOCKS.name(), "l/1", 1, 42);
-        assert!(matches!(
-            record_at(&at),
-            Some(Record::Block {
-                link: "l/1",
-                owner: 1,
-                seq: 42
-            })
-        ));
-        let at = block_place(PENDING.name(), "l", 0, 7);
-        assert!(matches!(
-            record_at(&at),
-            Some(Record::Pending {
-                link: "l",
-                owner: 0,
-                seq: 7
-            })
-        ));
-        let at = deliveries::place(FETCHED.name(), 9, "s", "m");
-        assert!(matches!(
-            record_at(&at),
-            Some(Record::Delivery {
-                head: 8,
-                id: 9,
-                slave: "s",
-                master: "m"
-            })
-        ));
-        assert!(record_at(&sealing::place("other", &[b"x"])).is_none());
-        assert!(record_at(b"junk").is_none());
     }
 }

@@ -83,7 +83,8 @@ pub(super) fn open(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn master_of(value: &[u8]) -> &str {
+/// The master SAE of a [`DELIVERIES`] value.
+pub(super) fn master_of(value: &[u8]) -> &str {
     let len = u16::from_be_bytes([value[0], value[1]]) as usize;
     std::str::from_utf8(&value[2..2 + len]).unwrap_or_default()
 }

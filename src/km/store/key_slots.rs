@@ -34,6 +34,7 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
 use zeroize::Zeroizing;
 
 use super::sealing::{self, Header, StoreKey, KEY_BYTES, TAG_BYTES};
+use super::slot_index::{Found, Members};
 use super::StoreError;
 
 /// Magic of a key slot file.
@@ -77,6 +78,10 @@ pub const COMPACT_AFTER: Duration = Duration::from_secs(1);
 
 /// Changes of live records per slot made by one transaction.
 pub(super) type Deltas = HashMap<u32, i64>;
+
+/// What one committed transaction changed: live records per slot, and the records it sealed
+/// (where they are) per slot.
+pub(super) type Committed = (Deltas, HashMap<u32, Members>);
 
 /// The key slot file of the store at `store_path`.
 pub fn slot_path(store_path: &Path) -> PathBuf {
@@ -223,8 +228,10 @@ struct Live {
     records: u64,
     /// Whether a committed record ever used it (a current slot is kept until then).
     used: bool,
-    /// The group whose records it seals (where to find them).
+    /// The group whose records it seals.
     group: String,
+    /// Where its records are (the slot index).
+    members: Members,
 }
 
 /// The slot a group seals its new records under.
@@ -350,21 +357,22 @@ impl Slots {
         })
     }
 
-    /// Sets the live records per slot (counted in the tables at open), then destroys the
-    /// slots nothing needs (left by a crash after the commit that emptied them). Returns how
-    /// many records name a slot that is not there (they cannot be opened).
-    pub fn recount(&self, counts: &HashMap<u32, (u64, String)>) -> u64 {
+    /// Sets the live records per slot and where they are (found in the tables at open),
+    /// then destroys the slots nothing needs (left by a crash after the commit that emptied
+    /// them). Returns how many records name a slot that is not there (they cannot be opened).
+    pub fn recount(&self, found: HashMap<u32, Found>) -> u64 {
         let mut orphans = 0;
         {
             let mut state = lock(&self.state);
-            for (slot, (n, group)) in counts {
-                match state.live.get_mut(slot) {
+            for (slot, found) in found {
+                match state.live.get_mut(&slot) {
                     Some(live) => {
-                        live.records = *n;
+                        live.records = found.records;
                         live.used = true;
-                        live.group.clone_from(group);
+                        live.group = found.group;
+                        live.members = found.members;
                     }
-                    None => orphans += n,
+                    None => orphans += found.records,
                 }
             }
         }
@@ -592,17 +600,23 @@ impl Slots {
         Ok(header.map(|h| h.slot))
     }
 
-    /// After a transaction: applies its `deltas` when it committed, then destroys every slot
-    /// no committed record needs (a group's current slot only once it was used).
-    /// Only the slots of `deltas` and the unsettled ones are looked at (O(slots touched)).
-    pub fn settle(&self, deltas: Option<Deltas>) {
+    /// After a transaction: applies what it changed when it committed, then destroys every
+    /// slot no committed record needs (a group's current slot only once it was used).
+    /// Only the slots it changed and the unsettled ones are looked at (O(slots touched)).
+    pub fn settle(&self, committed: Option<Committed>) {
         let mut state = lock(&self.state);
         let mut candidates = std::mem::take(&mut state.unsettled);
-        for (slot, delta) in deltas.into_iter().flatten() {
+        let (deltas, sealed) = committed.unwrap_or_default();
+        for (slot, delta) in deltas {
             let live = state.live.entry(slot).or_default();
             live.records = live.records.saturating_add_signed(delta);
             live.used |= live.records > 0;
             candidates.insert(slot);
+        }
+        for (slot, members) in sealed {
+            if let Some(live) = state.live.get_mut(&slot) {
+                live.members.extend(members);
+            }
         }
         let gone: Vec<u32> = candidates
             .into_iter()
@@ -632,6 +646,19 @@ impl Slots {
         tracing::debug!(slots = gone.len(), "key slots destroyed");
     }
 
+    /// Where the records of `slot` are, as committed (`None`: no such slot).
+    pub fn members(&self, slot: u32) -> Option<Members> {
+        lock(&self.state).live.get(&slot).map(|l| l.members.clone())
+    }
+
+    /// The live records of `slot` once `deltas` are applied.
+    pub fn records_left(&self, slot: u32, deltas: &Deltas) -> u64 {
+        lock(&self.state).live.get(&slot).map_or(0, |live| {
+            live.records
+                .saturating_add_signed(deltas.get(&slot).copied().unwrap_or(0))
+        })
+    }
+
     /// Slots holding a data key now (in memory).
     #[cfg(test)]
     pub fn live_slots(&self) -> Vec<u32> {
@@ -650,8 +677,8 @@ mod tests {
     use super::super::deliveries::{self, DELIVERIES, FETCHED};
     use super::super::tests::{blocks, take, tempdir};
     use super::super::{
-        block_place, compaction, forensics, AtRestConfig, DeliveryTerms, KeyStore, StoreError,
-        StoreKey, BLOCKS, PENDING, RX, TX,
+        block_place, forensics, AtRestConfig, DeliveryTerms, KeyStore, StoreError, StoreKey,
+        BLOCKS, PENDING, RX, TX,
     };
     use super::*;
 
@@ -732,18 +759,11 @@ mod tests {
                 );
             }
         }
-        // the slot index names exactly the live sealed records, each at its place
-        let index: std::collections::BTreeMap<(u32, u64), Vec<u8>> = txn
-            .open_table(compaction::SLOT_RECORDS)
-            .unwrap()
-            .iter()
-            .unwrap()
-            .map(|e| {
-                let (k, v) = e.unwrap();
-                (k.value(), v.value().to_vec())
-            })
-            .collect();
-        assert_eq!(index, indexed, "the slot index matches the tables");
+        // the slot index of every record's slot names it
+        for ((slot, _), place) in &indexed {
+            let members = store.slots.members(*slot).expect("a live slot");
+            assert!(members.covers(place), "slot {slot}'s index misses a record");
+        }
         let live = store.slots.live_slots();
         for slot in &named {
             assert!(

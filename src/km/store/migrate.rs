@@ -1,18 +1,15 @@
 //! At open: key records of a store written before sealing existed (tables of plain arrays)
-//! or while sealing was switched off (plain records) are sealed, and the live records of
-//! every key slot are counted.
+//! or while sealing was switched off (plain records) are sealed, and the slot index table of
+//! earlier versions (now kept in memory, [`super::slot_index`]) is dropped.
 //!
 //! Sealing a plain record at open protects it from then on, but the plain bytes it had stay
 //! in freed redb pages until redb reuses them: a store that ever held plain keys should be
 //! started afresh when that matters (see the README).
 
-use std::collections::HashMap;
-
 use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use zeroize::Zeroizing;
 
 use super::deliveries::{self, DELIVERIES, FETCHED};
-use super::sealing::Header;
 use super::{
     block_group, block_place, pending_group, Sealing, StoreError, BLOCKS, BLOCK_BYTES, PENDING,
 };
@@ -23,12 +20,17 @@ const OLD_PENDING: TableDefinition<(&str, u64), (u8, [u8; BLOCK_BYTES])> =
     TableDefinition::new("pending_owned");
 const OLD_DELIVERIES: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("deliveries");
 const OLD_FETCHED: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("delivery_fetched");
+/// The slot index of earlier versions: one entry per sealed record.
+const OLD_SLOT_RECORDS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("slot_records");
 
 /// Moves the tables of a store written before sealing into the sealed ones, and seals the
 /// plain records of a run with sealing off (when sealing is on now).
 pub(super) fn tables(txn: &WriteTransaction, seal: &mut Sealing) -> Result<(), StoreError> {
     let names: Vec<String> = txn.list_tables()?.map(|t| t.name().to_owned()).collect();
     let has = |name: &str| names.iter().any(|n| n == name);
+    if has(OLD_SLOT_RECORDS.name()) {
+        txn.delete_table(OLD_SLOT_RECORDS)?;
+    }
     let mut moved = 0usize;
     if has(OLD_BLOCKS.name()) {
         let old = txn.open_table(OLD_BLOCKS)?;
@@ -197,38 +199,4 @@ fn seal_plain(txn: &WriteTransaction, seal: &mut Sealing) -> Result<usize, Store
         sealed += found.len();
     }
     Ok(sealed)
-}
-
-/// Live records per key slot and the group of its records, counted in every table that
-/// holds key records.
-pub(super) fn count_slots(
-    txn: &WriteTransaction,
-) -> Result<HashMap<u32, (u64, String)>, StoreError> {
-    let mut counts: HashMap<u32, (u64, String)> = HashMap::new();
-    let mut count = |record: &[u8], group: &dyn Fn() -> String| -> Result<(), StoreError> {
-        if let Some(header) = Header::of(record)? {
-            counts.entry(header.slot).or_insert_with(|| (0, group())).0 += 1;
-        }
-        Ok(())
-    };
-    for entry in txn.open_table(BLOCKS)?.iter()? {
-        let (k, v) = entry?;
-        let (link, owner, _) = k.value();
-        count(v.value(), &|| block_group(link, owner))?;
-    }
-    for entry in txn.open_table(PENDING)?.iter()? {
-        let (k, v) = entry?;
-        count(v.value().1, &|| pending_group(k.value().0))?;
-    }
-    for entry in txn.open_table(DELIVERIES)?.iter()? {
-        count(deliveries::record_of(entry?.1.value()), &|| {
-            "deliveries/open".into()
-        })?;
-    }
-    for entry in txn.open_table(FETCHED)?.iter()? {
-        count(deliveries::record_of(&entry?.1.value()[8..]), &|| {
-            "fetched/open".into()
-        })?;
-    }
-    Ok(counts)
 }

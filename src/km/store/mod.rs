@@ -30,7 +30,7 @@
 //! (the peer's blocks, by number), `deliveries` (keys awaiting their slave SAE) and
 //! `transfers` (key transfers of an interworking node, and who may withdraw their keys).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +46,7 @@ mod migrate;
 mod peer_blocks;
 mod reservation;
 mod sealing;
+mod slot_index;
 mod transfers;
 pub use arrival::frame_owner;
 pub use deliveries::{now_ms as deliveries_now_ms, Delivery, DeliveryTerms};
@@ -164,9 +165,9 @@ pub(crate) struct Sealing {
     consumed: BTreeSet<u32>,
     /// This transaction's number (its deliveries get slots of their own).
     serial: u64,
-    /// Changes to the slot index ([`compaction::SLOT_RECORDS`]) by this transaction, by
-    /// (slot, record number): the place of a record sealed, `None` for one released.
-    index: BTreeMap<(u32, u64), Option<Vec<u8>>>,
+    /// The records this transaction sealed, by slot (added to the slot index after its
+    /// commit).
+    index: HashMap<u32, slot_index::Members>,
 }
 
 impl Sealing {
@@ -174,8 +175,11 @@ impl Sealing {
     fn seal(&mut self, group: &str, place: &[u8], bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
         let record = self.slots.seal(group, place, bytes, &mut self.deltas)?;
         if let Some(header) = sealing::Header::of(&record)? {
-            self.index
-                .insert((header.slot, header.counter()), Some(place.to_vec()));
+            let members = self.index.entry(header.slot).or_default();
+            if !members.add(place) {
+                // a place of no table: the slot's compaction could not find the record
+                return Err(StoreError::AtRest("a key record sealed at no place".into()));
+            }
         }
         Ok(record)
     }
@@ -189,9 +193,6 @@ impl Sealing {
     fn release(&mut self, record: &[u8]) -> Result<(), StoreError> {
         if let Some(slot) = self.slots.release(record, &mut self.deltas)? {
             self.consumed.insert(slot);
-            if let Some(header) = sealing::Header::of(record)? {
-                self.index.insert((slot, header.counter()), None);
-            }
         }
         Ok(())
     }
@@ -202,7 +203,7 @@ impl Sealing {
             deltas: Deltas::new(),
             consumed: BTreeSet::new(),
             serial: slots.serial(),
-            index: BTreeMap::new(),
+            index: HashMap::new(),
         }
     }
 }
@@ -291,12 +292,15 @@ impl KeyStore {
                 table.insert((link.as_str(), *which), *n)?;
             }
         }
-        let counts = migrate::count_slots(&txn)?;
-        // the slot index is rebuilt from the tables (also for a store written before it)
-        compaction::rebuild_index(&txn)?;
-        let partial = compaction::partly_consumed(&txn)?;
+        // the slots' records and where they are (the slot index), from the tables
+        let found = slot_index::scan(&txn)?;
         txn.commit()?;
-        let orphans = slots.recount(&counts);
+        let partial: Vec<u32> = found
+            .iter()
+            .filter(|(_, f)| f.partly_consumed())
+            .map(|(slot, _)| *slot)
+            .collect();
+        let orphans = slots.recount(found);
         // slots a crash left partly consumed are compacted at the first sweep
         slots.partly_consumed_at_open(partial);
         if orphans > 0 {
@@ -347,7 +351,6 @@ impl KeyStore {
         // they are destroyed after the commit; new slots are durable before it
         let value = match f(&mut txn).and_then(|value| {
             txn.compact(everything)?;
-            txn.write_index()?;
             self.slots.sync()?;
             Ok(value)
         }) {
@@ -366,7 +369,7 @@ impl KeyStore {
             return Err(e.into());
         }
         // after the commit: a slot whose last record this transaction removed is destroyed
-        self.slots.settle(Some(seal.deltas));
+        self.slots.settle(Some((seal.deltas, seal.index)));
         drop(writing);
         if added {
             self.arrived.notify_waiters();
