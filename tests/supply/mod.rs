@@ -3,16 +3,9 @@
 //! with 50; a relay that cannot arrive spends no link key; a demand the network cannot meet
 //! does not make the controller reinstall routes.
 //!
-//! The rate tests measure the supply and its flow control against the links' key rates.
-//! Those inside a domain run with every security function on (key store sealing, the audit
-//! log, accounting). The one across the domains runs with the per-key security costs
-//! (sealing, signed Kxi acknowledgements with their evidence, the audit log) switched off, as
-//! `cargo bench --bench km -- --variants` does for its baseline: with them on, its one
-//! client cannot pull keys across six hops as fast as the links make them on the 2-core
-//! machine, so the pools never drain and the test would measure the client, not the supply
-//! (each cross-domain hop signs its acknowledgement and keeps the signed original with an
-//! fsync at both gateways; the README's figures give what each function costs). The other
-//! tests run with everything on.
+//! The rate tests measure the supply and its flow control against the links' key rates, with
+//! every security function on (key store sealing, the audit log, accounting, signed Kxi
+//! acknowledgements with their evidence across the domains), as a deployment runs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -21,17 +14,7 @@ use std::time::Duration;
 use qkdni::etsi014::{ClientError, KeyRequest};
 use serde_json::{json, Value};
 
-use super::common::{topology, Bed};
-
-/// The topology `file` with the security functions whose cost is per key and per hop
-/// switched off (see the module docs).
-fn bed_without_per_key_costs(file: &str) -> Bed {
-    let mut text = std::fs::read_to_string(topology(file)).unwrap();
-    text.push_str(
-        "\n[km_key_store]\nencrypt = false\n[audit]\nenabled = false\n[nonrepudiation]\nsign = false\n",
-    );
-    Bed::up_text_controlled(&text)
-}
+use super::common::Bed;
 
 /// Bits of one key in these tests.
 const KEY_BITS: u32 = 256;
@@ -263,7 +246,7 @@ async fn fifty_clients_one_way_get_the_min_cut_with_multipath() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_way_supply_across_the_domains_keeps_the_path_rate_and_never_stalls() {
-    let bed = bed_without_per_key_costs("two-domain-gwn.toml");
+    let bed = Bed::up("two-domain-gwn.toml");
     bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 64)
         .await;
     bed.wait_path(&["a1", "a3", "ga2", "gb2", "b3", "b1"], 64)
