@@ -45,6 +45,16 @@ pub type Refuse = Arc<dyn Fn(StatusCode, &'static str, String) -> Response + Sen
 /// messages of the reference point. Arguments: method, path, body.
 pub type Classify = fn(&Method, &str, &[u8]) -> Option<String>;
 
+/// Whether a classified request may come unsigned (from a third-party client of the
+/// standard, which knows no signatures): it is checked when signed, and its `200` answer — an
+/// acknowledgement given inline — is signed and kept all the same. Arguments: method, path.
+pub type Lenient = fn(&Method, &str) -> bool;
+
+/// For reference points whose classified requests must all be signed.
+pub fn never_lenient(_: &Method, _: &str) -> bool {
+    false
+}
+
 /// The peer domain of a TLS identity allowed at a reference point.
 pub type PeerOf = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -59,6 +69,7 @@ pub struct ServerPoint {
     /// `cxi`, `mxi`, `kxi`.
     pub point: &'static str,
     pub classify: Classify,
+    pub lenient: Lenient,
     /// The peer domain of a TLS identity allowed at this point; `None`: the request goes on
     /// unchecked, for the handler to refuse as a stranger's.
     pub peer_of: PeerOf,
@@ -101,60 +112,42 @@ pub async fn verify_and_sign(
         return next.run(Request::from_parts(parts, Body::from(body))).await;
     };
     let line = request_line(&method, &path);
-    let Some(signature) = signature else {
-        tracing::warn!(point = point.point, %identity, %line, "unsigned message refused");
-        return (point.refuse)(
-            StatusCode::UNAUTHORIZED,
-            "signature-missing",
-            format!("{line} from {identity}: no {HEADER} header (messages must be signed)"),
-        );
-    };
-    let cose = match b64().decode(signature.as_bytes()) {
-        Ok(cose) => cose,
-        Err(error) => {
+    let received = match signature {
+        Some(signature) => {
+            match verify_and_keep(
+                &point, &identity, &peer, &agreement, line, &body, &signature,
+            )
+            .await
+            {
+                Ok(received) => Some(received),
+                Err(refused) => return refused,
+            }
+        }
+        None if (point.lenient)(&method, &path) => None,
+        None => {
+            tracing::warn!(point = point.point, %identity, %line, "unsigned message refused");
             return (point.refuse)(
                 StatusCode::UNAUTHORIZED,
-                "bad-signature",
-                format!("{line} from {identity}: {HEADER} is not base64url: {error}"),
-            )
+                "signature-missing",
+                format!("{line} from {identity}: no {HEADER} header (messages must be signed)"),
+            );
         }
     };
-    let verified = match notary.check(&cose, &body, &identity, &line) {
-        Ok(verified) => verified,
-        Err(error) => {
-            tracing::warn!(point = point.point, %identity, %line, %error, "signature refused");
-            let (status, kind) = match error {
-                NrError::SignerMismatch { .. } => (StatusCode::FORBIDDEN, "signer-mismatch"),
-                _ => (StatusCode::UNAUTHORIZED, "bad-signature"),
-            };
-            return (point.refuse)(status, kind, format!("{line} from {identity}: {error}"));
-        }
-    };
-    let kept = notary
-        .keep(NewRecord {
-            point: point.point,
-            agreement: agreement.clone(),
-            peer: peer.clone(),
-            direction: Direction::Received,
-            signer: verified.signer.clone(),
-            msg: line,
-            body: body.to_vec(),
-            cose: cose.clone(),
-        })
-        .await;
-    if let Err(error) = kept {
-        return unavailable(error);
-    }
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     let status = response.status().as_u16();
+    if received.is_none() && status != 200 {
+        // an unsigned request of a lenient path: only an inline acknowledgement is signed
+        return response;
+    }
     let (mut parts, body) = response.into_parts();
     let body = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(body) => body,
         Err(error) => return unavailable(NrError::Store(error.to_string())),
     };
     let line = answer_line(status, &method, &path);
+    let re = received.as_ref().map(|(cose, _)| cose.as_slice());
     let signed = match notary
-        .sign_and_keep(point.point, &agreement, &peer, &line, &body, Some(&cose))
+        .sign_and_keep(point.point, &agreement, &peer, &line, &body, re)
         .await
     {
         Ok(signed) => signed,
@@ -163,8 +156,56 @@ pub async fn verify_and_sign(
     if let Some(signed) = signed {
         parts.headers.insert(HEADER, signed);
     }
-    parts.extensions.insert(VerifiedSigner(verified.signer));
+    if let Some((_, signer)) = received {
+        parts.extensions.insert(VerifiedSigner(signer));
+    }
     Response::from_parts(parts, Body::from(body))
+}
+
+/// Checks the signature of a request (`line`, `body`) from `identity` and keeps it: the
+/// COSE_Sign1 and its verified signer, or the refusal to answer.
+async fn verify_and_keep(
+    point: &ServerPoint,
+    identity: &str,
+    peer: &str,
+    agreement: &str,
+    line: String,
+    body: &[u8],
+    signature: &HeaderValue,
+) -> Result<(Vec<u8>, String), Response> {
+    let cose = b64().decode(signature.as_bytes()).map_err(|error| {
+        (point.refuse)(
+            StatusCode::UNAUTHORIZED,
+            "bad-signature",
+            format!("{line} from {identity}: {HEADER} is not base64url: {error}"),
+        )
+    })?;
+    let verified = point
+        .notary
+        .check(&cose, body, identity, &line)
+        .map_err(|error| {
+            tracing::warn!(point = point.point, %identity, %line, %error, "signature refused");
+            let (status, kind) = match error {
+                NrError::SignerMismatch { .. } => (StatusCode::FORBIDDEN, "signer-mismatch"),
+                _ => (StatusCode::UNAUTHORIZED, "bad-signature"),
+            };
+            (point.refuse)(status, kind, format!("{line} from {identity}: {error}"))
+        })?;
+    point
+        .notary
+        .keep(NewRecord {
+            point: point.point,
+            agreement: agreement.to_owned(),
+            peer: peer.to_owned(),
+            direction: Direction::Received,
+            signer: verified.signer.clone(),
+            msg: line,
+            body: body.to_vec(),
+            cose: cose.clone(),
+        })
+        .await
+        .map_err(unavailable)?;
+    Ok((cose, verified.signer))
 }
 
 /// The daemon could not sign or keep evidence: nothing is answered that it cannot prove.

@@ -219,10 +219,19 @@ fn classify(_: &axum::http::Method, path: &str, _: &[u8]) -> Option<String> {
 
 /// A server behind the middleware whose handler counts what reaches it.
 fn server(notary: Arc<Notary>, reached: Arc<std::sync::atomic::AtomicUsize>) -> axum::Router {
+    server_with(notary, reached, crate::nonrepudiation::http::never_lenient)
+}
+
+fn server_with(
+    notary: Arc<Notary>,
+    reached: Arc<std::sync::atomic::AtomicUsize>,
+    lenient: crate::nonrepudiation::http::Lenient,
+) -> axum::Router {
     let point = Arc::new(ServerPoint {
         notary,
         point: "cxi",
         classify,
+        lenient,
         peer_of: Arc::new(|identity: &str| {
             identity.strip_prefix("controller-A@").map(str::to_owned)
         }),
@@ -257,6 +266,59 @@ fn request(signature: Option<Vec<u8>>) -> Request<Body> {
 }
 
 use base64::Engine;
+
+#[tokio::test]
+async fn a_lenient_path_takes_unsigned_requests_and_signs_its_inline_acknowledgement() {
+    let pki = pki("lenient");
+    let b = Arc::new(pki.notary(
+        &pki.party("b", "controller-B", "B"),
+        Some(&pki.dir.join("evidence-b")),
+    ));
+    let a = pki.notary(&pki.party("a", "controller-A", "A"), None);
+    let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = server_with(b.clone(), reached.clone(), |_, _| true);
+    // unsigned (a third-party client of the standard): handled, its 200 answer signed by B
+    let answer = app.clone().oneshot(request(None)).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let signature = answer.headers().get(HEADER).expect("signed").clone();
+    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let cose = evidence::b64().decode(signature.as_bytes()).unwrap();
+    let path = COMMIT.strip_prefix("POST ").unwrap();
+    let verified = a
+        .check(
+            &cose,
+            &body,
+            "controller-B@B",
+            &http::answer_line(200, &axum::http::Method::POST, path),
+        )
+        .unwrap();
+    assert!(verified.re.is_none(), "it answers no signed request");
+    // a signature that does not verify is still refused: lenient is not blind
+    let intruder = Signer::of(&pki.party("c", "controller-A", "A")).unwrap();
+    let forged = intruder.sign(b"", COMMIT, None).unwrap();
+    let answer = app.clone().oneshot(request(Some(forged))).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // B kept what it signed
+    let mut out = Vec::new();
+    assert_eq!(
+        report::verify(&pki.dir.join("evidence-b"), &mut out).unwrap(),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let mut shown = Vec::new();
+    report::show(&pki.dir.join("evidence-b"), &mut shown).unwrap();
+    assert!(
+        String::from_utf8(shown)
+            .unwrap()
+            .contains("answer to commit (200)"),
+        "the inline answer is kept"
+    );
+}
 
 #[tokio::test]
 async fn the_server_step_refuses_before_the_handler_and_keeps_and_signs() {

@@ -145,19 +145,27 @@ async fn the_transfer_link_speaks_etsi_020_to_plain_bodies_and_voids_withdraw_ke
         .await
         .unwrap();
     assert_eq!(accepted.status(), 200);
+    assert!(
+        accepted.headers().contains_key("qkdni-signature"),
+        "the inline acknowledgement is signed"
+    );
     assert_eq!(waiting(&bed, "b1").await, before + 1);
 
     // a void: the waiting key is withdrawn from b1, the fetched ones failed to void
     let void = |key_ids: &[String]| json!({"key_ids": key_ids, "initiator_sae_id": "sae-a1-1", "target_sae_ids": ["sae-b1-1"]});
-    let answer: Value = km_a
+    let voided = km_a
         .post(format!("{km_b}/kmapi/v1/ext_keys/void"))
         .json(&void(&ids2))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    // an unsigned void of a third-party client: its acknowledgement, given inline, is signed
+    assert!(
+        voided.headers().contains_key("qkdni-signature"),
+        "{:?}",
+        voided.headers()
+    );
+    let answer: Value = voided.json().await.unwrap();
     assert_eq!(answer[0]["ack_status"], "voided", "{answer:#}");
     assert_eq!(waiting(&bed, "b1").await, before);
     assert!(bed

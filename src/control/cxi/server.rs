@@ -183,6 +183,7 @@ fn signing(endpoint: &Endpoint) -> Arc<ServerPoint> {
         notary,
         point: "cxi",
         classify: crate::control::cxi::agreement,
+        lenient: crate::nonrepudiation::http::never_lenient,
         peer_of: Arc::new(move |identity: &str| peers.peer_domain(identity)),
         refuse: Arc::new(move |status, kind, detail| {
             refusals.rejected(detail.clone());

@@ -20,8 +20,9 @@ use uuid::Uuid;
 
 use super::messages::{
     extension_error, extension_of, member, sae_ids_error, unsupported_mandatory, AckContainer,
-    AckExtension, AckStatus, ExtKeyContainer, KeyIdEntry, RelayExtension, RelayStatus, AUTH_HEADER,
-    EXT_ACK, EXT_PAD, EXT_RELAY, MAX_ITEMS, MAX_URL,
+    AckExtension, AckStatus, ExtKeyContainer, KeyIdEntry, RelayExtension, RelayStatus,
+    VoidContainer, VoidExtension, AUTH_HEADER, EXT_ACK, EXT_PAD, EXT_RELAY, EXT_VOID, MAX_ITEMS,
+    MAX_URL,
 };
 use super::problem::{Kind, Problem};
 use super::server::kxi_peer;
@@ -281,6 +282,36 @@ pub fn ack_agreement(acks: &[AckContainer]) -> String {
                 .map(|k| format!("keys {}", k.key_id))
         })
         .unwrap_or_else(|| "acks".into())
+}
+
+/// The agreement a void belongs to: `relay <id>` when it names its relay, else `keys <first
+/// key id>` (`void all` when it names none).
+pub fn void_agreement(body: &[u8]) -> String {
+    let Ok(void) = serde_json::from_slice::<VoidContainer>(body) else {
+        return "void (unreadable)".into();
+    };
+    let named: Option<VoidExtension> =
+        member(void.extension.as_ref(), EXT_VOID).unwrap_or_default();
+    match (named, void.key_ids.first()) {
+        (Some(e), _) => format!("relay {}", e.relay_id),
+        (None, Some(key_id)) => format!("keys {key_id}"),
+        (None, None) => "void all".into(),
+    }
+}
+
+/// The agreement an offer (`ext_key_container`) belongs to: `relay <id>` of its relay
+/// extension, else `keys <first key id>`.
+pub fn offer_agreement(body: &[u8]) -> String {
+    let Ok(offer) = serde_json::from_slice::<ExtKeyContainer>(body) else {
+        return "offer (unreadable)".into();
+    };
+    let named: Option<RelayExtension> =
+        member(offer.extension_mandatory.as_ref(), EXT_RELAY).unwrap_or_default();
+    match (named, offer.keys.first()) {
+        (Some(e), _) => format!("relay {}", e.relay_id),
+        (None, Some(key)) => format!("keys {}", key.key_id),
+        (None, None) => "offer".into(),
+    }
 }
 
 /// The signing of acknowledgements sent to the peer of `link` ([`crate::nonrepudiation`]).

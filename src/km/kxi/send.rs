@@ -229,23 +229,35 @@ pub(super) fn void_container(
 }
 
 /// Voids keys at the peer (synchronous mode); the status it answers, `None` if it did not.
+/// The void is signed by this KM and its answer (the peer's acknowledgement, given inline)
+/// must be signed by the peer: both are kept as evidence.
 pub(super) async fn void(
     agent: &Agent,
     link: &LinkConfig,
     container: &VoidContainer,
 ) -> Option<AckStatus> {
-    let response = agent
-        .client_for(link)
+    let client = agent.client_for(link);
+    let request = client
         .post(format!("{}/kmapi/v1/ext_keys/void", link.peer_kma))
         .timeout(SETTLE_TIMEOUT)
         .json(container)
-        .send()
-        .await
+        .build()
         .ok()?;
-    if response.status() != reqwest::StatusCode::OK {
+    let agreement = super::ext_keys::void_agreement(request.body()?.as_bytes()?);
+    let answer = match super::ext_keys::ack_signing(agent, link)
+        .send(client, request, &agreement)
+        .await
+    {
+        Ok(answer) => answer,
+        Err(error) => {
+            tracing::warn!(link = %link.id, %error, "void not answered");
+            return None;
+        }
+    };
+    if answer.status != 200 {
         return None;
     }
-    let acks: Vec<AckContainer> = response.json().await.ok()?;
+    let acks: Vec<AckContainer> = serde_json::from_slice(&answer.body).ok()?;
     // the worst answer stands for the whole void
     let statuses: Vec<AckStatus> = acks.iter().map(|a| a.ack_status).collect();
     if statuses.contains(&AckStatus::FailedToVoid) {

@@ -44,7 +44,9 @@ pub fn router(agent: Arc<Agent>) -> Router {
 
 /// The signature step of acknowledgements ([`crate::nonrepudiation::http`]): an
 /// acknowledgement posted to this KM must be signed by the peer KM that sends it, or it is
-/// refused with the standard's `unauthorized` problem.
+/// refused with the standard's `unauthorized` problem; the acknowledgements this KM answers
+/// inline (an offer without `ack_callback_url`, a void) are signed by it, and a signed void
+/// is checked and kept.
 fn ack_signatures(agent: &Arc<Agent>) -> Arc<crate::nonrepudiation::http::ServerPoint> {
     let notary = crate::nonrepudiation::for_tls(&agent.config.tls).unwrap_or_else(|error| {
         tracing::error!(%error, "Kxi: no signing key; every acknowledgement is refused");
@@ -55,12 +57,23 @@ fn ack_signatures(agent: &Arc<Agent>) -> Arc<crate::nonrepudiation::http::Server
         notary,
         point: "kxi",
         classify: |method, path, body| {
-            (method == axum::http::Method::POST && path == "/kmapi/v1/ext_keys/ack").then(|| {
-                serde_json::from_slice::<Vec<AckContainer>>(body)
-                    .map(|acks| super::ext_keys::ack_agreement(&acks))
-                    .unwrap_or_else(|_| "acks (unreadable)".into())
-            })
+            if method != axum::http::Method::POST {
+                return None;
+            }
+            match path {
+                "/kmapi/v1/ext_keys/ack" => Some(
+                    serde_json::from_slice::<Vec<AckContainer>>(body)
+                        .map(|acks| super::ext_keys::ack_agreement(&acks))
+                        .unwrap_or_else(|_| "acks (unreadable)".into()),
+                ),
+                "/kmapi/v1/ext_keys/void" => Some(super::ext_keys::void_agreement(body)),
+                "/kmapi/v1/ext_keys" => Some(super::ext_keys::offer_agreement(body)),
+                _ => None,
+            }
         },
+        // third-party clients of ETSI GS QKD 020 send offers and voids unsigned (qkdni's
+        // own KMs sign their voids): their inline acknowledgements are signed all the same
+        lenient: |_, path| path != "/kmapi/v1/ext_keys/ack",
         peer_of: Arc::new(move |identity: &str| {
             links
                 .iter()

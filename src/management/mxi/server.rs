@@ -105,6 +105,7 @@ fn signing(manager: &Arc<Manager>) -> Arc<crate::nonrepudiation::http::ServerPoi
         notary,
         point: "mxi",
         classify: agreement,
+        lenient: crate::nonrepudiation::http::never_lenient,
         peer_of: Arc::new(move |identity: &str| {
             (identity == foreign_identity(&peer.manager_name, &peer.domain))
                 .then(|| peer.domain.clone())
