@@ -2,7 +2,8 @@
 //! after an application of A takes keys and its peer in B fetches them, both managers
 //! report the period reconciled and the KMs' records of A and B agree key for key; a
 //! forged usage summary (posted with A's manager certificate) raises B's accounting alarm;
-//! the CSV exports read back as the JSON ones.
+//! the CSV exports read back as the JSON ones. The same across an interworking node (IWN
+//! testbed): its KM-A's transfers out and its KM-B's transfers in are the keys supplied.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -96,42 +97,75 @@ async fn key_ids(bed: &Bed, node: &str, kind: &str) -> BTreeSet<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn usage_reconciles_key_for_key_and_a_forged_summary_raises_the_alarm() {
-    let text = std::fs::read_to_string(topology("two-domain-gwn.toml")).unwrap()
+/// The testbed `file` with 2 s accounting periods.
+fn bed_with_periods(file: &str) -> Bed {
+    let text = std::fs::read_to_string(topology(file)).unwrap()
         + "\n[km_accounting]\nperiod_seconds = 2\n";
-    let bed = Bed::up_text_controlled(&text);
-    bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 64)
-        .await;
-    bed.wait_path(&["a1", "a3", "ga2", "gb2", "b3", "b1"], 64)
-        .await;
-    // an application of A takes keys for its peer in B, which fetches them (and one again)
+    Bed::up_text_controlled(&text)
+}
+
+/// An application of A takes 4 keys for its peer in B, which fetches them; both managers
+/// reconcile the period once it is closed in both domains, and the records of a1 and b1
+/// agree key for key. Returns the key IDs and A's reconciled period.
+async fn a_delivery_reconciles(bed: &Bed) -> (BTreeSet<String>, Value) {
     let ids: BTreeSet<String> = bed
         .deliver("sae-a1-1", "sae-b1-1", 4)
         .await
         .into_iter()
         .collect();
-
-    // both managers reconcile the period once it is closed in both domains
     let reconciled = |p: &Value| {
         p["state"] == "reconciled" && (p["outbound_keys"] == 4 || p["inbound_keys"] == 4)
     };
-    let at_a = wait_period(&bed, "A", "reconciled period", reconciled).await;
-    let at_b = wait_period(&bed, "B", "reconciled period", reconciled).await;
+    let at_a = wait_period(bed, "A", "reconciled period", reconciled).await;
+    let at_b = wait_period(bed, "B", "reconciled period", reconciled).await;
     assert_eq!(at_a["period_start_ms"], at_b["period_start_ms"]);
     assert_eq!(
         (&at_a["outbound_keys"], &at_b["inbound_keys"]),
         (&4.into(), &4.into())
     );
-
     // key for key: what a1 supplied is what b1 received and handed to its SAE
-    assert_eq!(key_ids(&bed, "a1", "supplied").await, ids);
-    assert_eq!(key_ids(&bed, "b1", "received").await, ids);
-    assert_eq!(key_ids(&bed, "b1", "delivered").await, ids);
+    assert_eq!(key_ids(bed, "a1", "supplied").await, ids);
+    assert_eq!(key_ids(bed, "b1", "received").await, ids);
+    assert_eq!(key_ids(bed, "b1", "delivered").await, ids);
+    (ids, at_a)
+}
+
+/// The key IDs of the records of `kind` of all `nodes` together.
+async fn key_ids_of(bed: &Bed, nodes: &[&str], kind: &str) -> BTreeSet<String> {
+    let mut all = BTreeSet::new();
+    for node in nodes {
+        all.extend(key_ids(bed, node, kind).await);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_reconciles_across_an_interworking_node_key_for_key() {
+    let bed = bed_with_periods("two-domain-iwn.toml");
+    bed.wait_path(&["a1", "a2", "iwn1-a", "iwn1-b", "b2", "b1"], 64)
+        .await;
+    let (ids, _) = a_delivery_reconciles(&bed).await;
+    // the interworking node's KM-A transferred them to its KM-B (Kxi-1'), each its share
+    assert_eq!(
+        key_ids_of(&bed, &["iwn1-a", "iwn2-a"], "transferred-out").await,
+        ids
+    );
+    assert_eq!(
+        key_ids_of(&bed, &["iwn1-b", "iwn2-b"], "transferred-in").await,
+        ids
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_reconciles_key_for_key_and_a_forged_summary_raises_the_alarm() {
+    let bed = bed_with_periods("two-domain-gwn.toml");
+    bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 64)
+        .await;
+    bed.wait_path(&["a1", "a3", "ga2", "gb2", "b3", "b1"], 64)
+        .await;
+    let (ids, at_a) = a_delivery_reconciles(&bed).await;
     // the gateways relayed them across the Qx links (each its share)
-    let mut relayed = key_ids(&bed, "ga1", "relayed").await;
-    relayed.extend(key_ids(&bed, "ga2", "relayed").await);
-    assert_eq!(relayed, ids);
+    assert_eq!(key_ids_of(&bed, &["ga1", "ga2"], "relayed").await, ids);
 
     // the CSV exports read back as the JSON ones (KM records, the manager's usage)
     let json: Value = km_accounting(&bed, "b1", "?format=json")
