@@ -272,3 +272,24 @@ async fn operators_configure_interworking_through_the_manager() {
     let persisted = std::fs::read_to_string(manager_dir.with_file_name("running.xml")).unwrap();
     assert!(!persisted.contains("<name>B</name>"), "{persisted}");
 }
+
+#[test]
+fn ncclient_configures_interworking_through_the_manager() {
+    let Some(python) = crate::common::interop_python("ncclient") else {
+        return;
+    };
+    let bed = Bed::up(TOPOLOGY);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/manager_ncclient.py");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg(bed.dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["failed"], serde_json::json!([]), "{stderr}");
+    assert_eq!(summary["controller_provisioned"], true, "{stderr}");
+}
