@@ -475,6 +475,43 @@ async fn undelivered_keys_expire_and_are_never_handed_out() {
         other => panic!("an expired key must not be handed out: {other:?}"),
     }
     assert!(bed.log("l2").contains("undelivered keys expired"));
+    // accounting: the fetched key was delivered, the other expired (nothing to charge)
+    let tls = bed.endpoints.operator_tls_at("l2");
+    let client = qkdni::tls::https_client(&tls, Duration::from_secs(10)).unwrap();
+    let kma = &bed.endpoints.node("l2").unwrap().kma;
+    let kinds = || async {
+        let body: serde_json::Value = client
+            .get(format!("{kma}/admin/v1/accounting"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids_of = |kind: &str| -> Vec<String> {
+            body["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["kind"] == kind)
+                .flat_map(|r| {
+                    let ids = r["key_ids"].as_str().unwrap().split(' ');
+                    ids.map(str::to_owned).collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        (ids_of("delivered"), ids_of("expired"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (delivered, expired) = kinds().await;
+        if expired == ids[1..] {
+            assert_eq!(delivered, ids[..1]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no expired record: {expired:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// A NETCONF channel as `login`, for raw bytes.

@@ -87,6 +87,9 @@ pub enum Kind {
     TransferredOut,
     /// Keys this interworking node's KM took over from the other QKDN's KM.
     TransferredIn,
+    /// Keys that arrived at this KM for a slave SAE of this KM and were erased unfetched
+    /// when their time ran out (`received` and never `delivered`: nothing to charge).
+    Expired,
 }
 
 impl Kind {
@@ -99,6 +102,7 @@ impl Kind {
             Kind::Relayed => "relayed",
             Kind::TransferredOut => "transferred-out",
             Kind::TransferredIn => "transferred-in",
+            Kind::Expired => "expired",
         }
     }
 
@@ -111,6 +115,7 @@ impl Kind {
             Kind::Relayed,
             Kind::TransferredOut,
             Kind::TransferredIn,
+            Kind::Expired,
         ]
         .into_iter()
         .find(|k| k.name() == name)
@@ -494,6 +499,31 @@ pub async fn delivered(agent: &Agent, slave: &str, master: &str, bits: u32, ids:
         None,
     )
     .await
+}
+
+/// Keys of `master` for `slave` erased unfetched when their time ran out (grouped by pair
+/// and size from what the store's sweep erased).
+pub async fn expired(agent: &Agent, keys: &[crate::km::store::ExpiredKey]) {
+    let mut groups: BTreeMap<(&str, &str, u32), Vec<Uuid>> = BTreeMap::new();
+    for key in keys {
+        groups
+            .entry((&key.slave_sae, &key.master_sae, key.key_bits))
+            .or_default()
+            .push(key.key_id);
+    }
+    for ((slave, master, bits), ids) in groups {
+        note(
+            agent,
+            Kind::Expired,
+            master,
+            &[slave.to_owned()],
+            true,
+            bits,
+            &ids,
+            None,
+        )
+        .await
+    }
 }
 
 /// Keys `ids` of `master` for `slaves` relayed on over `links`.

@@ -67,19 +67,21 @@ pub async fn sweep(agent: Arc<Agent>) {
                 .store
                 .run(move |s| {
                     if !s.deliveries_due(now)? {
-                        return Ok(0);
+                        return Ok(Vec::new());
                     }
                     s.write(|txn| txn.expire_deliveries(now, BATCH))
                 })
                 .await;
             match erased {
-                Ok(0) => break,
-                Ok(n) => {
+                Ok(keys) if keys.is_empty() => break,
+                Ok(keys) => {
+                    let n = keys.len();
                     agent
                         .counters
                         .keys_expired
                         .fetch_add(n as u64, Ordering::Relaxed);
                     tracing::info!(keys = n, "undelivered keys expired and erased");
+                    crate::km::accounting::expired(&agent, &keys).await;
                     if n < BATCH {
                         break;
                     }

@@ -396,8 +396,13 @@ impl Txn {
         Ok(super::Withdrawn::Absent)
     }
 
-    /// Erases up to `max` keys whose deadline is at or before `now_ms`; returns how many.
-    pub fn expire_deliveries(&mut self, now_ms: u64, max: usize) -> Result<usize, StoreError> {
+    /// Erases up to `max` keys whose deadline is at or before `now_ms` (their slave SAE did
+    /// not fetch them in time); returns which.
+    pub fn expire_deliveries(
+        &mut self,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<ExpiredKey>, StoreError> {
         let mut tables = Tables::open(&self.txn, &mut self.seal)?;
         let due = up_to(&tables.queue, now_ms, max)?;
         // fetched keys at the end of their refetch window go too (not counted: delivered)
@@ -412,10 +417,15 @@ impl Txn {
                 tables.seal.release(record_of(&value[8..]))?;
             }
         }
-        let mut erased = 0;
+        let mut erased = Vec::new();
         for (deadline, id, slave) in &due {
-            if tables.remove(*id, slave)?.is_some() {
-                erased += 1;
+            if let Some((value, _)) = tables.remove(*id, slave)? {
+                erased.push(ExpiredKey {
+                    key_id: Uuid::from_u128(*id),
+                    slave_sae: slave.clone(),
+                    master_sae: master_of(&value).to_owned(),
+                    key_bits: sealing::content_len(record_of(&value))? as u32 * 8,
+                });
             } else {
                 // a deadline whose key is gone (not expected): forget it all the same
                 tables.queue.remove((*deadline, *id, slave.as_str()))?;
@@ -424,6 +434,16 @@ impl Txn {
         }
         Ok(erased)
     }
+}
+
+/// A key erased because its slave SAE did not fetch it in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredKey {
+    pub key_id: Uuid,
+    pub slave_sae: String,
+    pub master_sae: String,
+    /// Its size.
+    pub key_bits: u32,
 }
 
 #[cfg(test)]
@@ -486,8 +506,13 @@ mod tests {
         assert!(matches!(refused, Err(StoreError::ExpiredKey(id)) if id == k1));
         assert_eq!(store.pair_waiting("s2", "s1").unwrap(), 2);
         // the sweep erases the expired key only
-        assert_eq!(store.write(|t| t.expire_deliveries(999, 10)).unwrap(), 0);
-        assert_eq!(store.write(|t| t.expire_deliveries(1_000, 10)).unwrap(), 1);
+        assert_eq!(
+            store.write(|t| t.expire_deliveries(999, 10)).unwrap().len(),
+            0
+        );
+        let expired = store.write(|t| t.expire_deliveries(1_000, 10)).unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].key_bits, 8 * 32, "{expired:?}");
         assert_eq!(store.pair_waiting("s2", "s1").unwrap(), 1);
         assert!(matches!(
             store.write(|t| t.take_deliveries("s2", "s1", &[k1], 0, 0)),
@@ -498,7 +523,10 @@ mod tests {
             .unwrap();
         assert_eq!(got[0].key.as_slice(), &[2; 32]);
         assert_eq!(
-            store.write(|t| t.expire_deliveries(u64::MAX, 10)).unwrap(),
+            store
+                .write(|t| t.expire_deliveries(u64::MAX, 10))
+                .unwrap()
+                .len(),
             0
         );
     }
@@ -568,7 +596,13 @@ mod tests {
             .write(|t| t.take_deliveries("s2", "s1", &[k1], 1_100, 0))
             .is_err());
         assert!(store.deliveries_due(1_100).unwrap());
-        assert_eq!(store.write(|t| t.expire_deliveries(1_100, 10)).unwrap(), 0);
+        assert_eq!(
+            store
+                .write(|t| t.expire_deliveries(1_100, 10))
+                .unwrap()
+                .len(),
+            0
+        );
         assert!(!store.deliveries_due(1_100).unwrap());
         // no window: fetched once and gone
         store

@@ -49,7 +49,7 @@ mod sealing;
 mod slot_index;
 mod transfers;
 pub use arrival::frame_owner;
-pub use deliveries::{now_ms as deliveries_now_ms, Delivery, DeliveryTerms};
+pub use deliveries::{now_ms as deliveries_now_ms, Delivery, DeliveryTerms, ExpiredKey};
 pub use key_slots::{slot_path, COMPACT_AFTER};
 use key_slots::{Deltas, Rotation, Slots};
 pub use reservation::Reservation;

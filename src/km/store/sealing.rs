@@ -240,6 +240,14 @@ pub(super) fn counter_nonce(n: u64) -> [u8; NONCE_LEN] {
     nonce
 }
 
+/// How many bytes `record` holds (plain or sealed), without opening it.
+pub(super) fn content_len(record: &[u8]) -> Result<usize, StoreError> {
+    Ok(match Header::of(record)? {
+        None => record.len() - 1,
+        Some(_) => record.len() - HEADER_BYTES - TAG_BYTES,
+    })
+}
+
 /// A plain record of `bytes`.
 pub(super) fn plain(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + bytes.len());
