@@ -81,6 +81,7 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), AgentError> {
     )));
 
     tasks.push(tokio::spawn(crate::km::ksa::expiry::sweep(agent.clone())));
+    tasks.push(tokio::spawn(crate::km::accounting::prune(agent.clone())));
     tasks.push(tokio::spawn(compact_key_slots(agent.clone())));
     tasks.push(tokio::spawn(crate::km::local_control::run(agent.clone())));
     if let Some(speaker) = &agent.config.interworking {

@@ -47,10 +47,17 @@ pub struct AccountingConfig {
     /// Length of a summary period, seconds (3600: one hour).
     #[serde(default = "default_period")]
     pub period_seconds: u64,
-    /// How many periods back the summaries (YANG state, manager) cover. Records are kept
-    /// whatever their age: the admin API serves them all.
+    /// How many periods back the summaries (YANG state, manager) cover.
     #[serde(default = "default_retention")]
     pub retention_periods: u64,
+    /// How long records are kept, days (the admin API serves them until then; a billing
+    /// system exports them before); 0 keeps them forever. At least the summaries' window.
+    #[serde(default = "default_keep_days")]
+    pub keep_records_days: u64,
+}
+
+fn default_keep_days() -> u64 {
+    90
 }
 
 fn default_period() -> u64 {
@@ -66,6 +73,7 @@ impl Default for AccountingConfig {
         Self {
             period_seconds: default_period(),
             retention_periods: default_retention(),
+            keep_records_days: default_keep_days(),
         }
     }
 }
@@ -331,6 +339,36 @@ impl Accounting {
         self.writer.write(records)
     }
 
+    /// Removes the records older than `keep_records_days` at `now` (never those the
+    /// summaries' window still reads), at most `max` of them; returns how many (blocking).
+    pub fn prune(&self, now: u64, max: usize) -> Result<usize, AccountingError> {
+        let days = self.config.keep_records_days;
+        if days == 0 {
+            return Ok(0);
+        }
+        let window = self
+            .period_ms()
+            .saturating_mul(self.config.retention_periods.saturating_add(1))
+            .saturating_add(CLOCK_SLACK_MS);
+        let keep = days.saturating_mul(86_400_000).max(window);
+        let before = now.saturating_sub(keep);
+        let txn = self.writer.db.begin_write()?;
+        let pruned = {
+            let mut table = txn.open_table(RECORDS)?;
+            let old: Vec<(u64, u64)> = table
+                .range(..(before, 0))?
+                .take(max)
+                .map(|e| e.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()?;
+            for key in &old {
+                table.remove(key)?;
+            }
+            old.len()
+        };
+        txn.commit()?;
+        Ok(pruned)
+    }
+
     /// The records of `since..until` (Unix ms, by their time), oldest first (blocking).
     pub fn records(&self, since: u64, until: u64) -> Result<Vec<Record>, AccountingError> {
         let txn = self.writer.db.begin_read()?;
@@ -403,6 +441,38 @@ impl Accounting {
         settled.through_ms = settled.through_ms.max(settled_before);
         out.extend(fresh);
         Ok((out, closed))
+    }
+}
+
+/// Prunes records older than `[accounting] keep_records_days` every so often.
+pub async fn prune(agent: std::sync::Arc<Agent>) {
+    const BATCH: usize = 10_000;
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(600));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        loop {
+            let agent2 = agent.clone();
+            let pruned =
+                tokio::task::spawn_blocking(move || agent2.accounting.prune(now_ms(), BATCH)).await;
+            match pruned {
+                Ok(Ok(n)) if n > 0 => {
+                    tracing::info!(records = n, "accounting records past their keeping pruned");
+                    if n < BATCH {
+                        break;
+                    }
+                }
+                Ok(Ok(_)) => break,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "accounting records not pruned");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accounting pruning task");
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -634,6 +704,7 @@ mod tests {
         let config = AccountingConfig {
             period_seconds: 60,
             retention_periods: 10,
+            keep_records_days: 0,
         };
         let accounting = Accounting::open(&dir.join("a.redb"), config).unwrap();
         let (period, ttl) = (60_000u64, 30_000u64);
@@ -704,8 +775,50 @@ mod tests {
     }
 
     #[test]
+    fn records_past_their_keeping_are_pruned_and_no_others() {
+        let dir = std::env::temp_dir().join(format!("qkdni-acct-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = AccountingConfig {
+            period_seconds: 3600,
+            retention_periods: 24,
+            keep_records_days: 2,
+        };
+        let accounting = Accounting::open(&dir.join("a.redb"), config).unwrap();
+        let day = 86_400_000u64;
+        let now = 1_800_000_000_000u64;
+        // one record a day for ten days, the last one now
+        for d in 0..10 {
+            accounting
+                .write(&[record(now - (9 - d) * day, Kind::Supplied)])
+                .unwrap();
+        }
+        assert_eq!(accounting.prune(now, 3).unwrap(), 3, "at most a batch");
+        assert_eq!(accounting.prune(now, 100).unwrap(), 4);
+        assert_eq!(accounting.prune(now, 100).unwrap(), 0);
+        let left: Vec<u64> = accounting
+            .records(0, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| r.at_ms)
+            .collect();
+        // kept: those less than two days old (the summaries' day and slack within them)
+        assert_eq!(left, vec![now - 2 * day, now - day, now]);
+        // 0 keeps everything
+        let forever = Accounting {
+            config: AccountingConfig {
+                keep_records_days: 0,
+                ..accounting.config.clone()
+            },
+            ..accounting
+        };
+        assert_eq!(forever.prune(now + 100 * day, 100).unwrap(), 0);
+        drop(forever);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn kinds_have_names() {
-        for kind in [Kind::Supplied, Kind::TransferredIn] {
+        for kind in [Kind::Supplied, Kind::TransferredIn, Kind::Expired] {
             assert_eq!(Kind::from_name(kind.name()), Some(kind));
         }
         assert_eq!(
