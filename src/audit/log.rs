@@ -174,19 +174,36 @@ impl AuditLog {
             tracing::warn!("audit log disabled by configuration");
             return Ok(Self::disabled());
         }
-        Self::open(&config.dir_in(state_dir), actor, config.segment_bytes)
+        Self::open_keeping(
+            &config.dir_in(state_dir),
+            actor,
+            config.segment_bytes,
+            config.keep_segments,
+        )
     }
 
-    /// Opens (or creates) the log in `dir` and starts its writer; records an
-    /// `audit-opened` record (or `audit-damage-found` when the tail did not check).
+    /// Opens (or creates) the log in `dir`, keeping every segment, and starts its writer.
     pub fn open(
         dir: &Path,
         actor: impl Into<String>,
         segment_bytes: u64,
     ) -> Result<Self, AuditError> {
+        Self::open_keeping(dir, actor, segment_bytes, 0)
+    }
+
+    /// Opens (or creates) the log in `dir` and starts its writer, which keeps the newest
+    /// `keep_segments` segments (all with 0); records an `audit-opened` record (or
+    /// `audit-damage-found` when the tail did not check).
+    pub fn open_keeping(
+        dir: &Path,
+        actor: impl Into<String>,
+        segment_bytes: u64,
+        keep_segments: u64,
+    ) -> Result<Self, AuditError> {
         let _span = tracing::info_span!("audit_open", dir = %dir.display()).entered();
         std::fs::create_dir_all(dir).map_err(AuditError::io(dir))?;
         let mut writer = Writer::open(dir, actor.into(), segment_bytes.max(1024))?;
+        writer.keep_segments = keep_segments;
         let (sender, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -263,6 +280,8 @@ struct Writer {
     head_slot: u64,
     /// The segment was written since the last commit.
     dirty: bool,
+    /// Segments kept (0: all).
+    keep_segments: u64,
 }
 
 impl Writer {
@@ -353,6 +372,7 @@ impl Writer {
             head,
             head_slot: 0,
             dirty: false,
+            keep_segments: 0,
         };
         if let Some(previous) = start_segment {
             writer.write_line(&Entry {
@@ -481,7 +501,56 @@ impl Writer {
             tx: None,
             details: json!({"previous_segment": previous, "previous_seq": self.seq, "previous_hash": self.hash}),
         };
-        self.write_line(&start)
+        self.write_line(&start)?;
+        if self.keep_segments > 0 && self.number > self.keep_segments {
+            if let Err(error) = self.prune(self.number - self.keep_segments) {
+                // kept: tried again at the next rotation
+                tracing::error!(%error, "old audit segments not removed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the segments up to number `through` (those still there), after a durable
+    /// `audit-pruned` record anchors the segment after it: the last removed record's number
+    /// and hash, as that segment's `segment-start` names them.
+    fn prune(&mut self, through: u64) -> Result<(), AuditError> {
+        let found = segments(&self.dir).map_err(AuditError::io(&self.dir))?;
+        let old: Vec<&(u64, PathBuf)> = found.iter().filter(|(n, _)| *n <= through).collect();
+        if old.is_empty() {
+            return Ok(());
+        }
+        let next = self.dir.join(segment_name(through + 1));
+        let bytes = std::fs::read(&next).map_err(AuditError::io(&next))?;
+        let first = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+        let start = record::check_line(first).map_err(|e| {
+            AuditError::io(&next)(std::io::Error::other(format!(
+                "its first record does not check: {e}"
+            )))
+        })?;
+        if start.kind != kinds::SEGMENT_START {
+            return Err(AuditError::io(&next)(std::io::Error::other(
+                "it does not begin with segment-start",
+            )));
+        }
+        self.write_line(&Entry {
+            kind: kinds::AUDIT_PRUNED.into(),
+            who: "system".into(),
+            tx: None,
+            details: json!({
+                "through_segment": segment_name(through),
+                "through_seq": start.seq - 1,
+                "through_hash": start.prev,
+                "segments_removed": old.len(),
+            }),
+        })?;
+        self.commit()?;
+        for (_, path) in old {
+            std::fs::remove_file(path).map_err(AuditError::io(path))?;
+        }
+        sync_dir(&self.dir);
+        tracing::info!(through = %segment_name(through), "old audit segments removed");
+        Ok(())
     }
 
     /// Makes what was written durable, then records it in the head.

@@ -175,6 +175,70 @@ fn rotation_keeps_the_chain_and_a_removed_middle_segment_is_found() {
 }
 
 #[test]
+fn retention_removes_old_segments_and_the_chain_still_verifies() {
+    let dir = temp("retention");
+    let log = AuditLog::open_keeping(&dir, "km A/a1", 2048, 3).unwrap();
+    for i in 0..120 {
+        log.append(kinds::NETCONF_EDIT, "alice", None, json!({"i": i}));
+    }
+    log.sync_blocking();
+    drop(log);
+    let found = segments(&dir).unwrap();
+    assert!(found.len() <= 3, "{} segments kept", found.len());
+    assert!(found[0].0 > 1, "old segments removed");
+    let all = records(&dir);
+    let anchor = all
+        .iter()
+        .rev()
+        .find(|r| r.kind == kinds::AUDIT_PRUNED)
+        .expect("an audit-pruned record");
+    assert_eq!(
+        anchor.details["through_segment"],
+        segment_name(found[0].0 - 1)
+    );
+    let report = verify_dir(&dir).unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!(report.last.unwrap().0, all.last().unwrap().seq);
+    // the log reopened goes on from there
+    write(&dir, 5, 2048);
+    assert!(verify_dir(&dir).unwrap().ok());
+
+    // someone else removes the oldest segment left: no record anchors what is missing now
+    let found = segments(&dir).unwrap();
+    let copy = temp("retention-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::remove_file(copy.join(segment_name(found[0].0))).unwrap();
+    let failure = first_failure(&copy);
+    assert!(
+        failure.contains("missing") && failure.contains("audit-pruned"),
+        "{failure}"
+    );
+    // the anchor record altered: the chain breaks there
+    let with_anchor = found
+        .iter()
+        .find(|(_, path)| {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .contains(kinds::AUDIT_PRUNED)
+        })
+        .map(|(_, path)| path.clone())
+        .unwrap();
+    let text = std::fs::read_to_string(&with_anchor).unwrap();
+    std::fs::write(
+        &with_anchor,
+        text.replacen("through_seq\":", "through_seq\": 1", 1),
+    )
+    .unwrap();
+    assert!(!verify_dir(&dir).unwrap().ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&copy).unwrap();
+}
+
+#[test]
 fn a_truncated_tail_is_found() {
     // whole records cut from the end: only the head knows
     let dir = temp("truncated");

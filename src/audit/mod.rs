@@ -41,9 +41,16 @@
 //! the files could recompute every hash after a change. Anchoring the head elsewhere (a
 //! signed head, or heads sent to the manager) would close that; it is not done.
 //!
+//! **Retention.** With `[audit] keep_segments` set, the writer removes the oldest segments
+//! when a new one starts, after an `audit-pruned` record naming the last segment removed,
+//! its last record's number and hash is durable: the chain goes on, and `qkdni audit verify`
+//! accepts a log that starts after segment 1 only when such a record anchors exactly the
+//! first segment left (a segment removed by anyone else is a failure, as before).
+//!
 //! **`[audit]` configuration** (KM, controller, manager): `dir` (default
 //! `<data_dir>/audit`; the manager, which has no data directory, uses `audit/` beside its
-//! configuration file), `segment_bytes` (default 16 MiB) and `enabled` (default true). The
+//! configuration file), `segment_bytes` (default 16 MiB), `keep_segments` (default 0: all)
+//! and `enabled` (default true). The
 //! switch exists only so that benchmarks can measure what the log costs; a production
 //! daemon keeps it on.
 
@@ -74,6 +81,9 @@ pub mod kinds {
     pub const AUDIT_DAMAGE_FOUND: &str = "audit-damage-found";
     /// The first record of every segment but the first.
     pub const SEGMENT_START: &str = "segment-start";
+    /// The oldest segments were removed (`[audit] keep_segments`): the last removed segment,
+    /// its last record's number and hash, which the first segment left continues.
+    pub const AUDIT_PRUNED: &str = "audit-pruned";
     /// A NETCONF operation changed the running datastore (user, session, diff).
     pub const NETCONF_EDIT: &str = "netconf-edit";
     /// Keys handed to a master SAE (ETSI 014 enc_keys): key IDs, SAE IDs, size.
@@ -151,6 +161,11 @@ pub struct AuditConfig {
     /// Size at which a new segment starts (default 16 MiB).
     #[serde(default = "segment_bytes")]
     pub segment_bytes: u64,
+    /// How many segments are kept, the current one included (default 0: all). When a new
+    /// segment starts and more are there, the oldest are removed after an `audit-pruned`
+    /// record naming the last one removed is durable (archive them before, if they matter).
+    #[serde(default)]
+    pub keep_segments: u64,
 }
 
 fn enabled() -> bool {
@@ -167,6 +182,7 @@ impl Default for AuditConfig {
             enabled: true,
             dir: None,
             segment_bytes: segment_bytes(),
+            keep_segments: 0,
         }
     }
 }

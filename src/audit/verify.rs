@@ -13,7 +13,10 @@
 //! - an incomplete last line of a segment before the last: a truncation (at the end of the
 //!   last segment it is a write in progress or one a crash cut short, never committed: not a
 //!   failure, and a cut through committed records is found by the head);
-//! - an `audit-damage-found` record: the daemon found its log damaged when it reopened it.
+//! - an `audit-damage-found` record: the daemon found its log damaged when it reopened it;
+//! - a log that starts after segment 1 without an `audit-pruned` record (the writer's
+//!   retention, `[audit] keep_segments`) naming the segment before the first one left and
+//!   the number and hash of its last record: segments were removed by someone else.
 
 use std::path::{Path, PathBuf};
 
@@ -90,15 +93,19 @@ pub fn verify_dir(dir: &Path) -> Result<Report, AuditError> {
     // the chain's expected next record: (seq, prev hash)
     let mut expected: (u64, String) = (1, GENESIS.to_owned());
     let mut previous: Option<(u64, PathBuf)> = None;
+    // a log pruned by its writer: the first segment left, and what its first record
+    // continues (seq, hash), to be anchored by an `audit-pruned` record
+    let mut pruned: Option<(u64, u64, String)> = None;
+    let mut anchors: Vec<(String, u64, String)> = Vec::new();
     for (number, path) in &found {
         let name = segment_name(*number);
+        if previous.is_none() && *number != 1 {
+            // continues the segment before it, removed by the writer's retention if an
+            // `audit-pruned` record anchors it (checked at the end)
+            previous = Some((number - 1, PathBuf::new()));
+            pruned = Some((*number, 0, String::new()));
+        }
         match &previous {
-            None if *number != 1 => report.failures.push(Failure {
-                segment: name.clone(),
-                line: 0,
-                seq: None,
-                reason: format!("segments 1 to {} are missing", number - 1),
-            }),
             Some((p, _)) if *number != p + 1 => report.failures.push(Failure {
                 segment: name.clone(),
                 line: 0,
@@ -165,6 +172,22 @@ pub fn verify_dir(dir: &Path) -> Result<Report, AuditError> {
                 }
             };
             report.records += 1;
+            if let Some((first, seq, hash)) = &mut pruned {
+                if *first == *number && i == 0 && *seq == 0 {
+                    (*seq, *hash) = (record.seq.saturating_sub(1), record.prev.clone());
+                    expected = (record.seq, record.prev.clone());
+                }
+            }
+            if record.kind == kinds::AUDIT_PRUNED {
+                let text = |k: &str| record.details.get(k).and_then(|v| v.as_str());
+                if let (Some(segment), Some(seq), Some(hash)) = (
+                    text("through_segment"),
+                    record.details.get("through_seq").and_then(|v| v.as_u64()),
+                    text("through_hash"),
+                ) {
+                    anchors.push((segment.to_owned(), seq, hash.to_owned()));
+                }
+            }
             if record.seq != expected.0 {
                 let reason = if record.seq > expected.0 {
                     format!(
@@ -228,6 +251,25 @@ pub fn verify_dir(dir: &Path) -> Result<Report, AuditError> {
             report.last = Some((record.seq, record.hash));
         }
         previous = Some((*number, path.clone()));
+    }
+    if let Some((first, seq, hash)) = pruned {
+        let anchored = anchors
+            .iter()
+            .any(|(s, q, h)| *s == segment_name(first - 1) && *q == seq && *h == hash);
+        if !anchored {
+            report.failures.insert(
+                0,
+                Failure {
+                    segment: segment_name(first),
+                    line: 0,
+                    seq: None,
+                    reason: format!(
+                        "segments 1 to {} are missing (no audit-pruned record of the log names them)",
+                        first - 1
+                    ),
+                },
+            );
+        }
     }
     check_head(head, &report.last.clone(), &mut report.failures);
     Ok(report)
