@@ -263,10 +263,22 @@ impl Admission {
         links: Shares,
         topology: &Topology,
     ) -> Result<(), AdmissionRefusal> {
-        let mut table = self.table.lock().expect("admission table");
-        check(&table, session, class, &links, |l| {
+        self.admit_with(session, class, links, |l| {
             topology.links.get(l).map(|l| l.rate_bps)
-        })?;
+        })
+    }
+
+    /// [`Self::admit`] with the links' key rates from `rate_of` (a distributed domain's
+    /// link-state database).
+    pub fn admit_with(
+        &self,
+        session: Uuid,
+        class: &ClassSpec,
+        links: Shares,
+        rate_of: impl Fn(&str) -> Option<f64>,
+    ) -> Result<(), AdmissionRefusal> {
+        let mut table = self.table.lock().expect("admission table");
+        check(&table, session, class, &links, rate_of)?;
         table.insert(
             session,
             Reservation {
@@ -277,6 +289,15 @@ impl Admission {
             },
         );
         Ok(())
+    }
+
+    /// Puts back what `session` held before (`None`: nothing).
+    pub fn restore(&self, session: Uuid, before: Option<Reservation>) {
+        let mut table = self.table.lock().expect("admission table");
+        match before {
+            Some(held) => table.insert(session, held),
+            None => table.remove(&session),
+        };
     }
 
     /// Releases what `session` holds.

@@ -396,6 +396,7 @@ pub async fn up_with(
                             expose: Default::default(),
                             default_rate_bps: 1000.0,
                             bearer_tokens: vec![token.clone()],
+                            qos_exposed: Default::default(),
                         },
                     ),
             };

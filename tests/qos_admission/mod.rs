@@ -200,3 +200,109 @@ async fn sessions_are_admitted_by_qos_class_in_both_domains() {
         .await;
     bed.deliver("sae-a1-1", "sae-b1-1", 2).await;
 }
+
+/// `ga2`'s KM QoS policy (`key-manager/qos`): class gold guaranteeing `guaranteed` bit/s to
+/// the pair sae-a1-1 -> sae-b1-1, bronze (no guarantee) for the rest.
+fn speaker_policy(guaranteed: u64) -> String {
+    format!(
+        r#"<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"><key-manager xmlns="urn:qkdni:yang:qkdni-km"><qos>
+<class><name>gold</name><priority>5</priority><guaranteed-rate>{guaranteed}</guaranteed-rate></class>
+<class><name>bronze</name><priority>1</priority></class>
+<application-pair><sae-a>sae-a1-1</sae-a><sae-b>sae-b1-1</sae-b><class>gold</class></application-pair>
+<default-class>bronze</default-class>
+</qos></key-manager></qkd_node>"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributed_domains_speaker_admits_sessions_by_qos_class() {
+    // A is distributed: its speaker ga2 admits with its KM's classes and the link state
+    let bed = Bed::up("gwn-distributed-centralized.toml");
+    bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 16)
+        .await;
+    bed.wait_path(&["a1", "a3", "ga2", "gb2", "b3", "b1"], 16)
+        .await;
+    bed.netconf("ga2")
+        .await
+        .edit_config("running", &speaker_policy(1_000_000_000))
+        .await
+        .unwrap();
+    let request = qkdni::etsi014::KeyRequest {
+        number: Some(1),
+        size: Some(256),
+        ..Default::default()
+    };
+    // no link of A carries the guarantee: every crossing is refused, no keys
+    eventually(
+        "the speaker refusing the session by its QoS class",
+        Duration::from_millis(250),
+        || async {
+            let log = bed.log("ga2");
+            if log.contains("interworking session not admitted")
+                && log.contains("QoS admission refused on link")
+            {
+                Ok(())
+            } else {
+                Err(bed
+                    .client("sae-a1-1")
+                    .enc_keys("sae-b1-1", &request)
+                    .await
+                    .map(|k| k.keys.len()))
+            }
+        },
+    )
+    .await;
+    assert!(
+        bed.client("sae-a1-1")
+            .enc_keys("sae-b1-1", &request)
+            .await
+            .is_err(),
+        "keys for a session its speaker did not admit"
+    );
+    assert!(!bed.log("ga2").contains("interworking route agreed"));
+    // B's sessions into A are admitted by the speaker too: B's prepare is refused
+    eventually(
+        "the speaker refusing B's prepare by its QoS class",
+        Duration::from_millis(250),
+        || async {
+            let refused = bed.log("ga2").lines().any(|l| {
+                l.contains("interworking prepare refused") && l.contains("QoS admission refused")
+            });
+            if refused {
+                Ok(())
+            } else {
+                Err(bed
+                    .client("sae-b1-1")
+                    .enc_keys("sae-a1-1", &request)
+                    .await
+                    .map(|k| k.keys.len()))
+            }
+        },
+    )
+    .await;
+    // a guarantee the links carry: admitted, agreed with B (which has no classes), keys flow
+    bed.netconf("ga2")
+        .await
+        .edit_config("running", &speaker_policy(1_000))
+        .await
+        .unwrap();
+    let keys = eventually(
+        "keys once the class fits",
+        Duration::from_millis(250),
+        || async {
+            bed.client("sae-a1-1")
+                .enc_keys("sae-b1-1", &request)
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    let ids: Vec<String> = keys.keys.iter().map(|k| k.key_ID.clone()).collect();
+    let fetched = bed
+        .client("sae-b1-1")
+        .dec_keys("sae-a1-1", &ids)
+        .await
+        .unwrap();
+    assert_eq!(fetched.keys[0].key, keys.keys[0].key);
+    assert!(bed.log("ga2").contains("interworking route agreed"));
+}

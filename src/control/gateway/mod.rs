@@ -8,9 +8,11 @@
 //! node, the Qx link) and advertises those SAEs into the domain's link state, as a border
 //! router redistributes external routes; every node then routes toward them by itself.
 //!
+//! - `admission` — QoS admission of sessions on the domain's links;
 //! - [`origin`] — sessions this domain originates: route agreement and reroutes;
 //! - [`segment`] — sessions of the peer: the Cxi endpoint (prepare, commit, abort, ...).
 
+mod admission;
 pub mod origin;
 pub mod segment;
 
@@ -48,6 +50,10 @@ pub struct SpeakerConfig {
     /// Bearer tokens the domain's manager (its QCLM) presents with a diagnosis.
     #[serde(default)]
     pub bearer_tokens: Vec<String>,
+    /// The QoS classes each peer domain's agreement exposes to it, by domain (a peer not
+    /// listed, or listed with none: any class).
+    #[serde(default)]
+    pub qos_exposed: BTreeMap<String, Vec<String>>,
 }
 
 fn default_rate() -> f64 {
@@ -126,6 +132,8 @@ pub struct Speaker {
     /// peer's commits and aborts never wait on it: two speakers coordinating at once would
     /// otherwise each hold its own while waiting for the other's commit.
     agreeing: tokio::sync::Mutex<()>,
+    /// QoS admission of sessions on the domain's links (`admission`).
+    admission: crate::control::admission::Admission,
 }
 
 /// The interworking function of one gateway node.
@@ -171,6 +179,7 @@ impl Gateway {
                     peers,
                     state: Mutex::default(),
                     agreeing: tokio::sync::Mutex::new(()),
+                    admission: Default::default(),
                 })
             }
             None => None,

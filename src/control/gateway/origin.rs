@@ -142,7 +142,21 @@ impl Gateway {
             )));
         }
         let mut refusals = Vec::new();
+        // QoS admission on this domain's links (the peer admits on its own); an agreement
+        // that fails, however, leaves the session's reservation as it was
+        let held = self.hold(id);
+        let class = self.admission().and_then(|a| {
+            a.class_of(master, slave, Some(&peer), |s| {
+                control.saes().contains_key(s)
+            })
+        });
         for (_, gateway, q) in candidates {
+            if let Some(class) = &class {
+                if let Err(refusal) = self.admit_between(id, class, origin_km, &gateway) {
+                    refusals.push(format!("not admitted via {}: {refusal}", q.id));
+                    continue;
+                }
+            }
             let transaction = Uuid::new_v4();
             let span = tracing::info_span!("relay", step = "interworking-route", session = %id, %transaction, link = %q.id);
             let _e = span.enter();
@@ -159,7 +173,7 @@ impl Gateway {
                 qx_link: q.id.clone(),
                 rate_bps: speaker.config.default_rate_bps,
                 reason: reason.to_owned(),
-                qos_class: None,
+                qos_class: class.as_ref().map(|c| c.name.clone()),
             };
             let vote = client.prepare(&request).await?;
             if vote.vote == VoteKind::Refused {
@@ -210,6 +224,7 @@ impl Gateway {
                 },
             );
             tracing::info!(%gateway, "interworking route agreed and placed");
+            held.keep();
             return Ok(());
         }
         Err(GatewayError::NoRoute(format!(

@@ -23,6 +23,8 @@ const PREPARED_FOR: Duration = Duration::from_secs(30);
 const UNDOABLE: usize = 256;
 
 impl Gateway {
+    /// Checks a prepare against the link-state database, then admits its session's QoS
+    /// class on the domain's links from the entry gateway to the slave's node.
     fn check_prepare(&self, from: &str, r: &PrepareRequest) -> Result<(Entry, u32), String> {
         let agent = self.agent().ok_or("stopping")?;
         let control = agent.local_control().ok_or("no link state")?;
@@ -50,6 +52,24 @@ impl Gateway {
             &node,
         )
         .ok_or_else(|| format!("no route from {} to {node}", r.entry_gateway))?;
+        let exposed = self
+            .speaker
+            .as_ref()
+            .and_then(|s| s.config.qos_exposed.get(from).cloned())
+            .unwrap_or_default();
+        let policy = agent.qos.policy();
+        let class = crate::control::admission::peer_class(
+            &policy,
+            &exposed,
+            from,
+            r.qos_class.as_deref(),
+            &r.master_sae,
+            &r.slave_sae,
+        )
+        .map_err(|refusal| refusal.to_string())?;
+        if let Some(class) = class {
+            self.admit_between(r.session, &class, &r.entry_gateway, &node)?;
+        }
         Ok((
             Entry {
                 sae: r.master_sae.clone(),
@@ -125,6 +145,11 @@ impl Gateway {
         };
         let undo = {
             let mut state = speaker.state();
+            if let Some(p) = state.prepared.get(&id).filter(|p| p.from == from) {
+                if !state.sessions.contains_key(&p.session) {
+                    self.release(p.session);
+                }
+            }
             state.prepared.retain(|t, p| !(t == &id && p.from == from));
             match state.committed.remove(&id) {
                 Some(session)
@@ -139,6 +164,7 @@ impl Gateway {
             }
         };
         if let Some(session) = undo {
+            self.release(session.id);
             if let Err(error) = self.install(&session.gateway, session.id, None).await {
                 tracing::warn!(%error, "committed segment not undone");
             }
@@ -161,6 +187,7 @@ impl Gateway {
         };
         match session {
             Some(session) => {
+                self.release(id);
                 let _ = self.install(&session.gateway, id, None).await;
                 true
             }
@@ -213,6 +240,17 @@ impl CxiEndpoint for Gateway {
             match self.check_prepare(&from, &request) {
                 Ok((entry, hops)) => {
                     let mut state = speaker.state();
+                    // prepares never committed lapse, with what they held
+                    let lapsed: Vec<Uuid> = state
+                        .prepared
+                        .values()
+                        .filter(|p| p.at.elapsed() >= PREPARED_FOR)
+                        .map(|p| p.session)
+                        .filter(|s| !state.sessions.contains_key(s))
+                        .collect();
+                    for session in lapsed {
+                        self.release(session);
+                    }
                     state.prepared.retain(|_, p| p.at.elapsed() < PREPARED_FOR);
                     state.prepared.insert(
                         request.transaction,

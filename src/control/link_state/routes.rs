@@ -60,14 +60,20 @@ pub fn compute(
 
 /// Fewest hops from `a` to `b` over up links of `net` (breadth-first), if connected.
 pub fn hops_between(net: &KeyNetwork, a: &str, b: &str) -> Option<u32> {
+    links_between(net, a, b).map(|links| links.len() as u32)
+}
+
+/// The links of a path with the fewest hops from `a` to `b` over up links of `net`
+/// (breadth-first; among equals, the links in the order `net` lists them), if connected.
+pub fn links_between(net: &KeyNetwork, a: &str, b: &str) -> Option<Vec<String>> {
     if a == b {
-        return net.nodes.iter().any(|n| n == a).then_some(0);
+        return net.nodes.iter().any(|n| n == a).then(Vec::new);
     }
+    // node -> (the node before it, the link from there)
+    let mut parent: std::collections::BTreeMap<String, (String, String)> = Default::default();
     let mut seen = std::collections::BTreeSet::from([a.to_owned()]);
     let mut frontier = vec![a.to_owned()];
-    let mut hops = 0;
     while !frontier.is_empty() {
-        hops += 1;
         let mut next = Vec::new();
         for node in &frontier {
             for link in net.links.iter().filter(|l| l.up) {
@@ -78,12 +84,21 @@ pub fn hops_between(net: &KeyNetwork, a: &str, b: &str) -> Option<u32> {
                 } else {
                     continue;
                 };
+                if !seen.insert(other.clone()) {
+                    continue;
+                }
+                parent.insert(other.clone(), (node.clone(), link.id.clone()));
                 if other == b {
-                    return Some(hops);
+                    let mut links = Vec::new();
+                    let mut at = b.to_owned();
+                    while let Some((before, link)) = parent.get(&at) {
+                        links.push(link.clone());
+                        at = before.clone();
+                    }
+                    links.reverse();
+                    return Some(links);
                 }
-                if seen.insert(other.clone()) {
-                    next.push(other.clone());
-                }
+                next.push(other.clone());
             }
         }
         frontier = next;
@@ -125,6 +140,14 @@ mod tests {
         assert_eq!(routes["b"][0].0, "d");
         assert_eq!(routes["c"][0].0, "d");
         assert_eq!(hops_between(&ring(&["ab"]), "a", "b"), Some(3));
+        assert_eq!(
+            links_between(&ring(&["ab"]), "a", "b").unwrap(),
+            vec!["da", "cd", "bc"]
+        );
+        assert_eq!(
+            links_between(&ring(&[]), "a", "a").unwrap(),
+            Vec::<String>::new()
+        );
         let (routes, _) = compute("a", &ring(&["ab", "da"]), &policy);
         assert_eq!(hops_between(&ring(&["ab", "da"]), "a", "c"), None);
         assert!(routes.is_empty());
