@@ -122,6 +122,14 @@ pub struct ControllerNetconf {
     pub password: String,
     /// OpenSSH `known_hosts` file holding the controller's SSH host key.
     pub known_hosts: PathBuf,
+    /// Seconds between checks that the controller's interworking configuration is still
+    /// the one the manager provisioned (configuration drift; 0: never checked).
+    #[serde(default = "default_drift_check")]
+    pub drift_check_seconds: u64,
+}
+
+fn default_drift_check() -> u64 {
+    30
 }
 
 /// The peer domain's QKDN manager.

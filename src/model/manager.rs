@@ -24,6 +24,7 @@ schema_group! {
     PROVISIONING_CONTROLLER = "provisioning/controller";
     PROVISIONING_LAST_PUSH = "provisioning/last-push";
     PROVISIONING_LAST_ERROR = "provisioning/last-error";
+    PROVISIONING_DRIFT = "provisioning/drift";
 }
 
 /// The peer domains.

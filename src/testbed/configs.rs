@@ -149,6 +149,8 @@ pub(super) fn write_control(
                     username: manager_login.username,
                     password: manager_login.password,
                     known_hosts: known_hosts.to_path_buf(),
+                    // testbeds check often, so that a drift is seen within a test
+                    drift_check_seconds: 2,
                 }),
             };
             (Some(controller), link)

@@ -293,3 +293,92 @@ fn ncclient_configures_interworking_through_the_manager() {
     assert_eq!(summary["failed"], serde_json::json!([]), "{stderr}");
     assert_eq!(summary["controller_provisioned"], true, "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_edited_behind_its_managers_back_is_reported_as_drift() {
+    let bed = Bed::up(TOPOLOGY);
+    let session = manager(&bed, "A").await;
+    let manager_tree = format!("<manager xmlns=\"{MANAGER_NS}\"/>");
+    let running = session
+        .get_config("running", Some(&manager_tree))
+        .await
+        .unwrap();
+    assert!(running.contains("<name>B</name>"), "{running}");
+    // someone edits the controller directly: a class the manager does not give B
+    bed.controller_netconf("A", &login(&bed, "A"))
+        .await
+        .edit_config(
+            "running",
+            &format!(
+                "<controller xmlns=\"{CONTROLLER_NS}\"><interworking><peer><domain>B</domain>\
+                 <qos-class>rogue</qos-class></peer></interworking></controller>"
+            ),
+        )
+        .await
+        .unwrap();
+    // the manager finds the drift: state and an event, its own configuration unchanged
+    let provisioning = format!("<manager xmlns=\"{MANAGER_NS}\"><provisioning/></manager>");
+    let state = eventually(
+        "drift in the manager's state",
+        Duration::from_millis(250),
+        || async {
+            let state = session.get(Some(&provisioning)).await.unwrap();
+            if state.contains("<drift>") {
+                Ok(state)
+            } else {
+                Err(state)
+            }
+        },
+    )
+    .await;
+    assert!(state.contains("rogue"), "{state}");
+    let manager = bed.endpoints.manager("A").unwrap();
+    let events = || async {
+        let events: serde_json::Value = bed
+            .anonymous_https()
+            .get(format!("{}/api/v1/events", manager.rest))
+            .bearer_auth(&manager.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "configuration-drift")
+            .map(|e| e["detail"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let drifts = events().await;
+    assert_eq!(drifts.len(), 1, "{drifts:?}");
+    assert!(drifts[0].contains("rogue"), "{drifts:?}");
+    assert_eq!(
+        session
+            .get_config("running", Some(&manager_tree))
+            .await
+            .unwrap(),
+        running
+    );
+    // the operator's next interworking commit provisions the whole configuration again
+    commit(&session, &peer_b("<qos-class>gold</qos-class>"))
+        .await
+        .unwrap();
+    let config = controller_config(&bed, "A").await;
+    assert!(
+        !config.contains("rogue") && config.contains("gold"),
+        "{config}"
+    );
+    eventually("in sync again", Duration::from_millis(250), || async {
+        let drifts = events().await;
+        let state = session.get(Some(&provisioning)).await.unwrap();
+        if drifts.len() == 2 && !state.contains("<drift>") {
+            Ok(())
+        } else {
+            Err((drifts, state))
+        }
+    })
+    .await;
+}

@@ -285,14 +285,19 @@ async fn one_way_supply_across_the_domains_keeps_the_path_rate_and_never_stalls(
         Pull {
             master: "sae-a1-1",
             slave: "sae-b1-1",
-            clients: 1,
+            clients: 4,
             warmup: Duration::from_secs(5),
             windows: 12,
         },
         drained,
     )
     .await;
-    assert_holds(&load, limit, 0.9, "one client, one way, across the domains");
+    assert_holds(
+        &load,
+        limit,
+        0.9,
+        "four clients, one way, across the domains",
+    );
     // then a crowd, on the drained pools
     let load = pull(
         &bed,

@@ -46,6 +46,9 @@ use crate::netconf::{ErrorTag, RpcError};
 pub const CONFIGURATION_CHANGE: &str = "configuration-change";
 /// Event kind of a push the controller refused or did not answer.
 pub const PROVISIONING_FAILED: &str = "provisioning-failed";
+/// Event kind of a controller whose interworking configuration was changed other than
+/// through the manager, and of its end.
+pub const CONFIGURATION_DRIFT: &str = "configuration-drift";
 /// How many changes the change log keeps.
 pub const CHANGES: usize = 64;
 /// How long the manager waits at its first start for the controller's configuration.
@@ -73,6 +76,9 @@ pub struct Provisioning {
     pub last_push: Option<String>,
     /// Why the last push failed, if it did.
     pub last_error: Option<String>,
+    /// What differs while the controller's interworking configuration is not the one
+    /// provisioned ([`watch_drift`]).
+    pub drift: Option<String>,
 }
 
 /// The settings operators change at run time, and the record of their changes.
@@ -83,6 +89,12 @@ pub struct Settings {
     changes: Mutex<VecDeque<Change>>,
     last_id: AtomicU64,
     provisioning: Mutex<Provisioning>,
+    /// The interworking configuration the controller is to have (the manager's running
+    /// one), `None` until the manager's configuration is in effect.
+    peers: Mutex<Option<Vec<configuration::PeerDomain>>>,
+    /// Held by every push to the controller and by the drift check (which pushes too), so
+    /// that a check never puts back a configuration an operator's commit is replacing.
+    pushing: tokio::sync::Mutex<()>,
 }
 
 impl Settings {
@@ -101,6 +113,8 @@ impl Settings {
             changes: Mutex::new(VecDeque::new()),
             last_id: AtomicU64::new(0),
             provisioning: Mutex::new(Provisioning::default()),
+            peers: Mutex::new(None),
+            pushing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -141,6 +155,7 @@ impl Settings {
     }
 
     fn set(&self, desired: &Desired) {
+        *self.peers.lock().expect("peers") = Some(desired.peers.clone());
         self.report_seconds
             .store(desired.mxi_report_seconds.max(1), Ordering::Relaxed);
         self.accounting_summary_seconds
@@ -223,9 +238,16 @@ impl Operator {
         }
         let span =
             tracing::info_span!("provision", controller = %provisioner.address(), change = id);
+        let settings = &self.manager.configuration;
         let result: Result<(), ProvisionError> = tokio::task::block_in_place(|| {
             handle.block_on(tracing::Instrument::instrument(
-                provisioner.push(&desired.peers, user, id),
+                async {
+                    let _pushing = settings.pushing.lock().await;
+                    provisioner.push(&desired.peers, user, id).await?;
+                    // in effect for the drift check before it may look again
+                    *settings.peers.lock().expect("peers") = Some(desired.peers.clone());
+                    Ok(())
+                },
                 span,
             ))
         });
@@ -239,6 +261,16 @@ impl Operator {
             Ok(()) => {
                 provisioning.last_push = Some(crate::netconf::server::now_rfc3339());
                 provisioning.last_error = None;
+                // the whole interworking configuration was replaced: in sync again
+                let drifted = provisioning.drift.take().is_some();
+                drop(provisioning);
+                if drifted {
+                    self.manager.events.record(
+                        CONFIGURATION_DRIFT,
+                        format!("change {id} by {user} provisioned the whole interworking configuration again: the controller's is the manager's again"),
+                        Refs::default(),
+                    );
+                }
                 Ok(())
             }
             Err(error) => {
@@ -356,6 +388,95 @@ impl Application for Operator {
     }
 }
 
+/// The peers in a comparable form (by name, classes sorted).
+fn normalized(peers: &[configuration::PeerDomain]) -> Vec<configuration::PeerDomain> {
+    let mut out = peers.to_vec();
+    for p in &mut out {
+        p.qos_classes.sort();
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Checks every `every` that the controller's interworking configuration is the manager's.
+/// One changed other than through the manager (a direct NETCONF edit of the controller) is
+/// configuration drift: a `configuration-drift` event when it starts (or changes) and when it
+/// ends, and `provisioning/drift` state meanwhile. The manager does not undo it by itself
+/// (an operator may be repairing something at the controller); its next commit that changes
+/// the interworking configuration provisions the whole of it again. Ends with the manager's
+/// NETCONF server (`server`).
+async fn watch_drift(
+    manager: Arc<Manager>,
+    provisioner: Provisioner,
+    every: Duration,
+    server: tokio::task::AbortHandle,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if server.is_finished() {
+            // the manager's NETCONF server stopped: so does the check
+            return;
+        }
+        let settings = &manager.configuration;
+        // not while a commit is provisioning the controller
+        let _pushing = settings.pushing.lock().await;
+        let Some(desired) = settings.peers.lock().expect("peers").clone() else {
+            continue;
+        };
+        let actual = match provisioner.read().await {
+            Ok(actual) => actual,
+            Err(error) => {
+                tracing::debug!(%error, "drift check: controller not read");
+                continue;
+            }
+        };
+        let drift = (normalized(&actual) != normalized(&desired)).then(|| {
+            let names = |peers: &[configuration::PeerDomain]| {
+                normalized(peers)
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} (expose saes {}, key rate {}; classes {})",
+                            p.name,
+                            p.expose_saes,
+                            p.expose_key_rate,
+                            p.qos_classes.join(" ")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            format!(
+                "the controller has [{}], the manager provisioned [{}]",
+                names(&actual),
+                names(&desired)
+            )
+        });
+        let changed = {
+            let mut provisioning = settings.provisioning.lock().expect("provisioning");
+            let changed = provisioning.drift != drift;
+            provisioning.drift.clone_from(&drift);
+            changed
+        };
+        if !changed {
+            continue;
+        }
+        let message = match &drift {
+            Some(what) => {
+                tracing::warn!(%what, "configuration drift");
+                format!("the controller's interworking configuration was changed other than through the manager: {what}")
+            }
+            None => "the controller's interworking configuration is the manager's again".into(),
+        };
+        manager
+            .events
+            .record(CONFIGURATION_DRIFT, message, Refs::default());
+    }
+}
+
 /// Starts the manager's NETCONF server, if it has one: the server, bound to its address
 /// (returned), serving until the handle is aborted.
 pub async fn start(
@@ -399,5 +520,20 @@ pub async fn start(
         source,
     })?;
     tracing::info!(netconf = %address, "manager NETCONF server ready");
-    Ok(Some((address, server.start_on(listener)?)))
+    let served = server.start_on(listener)?;
+    if let Some(login) = manager
+        .config
+        .controller
+        .as_ref()
+        .and_then(|c| c.netconf.as_ref())
+        .filter(|login| login.drift_check_seconds > 0)
+    {
+        tokio::spawn(watch_drift(
+            manager.clone(),
+            Provisioner::new(login),
+            Duration::from_secs(login.drift_check_seconds),
+            served.abort_handle(),
+        ));
+    }
+    Ok(Some((address, served)))
 }

@@ -30,6 +30,9 @@ pub(super) fn state(
     if let Some(error) = &provisioning.last_error {
         set(&mut tree, &at(root::PROVISIONING_LAST_ERROR), error)?;
     }
+    if let Some(drift) = &provisioning.drift {
+        set(&mut tree, &at(root::PROVISIONING_DRIFT), drift)?;
+    }
     for entry in manager.configuration.changes() {
         let base = model::change_entry(entry.id);
         set(&mut tree, &format!("{base}/{}", change::TIME), &entry.time)?;
