@@ -545,19 +545,14 @@ fn ncclient_and_netconf_console2_work_unchanged() {
         return;
     };
     let bed = Bed::up_static(TOPOLOGY);
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/netconf_clients.py");
-    let output = std::process::Command::new(python)
-        .arg(script)
-        .arg(bed.dir())
-        .arg(common::QKDNI)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(summary["failed"], serde_json::json!([]), "{stderr}");
+    let summary = common::interop_script(
+        &python,
+        "netconf_clients.py",
+        &[
+            std::ffi::OsStr::new(bed.dir()),
+            std::ffi::OsStr::new(common::QKDNI),
+        ],
+    );
     assert_eq!(summary["schemas_valid"], summary["schemas_fetched"]);
     assert_eq!(summary["ncclient_base11"], true);
 }

@@ -69,6 +69,32 @@ pub fn interop_python(tools: &str) -> Option<std::ffi::OsString> {
     python
 }
 
+/// Runs the interop script `tests/interop/<script>` with `python` and `args`; asserts it
+/// succeeded and that it reports no failed check. Returns its summary (the JSON object of
+/// its last line).
+pub fn interop_script(
+    python: &std::ffi::OsStr,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(script);
+    let output = Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    if let Some(failed) = summary.get("failed") {
+        assert_eq!(failed, &serde_json::json!([]), "{stderr}");
+    }
+    summary
+}
+
 /// Whether the external tool `name` runs (`name args...` succeeds). Without it the calling
 /// test is skipped on a developer's machine; under CI (`CI` set) the test fails instead.
 pub fn tool(name: &str, args: &[&str]) -> bool {
@@ -335,6 +361,30 @@ impl Bed {
     }
 
     /// GET `path` on `domain`'s controller REST API (200 expected), as JSON.
+    /// `GET {path}` of `domain`'s manager REST API (bearer token), as JSON.
+    pub async fn manager_get(&self, domain: &str, path: &str) -> serde_json::Value {
+        let manager = self.endpoints.manager(domain).expect("a manager");
+        let response = self
+            .anonymous_https()
+            .get(format!("{}{path}", manager.rest))
+            .bearer_auth(&manager.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{domain} {path}");
+        response.json().await.unwrap()
+    }
+
+    /// `GET {path}` of `node`'s KMA as the domain's operator (client certificate), as JSON.
+    pub async fn km_admin_get(&self, node: &str, path: &str) -> serde_json::Value {
+        let tls = self.endpoints.operator_tls_at(node);
+        let client = tls::https_client(&tls, Duration::from_secs(10)).unwrap();
+        let kma = &self.endpoints.node(node).unwrap().kma;
+        let response = client.get(format!("{kma}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{node} {path}");
+        response.json().await.unwrap()
+    }
+
     pub async fn controller_get(&self, domain: &str, path: &str) -> serde_json::Value {
         let (http, rest, token) = self.controller(domain);
         let response = http

@@ -476,18 +476,8 @@ async fn undelivered_keys_expire_and_are_never_handed_out() {
     }
     assert!(bed.log("l2").contains("undelivered keys expired"));
     // accounting: the fetched key was delivered, the other expired (nothing to charge)
-    let tls = bed.endpoints.operator_tls_at("l2");
-    let client = qkdni::tls::https_client(&tls, Duration::from_secs(10)).unwrap();
-    let kma = &bed.endpoints.node("l2").unwrap().kma;
     let kinds = || async {
-        let body: serde_json::Value = client
-            .get(format!("{kma}/admin/v1/accounting"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = bed.km_admin_get("l2", "/admin/v1/accounting").await;
         let ids_of = |kind: &str| -> Vec<String> {
             body["records"]
                 .as_array()

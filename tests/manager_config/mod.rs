@@ -279,19 +279,12 @@ fn ncclient_configures_interworking_through_the_manager() {
         return;
     };
     let bed = Bed::up(TOPOLOGY);
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/manager_ncclient.py");
-    let output = std::process::Command::new(python)
-        .arg(script)
-        .arg(bed.dir())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(summary["failed"], serde_json::json!([]), "{stderr}");
-    assert_eq!(summary["controller_provisioned"], true, "{stderr}");
+    let summary = crate::common::interop_script(
+        &python,
+        "manager_ncclient.py",
+        &[std::ffi::OsStr::new(bed.dir())],
+    );
+    assert_eq!(summary["controller_provisioned"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,18 +325,8 @@ async fn a_controller_edited_behind_its_managers_back_is_reported_as_drift() {
     )
     .await;
     assert!(state.contains("rogue"), "{state}");
-    let manager = bed.endpoints.manager("A").unwrap();
     let events = || async {
-        let events: serde_json::Value = bed
-            .anonymous_https()
-            .get(format!("{}/api/v1/events", manager.rest))
-            .bearer_auth(&manager.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let events = bed.manager_get("A", "/api/v1/events").await;
         events
             .as_array()
             .unwrap()
