@@ -7,9 +7,10 @@
 //! [`cose`]) over the exact body bytes (detached), in the HTTP header `Qkdni-Signature`. The
 //! answers that carry agreement (Cxi votes and commit/abort results, Mxi acceptances, Kxi
 //! acknowledgements answered inline) are signed by the answering party the same way and name
-//! the request they answer (Kxi offers and voids of a third-party ETSI GS QKD 020 client come
-//! unsigned and are accepted: the acknowledgement this KM gives them inline is signed and kept
-//! all the same, [`http::Lenient`]). The receiver verifies before anything happens: the signature over
+//! the request they answer, and so are a KM's answers to Kxi-2 relay status reads (which stand
+//! for an acknowledgement that did not come). Kxi offers, voids and status reads of a
+//! third-party ETSI GS QKD 020 client come unsigned and are accepted: the acknowledgement this
+//! KM gives them inline is signed and kept all the same ([`http::Lenient`]). The receiver verifies before anything happens: the signature over
 //! the body it received, the signer's chain against the peer domain's CA, the signer being
 //! the TLS peer, the signed message line being this request's method and path; a missing or
 //! bad signature gets the reference point's standard error (`401`, `403` for a signer other

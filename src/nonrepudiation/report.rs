@@ -45,6 +45,8 @@ pub fn step(record: &Record) -> String {
         "void"
     } else if path.ends_with("/ext_keys") {
         "ext-keys"
+    } else if path.contains("/kxi2/v1/relays/") {
+        "relay-status"
     } else {
         path
     };

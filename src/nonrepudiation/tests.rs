@@ -242,11 +242,24 @@ fn server_with(
     axum::Router::new()
         .route(
             "/cxi/v1/transactions/{id}/commit",
-            axum::routing::post(move || {
+            axum::routing::post({
+                let reached = reached.clone();
+                move || {
+                    let reached = reached.clone();
+                    async move {
+                        reached.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        axum::Json(serde_json::json!({"outcome": "committed"}))
+                    }
+                }
+            }),
+        )
+        .route(
+            "/cxi/v1/transactions/{id}/status",
+            axum::routing::get(move || {
                 let reached = reached.clone();
                 async move {
                     reached.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    axum::Json(serde_json::json!({"outcome": "committed"}))
+                    axum::Json(serde_json::json!({"status": "delivered"}))
                 }
             }),
         )
@@ -302,6 +315,35 @@ async fn a_lenient_path_takes_unsigned_requests_and_signs_its_inline_acknowledge
     let answer = app.clone().oneshot(request(Some(forged))).await.unwrap();
     assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // a read (GET) the point classifies: signed by A, checked, answered and signed by B for it
+    let path = "/cxi/v1/transactions/7c0c57a4-5a8e-4c39-9d59-8b7b1ab2d2b4/status";
+    let line = http::request_line(&axum::http::Method::GET, path);
+    let sent = Signer::of(&pki.party("a", "controller-A", "A"))
+        .unwrap()
+        .sign(b"", &line, None)
+        .unwrap();
+    let mut read = Request::get(path)
+        .header(HEADER, evidence::b64().encode(&sent))
+        .body(Body::empty())
+        .unwrap();
+    read.extensions_mut()
+        .insert(PeerIdentity(Some("controller-A@A".into())));
+    let answer = app.clone().oneshot(read).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let signature = answer.headers().get(HEADER).expect("signed").clone();
+    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let cose = evidence::b64().decode(signature.as_bytes()).unwrap();
+    let verified = a
+        .check(
+            &cose,
+            &body,
+            "controller-B@B",
+            &http::answer_line(200, &axum::http::Method::GET, path),
+        )
+        .unwrap();
+    assert_eq!(verified.re.unwrap(), cose::sha256(&sent));
     // B kept what it signed
     let mut out = Vec::new();
     assert_eq!(

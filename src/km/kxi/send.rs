@@ -182,20 +182,35 @@ pub(super) async fn exchange(
 }
 
 /// What the peer says of relay `relay_id` over Kxi-2 / Kxi-2' (`None`: no answer), with
-/// the key ids it holds for it.
+/// the key ids it holds for it. The read is signed by this KM and the answer, which stands
+/// for the acknowledgement that did not come, must be signed by the peer: both are kept as
+/// evidence.
 pub(super) async fn ask_status(
     agent: &Agent,
     link: &LinkConfig,
     relay_id: Uuid,
 ) -> Option<(RelayStatus, Vec<Uuid>)> {
-    let response = agent
-        .client_for(link)
+    let client = agent.client_for(link);
+    let request = client
         .get(format!("{}/kxi2/v1/relays/{relay_id}", link.peer_kma))
         .timeout(SETTLE_TIMEOUT)
-        .send()
-        .await
+        .build()
         .ok()?;
-    let value: serde_json::Value = response.json().await.ok()?;
+    let answer = match super::ext_keys::ack_signing(agent, link)
+        .send(client, request, &format!("relay {relay_id}"))
+        .await
+    {
+        Ok(answer) if answer.status == 200 => answer,
+        Ok(answer) => {
+            tracing::warn!(link = %link.id, status = answer.status, "relay status refused");
+            return None;
+        }
+        Err(error) => {
+            tracing::warn!(link = %link.id, %error, "relay status not answered");
+            return None;
+        }
+    };
+    let value: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
     let status = serde_json::from_value(value.get("status")?.clone()).ok()?;
     let key_ids = value
         .get("key_ids")

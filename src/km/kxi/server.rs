@@ -45,8 +45,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
 /// The signature step of acknowledgements ([`crate::nonrepudiation::http`]): an
 /// acknowledgement posted to this KM must be signed by the peer KM that sends it, or it is
 /// refused with the standard's `unauthorized` problem; the acknowledgements this KM answers
-/// inline (an offer without `ack_callback_url`, a void) are signed by it, and a signed void
-/// is checked and kept.
+/// inline (an offer without `ack_callback_url`, a void) and its Kxi-2 relay status answers
+/// are signed by it, and a signed void or status read is checked and kept.
 fn ack_signatures(agent: &Arc<Agent>) -> Arc<crate::nonrepudiation::http::ServerPoint> {
     let notary = crate::nonrepudiation::for_tls(&agent.config.tls).unwrap_or_else(|error| {
         tracing::error!(%error, "Kxi: no signing key; every acknowledgement is refused");
@@ -57,6 +57,13 @@ fn ack_signatures(agent: &Arc<Agent>) -> Arc<crate::nonrepudiation::http::Server
         notary,
         point: "kxi",
         classify: |method, path, body| {
+            if method == axum::http::Method::GET {
+                // Kxi-2: what became of a relay, answered when its acknowledgement did not
+                // come; the answer is signed like the acknowledgement it stands for
+                return path
+                    .strip_prefix("/kxi2/v1/relays/")
+                    .map(|id| format!("relay {id}"));
+            }
             if method != axum::http::Method::POST {
                 return None;
             }
