@@ -18,13 +18,7 @@ use super::common::Bed;
 
 /// Held by each rate test for its whole run: two rate measurements on the 2-core machine at
 /// once would measure each other (the test runner runs two tests at a time).
-static ONE_RATE_TEST_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn one_rate_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_RATE_TEST_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+static ONE_RATE_TEST_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Bits of one key in these tests.
 const KEY_BITS: u32 = 256;
@@ -192,7 +186,7 @@ fn assert_holds(load: &Load, limit_bps: f64, fraction: f64, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_way_supply_keeps_the_path_rate_after_the_pools_drain() {
-    let _alone = one_rate_test_at_a_time();
+    let _alone = ONE_RATE_TEST_AT_A_TIME.lock().await;
     let bed = Bed::up("single-domain.toml");
     let session = bed.create_session("sae-a1-1", "sae-a5-1").await;
     let rates = link_rates(&bed, "A").await;
@@ -231,7 +225,7 @@ async fn one_way_supply_keeps_the_path_rate_after_the_pools_drain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_clients_one_way_get_the_min_cut_with_multipath() {
-    let _alone = one_rate_test_at_a_time();
+    let _alone = ONE_RATE_TEST_AT_A_TIME.lock().await;
     let bed = Bed::up("single-domain.toml");
     bed.set_policy("multipath").await;
     // a1 -> a4: a2-a4 and a2-a3-a4 in parallel; the cut {a2-a4, a3-a4} is the min-cut
@@ -258,7 +252,7 @@ async fn fifty_clients_one_way_get_the_min_cut_with_multipath() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_way_supply_across_the_domains_keeps_the_path_rate_and_never_stalls() {
-    let _alone = one_rate_test_at_a_time();
+    let _alone = ONE_RATE_TEST_AT_A_TIME.lock().await;
     let bed = Bed::up("two-domain-gwn.toml");
     bed.wait_path(&["a1", "a2", "ga1", "gb1", "b2", "b1"], 64)
         .await;
