@@ -385,6 +385,22 @@ impl Bed {
         response.json().await.unwrap()
     }
 
+    /// The key IDs of `node`'s accounting records of `kind` (`supplied`, `expired`, ...), in
+    /// record order.
+    pub async fn accounting_key_ids(&self, node: &str, kind: &str) -> Vec<String> {
+        let body = self.km_admin_get(node, "/admin/v1/accounting").await;
+        body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] == kind)
+            .flat_map(|r| {
+                let ids = r["key_ids"].as_str().unwrap().split(' ');
+                ids.map(str::to_owned).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     pub async fn controller_get(&self, domain: &str, path: &str) -> serde_json::Value {
         let (http, rest, token) = self.controller(domain);
         let response = http

@@ -477,20 +477,10 @@ async fn undelivered_keys_expire_and_are_never_handed_out() {
     assert!(bed.log("l2").contains("undelivered keys expired"));
     // accounting: the fetched key was delivered, the other expired (nothing to charge)
     let kinds = || async {
-        let body = bed.km_admin_get("l2", "/admin/v1/accounting").await;
-        let ids_of = |kind: &str| -> Vec<String> {
-            body["records"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|r| r["kind"] == kind)
-                .flat_map(|r| {
-                    let ids = r["key_ids"].as_str().unwrap().split(' ');
-                    ids.map(str::to_owned).collect::<Vec<_>>()
-                })
-                .collect()
-        };
-        (ids_of("delivered"), ids_of("expired"))
+        (
+            bed.accounting_key_ids("l2", "delivered").await,
+            bed.accounting_key_ids("l2", "expired").await,
+        )
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
