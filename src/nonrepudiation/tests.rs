@@ -280,6 +280,29 @@ fn request(signature: Option<Vec<u8>>) -> Request<Body> {
 
 use base64::Engine;
 
+/// The 200 answer of B's controller to `method path`, its signature checked by `a`: what the
+/// signature says of itself.
+async fn signed_answer(
+    a: &Notary,
+    answer: axum::response::Response,
+    method: axum::http::Method,
+    path: &str,
+) -> cose::Verified {
+    assert_eq!(answer.status(), StatusCode::OK);
+    let signature = answer.headers().get(HEADER).expect("signed").clone();
+    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let cose = evidence::b64().decode(signature.as_bytes()).unwrap();
+    a.check(
+        &cose,
+        &body,
+        "controller-B@B",
+        &http::answer_line(200, &method, path),
+    )
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_lenient_path_takes_unsigned_requests_and_signs_its_inline_acknowledgement() {
     let pki = pki("lenient");
@@ -292,22 +315,9 @@ async fn a_lenient_path_takes_unsigned_requests_and_signs_its_inline_acknowledge
     let app = server_with(b.clone(), reached.clone(), |_, _| true);
     // unsigned (a third-party client of the standard): handled, its 200 answer signed by B
     let answer = app.clone().oneshot(request(None)).await.unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
     assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let signature = answer.headers().get(HEADER).expect("signed").clone();
-    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let cose = evidence::b64().decode(signature.as_bytes()).unwrap();
     let path = COMMIT.strip_prefix("POST ").unwrap();
-    let verified = a
-        .check(
-            &cose,
-            &body,
-            "controller-B@B",
-            &http::answer_line(200, &axum::http::Method::POST, path),
-        )
-        .unwrap();
+    let verified = signed_answer(&a, answer, axum::http::Method::POST, path).await;
     assert!(verified.re.is_none(), "it answers no signed request");
     // a signature that does not verify is still refused: lenient is not blind
     let intruder = Signer::of(&pki.party("c", "controller-A", "A")).unwrap();
@@ -329,20 +339,7 @@ async fn a_lenient_path_takes_unsigned_requests_and_signs_its_inline_acknowledge
     read.extensions_mut()
         .insert(PeerIdentity(Some("controller-A@A".into())));
     let answer = app.clone().oneshot(read).await.unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
-    let signature = answer.headers().get(HEADER).expect("signed").clone();
-    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let cose = evidence::b64().decode(signature.as_bytes()).unwrap();
-    let verified = a
-        .check(
-            &cose,
-            &body,
-            "controller-B@B",
-            &http::answer_line(200, &axum::http::Method::GET, path),
-        )
-        .unwrap();
+    let verified = signed_answer(&a, answer, axum::http::Method::GET, path).await;
     assert_eq!(verified.re.unwrap(), cose::sha256(&sent));
     // B kept what it signed
     let mut out = Vec::new();
@@ -394,25 +391,9 @@ async fn the_server_step_refuses_before_the_handler_and_keeps_and_signs() {
         .oneshot(request(Some(sent.clone())))
         .await
         .unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
     assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let signature = answer.headers().get(HEADER).unwrap().clone();
-    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let cose = evidence::b64().decode(signature.as_bytes()).unwrap();
-    let verified = a
-        .check(
-            &cose,
-            &body,
-            "controller-B@B",
-            &http::answer_line(
-                200,
-                &axum::http::Method::POST,
-                COMMIT.strip_prefix("POST ").unwrap(),
-            ),
-        )
-        .unwrap();
+    let path = COMMIT.strip_prefix("POST ").unwrap();
+    let verified = signed_answer(&a, answer, axum::http::Method::POST, path).await;
     assert_eq!(verified.re.unwrap(), cose::sha256(&sent));
 
     // B's store proves the exchange; report names both steps and signers

@@ -16,20 +16,6 @@ use qkdni::management::mxi::messages::{
     ReconciliationState, UsageDirection, UsageReply, UsageSummary,
 };
 
-/// `GET {path}` of `domain`'s manager REST API (JSON).
-async fn manager_get(bed: &Bed, domain: &str, path: &str) -> reqwest::Response {
-    let manager = bed.endpoints.manager(domain).expect("a manager");
-    let response = bed
-        .anonymous_https()
-        .get(format!("{}{path}", manager.rest))
-        .bearer_auth(&manager.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{domain} {path}");
-    response
-}
-
 /// The reconciliation states of `domain`'s manager.
 async fn reconciliation(bed: &Bed, domain: &str) -> Vec<Value> {
     let states = bed
@@ -173,13 +159,16 @@ async fn usage_reconciles_key_for_key_and_a_forged_summary_raises_the_alarm() {
         .collect();
     assert!(!rows.is_empty());
     assert_eq!(rows, json);
-    let json: Value = manager_get(&bed, "A", "/api/v1/accounting")
+    let json: Value = bed
+        .manager_response("A", "/api/v1/accounting")
         .await
         .json()
         .await
         .unwrap();
     let json: Vec<ExportedUsage> = serde_json::from_value(json["usage"].clone()).unwrap();
-    let response = manager_get(&bed, "A", "/api/v1/accounting?format=csv").await;
+    let response = bed
+        .manager_response("A", "/api/v1/accounting?format=csv")
+        .await;
     assert!(response.headers()["content-type"]
         .to_str()
         .unwrap()
@@ -234,7 +223,8 @@ async fn usage_reconciles_key_for_key_and_a_forged_summary_raises_the_alarm() {
         "{reply:?}"
     );
     // B's alarm: a manager event and the period's state
-    let events: Vec<Value> = manager_get(&bed, "B", "/api/v1/events")
+    let events: Vec<Value> = bed
+        .manager_response("B", "/api/v1/events")
         .await
         .json()
         .await

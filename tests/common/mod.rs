@@ -361,8 +361,8 @@ impl Bed {
     }
 
     /// GET `path` on `domain`'s controller REST API (200 expected), as JSON.
-    /// `GET {path}` of `domain`'s manager REST API (bearer token), as JSON.
-    pub async fn manager_get(&self, domain: &str, path: &str) -> serde_json::Value {
+    /// `GET {path}` of `domain`'s manager REST API (bearer token), answered 200.
+    pub async fn manager_response(&self, domain: &str, path: &str) -> reqwest::Response {
         let manager = self.endpoints.manager(domain).expect("a manager");
         let response = self
             .anonymous_https()
@@ -372,7 +372,16 @@ impl Bed {
             .await
             .unwrap();
         assert_eq!(response.status(), 200, "{domain} {path}");
-        response.json().await.unwrap()
+        response
+    }
+
+    /// `GET {path}` of `domain`'s manager REST API, as JSON.
+    pub async fn manager_get(&self, domain: &str, path: &str) -> serde_json::Value {
+        self.manager_response(domain, path)
+            .await
+            .json()
+            .await
+            .unwrap()
     }
 
     /// `GET {path}` of `node`'s KMA as the domain's operator (client certificate), as JSON.
